@@ -1,0 +1,11 @@
+"""gpuzarr: read Zarr v2/v3 arrays (sharding included) in batches, decoded on the GPU into CuPy
+arrays or on every CPU core into NumPy arrays, bit-identical either way."""
+
+from .api import open
+from .array import Array
+from .errors import CorruptDataError, GpuzarrError, MetadataError, StoreError, UnsupportedFeatureError
+from .group import Group
+
+__version__ = "0.1.0"
+__all__ = ["open", "Array", "Group", "GpuzarrError", "MetadataError", "CorruptDataError",
+           "UnsupportedFeatureError", "StoreError", "__version__"]

@@ -1,0 +1,105 @@
+"""The user-facing Array: metadata properties plus reads through the batched pipeline."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from .devices.base import Device, get_device
+from .metadata import ArrayMetadata
+from .pipeline import Reader, Settings
+from .selection import normalize
+from .store import Store
+
+
+class Array:
+    def __init__(self, meta: ArrayMetadata, store: Store, device: str | Device = "auto",
+                 settings: Settings = Settings()):
+        self.meta = meta
+        self.store = store
+        self._device = get_device(device)
+        self._reader = Reader(meta, store, settings)
+
+    def __repr__(self) -> str:
+        return (f"<gpuzarr.Array {self.store.url!r} shape={self.shape} dtype={self.dtype} "
+                f"chunks={self.chunks} shards={self.shards} device={self.device!r}>")
+
+    # ------------------------------------------------------------------ metadata
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self.meta.shape
+
+    @property
+    def ndim(self) -> int:
+        return len(self.meta.shape)
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self.meta.data_type.dtype
+
+    @property
+    def chunks(self) -> tuple[int, ...]:
+        """The read unit: the inner chunk shape when sharded."""
+        sharding = self.meta.chain.sharding
+        return sharding.chunk_shape if sharding is not None else self.meta.chunk_shape
+
+    @property
+    def shards(self) -> tuple[int, ...] | None:
+        return self.meta.chunk_shape if self.meta.chain.sharding is not None else None
+
+    @property
+    def fill_value(self) -> Any:
+        return self.meta.fill_value
+
+    @property
+    def attrs(self) -> dict:
+        return self.meta.attributes
+
+    @property
+    def dimension_names(self) -> tuple | None:
+        return self.meta.dimension_names
+
+    @property
+    def nbytes(self) -> int:
+        return math.prod(self.shape) * self.dtype.itemsize
+
+    @property
+    def size(self) -> int:
+        return math.prod(self.shape)
+
+    @property
+    def zarr_format(self) -> int:
+        return self.meta.zarr_format
+
+    @property
+    def device(self) -> str:
+        return self._device.name
+
+    # ------------------------------------------------------------------ reads
+    def __getitem__(self, selection: Any) -> Any:
+        return self.read(selection)
+
+    def __len__(self) -> int:
+        if not self.shape:
+            raise TypeError("len() of a 0-d array")
+        return self.shape[0]
+
+    def read(self, selection: Any = Ellipsis, device: str | Device | None = None, out: Any = None) -> Any:
+        """Read `selection` (ints, slices with any step, Ellipsis) into a new or given array."""
+        dev = self._device if device is None else get_device(device)
+        result = self._reader.read([normalize(selection, self.shape)], False, dev, out)
+        return result
+
+    def read_batch(self, selections: list, device: str | Device | None = None, out: Any = None) -> Any:
+        """Read many same-shaped windows in one pipeline pass; returns them stacked on axis 0.
+        Chunks shared between windows are fetched and decoded once."""
+        dev = self._device if device is None else get_device(device)
+        windows = [normalize(s, self.shape) for s in selections]
+        if not windows:
+            raise ValueError("read_batch needs at least one selection")
+        shapes = {tuple(d.count for d in w if not d.drop) for w in windows}
+        if len(shapes) > 1:
+            raise ValueError(f"read_batch windows must all have the same shape, got {sorted(shapes)}")
+        return self._reader.read(windows, True, dev, out)

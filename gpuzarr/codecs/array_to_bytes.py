@@ -1,0 +1,78 @@
+"""array→bytes codecs other than sharding: `bytes` (fixed-size items) and `vlen-*` (variable length)."""
+
+from __future__ import annotations
+
+import math
+import sys
+from dataclasses import dataclass
+from typing import Any
+
+import numcodecs
+import numpy as np
+
+from ..errors import CorruptDataError, MetadataError
+
+Shape = tuple[int, ...]
+_NATIVE = "little" if sys.byteorder == "little" else "big"
+
+
+def _scalar_unit(dtype: np.dtype) -> int:
+    """Size of the unit a byte-order swap reverses: complex numbers swap each half."""
+    return dtype.itemsize // 2 if dtype.kind == "c" else dtype.itemsize
+
+
+@dataclass(frozen=True)
+class Bytes:
+    """Fixed-size items in C order; `endian` is the stored byte order (None: 1-byte types)."""
+
+    endian: str | None
+    name: str = "bytes"
+
+    @classmethod
+    def build(cls, config: dict, dtype: np.dtype, where: str) -> Bytes:
+        endian = config.get("endian")
+        if endian not in (None, "little", "big"):
+            raise MetadataError(f"{where}: bytes codec endian {endian!r} must be 'little' or 'big'")
+        if endian is None and dtype.itemsize > 1 and dtype.kind not in "SVb" and dtype.fields is None:
+            raise MetadataError(f"{where}: bytes codec needs an endian for {dtype}")
+        return cls(endian)
+
+    def raw_nbytes(self, shape: Shape, dtype: np.dtype) -> int:
+        return math.prod(shape) * dtype.itemsize
+
+    def needs_swap(self, dtype: np.dtype) -> bool:
+        if self.endian is None or _scalar_unit(dtype) <= 1 or dtype.kind in "SV":
+            return False
+        held = _NATIVE if dtype.byteorder in "=|" else ("little" if dtype.byteorder == "<" else "big")
+        return held != self.endian
+
+    def decode_batch(self, xp: Any, raw: Any, shape: Shape, dtype: np.dtype) -> Any:
+        """`raw` is (N, raw_nbytes) uint8; returns (N, *shape) of `dtype`, swapping bytes if stored
+        in the other order. The swap is a reversed view copied once, which NumPy and CuPy both do."""
+        n = raw.shape[0]
+        if self.needs_swap(dtype):
+            if dtype.fields is not None:
+                if xp is not np:
+                    raise MetadataError("big-endian structured data types are read on the CPU only")
+                return raw.view(dtype.newbyteorder()).astype(dtype).reshape((n, *shape))
+            unit = _scalar_unit(dtype)
+            raw = xp.ascontiguousarray(raw.reshape(n, -1, unit)[:, :, ::-1]).reshape(n, -1)
+        return raw.view(dtype).reshape((n, *shape))
+
+
+@dataclass(frozen=True)
+class Vlen:
+    """vlen-utf8 / vlen-bytes: u32le item count, then u32le length + bytes per item."""
+
+    kind: str  # "utf8" or "bytes"
+    name: str = "vlen"
+
+    def decode_one(self, data: Any, shape: Shape, out_dtype: np.dtype) -> np.ndarray:
+        codec = numcodecs.VLenUTF8() if self.kind == "utf8" else numcodecs.VLenBytes()
+        try:
+            items = codec.decode(data)
+        except (RuntimeError, ValueError, TypeError, IndexError) as exc:
+            raise CorruptDataError(f"bad vlen-{self.kind} chunk ({exc})") from None
+        if items.size != math.prod(shape):
+            raise CorruptDataError(f"vlen-{self.kind} chunk holds {items.size} items, the chunk needs {math.prod(shape)}")
+        return items.reshape(shape).astype(out_dtype) if out_dtype != items.dtype else items.reshape(shape)

@@ -1,0 +1,212 @@
+"""bytes→bytes codecs: compressors and checksums. numcodecs/crc32c do the arithmetic; these classes
+own the framing checks, so a frame that cannot produce the expected size is refused before or
+while it is decoded, never after garbage lands in the output."""
+
+from __future__ import annotations
+
+import struct
+import zlib
+from dataclasses import dataclass, field
+from typing import Any
+
+import crc32c as _crc32c
+import numcodecs
+import numpy as np
+
+from ..errors import CorruptDataError, MetadataError, UnsupportedFeatureError
+
+Buffer = Any  # bytes, memoryview or a 1-D uint8 ndarray
+
+
+def _as_view(data: Buffer) -> memoryview:
+    view = memoryview(data)
+    return view if view.format == "B" and view.ndim == 1 else view.cast("B")
+
+
+def _expect_size(got: int, expected: int, what: str) -> None:
+    if got != expected:
+        raise CorruptDataError(f"{what} decodes to {got} bytes, the chunk needs {expected}")
+
+
+@dataclass(frozen=True)
+class BytesBytesCodec:
+    """Base: `decode` returns the decoded bytes; `decode_into` fills `out` exactly or raises."""
+
+    name: str
+    config: dict = field(default_factory=dict, compare=False)
+
+    def decode(self, data: Buffer) -> Buffer:
+        raise NotImplementedError
+
+    def decode_into(self, data: Buffer, out: np.ndarray) -> None:
+        decoded = _as_view(self.decode(data))
+        _expect_size(len(decoded), out.nbytes, f"{self.name} frame")
+        out.view(np.uint8).reshape(-1)[:] = np.frombuffer(decoded, dtype=np.uint8)
+
+
+def _zstd_content_size(view: memoryview) -> int | None:
+    """Frame_Content_Size from a zstd frame header (RFC 8878 §3.1.1.1), or None when absent."""
+    if len(view) < 5 or bytes(view[:4]) != b"\x28\xb5\x2f\xfd":
+        raise CorruptDataError("not a zstd frame (bad magic number)")
+    fhd = view[4]
+    fcs_flag, single_segment, dict_flag = fhd >> 6, (fhd >> 5) & 1, fhd & 3
+    pos = 5 + (0 if single_segment else 1) + (0, 1, 2, 4)[dict_flag]
+    size = (1 if single_segment else 0, 2, 4, 8)[fcs_flag]
+    if size == 0:
+        return None
+    if len(view) < pos + size:
+        raise CorruptDataError("truncated zstd frame header")
+    value = int.from_bytes(view[pos:pos + size], "little")
+    return value + 256 if size == 2 else value
+
+
+class Zstd(BytesBytesCodec):
+    _codec = numcodecs.Zstd()
+
+    def decode(self, data: Buffer) -> Buffer:
+        return _numcodecs_call(self._codec.decode, data, "zstd")
+
+    def decode_into(self, data: Buffer, out: np.ndarray) -> None:
+        view = _as_view(data)
+        content_size = _zstd_content_size(view)
+        if content_size is None:  # tensorstore's frames: size unknown until decoded
+            return super().decode_into(data, out)
+        _expect_size(content_size, out.nbytes, "zstd frame")
+        _numcodecs_call(self._codec.decode, view, "zstd", out=out.view(np.uint8).reshape(-1))
+
+
+class Gzip(BytesBytesCodec):
+    def decode(self, data: Buffer) -> Buffer:
+        return _zlib_decompress(data, 31, "gzip")
+
+
+class Zlib(BytesBytesCodec):
+    def decode(self, data: Buffer) -> Buffer:
+        return _zlib_decompress(data, 15, "zlib")
+
+
+def _zlib_decompress(data: Buffer, wbits: int, what: str) -> bytes:
+    obj = zlib.decompressobj(wbits)
+    try:
+        out = obj.decompress(data)
+    except zlib.error as exc:
+        raise CorruptDataError(f"bad {what} stream ({exc})") from None
+    if not obj.eof:
+        raise CorruptDataError(f"truncated {what} stream")
+    return out
+
+
+class Blosc(BytesBytesCodec):
+    def decode(self, data: Buffer) -> Buffer:
+        view = _as_view(data)
+        nbytes = self._checked_header(view)
+        out = np.empty(nbytes, dtype=np.uint8)
+        self._decompress(view, out)
+        return out
+
+    def decode_into(self, data: Buffer, out: np.ndarray) -> None:
+        view = _as_view(data)
+        _expect_size(self._checked_header(view), out.nbytes, "blosc frame")
+        self._decompress(view, out.view(np.uint8).reshape(-1))
+
+    @staticmethod
+    def _checked_header(view: memoryview) -> int:
+        if len(view) < 16:
+            raise CorruptDataError(f"blosc frame of {len(view)} bytes is shorter than its 16-byte header")
+        nbytes, _blocksize, cbytes = struct.unpack_from("<III", view, 4)
+        if cbytes != len(view):
+            raise CorruptDataError(f"blosc header says {cbytes} compressed bytes, the frame has {len(view)}")
+        return nbytes
+
+    @staticmethod
+    def _decompress(view: memoryview, out: np.ndarray) -> None:
+        from numcodecs import blosc
+
+        _numcodecs_call(blosc.decompress, view, "blosc", dest=out)
+
+
+class Crc32c(BytesBytesCodec):
+    def decode(self, data: Buffer) -> Buffer:
+        return strip_crc32c(_as_view(data), "crc32c")
+
+
+def strip_crc32c(view: memoryview, what: str) -> memoryview:
+    """Verify the 4-byte little-endian CRC32C at the end of `view` and return the bytes before it."""
+    if len(view) < 4:
+        raise CorruptDataError(f"{what}: {len(view)} bytes cannot hold a crc32c checksum")
+    body = view[:-4]
+    stored = int.from_bytes(view[-4:], "little")
+    actual = _crc32c.crc32c(body)
+    if stored != actual:
+        raise CorruptDataError(f"{what}: checksum mismatch (stored {stored:#010x}, computed {actual:#010x})")
+    return body
+
+
+class Lz4(BytesBytesCodec):
+    """numcodecs LZ4: a 4-byte little-endian decoded size, then one LZ4 block."""
+
+    _codec = numcodecs.LZ4()
+
+    def decode(self, data: Buffer) -> Buffer:
+        return _numcodecs_call(self._codec.decode, data, "lz4")
+
+    def decode_into(self, data: Buffer, out: np.ndarray) -> None:
+        view = _as_view(data)
+        if len(view) < 4:
+            raise CorruptDataError("lz4 frame is shorter than its 4-byte size prefix")
+        _expect_size(int.from_bytes(view[:4], "little"), out.nbytes, "lz4 frame")
+        _numcodecs_call(self._codec.decode, view, "lz4", out=out.view(np.uint8).reshape(-1))
+
+
+class NumcodecsBytes(BytesBytesCodec):
+    """Any other numcodecs codec (bz2, lzma, shuffle, checksums, v2 filters): decode, then view as bytes."""
+
+    def __init__(self, name: str, config: dict):
+        super().__init__(name, config)
+        try:
+            codec = numcodecs.get_codec(dict(config))
+        except (KeyError, ValueError, TypeError) as exc:
+            raise UnsupportedFeatureError(f"numcodecs cannot build codec {name!r} with {config!r}: {exc}") from None
+        object.__setattr__(self, "_codec", codec)
+
+    def decode(self, data: Buffer) -> Buffer:
+        result = _numcodecs_call(self._codec.decode, data, self.name)
+        if isinstance(result, np.ndarray):
+            if result.dtype.hasobject:
+                raise UnsupportedFeatureError(f"codec {self.name!r} yields Python objects; use it as a filter")
+            return np.ascontiguousarray(result).reshape(-1).view(np.uint8)
+        return result
+
+
+def _numcodecs_call(fn: Any, data: Buffer, what: str, **kwargs: Any) -> Any:
+    try:
+        return fn(data, **kwargs)
+    except (RuntimeError, ValueError, TypeError, OSError, EOFError, zlib.error) as exc:
+        raise CorruptDataError(f"cannot decode {what} frame ({exc})") from None
+    except Exception as exc:  # bz2/lzma raise their own error types
+        if type(exc).__module__ in ("_lzma", "lzma", "_bz2", "bz2"):
+            raise CorruptDataError(f"cannot decode {what} frame ({exc})") from None
+        raise
+
+
+_V3_CODECS = {"zstd": Zstd, "gzip": Gzip, "blosc": Blosc, "crc32c": Crc32c}
+# numcodecs ids for which gpuzarr owns the framing checks (v2 compressors and numcodecs.* in v3).
+_NUMCODECS_NATIVE = {"zstd": Zstd, "gzip": Gzip, "zlib": Zlib, "blosc": Blosc, "lz4": Lz4}
+
+
+def build_v3(name: str, config: dict, where: str) -> BytesBytesCodec | None:
+    """The spec's bytes→bytes codecs by v3 name; None if `name` is not one."""
+    cls = _V3_CODECS.get(name)
+    if cls is None:
+        return None
+    if name == "blosc" and config.get("shuffle", "noshuffle") not in ("noshuffle", "shuffle", "bitshuffle"):
+        raise MetadataError(f"{where}: blosc shuffle {config.get('shuffle')!r} is not valid")
+    return cls(name, config)
+
+
+def build_numcodecs(codec_id: str, config: dict) -> BytesBytesCodec:
+    """A numcodecs codec by id, with `config` including the "id" key."""
+    cls = _NUMCODECS_NATIVE.get(codec_id)
+    if cls is not None:
+        return cls(codec_id, config)
+    return NumcodecsBytes(codec_id, config)

@@ -1,0 +1,225 @@
+"""Zarr data types (v3 names, v2 dtype strings) and their fill-value encodings, mapped to NumPy."""
+
+from __future__ import annotations
+
+import base64
+import math
+import struct
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from .errors import MetadataError, UnsupportedFeatureError
+
+_V3_NUMERIC = {
+    "bool": "bool",
+    "int8": "i1", "int16": "i2", "int32": "i4", "int64": "i8",
+    "uint8": "u1", "uint16": "u2", "uint32": "u4", "uint64": "u8",
+    "float16": "f2", "float32": "f4", "float64": "f8",
+    "complex64": "c8", "complex128": "c16",
+}
+_TIME_UNITS = {"Y", "M", "W", "D", "h", "m", "s", "ms", "us", "μs", "ns", "ps", "fs", "as", "generic"}
+
+
+@dataclass(frozen=True)
+class DataType:
+    """A parsed data type: `dtype` is what reads return; `vlen` marks variable-length items."""
+
+    name: str
+    dtype: np.dtype
+    vlen: str | None = None  # "utf8" or "bytes": object-like items encoded by a vlen codec
+
+    @property
+    def fixed_size(self) -> bool:
+        return self.vlen is None
+
+
+def _name_and_config(spec: Any, where: str) -> tuple[str, dict]:
+    if isinstance(spec, str):
+        return spec, {}
+    if isinstance(spec, dict) and isinstance(spec.get("name"), str):
+        config = spec.get("configuration", {})
+        if not isinstance(config, dict):
+            raise MetadataError(f"{where}: 'configuration' of {spec['name']!r} must be an object")
+        return spec["name"], config
+    raise MetadataError(f"{where}: expected a name or a {{'name', 'configuration'}} object, got {spec!r}")
+
+
+def _length_bytes(config: dict, name: str, where: str) -> int:
+    n = config.get("length_bytes")
+    if not isinstance(n, int) or isinstance(n, bool) or n < 0:
+        raise MetadataError(f"{where}: data type {name!r} needs a non-negative integer 'length_bytes'")
+    return n
+
+
+def _time_dtype(kind: str, config: dict, where: str) -> np.dtype:
+    unit, scale = config.get("unit"), config.get("scale_factor", 1)
+    if unit not in _TIME_UNITS or not isinstance(scale, int) or scale < 1:
+        raise MetadataError(f"{where}: bad unit/scale_factor for {kind}: {config!r}")
+    unit = "us" if unit == "μs" else unit
+    code = "M8" if kind == "numpy.datetime64" else "m8"
+    return np.dtype(f"<{code}" if unit == "generic" else f"<{code}[{scale if scale != 1 else ''}{unit}]")
+
+
+def _string_dtype() -> np.dtype:
+    try:
+        return np.dtypes.StringDType()  # what zarr-python 3 returns with NumPy 2
+    except AttributeError:  # NumPy 1.x
+        return np.dtype(object)
+
+
+def parse_data_type_v3(spec: Any, where: str) -> DataType:
+    """Map a v3 `data_type` value to a DataType; unknown names are refused at open time."""
+    name, config = _name_and_config(spec, where)
+    if name in _V3_NUMERIC:
+        return DataType(name, np.dtype(_V3_NUMERIC[name]))
+    if name.startswith("r") and name[1:].isdigit():
+        bits = int(name[1:])
+        if bits == 0 or bits % 8:
+            raise MetadataError(f"{where}: raw data type {name!r} must have a positive multiple of 8 bits")
+        return DataType(name, np.dtype(f"V{bits // 8}"))
+    if name == "raw_bytes":
+        return DataType(name, np.dtype(f"V{_length_bytes(config, name, where)}"))
+    if name == "null_terminated_bytes":
+        return DataType(name, np.dtype(f"S{_length_bytes(config, name, where)}"))
+    if name == "fixed_length_utf32":
+        n = _length_bytes(config, name, where)
+        if n % 4:
+            raise MetadataError(f"{where}: fixed_length_utf32 length_bytes must be a multiple of 4")
+        return DataType(name, np.dtype(f"<U{n // 4}"))
+    if name in ("numpy.datetime64", "numpy.timedelta64"):
+        return DataType(name, _time_dtype(name, config, where))
+    if name in ("string", "variable_length_utf8"):
+        return DataType(name, _string_dtype(), vlen="utf8")
+    if name in ("bytes", "variable_length_bytes"):
+        return DataType(name, np.dtype(object), vlen="bytes")
+    if name == "structured":
+        fields = config.get("fields")
+        if not isinstance(fields, list) or not fields:
+            raise MetadataError(f"{where}: structured data type needs a non-empty 'fields' list")
+        parts = []
+        for field in fields:
+            if not (isinstance(field, list) and len(field) == 2 and isinstance(field[0], str)):
+                raise MetadataError(f"{where}: bad structured field {field!r}")
+            sub = parse_data_type_v3(field[1], where)
+            if not sub.fixed_size:
+                raise UnsupportedFeatureError(f"{where}: variable-length field {field[0]!r} in a struct")
+            parts.append((field[0], sub.dtype))
+        return DataType(name, np.dtype(parts))
+    raise UnsupportedFeatureError(f"{where}: unknown data type {name!r}")
+
+
+def parse_dtype_v2(spec: Any, where: str) -> DataType:
+    """Map a v2 `dtype` (a NumPy type string or a structured list) to a DataType."""
+    try:
+        if isinstance(spec, list):
+            dtype = np.dtype([tuple(f) for f in spec])
+        elif isinstance(spec, str):
+            dtype = np.dtype(spec)
+        else:
+            raise TypeError(f"{spec!r}")
+    except (TypeError, ValueError) as exc:
+        raise MetadataError(f"{where}: bad v2 dtype {spec!r} ({exc})") from None
+    if dtype.kind == "O":
+        return DataType(str(spec), dtype, vlen="utf8")  # refined by the object codec in filters
+    return DataType(str(spec), dtype)
+
+
+# ----------------------------------------------------------------------------- fill values
+
+def _float_from_json(value: Any, dtype: np.dtype, where: str) -> Any:
+    if isinstance(value, str):
+        special = {"NaN": math.nan, "Infinity": math.inf, "-Infinity": -math.inf}
+        if value in special:
+            return special[value]
+        if value.startswith("0x"):
+            size = dtype.itemsize
+            try:
+                raw = int(value, 16).to_bytes(size, "big")
+            except (ValueError, OverflowError):
+                raise MetadataError(f"{where}: fill value {value!r} is not {size} bytes of hex") from None
+            return np.frombuffer(raw, dtype=dtype.newbyteorder(">"))[0]
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return value
+    raise MetadataError(f"{where}: fill value {value!r} is not valid for {dtype}")
+
+
+def _bytes_from_json(value: Any, where: str) -> bytes:
+    if isinstance(value, list) and all(isinstance(b, int) and 0 <= b < 256 for b in value):
+        return bytes(value)
+    if isinstance(value, str):
+        try:
+            return base64.standard_b64decode(value)
+        except ValueError:
+            pass
+    raise MetadataError(f"{where}: fill value {value!r} is neither base64 nor a list of bytes")
+
+
+def parse_fill_value(value: Any, dt: DataType, where: str, zarr_format: int) -> Any:
+    """Decode a JSON fill value into a NumPy scalar of `dt.dtype` (a str/bytes for vlen types)."""
+    dtype = dt.dtype
+    if value is None:
+        if zarr_format == 3:
+            raise MetadataError(f"{where}: fill_value is required in Zarr v3")
+        return _default_fill(dt)
+    try:
+        if dt.vlen == "utf8":
+            if not isinstance(value, str):
+                raise MetadataError(f"{where}: fill value {value!r} must be a string")
+            return value
+        if dt.vlen == "bytes":
+            return _bytes_from_json(value, where) if zarr_format == 3 else base64.standard_b64decode(value)
+        kind = dtype.kind
+        if kind == "b":
+            if not isinstance(value, bool) and value not in (0, 1):
+                raise MetadataError(f"{where}: fill value {value!r} must be true or false")
+            return np.bool_(value)
+        if kind in "iu":
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value:
+                raise MetadataError(f"{where}: fill value {value!r} must be an integer for {dtype}")
+            info = np.iinfo(dtype)
+            if not info.min <= int(value) <= info.max:
+                raise MetadataError(f"{where}: fill value {value} is out of range for {dtype}")
+            return dtype.type(int(value))
+        if kind == "f":
+            return np.array(_float_from_json(value, dtype, where), dtype=dtype)[()]
+        if kind == "c":
+            if not (isinstance(value, list) and len(value) == 2):
+                if isinstance(value, (int, float)) and not isinstance(value, bool):
+                    return dtype.type(value)
+                raise MetadataError(f"{where}: complex fill value {value!r} must be [real, imag]")
+            part = np.dtype(f"f{dtype.itemsize // 2}")
+            re, im = (np.array(_float_from_json(v, part, where), dtype=part)[()] for v in value)
+            out = np.zeros((), dtype=dtype)
+            out.real, out.imag = re, im
+            return out[()]
+        if kind in "mM":
+            if isinstance(value, str) and value == "NaT":
+                return np.array("NaT", dtype=dtype)[()]
+            if isinstance(value, bool) or not isinstance(value, int):
+                raise MetadataError(f"{where}: fill value {value!r} must be an integer for {dtype}")
+            return np.array(value, dtype="<i8").view(dtype)[()]
+        if kind == "U":
+            if not isinstance(value, str):
+                raise MetadataError(f"{where}: fill value {value!r} must be a string")
+            return np.array(value, dtype=dtype)[()]
+        if kind in "SV":
+            raw = _bytes_from_json(value, where)
+            if kind == "V" and dtype.fields is None and len(raw) != dtype.itemsize:
+                raise MetadataError(f"{where}: fill value has {len(raw)} bytes, {dtype} needs {dtype.itemsize}")
+            if dtype.fields is not None:
+                return np.frombuffer(raw.ljust(dtype.itemsize, b"\0")[: dtype.itemsize], dtype=dtype)[0]
+            return np.array(raw, dtype=dtype)[()]
+    except (ValueError, TypeError, OverflowError, struct.error) as exc:
+        raise MetadataError(f"{where}: fill value {value!r} is not valid for {dtype} ({exc})") from None
+    raise UnsupportedFeatureError(f"{where}: no fill-value decoding for dtype {dtype}")
+
+
+def _default_fill(dt: DataType) -> Any:
+    """Zarr v2 `fill_value: null`: zarr-python fills with the type's zero."""
+    if dt.vlen == "utf8":
+        return ""
+    if dt.vlen == "bytes":
+        return b""
+    return np.zeros((), dtype=dt.dtype)[()]

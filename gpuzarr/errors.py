@@ -1,0 +1,29 @@
+"""gpuzarr's error hierarchy: every failure a user can cause or meet is one of these."""
+
+from __future__ import annotations
+
+
+class GpuzarrError(Exception):
+    """Base class of every error gpuzarr raises on purpose."""
+
+
+class MetadataError(GpuzarrError, ValueError):
+    """Array or group metadata is malformed, missing, or inconsistent."""
+
+
+class UnsupportedFeatureError(GpuzarrError, NotImplementedError):
+    """Well-formed metadata asks for a codec, dtype, grid or extension gpuzarr does not read."""
+
+
+class CorruptDataError(GpuzarrError, ValueError):
+    """Stored bytes contradict the metadata: bad checksum, truncated or inconsistent shard index,
+    a frame that does not decode to the chunk size."""
+
+
+class StoreError(GpuzarrError, OSError):
+    """The store failed to read a key; carries the key and the underlying error."""
+
+    def __init__(self, message: str, key: str | None = None, cause: BaseException | None = None):
+        super().__init__(message)
+        self.key = key
+        self.cause = cause

@@ -1,0 +1,206 @@
+"""From chunk coordinates to compressed bytes: resolve where each chunk lives (its key, or its
+byte range through one or more shard indexes), then read whole batches of ranges at once,
+coalesced, into ONE staging buffer with an offsets/sizes table."""
+
+from __future__ import annotations
+
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+
+import numpy as np
+
+from .codecs.chain import CodecChain
+from .codecs.sharding import EMPTY, Sharding
+from .errors import CorruptDataError
+from .metadata import ArrayMetadata
+from .store import LocalStore, Store
+
+Shape = tuple[int, ...]
+COALESCE_GAP = 1 << 16  # bytes of gap worth reading to save a request
+
+
+@dataclass(frozen=True)
+class Locations:
+    """Where each chunk of a plan is stored (rows in the plan's chunk order)."""
+
+    keys: np.ndarray  # (M,) object: store key holding the chunk
+    offsets: np.ndarray  # (M,) int64 byte offset in the key (0 for whole objects)
+    sizes: np.ndarray  # (M,) int64 byte count, -1 = the whole object
+    present: np.ndarray  # (M,) bool: False = fill value (missing shard or empty inner chunk)
+
+    def storage_order(self) -> np.ndarray:
+        return np.lexsort((self.offsets, self.keys.astype(str)))
+
+
+@dataclass(frozen=True)
+class FetchedBatch:
+    """Compressed bytes of a batch of chunks in one buffer; absent chunks have size 0."""
+
+    staging: np.ndarray  # uint8
+    offsets: np.ndarray  # int64 per chunk
+    sizes: np.ndarray  # int64 per chunk
+    present: np.ndarray  # bool per chunk
+    labels: list  # per chunk: the store key, for error messages
+
+    @property
+    def n(self) -> int:
+        return self.offsets.size
+
+    def chunk(self, i: int) -> memoryview:
+        start = int(self.offsets[i])
+        return memoryview(self.staging)[start:start + int(self.sizes[i])]
+
+
+class IndexCache:
+    """Bounded LRU of decoded shard indexes, keyed by (key, byte offset of the index owner)."""
+
+    def __init__(self, max_bytes: int = 64 << 20):
+        self.max_bytes = max_bytes
+        self._items: OrderedDict = OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()
+
+    def get(self, key: tuple) -> np.ndarray | None | bool:
+        with self._lock:
+            if key not in self._items:
+                return False
+            self._items.move_to_end(key)
+            return self._items[key]
+
+    def put(self, key: tuple, index: np.ndarray | None) -> None:
+        size = 0 if index is None else index.nbytes
+        with self._lock:
+            if key in self._items:
+                return
+            self._items[key] = index
+            self._bytes += size
+            while self._bytes > self.max_bytes and len(self._items) > 1:
+                _, old = self._items.popitem(last=False)
+                self._bytes -= 0 if old is None else old.nbytes
+
+
+class Locator:
+    """Resolves chunk coordinates of the leaf grid (the innermost chunks of nested sharding
+    whose chains are pure sharding) to byte ranges."""
+
+    def __init__(self, meta: ArrayMetadata, store: Store, cache: IndexCache):
+        self.meta, self.store, self.cache = meta, store, cache
+        levels: list[tuple[Shape, Sharding]] = []
+        shape, chain = meta.chunk_shape, meta.chain
+        while chain.sharding is not None:
+            levels.append((shape, chain.sharding))
+            shape, chain = chain.sharding.chunk_shape, chain.sharding.inner
+        self.levels = levels
+        self.leaf_shape: Shape = shape
+        self.leaf_chain: CodecChain = chain
+
+    def locate(self, coords: np.ndarray) -> Locations:
+        n = coords.shape[0]
+        if not self.levels:
+            keys = np.array(self.meta.key_encoding.keys(coords), dtype=object)
+            return Locations(keys, np.zeros(n, np.int64), np.full(n, -1, np.int64), np.ones(n, bool))
+        shard_shape = np.array(self.meta.chunk_shape, dtype=np.int64)
+        leaf = np.array(self.leaf_shape, dtype=np.int64)
+        shard_coords = coords // (shard_shape // leaf) if coords.shape[1] else coords
+        uniq, inverse = np.unique(shard_coords, axis=0, return_inverse=True)
+        inverse = inverse.reshape(-1)
+        keys = np.array(self.meta.key_encoding.keys(uniq), dtype=object)[inverse]
+        offsets = np.zeros(n, np.int64)
+        sizes = np.full(n, -1, np.int64)  # whole key: the outermost shard
+        present = np.ones(n, bool)
+        element = coords * leaf  # first element of each leaf chunk, relative to the array
+        origin = shard_coords * shard_shape
+        owner = inverse.astype(np.int64)  # which index (shard, or inner chunk that is a shard) holds a row
+        for owner_shape, sharding in self.levels:
+            inner = np.array(sharding.chunk_shape, dtype=np.int64)
+            within = (element - origin) // inner
+            cps = sharding.chunks_per_shard(owner_shape)
+            flat = np.ravel_multi_index(tuple(within.T), cps) if cps else np.zeros(n, np.int64)
+            entry = np.full((n, 2), EMPTY, dtype=np.uint64)
+            live = np.flatnonzero(present)
+            by_owner = live[np.argsort(owner[live], kind="stable")]
+            groups = np.split(by_owner, np.flatnonzero(np.diff(owner[by_owner])) + 1) if by_owner.size else []
+            tables = self._indexes([(keys[g[0]], int(offsets[g[0]]), int(sizes[g[0]])) for g in groups],
+                                   owner_shape, sharding)
+            for g, table in zip(groups, tables):
+                if table is not None:
+                    entry[g] = table[flat[g]]
+            present &= entry[:, 1] != EMPTY
+            offsets = np.where(present, entry[:, 0].astype(np.int64), 0)  # indexes hold absolute offsets
+            sizes = np.where(present, entry[:, 1].astype(np.int64), 0)
+            origin = origin + within * inner
+            owner = owner * int(np.prod(cps)) + flat
+        return Locations(keys, offsets, sizes, present)
+
+    def _indexes(self, owners: list[tuple[str, int, int]], owner_shape: Shape, sharding: Sharding) -> list:
+        """Decoded index of each owner (key, byte offset, byte size; size -1 for a whole shard
+        object), from the cache or read together in one call; None for a missing shard."""
+        found = [self.cache.get((key, base, owner_shape)) for key, base, _ in owners]
+        wanted = [i for i, hit in enumerate(found) if hit is False]
+        n_index = sharding.index_nbytes(owner_shape)
+        ranges, totals = [], []
+        for i in wanted:
+            key, base, size = owners[i]
+            if size < 0:  # a whole shard object: the index sits at a known end
+                ranges.append((key, 0, n_index) if sharding.index_location == "start" else (key, -n_index, None))
+                totals.append(self.store.size(key) if isinstance(self.store, LocalStore) else None)
+                continue
+            if size < n_index:
+                raise CorruptDataError(f"{key}: nested shard at offset {base} is {size} bytes, "
+                                       f"shorter than its {n_index}-byte index")
+            start = base if sharding.index_location == "start" else base + size - n_index
+            ranges.append((key, start, start + n_index))
+            totals.append(size)
+        for i, total, raw in zip(wanted, totals, self.store.read_ranges(ranges)):
+            key, base, _ = owners[i]
+            index = None if raw is None else sharding.decode_index(raw, owner_shape, key, total)
+            if index is not None and base:
+                index = index.copy()
+                live = index[:, 1] != EMPTY
+                index[live, 0] += np.uint64(base)  # make nested offsets absolute within the key
+            self.cache.put((key, base, owner_shape), index)
+            found[i] = index
+        return found
+
+
+def fetch(store: Store, loc: Locations, rows: np.ndarray) -> FetchedBatch:
+    """Read the chunks `rows` (in storage order) into one staging buffer, coalescing neighbours."""
+    keys, offsets, sizes, present = loc.keys[rows], loc.offsets[rows], loc.sizes[rows], loc.present[rows].copy()
+    n = rows.size
+    ranges: list[tuple[str, int, int | None]] = []
+    members: list[list[int]] = []
+    for i in np.flatnonzero(present):
+        key, off, size = keys[i], int(offsets[i]), int(sizes[i])
+        if size < 0:
+            ranges.append((key, 0, None))
+            members.append([i])
+            continue
+        if ranges and ranges[-1][0] == key and ranges[-1][2] is not None and 0 <= off - ranges[-1][2] <= COALESCE_GAP:
+            k, start, stop = ranges[-1]
+            ranges[-1] = (k, start, max(stop, off + size))
+            members[-1].append(i)
+        else:
+            ranges.append((key, off, off + size))
+            members.append([i])
+    blobs = store.read_ranges(ranges)
+    total = sum(len(b) for b in blobs if b is not None)
+    staging = np.empty(total, dtype=np.uint8)
+    out_off = np.zeros(n, np.int64)
+    out_size = np.zeros(n, np.int64)
+    pos = 0
+    for (key, start, stop), idx, blob in zip(ranges, members, blobs):
+        if blob is None:
+            if stop is not None:
+                raise CorruptDataError(f"{key}: shard disappeared between reading its index and its chunks")
+            present[idx[0]] = False
+            continue
+        if stop is not None and len(blob) != stop - start:
+            raise CorruptDataError(f"{key}: shard index points past the end of the shard (bytes {start}..{stop} "
+                                   f"requested, {start + len(blob)} exist)")
+        staging[pos:pos + len(blob)] = np.frombuffer(blob, dtype=np.uint8)
+        for i in idx:
+            out_off[i] = pos + (int(offsets[i]) - start if stop is not None else 0)
+            out_size[i] = len(blob) if stop is None else int(sizes[i])
+        pos += len(blob)
+    return FetchedBatch(staging, out_off, out_size, present, list(keys))

@@ -1,0 +1,77 @@
+"""Groups: members are opened lazily, from consolidated metadata when the group has it."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+from .metadata import GroupMetadata
+from .store import Store
+
+
+class Group:
+    def __init__(self, meta: GroupMetadata, store: Store, device: Any = "auto"):
+        self.meta = meta
+        self.store = store
+        self._device = device
+
+    def __repr__(self) -> str:
+        return f"<gpuzarr.Group {self.store.url!r} zarr_format={self.meta.zarr_format}>"
+
+    @property
+    def attrs(self) -> dict:
+        return self.meta.attributes
+
+    @property
+    def zarr_format(self) -> int:
+        return self.meta.zarr_format
+
+    def __getitem__(self, name: str) -> Any:
+        from .api import open_node
+
+        name = name.strip("/")
+        if not name:
+            raise KeyError("empty member name")
+        docs = self._consolidated_docs(name)
+        try:
+            return open_node(self.store.child(name), self._device, docs)
+        except FileNotFoundError:
+            raise KeyError(f"{self.store.path(name)}: no array or group named {name!r}") from None
+
+    def _consolidated_docs(self, name: str) -> dict | None:
+        """The member's metadata documents from consolidated metadata, keyed like store files."""
+        cm = self.meta.consolidated
+        if cm is None:
+            return None
+        if self.meta.zarr_format == 3:
+            return {"zarr.json": cm[name]} if name in cm else None
+        docs = {f: cm[f"{name}/{f}"] for f in (".zarray", ".zgroup", ".zattrs") if f"{name}/{f}" in cm}
+        return docs if (".zarray" in docs or ".zgroup" in docs) else None
+
+    def keys(self) -> list[str]:
+        cm = self.meta.consolidated
+        if cm is not None:
+            names = {k.split("/")[0] for k in cm}
+            if self.meta.zarr_format == 2:
+                names = {n for n in names if not n.startswith(".")}
+            return sorted(names)
+        from .api import has_node
+
+        return [n for n in self.store.list_dir("") if has_node(self.store.child(n))]
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.keys())
+
+    def __contains__(self, name: str) -> bool:
+        try:
+            self[name]
+        except KeyError:
+            return False
+        return True
+
+    def __len__(self) -> int:
+        return len(self.keys())
+
+    def members(self) -> Iterator[tuple[str, Any]]:
+        for name in self.keys():
+            yield name, self[name]

@@ -1,0 +1,29 @@
+"""The device-independent half of decoding: raw chunk bytes → typed chunks → the output array.
+Written against the array namespace `xp` (NumPy or CuPy), so both devices run this same code."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .codecs.chain import CodecChain
+from .plan import Plan
+
+
+def decode_raw(xp: Any, raw: Any, chain: CodecChain) -> Any:
+    """(N, raw_nbytes) uint8 → (N, *chunk shape) of the chain's dtype: the `bytes` codec's view
+    and byte-order swap, then the array→array codecs, each once for the whole batch."""
+    encoded = chain.array_to_bytes.decode_batch(xp, raw, chain.encoded_shape, chain.encoded_dtype)
+    return chain.decode_arrays(xp, encoded)
+
+
+def place(out: Any, decoded: Any, plan: Plan, first: int, stop: int, present: Any, fill: Any) -> None:
+    """Copy chunks first..stop-1 of the plan (decoded[i] is chunk first+i) into their output
+    windows, cropping edge chunks; absent chunks write the fill value."""
+    span = plan.placements_of(first, stop)
+    for p in range(span.start, span.stop):
+        i = int(plan.place_chunk[p]) - first
+        chunk_sel, out_sel = plan.selections(p)
+        if present[i]:
+            out[out_sel] = decoded[i][chunk_sel]
+        else:
+            out[out_sel] = fill

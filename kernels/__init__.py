@@ -1,0 +1,1 @@
+"""CUDA C sources shipped with gpuzarr, compiled at run time through NVRTC (see gpuzarr.devices.kernels)."""
