@@ -1,0 +1,38 @@
+"""The `gpuzarr` command: `info URL` and `demo`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .errors import GpuzarrError
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="gpuzarr", description="Batched Zarr reader for GPU and CPU")
+    sub = parser.add_subparsers(dest="command", required=True)
+    info = sub.add_parser("info", help="describe an array or group")
+    info.add_argument("url", help="path or fsspec URL of an array or group")
+    info.add_argument("--no-count", action="store_true", help="skip listing stored chunks")
+    demo = sub.add_parser("demo", help="write a sample sharded zstd array, read it back, verify, time")
+    demo.add_argument("--size", type=int, default=4096, help="side of the square uint16 image")
+    demo.add_argument("--repeats", type=int, default=5)
+    demo.add_argument("--device", default="auto", choices=["auto", "cpu", "gpu"])
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "info":
+            from .api import open as open_node
+            from .info import describe
+
+            print("\n".join(describe(open_node(args.url, device="cpu"), count_chunks=not args.no_count)))
+            return 0
+        from .demo import run
+
+        return run(args.size, args.repeats, args.device)
+    except GpuzarrError as exc:
+        print(f"gpuzarr: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
