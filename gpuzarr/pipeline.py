@@ -3,6 +3,7 @@ The same code drives every device; only `decode_and_place` differs."""
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -18,9 +19,12 @@ from .store import Store
 
 @dataclass(frozen=True)
 class Settings:
-    batch_bytes: int = 64 << 20  # compressed bytes fetched and decoded per batch
+    batch_bytes: int | None = None  # compressed bytes per batch; None: the device's preference
     batch_chunks: int = 1 << 16  # and at most this many chunks
     index_cache_bytes: int = 64 << 20  # decoded shard indexes kept per array
+
+
+_IO = ThreadPoolExecutor(4, thread_name_prefix="gpuzarr-io")
 
 
 class Reader:
@@ -45,19 +49,24 @@ class Reader:
         plan = plan.reorder(order)
         loc = Locations(loc.keys[order], loc.offsets[order], loc.sizes[order], loc.present[order])
         chain = self.locator.leaf_chain
-        for lo, hi in self._batches(loc, chain.raw_nbytes):
-            batch = fetch(self.store, loc, np.arange(lo, hi))
+        bounds = self._batches(loc, chain.raw_nbytes, self.settings.batch_bytes or device.batch_bytes)
+        # double buffering: batch k+1 is fetched while batch k decodes
+        pending = _IO.submit(fetch, self.store, loc, np.arange(*bounds[0]))
+        for k, (lo, hi) in enumerate(bounds):
+            batch = pending.result()
+            if k + 1 < len(bounds):
+                pending = _IO.submit(fetch, self.store, loc, np.arange(*bounds[k + 1]))
             device.decode_and_place(batch, chain, out, plan, lo, self.meta.fill_value)
         return out
 
-    def _batches(self, loc: Locations, raw_nbytes: int | None) -> list[tuple[int, int]]:
+    def _batches(self, loc: Locations, raw_nbytes: int | None, batch_bytes: int) -> list[tuple[int, int]]:
         """Split chunks (in storage order) into batches of bounded compressed size."""
         guess = raw_nbytes or (1 << 20)  # whole objects: their size is known only once read
         cost = np.where(loc.sizes >= 0, loc.sizes, guess).cumsum()
         bounds, lo, n = [], 0, cost.size
         while lo < n:
             base = cost[lo - 1] if lo else 0
-            hi = int(np.searchsorted(cost, base + self.settings.batch_bytes, side="right"))
+            hi = int(np.searchsorted(cost, base + batch_bytes, side="right"))
             hi = min(max(hi, lo + 1), lo + self.settings.batch_chunks, n)
             bounds.append((lo, hi))
             lo = hi

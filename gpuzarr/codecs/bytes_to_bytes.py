@@ -5,6 +5,7 @@ while it is decoded, never after garbage lands in the output."""
 from __future__ import annotations
 
 import struct
+import threading
 import zlib
 from dataclasses import dataclass, field
 from typing import Any
@@ -12,6 +13,7 @@ from typing import Any
 import crc32c as _crc32c
 import numcodecs
 import numpy as np
+import zstandard
 
 from ..errors import CorruptDataError, MetadataError, UnsupportedFeatureError
 
@@ -30,7 +32,8 @@ def _expect_size(got: int, expected: int, what: str) -> None:
 
 @dataclass(frozen=True)
 class BytesBytesCodec:
-    """Base: `decode` returns the decoded bytes; `decode_into` fills `out` exactly or raises."""
+    """Base: `decode` returns the decoded bytes; `decode_sized` also guarantees their size,
+    checking the frame header before decoding where the format allows."""
 
     name: str
     config: dict = field(default_factory=dict, compare=False)
@@ -38,10 +41,10 @@ class BytesBytesCodec:
     def decode(self, data: Buffer) -> Buffer:
         raise NotImplementedError
 
-    def decode_into(self, data: Buffer, out: np.ndarray) -> None:
-        decoded = _as_view(self.decode(data))
-        _expect_size(len(decoded), out.nbytes, f"{self.name} frame")
-        out.view(np.uint8).reshape(-1)[:] = np.frombuffer(decoded, dtype=np.uint8)
+    def decode_sized(self, data: Buffer, nbytes: int) -> Buffer:
+        decoded = self.decode(data)
+        _expect_size(len(_as_view(decoded)), nbytes, f"{self.name} frame")
+        return decoded
 
 
 def _zstd_content_size(view: memoryview) -> int | None:
@@ -61,18 +64,33 @@ def _zstd_content_size(view: memoryview) -> int | None:
 
 
 class Zstd(BytesBytesCodec):
-    _codec = numcodecs.Zstd()
+    """libzstd through python-zstandard, which releases the GIL for the whole frame."""
 
     def decode(self, data: Buffer) -> Buffer:
-        return _numcodecs_call(self._codec.decode, data, "zstd")
+        view = _as_view(data)
+        size = _zstd_content_size(view)
+        return self._decompress(view, size if size is not None else 1 << 31)
 
-    def decode_into(self, data: Buffer, out: np.ndarray) -> None:
+    def decode_sized(self, data: Buffer, nbytes: int) -> Buffer:
         view = _as_view(data)
         content_size = _zstd_content_size(view)
-        if content_size is None:  # tensorstore's frames: size unknown until decoded
-            return super().decode_into(data, out)
-        _expect_size(content_size, out.nbytes, "zstd frame")
-        _numcodecs_call(self._codec.decode, view, "zstd", out=out.view(np.uint8).reshape(-1))
+        if content_size is not None:
+            _expect_size(content_size, nbytes, "zstd frame")
+        out = self._decompress(view, nbytes)  # frames without a content size: at most nbytes
+        _expect_size(len(out), nbytes, "zstd frame")
+        return out
+
+    _local = threading.local()  # a decompression context per thread: creating one costs more than a chunk
+
+    @classmethod
+    def _decompress(cls, view: memoryview, max_size: int) -> bytes:
+        dctx = getattr(cls._local, "dctx", None)
+        if dctx is None:
+            dctx = cls._local.dctx = zstandard.ZstdDecompressor()
+        try:
+            return dctx.decompress(view, max_output_size=max_size)
+        except zstandard.ZstdError as exc:
+            raise CorruptDataError(f"cannot decode zstd frame ({exc})") from None
 
 
 class Gzip(BytesBytesCodec):
@@ -104,10 +122,12 @@ class Blosc(BytesBytesCodec):
         self._decompress(view, out)
         return out
 
-    def decode_into(self, data: Buffer, out: np.ndarray) -> None:
+    def decode_sized(self, data: Buffer, nbytes: int) -> Buffer:
         view = _as_view(data)
-        _expect_size(self._checked_header(view), out.nbytes, "blosc frame")
-        self._decompress(view, out.view(np.uint8).reshape(-1))
+        _expect_size(self._checked_header(view), nbytes, "blosc frame")
+        out = np.empty(nbytes, dtype=np.uint8)
+        self._decompress(view, out)
+        return out
 
     @staticmethod
     def _checked_header(view: memoryview) -> int:
@@ -150,12 +170,12 @@ class Lz4(BytesBytesCodec):
     def decode(self, data: Buffer) -> Buffer:
         return _numcodecs_call(self._codec.decode, data, "lz4")
 
-    def decode_into(self, data: Buffer, out: np.ndarray) -> None:
+    def decode_sized(self, data: Buffer, nbytes: int) -> Buffer:
         view = _as_view(data)
         if len(view) < 4:
             raise CorruptDataError("lz4 frame is shorter than its 4-byte size prefix")
-        _expect_size(int.from_bytes(view[:4], "little"), out.nbytes, "lz4 frame")
-        _numcodecs_call(self._codec.decode, view, "lz4", out=out.view(np.uint8).reshape(-1))
+        _expect_size(int.from_bytes(view[:4], "little"), nbytes, "lz4 frame")
+        return super().decode_sized(view, nbytes)
 
 
 class NumcodecsBytes(BytesBytesCodec):

@@ -12,6 +12,7 @@ from ..plan import Plan
 class Device(Protocol):
     name: str
     xp: Any  # the array namespace outputs live in
+    batch_bytes: int  # preferred compressed bytes per batch
 
     def empty(self, shape: tuple[int, ...], dtype: Any) -> Any:
         """An uninitialised output array on this device."""
