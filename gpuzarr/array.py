@@ -42,7 +42,7 @@ class Array:
     @property
     def chunks(self) -> tuple[int, ...]:
         """The read unit: the inner chunk shape when sharded."""
-        sharding = self.meta.chain.sharding
+        sharding = self.meta.chain.sharding  # as zarr-python: only a chain that is sharding alone
         return sharding.chunk_shape if sharding is not None else self.meta.chunk_shape
 
     @property
@@ -89,8 +89,7 @@ class Array:
     def read(self, selection: Any = Ellipsis, device: str | Device | None = None, out: Any = None) -> Any:
         """Read `selection` (ints, slices with any step, Ellipsis) into a new or given array."""
         dev = self._device if device is None else get_device(device)
-        result = self._reader.read([normalize(selection, self.shape)], False, dev, out)
-        return result
+        return self._reader.read([normalize(selection, self.shape)], False, dev, out)
 
     def read_batch(self, selections: list, device: str | Device | None = None, out: Any = None) -> Any:
         """Read many same-shaped windows in one pipeline pass; returns them stacked on axis 0.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import replace
 from typing import Any
 
 from .metadata import GroupMetadata
@@ -34,9 +35,15 @@ class Group:
             raise KeyError("empty member name")
         docs = self._consolidated_docs(name)
         try:
-            return open_node(self.store.child(name), self._device, docs)
+            node = open_node(self.store.child(name), self._device, docs)
         except FileNotFoundError:
             raise KeyError(f"{self.store.path(name)}: no array or group named {name!r}") from None
+        cm = self.meta.consolidated
+        if isinstance(node, Group) and cm is not None:  # a subgroup sees its part of our consolidated metadata
+            prefix = name + "/"
+            node.meta = replace(node.meta, consolidated={k[len(prefix):]: v for k, v in cm.items()
+                                                         if k.startswith(prefix)})
+        return node
 
     def _consolidated_docs(self, name: str) -> dict | None:
         """The member's metadata documents from consolidated metadata, keyed like store files."""
@@ -57,7 +64,7 @@ class Group:
             return sorted(names)
         from .api import has_node
 
-        return [n for n in self.store.list_dir("") if has_node(self.store.child(n))]
+        return [n for n in self.store.list_dirs("") if has_node(self.store.child(n))]
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.keys())

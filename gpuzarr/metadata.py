@@ -136,6 +136,8 @@ def parse_v3(doc: dict, where: str) -> ArrayMetadata | GroupMetadata:
     if separator not in ("/", "."):
         raise MetadataError(f"{where}: chunk key separator {separator!r} must be '/' or '.'")
     transformers = doc.get("storage_transformers", [])
+    if not isinstance(transformers, list):
+        raise MetadataError(f"{where}: storage_transformers must be a list, got {transformers!r}")
     if transformers:
         raise UnsupportedFeatureError(f"{where}: storage transformers are not supported: {transformers!r}")
     names = doc.get("dimension_names")

@@ -13,7 +13,7 @@ from fsspec.implementations.local import LocalFileSystem
 from .errors import StoreError
 
 Range = tuple[str, int, int | None]  # key, start (negative: suffix), stop (None: to the end)
-_MISSING = (FileNotFoundError, KeyError)
+_MISSING = (FileNotFoundError, KeyError, NotADirectoryError, IsADirectoryError)
 
 
 class Store:
@@ -84,12 +84,13 @@ class Store:
         except Exception as exc:
             raise StoreError(f"{self.path(key)}: size lookup failed: {exc!r}", key, exc) from exc
 
-    def list_dir(self, key: str) -> list[str]:
+    def list_dirs(self, key: str) -> list[str]:
+        """Names of the sub-directories (prefixes) under `key`."""
         try:
-            entries = self.fs.ls(self.path(key), detail=False)
+            entries = self.fs.ls(self.path(key), detail=True)
         except _MISSING:
             return []
-        return sorted(e.rstrip("/").rsplit("/", 1)[-1] for e in entries)
+        return sorted(e["name"].rstrip("/").rsplit("/", 1)[-1] for e in entries if e.get("type") == "directory")
 
 
 class LocalStore(Store):
@@ -101,16 +102,15 @@ class LocalStore(Store):
             path = self.path(key)
             try:
                 fd = os.open(path, os.O_RDONLY)
-            except FileNotFoundError:
-                out.append(None)
-                continue
-            except IsADirectoryError:
+            except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
                 out.append(None)
                 continue
             except OSError as exc:
                 raise StoreError(f"{path}: open failed: {exc}", key, exc) from exc
             try:
                 out.append(_pread_range(fd, start, stop))
+            except IsADirectoryError:  # a directory where a chunk key should be: no such chunk
+                out.append(None)
             except OSError as exc:
                 raise StoreError(f"{path}: read failed: {exc}", key, exc) from exc
             finally:
@@ -125,7 +125,7 @@ class LocalStore(Store):
             path = self.path(key)
             try:
                 fd = os.open(path, os.O_RDONLY)
-            except FileNotFoundError:
+            except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
                 counts.append(None)
                 continue
             except OSError as exc:
@@ -163,7 +163,7 @@ def open_store(store: Any, path: str | None = None, storage_options: dict | None
     if isinstance(store, Store):
         result = store
     elif isinstance(store, fsspec.AbstractFileSystem):
-        result = _make(store, "")
+        return _make(store, path or "")
     elif isinstance(store, fsspec.FSMap):
         result = _make(store.fs, store.root)
     elif isinstance(store, (str, os.PathLike)):

@@ -181,12 +181,13 @@ class Lz4(BytesBytesCodec):
 class NumcodecsBytes(BytesBytesCodec):
     """Any other numcodecs codec (bz2, lzma, shuffle, checksums, v2 filters): decode, then view as bytes."""
 
-    def __init__(self, name: str, config: dict):
+    def __init__(self, name: str, config: dict, where: str = ""):
         super().__init__(name, config)
         try:
             codec = numcodecs.get_codec(dict(config))
         except (KeyError, ValueError, TypeError) as exc:
-            raise UnsupportedFeatureError(f"numcodecs cannot build codec {name!r} with {config!r}: {exc}") from None
+            raise UnsupportedFeatureError(f"{where}: unknown codec {name!r} (numcodecs cannot build it from "
+                                          f"{config!r}: {exc})") from None
         object.__setattr__(self, "_codec", codec)
 
     def decode(self, data: Buffer) -> Buffer:
@@ -214,19 +215,40 @@ _V3_CODECS = {"zstd": Zstd, "gzip": Gzip, "blosc": Blosc, "crc32c": Crc32c}
 _NUMCODECS_NATIVE = {"zstd": Zstd, "gzip": Gzip, "zlib": Zlib, "blosc": Blosc, "lz4": Lz4}
 
 
+_INT = (int,)
+_V3_CONFIG = {  # field: (accepted types, allowed values or None)
+    "zstd": {"level": (_INT, None), "checksum": ((bool,), None)},
+    "gzip": {"level": (_INT, range(10))},
+    "blosc": {"cname": ((str,), {"lz4", "lz4hc", "blosclz", "zstd", "snappy", "zlib"}),
+              "clevel": (_INT, range(10)), "shuffle": ((str,), {"noshuffle", "shuffle", "bitshuffle"}),
+              "typesize": (_INT, None), "blocksize": (_INT, None)},
+    "crc32c": {},
+}
+
+
+def _check_config(name: str, config: dict, where: str) -> None:
+    for key, value in config.items():
+        rule = _V3_CONFIG[name].get(key)
+        if rule is None:
+            raise MetadataError(f"{where}: unknown {name} codec setting {key!r}")
+        types, allowed = rule
+        if isinstance(value, bool) and bool not in types or not isinstance(value, types) or (
+                allowed is not None and value not in allowed):
+            raise MetadataError(f"{where}: {name} codec setting {key}={value!r} is not valid")
+
+
 def build_v3(name: str, config: dict, where: str) -> BytesBytesCodec | None:
     """The spec's bytes→bytes codecs by v3 name; None if `name` is not one."""
     cls = _V3_CODECS.get(name)
     if cls is None:
         return None
-    if name == "blosc" and config.get("shuffle", "noshuffle") not in ("noshuffle", "shuffle", "bitshuffle"):
-        raise MetadataError(f"{where}: blosc shuffle {config.get('shuffle')!r} is not valid")
+    _check_config(name, config, where)
     return cls(name, config)
 
 
-def build_numcodecs(codec_id: str, config: dict) -> BytesBytesCodec:
+def build_numcodecs(codec_id: str, config: dict, where: str) -> BytesBytesCodec:
     """A numcodecs codec by id, with `config` including the "id" key."""
     cls = _NUMCODECS_NATIVE.get(codec_id)
     if cls is not None:
         return cls(codec_id, config)
-    return NumcodecsBytes(codec_id, config)
+    return NumcodecsBytes(codec_id, config, where)

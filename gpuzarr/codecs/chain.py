@@ -112,7 +112,7 @@ def build_chain_v3(codecs: Any, shape: Shape, dt: DataType, where: str) -> Codec
             continue
         codec = bytes_to_bytes.build_v3(name, config, where)
         if codec is None and name != short:
-            codec = bytes_to_bytes.build_numcodecs(short, {"id": short, **config})
+            codec = bytes_to_bytes.build_numcodecs(short, {"id": short, **config}, where)
         if codec is None:
             raise UnsupportedFeatureError(f"{where}: unknown codec {name!r}")
         if ab is None:
@@ -169,9 +169,9 @@ def build_chain_v2(compressor: Any, filters: Any, shape: Shape, dt: DataType, or
         if dt.dtype.fields is not None:
             byteorder = next((f[0].byteorder for f in dt.dtype.fields.values() if f[0].byteorder in "<>"), "|")
         ab = Bytes({"<": "little", ">": "big"}.get(byteorder, "little" if byteorder == "=" else None))
-    bb = [bytes_to_bytes.build_numcodecs(f["id"], f) for f in filters]
+    bb = [bytes_to_bytes.build_numcodecs(f["id"], f, where) for f in filters]
     if compressor:
-        bb.append(bytes_to_bytes.build_numcodecs(compressor["id"], compressor))
+        bb.append(bytes_to_bytes.build_numcodecs(compressor["id"], compressor, where))
     # v2 filters run on raw buffers in numcodecs' own layout, so they sit among the bytes→bytes codecs
     chain = _bind(aa, ab, bb, shape, dt.dtype)
     assert chain.encoded_shape == stage_shape
