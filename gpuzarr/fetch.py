@@ -98,14 +98,20 @@ class Locator:
     def locate(self, coords: np.ndarray) -> Locations:
         n = coords.shape[0]
         if not self.levels:
-            keys = np.array(self.meta.key_encoding.keys(coords), dtype=object)
+            encode = self.meta.key_encoding.key
+            keys = np.array([encode(tuple(c)) for c in coords.tolist()], dtype=object)
             return Locations(keys, np.zeros(n, np.int64), np.full(n, -1, np.int64), np.ones(n, bool))
         shard_shape = np.array(self.meta.chunk_shape, dtype=np.int64)
         leaf = np.array(self.leaf_shape, dtype=np.int64)
-        shard_coords = coords // (shard_shape // leaf) if coords.shape[1] else coords
-        uniq, inverse = np.unique(shard_coords, axis=0, return_inverse=True)
+        grid = self.meta.grid_shape
+        shard_coords = coords // (shard_shape // leaf)
+        lin = np.ravel_multi_index(tuple(shard_coords.T), grid) if grid else np.zeros(n, np.int64)
+        uniq, inverse = np.unique(lin, return_inverse=True)
         inverse = inverse.reshape(-1)
-        keys = np.array(self.meta.key_encoding.keys(uniq), dtype=object)[inverse]
+        encode = self.meta.key_encoding.key
+        names = [encode(tuple(c)) for c in np.array(np.unravel_index(uniq, grid)).T.tolist()] if grid else \
+            [encode(())] * uniq.size
+        keys = np.array(names, dtype=object)[inverse]
         offsets = np.zeros(n, np.int64)
         sizes = np.full(n, -1, np.int64)  # whole key: the outermost shard
         present = np.ones(n, bool)
@@ -120,7 +126,8 @@ class Locator:
             entry = np.full((n, 2), EMPTY, dtype=np.uint64)
             live = np.flatnonzero(present)
             by_owner = live[np.argsort(owner[live], kind="stable")]
-            groups = np.split(by_owner, np.flatnonzero(np.diff(owner[by_owner])) + 1) if by_owner.size else []
+            cuts = [0, *(np.flatnonzero(np.diff(owner[by_owner])) + 1).tolist(), by_owner.size]
+            groups = [by_owner[a:b] for a, b in zip(cuts[:-1], cuts[1:])] if by_owner.size else []
             tables = self._indexes([(keys[g[0]], int(offsets[g[0]]), int(sizes[g[0]])) for g in groups],
                                    owner_shape, sharding)
             for g, table in zip(groups, tables):

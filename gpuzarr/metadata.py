@@ -32,18 +32,6 @@ class KeyEncoding:
             return self.separator.join(("c", *map(str, coords)))
         return self.separator.join(map(str, coords)) if coords else "0"
 
-    def keys(self, coords: np.ndarray) -> list[str]:
-        """Keys for an (N, ndim) array of grid coordinates, built without a Python object per digit."""
-        if coords.shape[1] == 0:
-            return [self.key(())] * coords.shape[0]
-        text = coords.astype(str)
-        joined = text[:, 0]
-        for d in range(1, text.shape[1]):
-            joined = np.char.add(np.char.add(joined, self.separator), text[:, d])
-        if self.kind == "default":
-            joined = np.char.add("c" + self.separator, joined)
-        return joined.tolist()
-
 
 @dataclass(frozen=True)
 class ArrayMetadata:

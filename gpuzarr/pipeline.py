@@ -50,6 +50,10 @@ class Reader:
         loc = Locations(loc.keys[order], loc.offsets[order], loc.sizes[order], loc.present[order])
         chain = self.locator.leaf_chain
         bounds = self._batches(loc, chain.raw_nbytes, self.settings.batch_bytes or device.batch_bytes)
+        if len(bounds) == 1:  # nothing to overlap with: no thread hand-off
+            device.decode_and_place(fetch(self.store, loc, np.arange(*bounds[0])), chain, out, plan, 0,
+                                    self.meta.fill_value)
+            return out
         # double buffering: batch k+1 is fetched while batch k decodes
         pending = _IO.submit(fetch, self.store, loc, np.arange(*bounds[0]))
         for k, (lo, hi) in enumerate(bounds):

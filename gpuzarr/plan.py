@@ -82,39 +82,47 @@ def _dim_runs(sel: DimSelection, chunk: int) -> tuple[np.ndarray, ...]:
     return cidx[starts], idx[starts] - cidx[starts] * chunk, counts, starts
 
 
+def _product(sizes: list[int]) -> np.ndarray:
+    """All index combinations of ranges of `sizes`, C order, as a (prod, len(sizes)) array."""
+    total = int(np.prod(sizes)) if sizes else 1
+    flat = np.arange(total, dtype=np.int64)
+    rows = np.empty((total, len(sizes)), dtype=np.int64)
+    stride = total
+    for d, n in enumerate(sizes):
+        stride //= max(n, 1)
+        rows[:, d] = (flat // max(stride, 1)) % max(n, 1) if n else 0
+    return rows
+
+
 def make_plan(windows: list[list[DimSelection]], chunk_shape: Shape, batched: bool) -> Plan:
     ndim = len(chunk_shape)
     if batched and len({tuple(d.drop for d in w) for w in windows}) > 1:
         raise IndexError("read_batch windows must index the same dimensions with integers")
-    tables: list[list[tuple[np.ndarray, ...]]] = [[] for _ in range(ndim)]
-    steps: list[list[np.ndarray]] = [[] for _ in range(ndim)]
+    runs = [[_dim_runs(sel, c) for sel, c in zip(window, chunk_shape)] for window in windows]
     place_runs, place_window = [], []
-    offsets = [0] * ndim
-    for w, window in enumerate(windows):
-        per_dim = []
-        for d, sel in enumerate(window):
-            runs = _dim_runs(sel, chunk_shape[d])
-            tables[d].append(runs)
-            steps[d].append(np.full(runs[0].size, sel.step, dtype=np.int64))
-            per_dim.append(np.arange(runs[0].size, dtype=np.int64) + offsets[d])
-            offsets[d] += runs[0].size
-        grids = np.meshgrid(*per_dim, indexing="ij") if ndim else []
-        rows = np.stack([g.reshape(-1) for g in grids], axis=1) if ndim else np.zeros((1, 0), dtype=np.int64)
+    offsets = np.zeros(ndim, dtype=np.int64)
+    for w, per_dim in enumerate(runs):
+        sizes = [r[0].size for r in per_dim]
+        rows = _product(sizes) + offsets
+        offsets += np.asarray(sizes, dtype=np.int64)
         place_runs.append(rows)
         place_window.append(np.full(rows.shape[0], w, dtype=np.int64))
-    dims = tuple(
-        DimRuns(*(np.concatenate([t[i] for t in tables[d]]) for i in range(4)),
-                step=np.concatenate(steps[d]), drop=windows[0][d].drop)
-        for d in range(ndim)
-    )
-    runs = np.concatenate(place_runs) if place_runs else np.zeros((0, ndim), dtype=np.int64)
-    window = np.concatenate(place_window) if place_window else np.zeros(0, dtype=np.int64)
-    coords = np.stack([dims[d].chunk[runs[:, d]] for d in range(ndim)], axis=1) if ndim else np.zeros(
-        (runs.shape[0], 0), dtype=np.int64)
-    if len(windows) > 1:
-        chunks, inverse = np.unique(coords, axis=0, return_inverse=True)
-        inverse = inverse.reshape(-1)
+    if len(windows) == 1:
+        tables = [[*runs[0][d], np.full(runs[0][d][0].size, windows[0][d].step, dtype=np.int64)]
+                  for d in range(ndim)]
+        rows, window = place_runs[0], place_window[0]
     else:
-        chunks, inverse = coords, np.arange(coords.shape[0], dtype=np.int64)
+        tables = [[np.concatenate([r[d][i] for r in runs]) for i in range(4)]
+                  + [np.concatenate([np.full(r[d][0].size, win[d].step, dtype=np.int64)
+                                     for r, win in zip(runs, windows)])] for d in range(ndim)]
+        rows, window = np.concatenate(place_runs), np.concatenate(place_window)
+    dims = tuple(DimRuns(*tables[d][:4], step=tables[d][4], drop=windows[0][d].drop) for d in range(ndim))
+    coords = np.empty((rows.shape[0], ndim), dtype=np.int64)
+    for d in range(ndim):
+        coords[:, d] = dims[d].chunk[rows[:, d]]
+    if len(windows) == 1:  # chunks of one window are distinct, in C order already
+        return Plan(coords, np.arange(coords.shape[0], dtype=np.int64), rows, window, dims, batched)
+    chunks, inverse = np.unique(coords, axis=0, return_inverse=True)
+    inverse = inverse.reshape(-1)
     by = np.argsort(inverse, kind="stable")
-    return Plan(chunks, inverse[by], runs[by], window[by], dims, batched)
+    return Plan(chunks, inverse[by], rows[by], window[by], dims, batched)

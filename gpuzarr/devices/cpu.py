@@ -18,6 +18,7 @@ from ..placement import decode_raw, place
 from ..plan import Plan
 
 GROUP_BYTES = 1 << 20  # decoded bytes per task: enough to amortise a task, small enough for L2
+INLINE_BYTES = 1 << 17  # smaller batches decode on the calling thread: a hand-off costs more
 
 
 class CpuDevice:
@@ -66,7 +67,7 @@ class CpuDevice:
         per_task = max(1, GROUP_BYTES // raw_nbytes) if raw_nbytes else 1
         per_task = min(per_task, max(1, -(-batch.n // self.threads)))
         bounds = [(lo, min(lo + per_task, batch.n)) for lo in range(0, batch.n, per_task)]
-        if len(bounds) == 1 or self.threads == 1:
+        if len(bounds) == 1 or self.threads == 1 or batch.n * (raw_nbytes or 0) < INLINE_BYTES:
             for lo, hi in bounds:
                 task(lo, hi)
             return
