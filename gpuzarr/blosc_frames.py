@@ -310,7 +310,8 @@ def bit_unshuffle(buf, typesize: int) -> np.ndarray:
     elements were stored bit plane by bit plane (for each byte position, for each bit from the
     least significant, one bit per element, 8 elements per byte, first element in the lowest bit)
     and the ``len % typesize`` trailing bytes as they are; otherwise the whole block was stored as
-    it is (c-blosc 1.21 shuffle.c; c-blosc2 behaves differently for ``n % 8 != 0``).
+    it is (c-blosc 1.21 shuffle.c, blosc format version 2; c-blosc2 shuffles the first
+    ``n - n % 8`` elements instead, but only in its own format versions >= 3, which are not parsed here).
     """
     src = _u8(buf)
     if typesize < 1:

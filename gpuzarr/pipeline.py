@@ -53,6 +53,7 @@ class Reader:
         if len(bounds) == 1:  # nothing to overlap with: no thread hand-off
             device.decode_and_place(fetch(self.store, loc, np.arange(*bounds[0])), chain, out, plan, 0,
                                     self.meta.fill_value)
+            device.finish()
             return out
         # double buffering: batch k+1 is fetched while batch k decodes
         pending = _IO.submit(fetch, self.store, loc, np.arange(*bounds[0]))
@@ -61,6 +62,7 @@ class Reader:
             if k + 1 < len(bounds):
                 pending = _IO.submit(fetch, self.store, loc, np.arange(*bounds[k + 1]))
             device.decode_and_place(batch, chain, out, plan, lo, self.meta.fill_value)
+        device.finish()
         return out
 
     def _batches(self, loc: Locations, raw_nbytes: int | None, batch_bytes: int) -> list[tuple[int, int]]:

@@ -9,10 +9,11 @@ from .codecs.chain import CodecChain
 from .plan import Plan
 
 
-def decode_raw(xp: Any, raw: Any, chain: CodecChain) -> Any:
-    """(N, raw_nbytes) uint8 → (N, *chunk shape) of the chain's dtype: the `bytes` codec's view
-    and byte-order swap, then the array→array codecs, each once for the whole batch."""
-    encoded = chain.array_to_bytes.decode_batch(xp, raw, chain.encoded_shape, chain.encoded_dtype)
+def decode_raw(xp: Any, raw: Any, chain: CodecChain, native: bool = False) -> Any:
+    """(N, raw_nbytes) uint8 → (N, *chunk shape) of the chain's dtype (native-endian if `native`):
+    the `bytes` codec's view and byte-order swap, then the array→array codecs, each once for the
+    whole batch."""
+    encoded = chain.array_to_bytes.decode_batch(xp, raw, chain.encoded_shape, chain.encoded_dtype, native)
     return chain.decode_arrays(xp, encoded)
 
 

@@ -46,10 +46,13 @@ class Bytes:
         held = _NATIVE if dtype.byteorder in "=|" else ("little" if dtype.byteorder == "<" else "big")
         return held != self.endian
 
-    def decode_batch(self, xp: Any, raw: Any, shape: Shape, dtype: np.dtype) -> Any:
-        """`raw` is (N, raw_nbytes) uint8; returns (N, *shape) of `dtype`, swapping bytes if stored
-        in the other order. The swap is a reversed view copied once, which NumPy and CuPy both do."""
+    def decode_batch(self, xp: Any, raw: Any, shape: Shape, dtype: np.dtype, native: bool = False) -> Any:
+        """`raw` is (N, raw_nbytes) uint8; returns (N, *shape) of `dtype` (of its native-order twin
+        when `native`: CuPy has no other), swapping bytes where the stored order differs. The swap
+        is a reversed view copied once, which NumPy and CuPy both do."""
         n = raw.shape[0]
+        if native and dtype.fields is None:
+            dtype = dtype.newbyteorder("=")
         if self.needs_swap(dtype):
             if dtype.fields is not None:
                 if xp is not np:

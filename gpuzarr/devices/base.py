@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from typing import Any, Protocol
 
 from ..codecs.chain import CodecChain
@@ -24,6 +25,13 @@ class Device(Protocol):
                          first: int, fill: Any) -> None:
         """Decode every chunk of `batch` (plan chunks first..first+batch.n-1) and place it in `out`."""
 
+    def finish(self) -> None:
+        """Called once the last batch of a read is placed: raise deferred errors (GPU sizes)."""
+
+
+_gpu_lock = threading.Lock()
+_gpu_devices: dict[int, Any] = {}
+
 
 def get_device(name: str | Device) -> Device:
     """'cpu', 'gpu' or 'auto' (the GPU when CuPy finds a usable one, else the CPU)."""
@@ -34,9 +42,25 @@ def get_device(name: str | Device) -> Device:
 
         return CpuDevice.shared()
     if name in ("gpu", "cuda"):
-        from ..errors import UnsupportedFeatureError
-
-        raise UnsupportedFeatureError("the GPU device is not available in this build; use device='cpu'")
+        return _gpu_device()
     if name == "auto":
-        return get_device("cpu")
+        from .gpu import usable_gpu
+
+        return _gpu_device() if usable_gpu()[0] else get_device("cpu")
     raise ValueError(f"device must be 'cpu', 'gpu' or 'auto', not {name!r}")
+
+
+def _gpu_device() -> Device:
+    from ..errors import UnsupportedFeatureError
+    from .gpu import CupyEngine, GpuDevice, usable_gpu
+
+    ok, why = usable_gpu()
+    if not ok:
+        raise UnsupportedFeatureError(f"device='gpu' is not available: {why}")
+    import cupy
+
+    device_id = cupy.cuda.runtime.getDevice()
+    with _gpu_lock:
+        if device_id not in _gpu_devices:
+            _gpu_devices[device_id] = GpuDevice(CupyEngine(device_id))
+        return _gpu_devices[device_id]

@@ -48,6 +48,9 @@ class CpuDevice:
         if out.shape != shape or out.dtype != dtype:
             raise ValueError(f"out has shape {out.shape} and dtype {out.dtype}; the read needs {shape} {dtype}")
 
+    def finish(self) -> None:
+        """Nothing is deferred on the CPU: errors surface where they happen."""
+
     def decode_and_place(self, batch: FetchedBatch, chain: CodecChain, out: Any, plan: Plan,
                          first: int, fill: Any) -> None:
         raw_nbytes = chain.raw_nbytes

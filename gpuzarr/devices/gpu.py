@@ -1,0 +1,261 @@
+"""The GPU device: the orchestration of one batch (shared with a CPU stand-in in the tests) and
+the thin engine that runs it with CuPy and nvCOMP.
+
+Per batch, whatever its number of chunks: one host→device copy, one nvCOMP call per algorithm,
+one launch per copy table, one per shuffle kind, the array-namespace decode (a fixed number of
+CuPy ops) and one scatter + one fill launch. No host synchronisation happens inside a read;
+`finish()` checks the decoded sizes nvCOMP reports once the output is complete."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import numpy as np
+
+from ..codecs.chain import CodecChain
+from ..errors import CorruptDataError, UnsupportedFeatureError
+from ..fetch import FetchedBatch
+from ..placement import decode_raw
+from ..plan import Plan
+from .cpu import decode_bytes
+from .gpu_layout import GpuBatchLayout, build_layout, scatter_records
+from .kernels import SCATTER_ITEMSIZES, get_function
+
+# nvCOMP algorithm names, by the name gpu_layout gives each raw stream kind
+NVCOMP_ALGORITHMS = {"zstd": "Zstd", "deflate": "Deflate", "lz4": "LZ4", "snappy": "Snappy"}
+THREADS = 256
+
+
+def gpu_dtype(dtype: np.dtype) -> np.dtype:
+    """Outputs on the GPU are native-endian numbers: CuPy has no other dtypes."""
+    if dtype.kind not in "biufc" or dtype.fields is not None:
+        raise UnsupportedFeatureError(f"dtype {dtype} is read on the CPU only (device='cpu')")
+    return dtype.newbyteorder("=")
+
+
+class GpuDevice:
+    """Runs batches through an engine: `CupyEngine` on a GPU, a NumPy stand-in in tests."""
+
+    name = "gpu"
+    batch_bytes = 256 << 20  # big batches keep nvCOMP busy; bounded by this setting
+
+    def __init__(self, engine: Any):
+        self.engine = engine
+        self.xp = engine.xp
+
+    def empty(self, shape: tuple[int, ...], dtype: Any) -> Any:
+        return self.xp.empty(shape, dtype=gpu_dtype(np.dtype(dtype)))
+
+    def check_output(self, out: Any, shape: tuple[int, ...], dtype: Any) -> None:
+        if not isinstance(out, self.xp.ndarray):
+            raise TypeError(f"out must be a {self.xp.__name__}.ndarray on the GPU device, not {type(out).__name__}")
+        if out.shape != shape or out.dtype != gpu_dtype(np.dtype(dtype)):
+            raise ValueError(f"out has shape {out.shape} and dtype {out.dtype}; the read needs {shape} "
+                             f"{gpu_dtype(np.dtype(dtype))}")
+        if not out.flags.c_contiguous:
+            raise ValueError("out must be C-contiguous")
+
+    def decode_and_place(self, batch: FetchedBatch, chain: CodecChain, out: Any, plan: Plan,
+                         first: int, fill: Any) -> None:
+        raw_nbytes = chain.raw_nbytes
+        if raw_nbytes is None:
+            raise UnsupportedFeatureError("variable-length data and sharding inside other codecs are read on "
+                                          "the CPU only (device='cpu')")
+        layout = build_layout(batch, chain,
+                              lambda i: decode_bytes(chain, batch.chunk(i), raw_nbytes, batch.labels[i]))
+        eng = self.engine
+        decoded = None
+        if layout.present.any():
+            work = self._decode(layout)
+            rows = work[:layout.n * raw_nbytes].reshape(layout.n, raw_nbytes)
+            decoded = self.xp.ascontiguousarray(decode_raw(self.xp, rows, chain, native=True))
+        itemsize = out.dtype.itemsize
+        scatter, fills = scatter_records(plan, first, first + batch.n, batch.present, chain.shape, itemsize,
+                                         out.strides)
+        if len(scatter):
+            eng.scatter(decoded, out, scatter, itemsize, len(chain.shape))
+        if len(fills):
+            eng.fill(out, fills, fill_bytes(fill, out.dtype), itemsize, len(chain.shape))
+
+    def _decode(self, layout: GpuBatchLayout) -> Any:
+        eng = self.engine
+        staging = eng.upload(layout.staging)
+        work = eng.empty(layout.work_nbytes)
+        for algorithm, table in layout.streams.items():
+            eng.decompress(algorithm, staging, work, table, layout)
+        if layout.copies["size"].size:
+            eng.copy(staging, work, layout.copies)
+        if layout.moves["size"].size:
+            eng.copy(work, work, layout.moves)
+        for kind, table in layout.unshuffles.items():
+            eng.unshuffle(kind, work, table)
+        return work
+
+    def finish(self) -> None:
+        self.engine.finish()
+
+
+def fill_bytes(fill: Any, dtype: np.dtype) -> bytes:
+    """The fill value as the output dtype's bytes, padded to 16 (the fill kernel's two u64s)."""
+    return np.array(fill, dtype=dtype).tobytes().ljust(16, b"\0")
+
+
+class CupyEngine:
+    """CuPy + nvCOMP: every call is asynchronous on one stream."""
+
+    def __init__(self, device_id: int | None = None, stream: Any = None):
+        import cupy
+        from nvidia import nvcomp
+
+        self.xp = cupy
+        self._nvcomp = nvcomp
+        self.device_id = cupy.cuda.runtime.getDevice() if device_id is None else int(device_id)
+        self._stream = stream
+        self._codecs: dict[tuple, Any] = {}
+        self._pinned = PinnedPool(cupy, slots=2)
+        self._pending: list[tuple[Any, np.ndarray, GpuBatchLayout, np.ndarray]] = []
+
+    @property
+    def stream(self) -> Any:
+        return self._stream if self._stream is not None else self.xp.cuda.get_current_stream()
+
+    def empty(self, nbytes: int) -> Any:
+        return self.xp.empty(nbytes, dtype=self.xp.uint8)
+
+    def upload(self, data: np.ndarray) -> Any:
+        """One asynchronous copy from a reused page-locked buffer."""
+        host, event = self._pinned.take(data.nbytes)
+        host[:] = data
+        device = self.empty(data.nbytes)
+        device.set(host, stream=self.stream)
+        event.record(self.stream)  # the pinned slot is reusable once this copy is done
+        return device
+
+    def codec(self, algorithm: str) -> Any:
+        nv = self._nvcomp
+        key = (algorithm, self.device_id, self.stream.ptr)
+        codec = self._codecs.get(key)
+        if codec is None:
+            codec = nv.Codec(algorithm=NVCOMP_ALGORITHMS[algorithm], device_id=self.device_id,
+                             cuda_stream=self.stream.ptr, bitstream_kind=nv.BitstreamKind.RAW)
+            self._codecs[key] = codec
+        return codec
+
+    def decompress(self, algorithm: str, staging: Any, work: Any, table: dict, layout: GpuBatchLayout) -> None:
+        nv, ptr = self._nvcomp, self.stream.ptr
+        sizes = table["dst_size"].tolist()
+        srcs = nv.as_arrays(staging, table["src"].tolist(), table["src_size"].tolist(), ptr)
+        outs = nv.as_arrays(work, table["dst"].tolist(), sizes, ptr)
+        codec = self.codec(algorithm)
+        # sizes come from the metadata, so nvCOMP need not read headers back (no synchronisation)
+        config = codec.decompression_config(codec.compression_config(sizes))
+        codec.decode(srcs, out=outs, decompression_config=config)
+        self._pending.append((outs, table["dst_size"], layout, table["dst"]))
+
+    def copy(self, src: Any, dst: Any, table: dict) -> None:
+        """Byte copies as 1-d windows of the scatter kernel (itemsize 1): one launch per table."""
+        from .kernels import SCATTER_REC_COUNT, SCATTER_REC_DST, SCATTER_REC_DSTRIDE, SCATTER_REC_LEN, \
+            SCATTER_REC_SHAPE, SCATTER_REC_SRC, SCATTER_REC_STEP
+
+        n = table["size"].size
+        rec = np.zeros((n, SCATTER_REC_LEN), dtype=np.int64)
+        rec[:, SCATTER_REC_SRC] = table["src"]
+        rec[:, SCATTER_REC_DST] = table["dst"]
+        rec[:, SCATTER_REC_SHAPE] = table["size"]
+        rec[:, SCATTER_REC_STEP] = 1
+        rec[:, SCATTER_REC_COUNT] = table["size"]
+        rec[:, SCATTER_REC_DSTRIDE] = 1
+        self._launch_scatter(src, dst, rec, 1, 1, int(table["size"].max()))
+
+    def unshuffle(self, kind: int, work: Any, table: dict) -> None:
+        from ..blosc_frames import SHUFFLE_BIT
+
+        entry = "gpz_bitunshuffle_batch" if kind == SHUFFLE_BIT else "gpz_byteunshuffle_batch"
+        fn = get_function("bitshuffle.cu", entry, self.device_id)
+        cp = self.xp
+        args = [cp.asarray(table[k]) for k in ("src", "dst", "size", "typesize")]
+        n = table["size"].size
+        fn((min(n, 65535),), (THREADS,), (work, work, *args, np.int64(n)), stream=self.stream)
+
+    def scatter(self, decoded: Any, out: Any, records: np.ndarray, itemsize: int, ndim: int) -> None:
+        from .kernels import SCATTER_REC_COUNT
+
+        largest = int(np.prod(records[:, SCATTER_REC_COUNT:SCATTER_REC_COUNT + ndim], axis=1).max())
+        self._launch_scatter(decoded, out, records, itemsize, ndim, largest)
+
+    def fill(self, out: Any, records: np.ndarray, value: bytes, itemsize: int, ndim: int) -> None:
+        from .kernels import SCATTER_REC_COUNT
+
+        _check_itemsize(itemsize)
+        fn = get_function("scatter.cu", f"gpz_fill_{itemsize}", self.device_id)
+        largest = int(np.prod(records[:, SCATTER_REC_COUNT:SCATTER_REC_COUNT + ndim], axis=1).max())
+        lo, hi = np.frombuffer(value, dtype="<u8")
+        recs = self.xp.asarray(records)
+        fn(_grid(len(records), largest), (THREADS,), (out, recs, np.int64(len(records)), np.int32(ndim), lo, hi),
+           stream=self.stream)
+
+    def _launch_scatter(self, src: Any, dst: Any, records: np.ndarray, itemsize: int, ndim: int,
+                        largest: int) -> None:
+        _check_itemsize(itemsize)
+        fn = get_function("scatter.cu", f"gpz_scatter_{itemsize}", self.device_id)
+        recs = self.xp.asarray(records)
+        fn(_grid(len(records), largest), (THREADS,), (src, dst, recs, np.int64(len(records)), np.int32(ndim)),
+           stream=self.stream)
+
+    def finish(self) -> None:
+        """Check every decoded size nvCOMP reported (this waits for the stream)."""
+        pending, self._pending = self._pending, []
+        for outs, expected, layout, dst in pending:
+            got = np.asarray(outs.buffer_sizes, dtype=np.int64)
+            bad = np.flatnonzero(got != expected)
+            if bad.size:
+                k = int(bad[0])
+                chunk = int(dst[k]) // layout.raw_nbytes if layout.raw_nbytes else 0
+                label = layout.labels[chunk] if chunk < len(layout.labels) else "?"
+                raise CorruptDataError(f"{label}: nvCOMP decoded {int(got[k])} bytes, expected {int(expected[k])}")
+
+
+def _check_itemsize(itemsize: int) -> None:
+    if itemsize not in SCATTER_ITEMSIZES:
+        raise UnsupportedFeatureError(f"items of {itemsize} bytes are placed on the CPU only")
+
+
+def _grid(n_records: int, largest: int) -> tuple[int, int, int]:
+    return (max(1, min(-(-largest // THREADS), 1024)), max(1, min(n_records, 65535)), 1)
+
+
+class PinnedPool:
+    """A bounded ring of page-locked host buffers, grown on demand, reused once their copy is done."""
+
+    def __init__(self, cupy: Any, slots: int):
+        self._cp = cupy
+        self._slots: list[list[Any]] = [[None, None, cupy.cuda.Event()] for _ in range(slots)]
+        self._next = 0
+        self._lock = threading.Lock()
+
+    def take(self, nbytes: int) -> tuple[np.ndarray, Any]:
+        with self._lock:
+            slot = self._slots[self._next]
+            self._next = (self._next + 1) % len(self._slots)
+        memory, _, event = slot
+        event.synchronize()  # the copy that last used this slot has finished
+        if memory is None or memory.size < nbytes:
+            memory = self._cp.cuda.alloc_pinned_memory(max(nbytes, 1))
+            slot[0] = memory
+        host = np.frombuffer(memory, dtype=np.uint8, count=nbytes)
+        return host, event
+
+
+def usable_gpu() -> tuple[bool, str]:
+    """(True, "") when CuPy can allocate on a GPU and nvCOMP imports; else (False, why)."""
+    try:
+        import cupy
+
+        if cupy.cuda.runtime.getDeviceCount() < 1:
+            return False, "CuPy finds no CUDA device"
+        cupy.empty(1, dtype=cupy.uint8)
+        from nvidia import nvcomp  # noqa: F401
+    except Exception as exc:  # import errors, CUDARuntimeError, driver too old, …
+        return False, f"no usable GPU: {type(exc).__name__}: {exc}".strip()
+    return True, ""

@@ -1,0 +1,298 @@
+"""The host half of the GPU device: turn a fetched batch into the work of a fixed number of
+device calls. Pure NumPy, so it is tested on machines without a GPU.
+
+Every present chunk's bytes→bytes chain is resolved on the host into *streams* that nvCOMP
+decodes raw (framing is stripped here: gzip/zlib headers and trailers, the numcodecs LZ4 size
+prefix, blosc headers and block tables) plus *copies* (stored bytes) and *unshuffles* (blosc
+blocks). Checksums (crc32c codecs) are verified here, where the bytes already are. A chunk whose
+codec has no GPU decoder is decoded on the CPU and uploaded as a copy. The device then runs:
+
+1. one host→device copy of `staging` (streams at `ALIGN`-byte offsets);
+2. one nvCOMP batched decode per algorithm in `streams`, into `work`;
+3. one copy launch staging→work (`copies`), one work→work (`moves`);
+4. one launch per shuffle kind (`unshuffles`, work→work);
+then the shared placement code views rows 0..n-1 of `work` (each `raw_nbytes`) as the chunks.
+`work` is `n * raw_nbytes` bytes of decoded chunks, then (aligned) `temp_nbytes` of scratch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+import numpy as np
+
+from ..blosc_frames import SHUFFLE_BIT, SHUFFLE_BYTE, SHUFFLE_NONE, parse_blosc_frame
+from ..codecs.bytes_to_bytes import Blosc, Crc32c, Gzip, Lz4, Zlib, Zstd, strip_crc32c
+from ..codecs.chain import CodecChain
+from ..errors import CorruptDataError
+from ..fetch import FetchedBatch
+
+ALIGN = 16  # nvCOMP's most restrictive input/output alignment
+# blosc compressor → nvCOMP algorithm; blosclz has no GPU decoder
+_BLOSC_ALGORITHMS = {"lz4": "lz4", "zstd": "zstd", "zlib": "deflate", "snappy": "snappy"}
+
+
+def _align(n: int) -> int:
+    return -(-n // ALIGN) * ALIGN
+
+
+class _Table:
+    """Growable columns of int64 (one row per stream/copy/unshuffle)."""
+
+    def __init__(self, *names: str):
+        self.names = names
+        self.rows: list[tuple[int, ...]] = []
+
+    def add(self, *values: int) -> None:
+        self.rows.append(values)
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        data = np.array(self.rows, dtype=np.int64).reshape(len(self.rows), len(self.names))
+        return {name: data[:, i].copy() for i, name in enumerate(self.names)}
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+
+@dataclass
+class GpuBatchLayout:
+    n: int
+    raw_nbytes: int
+    present: np.ndarray
+    staging: np.ndarray  # uint8, uploaded in one copy
+    streams: dict[str, dict[str, np.ndarray]]  # algorithm -> src, src_size, dst, dst_size
+    copies: dict[str, np.ndarray]  # staging -> work: src, dst, size
+    moves: dict[str, np.ndarray]  # work -> work (after decoding): src, dst, size
+    unshuffles: dict[int, dict[str, np.ndarray]]  # kind -> src, dst, size, typesize (work -> work)
+    temp_nbytes: int
+    cpu_fallback: list[int] = field(default_factory=list)  # chunks decoded on the host
+    labels: list = field(default_factory=list)
+
+    @property
+    def work_nbytes(self) -> int:
+        return _align(self.n * self.raw_nbytes) + self.temp_nbytes
+
+
+class _NoGpuDecoder(Exception):
+    """This chunk's codec has no nvCOMP decoder: decode it on the CPU."""
+
+
+class _Builder:
+    def __init__(self, batch: FetchedBatch, raw_nbytes: int):
+        self.batch, self.raw_nbytes = batch, raw_nbytes
+        self.parts: list[Any] = []  # bytes-like pieces of staging, in order
+        self.pos = 0
+        self.temp = 0
+        self.streams: dict[str, _Table] = {}
+        self.copies = _Table("src", "dst", "size")
+        self.moves = _Table("src", "dst", "size")
+        self.unshuffles = {SHUFFLE_BYTE: _Table("src", "dst", "size", "typesize"),
+                           SHUFFLE_BIT: _Table("src", "dst", "size", "typesize")}
+
+    def stage(self, data: Any) -> int:
+        """Append bytes to staging at an aligned offset; returns the offset."""
+        pad = _align(self.pos) - self.pos
+        if pad:
+            self.parts.append(bytes(pad))
+        start = self.pos + pad
+        self.parts.append(data)
+        self.pos = start + len(data)
+        return start
+
+    def temp_slot(self, nbytes: int) -> int:
+        """An aligned slot of the temp area, as an offset into work."""
+        start = _align(self.batch.n * self.raw_nbytes) + self.temp
+        self.temp += _align(max(nbytes, 1))
+        return start
+
+    def stream(self, algorithm: str, data: Any, dst: int, dst_size: int) -> None:
+        """nvCOMP decodes `data` into work[dst:dst+dst_size]; unaligned destinations go through temp."""
+        table = self.streams.setdefault(algorithm, _Table("src", "src_size", "dst", "dst_size"))
+        src = self.stage(data)
+        if dst % ALIGN:
+            slot = self.temp_slot(dst_size)
+            table.add(src, len(data), slot, dst_size)
+            self.moves.add(slot, dst, dst_size)
+        else:
+            table.add(src, len(data), dst, dst_size)
+
+    def copy(self, data: Any, dst: int) -> None:
+        self.copies.add(self.stage(data), dst, len(data))
+
+    def layout(self, present: np.ndarray, fallback: list[int]) -> GpuBatchLayout:
+        staging = np.empty(self.pos, dtype=np.uint8)
+        at = 0
+        for part in self.parts:
+            size = len(part)
+            staging[at:at + size] = np.frombuffer(part, dtype=np.uint8) if size else staging[at:at]
+            at += size
+        return GpuBatchLayout(
+            self.batch.n, self.raw_nbytes, present, staging,
+            {alg: t.arrays() for alg, t in self.streams.items()}, self.copies.arrays(), self.moves.arrays(),
+            {kind: t.arrays() for kind, t in self.unshuffles.items() if len(t)}, self.temp, fallback,
+            self.batch.labels)
+
+
+def build_layout(batch: FetchedBatch, chain: CodecChain,
+                 cpu_decode: Callable[[int], np.ndarray]) -> GpuBatchLayout:
+    """`cpu_decode(i)` decodes chunk i on the host (exactly raw_nbytes), for codecs nvCOMP lacks."""
+    raw_nbytes = chain.raw_nbytes
+    codecs = chain.bytes_to_bytes
+    n_checks = 0
+    while n_checks < len(codecs) and isinstance(codecs[len(codecs) - 1 - n_checks], Crc32c):
+        n_checks += 1
+    inner = codecs[:len(codecs) - n_checks]  # decoded after the checksums are stripped
+    b = _Builder(batch, raw_nbytes)
+    fallback: list[int] = []
+    for i in np.flatnonzero(batch.present).tolist():
+        label = batch.labels[i]
+        data = batch.chunk(i)
+        try:
+            for _ in range(n_checks):
+                data = strip_crc32c(data, f"{label} (crc32c codec)")
+            _add_chunk(b, inner, data, i * raw_nbytes, raw_nbytes)
+        except _NoGpuDecoder:
+            fallback.append(i)
+            b.copy(np.ascontiguousarray(cpu_decode(i)).view(np.uint8).reshape(-1), i * raw_nbytes)
+        except CorruptDataError as exc:
+            raise CorruptDataError(f"{label}: {exc}" if label not in str(exc) else str(exc)) from None
+    return b.layout(batch.present, fallback)
+
+
+def _add_chunk(b: _Builder, codecs: tuple, data: memoryview, dst: int, nbytes: int) -> None:
+    if not codecs:
+        if len(data) != nbytes:
+            raise CorruptDataError(f"chunk is {len(data)} bytes, expected {nbytes}")
+        b.copy(data, dst)
+        return
+    if len(codecs) > 1:
+        raise _NoGpuDecoder  # several compressors in a row: the host decodes the outer ones anyway
+    codec = codecs[0]
+    if isinstance(codec, Zstd):
+        from ..codecs.bytes_to_bytes import _zstd_content_size
+
+        size = _zstd_content_size(data)
+        if size is not None and size != nbytes:
+            raise CorruptDataError(f"zstd frame decodes to {size} bytes, the chunk needs {nbytes}")
+        b.stream("zstd", data, dst, nbytes)
+    elif isinstance(codec, Gzip):
+        b.stream("deflate", gzip_to_deflate(data, nbytes), dst, nbytes)
+    elif isinstance(codec, Zlib):
+        b.stream("deflate", zlib_to_deflate(data), dst, nbytes)
+    elif isinstance(codec, Lz4):
+        if len(data) < 4 or int.from_bytes(data[:4], "little") != nbytes:
+            raise CorruptDataError(f"lz4 size prefix does not match the chunk size {nbytes}")
+        b.stream("lz4", data[4:], dst, nbytes)
+    elif isinstance(codec, Blosc):
+        _add_blosc(b, data, dst, nbytes)
+    else:
+        raise _NoGpuDecoder
+
+
+def _add_blosc(b: _Builder, data: memoryview, dst: int, nbytes: int) -> None:
+    frame = parse_blosc_frame(data, nbytes)
+    if frame.memcpyed:
+        b.copy(data[16:16 + nbytes], dst)
+        return
+    algorithm = _BLOSC_ALGORITHMS.get(frame.compressor)
+    if algorithm is None:
+        raise _NoGpuDecoder
+    shuffled = frame.block_shuffle != SHUFFLE_NONE
+    area = b.temp_slot(nbytes) if shuffled.any() else dst  # shuffled blocks decode to temp first
+    block_of = np.searchsorted(frame.block_offsets, frame.stream_dst_offsets, side="right") - 1
+    for k in range(frame.nstreams):
+        off, csize = int(frame.stream_offsets[k]), int(frame.stream_csizes[k])
+        dsize, target = int(frame.stream_dsizes[k]), int(frame.stream_dst_offsets[k])
+        base = area if shuffled[block_of[k]] else dst
+        piece = data[off:off + csize]
+        if csize == dsize:
+            b.copy(piece, base + target)
+        elif algorithm == "deflate":
+            b.stream(algorithm, zlib_to_deflate(piece), base + target, dsize)
+        else:
+            b.stream(algorithm, piece, base + target, dsize)
+    for k in np.flatnonzero(shuffled).tolist():
+        off, size = int(frame.block_offsets[k]), int(frame.block_sizes[k])
+        b.unshuffles[int(frame.block_shuffle[k])].add(area + off, dst + off, size, frame.typesize)
+
+
+def gzip_to_deflate(data: memoryview, nbytes: int) -> memoryview:
+    """Strip RFC 1952 framing; the trailer's ISIZE is checked against the chunk size here."""
+    if len(data) < 18 or data[0] != 0x1F or data[1] != 0x8B or data[2] != 8:
+        raise CorruptDataError("not a gzip member (bad magic or method)")
+    flags, pos = data[3], 10
+    if flags & 0xE0:
+        raise CorruptDataError("gzip header sets reserved flags")
+    if flags & 4:  # FEXTRA
+        if len(data) < pos + 2:
+            raise CorruptDataError("truncated gzip header")
+        pos += 2 + int.from_bytes(data[pos:pos + 2], "little")
+    for bit in (8, 16):  # FNAME, FCOMMENT: zero-terminated
+        if flags & bit:
+            end = bytes(data[pos:]).find(b"\0")
+            if end < 0:
+                raise CorruptDataError("truncated gzip header")
+            pos += end + 1
+    if flags & 2:  # FHCRC
+        pos += 2
+    if len(data) < pos + 8:
+        raise CorruptDataError("truncated gzip member")
+    isize = int.from_bytes(data[-4:], "little")
+    if isize != nbytes % (1 << 32):
+        raise CorruptDataError(f"gzip member decodes to {isize} bytes, the chunk needs {nbytes}")
+    return data[pos:-8]
+
+
+def zlib_to_deflate(data: memoryview) -> memoryview:
+    """Strip RFC 1950 framing (2-byte header, 4-byte Adler-32)."""
+    if len(data) < 6 or (data[0] & 0x0F) != 8 or ((data[0] << 8) | data[1]) % 31 or data[1] & 0x20:
+        raise CorruptDataError("not a zlib stream (bad header, or a preset dictionary)")
+    return data[2:-4]
+
+
+# Mirrors scatter_core.cuh's record layout (see gpuzarr.devices.kernels).
+from .kernels import (SCATTER_MAX_NDIM, SCATTER_REC_COUNT, SCATTER_REC_DST, SCATTER_REC_DSTRIDE,  # noqa: E402
+                      SCATTER_REC_LEN, SCATTER_REC_SHAPE, SCATTER_REC_SRC, SCATTER_REC_START, SCATTER_REC_STEP)
+
+
+def scatter_records(plan: Any, first: int, stop: int, present: np.ndarray, chunk_shape: tuple,
+                    itemsize: int, out_strides: tuple) -> tuple[np.ndarray, np.ndarray]:
+    """Records for the placement kernels: (scatter records of present chunks, fill records of
+    absent ones), one int64 row per placement of chunks first..stop-1, built without a Python
+    loop over placements. Negative steps read the source forwards and write backwards."""
+    span = plan.placements_of(first, stop)
+    rows = plan.place_runs[span]
+    local = plan.place_chunk[span] - first
+    n, ndim = rows.shape[0], len(chunk_shape)
+    if ndim > SCATTER_MAX_NDIM:
+        raise ValueError(f"the placement kernel handles at most {SCATTER_MAX_NDIM} dimensions")
+    rec = np.zeros((n, SCATTER_REC_LEN), dtype=np.int64)
+    rec[:, SCATTER_REC_SRC] = local * (int(np.prod(chunk_shape)) * itemsize)
+    dst = np.zeros(n, dtype=np.int64)
+    axis = 0
+    if plan.batched:
+        dst += plan.place_window[span] * out_strides[0]
+        axis = 1
+    for d, runs in enumerate(plan.dims):
+        r = rows[:, d]
+        start, step, count = runs.local_start[r], runs.step[r], runs.count[r]
+        rec[:, SCATTER_REC_SHAPE + d] = chunk_shape[d]
+        if runs.drop:
+            rec[:, SCATTER_REC_START + d] = start
+            rec[:, SCATTER_REC_STEP + d] = 1
+            rec[:, SCATTER_REC_COUNT + d] = 1
+            continue
+        stride = out_strides[axis]
+        axis += 1
+        out0 = runs.out_start[r]
+        backwards = step < 0
+        last = start + step * (count - 1)
+        rec[:, SCATTER_REC_START + d] = np.where(backwards, last, start)
+        rec[:, SCATTER_REC_STEP + d] = np.abs(step)
+        rec[:, SCATTER_REC_COUNT + d] = count
+        rec[:, SCATTER_REC_DSTRIDE + d] = np.where(backwards, -stride, stride)
+        dst += np.where(backwards, (out0 + count - 1) * stride, out0 * stride)
+    rec[:, SCATTER_REC_DST] = dst
+    live = present[local]
+    return rec[live], rec[~live]

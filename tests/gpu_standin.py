@@ -1,0 +1,100 @@
+"""A CPU STAND-IN for the GPU engine (gpuzarr.devices.gpu.CupyEngine), for tests only.
+
+It runs the same GpuDevice orchestration and host half (gpu_layout) as a GPU would, but executes
+the device calls with NumPy and CPU codecs, and checks the contracts the real calls rely on
+(nvCOMP's 16-byte alignment, the scatter kernel's record semantics, one nvCOMP call per algorithm
+per batch). Passing tests therefore show our orchestration is right; they say nothing about
+nvCOMP or the CUDA kernels themselves."""
+
+from __future__ import annotations
+
+import zlib
+from collections import Counter
+
+import numcodecs
+import numpy as np
+import zstandard
+from numpy.lib.stride_tricks import as_strided
+
+from gpuzarr.blosc_frames import SHUFFLE_BIT, bit_unshuffle, byte_unshuffle
+from gpuzarr.devices.gpu_layout import ALIGN
+from gpuzarr.devices.kernels import (SCATTER_REC_COUNT, SCATTER_REC_DST, SCATTER_REC_DSTRIDE, SCATTER_REC_SHAPE,
+                                     SCATTER_REC_SRC, SCATTER_REC_START, SCATTER_REC_STEP)
+
+
+class StandinEngine:
+    xp = np
+
+    def __init__(self):
+        self.calls: Counter = Counter()
+        self.decoded_sizes: list[tuple[np.ndarray, np.ndarray]] = []
+
+    def empty(self, nbytes: int) -> np.ndarray:
+        return np.full(nbytes, 0xA5, dtype=np.uint8)  # garbage, so unwritten bytes show
+
+    def upload(self, data: np.ndarray) -> np.ndarray:
+        self.calls["upload"] += 1
+        return data.copy()
+
+    def decompress(self, algorithm, staging, work, table, layout) -> None:
+        self.calls[f"decompress:{algorithm}"] += 1
+        assert (table["src"] % ALIGN == 0).all() and (table["dst"] % ALIGN == 0).all(), "unaligned nvCOMP buffers"
+        got = np.zeros(table["dst"].size, dtype=np.int64)
+        for k, (src, size, dst, dsize) in enumerate(zip(table["src"], table["src_size"], table["dst"],
+                                                        table["dst_size"])):
+            stream = staging[src:src + size].tobytes()
+            if algorithm == "zstd":
+                out = zstandard.ZstdDecompressor().decompress(stream, max_output_size=int(dsize))
+            elif algorithm == "deflate":
+                out = zlib.decompressobj(-15).decompress(stream, int(dsize) + 1)
+            elif algorithm == "lz4":
+                out = numcodecs.lz4.decompress(int(dsize).to_bytes(4, "little") + stream)
+            else:
+                raise NotImplementedError(f"no CPU stand-in for {algorithm}")
+            got[k] = len(out)
+            n = min(len(out), int(dsize))
+            work[dst:dst + n] = np.frombuffer(out, dtype=np.uint8)[:n]
+        self.decoded_sizes.append((got, table["dst_size"].copy()))
+
+    def copy(self, src, dst, table) -> None:
+        self.calls["copy"] += 1
+        for s, d, n in zip(table["src"], table["dst"], table["size"]):
+            dst[d:d + n] = src[s:s + n].copy()
+
+    def unshuffle(self, kind, work, table) -> None:
+        self.calls[f"unshuffle:{kind}"] += 1
+        fn = bit_unshuffle if kind == SHUFFLE_BIT else byte_unshuffle
+        for s, d, n, t in zip(table["src"], table["dst"], table["size"], table["typesize"]):
+            work[d:d + n] = fn(work[s:s + n].copy(), int(t))
+
+    def scatter(self, decoded, out, records, itemsize, ndim) -> None:
+        self.calls["scatter"] += 1
+        src = decoded.reshape(-1).view(np.uint8)
+        for rec in records:
+            shape = rec[SCATTER_REC_SHAPE:SCATTER_REC_SHAPE + ndim]
+            cstrides = [int(np.prod(shape[d + 1:])) * itemsize for d in range(ndim)]
+            start = rec[SCATTER_REC_SRC] + sum(int(rec[SCATTER_REC_START + d]) * cstrides[d] for d in range(ndim))
+            window = as_strided(src[start:], shape=(*rec[SCATTER_REC_COUNT:SCATTER_REC_COUNT + ndim], itemsize),
+                                strides=(*(int(rec[SCATTER_REC_STEP + d]) * cstrides[d] for d in range(ndim)), 1))
+            self._target(out, rec, itemsize, ndim)[...] = window
+
+    def fill(self, out, records, value: bytes, itemsize, ndim) -> None:
+        self.calls["fill"] += 1
+        pattern = np.frombuffer(value[:itemsize], dtype=np.uint8)
+        for rec in records:
+            self._target(out, rec, itemsize, ndim)[...] = pattern
+
+    @staticmethod
+    def _target(out, rec, itemsize, ndim):
+        assert rec[SCATTER_REC_DST] % min(itemsize, 8) == 0
+        base = np.frombuffer(out, dtype=np.uint8) if out.size else np.zeros(0, np.uint8)
+        counts = tuple(int(c) for c in rec[SCATTER_REC_COUNT:SCATTER_REC_COUNT + ndim])
+        strides = tuple(int(s) for s in rec[SCATTER_REC_DSTRIDE:SCATTER_REC_DSTRIDE + ndim])
+        view = as_strided(base[int(rec[SCATTER_REC_DST]):], shape=(*counts, itemsize), strides=(*strides, 1),
+                          writeable=True)
+        return view
+
+    def finish(self) -> None:
+        for got, expected in self.decoded_sizes:
+            assert (got == expected).all(), "decoded sizes differ"
+        self.decoded_sizes.clear()
