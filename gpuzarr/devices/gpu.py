@@ -173,10 +173,10 @@ class CupyEngine:
 
         entry = "gpz_bitunshuffle_batch" if kind == SHUFFLE_BIT else "gpz_byteunshuffle_batch"
         fn = get_function("bitshuffle.cu", entry, self.device_id)
-        cp = self.xp
-        args = [cp.asarray(table[k]) for k in ("src", "dst", "size", "typesize")]
         n = table["size"].size
-        fn((min(n, 65535),), (THREADS,), (work, work, *args, np.int64(n)), stream=self.stream)
+        with self.stream:  # RawKernel launches on the current stream
+            args = [self.xp.asarray(table[k]) for k in ("src", "dst", "size", "typesize")]
+            fn((min(n, 65535),), (THREADS,), (work, work, *args, np.int64(n)))
 
     def scatter(self, decoded: Any, out: Any, records: np.ndarray, itemsize: int, ndim: int) -> None:
         from .kernels import SCATTER_REC_COUNT
@@ -191,17 +191,18 @@ class CupyEngine:
         fn = get_function("scatter.cu", f"gpz_fill_{itemsize}", self.device_id)
         largest = int(np.prod(records[:, SCATTER_REC_COUNT:SCATTER_REC_COUNT + ndim], axis=1).max())
         lo, hi = np.frombuffer(value, dtype="<u8")
-        recs = self.xp.asarray(records)
-        fn(_grid(len(records), largest), (THREADS,), (out, recs, np.int64(len(records)), np.int32(ndim), lo, hi),
-           stream=self.stream)
+        with self.stream:
+            recs = self.xp.asarray(records)
+            fn(_grid(len(records), largest), (THREADS,),
+               (out, recs, np.int64(len(records)), np.int32(ndim), lo, hi))
 
     def _launch_scatter(self, src: Any, dst: Any, records: np.ndarray, itemsize: int, ndim: int,
                         largest: int) -> None:
         _check_itemsize(itemsize)
         fn = get_function("scatter.cu", f"gpz_scatter_{itemsize}", self.device_id)
-        recs = self.xp.asarray(records)
-        fn(_grid(len(records), largest), (THREADS,), (src, dst, recs, np.int64(len(records)), np.int32(ndim)),
-           stream=self.stream)
+        with self.stream:
+            recs = self.xp.asarray(records)
+            fn(_grid(len(records), largest), (THREADS,), (src, dst, recs, np.int64(len(records)), np.int32(ndim)))
 
     def finish(self) -> None:
         """Check every decoded size nvCOMP reported (this waits for the stream)."""

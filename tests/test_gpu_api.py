@@ -1,0 +1,174 @@
+"""Every call the GPU layer makes into CuPy and nvCOMP, checked against the installed packages by
+introspection (no GPU needed): names, enums, keyword arguments. The device itself is exercised
+only by `pytest -m gpu` (tests/test_gpu.py)."""
+
+from __future__ import annotations
+
+import inspect
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+cupy = pytest.importorskip("cupy", reason="the cupy package is not installed (GPU extra)")
+nvcomp = pytest.importorskip("nvidia.nvcomp", reason="the nvidia-nvcomp package is not installed (GPU extra)")
+
+PACKAGE = Path(__file__).resolve().parents[1] / "gpuzarr"
+# modules whose code runs on both devices, written against the namespace `xp`
+SHARED = ["placement.py", "codecs/array_to_bytes.py", "codecs/array_to_array.py", "codecs/chain.py",
+          "devices/gpu.py", "pipeline.py"]
+
+
+GPU_ONLY = {"cuda"}  # CupyEngine's runtime calls: checked in test_cupy_runtime_calls_exist
+
+
+def _xp_names() -> set[str]:
+    names = set()
+    for rel in SHARED:
+        names |= set(re.findall(r"\bxp\.([A-Za-z_][A-Za-z0-9_]*)", (PACKAGE / rel).read_text()))
+    return names - GPU_ONLY
+
+
+def test_shared_code_uses_namespace_functions():
+    assert {"transpose", "ascontiguousarray", "empty"} <= _xp_names(), "the scan found the shared calls"
+
+
+@pytest.mark.parametrize("name", sorted(_xp_names()))
+def test_every_namespace_function_exists_in_cupy(name):
+    assert hasattr(np, name), f"numpy.{name} missing"
+    assert hasattr(cupy, name), f"cupy.{name} is called by shared code but does not exist in CuPy {cupy.__version__}"
+    np_obj, cp_obj = getattr(np, name), getattr(cupy, name)
+    if callable(np_obj) and not isinstance(np_obj, type):
+        try:
+            np_params = list(inspect.signature(np_obj).parameters)
+            cp_params = list(inspect.signature(cp_obj).parameters)
+        except (TypeError, ValueError):
+            return  # a builtin without a signature on one side: existence is what can be checked
+        # positional parameters the shared code relies on keep their order in CuPy
+        assert cp_params[:2] == np_params[:2], f"{name}: numpy {np_params} vs cupy {cp_params}"
+
+
+def test_array_methods_used_on_device_arrays_exist():
+    for method in ("view", "reshape", "strides", "flags", "dtype", "set", "shape", "nbytes"):
+        assert hasattr(cupy.ndarray, method), method
+
+
+def test_cupy_runtime_calls_exist():
+    cuda = cupy.cuda
+    for attr in ("alloc_pinned_memory", "Event", "Device", "Stream", "get_current_stream"):
+        assert hasattr(cuda, attr), attr
+    assert hasattr(cuda.runtime, "getDevice") and hasattr(cuda.runtime, "getDeviceCount")
+    for attr in ("record", "synchronize"):
+        assert hasattr(cuda.Event, attr), attr
+    assert "stream" in (cupy.ndarray.set.__doc__ or ""), "ndarray.set takes a stream"
+    assert hasattr(cupy, "RawModule") and hasattr(cupy.RawModule, "get_function")
+    assert hasattr(cupy.cuda.Stream, "__enter__"), "kernels launch on the stream entered as a context"
+
+
+def _documented_kernel_call() -> inspect.Signature:
+    """RawKernel.__call__'s documented signature, e.g. `(self, grid, block, args, *, shared_mem=0)`."""
+    doc = cupy.RawKernel.__call__.__doc__
+    line = next(ln for ln in doc.splitlines() if ln.startswith("__call__(") and "\\*" in ln)
+    names = [p.strip() for p in line[len("__call__("):-1].split(",")]
+    params, kw_only = [], False
+    for name in names[1:]:
+        if name == "\\*":
+            kw_only = True
+            continue
+        name, _, default = name.partition("=")
+        kind = inspect.Parameter.KEYWORD_ONLY if kw_only else inspect.Parameter.POSITIONAL_OR_KEYWORD
+        params.append(inspect.Parameter(name, kind, default=int(default) if default else inspect.Parameter.empty))
+    return inspect.Signature(params)
+
+
+def _kernel_params(entry: str) -> int:
+    """Number of parameters of an extern "C" entry point in kernels/*.cu (macros expanded by NVRTC)."""
+    from gpuzarr.devices.kernels import compile_ptx
+
+    for source in ("scatter.cu", "bitshuffle.cu"):
+        ptx, _ = compile_ptx(source, "compute_80")
+        match = re.search(rf"\.entry {entry}\(([^)]*)\)", ptx)
+        if match:
+            return match.group(1).count(".param")
+    raise AssertionError(f"no entry {entry}")
+
+
+def test_engine_kernel_launches_match_cupy_and_the_kernels(monkeypatch):
+    """Drive CupyEngine's launches with a recorder bound to RawKernel's documented signature
+    and to each kernel's parameter count from its PTX (catches e.g. a `stream=` keyword that
+    RawKernel does not take)."""
+    from contextlib import nullcontext
+    from types import SimpleNamespace
+
+    from gpuzarr.devices import gpu
+    from gpuzarr.devices.kernels import SCATTER_REC_COUNT, SCATTER_REC_LEN
+
+    sig = _documented_kernel_call()
+    calls = []
+
+    def fake_get_function(source, entry, device_id=None):
+        def launch(*args, **kwargs):
+            bound = sig.bind(*args, **kwargs)
+            calls.append((entry, len(bound.arguments["args"])))
+        return launch
+
+    monkeypatch.setattr(gpu, "get_function", fake_get_function)
+    engine = gpu.CupyEngine.__new__(gpu.CupyEngine)
+    engine.xp = SimpleNamespace(asarray=np.asarray)
+    engine._stream = nullcontext(SimpleNamespace(ptr=0))
+    engine.device_id = 0
+    records = np.zeros((3, SCATTER_REC_LEN), np.int64)
+    records[:, SCATTER_REC_COUNT] = 5  # a window length, so launch sizes are positive
+    work = np.zeros(64, np.uint8)
+    engine.scatter(work, work, records, 4, 1)
+    engine.fill(work, records, bytes(16), 8, 1)
+    table = {k: np.zeros(2, np.int64) for k in ("src", "dst", "size", "typesize")}
+    engine.unshuffle(1, work, table)
+    engine.unshuffle(2, work, table)
+    engine.copy(work, work, {"src": np.zeros(2, np.int64), "dst": np.zeros(2, np.int64), "size": np.ones(2, np.int64)})
+    assert len(calls) == 5
+    for entry, n_args in calls:
+        assert n_args == _kernel_params(entry), entry
+
+
+def _doc(obj) -> str:
+    return obj.__doc__ or ""
+
+
+def test_nvcomp_codec_constructor_keywords():
+    doc = _doc(nvcomp.Codec.__init__)
+    for kw in ("algorithm", "device_id", "cuda_stream", "bitstream_kind"):
+        assert f"{kw}:" in doc, f"nvcomp.Codec has no {kw!r} keyword"
+    assert hasattr(nvcomp.BitstreamKind, "RAW")
+
+
+def test_nvcomp_algorithm_names_are_known():
+    from gpuzarr.devices.gpu import NVCOMP_ALGORITHMS
+
+    lib = b"".join(p.read_bytes() for p in Path(nvcomp.__file__).parent.glob("nvcomp_impl*.so"))
+    doc = _doc(nvcomp.Codec.__init__)
+    for name in NVCOMP_ALGORITHMS.values():
+        assert f"{name} algorithm" in doc or name.encode() in lib, f"nvCOMP does not know algorithm {name!r}"
+
+
+def test_nvcomp_batched_decode_signature():
+    doc = _doc(nvcomp.Codec.decode)
+    batch = doc[doc.index("2. decode"):]
+    assert "srcs: nvidia.nvcomp.nvcomp_impl.BatchArray" in batch
+    for kw in ("out: object", "decompression_config: nvidia.nvcomp.nvcomp_impl.DecompressConfig"):
+        assert kw in batch.split("\n")[0], f"batched decode lacks {kw!r}"
+
+
+def test_nvcomp_sync_free_configuration():
+    cfg = _doc(nvcomp.Codec.compression_config)
+    assert "uncompressed_sizes: list[int]" in cfg
+    dcfg = _doc(nvcomp.Codec.decompression_config)
+    assert "compression_config: nvidia.nvcomp.nvcomp_impl.CompressConfig" in dcfg
+
+
+def test_nvcomp_as_arrays_offsets_form():
+    doc = _doc(nvcomp.as_arrays)
+    assert "as_arrays(buffer: object, offsets: list[int], sizes: list[int], cuda_stream: int = 0)" in doc
+    assert hasattr(nvcomp.BatchArray, "buffer_sizes")
+    assert hasattr(nvcomp.Codec, "get_required_decompression_alignment")
