@@ -5,7 +5,8 @@ from .api import open
 from .array import Array
 from .errors import CorruptDataError, GpuzarrError, MetadataError, StoreError, UnsupportedFeatureError
 from .group import Group
+from .report import ReadReport
 
 __version__ = "0.1.0"
-__all__ = ["open", "Array", "Group", "GpuzarrError", "MetadataError", "CorruptDataError",
+__all__ = ["open", "Array", "Group", "ReadReport", "GpuzarrError", "MetadataError", "CorruptDataError",
            "UnsupportedFeatureError", "StoreError", "__version__"]

@@ -10,6 +10,7 @@ import numpy as np
 from .devices.base import Device, get_device
 from .metadata import ArrayMetadata
 from .pipeline import Reader, Settings
+from .report import ReadReport
 from .selection import normalize
 from .store import Store
 
@@ -86,12 +87,15 @@ class Array:
             raise TypeError("len() of a 0-d array")
         return self.shape[0]
 
-    def read(self, selection: Any = Ellipsis, device: str | Device | None = None, out: Any = None) -> Any:
-        """Read `selection` (ints, slices with any step, Ellipsis) into a new or given array."""
+    def read(self, selection: Any = Ellipsis, device: str | Device | None = None, out: Any = None,
+             report: ReadReport | None = None) -> Any:
+        """Read `selection` (ints, slices with any step, Ellipsis) into a new or given array.
+        Pass a `gpuzarr.ReadReport` to learn where the work and the time went."""
         dev = self._device if device is None else get_device(device)
-        return self._reader.read([normalize(selection, self.shape)], False, dev, out)
+        return self._reader.read([normalize(selection, self.shape)], False, dev, out, report)
 
-    def read_batch(self, selections: list, device: str | Device | None = None, out: Any = None) -> Any:
+    def read_batch(self, selections: list, device: str | Device | None = None, out: Any = None,
+                   report: ReadReport | None = None) -> Any:
         """Read many same-shaped windows in one pipeline pass; returns them stacked on axis 0.
         Chunks shared between windows are fetched and decoded once."""
         dev = self._device if device is None else get_device(device)
@@ -101,4 +105,4 @@ class Array:
         shapes = {tuple(d.count for d in w if not d.drop) for w in windows}
         if len(shapes) > 1:
             raise ValueError(f"read_batch windows must all have the same shape, got {sorted(shapes)}")
-        return self._reader.read(windows, True, dev, out)
+        return self._reader.read(windows, True, dev, out, report)

@@ -9,10 +9,11 @@ from typing import Any
 
 import numpy as np
 
-from .devices.base import Device
+from .devices.base import AutoDevice, Device
 from .fetch import IndexCache, Locations, Locator, fetch
 from .metadata import ArrayMetadata
-from .plan import make_plan
+from .plan import Plan, make_plan
+from .report import ReadReport
 from .selection import DimSelection, out_shape
 from .store import Store
 
@@ -34,36 +35,65 @@ class Reader:
         self.meta, self.store, self.settings = meta, store, settings
         self.locator = Locator(meta, store, IndexCache(settings.index_cache_bytes))
 
-    def read(self, windows: list[list[DimSelection]], batched: bool, device: Device, out: Any = None) -> Any:
+    def read(self, windows: list[list[DimSelection]], batched: bool, device: Device, out: Any = None,
+             report: ReadReport | None = None) -> Any:
+        report = report if report is not None else ReadReport()
         dtype = self.meta.data_type.dtype
         shape = ((len(windows),) if batched else ()) + out_shape(windows[0])
-        if out is None:
-            out = device.empty(shape, dtype)
-        else:
-            device.check_output(out, shape, dtype)
-        plan = make_plan(windows, self.locator.leaf_shape, batched)
+        with report.timed("plan"):
+            plan = make_plan(windows, self.locator.leaf_shape, batched)
         if plan.n_chunks == 0:
-            return out
-        loc = self.locator.locate(plan.chunks)
-        order = loc.storage_order()
-        plan = plan.reorder(order)
-        loc = Locations(loc.keys[order], loc.offsets[order], loc.sizes[order], loc.present[order])
+            report.device = device.name
+            return _output(device, shape, dtype, out)
+        with report.timed("locate"):
+            loc = self.locator.locate(plan.chunks)
+            order = loc.storage_order()
+            plan = plan.reorder(order)
+            loc = Locations(loc.keys[order], loc.offsets[order], loc.sizes[order], loc.present[order])
         chain = self.locator.leaf_chain
+        if isinstance(device, AutoDevice):
+            estimate = int(np.where(loc.sizes >= 0, loc.sizes, chain.raw_nbytes or 0)[loc.present].sum())
+            chosen = device.choose(estimate)
+            if chosen is not device.gpu:  # small: decode on the CPU, then one copy up
+                report.notes.append(f"auto: {estimate} compressed bytes is below {device.cpu_below}; "
+                                    f"decoded on the CPU and copied to the GPU")
+                host = self._run(plan, loc, chain, chosen, _output(chosen, shape, dtype, None), report)
+                return device.upload(host, out)
+            device = chosen
+        out = _output(device, shape, dtype, out)
+        return self._run(plan, loc, chain, device, out, report)
+
+    def _run(self, plan: Plan, loc: Locations, chain: Any, device: Device, out: Any, report: ReadReport) -> Any:
+        report.device = device.name
+        report.chunks += plan.n_chunks
+        report.chunks_absent += int((~loc.present).sum())
+        report.placements += plan.place_chunk.size
         bounds = self._batches(loc, chain.raw_nbytes, self.settings.batch_bytes or device.batch_bytes)
+        report.batches += len(bounds)
+        fill = self.meta.fill_value
         if len(bounds) == 1:  # nothing to overlap with: no thread hand-off
-            device.decode_and_place(fetch(self.store, loc, np.arange(*bounds[0])), chain, out, plan, 0,
-                                    self.meta.fill_value)
+            with report.timed("fetch"):
+                batch = fetch(self.store, loc, np.arange(*bounds[0]))
+            self._decode(device, batch, chain, out, plan, 0, fill, report)
+        else:  # double buffering: batch k+1 is fetched while batch k decodes
+            pending = _IO.submit(fetch, self.store, loc, np.arange(*bounds[0]))
+            for k, (lo, _) in enumerate(bounds):
+                with report.timed("fetch"):
+                    batch = pending.result()
+                if k + 1 < len(bounds):
+                    pending = _IO.submit(fetch, self.store, loc, np.arange(*bounds[k + 1]))
+                self._decode(device, batch, chain, out, plan, lo, fill, report)
+        with report.timed("finish"):
             device.finish()
-            return out
-        # double buffering: batch k+1 is fetched while batch k decodes
-        pending = _IO.submit(fetch, self.store, loc, np.arange(*bounds[0]))
-        for k, (lo, hi) in enumerate(bounds):
-            batch = pending.result()
-            if k + 1 < len(bounds):
-                pending = _IO.submit(fetch, self.store, loc, np.arange(*bounds[k + 1]))
-            device.decode_and_place(batch, chain, out, plan, lo, self.meta.fill_value)
-        device.finish()
         return out
+
+    @staticmethod
+    def _decode(device: Device, batch: Any, chain: Any, out: Any, plan: Plan, first: int, fill: Any,
+                report: ReadReport) -> None:
+        report.bytes_compressed += batch.staging.nbytes
+        report.bytes_decoded += int(batch.present.sum()) * (chain.raw_nbytes or 0)
+        with report.timed("decode"):
+            device.decode_and_place(batch, chain, out, plan, first, fill, report)
 
     def _batches(self, loc: Locations, raw_nbytes: int | None, batch_bytes: int) -> list[tuple[int, int]]:
         """Split chunks (in storage order) into batches of bounded compressed size."""
@@ -77,3 +107,10 @@ class Reader:
             bounds.append((lo, hi))
             lo = hi
         return bounds
+
+
+def _output(device: Device, shape: tuple, dtype: Any, out: Any) -> Any:
+    if out is None:
+        return device.empty(shape, dtype)
+    device.check_output(out, shape, dtype)
+    return out

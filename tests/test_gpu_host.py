@@ -90,3 +90,22 @@ def test_standin_reports_corrupt_sizes(tmp_path):
     shard.write_bytes(bytes(raw))
     with pytest.raises(gpuzarr.CorruptDataError, match="c/0/0"):
         gpuzarr.open(str(tmp_path / "a"), device="cpu").read(..., device=GpuDevice(StandinEngine()))
+
+
+def test_auto_sends_small_reads_to_the_cpu_and_says_so(tmp_path):
+    from gpuzarr.devices.base import AutoDevice, get_device
+    from gpuzarr.sample import sample_data, write_sharded
+
+    data = sample_data((256, 256))
+    write_sharded(str(tmp_path / "a"), data, (128, 128), (32, 32))
+    arr = gpuzarr.open(str(tmp_path / "a"), device="cpu")
+    engine = StandinEngine()
+    auto = AutoDevice(GpuDevice(engine), get_device("cpu"), cpu_below=20_000)
+    small = gpuzarr.ReadReport()
+    np.testing.assert_array_equal(arr.read((slice(0, 10), slice(0, 10)), device=auto, report=small), data[:10, :10])
+    assert small.device == "cpu" and "decoded on the CPU and copied to the GPU" in small.notes[0]
+    assert not engine.calls
+    big = gpuzarr.ReadReport()
+    np.testing.assert_array_equal(arr.read(..., device=auto, report=big), data)
+    assert big.device == "gpu" and big.codec_calls == {"nvcomp:zstd": 1} and big.kernel_launches == 1
+    assert engine.calls["decompress:zstd"] == 1

@@ -22,8 +22,9 @@ class Device(Protocol):
         """Raise ValueError/TypeError unless `out` can receive a read of this shape and dtype."""
 
     def decode_and_place(self, batch: FetchedBatch, chain: CodecChain, out: Any, plan: Plan,
-                         first: int, fill: Any) -> None:
-        """Decode every chunk of `batch` (plan chunks first..first+batch.n-1) and place it in `out`."""
+                         first: int, fill: Any, report: Any) -> None:
+        """Decode every chunk of `batch` (plan chunks first..first+batch.n-1) and place it in `out`;
+        count codec calls and kernel launches in `report` (a ReadReport)."""
 
     def finish(self) -> None:
         """Called once the last batch of a read is placed: raise deferred errors (GPU sizes)."""
@@ -46,7 +47,7 @@ def get_device(name: str | Device) -> Device:
     if name == "auto":
         from .gpu import usable_gpu
 
-        return _gpu_device() if usable_gpu()[0] else get_device("cpu")
+        return AutoDevice(_gpu_device(), get_device("cpu")) if usable_gpu()[0] else get_device("cpu")
     raise ValueError(f"device must be 'cpu', 'gpu' or 'auto', not {name!r}")
 
 
@@ -64,3 +65,30 @@ def _gpu_device() -> Device:
         if device_id not in _gpu_devices:
             _gpu_devices[device_id] = GpuDevice(CupyEngine(device_id))
         return _gpu_devices[device_id]
+
+
+class AutoDevice:
+    """device="auto" with a GPU: reads whose compressed bytes are below `cpu_below` decode on the
+    CPU and are copied up once (a GPU batch has a fixed cost that small reads do not repay)."""
+
+    name = "gpu"
+
+    def __init__(self, gpu: Device, cpu: Device, cpu_below: int = 1 << 20):
+        self.gpu, self.cpu, self.cpu_below = gpu, cpu, cpu_below
+        self.xp = gpu.xp
+        self.batch_bytes = gpu.batch_bytes
+
+    def choose(self, compressed_bytes: int) -> Device:
+        return self.cpu if compressed_bytes < self.cpu_below else self.gpu
+
+    def upload(self, host: Any, out: Any) -> Any:
+        if out is None:
+            return self.xp.asarray(host.astype(host.dtype.newbyteorder("="), copy=False))
+        out.set(host)
+        return out
+
+    def empty(self, shape: tuple[int, ...], dtype: Any) -> Any:
+        return self.gpu.empty(shape, dtype)
+
+    def check_output(self, out: Any, shape: tuple[int, ...], dtype: Any) -> None:
+        self.gpu.check_output(out, shape, dtype)

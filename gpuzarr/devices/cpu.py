@@ -52,8 +52,11 @@ class CpuDevice:
         """Nothing is deferred on the CPU: errors surface where they happen."""
 
     def decode_and_place(self, batch: FetchedBatch, chain: CodecChain, out: Any, plan: Plan,
-                         first: int, fill: Any) -> None:
+                         first: int, fill: Any, report: Any = None) -> None:
         raw_nbytes = chain.raw_nbytes
+        if report is not None:
+            names = "+".join(c.name for c in reversed(chain.bytes_to_bytes)) or "none"
+            report.codec_calls[f"cpu:{names}"] += int(batch.present.sum())
 
         def task(lo: int, hi: int) -> None:
             decoded: list = [None] * (hi - lo)

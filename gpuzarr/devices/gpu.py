@@ -57,7 +57,7 @@ class GpuDevice:
             raise ValueError("out must be C-contiguous")
 
     def decode_and_place(self, batch: FetchedBatch, chain: CodecChain, out: Any, plan: Plan,
-                         first: int, fill: Any) -> None:
+                         first: int, fill: Any, report: Any = None) -> None:
         raw_nbytes = chain.raw_nbytes
         if raw_nbytes is None:
             raise UnsupportedFeatureError("variable-length data and sharding inside other codecs are read on "
@@ -65,6 +65,11 @@ class GpuDevice:
         layout = build_layout(batch, chain,
                               lambda i: decode_bytes(chain, batch.chunk(i), raw_nbytes, batch.labels[i]))
         eng = self.engine
+        if report is not None:
+            report.cpu_fallback += [batch.labels[i] for i in layout.cpu_fallback]
+            report.codec_calls.update(f"nvcomp:{alg}" for alg in layout.streams)
+            report.kernel_launches += (bool(layout.copies["size"].size) + bool(layout.moves["size"].size)
+                                       + len(layout.unshuffles))
         decoded = None
         if layout.present.any():
             work = self._decode(layout)
@@ -77,6 +82,8 @@ class GpuDevice:
             eng.scatter(decoded, out, scatter, itemsize, len(chain.shape))
         if len(fills):
             eng.fill(out, fills, fill_bytes(fill, out.dtype), itemsize, len(chain.shape))
+        if report is not None:
+            report.kernel_launches += bool(len(scatter)) + bool(len(fills))
 
     def _decode(self, layout: GpuBatchLayout) -> Any:
         eng = self.engine

@@ -1,0 +1,47 @@
+"""An optional per-read record of where the work and the time went, on either device."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Iterator
+
+
+@dataclass
+class ReadReport:
+    """Pass one to `Array.read(..., report=r)` or `read_batch`; the read fills it in."""
+
+    device: str = ""
+    chunks: int = 0  # distinct chunks the read touched
+    chunks_absent: int = 0  # of those, read as the fill value (missing chunk/shard, empty inner chunk)
+    placements: int = 0  # chunk windows copied into the output
+    batches: int = 0
+    bytes_compressed: int = 0  # fetched from the store (coalescing gaps included)
+    bytes_decoded: int = 0
+    codec_calls: Counter = field(default_factory=Counter)  # e.g. {"nvcomp:zstd": 1, "cpu:zstd": 9}
+    kernel_launches: int = 0
+    cpu_fallback: list = field(default_factory=list)  # chunks the GPU device decoded on the host
+    notes: list = field(default_factory=list)
+    seconds: Counter = field(default_factory=Counter)  # plan, locate, fetch (waited for), decode, finish
+
+    @contextmanager
+    def timed(self, stage: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[stage] += time.perf_counter() - start
+
+    def __str__(self) -> str:
+        lines = [f"read on {self.device}: {self.chunks} chunks ({self.chunks_absent} fill), "
+                 f"{self.placements} placements, {self.batches} batches",
+                 f"  bytes: {self.bytes_compressed} compressed, {self.bytes_decoded} decoded",
+                 f"  codec calls: {dict(self.codec_calls)}; kernel launches: {self.kernel_launches}"]
+        if self.cpu_fallback:
+            lines.append(f"  decoded on the CPU (no GPU decoder): {len(self.cpu_fallback)} chunks, "
+                         f"e.g. {self.cpu_fallback[:3]}")
+        lines += [f"  note: {n}" for n in self.notes]
+        lines.append("  seconds: " + ", ".join(f"{k} {v * 1e3:.2f} ms" for k, v in self.seconds.items()))
+        return "\n".join(lines)
