@@ -5,8 +5,9 @@ from .api import open
 from .array import Array
 from .errors import CorruptDataError, GpuzarrError, MetadataError, StoreError, UnsupportedFeatureError
 from .group import Group
+from .pipeline import Settings
 from .report import ReadReport
 
 __version__ = "0.1.0"
-__all__ = ["open", "Array", "Group", "ReadReport", "GpuzarrError", "MetadataError", "CorruptDataError",
+__all__ = ["open", "Array", "Group", "ReadReport", "Settings", "GpuzarrError", "MetadataError", "CorruptDataError",
            "UnsupportedFeatureError", "StoreError", "__version__"]

@@ -8,6 +8,7 @@ from .array import Array
 from .errors import GpuzarrError
 from .group import Group
 from .metadata import GroupMetadata, load_json, parse_v2_array, parse_v3
+from .pipeline import Settings
 from .store import Store, open_store
 
 _V2_FILES = (".zarray", ".zgroup", ".zattrs", ".zmetadata")
@@ -18,22 +19,27 @@ class NodeNotFoundError(GpuzarrError, FileNotFoundError):
 
 
 def open(store: Any, path: str | None = None, *, device: Any = "auto",
-         storage_options: dict | None = None) -> Array | Group:
-    """Open the array or group at `store` (a path, URL, fsspec mapper or filesystem) / `path`."""
-    return open_node(open_store(store, path, storage_options), device)
+         storage_options: dict | None = None, settings: Settings | None = None) -> Array | Group:
+    """Open the array or group at `store` (a path, URL, fsspec mapper or filesystem) / `path`.
+    `settings` bounds batches (compressed and decoded bytes, chunks) and the shard index cache."""
+    return open_node(open_store(store, path, storage_options), device, settings=settings)
 
 
-def open_node(store: Store, device: Any = "auto", docs: dict | None = None) -> Array | Group:
+def open_node(store: Store, device: Any = "auto", docs: dict | None = None,
+              settings: Settings | None = None) -> Array | Group:
     """`docs` holds the node's metadata documents when they come from consolidated metadata."""
     if docs is None:
         docs = _read_docs(store)
     if "zarr.json" in docs:
         where = store.path("zarr.json")
         meta = parse_v3(docs["zarr.json"], where)
-        return Array(meta, store, device) if not isinstance(meta, GroupMetadata) else Group(meta, store, device)
+        if isinstance(meta, GroupMetadata):
+            return Group(meta, store, device, settings)
+        return Array(meta, store, device, settings or Settings())
     attrs = docs.get(".zattrs", {})
     if ".zarray" in docs:
-        return Array(parse_v2_array(docs[".zarray"], attrs, store.path(".zarray")), store, device)
+        return Array(parse_v2_array(docs[".zarray"], attrs, store.path(".zarray")), store, device,
+                     settings or Settings())
     if ".zgroup" in docs:
         zgroup = docs[".zgroup"]
         if zgroup.get("zarr_format") != 2:
@@ -44,7 +50,7 @@ def open_node(store: Store, device: Any = "auto", docs: dict | None = None) -> A
         zmeta = docs.get(".zmetadata")
         if zmeta is not None and isinstance(zmeta.get("metadata"), dict):
             consolidated = {k: v for k, v in zmeta["metadata"].items() if isinstance(v, dict)}
-        return Group(GroupMetadata(2, attrs, consolidated), store, device)
+        return Group(GroupMetadata(2, attrs, consolidated), store, device, settings)
     raise NodeNotFoundError(f"{store.url}: no Zarr array or group here (no zarr.json, .zarray or .zgroup)")
 
 

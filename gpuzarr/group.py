@@ -11,10 +11,11 @@ from .store import Store
 
 
 class Group:
-    def __init__(self, meta: GroupMetadata, store: Store, device: Any = "auto"):
+    def __init__(self, meta: GroupMetadata, store: Store, device: Any = "auto", settings: Any = None):
         self.meta = meta
         self.store = store
         self._device = device
+        self._settings = settings
 
     def __repr__(self) -> str:
         return f"<gpuzarr.Group {self.store.url!r} zarr_format={self.meta.zarr_format}>"
@@ -35,7 +36,7 @@ class Group:
             raise KeyError("empty member name")
         docs = self._consolidated_docs(name)
         try:
-            node = open_node(self.store.child(name), self._device, docs)
+            node = open_node(self.store.child(name), self._device, docs, self._settings)
         except FileNotFoundError:
             raise KeyError(f"{self.store.path(name)}: no array or group named {name!r}") from None
         cm = self.meta.consolidated

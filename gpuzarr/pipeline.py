@@ -22,6 +22,7 @@ from .store import Store
 class Settings:
     batch_bytes: int | None = None  # compressed bytes per batch; None: the device's preference
     batch_chunks: int = 1 << 16  # and at most this many chunks
+    batch_decoded_bytes: int = 1 << 30  # and at most this many decoded bytes (the GPU's scratch)
     index_cache_bytes: int = 64 << 20  # decoded shard indexes kept per array
 
 
@@ -103,7 +104,8 @@ class Reader:
         while lo < n:
             base = cost[lo - 1] if lo else 0
             hi = int(np.searchsorted(cost, base + batch_bytes, side="right"))
-            hi = min(max(hi, lo + 1), lo + self.settings.batch_chunks, n)
+            by_decoded = self.settings.batch_decoded_bytes // max(raw_nbytes or 1, 1)
+            hi = min(max(hi, lo + 1), lo + self.settings.batch_chunks, lo + max(1, by_decoded), n)
             bounds.append((lo, hi))
             lo = hi
         return bounds

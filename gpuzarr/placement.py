@@ -20,10 +20,8 @@ def decode_raw(xp: Any, raw: Any, chain: CodecChain, native: bool = False) -> An
 def place(out: Any, decoded: Any, plan: Plan, first: int, stop: int, present: Any, fill: Any) -> None:
     """Copy chunks first..stop-1 of the plan (decoded[i] is chunk first+i) into their output
     windows, cropping edge chunks; absent chunks write the fill value."""
-    span = plan.placements_of(first, stop)
-    for p in range(span.start, span.stop):
-        i = int(plan.place_chunk[p]) - first
-        chunk_sel, out_sel = plan.selections(p)
+    for chunk, chunk_sel, out_sel in plan.selections(first, stop):
+        i = chunk - first
         if present[i]:
             out[out_sel] = decoded[i][chunk_sel]
         else:

@@ -41,20 +41,30 @@ class Plan:
     def n_chunks(self) -> int:
         return self.chunks.shape[0]
 
-    def selections(self, p: int) -> tuple[tuple, tuple]:
-        """(selection inside the decoded chunk, selection in the output) of placement p."""
-        chunk_sel, out_sel = [], [int(self.place_window[p])] if self.batched else []
+    def selections(self, first: int, stop: int) -> list[tuple[int, tuple, tuple]]:
+        """(chunk row, selection inside the decoded chunk, selection in the output) of every
+        placement of chunks first..stop-1, built from whole columns at once."""
+        span = self.placements_of(first, stop)
+        rows = self.place_runs[span]
+        per_dim = []
         for d, runs in enumerate(self.dims):
-            r = self.place_runs[p, d]
-            start, step, count = int(runs.local_start[r]), int(runs.step[r]), int(runs.count[r])
+            r = rows[:, d]
+            start, step, count = runs.local_start[r], runs.step[r], runs.count[r]
             if runs.drop:
-                chunk_sel.append(start)
+                per_dim.append((start.tolist(), None))
                 continue
-            stop = start + step * count
-            chunk_sel.append(slice(start, stop if stop >= 0 else None, step))
-            out = int(runs.out_start[r])
-            out_sel.append(slice(out, out + count))
-        return tuple(chunk_sel), tuple(out_sel)
+            stop_ = start + step * count
+            chunk = [slice(a, b if b >= 0 else None, c) for a, b, c in zip(start.tolist(), stop_.tolist(),
+                                                                          step.tolist())]
+            out0 = runs.out_start[r]
+            out = [slice(a, b) for a, b in zip(out0.tolist(), (out0 + count).tolist())]
+            per_dim.append((chunk, out))
+        chunk_sels = list(zip(*(c for c, _ in per_dim))) if per_dim else [()] * rows.shape[0]
+        out_parts = [o for _, o in per_dim if o is not None]
+        if self.batched:
+            out_parts.insert(0, self.place_window[span].tolist())
+        out_sels = list(zip(*out_parts)) if out_parts else [()] * rows.shape[0]
+        return list(zip(self.place_chunk[span].tolist(), chunk_sels, out_sels))
 
     def reorder(self, order: np.ndarray) -> Plan:
         """Renumber chunks so that row i of the result is row order[i] now (e.g. storage order)."""

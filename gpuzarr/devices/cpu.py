@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from ..codecs.array_to_bytes import Bytes
 from ..codecs.chain import CodecChain, decode_chunk
 from ..errors import CorruptDataError
 from ..fetch import FetchedBatch
@@ -58,17 +59,19 @@ class CpuDevice:
             names = "+".join(c.name for c in reversed(chain.bytes_to_bytes)) or "none"
             report.codec_calls[f"cpu:{names}"] += int(batch.present.sum())
 
+        as_chunk = _chunk_view(chain)
+        present = batch.present.tolist()
+
         def task(lo: int, hi: int) -> None:
             decoded: list = [None] * (hi - lo)
             for i in range(lo, hi):
-                if not batch.present[i]:
+                if not present[i]:
                     continue
                 if raw_nbytes is None:  # variable-length items, or sharding inside other codecs
                     decoded[i - lo] = decode_chunk(chain, batch.chunk(i), fill, batch.labels[i])
                 else:
-                    raw = decode_bytes(chain, batch.chunk(i), raw_nbytes, batch.labels[i])
-                    decoded[i - lo] = decode_raw(np, raw.reshape(1, -1), chain)[0]
-            place(out, decoded, plan, first + lo, first + hi, batch.present[lo:hi], fill)
+                    decoded[i - lo] = as_chunk(decode_bytes(chain, batch.chunk(i), raw_nbytes, batch.labels[i]))
+            place(out, decoded, plan, first + lo, first + hi, present[lo:hi], fill)
 
         per_task = max(1, GROUP_BYTES // raw_nbytes) if raw_nbytes else 1
         per_task = min(per_task, max(1, -(-batch.n // self.threads)))
@@ -79,6 +82,16 @@ class CpuDevice:
             return
         for future in [self._pool.submit(task, lo, hi) for lo, hi in bounds]:
             future.result()
+
+
+def _chunk_view(chain: CodecChain) -> Any:
+    """Decoded bytes of one chunk → the chunk array. The common chain (no byte swap, no
+    array→array codec) is a plain view; anything else goes through the shared decode_raw."""
+    ab = chain.array_to_bytes
+    if isinstance(ab, Bytes) and not chain.array_to_array and not ab.needs_swap(chain.encoded_dtype):
+        dtype, shape = chain.encoded_dtype, chain.shape
+        return lambda raw: raw.view(dtype).reshape(shape)
+    return lambda raw: decode_raw(np, raw.reshape(1, -1), chain)[0]
 
 
 def decode_bytes(chain: CodecChain, data: Any, nbytes: int, label: str) -> np.ndarray:
