@@ -32,6 +32,9 @@ class StandinEngine:
     def empty(self, nbytes: int) -> np.ndarray:
         return np.full(nbytes, 0xA5, dtype=np.uint8)  # garbage, so unwritten bytes show
 
+    def host_buffer(self, nbytes: int) -> np.ndarray:
+        return np.empty(nbytes, dtype=np.uint8)
+
     def upload(self, data: np.ndarray) -> np.ndarray:
         self.calls["upload"] += 1
         return data.copy()

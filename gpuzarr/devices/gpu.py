@@ -63,7 +63,8 @@ class GpuDevice:
             raise UnsupportedFeatureError("variable-length data and sharding inside other codecs are read on "
                                           "the CPU only (device='cpu')")
         layout = build_layout(batch, chain,
-                              lambda i: decode_bytes(chain, batch.chunk(i), raw_nbytes, batch.labels[i]))
+                              lambda i: decode_bytes(chain, batch.chunk(i), raw_nbytes, batch.labels[i]),
+                              self.engine.host_buffer)
         eng = self.engine
         if report is not None:
             report.cpu_fallback += [batch.labels[i] for i in layout.cpu_fallback]
@@ -130,13 +131,16 @@ class CupyEngine:
     def empty(self, nbytes: int) -> Any:
         return self.xp.empty(nbytes, dtype=self.xp.uint8)
 
-    def upload(self, data: np.ndarray) -> Any:
-        """One asynchronous copy from a reused page-locked buffer."""
-        host, event = self._pinned.take(data.nbytes)
-        host[:] = data
-        device = self.empty(data.nbytes)
+    def host_buffer(self, nbytes: int) -> np.ndarray:
+        """The next page-locked staging slot (waits only if its previous copy is still running)."""
+        host, self._event = self._pinned.take(nbytes)
+        return host
+
+    def upload(self, host: np.ndarray) -> Any:
+        """One asynchronous copy of a staging slot from `host_buffer`."""
+        device = self.empty(host.nbytes)
         device.set(host, stream=self.stream)
-        event.record(self.stream)  # the pinned slot is reusable once this copy is done
+        self._event.record(self.stream)  # the slot is reusable once this copy is done
         return device
 
     def codec(self, algorithm: str) -> Any:

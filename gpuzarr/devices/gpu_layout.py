@@ -120,8 +120,8 @@ class _Builder:
     def copy(self, data: Any, dst: int) -> None:
         self.copies.add(self.stage(data), dst, len(data))
 
-    def layout(self, present: np.ndarray, fallback: list[int]) -> GpuBatchLayout:
-        staging = np.empty(self.pos, dtype=np.uint8)
+    def layout(self, present: np.ndarray, fallback: list[int], allocate: Callable[[int], np.ndarray]) -> GpuBatchLayout:
+        staging = allocate(self.pos)
         at = 0
         for part in self.parts:
             size = len(part)
@@ -134,9 +134,10 @@ class _Builder:
             self.batch.labels)
 
 
-def build_layout(batch: FetchedBatch, chain: CodecChain,
-                 cpu_decode: Callable[[int], np.ndarray]) -> GpuBatchLayout:
-    """`cpu_decode(i)` decodes chunk i on the host (exactly raw_nbytes), for codecs nvCOMP lacks."""
+def build_layout(batch: FetchedBatch, chain: CodecChain, cpu_decode: Callable[[int], np.ndarray],
+                 allocate: Callable[[int], np.ndarray] = lambda n: np.empty(n, dtype=np.uint8)) -> GpuBatchLayout:
+    """`cpu_decode(i)` decodes chunk i on the host (exactly raw_nbytes), for codecs nvCOMP lacks;
+    `allocate(n)` gives the staging buffer (page-locked on a GPU), written exactly once."""
     raw_nbytes = chain.raw_nbytes
     codecs = chain.bytes_to_bytes
     n_checks = 0
@@ -157,7 +158,7 @@ def build_layout(batch: FetchedBatch, chain: CodecChain,
             b.copy(np.ascontiguousarray(cpu_decode(i)).view(np.uint8).reshape(-1), i * raw_nbytes)
         except CorruptDataError as exc:
             raise CorruptDataError(f"{label}: {exc}" if label not in str(exc) else str(exc)) from None
-    return b.layout(batch.present, fallback)
+    return b.layout(batch.present, fallback, allocate)
 
 
 def _add_chunk(b: _Builder, codecs: tuple, data: memoryview, dst: int, nbytes: int) -> None:
