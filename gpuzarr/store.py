@@ -97,52 +97,40 @@ class LocalStore(Store):
     """Local files through plain os calls: page-cache reads cost a syscall, not an event loop."""
 
     def read_ranges(self, ranges: Sequence[Range]) -> list[bytes | None]:
-        out: list[bytes | None] = []
-        for key, start, stop in ranges:
-            path = self.path(key)
-            try:
-                fd = os.open(path, os.O_RDONLY)
-            except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
-                out.append(None)
-                continue
-            except OSError as exc:
-                raise StoreError(f"{path}: open failed: {exc}", key, exc) from exc
-            try:
-                out.append(_pread_range(fd, start, stop))
-            except IsADirectoryError:  # a directory where a chunk key should be: no such chunk
-                out.append(None)
-            except OSError as exc:
-                raise StoreError(f"{path}: read failed: {exc}", key, exc) from exc
-            finally:
-                os.close(fd)
-        return out
+        return [self._with_file(key, lambda fd: _pread_range(fd, start, stop)) for key, start, stop in ranges]
 
     def read_ranges_into(self, ranges: Sequence[tuple[str, int, int]], buffer: Any,
                          positions: Sequence[int]) -> list[int | None]:
         view = memoryview(buffer).cast("B")
-        counts: list[int | None] = []
-        for (key, start, stop), pos in zip(ranges, positions):
-            path = self.path(key)
-            try:
-                fd = os.open(path, os.O_RDONLY)
-            except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
-                counts.append(None)
-                continue
-            except OSError as exc:
-                raise StoreError(f"{path}: open failed: {exc}", key, exc) from exc
-            try:
-                done, want = 0, stop - start
-                while done < want:  # straight from the page cache into the staging buffer
-                    got = os.preadv(fd, [view[pos + done:pos + want]], start + done)
-                    if got == 0:
-                        break
-                    done += got
-                counts.append(done)
-            except OSError as exc:
-                raise StoreError(f"{path}: read failed: {exc}", key, exc) from exc
-            finally:
-                os.close(fd)
-        return counts
+
+        def read_into(fd: int, start: int, want: int, pos: int) -> int:
+            done = 0
+            while done < want:  # straight from the page cache into the staging buffer
+                got = os.preadv(fd, [view[pos + done:pos + want]], start + done)
+                if got == 0:
+                    break
+                done += got
+            return done
+        return [self._with_file(key, lambda fd: read_into(fd, start, stop - start, pos))
+                for (key, start, stop), pos in zip(ranges, positions)]
+
+    def _with_file(self, key: str, read: Any) -> Any:
+        """read(fd) on the key's file; None where there is no such file (a directory included)."""
+        path = self.path(key)
+        try:
+            fd = os.open(path, os.O_RDONLY)
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+            return None
+        except OSError as exc:
+            raise StoreError(f"{path}: open failed: {exc}", key, exc) from exc
+        try:
+            return read(fd)
+        except IsADirectoryError:  # opening a directory read-only succeeds; reading it does not
+            return None
+        except OSError as exc:
+            raise StoreError(f"{path}: read failed: {exc}", key, exc) from exc
+        finally:
+            os.close(fd)
 
     def size(self, key: str) -> int | None:
         try:

@@ -21,22 +21,7 @@
 #ifndef GPUZARR_SCATTER_CORE_CUH
 #define GPUZARR_SCATTER_CORE_CUH
 
-#ifndef __CUDACC__
-#ifndef __host__
-#define __host__
-#endif
-#ifndef __device__
-#define __device__
-#endif
-#endif
-
-#ifndef GPUZARR_KERNEL_TYPES
-#define GPUZARR_KERNEL_TYPES
-// No <stdint.h>: NVRTC compiles without the host's C headers.
-typedef unsigned char gpz_u8;
-typedef long long gpz_i64;
-typedef unsigned long long gpz_u64;
-#endif
+#include "gpz_common.cuh"
 
 #define GPZ_MAX_NDIM 8
 #define GPZ_REC_SRC 0
