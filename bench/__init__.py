@@ -1,0 +1,1 @@
+"""gpuzarr's benchmark harness: `python -m bench --help`. See bench/README.md."""

@@ -1,0 +1,269 @@
+"""Output: the table on stdout, results/<timestamp>.json (every sample, machine, commit), and
+results/<timestamp>.png (throughput per reader per workload)."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from .readers import READER_NAMES
+
+FLOORS = ("floor:numcodecs", "floor:libzstd")
+# targets for gpuzarr's CPU path (shared/BENCHMARKS.md)
+TARGET_RATIO = {"full": 0.8, "window": 1.0}
+TARGET_EFF = 0.7
+
+
+# --------------------------------------------------------------------------- environment
+
+
+def machine_info() -> dict:
+    info = {"platform": platform.platform(), "python": sys.version.split()[0], "cpu_count": os.cpu_count(),
+            "affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
+            "processor": platform.processor()}
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                info["processor"] = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    try:
+        import psutil
+
+        info["memory_bytes"] = psutil.virtual_memory().total
+    except Exception:
+        pass
+    return info
+
+
+def versions() -> dict:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {}
+    for pkg in ("gpuzarr", "numpy", "numcodecs", "zstandard", "zarr", "zarrs", "tensorstore", "psutil",
+                "matplotlib", "cupy-cuda12x", "cupy-cuda13x", "nvidia-nvcomp-cu12", "nvidia-nvcomp-cu13"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            pass
+    return out
+
+
+def git_info(root: Path) -> dict:
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, timeout=30).stdout.strip()
+
+    try:
+        status = git("status", "--porcelain", "--untracked-files=no")
+        return {"commit": git("rev-parse", "HEAD"), "branch": git("rev-parse", "--abbrev-ref", "HEAD"),
+                "dirty": bool(status), "modified": [ln[3:] for ln in status.splitlines()],
+                "subject": git("log", "-1", "--format=%s")}
+    except Exception as exc:
+        return {"error": str(exc)}
+
+
+# --------------------------------------------------------------------------- table
+
+
+def _ms(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    ms = seconds * 1e3
+    if ms >= 100:
+        return f"{ms:.0f}"
+    if ms >= 10:
+        return f"{ms:.1f}"
+    if ms >= 1:
+        return f"{ms:.2f}"
+    return f"{ms:.3f}"
+
+
+def _cell(entry: dict | None) -> str:
+    if entry is None:
+        return "-"
+    if entry.get("error"):
+        return "ERR" if not entry["error"].startswith("MISMATCH") else "MISMATCH"
+    return _ms(entry.get("median_s"))
+
+
+def derived(row: dict) -> dict:
+    """gpuzarr/tensorstore ratio, floor, efficiency, targets for one dataset x workload row."""
+    med = {k: v.get("median_s") for k, v in row["readers"].items() if not v.get("error")}
+    floors = {k: v.get("median_s") for k, v in row.get("floors", {}).items() if not v.get("error")}
+    g, t = med.get("gpuzarr"), med.get("tensorstore")
+    out: dict = {"ratio": g / t if g and t else None}
+    live = [v for v in floors.values() if v]
+    out["floor_s"] = min(live) if live else None
+    out["floor_variant"] = min(floors, key=lambda k: floors[k] or 1e99) if live else None
+    out["efficiency"] = out["floor_s"] / g if out["floor_s"] and g else None
+    misses = []
+    if row["workload"] in TARGET_RATIO and out["ratio"] is not None and out["ratio"] > TARGET_RATIO[row["workload"]]:
+        misses.append(f"ratio>{TARGET_RATIO[row['workload']]}")
+    if row["workload"] == "full" and out["efficiency"] is not None and out["efficiency"] < TARGET_EFF:
+        misses.append(f"eff<{TARGET_EFF}")
+    checked = row["workload"] in TARGET_RATIO and out["ratio"] is not None
+    out["target"] = ("miss: " + ", ".join(misses)) if misses else ("ok" if checked else "")
+    return out
+
+
+def format_table(doc: dict) -> str:
+    readers = [r for r in READER_NAMES if r in doc["readers"]]
+    head = ["dataset", "workload", "time per", *readers, "floor:nc", "floor:zstd", "gz/ts", "eff", "host us/chunk",
+            "target"]
+    rows = []
+    notes = []
+    for row in doc["results"]:
+        d = derived(row)
+        host = row.get("host_cost") or {}
+        host_cell = f"{host['us_per_chunk']['host']:.1f}" if "us_per_chunk" in host else (
+            "n/a" if host else "-")
+        floors = row.get("floors", {})
+        rows.append([row["dataset"], row["workload"], row["unit"],
+                     *(_cell(row["readers"].get(r)) for r in readers),
+                     _cell(floors.get("floor:numcodecs")), _cell(floors.get("floor:libzstd")),
+                     f"{d['ratio']:.2f}" if d["ratio"] is not None else "-",
+                     f"{d['efficiency']:.2f}" if d["efficiency"] is not None else "-",
+                     host_cell, d["target"]])
+        for name, e in list(row["readers"].items()) + list(floors.items()):
+            if e.get("error"):
+                notes.append(f"  {row['dataset']}/{row['workload']} {name}: {e['error']}")
+        if host.get("error"):
+            notes.append(f"  {row['dataset']}/{row['workload']} host cost: {host['error']}")
+    text = _grid(head, rows)
+    text += ("\n\ntimes: medians in ms (window: per window, median over windows x repeats; batch: all patches; "
+             "scan: all chunks one by one)\n"
+             "gz/ts = gpuzarr / tensorstore (<1: gpuzarr faster); eff = floor / gpuzarr, floor = the faster of "
+             "floor:nc (numcodecs Zstd) and floor:zstd (python-zstandard), all cores, frames in memory\n"
+             f"targets: full gz/ts <= {TARGET_RATIO['full']} and eff >= {TARGET_EFF}; window gz/ts <= "
+             f"{TARGET_RATIO['window']}")
+    host_rows = []
+    for row in doc["results"]:
+        h = row.get("host_cost") or {}
+        if "us_per_chunk" not in h:
+            continue
+        u = h["us_per_chunk"]
+        host_rows.append([row["dataset"], row["workload"], str(h["chunks"]), str(h["reads"]),
+                          *(f"{u[k]:.1f}" for k in ("plan", "locate_cold", "locate_warm", "fetch", "host", "decode")),
+                          f"{h['us_per_read']['host']:.0f}"])
+    if host_rows:
+        text += "\n\ngpuzarr host cost per chunk (us; run step by step, medians; host = plan + locate_warm + fetch)\n"
+        text += _grid(["dataset", "workload", "chunks", "reads", "plan", "locate_cold", "locate_warm", "fetch", "host",
+                       "decode", "host us/read"], host_rows)
+    mem_rows = []
+    for ds, per in (doc.get("memory") or {}).items():
+        for name in readers:
+            m = per.get(name)
+            if not m:
+                continue
+            if m.get("error"):
+                mem_rows.append([ds, name, "-", "ERR", "", "", "", ""])
+                notes.append(f"  {ds}/memory {name}: {m['error']}")
+                continue
+            mib = lambda v: f"{v / 2**20:.1f}"  # noqa: E731
+            budget = m["out_nbytes"] + 2 * m["batch_bytes"] if "batch_bytes" in m else None
+            verdict = ("" if budget is None else ("ok" if m["rss_peak_delta"] <= budget * 1.05 else "over"))
+            mem_rows.append([ds, name, mib(m["out_nbytes"]), mib(m["rss_peak_delta"]), mib(m["maxrss_delta"]) if m.get("maxrss_delta") is not None else "-",
+                             mib(m["tracemalloc_peak"]), mib(budget) if budget else "-", verdict])
+    if mem_rows:
+        text += ("\n\npeak memory of one full read (MiB; fresh process per reader; RSS delta sampled by psutil every "
+                 "0.5 ms, maxrss = kernel high-water mark (VmHWM, reset before the read) delta, traced = tracemalloc peak; gpuzarr budget = output + "
+                 "2 compressed batches; within = rss peak <= budget + 5%)\n")
+        text += _grid(["dataset", "reader", "output", "rss peak", "maxrss", "traced", "budget", "within"], mem_rows)
+    if notes:
+        text += "\n\nerrors (not timed):\n" + "\n".join(notes)
+    return text
+
+
+def _grid(head: list[str], rows: list[list[str]]) -> str:
+    widths = [max(len(str(x)) for x in col) for col in zip(head, *rows)]
+    line = lambda cells: "  ".join(str(c).rjust(w) if i > 2 else str(c).ljust(w)  # noqa: E731
+                                   for i, (c, w) in enumerate(zip(cells, widths))).rstrip()
+    return "\n".join([line(head), line(["-" * w for w in widths])] + [line(r) for r in rows])
+
+
+# --------------------------------------------------------------------------- files
+
+
+def write_json(doc: dict, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(doc, indent=1, default=_default))
+
+
+def _default(obj):
+    if isinstance(obj, (np.integer,)):
+        return int(obj)
+    if isinstance(obj, (np.floating,)):
+        return float(obj)
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(type(obj).__name__)
+
+
+def plot(doc: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    datasets = list(dict.fromkeys(r["dataset"] for r in doc["results"]))
+    readers = [r for r in READER_NAMES if r in doc["readers"]]
+    series = readers + ["floor"]
+    colors = {"gpuzarr": "#d62728", "tensorstore": "#1f77b4", "zarrs-python": "#ff7f0e", "zarr-python": "#2ca02c",
+              "floor": "#7f7f7f"}
+    fig, axes = plt.subplots(len(datasets), 1, figsize=(11, 3.6 * len(datasets)), squeeze=False)
+    for ax, ds in zip(axes[:, 0], datasets):
+        rows = [r for r in doc["results"] if r["dataset"] == ds]
+        width = 0.8 / len(series)
+        x = np.arange(len(rows))
+        top = 0.0
+        for k, name in enumerate(series):
+            vals, labels = [], []
+            for row in rows:
+                if name == "floor":
+                    d = derived(row)
+                    sec, err = d["floor_s"], None
+                else:
+                    e = row["readers"].get(name, {})
+                    sec, err = e.get("median_s"), e.get("error")
+                if err or not sec:
+                    vals.append(0.0)
+                    labels.append("ERR" if err else "")
+                else:
+                    gbs = row["op_nbytes"] / sec / 1e9
+                    vals.append(gbs)
+                    labels.append(f"{gbs:.2f}" if gbs < 10 else f"{gbs:.0f}")
+                    top = max(top, gbs)
+            pos = x - 0.4 + width * (k + 0.5)
+            bars = ax.bar(pos, vals, width, label=name, color=colors.get(name),
+                          hatch="//" if name == "floor" else None, edgecolor="white" if name != "floor" else "black",
+                          linewidth=0.5)
+            for b, lab in zip(bars, labels):
+                if lab:
+                    ax.annotate(lab, (b.get_x() + b.get_width() / 2, max(b.get_height(), 1e-3)),
+                                ha="center", va="bottom", fontsize=7, rotation=90, xytext=(0, 2),
+                                textcoords="offset points", color="red" if lab == "ERR" else "black")
+        ax.set_yscale("log")
+        ax.set_ylim(bottom=min(0.01, top / 1000 if top else 0.01), top=top * 8 if top else 1)
+        ax.set_xticks(x)
+        ax.set_xticklabels([f"{r['workload']}\n(per {r['unit']})" for r in rows], fontsize=9)
+        ax.set_ylabel("GB/s of output (log)")
+        ax.set_title(f"{ds}: {doc['datasets'][ds]['describe']}", fontsize=10)
+        ax.grid(axis="y", which="both", alpha=0.3)
+    axes[0, 0].legend(ncol=len(series), fontsize=8, loc="upper right")
+    git = doc.get("git", {})
+    commit = (git.get("commit") or "?")[:10] + (" (dirty)" if git.get("dirty") else "")
+    m = doc["machine"]
+    fig.suptitle(f"gpuzarr bench {doc['timestamp']}  commit {commit}  device {doc['args']['device']}\n"
+                 f"{m.get('processor', '?')}, {m.get('affinity')} cores; medians of {doc['args']['repeats']}; "
+                 "floor = libzstd decompression only", fontsize=10)
+    fig.tight_layout(rect=(0, 0, 1, 0.96))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
