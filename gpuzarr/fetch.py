@@ -103,36 +103,31 @@ class Locator:
             return Locations(keys, np.zeros(n, np.int64), np.full(n, -1, np.int64), np.ones(n, bool))
         shard_shape = np.array(self.meta.chunk_shape, dtype=np.int64)
         leaf = np.array(self.leaf_shape, dtype=np.int64)
-        grid = self.meta.grid_shape
         shard_coords = coords // (shard_shape // leaf)
-        lin = np.ravel_multi_index(tuple(shard_coords.T), grid) if grid else np.zeros(n, np.int64)
-        uniq, inverse = np.unique(lin, return_inverse=True)
-        inverse = inverse.reshape(-1)
+        first, inverse = _group(shard_coords @ _strides(self.meta.grid_shape))
         encode = self.meta.key_encoding.key
-        names = [encode(tuple(c)) for c in np.array(np.unravel_index(uniq, grid)).T.tolist()] if grid else \
-            [encode(())] * uniq.size
-        keys = np.array(names, dtype=object)[inverse]
+        keys = np.array([encode(tuple(c)) for c in shard_coords[first].tolist()], dtype=object)[inverse]
         offsets = np.zeros(n, np.int64)
         sizes = np.full(n, -1, np.int64)  # whole key: the outermost shard
         present = np.ones(n, bool)
         element = coords * leaf  # first element of each leaf chunk, relative to the array
         origin = shard_coords * shard_shape
-        owner = inverse.astype(np.int64)  # which index (shard, or inner chunk that is a shard) holds a row
+        owner = inverse  # which index (a shard, or an inner chunk that is a shard) holds each row
         for owner_shape, sharding in self.levels:
             inner = np.array(sharding.chunk_shape, dtype=np.int64)
             within = (element - origin) // inner
             cps = sharding.chunks_per_shard(owner_shape)
-            flat = np.ravel_multi_index(tuple(within.T), cps) if cps else np.zeros(n, np.int64)
-            entry = np.full((n, 2), EMPTY, dtype=np.uint64)
+            flat = within @ _strides(cps)
             live = np.flatnonzero(present)
-            by_owner = live[np.argsort(owner[live], kind="stable")]
-            cuts = [0, *(np.flatnonzero(np.diff(owner[by_owner])) + 1).tolist(), by_owner.size]
-            groups = [by_owner[a:b] for a, b in zip(cuts[:-1], cuts[1:])] if by_owner.size else []
-            tables = self._indexes([(keys[g[0]], int(offsets[g[0]]), int(sizes[g[0]])) for g in groups],
+            first, group_of = _group(owner[live])
+            rows = live[first]
+            tables = self._indexes(list(zip(keys[rows].tolist(), offsets[rows].tolist(), sizes[rows].tolist())),
                                    owner_shape, sharding)
-            for g, table in zip(groups, tables):
+            entry = np.full((n, 2), EMPTY, dtype=np.uint64)
+            for g, table in enumerate(tables):
                 if table is not None:
-                    entry[g] = table[flat[g]]
+                    members = live if len(tables) == 1 else live[group_of == g]
+                    entry[members] = table[flat[members]]
             present &= entry[:, 1] != EMPTY
             offsets = np.where(present, entry[:, 0].astype(np.int64), 0)  # indexes hold absolute offsets
             sizes = np.where(present, entry[:, 1].astype(np.int64), 0)
@@ -169,6 +164,19 @@ class Locator:
             self.cache.put((key, base, owner_shape), index)
             found[i] = index
         return found
+
+
+def _strides(shape: Shape) -> np.ndarray:
+    """C-order strides of a grid, in elements, for linear indices as one matrix product."""
+    return np.array([int(np.prod(shape[d + 1:])) for d in range(len(shape))], dtype=np.int64)
+
+
+def _group(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(row of each distinct value's first occurrence, group number of every row)."""
+    if values.size <= 1 or (values == values[0]).all():
+        return np.zeros(min(values.size, 1), np.int64), np.zeros(values.size, np.int64)
+    _, first, inverse = np.unique(values, return_index=True, return_inverse=True)
+    return first, inverse.reshape(-1)
 
 
 def fetch(store: Store, loc: Locations, rows: np.ndarray) -> FetchedBatch:

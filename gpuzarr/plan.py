@@ -82,14 +82,41 @@ class Plan:
 
 
 def _dim_runs(sel: DimSelection, chunk: int) -> tuple[np.ndarray, ...]:
+    """(chunk index, first element inside the chunk, element count, output start) per run, in
+    output order. Computed per chunk, never per element: a read of 10^9 elements along one
+    dimension costs what its chunks cost."""
     if sel.count == 0:
         empty = np.empty(0, dtype=np.int64)
         return empty, empty, empty, empty
-    idx = sel.start + sel.step * np.arange(sel.count, dtype=np.int64)
-    cidx = idx // chunk
-    starts = np.concatenate(([0], np.flatnonzero(np.diff(cidx)) + 1))
-    counts = np.diff(np.append(starts, sel.count))
-    return cidx[starts], idx[starts] - cidx[starts] * chunk, counts, starts
+    first_k, last_k = sel.start // chunk, (sel.start + sel.step * (sel.count - 1)) // chunk
+    if abs(last_k - first_k) < 32:
+        return _dim_runs_small(sel, chunk)
+    start, step, n = sel.start, sel.step, sel.count
+    k = np.arange(first_k, last_k + (1 if step > 0 else -1), 1 if step > 0 else -1, dtype=np.int64)
+    if step > 0:  # j: position in the selection; chunk k holds j in [j_first, j_last]
+        j_first = np.maximum(0, -((start - k * chunk) // step))
+        j_last = np.minimum(n - 1, ((k + 1) * chunk - 1 - start) // step)
+    else:
+        j_first = np.maximum(0, -(((k + 1) * chunk - 1 - start) // -step))
+        j_last = np.minimum(n - 1, (start - k * chunk) // -step)
+    hit = j_first <= j_last  # steps longer than a chunk skip chunks
+    k, j_first, j_last = k[hit], j_first[hit], j_last[hit]
+    return k, start + step * j_first - k * chunk, j_last - j_first + 1, j_first
+
+
+def _dim_runs_small(sel: DimSelection, chunk: int) -> tuple[np.ndarray, ...]:
+    """The same runs with Python integers: cheaper than array calls for a handful of chunks."""
+    start, step, n = sel.start, sel.step, sel.count
+    rows, j = [], 0
+    while j < n:
+        index = start + step * j
+        k = index // chunk
+        last = (((k + 1) * chunk - 1 - start) // step) if step > 0 else ((start - k * chunk) // -step)
+        last = min(n - 1, last)
+        rows.append((k, index - k * chunk, last - j + 1, j))
+        j = last + 1
+    table = np.array(rows, dtype=np.int64)
+    return table[:, 0], table[:, 1], table[:, 2], table[:, 3]
 
 
 def _product(sizes: list[int]) -> np.ndarray:
