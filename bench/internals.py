@@ -45,8 +45,8 @@ def _one_read(arr: Any, windows: list, batched: bool, reader: Any, times: dict) 
     t1b = time.perf_counter()
     loc = reader.locator.locate(plan.chunks)
     order = loc.storage_order()
-    plan = plan.reorder(order)
-    loc = pl.Locations(loc.keys[order], loc.offsets[order], loc.sizes[order], loc.present[order])
+    if order is not None:  # as Reader.read does
+        plan, loc = plan.reorder(order), loc.take(order)
     t2 = time.perf_counter()
     chain = reader.locator.leaf_chain
     bounds = reader._batches(loc, chain.raw_nbytes, reader.settings.batch_bytes or device.batch_bytes)

@@ -4,6 +4,7 @@ coalesced, into ONE staging buffer with an offsets/sizes table."""
 
 from __future__ import annotations
 
+import math
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -28,9 +29,18 @@ class Locations:
     offsets: np.ndarray  # (M,) int64 byte offset in the key (0 for whole objects)
     sizes: np.ndarray  # (M,) int64 byte count, -1 = the whole object
     present: np.ndarray  # (M,) bool: False = fill value (missing shard or empty inner chunk)
+    key_ids: np.ndarray  # (M,) int64: chunks with the same key share an id
 
-    def storage_order(self) -> np.ndarray:
-        return np.lexsort((self.offsets, self.keys.astype(str)))
+    def storage_order(self) -> np.ndarray | None:
+        """Order reading keys one after the other, each front to back; None if already so."""
+        ids, offsets = self.key_ids, self.offsets
+        if ids.size < 2 or ((np.diff(ids) >= 0).all() and ((np.diff(offsets) > 0) | (np.diff(ids) > 0)).all()):
+            return None
+        return np.lexsort((offsets, ids))
+
+    def take(self, order: np.ndarray) -> Locations:
+        return Locations(self.keys[order], self.offsets[order], self.sizes[order], self.present[order],
+                         self.key_ids[order])
 
 
 @dataclass(frozen=True)
@@ -94,17 +104,20 @@ class Locator:
         self.levels = levels
         self.leaf_shape: Shape = shape
         self.leaf_chain: CodecChain = chain
+        self._grid_strides = _strides(meta.grid_shape)
+        self._level_strides = [_strides(sharding.chunks_per_shard(owner)) for owner, sharding in levels]
 
     def locate(self, coords: np.ndarray) -> Locations:
         n = coords.shape[0]
         if not self.levels:
             encode = self.meta.key_encoding.key
             keys = np.array([encode(tuple(c)) for c in coords.tolist()], dtype=object)
-            return Locations(keys, np.zeros(n, np.int64), np.full(n, -1, np.int64), np.ones(n, bool))
+            return Locations(keys, np.zeros(n, np.int64), np.full(n, -1, np.int64), np.ones(n, bool),
+                             np.arange(n, dtype=np.int64))
         shard_shape = np.array(self.meta.chunk_shape, dtype=np.int64)
         leaf = np.array(self.leaf_shape, dtype=np.int64)
         shard_coords = coords // (shard_shape // leaf)
-        first, inverse = _group(shard_coords @ _strides(self.meta.grid_shape))
+        first, inverse = _group(shard_coords @ self._grid_strides)
         encode = self.meta.key_encoding.key
         keys = np.array([encode(tuple(c)) for c in shard_coords[first].tolist()], dtype=object)[inverse]
         offsets = np.zeros(n, np.int64)
@@ -113,11 +126,11 @@ class Locator:
         element = coords * leaf  # first element of each leaf chunk, relative to the array
         origin = shard_coords * shard_shape
         owner = inverse  # which index (a shard, or an inner chunk that is a shard) holds each row
-        for owner_shape, sharding in self.levels:
+        for (owner_shape, sharding), strides in zip(self.levels, self._level_strides):
             inner = np.array(sharding.chunk_shape, dtype=np.int64)
             within = (element - origin) // inner
             cps = sharding.chunks_per_shard(owner_shape)
-            flat = within @ _strides(cps)
+            flat = within @ strides
             live = np.flatnonzero(present)
             first, group_of = _group(owner[live])
             rows = live[first]
@@ -132,8 +145,8 @@ class Locator:
             offsets = np.where(present, entry[:, 0].astype(np.int64), 0)  # indexes hold absolute offsets
             sizes = np.where(present, entry[:, 1].astype(np.int64), 0)
             origin = origin + within * inner
-            owner = owner * int(np.prod(cps)) + flat
-        return Locations(keys, offsets, sizes, present)
+            owner = owner * math.prod(cps) + flat
+        return Locations(keys, offsets, sizes, present, inverse)
 
     def _indexes(self, owners: list[tuple[str, int, int]], owner_shape: Shape, sharding: Sharding) -> list:
         """Decoded index of each owner (key, byte offset, byte size; size -1 for a whole shard
@@ -168,7 +181,7 @@ class Locator:
 
 def _strides(shape: Shape) -> np.ndarray:
     """C-order strides of a grid, in elements, for linear indices as one matrix product."""
-    return np.array([int(np.prod(shape[d + 1:])) for d in range(len(shape))], dtype=np.int64)
+    return np.array([math.prod(shape[d + 1:]) for d in range(len(shape))], dtype=np.int64)
 
 
 def _group(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

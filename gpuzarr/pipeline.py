@@ -49,8 +49,8 @@ class Reader:
         with report.timed("locate"):
             loc = self.locator.locate(plan.chunks)
             order = loc.storage_order()
-            plan = plan.reorder(order)
-            loc = Locations(loc.keys[order], loc.offsets[order], loc.sizes[order], loc.present[order])
+            if order is not None:
+                plan, loc = plan.reorder(order), loc.take(order)
         chain = self.locator.leaf_chain
         if isinstance(device, AutoDevice):
             estimate = int(np.where(loc.sizes >= 0, loc.sizes, chain.raw_nbytes or 0)[loc.present].sum())

@@ -7,6 +7,7 @@ placements. Chunks shared by several windows are fetched and decoded once."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -121,7 +122,7 @@ def _dim_runs_small(sel: DimSelection, chunk: int) -> tuple[np.ndarray, ...]:
 
 def _product(sizes: list[int]) -> np.ndarray:
     """All index combinations of ranges of `sizes`, C order, as a (prod, len(sizes)) array."""
-    total = int(np.prod(sizes)) if sizes else 1
+    total = math.prod(sizes)
     flat = np.arange(total, dtype=np.int64)
     rows = np.empty((total, len(sizes)), dtype=np.int64)
     stride = total

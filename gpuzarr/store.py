@@ -97,40 +97,51 @@ class LocalStore(Store):
     """Local files through plain os calls: page-cache reads cost a syscall, not an event loop."""
 
     def read_ranges(self, ranges: Sequence[Range]) -> list[bytes | None]:
-        return [self._with_file(key, lambda fd: _pread_range(fd, start, stop)) for key, start, stop in ranges]
+        return self._per_file(ranges, lambda fd, i, start, stop: _pread_range(fd, start, stop))
 
     def read_ranges_into(self, ranges: Sequence[tuple[str, int, int]], buffer: Any,
                          positions: Sequence[int]) -> list[int | None]:
         view = memoryview(buffer).cast("B")
 
-        def read_into(fd: int, start: int, want: int, pos: int) -> int:
-            done = 0
+        def read_into(fd: int, i: int, start: int, stop: int) -> int:
+            done, want, pos = 0, stop - start, positions[i]
             while done < want:  # straight from the page cache into the staging buffer
                 got = os.preadv(fd, [view[pos + done:pos + want]], start + done)
                 if got == 0:
                     break
                 done += got
             return done
-        return [self._with_file(key, lambda fd: read_into(fd, start, stop - start, pos))
-                for (key, start, stop), pos in zip(ranges, positions)]
+        return self._per_file(ranges, read_into)
 
-    def _with_file(self, key: str, read: Any) -> Any:
-        """read(fd) on the key's file; None where there is no such file (a directory included)."""
-        path = self.path(key)
-        try:
-            fd = os.open(path, os.O_RDONLY)
-        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
-            return None
-        except OSError as exc:
-            raise StoreError(f"{path}: open failed: {exc}", key, exc) from exc
-        try:
-            return read(fd)
-        except IsADirectoryError:  # opening a directory read-only succeeds; reading it does not
-            return None
-        except OSError as exc:
-            raise StoreError(f"{path}: read failed: {exc}", key, exc) from exc
-        finally:
-            os.close(fd)
+    def _per_file(self, ranges: Sequence[Range], read: Any) -> list:
+        """read(fd, i, start, stop) for every range, opening each file once for a run of ranges
+        with the same key; None where there is no such file (a directory included)."""
+        results: list = [None] * len(ranges)
+        i = 0
+        while i < len(ranges):
+            key = ranges[i][0]
+            j = i + 1
+            while j < len(ranges) and ranges[j][0] == key:
+                j += 1
+            path = self.path(key)
+            try:
+                fd = os.open(path, os.O_RDONLY)
+            except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+                i = j
+                continue
+            except OSError as exc:
+                raise StoreError(f"{path}: open failed: {exc}", key, exc) from exc
+            try:
+                for k in range(i, j):
+                    results[k] = read(fd, k, ranges[k][1], ranges[k][2])
+            except IsADirectoryError:  # opening a directory read-only succeeds; reading it does not
+                pass
+            except OSError as exc:
+                raise StoreError(f"{path}: read failed: {exc}", key, exc) from exc
+            finally:
+                os.close(fd)
+            i = j
+        return results
 
     def size(self, key: str) -> int | None:
         try:
