@@ -32,6 +32,7 @@ class CpuDevice:
     def __init__(self, threads: int | None = None):
         self.threads = threads or os.cpu_count() or 1
         self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="gpuzarr-cpu")
+        self._local = threading.local()
 
     @classmethod
     def shared(cls) -> CpuDevice:
@@ -52,6 +53,13 @@ class CpuDevice:
     def finish(self) -> None:
         """Nothing is deferred on the CPU: errors surface where they happen."""
 
+    def _scratch(self, nbytes: int) -> np.ndarray:
+        """This thread's decode buffer, reused across tasks and reads (at most a task's bytes)."""
+        buf = getattr(self._local, "scratch", None)
+        if buf is None or buf.size < nbytes:
+            buf = self._local.scratch = np.empty(nbytes, dtype=np.uint8)
+        return buf[:nbytes]
+
     def decode_and_place(self, batch: FetchedBatch, chain: CodecChain, out: Any, plan: Plan,
                          first: int, fill: Any, report: Any = None) -> None:
         raw_nbytes = chain.raw_nbytes
@@ -64,13 +72,16 @@ class CpuDevice:
 
         def task(lo: int, hi: int) -> None:
             decoded: list = [None] * (hi - lo)
+            scratch = self._scratch((hi - lo) * (raw_nbytes or 0))
             for i in range(lo, hi):
                 if not present[i]:
                     continue
                 if raw_nbytes is None:  # variable-length items, or sharding inside other codecs
                     decoded[i - lo] = decode_chunk(chain, batch.chunk(i), fill, batch.labels[i])
                 else:
-                    decoded[i - lo] = as_chunk(decode_bytes(chain, batch.chunk(i), raw_nbytes, batch.labels[i]))
+                    row = scratch[(i - lo) * raw_nbytes:(i - lo + 1) * raw_nbytes]
+                    decode_bytes(chain, batch.chunk(i), row, batch.labels[i])
+                    decoded[i - lo] = as_chunk(row)
             place(out, decoded, plan, first + lo, first + hi, present[lo:hi], fill)
 
         per_task = max(1, GROUP_BYTES // raw_nbytes) if raw_nbytes else 1
@@ -94,16 +105,19 @@ def _chunk_view(chain: CodecChain) -> Any:
     return lambda raw: decode_raw(np, raw.reshape(1, -1), chain)[0]
 
 
-def decode_bytes(chain: CodecChain, data: Any, nbytes: int, label: str) -> np.ndarray:
-    """Run the bytes→bytes codecs backwards; the result is exactly `nbytes` long or this raises."""
+def decode_bytes(chain: CodecChain, data: Any, out: np.ndarray, label: str) -> np.ndarray:
+    """Run the bytes→bytes codecs backwards; the last writes into `out` (uint8, exactly the
+    chunk's decoded size) or this raises. Returns `out`."""
     codecs = chain.bytes_to_bytes
     try:
         for codec in reversed(codecs[1:]):
             data = codec.decode(data)
         if codecs:
-            data = codecs[0].decode_sized(data, nbytes)
-        elif len(data) != nbytes:
-            raise CorruptDataError(f"chunk is {len(data)} bytes, expected {nbytes}")
+            codecs[0].decode_into(data, out)
+        elif len(data) != out.nbytes:
+            raise CorruptDataError(f"chunk is {len(data)} bytes, expected {out.nbytes}")
+        else:
+            out[:] = np.frombuffer(data, dtype=np.uint8)
     except CorruptDataError as exc:
         raise CorruptDataError(f"{label}: {exc}") from None
-    return np.frombuffer(data, dtype=np.uint8)
+    return out

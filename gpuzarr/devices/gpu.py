@@ -63,7 +63,8 @@ class GpuDevice:
             raise UnsupportedFeatureError("variable-length data and sharding inside other codecs are read on "
                                           "the CPU only (device='cpu')")
         layout = build_layout(batch, chain,
-                              lambda i: decode_bytes(chain, batch.chunk(i), raw_nbytes, batch.labels[i]),
+                              lambda i: decode_bytes(chain, batch.chunk(i), np.empty(raw_nbytes, np.uint8),
+                                                     batch.labels[i]),
                               self.engine.host_buffer)
         eng = self.engine
         if report is not None:
