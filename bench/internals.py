@@ -53,7 +53,8 @@ def _one_read(arr: Any, windows: list, batched: bool, reader: Any, times: dict) 
     batches = [pl.fetch(reader.store, loc, np.arange(lo, hi)) for lo, hi in bounds]
     t3 = time.perf_counter()
     for (lo, _), batch in zip(bounds, batches):
-        device.decode_and_place(batch, chain, out, plan, lo, arr.meta.fill_value)
+        for future in device.decode_and_place(batch, chain, out, plan, lo, arr.meta.fill_value):
+            future.result()
     finish = getattr(device, "finish", None)  # deferred checks (GPU sizes), as Reader.read does
     if finish is not None:
         finish()

@@ -211,7 +211,15 @@ def fetch(store: Store, loc: Locations, rows: np.ndarray) -> FetchedBatch:
         else:
             ranges.append((key, off, off + size))
             members.append([i])
-    if ranges and isinstance(store, LocalStore) and all(stop is not None for _, _, stop in ranges):
+    if ranges and isinstance(store, LocalStore):
+        # whole chunk files: their sizes cost a stat, then they are read straight into staging too
+        sizes = sizes.copy()
+        for r, ((key, start, stop), idx) in enumerate(zip(ranges, members)):
+            if stop is None:
+                size = store.size(key)
+                present[idx[0]] = size is not None
+                sizes[idx[0]] = size or 0
+                ranges[r] = (key, 0, size or 0)
         return _fetch_bounded(store, ranges, members, offsets, sizes, present, list(keys))
     # other stores return what exists, so nothing is allocated from an unchecked index size
     blobs = store.read_ranges(ranges)
@@ -238,8 +246,8 @@ def fetch(store: Store, loc: Locations, rows: np.ndarray) -> FetchedBatch:
 
 def _fetch_bounded(store: Store, ranges: list, members: list, offsets: np.ndarray, sizes: np.ndarray,
                    present: np.ndarray, labels: list) -> FetchedBatch:
-    """Byte ranges from shard indexes: sizes are known (and were checked against the shard's size
-    where the store knows it), so the staging buffer is allocated once and read into directly."""
+    """Byte ranges of known size (from shard indexes checked against the shard's size, or from
+    the file's size): the staging buffer is allocated once and read into directly."""
     lengths = np.array([stop - start for _, start, stop in ranges], dtype=np.int64)
     positions = np.concatenate(([0], np.cumsum(lengths)[:-1]))
     staging = np.empty(int(lengths.sum()), dtype=np.uint8)
@@ -247,11 +255,13 @@ def _fetch_bounded(store: Store, ranges: list, members: list, offsets: np.ndarra
     out_off = np.zeros(present.size, np.int64)
     out_size = np.where(present, sizes, 0)
     for (key, start, stop), idx, pos, count in zip(ranges, members, positions, counts):
+        if stop == 0 and not present[idx[0]]:
+            continue  # a missing chunk file
         if count is None:
-            raise CorruptDataError(f"{key}: shard disappeared between reading its index and its chunks")
+            raise CorruptDataError(f"{key}: disappeared while being read")
         if count != stop - start:
-            raise CorruptDataError(f"{key}: shard index points past the end of the shard (bytes {start}..{stop} "
-                                   f"requested, {start + count} exist)")
+            raise CorruptDataError(f"{key}: bytes {start}..{stop} were expected (from the shard index or the "
+                                   f"file size), {start + count} exist")
         idx = np.asarray(idx)
         out_off[idx] = pos + offsets[idx] - start
     return FetchedBatch(staging, out_off, out_size, present, labels)

@@ -75,26 +75,32 @@ class Reader:
         if len(bounds) == 1:  # nothing to overlap with: no thread hand-off
             with report.timed("fetch"):
                 batch = fetch(self.store, loc, np.arange(*bounds[0]))
-            self._decode(device, batch, chain, out, plan, 0, fill, report)
-        else:  # double buffering: batch k+1 is fetched while batch k decodes
+            running = self._decode(device, batch, chain, out, plan, 0, fill, report)
+        else:
+            # batch k+1 is fetched while batch k decodes, and batch k starts decoding before the
+            # last tasks of batch k-1 end, so no core idles at a batch boundary
             pending = _IO.submit(fetch, self.store, loc, np.arange(*bounds[0]))
+            running = []
             for k, (lo, _) in enumerate(bounds):
                 with report.timed("fetch"):
                     batch = pending.result()
                 if k + 1 < len(bounds):
                     pending = _IO.submit(fetch, self.store, loc, np.arange(*bounds[k + 1]))
-                self._decode(device, batch, chain, out, plan, lo, fill, report)
+                started = self._decode(device, batch, chain, out, plan, lo, fill, report)
+                _wait(running, report)
+                running = started
+        _wait(running, report)
         with report.timed("finish"):
             device.finish()
         return out
 
     @staticmethod
     def _decode(device: Device, batch: Any, chain: Any, out: Any, plan: Plan, first: int, fill: Any,
-                report: ReadReport) -> None:
+                report: ReadReport) -> list:
         report.bytes_compressed += batch.staging.nbytes
         report.bytes_decoded += int(batch.present.sum()) * (chain.raw_nbytes or 0)
         with report.timed("decode"):
-            device.decode_and_place(batch, chain, out, plan, first, fill, report)
+            return device.decode_and_place(batch, chain, out, plan, first, fill, report)
 
     def _batches(self, loc: Locations, raw_nbytes: int | None, batch_bytes: int) -> list[tuple[int, int]]:
         """Split chunks (in storage order) into batches of bounded compressed size."""
@@ -109,6 +115,12 @@ class Reader:
             bounds.append((lo, hi))
             lo = hi
         return bounds
+
+
+def _wait(futures: list, report: ReadReport) -> None:
+    with report.timed("decode"):
+        for future in futures:
+            future.result()
 
 
 def _output(device: Device, shape: tuple, dtype: Any, out: Any) -> Any:

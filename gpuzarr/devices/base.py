@@ -22,9 +22,10 @@ class Device(Protocol):
         """Raise ValueError/TypeError unless `out` can receive a read of this shape and dtype."""
 
     def decode_and_place(self, batch: FetchedBatch, chain: CodecChain, out: Any, plan: Plan,
-                         first: int, fill: Any, report: Any) -> None:
+                         first: int, fill: Any, report: Any) -> list:
         """Decode every chunk of `batch` (plan chunks first..first+batch.n-1) and place it in `out`;
-        count codec calls and kernel launches in `report` (a ReadReport)."""
+        count codec calls and kernel launches in `report` (a ReadReport). Returns the futures of
+        work still running (empty if none): the caller waits on them before the read returns."""
 
     def finish(self) -> None:
         """Called once the last batch of a read is placed: raise deferred errors (GPU sizes)."""

@@ -27,7 +27,7 @@ INLINE_BYTES = 1 << 19  # smaller batches decode on the calling thread: a hand-o
 class CpuDevice:
     name = "cpu"
     xp = np
-    batch_bytes = 8 << 20  # small batches keep the next fetch overlapping this decode
+    batch_bytes = 4 << 20  # small batches keep fetching and decoding overlapped, and memory low
     _shared: CpuDevice | None = None
     _shared_lock = threading.Lock()
 
@@ -63,7 +63,7 @@ class CpuDevice:
         return buf[:nbytes]
 
     def decode_and_place(self, batch: FetchedBatch, chain: CodecChain, out: Any, plan: Plan,
-                         first: int, fill: Any, report: Any = None) -> None:
+                         first: int, fill: Any, report: Any = None) -> list:
         raw_nbytes = chain.raw_nbytes
         if report is not None:
             names = "+".join(c.name for c in reversed(chain.bytes_to_bytes)) or "none"
@@ -98,9 +98,8 @@ class CpuDevice:
         if len(bounds) == 1 or self.threads == 1 or batch.n * (raw_nbytes or 0) < INLINE_BYTES:
             for lo, hi in bounds:
                 task(lo, hi)
-            return
-        for future in [self._pool.submit(task, lo, hi) for lo, hi in bounds]:
-            future.result()
+            return []
+        return [self._pool.submit(task, lo, hi) for lo, hi in bounds]
 
 
 def _zstd_only(chain: CodecChain) -> int | None:

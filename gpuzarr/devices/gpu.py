@@ -57,7 +57,7 @@ class GpuDevice:
             raise ValueError("out must be C-contiguous")
 
     def decode_and_place(self, batch: FetchedBatch, chain: CodecChain, out: Any, plan: Plan,
-                         first: int, fill: Any, report: Any = None) -> None:
+                         first: int, fill: Any, report: Any = None) -> list:
         raw_nbytes = chain.raw_nbytes
         if raw_nbytes is None:
             raise UnsupportedFeatureError("variable-length data and sharding inside other codecs are read on "
@@ -86,6 +86,7 @@ class GpuDevice:
             eng.fill(out, fills, fill_bytes(fill, out.dtype), itemsize, len(chain.shape))
         if report is not None:
             report.kernel_launches += bool(len(scatter)) + bool(len(fills))
+        return []  # the work is queued on the stream; finish() checks it
 
     def _decode(self, layout: GpuBatchLayout) -> Any:
         eng = self.engine
