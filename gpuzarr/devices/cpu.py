@@ -21,6 +21,7 @@ from ..placement import decode_raw, place
 from ..plan import Plan
 
 GROUP_BYTES = 2 << 20  # decoded bytes per task: enough to amortise a task, small enough for L2
+ZSTD_GROUP_MIN = 8  # from this many chunks one libzstd call per group beats a call per chunk
 INLINE_BYTES = 1 << 19  # smaller batches decode on the calling thread: a hand-off costs more (~150 us here)
 
 
@@ -74,7 +75,7 @@ class CpuDevice:
         zstd_checks = _zstd_only(chain)
 
         def task(lo: int, hi: int) -> None:
-            if zstd_checks is not None:
+            if zstd_checks is not None and hi - lo >= ZSTD_GROUP_MIN:
                 raws = _zstd_group(batch, lo, hi, chain, zstd_checks, self._local)
                 decoded = [as_chunk(raw) if raw is not None else None for raw in raws]
                 place(out, decoded, plan, first + lo, first + hi, present[lo:hi], fill)
