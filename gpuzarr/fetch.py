@@ -167,7 +167,7 @@ class Locator:
             start = base if sharding.index_location == "start" else base + size - n_index
             ranges.append((key, start, start + n_index))
             totals.append(size)
-        for i, total, raw in zip(wanted, totals, self.store.read_ranges(ranges)):
+        for i, total, raw in zip(wanted, totals, self.store.read_ranges(ranges) if ranges else []):
             key, base, _ = owners[i]
             index = None if raw is None else sharding.decode_index(raw, owner_shape, key, total)
             if index is not None and base:

@@ -4,6 +4,7 @@ A missing key is `None` (fill value), never an error; any other failure is a Sto
 from __future__ import annotations
 
 import os
+import stat
 from collections.abc import Sequence
 from typing import Any
 
@@ -144,10 +145,12 @@ class LocalStore(Store):
         return results
 
     def size(self, key: str) -> int | None:
+        """The file's size; None if there is no file (a directory where a chunk would be included)."""
         try:
-            return os.stat(self.path(key)).st_size
-        except FileNotFoundError:
+            info = os.stat(self.path(key))
+        except (FileNotFoundError, NotADirectoryError):
             return None
+        return info.st_size if stat.S_ISREG(info.st_mode) else None
 
 
 def _pread_range(fd: int, start: int, stop: int | None) -> bytes:

@@ -1,0 +1,56 @@
+"""Store edge cases and the batching of reads (how many requests a read makes)."""
+
+from __future__ import annotations
+
+import os
+
+import fsspec
+import numpy as np
+import zarr
+
+import gpuzarr
+from gpuzarr.store import Store, open_store
+
+
+def test_directory_where_a_chunk_file_would_be_reads_as_fill(tmp_path):
+    a = zarr.create_array(tmp_path / "a", shape=(8,), chunks=(4,), dtype="i4", zarr_format=2, fill_value=-1)
+    a[:] = np.arange(8)
+    os.remove(tmp_path / "a" / "1")
+    os.mkdir(tmp_path / "a" / "1")
+    np.testing.assert_array_equal(gpuzarr.open(str(tmp_path / "a"), device="cpu")[:], [0, 1, 2, 3, -1, -1, -1, -1])
+
+
+def test_a_read_goes_out_as_one_coalesced_request_per_shard(tmp_path, monkeypatch):
+    """Through a generic fsspec store: one cat_ranges call for the indexes, one for the chunks,
+    and neighbouring inner chunks of a shard merged into one range."""
+    a = zarr.create_array(tmp_path / "a", shape=(64, 64), chunks=(8, 8), shards=(32, 64), dtype="u2")
+    a[:] = np.arange(64 * 64, dtype="u2").reshape(64, 64)
+    fs = fsspec.filesystem("memory")
+    for root, _, files in os.walk(tmp_path / "a"):
+        for name in files:
+            rel = os.path.relpath(os.path.join(root, name), tmp_path / "a")
+            fs.pipe(f"/arr/{rel}", open(os.path.join(root, name), "rb").read())
+    calls = []
+    real = Store.read_ranges
+
+    def counting(self, ranges):
+        calls.append(list(ranges))
+        return real(self, ranges)
+
+    monkeypatch.setattr(Store, "read_ranges", counting)
+    arr = gpuzarr.open("memory://arr", device="cpu")
+    calls.clear()
+    np.testing.assert_array_equal(arr[...], a[...])
+    index_reads, chunk_reads = calls
+    assert len(index_reads) == 2  # the two shards' indexes, in one call
+    assert len(chunk_reads) == 2  # 32 inner chunks per shard, stored back to back: one range each
+    calls.clear()
+    arr[0:8, 0:8]
+    assert len(calls) == 1, "the index cache spares the second index read"
+
+
+def test_open_store_accepts_every_form(tmp_path):
+    (tmp_path / "x").mkdir()
+    for form in (str(tmp_path / "x"), f"file://{tmp_path}/x", fsspec.get_mapper(str(tmp_path / "x")), tmp_path / "x"):
+        store = open_store(form)
+        assert store.root.rstrip("/").endswith("x"), form
