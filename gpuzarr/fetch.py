@@ -214,7 +214,7 @@ def fetch(store: Store, loc: Locations, rows: np.ndarray) -> FetchedBatch:
     if ranges and isinstance(store, LocalStore):
         # whole chunk files: their sizes cost a stat, then they are read straight into staging too
         sizes = sizes.copy()
-        for r, ((key, start, stop), idx) in enumerate(zip(ranges, members)):
+        for r, ((key, _, stop), idx) in enumerate(zip(ranges, members)):
             if stop is None:
                 size = store.size(key)
                 present[idx[0]] = size is not None

@@ -68,7 +68,7 @@ class Store:
         than asked at the end of the object), None for a missing key."""
         view = memoryview(buffer).cast("B")
         counts: list[int | None] = []
-        for (key, start, stop), pos, blob in zip(ranges, positions, self.read_ranges(ranges)):
+        for (_, start, stop), pos, blob in zip(ranges, positions, self.read_ranges(ranges)):
             if blob is None:
                 counts.append(None)
                 continue

@@ -11,7 +11,6 @@ The contract checked here:
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import sys

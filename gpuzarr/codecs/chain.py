@@ -4,7 +4,6 @@ every stage so decoding never re-derives them per chunk."""
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -200,7 +199,3 @@ def decode_chunk(chain: CodecChain, data: Any, fill: Any, key: str) -> np.ndarra
     else:
         encoded = ab.decode_shard(data, shape, dtype, fill, key)[None]
     return chain.decode_arrays(np, encoded)[0]
-
-
-def chunk_nbytes(chain: CodecChain) -> int:
-    return math.prod(chain.shape) * chain.dtype.itemsize
