@@ -62,8 +62,10 @@ def _read_docs(store: Store) -> dict:
     return {name: load_json(b, store.path(name)) for name, b in zip(_V2_FILES, blobs) if b is not None}
 
 
-def has_node(store: Store) -> bool:
-    return any(b is not None for b in store.read_ranges([(n, 0, None) for n in ("zarr.json", ".zarray", ".zgroup")]))
+def has_node(store: Store, zarr_format: int) -> bool:
+    """Whether `store` holds an array or group of this format (groups hold members of their own)."""
+    names = ("zarr.json",) if zarr_format == 3 else (".zarray", ".zgroup")
+    return any(b is not None for b in store.read_ranges([(n, 0, None) for n in names]))
 
 
 __all__ = ["open", "open_node", "has_node", "NodeNotFoundError"]

@@ -52,6 +52,8 @@ class Array:
 
     @property
     def fill_value(self) -> Any:
+        if self.meta.zarr_format == 2 and self.meta.raw.get("fill_value") is None:
+            return None  # as zarr-python reports it; missing chunks still read as the type's default
         return self.meta.fill_value
 
     @property

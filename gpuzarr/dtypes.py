@@ -199,7 +199,7 @@ def parse_fill_value(value: Any, dt: DataType, where: str, zarr_format: int) -> 
                 return np.array("NaT", dtype=dtype)[()]
             if isinstance(value, bool) or not isinstance(value, int):
                 raise MetadataError(f"{where}: fill value {value!r} must be an integer for {dtype}")
-            return np.array(value, dtype="<i8").view(dtype)[()]
+            return np.array(value, dtype=np.int64).view(dtype.newbyteorder("=")).astype(dtype)[()]
         if kind == "U":
             if not isinstance(value, str):
                 raise MetadataError(f"{where}: fill value {value!r} must be a string")
@@ -217,9 +217,11 @@ def parse_fill_value(value: Any, dt: DataType, where: str, zarr_format: int) -> 
 
 
 def _default_fill(dt: DataType) -> Any:
-    """Zarr v2 `fill_value: null`: zarr-python fills with the type's zero."""
+    """Zarr v2 `fill_value: null`: zarr-python fills with the type's zero (NaT for times)."""
     if dt.vlen == "utf8":
         return ""
     if dt.vlen == "bytes":
         return b""
+    if dt.dtype.kind in "mM":
+        return np.array("NaT", dtype=dt.dtype)[()]
     return np.zeros((), dtype=dt.dtype)[()]

@@ -65,7 +65,7 @@ class Group:
             return sorted(names)
         from .api import has_node
 
-        return [n for n in self.store.list_dirs("") if has_node(self.store.child(n))]
+        return [n for n in self.store.list_dirs("") if has_node(self.store.child(n), self.meta.zarr_format)]
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.keys())

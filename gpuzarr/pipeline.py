@@ -72,26 +72,30 @@ class Reader:
         bounds = self._batches(loc, chain.raw_nbytes, self.settings.batch_bytes or device.batch_bytes)
         report.batches += len(bounds)
         fill = self.meta.fill_value
-        if len(bounds) == 1:  # nothing to overlap with: no thread hand-off
-            with report.timed("fetch"):
-                batch = fetch(self.store, loc, np.arange(*bounds[0]))
-            running = self._decode(device, batch, chain, out, plan, 0, fill, report)
-        else:
-            # batch k+1 is fetched while batch k decodes, and batch k starts decoding before the
-            # last tasks of batch k-1 end, so no core idles at a batch boundary
-            pending = _IO.submit(fetch, self.store, loc, np.arange(*bounds[0]))
-            running = []
-            for k, (lo, _) in enumerate(bounds):
+        try:
+            if len(bounds) == 1:  # nothing to overlap with: no thread hand-off
                 with report.timed("fetch"):
-                    batch = pending.result()
-                if k + 1 < len(bounds):
-                    pending = _IO.submit(fetch, self.store, loc, np.arange(*bounds[k + 1]))
-                started = self._decode(device, batch, chain, out, plan, lo, fill, report)
-                _wait(running, report)
-                running = started
-        _wait(running, report)
-        with report.timed("finish"):
-            device.finish()
+                    batch = fetch(self.store, loc, np.arange(*bounds[0]))
+                running = self._decode(device, batch, chain, out, plan, 0, fill, report)
+            else:
+                # batch k+1 is fetched while batch k decodes, and batch k starts decoding before
+                # the last tasks of batch k-1 end, so no core idles at a batch boundary
+                pending = _IO.submit(fetch, self.store, loc, np.arange(*bounds[0]))
+                running = []
+                for k, (lo, _) in enumerate(bounds):
+                    with report.timed("fetch"):
+                        batch = pending.result()
+                    if k + 1 < len(bounds):
+                        pending = _IO.submit(fetch, self.store, loc, np.arange(*bounds[k + 1]))
+                    started = self._decode(device, batch, chain, out, plan, lo, fill, report)
+                    _wait(running, report)
+                    running = started
+            _wait(running, report)
+            with report.timed("finish"):
+                device.finish()
+        except BaseException:
+            device.abort()
+            raise
         return out
 
     @staticmethod

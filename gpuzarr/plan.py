@@ -84,8 +84,8 @@ class Plan:
 
 def _dim_runs(sel: DimSelection, chunk: int) -> tuple[np.ndarray, ...]:
     """(chunk index, first element inside the chunk, element count, output start) per run, in
-    output order. Computed per chunk, never per element: a read of 10^9 elements along one
-    dimension costs what its chunks cost."""
+    output order. The cost follows the smaller of the chunks spanned and the elements selected:
+    a read of 10^9 elements costs what its chunks cost, a step of 2^38 what its elements cost."""
     if sel.count == 0:
         empty = np.empty(0, dtype=np.int64)
         return empty, empty, empty, empty
@@ -93,6 +93,11 @@ def _dim_runs(sel: DimSelection, chunk: int) -> tuple[np.ndarray, ...]:
     if abs(last_k - first_k) < 32:
         return _dim_runs_small(sel, chunk)
     start, step, n = sel.start, sel.step, sel.count
+    if n <= abs(last_k - first_k):  # steps longer than a chunk: no more runs than elements
+        idx = start + step * np.arange(n, dtype=np.int64)
+        k = idx // chunk
+        firsts = np.concatenate(([0], np.flatnonzero(np.diff(k)) + 1))
+        return k[firsts], idx[firsts] - k[firsts] * chunk, np.diff(np.append(firsts, n)), firsts
     k = np.arange(first_k, last_k + (1 if step > 0 else -1), 1 if step > 0 else -1, dtype=np.int64)
     if step > 0:  # j: position in the selection; chunk k holds j in [j_first, j_last]
         j_first = np.maximum(0, -((start - k * chunk) // step))

@@ -18,6 +18,7 @@ from numpy.lib.stride_tricks import as_strided
 
 from gpuzarr.blosc_frames import SHUFFLE_BIT, bit_unshuffle, byte_unshuffle
 from gpuzarr.devices.gpu_layout import ALIGN
+from gpuzarr.errors import CorruptDataError
 from gpuzarr.devices.kernels import (SCATTER_REC_COUNT, SCATTER_REC_DST, SCATTER_REC_DSTRIDE, SCATTER_REC_SHAPE,
                                      SCATTER_REC_SRC, SCATTER_REC_START, SCATTER_REC_STEP)
 
@@ -32,10 +33,10 @@ class StandinEngine:
     def empty(self, nbytes: int) -> np.ndarray:
         return np.full(nbytes, 0xA5, dtype=np.uint8)  # garbage, so unwritten bytes show
 
-    def host_buffer(self, nbytes: int) -> np.ndarray:
-        return np.empty(nbytes, dtype=np.uint8)
+    def host_buffer(self, nbytes: int) -> tuple[np.ndarray, None]:
+        return np.empty(nbytes, dtype=np.uint8), None
 
-    def upload(self, data: np.ndarray) -> np.ndarray:
+    def upload(self, data: np.ndarray, token: None) -> np.ndarray:
         self.calls["upload"] += 1
         return data.copy()
 
@@ -98,6 +99,10 @@ class StandinEngine:
         return view
 
     def finish(self) -> None:
-        for got, expected in self.decoded_sizes:
-            assert (got == expected).all(), "decoded sizes differ"
+        sizes, self.decoded_sizes = self.decoded_sizes, []
+        for got, expected in sizes:
+            if not (got == expected).all():
+                raise CorruptDataError("decoded sizes differ from the chunk sizes")
+
+    def discard(self) -> None:
         self.decoded_sizes.clear()

@@ -115,8 +115,8 @@ def test_engine_kernel_launches_match_cupy_and_the_kernels(monkeypatch):
 
     monkeypatch.setattr(gpu, "get_function", fake_get_function)
     engine = gpu.CupyEngine.__new__(gpu.CupyEngine)
-    engine.xp = SimpleNamespace(asarray=np.asarray)
-    engine._stream = nullcontext(SimpleNamespace(ptr=0))
+    engine.xp = SimpleNamespace(asarray=np.asarray,
+                                cuda=SimpleNamespace(get_current_stream=lambda: nullcontext(SimpleNamespace(ptr=0))))
     engine.device_id = 0
     records = np.zeros((3, SCATTER_REC_LEN), np.int64)
     records[:, SCATTER_REC_COUNT] = 5  # a window length, so launch sizes are positive

@@ -33,3 +33,11 @@ def test_runs_match_brute_force(size, chunk, data):
             continue  # _dim_runs returns before calling it
         rows = list(zip(*(a.tolist() for a in fn(sel, chunk))))
         assert rows == expected, fn.__name__
+
+
+def test_huge_step_costs_what_its_elements_cost():
+    """a[::2**38] on a (2**40,) array of 1000-element chunks: 4 elements, 4 runs, no 10^9 loop."""
+    sel = normalize(slice(None, None, 2**38), (2**40,))[0]
+    chunks, local, counts, out = _dim_runs(sel, 1000)
+    assert chunks.tolist() == [i * 2**38 // 1000 for i in range(4)]
+    assert counts.tolist() == [1, 1, 1, 1] and out.tolist() == [0, 1, 2, 3]

@@ -17,8 +17,11 @@ _NATIVE = "little" if sys.byteorder == "little" else "big"
 
 
 def _scalar_unit(dtype: np.dtype) -> int:
-    """Size of the unit a byte-order swap reverses: complex numbers swap each half."""
-    return dtype.itemsize // 2 if dtype.kind == "c" else dtype.itemsize
+    """Size of the unit a byte-order swap reverses: complex numbers swap each half, UTF-32
+    strings each code point."""
+    if dtype.kind == "c":
+        return dtype.itemsize // 2
+    return 4 if dtype.kind == "U" else dtype.itemsize
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ from ..errors import CorruptDataError, MetadataError, UnsupportedFeatureError
 from . import bytes_to_bytes
 from .array_to_array import NumcodecsArray, Transpose
 from .array_to_bytes import Bytes, Vlen
-from .sharding import Sharding, check_shard_shape, parse_index_codecs
+from .sharding import Sharding, check_index_codecs, check_shard_shape
 
 Shape = tuple[int, ...]
 _NUMCODECS_ARRAY = {"delta", "fixedscaleoffset", "quantize", "bitround", "astype", "packbits"}
@@ -144,8 +144,8 @@ def _build_array_to_bytes(name: str, config: dict, shape: Shape, dtype: np.dtype
     index_chain = build_chain_v3(config.get("index_codecs", [{"name": "bytes", "configuration": {"endian": "little"}},
                                                             {"name": "crc32c"}]),
                                  (*cps, 2), parse_data_type_v3("uint64", where), where)
-    crc, big = parse_index_codecs(index_chain, where)
-    return Sharding(tuple(inner_shape), inner, location, crc, big)
+    check_index_codecs(index_chain, where)
+    return Sharding(tuple(inner_shape), inner, location, index_chain)
 
 
 def build_chain_v2(compressor: Any, filters: Any, shape: Shape, dt: DataType, order: str, where: str) -> CodecChain:
@@ -198,4 +198,4 @@ def decode_chunk(chain: CodecChain, data: Any, fill: Any, key: str) -> np.ndarra
             raise CorruptDataError(f"{key}: {exc}") from None
     else:
         encoded = ab.decode_shard(data, shape, dtype, fill, key)[None]
-    return chain.decode_arrays(np, encoded)[0]
+    return chain.decode_arrays(np, encoded)[0, ...]  # stays an array for 0-d chunks

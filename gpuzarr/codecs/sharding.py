@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..errors import CorruptDataError, MetadataError, UnsupportedFeatureError
-from .bytes_to_bytes import Crc32c, strip_crc32c
+from .bytes_to_bytes import Crc32c
 
 if TYPE_CHECKING:
     from .chain import CodecChain
@@ -25,15 +25,14 @@ class Sharding:
     chunk_shape: Shape
     inner: CodecChain
     index_location: str
-    index_crc32c: bool
-    index_big_endian: bool
+    index_chain: CodecChain  # bound to the index array (chunks_per_shard + [2]) of uint64
     name: str = "sharding_indexed"
 
     def chunks_per_shard(self, shard_shape: Shape) -> Shape:
         return tuple(s // c for s, c in zip(shard_shape, self.chunk_shape))
 
     def index_nbytes(self, shard_shape: Shape) -> int:
-        return 16 * math.prod(self.chunks_per_shard(shard_shape)) + (4 if self.index_crc32c else 0)
+        return 16 * math.prod(self.chunks_per_shard(shard_shape)) + 4 * len(self.index_chain.bytes_to_bytes)
 
     def decode_index(self, raw: Any, shard_shape: Shape, key: str, shard_nbytes: int | None) -> np.ndarray:
         """Verify and parse an encoded index into an (n, 2) uint64 array of (offset, nbytes).
@@ -43,10 +42,9 @@ class Sharding:
         expected = self.index_nbytes(shard_shape)
         if len(view) != expected:
             raise CorruptDataError(f"{key}: shard index is {len(view)} bytes, expected {expected} (truncated shard?)")
-        if self.index_crc32c:
-            view = strip_crc32c(view, f"{key}: shard index")
-        index = np.frombuffer(view, dtype=">u8" if self.index_big_endian else "<u8").astype(np.uint64)
-        index = index.reshape(-1, 2)
+        from .chain import decode_chunk
+
+        index = decode_chunk(self.index_chain, view, 0, f"{key}: shard index").reshape(-1, 2)
         offsets, sizes = index[:, 0], index[:, 1]
         empty = sizes == EMPTY
         bad_marker = (offsets == EMPTY) & ~empty
@@ -94,17 +92,17 @@ class Sharding:
         return out
 
 
-def parse_index_codecs(chain: CodecChain, where: str) -> tuple[bool, bool]:
-    """The index must have a fixed encoded size: `bytes` plus an optional crc32c. Returns
-    (has_crc32c, big_endian)."""
+def check_index_codecs(chain: CodecChain, where: str) -> None:
+    """The index must have a fixed encoded size, known before it is read: transposes, `bytes`,
+    then only crc32c checksums."""
+    from .array_to_array import Transpose
     from .array_to_bytes import Bytes
 
-    if chain.array_to_array or not isinstance(chain.array_to_bytes, Bytes):
-        raise UnsupportedFeatureError(f"{where}: shard index codecs other than bytes + crc32c are not supported")
-    bb = chain.bytes_to_bytes
-    if len(bb) > 1 or any(not isinstance(c, Crc32c) for c in bb):
-        raise UnsupportedFeatureError(f"{where}: shard index codecs other than bytes + crc32c are not supported")
-    return bool(bb), chain.array_to_bytes.endian == "big"
+    if (not all(isinstance(c, Transpose) for c in chain.array_to_array)
+            or not isinstance(chain.array_to_bytes, Bytes)
+            or not all(isinstance(c, Crc32c) for c in chain.bytes_to_bytes)):
+        raise UnsupportedFeatureError(f"{where}: shard index codecs {chain.describe()} have no fixed size "
+                                      f"(supported: transpose, bytes, crc32c)")
 
 
 def check_shard_shape(shard_shape: Shape, chunk_shape: Shape, where: str) -> None:

@@ -30,6 +30,9 @@ class Device(Protocol):
     def finish(self) -> None:
         """Called once the last batch of a read is placed: raise deferred errors (GPU sizes)."""
 
+    def abort(self) -> None:
+        """Called when a read fails: drop what finish() would have checked."""
+
 
 _gpu_lock = threading.Lock()
 _gpu_devices: dict[int, Any] = {}
@@ -83,9 +86,10 @@ class AutoDevice:
         return self.cpu if compressed_bytes < self.cpu_below else self.gpu
 
     def upload(self, host: Any, out: Any) -> Any:
+        native = host.astype(host.dtype.newbyteorder("="), copy=False)  # CuPy has native dtypes only
         if out is None:
-            return self.xp.asarray(host.astype(host.dtype.newbyteorder("="), copy=False))
-        out.set(host)
+            return self.xp.asarray(native)
+        out.set(native)
         return out
 
     def empty(self, shape: tuple[int, ...], dtype: Any) -> Any:

@@ -56,6 +56,9 @@ class CpuDevice:
     def finish(self) -> None:
         """Nothing is deferred on the CPU: errors surface where they happen."""
 
+    def abort(self) -> None:
+        """Nothing to drop: see finish()."""
+
     def _scratch(self, nbytes: int) -> np.ndarray:
         """This thread's decode buffer, reused across tasks and reads (at most a task's bytes)."""
         buf = getattr(self._local, "scratch", None)

@@ -9,10 +9,12 @@ CuPy ops) and one scatter + one fill launch. No host synchronisation happens ins
 from __future__ import annotations
 
 import threading
+from collections import OrderedDict
 from typing import Any
 
 import numpy as np
 
+from ..codecs.array_to_array import NumcodecsArray
 from ..codecs.chain import CodecChain
 from ..errors import CorruptDataError, UnsupportedFeatureError
 from ..fetch import FetchedBatch
@@ -25,6 +27,7 @@ from .kernels import SCATTER_ITEMSIZES, get_function
 # nvCOMP algorithm names, by the name gpu_layout gives each raw stream kind
 NVCOMP_ALGORITHMS = {"zstd": "Zstd", "deflate": "Deflate", "lz4": "LZ4", "snappy": "Snappy"}
 THREADS = 256
+CODECS_PER_THREAD = 8  # nvCOMP codecs kept per thread, by (algorithm, stream)
 
 
 def gpu_dtype(dtype: np.dtype) -> np.dtype:
@@ -59,9 +62,9 @@ class GpuDevice:
     def decode_and_place(self, batch: FetchedBatch, chain: CodecChain, out: Any, plan: Plan,
                          first: int, fill: Any, report: Any = None) -> list:
         raw_nbytes = chain.raw_nbytes
-        if raw_nbytes is None:
-            raise UnsupportedFeatureError("variable-length data and sharding inside other codecs are read on "
-                                          "the CPU only (device='cpu')")
+        if raw_nbytes is None or any(isinstance(c, NumcodecsArray) for c in chain.array_to_array):
+            raise UnsupportedFeatureError("variable-length data, sharding inside other codecs and numcodecs "
+                                          "array filters are read on the CPU only (device='cpu')")
         layout = build_layout(batch, chain,
                               lambda i: decode_bytes(chain, batch.chunk(i), np.empty(raw_nbytes, np.uint8),
                                                      batch.labels[i]),
@@ -90,7 +93,7 @@ class GpuDevice:
 
     def _decode(self, layout: GpuBatchLayout) -> Any:
         eng = self.engine
-        staging = eng.upload(layout.staging)
+        staging = eng.upload(layout.staging, layout.staging_token)
         work = eng.empty(layout.work_nbytes)
         for algorithm, table in layout.streams.items():
             eng.decompress(algorithm, staging, work, table, layout)
@@ -105,6 +108,9 @@ class GpuDevice:
     def finish(self) -> None:
         self.engine.finish()
 
+    def abort(self) -> None:
+        self.engine.discard()
+
 
 def fill_bytes(fill: Any, dtype: np.dtype) -> bytes:
     """The fill value as the output dtype's bytes, padded to 16 (the fill kernel's two u64s)."""
@@ -112,47 +118,58 @@ def fill_bytes(fill: Any, dtype: np.dtype) -> bytes:
 
 
 class CupyEngine:
-    """CuPy + nvCOMP: every call is asynchronous on one stream."""
+    """CuPy + nvCOMP: every call is asynchronous on the calling thread's current CuPy stream.
+    State that must not be shared between threads (nvCOMP codecs, pinned slots, decoded sizes
+    awaiting their check) is kept per thread."""
 
-    def __init__(self, device_id: int | None = None, stream: Any = None):
+    def __init__(self, device_id: int | None = None):
         import cupy
         from nvidia import nvcomp
 
         self.xp = cupy
         self._nvcomp = nvcomp
         self.device_id = cupy.cuda.runtime.getDevice() if device_id is None else int(device_id)
-        self._stream = stream
-        self._codecs: dict[tuple, Any] = {}
-        self._pinned = PinnedPool(cupy, slots=2)
-        self._pending: list[tuple[Any, np.ndarray, GpuBatchLayout, np.ndarray]] = []
+        self._local = threading.local()
+
+    def _state(self) -> Any:
+        state = self._local
+        if not hasattr(state, "pending"):
+            state.pending = []  # (nvCOMP output batch, expected sizes, layout, chunk of each stream)
+            state.codecs = OrderedDict()  # (algorithm, stream ptr) -> (codec, stream): nvCOMP codecs are per thread
+            state.pinned = PinnedPool(self.xp, slots=2)
+        return state
 
     @property
     def stream(self) -> Any:
-        return self._stream if self._stream is not None else self.xp.cuda.get_current_stream()
+        return self.xp.cuda.get_current_stream()
 
     def empty(self, nbytes: int) -> Any:
         return self.xp.empty(nbytes, dtype=self.xp.uint8)
 
-    def host_buffer(self, nbytes: int) -> np.ndarray:
-        """The next page-locked staging slot (waits only if its previous copy is still running)."""
-        host, self._event = self._pinned.take(nbytes)
-        return host
+    def host_buffer(self, nbytes: int) -> tuple[np.ndarray, Any]:
+        """The next page-locked staging slot and its event (waits only if that slot's previous
+        copy is still running)."""
+        return self._state().pinned.take(nbytes)
 
-    def upload(self, host: np.ndarray) -> Any:
+    def upload(self, host: np.ndarray, event: Any) -> Any:
         """One asynchronous copy of a staging slot from `host_buffer`."""
         device = self.empty(host.nbytes)
         device.set(host, stream=self.stream)
-        self._event.record(self.stream)  # the slot is reusable once this copy is done
+        event.record(self.stream)  # the slot is reusable once this copy is done
         return device
 
     def codec(self, algorithm: str) -> Any:
-        nv = self._nvcomp
-        key = (algorithm, self.device_id, self.stream.ptr)
-        codec = self._codecs.get(key)
-        if codec is None:
-            codec = nv.Codec(algorithm=NVCOMP_ALGORITHMS[algorithm], device_id=self.device_id,
-                             cuda_stream=self.stream.ptr, bitstream_kind=nv.BitstreamKind.RAW)
-            self._codecs[key] = codec
+        nv, stream = self._nvcomp, self.stream
+        codecs = self._state().codecs
+        key = (algorithm, stream.ptr)
+        if key in codecs:
+            codecs.move_to_end(key)
+            return codecs[key][0]
+        codec = nv.Codec(algorithm=NVCOMP_ALGORITHMS[algorithm], device_id=self.device_id,
+                         cuda_stream=stream.ptr, bitstream_kind=nv.BitstreamKind.RAW)
+        codecs[key] = (codec, stream)  # the stream stays alive as long as its codec
+        while len(codecs) > CODECS_PER_THREAD:
+            codecs.popitem(last=False)
         return codec
 
     def decompress(self, algorithm: str, staging: Any, work: Any, table: dict, layout: GpuBatchLayout) -> None:
@@ -161,10 +178,18 @@ class CupyEngine:
         srcs = nv.as_arrays(staging, table["src"].tolist(), table["src_size"].tolist(), ptr)
         outs = nv.as_arrays(work, table["dst"].tolist(), sizes, ptr)
         codec = self.codec(algorithm)
-        # sizes come from the metadata, so nvCOMP need not read headers back (no synchronisation)
-        config = codec.decompression_config(codec.compression_config(sizes))
-        codec.decode(srcs, out=outs, decompression_config=config)
-        self._pending.append((outs, table["dst_size"], layout, table["dst"]))
+        try:
+            try:  # sizes come from the metadata: nvCOMP need not read headers back (no synchronisation)
+                config = codec.decompression_config(codec.compression_config(sizes))
+            except (ValueError, RuntimeError):  # e.g. LZ4 entries over nvCOMP's compression limit
+                config = codec.decompression_config(srcs)  # parses the streams: one synchronisation
+            result = codec.decode(srcs, out=outs, decompression_config=config)
+        except (ValueError, RuntimeError) as exc:
+            chunk = int(table["chunk"][0])
+            raise CorruptDataError(f"{layout.labels[chunk]}…: nvCOMP could not decode a batch of "
+                                   f"{len(sizes)} {algorithm} streams ({exc})") from None
+        self._state().pending.append((result if result is not None else outs, table["dst_size"], layout,
+                                      table["chunk"]))
 
     def copy(self, src: Any, dst: Any, table: dict) -> None:
         """Byte copies as 1-d windows of the scatter kernel (itemsize 1): one launch per table."""
@@ -218,16 +243,20 @@ class CupyEngine:
             fn(_grid(len(records), largest), (THREADS,), (src, dst, recs, np.int64(len(records)), np.int32(ndim)))
 
     def finish(self) -> None:
-        """Check every decoded size nvCOMP reported (this waits for the stream)."""
-        pending, self._pending = self._pending, []
-        for outs, expected, layout, dst in pending:
-            got = np.asarray(outs.buffer_sizes, dtype=np.int64)
+        """Check every decoded size nvCOMP reported for this thread's read (waits for the stream)."""
+        state = self._state()
+        pending, state.pending = state.pending, []
+        for result, expected, layout, chunks in pending:
+            got = np.asarray(result.buffer_sizes, dtype=np.int64)
             bad = np.flatnonzero(got != expected)
             if bad.size:
                 k = int(bad[0])
-                chunk = int(dst[k]) // layout.raw_nbytes if layout.raw_nbytes else 0
-                label = layout.labels[chunk] if chunk < len(layout.labels) else "?"
-                raise CorruptDataError(f"{label}: nvCOMP decoded {int(got[k])} bytes, expected {int(expected[k])}")
+                raise CorruptDataError(f"{layout.labels[int(chunks[k])]}: nvCOMP decoded {int(got[k])} bytes, "
+                                       f"expected {int(expected[k])}")
+
+    def discard(self) -> None:
+        """A read failed: forget its unchecked results so the next read does not inherit them."""
+        self._state().pending.clear()
 
 
 def _check_itemsize(itemsize: int) -> None:
@@ -244,21 +273,19 @@ class PinnedPool:
 
     def __init__(self, cupy: Any, slots: int):
         self._cp = cupy
-        self._slots: list[list[Any]] = [[None, None, cupy.cuda.Event()] for _ in range(slots)]
+        # [pinned memory, its capacity in bytes, the event recorded after its last copy]
+        self._slots: list[list[Any]] = [[None, 0, cupy.cuda.Event(block=True, disable_timing=True)]
+                                        for _ in range(slots)]
         self._next = 0
-        self._lock = threading.Lock()
 
     def take(self, nbytes: int) -> tuple[np.ndarray, Any]:
-        with self._lock:
-            slot = self._slots[self._next]
-            self._next = (self._next + 1) % len(self._slots)
-        memory, _, event = slot
+        slot = self._slots[self._next]
+        self._next = (self._next + 1) % len(self._slots)
+        memory, capacity, event = slot
         event.synchronize()  # the copy that last used this slot has finished
-        if memory is None or memory.size < nbytes:
-            memory = self._cp.cuda.alloc_pinned_memory(max(nbytes, 1))
-            slot[0] = memory
-        host = np.frombuffer(memory, dtype=np.uint8, count=nbytes)
-        return host, event
+        if memory is None or capacity < nbytes:
+            slot[0], slot[1] = self._cp.cuda.alloc_pinned_memory(max(nbytes, 1)), max(nbytes, 1)
+        return np.frombuffer(slot[0], dtype=np.uint8, count=nbytes), event
 
 
 def usable_gpu() -> tuple[bool, str]:

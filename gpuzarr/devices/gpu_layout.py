@@ -29,6 +29,8 @@ from ..errors import CorruptDataError
 from ..fetch import FetchedBatch
 
 ALIGN = 16  # nvCOMP's most restrictive input/output alignment
+# nvCOMP's per-chunk decompression limits (nvcomp*DecompressionMaxAllowedChunkSize, nvCOMP 6)
+MAX_DECODED = {"zstd": (1 << 31) - 1, "snappy": (1 << 31) - 1, "deflate": (1 << 32) - 1, "lz4": (1 << 32) - 1}
 # blosc compressor → nvCOMP algorithm; blosclz has no GPU decoder
 _BLOSC_ALGORITHMS = {"lz4": "lz4", "zstd": "zstd", "zlib": "deflate", "snappy": "snappy"}
 
@@ -61,7 +63,8 @@ class GpuBatchLayout:
     raw_nbytes: int
     present: np.ndarray
     staging: np.ndarray  # uint8, uploaded in one copy
-    streams: dict[str, dict[str, np.ndarray]]  # algorithm -> src, src_size, dst, dst_size
+    staging_token: Any  # what the engine needs back to upload `staging` (its pinned slot's event)
+    streams: dict[str, dict[str, np.ndarray]]  # algorithm -> src, src_size, dst, dst_size, chunk
     copies: dict[str, np.ndarray]  # staging -> work: src, dst, size
     moves: dict[str, np.ndarray]  # work -> work (after decoding): src, dst, size
     unshuffles: dict[int, dict[str, np.ndarray]]  # kind -> src, dst, size, typesize (work -> work)
@@ -106,38 +109,42 @@ class _Builder:
         self.temp += _align(max(nbytes, 1))
         return start
 
-    def stream(self, algorithm: str, data: Any, dst: int, dst_size: int) -> None:
-        """nvCOMP decodes `data` into work[dst:dst+dst_size]; unaligned destinations go through temp."""
-        table = self.streams.setdefault(algorithm, _Table("src", "src_size", "dst", "dst_size"))
+    def stream(self, algorithm: str, data: Any, dst: int, dst_size: int, chunk: int) -> None:
+        """nvCOMP decodes `data` (of chunk `chunk`) into work[dst:dst+dst_size]; unaligned
+        destinations go through temp."""
+        if dst_size > MAX_DECODED[algorithm]:
+            raise _NoGpuDecoder
+        table = self.streams.setdefault(algorithm, _Table("src", "src_size", "dst", "dst_size", "chunk"))
         src = self.stage(data)
         if dst % ALIGN:
             slot = self.temp_slot(dst_size)
-            table.add(src, len(data), slot, dst_size)
+            table.add(src, len(data), slot, dst_size, chunk)
             self.moves.add(slot, dst, dst_size)
         else:
-            table.add(src, len(data), dst, dst_size)
+            table.add(src, len(data), dst, dst_size, chunk)
 
     def copy(self, data: Any, dst: int) -> None:
         self.copies.add(self.stage(data), dst, len(data))
 
-    def layout(self, present: np.ndarray, fallback: list[int], allocate: Callable[[int], np.ndarray]) -> GpuBatchLayout:
-        staging = allocate(self.pos)
+    def layout(self, present: np.ndarray, fallback: list[int], allocate: Callable[[int], tuple]) -> GpuBatchLayout:
+        staging, token = allocate(self.pos)
         at = 0
         for part in self.parts:
             size = len(part)
             staging[at:at + size] = np.frombuffer(part, dtype=np.uint8) if size else staging[at:at]
             at += size
         return GpuBatchLayout(
-            self.batch.n, self.raw_nbytes, present, staging,
+            self.batch.n, self.raw_nbytes, present, staging, token,
             {alg: t.arrays() for alg, t in self.streams.items()}, self.copies.arrays(), self.moves.arrays(),
             {kind: t.arrays() for kind, t in self.unshuffles.items() if len(t)}, self.temp, fallback,
             self.batch.labels)
 
 
 def build_layout(batch: FetchedBatch, chain: CodecChain, cpu_decode: Callable[[int], np.ndarray],
-                 allocate: Callable[[int], np.ndarray] = lambda n: np.empty(n, dtype=np.uint8)) -> GpuBatchLayout:
+                 allocate: Callable[[int], tuple] = lambda n: (np.empty(n, dtype=np.uint8), None)) -> GpuBatchLayout:
     """`cpu_decode(i)` decodes chunk i on the host (exactly raw_nbytes), for codecs nvCOMP lacks;
-    `allocate(n)` gives the staging buffer (page-locked on a GPU), written exactly once."""
+    `allocate(n)` gives (the staging buffer, page-locked on a GPU, written exactly once; a token
+    the engine wants back with it)."""
     raw_nbytes = chain.raw_nbytes
     codecs = chain.bytes_to_bytes
     n_checks = 0
@@ -152,7 +159,7 @@ def build_layout(batch: FetchedBatch, chain: CodecChain, cpu_decode: Callable[[i
         try:
             for _ in range(n_checks):
                 data = strip_crc32c(data, f"{label} (crc32c codec)")
-            _add_chunk(b, inner, data, i * raw_nbytes, raw_nbytes)
+            _add_chunk(b, inner, data, i, raw_nbytes)
         except _NoGpuDecoder:
             fallback.append(i)
             b.copy(np.ascontiguousarray(cpu_decode(i)).view(np.uint8).reshape(-1), i * raw_nbytes)
@@ -161,7 +168,8 @@ def build_layout(batch: FetchedBatch, chain: CodecChain, cpu_decode: Callable[[i
     return b.layout(batch.present, fallback, allocate)
 
 
-def _add_chunk(b: _Builder, codecs: tuple, data: memoryview, dst: int, nbytes: int) -> None:
+def _add_chunk(b: _Builder, codecs: tuple, data: memoryview, chunk: int, nbytes: int) -> None:
+    dst = chunk * nbytes
     if not codecs:
         if len(data) != nbytes:
             raise CorruptDataError(f"chunk is {len(data)} bytes, expected {nbytes}")
@@ -176,23 +184,26 @@ def _add_chunk(b: _Builder, codecs: tuple, data: memoryview, dst: int, nbytes: i
         size = _zstd_content_size(data)
         if size is not None and size != nbytes:
             raise CorruptDataError(f"zstd frame decodes to {size} bytes, the chunk needs {nbytes}")
-        b.stream("zstd", data, dst, nbytes)
+        b.stream("zstd", data, dst, nbytes, chunk)
     elif isinstance(codec, Gzip):
-        b.stream("deflate", gzip_to_deflate(data, nbytes), dst, nbytes)
+        b.stream("deflate", gzip_to_deflate(data, nbytes), dst, nbytes, chunk)
     elif isinstance(codec, Zlib):
-        b.stream("deflate", zlib_to_deflate(data), dst, nbytes)
+        b.stream("deflate", zlib_to_deflate(data), dst, nbytes, chunk)
     elif isinstance(codec, Lz4):
         if len(data) < 4 or int.from_bytes(data[:4], "little") != nbytes:
             raise CorruptDataError(f"lz4 size prefix does not match the chunk size {nbytes}")
-        b.stream("lz4", data[4:], dst, nbytes)
+        b.stream("lz4", data[4:], dst, nbytes, chunk)
     elif isinstance(codec, Blosc):
-        _add_blosc(b, data, dst, nbytes)
+        _add_blosc(b, data, chunk, nbytes)
     else:
         raise _NoGpuDecoder
 
 
-def _add_blosc(b: _Builder, data: memoryview, dst: int, nbytes: int) -> None:
+def _add_blosc(b: _Builder, data: memoryview, chunk: int, nbytes: int) -> None:
+    dst = chunk * nbytes
     frame = parse_blosc_frame(data, nbytes)
+    if frame.cbytes != len(data):  # as the CPU path: trailing bytes mean a damaged chunk
+        raise CorruptDataError(f"blosc header says {frame.cbytes} compressed bytes, the frame has {len(data)}")
     if frame.memcpyed:
         b.copy(data[16:16 + nbytes], dst)
         return
@@ -210,9 +221,9 @@ def _add_blosc(b: _Builder, data: memoryview, dst: int, nbytes: int) -> None:
         if csize == dsize:
             b.copy(piece, base + target)
         elif algorithm == "deflate":
-            b.stream(algorithm, zlib_to_deflate(piece), base + target, dsize)
+            b.stream(algorithm, zlib_to_deflate(piece), base + target, dsize, chunk)
         else:
-            b.stream(algorithm, piece, base + target, dsize)
+            b.stream(algorithm, piece, base + target, dsize, chunk)
     for k in np.flatnonzero(shuffled).tolist():
         off, size = int(frame.block_offsets[k]), int(frame.block_sizes[k])
         b.unshuffles[int(frame.block_shuffle[k])].add(area + off, dst + off, size, frame.typesize)

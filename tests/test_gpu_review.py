@@ -1,0 +1,450 @@
+"""Findings of a paper review of the GPU path, turned into checks that need no GPU.
+
+Each test either pins down a fact the GPU code relies on (from the installed CuPy / nvCOMP
+packages) or reproduces, with fakes standing in for CUDA, a defect a GPU run would hit. Tests
+marked ``xfail(strict=True)`` fail today because of a defect (or a documented risk) in gpuzarr/; the reason
+names it. Remove the mark once the fix lands (strict: an unexpected pass is reported)."""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+from pathlib import Path
+from types import SimpleNamespace
+
+import numcodecs
+import numpy as np
+import pytest
+import zstandard
+
+import gpuzarr
+from gpu_standin import StandinEngine
+from gpuzarr.devices.gpu import NVCOMP_ALGORITHMS, CupyEngine, GpuDevice, PinnedPool
+from gpuzarr.devices.gpu_layout import ALIGN, build_layout
+from gpuzarr.errors import CorruptDataError
+from gpuzarr.fetch import FetchedBatch
+from gpuzarr.pipeline import Settings
+
+
+# ---------------------------------------------------------------- helpers
+
+def _write_v3(path: Path, shape, dtype: str, chunk, codecs: list, chunks: dict, fill_value=0) -> None:
+    """A plain (unsharded) Zarr v3 array whose chunk files hold exactly the given bytes."""
+    path.mkdir(parents=True, exist_ok=True)
+    meta = {
+        "zarr_format": 3, "node_type": "array", "shape": list(shape), "data_type": dtype,
+        "chunk_grid": {"name": "regular", "configuration": {"chunk_shape": list(chunk)}},
+        "chunk_key_encoding": {"name": "default", "configuration": {"separator": "/"}},
+        "fill_value": fill_value, "codecs": codecs,
+    }
+    (path / "zarr.json").write_text(json.dumps(meta))
+    for coords, data in chunks.items():
+        key = path / "c" / Path(*map(str, coords))
+        key.parent.mkdir(parents=True, exist_ok=True)
+        key.write_bytes(data)
+
+
+LE = {"name": "bytes", "configuration": {"endian": "little"}}
+ZSTD = {"name": "zstd", "configuration": {"level": 3, "checksum": False}}
+
+
+class _NumpyBackedMemory:
+    """What cupy.cuda.PinnedMemoryPointer needs of its `mem` (ptr, size), backed by NumPy, so the
+    REAL PinnedMemoryPointer class (its API, its buffer protocol) is exercised without CUDA."""
+
+    def __init__(self, nbytes: int):
+        self.buf = np.zeros(nbytes, np.uint8)
+        self.ptr = self.buf.ctypes.data
+        self.size = nbytes
+
+
+class _FakeEvent:
+    def __init__(self, **kwargs):
+        self.records = 0
+
+    def record(self, stream=None):
+        self.records += 1
+
+    def synchronize(self):
+        pass
+
+
+def _fake_cupy():
+    """A `cupy` stand-in for PinnedPool/CupyEngine: the real PinnedMemoryPointer class over host memory."""
+    import cupy
+
+    def alloc_pinned_memory(nbytes):
+        return cupy.cuda.PinnedMemoryPointer(_NumpyBackedMemory(nbytes), 0)
+
+    class _Dev:
+        def __init__(self, n):
+            self.n = n
+
+        def set(self, host, stream=None):
+            assert host.nbytes == self.n
+
+    cuda = SimpleNamespace(Event=_FakeEvent, alloc_pinned_memory=alloc_pinned_memory,
+                           get_current_stream=lambda: SimpleNamespace(ptr=0))
+    return SimpleNamespace(cuda=cuda, empty=lambda n, dtype=None: _Dev(n), uint8=np.uint8)
+
+
+class _RecordingStandin(StandinEngine):
+    """The CPU stand-in, keeping what each nvCOMP call received (table and layout)."""
+
+    def __init__(self):
+        super().__init__()
+        self.decodes = []
+
+    def decompress(self, algorithm, staging, work, table, layout) -> None:
+        self.decodes.append((algorithm, {k: v.copy() for k, v in table.items()}, layout))
+        super().decompress(algorithm, staging, work, table, layout)
+
+
+# ---------------------------------------------------------------- CuPy / nvCOMP facts
+
+def test_pinned_memory_pointer_size_is_a_method_and_it_exports_a_buffer():
+    """CuPy's PinnedMemoryPointer: `size` is a METHOD (size_t size(self)), and np.frombuffer
+    works on it (so a NumPy view of alloc_pinned_memory memory is the pinned memory itself)."""
+    cupy = pytest.importorskip("cupy")
+    p = cupy.cuda.PinnedMemoryPointer(_NumpyBackedMemory(64), 0)
+    assert callable(p.size) and p.size() == 64
+    view = np.frombuffer(p, dtype=np.uint8, count=16)
+    view[:] = 7
+    assert view.ctypes.data == p.ptr  # no copy: ndarray.set() hands CUDA the pinned address
+
+
+def test_pinned_pool_can_reuse_a_slot():
+    pool = PinnedPool(_fake_cupy(), slots=2)
+    for nbytes in (64, 64, 32, 128):  # slots 0, 1, 0 (reuse), 1 (reuse, grow)
+        host, event = pool.take(nbytes)
+        assert host.nbytes == nbytes
+        event.record()
+
+
+def _header_constants(name_re: str) -> dict[str, int]:
+    include = pytest.importorskip("nvidia.libnvcomp").__path__[0]
+    out = {}
+    for header in Path(include, "include", "nvcomp").glob("*.h"):
+        for m in re.finditer(rf"static const size_t nvcomp(\w+?){name_re}\s*=\s*([^;]+);", header.read_text()):
+            if m.group(1) not in NVCOMP_ALGORITHMS.values():
+                continue
+            expr = re.sub(r"(?<=[0-9A-Fa-f])(?:[uU]?[lL]{1,2}|[uU])\b", "", m.group(2))  # 1ull -> 1
+            out[m.group(1)] = int(eval(expr, {"__builtins__": {}}))  # constant expressions like (1 << 31) - 1
+    return out
+
+
+def test_align_covers_every_decompression_alignment_nvcomp_requires():
+    """gpu_layout.ALIGN (16) is a multiple of each algorithm's documented decompression alignment
+    (zstd.h 8, deflate.h 4, lz4.h 4, snappy.h 1 in nvCOMP 6.0)."""
+    required = _header_constants("RequiredDecompressionAlignment")
+    for algorithm in NVCOMP_ALGORITHMS.values():
+        assert algorithm in required, f"no nvcomp{algorithm}RequiredDecompressionAlignment in the headers"
+        assert ALIGN % required[algorithm] == 0, (algorithm, required[algorithm])
+
+
+def test_nvcomp_decompression_chunk_limits_are_above_zarr_chunk_sizes():
+    """Per-chunk decompression limits (zstd/snappy 2 GiB - 1, deflate/lz4 4 GiB - 1): chunks of
+    KiB..hundreds of MiB are fine; only > 2 GiB chunks are out of range (see the xfail below)."""
+    limits = _header_constants("DecompressionMaxAllowedChunkSize")
+    for algorithm in NVCOMP_ALGORITHMS.values():
+        assert limits[algorithm] >= (1 << 31) - 1, (algorithm, limits[algorithm])
+
+
+def test_chunks_over_the_nvcomp_limit_are_not_sent_to_nvcomp(tmp_path):
+    nbytes = 1 << 31  # one byte over nvcompZstdDecompressionMaxAllowedChunkSize
+    _write_v3(tmp_path / "a", (nbytes,), "uint8", (nbytes,), [LE, ZSTD], {})
+    chain = gpuzarr.open(str(tmp_path / "a"), device="cpu")._reader.locator.leaf_chain
+    # a zstd frame header that declares Frame_Content_Size = 2**31 (never decoded here)
+    frame = b"\x28\xb5\x2f\xfd" + bytes([0xE0]) + nbytes.to_bytes(8, "little") + bytes(8)
+    batch = FetchedBatch(np.frombuffer(frame, np.uint8), np.array([0]), np.array([len(frame)]),
+                         np.array([True]), ["c/0"])
+    layout = build_layout(batch, chain, lambda i: np.zeros(16, np.uint8))
+    assert "zstd" not in layout.streams
+
+
+def test_algorithm_names_are_the_ones_nvcomp_documents():
+    """Codec(algorithm=...) names: the nvCOMP 6 Codec docstring spells them 'LZ4', 'Snappy',
+    'Deflate', 'Zstd' (and NVIDIA's Python samples pass exactly these strings)."""
+    nvcomp = pytest.importorskip("nvidia.nvcomp")
+    doc = nvcomp.Codec.__init__.__doc__ + nvcomp.Codec.get_uncomp_buffer_size.__doc__
+    for name in NVCOMP_ALGORITHMS.values():
+        assert re.search(rf"\b{name}\b", doc), name
+
+
+# ---------------------------------------------------------------- CupyEngine.finish error mapping
+
+def _misaligned_zstd_array(tmp_path: Path) -> tuple[gpuzarr.Array, np.ndarray]:
+    data = np.arange(50, dtype=np.uint8).reshape(2, 25)  # 25-byte chunks: chunk 1 lands at offset 25
+    comp = numcodecs.Zstd(level=1)
+    _write_v3(tmp_path / "a", (2, 25), "uint8", (1, 25), [LE, ZSTD],
+              {(i, 0): comp.encode(data[i].tobytes()) for i in range(2)})
+    return gpuzarr.open(str(tmp_path / "a"), device="cpu"), data
+
+
+class _FakeOuts:
+    def __init__(self, sizes):
+        self.buffer_sizes = list(sizes)
+
+
+def _finish_with_one_bad_size(layout, table, k: int) -> None:
+    engine = _bare_engine(_fake_cupy())
+    sizes = table["dst_size"].copy()
+    sizes[k] -= 1
+    engine._state().pending = [(_FakeOuts(sizes), table["dst_size"], layout, table["chunk"])]
+    engine.finish()
+
+
+def _capture_zstd_decode(tmp_path):
+    arr, data = _misaligned_zstd_array(tmp_path)
+    engine = _RecordingStandin()
+    np.testing.assert_array_equal(arr.read(..., device=GpuDevice(engine)), data)
+    [(algorithm, table, layout)] = engine.decodes
+    assert algorithm == "zstd" and table["dst"][0] % ALIGN == 0 and layout.raw_nbytes == 25
+    return table, layout
+
+
+def test_finish_names_the_chunk_of_a_stream_decoded_in_place(tmp_path):
+    table, layout = _capture_zstd_decode(tmp_path)
+    label = layout.labels[np.flatnonzero(layout.present)[0]]
+    with pytest.raises(CorruptDataError, match=re.escape(str(label))):
+        _finish_with_one_bad_size(layout, table, 0)
+
+
+def test_finish_names_the_chunk_of_a_stream_routed_through_temp(tmp_path):
+    table, layout = _capture_zstd_decode(tmp_path)
+    assert table["dst"][1] >= layout.n * layout.raw_nbytes  # chunk 1 (offset 25) went via temp
+    label = layout.labels[np.flatnonzero(layout.present)[1]]
+    with pytest.raises(CorruptDataError, match=re.escape(str(label))):
+        _finish_with_one_bad_size(layout, table, 1)
+
+
+# ---------------------------------------------------------------- state across reads / threads
+
+def test_a_failed_read_does_not_poison_the_next_one(tmp_path):
+    short = zstandard.ZstdCompressor(write_content_size=False).compress(bytes(16))  # 16 of 32 bytes; no FCS
+    lying = numcodecs.Zstd().encode(bytes(16))  # FCS says 16: refused on the host
+    good = numcodecs.Zstd().encode(bytes(32))
+    _write_v3(tmp_path / "bad", (8, 8), "uint16", (4, 4), [LE, ZSTD],
+              {(0, 0): short, (0, 1): lying, (1, 0): good, (1, 1): good})
+    _write_v3(tmp_path / "ok", (4, 4), "uint16", (4, 4), [LE, ZSTD], {(0, 0): good})
+    device = GpuDevice(StandinEngine())
+    one_chunk_batches = Settings(batch_chunks=1)
+    with pytest.raises(CorruptDataError):
+        gpuzarr.open(str(tmp_path / "bad"), device="cpu", settings=one_chunk_batches).read(..., device=device)
+    ok = gpuzarr.open(str(tmp_path / "ok"), device="cpu").read(..., device=device)
+    np.testing.assert_array_equal(ok, np.zeros((4, 4), np.uint16))
+
+
+def _bare_engine(cupy_like) -> CupyEngine:
+    engine = CupyEngine.__new__(CupyEngine)
+    engine.xp = cupy_like
+    engine._local = threading.local()
+    engine.device_id = 0
+    return engine
+
+
+def test_each_upload_records_the_event_of_its_own_slot():
+    engine = _bare_engine(_fake_cupy())
+    first, first_event = engine.host_buffer(8)  # batch a staged in slot 0
+    engine.host_buffer(8)  # batch b staged in slot 1
+    engine.upload(first, first_event)  # batch a uploaded
+    assert engine._state().pinned._slots[0][2].records == 1, "slot 0's copy was never recorded"
+
+
+def test_each_thread_gets_its_own_nvcomp_codec():
+    class Codec:
+        def __init__(self, **kwargs):
+            self.kwargs = kwargs
+
+    engine = _bare_engine(_fake_cupy())
+    engine._nvcomp = SimpleNamespace(Codec=Codec, BitstreamKind=SimpleNamespace(RAW="RAW"))
+    got = []
+    worker = threading.Thread(target=lambda: got.append(engine.codec("zstd")))
+    worker.start()
+    worker.join()
+    mine = engine.codec("zstd")
+    assert mine.kwargs["algorithm"] == "Zstd" and mine.kwargs["bitstream_kind"] == "RAW"
+    assert got[0] is not mine
+
+
+# ---------------------------------------------------------------- edge batches (these pass)
+
+def test_all_absent_batch_only_fills(tmp_path):
+    _write_v3(tmp_path / "a", (8, 8), "float32", (4, 4), [LE, ZSTD], {}, fill_value=1.5)
+    engine = StandinEngine()
+    got = gpuzarr.open(str(tmp_path / "a"), device="cpu").read(..., device=GpuDevice(engine))
+    np.testing.assert_array_equal(got, np.full((8, 8), 1.5, np.float32))
+    assert engine.calls == {"fill": 1}
+
+
+def test_zero_size_array_makes_no_device_calls(tmp_path):
+    _write_v3(tmp_path / "a", (0, 8), "int16", (4, 4), [LE, ZSTD], {})
+    engine = StandinEngine()
+    got = gpuzarr.open(str(tmp_path / "a"), device="cpu").read(..., device=GpuDevice(engine))
+    assert got.shape == (0, 8) and not engine.calls
+
+
+def _snappy_literals(data: bytes) -> bytes:
+    """A valid raw snappy stream made of literal elements only (varint length, then literals)."""
+    out, n = bytearray(), len(data)
+    while True:
+        out.append((n & 0x7F) | (0x80 if n > 0x7F else 0))
+        n >>= 7
+        if not n:
+            break
+    for start in range(0, len(data), 60):
+        piece = data[start:start + 60]
+        out.append((len(piece) - 1) << 2)
+        out += piece
+    return bytes(out)
+
+
+def _unsnappy_literals(stream: bytes) -> bytes:
+    pos = shift = n = 0
+    while True:
+        byte = stream[pos]
+        pos += 1
+        n |= (byte & 0x7F) << shift
+        shift += 7
+        if not byte & 0x80:
+            break
+    out = bytearray()
+    while pos < len(stream):
+        tag = stream[pos]
+        assert tag & 3 == 0 and tag >> 2 < 60, "literal-only stand-in"
+        length = (tag >> 2) + 1
+        out += stream[pos + 1:pos + 1 + length]
+        pos += 1 + length
+    assert len(out) == n
+    return bytes(out)
+
+
+class _SnappyStandin(StandinEngine):
+    def decompress(self, algorithm, staging, work, table, layout) -> None:
+        if algorithm != "snappy":
+            return super().decompress(algorithm, staging, work, table, layout)
+        self.calls["decompress:snappy"] += 1
+        assert (table["src"] % ALIGN == 0).all() and (table["dst"] % ALIGN == 0).all()
+        got = np.zeros(table["dst"].size, np.int64)
+        for k, (src, size, dst, dsize) in enumerate(zip(*(table[c] for c in ("src", "src_size", "dst", "dst_size")))):
+            out = _unsnappy_literals(staging[src:src + size].tobytes())
+            got[k] = len(out)
+            work[dst:dst + min(len(out), dsize)] = np.frombuffer(out, np.uint8)[:dsize]
+        self.decoded_sizes.append((got, table["dst_size"].copy()))
+
+
+def test_blosc_snappy_frames_take_the_nvcomp_snappy_path(tmp_path):
+    """numcodecs cannot write blosc+snappy, so no corpus case covers nvCOMP 'Snappy'; a
+    hand-made blosc 1.x frame (one block, don't-split, snappy) checks the host half of that path."""
+    data = np.arange(16, dtype="<u2").reshape(4, 4)
+    raw = data.tobytes()
+    stream = _snappy_literals(raw)
+    assert len(stream) != len(raw)  # otherwise blosc would store it raw
+    body = len(stream).to_bytes(4, "little") + stream
+    flags = (2 << 5) | 0x10  # compressor format 2 (snappy), don't split, no shuffle
+    cbytes = 16 + 4 + len(body)
+    frame = bytes([2, 1, flags, 2]) + np.array([len(raw), len(raw), cbytes], "<i4").tobytes()
+    frame += (20).to_bytes(4, "little") + body
+    blosc = {"name": "blosc", "configuration": {"cname": "snappy", "clevel": 5, "shuffle": "noshuffle",
+                                                 "typesize": 2, "blocksize": 0}}
+    _write_v3(tmp_path / "a", (4, 4), "uint16", (4, 4), [LE, blosc], {(0, 0): frame})
+    engine = _SnappyStandin()
+    got = gpuzarr.open(str(tmp_path / "a"), device="cpu").read(..., device=GpuDevice(engine))
+    np.testing.assert_array_equal(got, data)
+    assert engine.calls["decompress:snappy"] == 1 and NVCOMP_ALGORITHMS["snappy"] == "Snappy"
+
+
+# ---------------------------------------------------------------- device="auto" small reads into `out`
+
+class _CupyLikeArray(np.ndarray):
+    """A NumPy array with CuPy's ndarray.set() contract (cupy/_core/core.pyx: the host array's
+    dtype must equal the device array's, else TypeError '... array cannot be set to ... array')."""
+
+    def set(self, arr, stream=None):
+        if self.dtype != arr.dtype:
+            raise TypeError(f"{arr.dtype} array cannot be set to {self.dtype} array")
+        if self.shape != arr.shape:
+            raise ValueError("Shape mismatch")
+        self[...] = arr
+
+
+def test_auto_small_read_of_big_endian_array_into_out(tmp_path):
+    from gpuzarr.devices.base import AutoDevice, get_device
+
+    data = np.arange(16, dtype=">f8").reshape(4, 4)  # a Zarr v2 '>f8' array: the CPU output stays '>f8'
+    path = tmp_path / "a"
+    path.mkdir()
+    (path / ".zarray").write_text(json.dumps({
+        "zarr_format": 2, "shape": [4, 4], "chunks": [4, 4], "dtype": ">f8", "order": "C",
+        "compressor": {"id": "zstd", "level": 1}, "fill_value": 0, "filters": None}))
+    (path / "0.0").write_bytes(numcodecs.Zstd().encode(data.tobytes()))
+    arr = gpuzarr.open(str(path), device="cpu")
+    auto = AutoDevice(GpuDevice(StandinEngine()), get_device("cpu"), cpu_below=1 << 20)
+    out = np.empty((4, 4), np.float64).view(_CupyLikeArray)
+    got = arr.read(..., device=auto, out=out)
+    np.testing.assert_array_equal(np.asarray(got), data)
+
+
+# ---------------------------------------------------------------- kernel argument types
+
+_C_SIZES = {"gpz_i64": 8, "gpz_u64": 8, "int": 4, "long long": 8, "unsigned long long": 8}
+
+
+def _declared_params() -> dict[str, list]:
+    """extern "C" entry points of kernels/*.cu → per parameter: 'ptr' or its size in bytes."""
+    from gpuzarr.devices.kernels import kernel_source
+
+    out = {}
+    for source in ("scatter.cu", "bitshuffle.cu"):
+        text = kernel_source(source).replace("\\\n", " ")
+        for name, params in re.findall(r'extern "C" __global__ void ([\w#]+)\(([^)]*)\)', text):
+            kinds = []
+            for p in params.split(","):
+                p = " ".join(p.replace("__restrict__", "").replace("const", "").split())
+                kinds.append("ptr" if "*" in p else _C_SIZES[p.rsplit(" ", 1)[0]])
+            for n in (1, 2, 4, 8, 16) if "##N" in name else (None,):
+                out[name.replace("##N", str(n))] = kinds
+    return out
+
+
+def test_kernel_arguments_match_the_declared_c_types(monkeypatch):
+    """CupyEngine passes device arrays where the kernels take pointers and NumPy scalars of the
+    declared width elsewhere (CuPy passes a scalar by its dtype: a wrong width shifts every later
+    parameter)."""
+    from contextlib import nullcontext
+
+    from gpuzarr.devices import gpu
+    from gpuzarr.devices.kernels import SCATTER_REC_COUNT, SCATTER_REC_LEN
+
+    declared = _declared_params()
+    calls = []
+
+    def fake_get_function(source, entry, device_id=None):
+        return lambda grid, block, args, **kw: calls.append((entry, args))
+
+    monkeypatch.setattr(gpu, "get_function", fake_get_function)
+    engine = CupyEngine.__new__(CupyEngine)
+    engine.xp = SimpleNamespace(asarray=np.asarray,
+                                cuda=SimpleNamespace(get_current_stream=lambda: nullcontext(SimpleNamespace(ptr=0))))
+    engine.device_id = 0
+    recs = np.zeros((2, SCATTER_REC_LEN), np.int64)
+    recs[:, SCATTER_REC_COUNT] = 3
+    work = np.zeros(64, np.uint8)
+    engine.scatter(work, work, recs, 8, 1)
+    engine.fill(work, recs, bytes(16), 16, 1)
+    table = {k: np.ones(2, np.int64) for k in ("src", "dst", "size", "typesize")}
+    engine.unshuffle(1, work, table)
+    engine.unshuffle(2, work, table)
+    engine.copy(work, work, {"src": np.zeros(1, np.int64), "dst": np.zeros(1, np.int64), "size": np.ones(1, np.int64)})
+    assert len(calls) == 5
+    for entry, args in calls:
+        kinds = declared[entry]
+        assert len(args) == len(kinds), entry
+        for i, (arg, kind) in enumerate(zip(args, kinds)):
+            if kind == "ptr":
+                assert isinstance(arg, np.ndarray), (entry, i, type(arg))
+            else:
+                assert isinstance(arg, np.generic) and arg.dtype.itemsize == kind, (entry, i, arg)
+            if isinstance(arg, np.ndarray) and arg.dtype == np.int64:
+                assert arg.flags.c_contiguous  # record/offset tables are read as int64[]
