@@ -94,6 +94,26 @@ def _kernel_params(entry: str) -> int:
     raise AssertionError(f"no entry {entry}")
 
 
+_C_SIZES = {"gpz_i64": 8, "gpz_u64": 8, "int": 4, "long long": 8, "unsigned long long": 8}
+
+
+def _declared_params() -> dict[str, list]:
+    """extern "C" entry points of kernels/*.cu → per parameter: 'ptr' or its size in bytes."""
+    from gpuzarr.devices.kernels import kernel_source
+
+    out = {}
+    for source in ("scatter.cu", "bitshuffle.cu"):
+        text = kernel_source(source).replace("\\\n", " ")
+        for name, params in re.findall(r'extern "C" __global__ void ([\w#]+)\(([^)]*)\)', text):
+            kinds = []
+            for p in params.split(","):
+                p = " ".join(p.replace("__restrict__", "").replace("const", "").split())
+                kinds.append("ptr" if "*" in p else _C_SIZES[p.rsplit(" ", 1)[0]])
+            for n in (1, 2, 4, 8, 16) if "##N" in name else (None,):
+                out[name.replace("##N", str(n))] = kinds
+    return out
+
+
 def test_engine_kernel_launches_match_cupy_and_the_kernels(monkeypatch):
     """Drive CupyEngine's launches with a recorder bound to RawKernel's documented signature
     and to each kernel's parameter count from its PTX (catches e.g. a `stream=` keyword that
@@ -109,8 +129,7 @@ def test_engine_kernel_launches_match_cupy_and_the_kernels(monkeypatch):
 
     def fake_get_function(source, entry, device_id=None):
         def launch(*args, **kwargs):
-            bound = sig.bind(*args, **kwargs)
-            calls.append((entry, len(bound.arguments["args"])))
+            calls.append((entry, sig.bind(*args, **kwargs).arguments["args"]))
         return launch
 
     monkeypatch.setattr(gpu, "get_function", fake_get_function)
@@ -128,8 +147,16 @@ def test_engine_kernel_launches_match_cupy_and_the_kernels(monkeypatch):
     engine.unshuffle(2, work, table)
     engine.copy(work, work, {"src": np.zeros(2, np.int64), "dst": np.zeros(2, np.int64), "size": np.ones(2, np.int64)})
     assert len(calls) == 5
-    for entry, n_args in calls:
-        assert n_args == _kernel_params(entry), entry
+    declared = _declared_params()
+    for entry, args in calls:
+        assert len(args) == _kernel_params(entry), entry
+        # device arrays where the kernel takes pointers, NumPy scalars of the declared width elsewhere
+        # (CuPy passes a scalar by its dtype: a wrong width shifts every later parameter)
+        for i, (arg, kind) in enumerate(zip(args, declared[entry])):
+            if kind == "ptr":
+                assert isinstance(arg, np.ndarray), (entry, i, type(arg))
+            else:
+                assert isinstance(arg, np.generic) and arg.dtype.itemsize == kind, (entry, i, arg)
 
 
 def _doc(obj) -> str:
