@@ -11,22 +11,17 @@
 // The semantics (which bytes are shuffled, which are copied) are documented in bitshuffle_core.cuh.
 #include "bitshuffle_core.cuh"
 
-extern "C" __global__ void gpz_bitunshuffle_batch(const gpz_u8* __restrict__ src, gpz_u8* __restrict__ dst,
-                                                  const gpz_i64* __restrict__ src_offsets,
-                                                  const gpz_i64* __restrict__ dst_offsets,
-                                                  const gpz_i64* __restrict__ nbytes,
-                                                  const gpz_i64* __restrict__ typesizes, gpz_i64 nblocks)
-{
-    gpz_unshuffle_batch_thread(1, src, dst, src_offsets, dst_offsets, nbytes, typesizes, nblocks,
-                               blockIdx.x, gridDim.x, threadIdx.x, blockDim.x);
-}
+// One entry point per shuffle kind (bit = 1: bit shuffle, 0: byte shuffle).
+#define GPZ_UNSHUFFLE_ENTRY(NAME, BIT)                                                                  \
+    extern "C" __global__ void NAME(const gpz_u8* __restrict__ src, gpz_u8* __restrict__ dst,         \
+                                    const gpz_i64* __restrict__ src_offsets,                          \
+                                    const gpz_i64* __restrict__ dst_offsets,                          \
+                                    const gpz_i64* __restrict__ nbytes,                               \
+                                    const gpz_i64* __restrict__ typesizes, gpz_i64 nblocks)            \
+    {                                                                                                 \
+        gpz_unshuffle_batch_thread(BIT, src, dst, src_offsets, dst_offsets, nbytes, typesizes, nblocks, \
+                                   blockIdx.x, gridDim.x, threadIdx.x, blockDim.x);                   \
+    }
 
-extern "C" __global__ void gpz_byteunshuffle_batch(const gpz_u8* __restrict__ src, gpz_u8* __restrict__ dst,
-                                                   const gpz_i64* __restrict__ src_offsets,
-                                                   const gpz_i64* __restrict__ dst_offsets,
-                                                   const gpz_i64* __restrict__ nbytes,
-                                                   const gpz_i64* __restrict__ typesizes, gpz_i64 nblocks)
-{
-    gpz_unshuffle_batch_thread(0, src, dst, src_offsets, dst_offsets, nbytes, typesizes, nblocks,
-                               blockIdx.x, gridDim.x, threadIdx.x, blockDim.x);
-}
+GPZ_UNSHUFFLE_ENTRY(gpz_bitunshuffle_batch, 1)
+GPZ_UNSHUFFLE_ENTRY(gpz_byteunshuffle_batch, 0)

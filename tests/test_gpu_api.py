@@ -109,6 +109,10 @@ def _declared_params() -> dict[str, list]:
             for p in params.split(","):
                 p = " ".join(p.replace("__restrict__", "").replace("const", "").split())
                 kinds.append("ptr" if "*" in p else _C_SIZES[p.rsplit(" ", 1)[0]])
+            if name == "NAME":  # GPZ_..._ENTRY(NAME, ...) macros: every invocation names one
+                for entry in re.findall(r"^GPZ_\w+_ENTRY\((\w+),", text, flags=re.M):
+                    out[entry] = kinds
+                continue
             for n in (1, 2, 4, 8, 16) if "##N" in name else (None,):
                 out[name.replace("##N", str(n))] = kinds
     return out

@@ -98,3 +98,10 @@ def test_no_gpu_work_at_import():
     root = Path(__file__).resolve().parents[1]
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=root)
     assert out.stdout.strip() == "False"
+
+
+@pytest.mark.parametrize("source", ["bitshuffle.cu", "scatter.cu"])
+def test_every_kernel_includes_the_common_header(source):
+    """gpz_common.cuh (the __host__/__device__ shims and fixed-width types) is inlined once."""
+    code = kernels.kernel_source(source)
+    assert code.count('#line 1 "gpz_common.cuh"') == 1
