@@ -1,0 +1,32 @@
+"""Data loaders read one array from many threads at once: every read must stay correct."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+
+import gpuzarr
+from gpuzarr.sample import sample_data, write_sharded
+
+
+def test_concurrent_reads_and_batches_from_many_threads(tmp_path):
+    data = sample_data((384, 512))
+    write_sharded(str(tmp_path / "a"), data, (128, 256), (32, 32))
+    arr = gpuzarr.open(str(tmp_path / "a"), device="cpu", settings=gpuzarr.Settings(batch_bytes=1 << 14))
+    rng = np.random.default_rng(0)
+    jobs = []
+    for _ in range(64):
+        y, x = (int(v) for v in rng.integers(0, 300, 2))
+        step = int(rng.integers(1, 4))
+        jobs.append((slice(y, y + 80, step), slice(x, x + 200, -1 if step == 3 else 1)))
+
+    def one(sel):
+        if isinstance(sel[0], slice) and sel[0].step == 2:
+            windows = [(slice(a, a + 40), slice(b, b + 40)) for a, b in ((sel[0].start, 0), (0, sel[1].start))]
+            return arr.read_batch(windows), np.stack([data[w] for w in windows])
+        return arr[sel], data[sel]
+
+    with ThreadPoolExecutor(8) as pool:
+        for got, expected in pool.map(one, jobs):
+            np.testing.assert_array_equal(got, expected)
