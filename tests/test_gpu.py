@@ -133,3 +133,15 @@ def test_corrupt_frame_size_is_reported(tmp_path):
     shard.write_bytes(bytes(raw))
     with pytest.raises(gpuzarr.CorruptDataError):
         gpuzarr.open(str(tmp_path / "a"), device="gpu")[...]
+
+
+def test_dlpack_interop_with_jax(tmp_path):
+    from gpuzarr.sample import sample_data, write_sharded
+
+    data = sample_data((64, 64))
+    write_sharded(str(tmp_path / "a"), data, (64, 64), (32, 32))
+    got = gpuzarr.open(str(tmp_path / "a"), device="gpu")[...]
+    jax = pytest.importorskip("jax", reason="JAX is not installed")
+    array = jax.dlpack.from_dlpack(got)
+    assert array.unsafe_buffer_pointer() == got.data.ptr
+    np.testing.assert_array_equal(np.asarray(array), data)
