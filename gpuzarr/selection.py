@@ -6,6 +6,8 @@ import operator
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 Shape = tuple[int, ...]
 
 
@@ -39,7 +41,13 @@ def normalize(selection: Any, shape: Shape) -> list[DimSelection]:
 def _one(item: Any, size: int, axis: int) -> DimSelection:
     if isinstance(item, slice):
         start, stop, step = item.indices(size)
-        return DimSelection(start, step, len(range(start, stop, step)))
+        count = len(range(start, stop, step))
+        # with at most one element the step is moot; dropping it keeps huge steps (>= 2**63) out
+        # of the int64 planning tables
+        return DimSelection(start, step if count > 1 else 1, count)
+    if isinstance(item, (bool, np.bool_)):
+        raise IndexError(f"a boolean index is a mask, not a position (axis {axis}); gpuzarr reads "
+                         f"integers, slices and Ellipsis")
     try:
         index = operator.index(item)
     except TypeError:
