@@ -59,10 +59,9 @@ class Group:
     def keys(self) -> list[str]:
         cm = self.meta.consolidated
         if cm is not None:
-            names = {k.split("/")[0] for k in cm}
-            if self.meta.zarr_format == 2:
-                names = {n for n in names if not n.startswith(".")}
-            return sorted(names)
+            if self.meta.zarr_format == 2:  # keys are files: "a/.zarray", "a/b/.zgroup"; ".zattrs" is ours
+                return sorted({k.split("/")[0] for k in cm if "/" in k})
+            return sorted({k.split("/")[0] for k in cm})
         from .api import has_node
 
         return [n for n in self.store.list_dirs("") if has_node(self.store.child(n), self.meta.zarr_format)]
