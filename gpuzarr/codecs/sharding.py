@@ -11,7 +11,6 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..errors import CorruptDataError, MetadataError, UnsupportedFeatureError
-from .bytes_to_bytes import Crc32c
 
 if TYPE_CHECKING:
     from .chain import CodecChain
@@ -32,7 +31,8 @@ class Sharding:
         return tuple(s // c for s, c in zip(shard_shape, self.chunk_shape))
 
     def index_nbytes(self, shard_shape: Shape) -> int:
-        return 16 * math.prod(self.chunks_per_shard(shard_shape)) + 4 * len(self.index_chain.bytes_to_bytes)
+        checksums = sum(CHECKSUM_BYTES[c.name] for c in self.index_chain.bytes_to_bytes)
+        return 16 * math.prod(self.chunks_per_shard(shard_shape)) + checksums
 
     def decode_index(self, raw: Any, shard_shape: Shape, key: str, shard_nbytes: int | None) -> np.ndarray:
         """Verify and parse an encoded index into an (n, 2) uint64 array of (offset, nbytes).
@@ -92,17 +92,21 @@ class Sharding:
         return out
 
 
+# checksum codecs an index may carry, with the bytes each adds (the index must have a fixed size)
+CHECKSUM_BYTES = {"crc32c": 4, "crc32": 4, "adler32": 4, "fletcher32": 4, "jenkins_lookup3": 4}
+
+
 def check_index_codecs(chain: CodecChain, where: str) -> None:
     """The index must have a fixed encoded size, known before it is read: transposes, `bytes`,
-    then only crc32c checksums."""
+    then only checksums."""
     from .array_to_array import Transpose
     from .array_to_bytes import Bytes
 
     if (not all(isinstance(c, Transpose) for c in chain.array_to_array)
             or not isinstance(chain.array_to_bytes, Bytes)
-            or not all(isinstance(c, Crc32c) for c in chain.bytes_to_bytes)):
+            or not all(c.name in CHECKSUM_BYTES for c in chain.bytes_to_bytes)):
         raise UnsupportedFeatureError(f"{where}: shard index codecs {chain.describe()} have no fixed size "
-                                      f"(supported: transpose, bytes, crc32c)")
+                                      f"(supported: transpose, bytes, checksums)")
 
 
 def check_shard_shape(shard_shape: Shape, chunk_shape: Shape, where: str) -> None:
