@@ -29,11 +29,15 @@ Combinations the writers refuse (dropped, so nothing here is faked):
   no case (a zarr-python reference would be wrong, a "source" one fails test_corpus): float16 hex
   fill values with a NaN payload ("0x7e01" reads as 0x7e00) and float32 signalling NaNs ("0x7f800001"
   reads quieted, 0x7fc00001) -- it parses hex fills through a Python float; a numcodecs array->array
-  filter (delta, astype) followed by ``bytes`` endian "big" (it reads byte-swapped values); a 0-d or
-  single-item vlen-bytes read (a 0-d "|S<n>", trailing NULs dropped); index_codecs with zstd (it
-  writes them, then cannot read them). It writes v3 structured arrays with big-endian fields as
-  raw big-endian bytes under a little-endian "bytes" codec (reads back garbage), drops
-  ``BytesCodec(endian="big")`` for structured, and writes v2 ``|O`` arrays with json2/pickle filters
+  filter (delta, astype) followed by ``bytes`` endian "big" (it reads byte-swapped values), also
+  ``numcodecs.astype`` with a big-endian encode_dtype before a little-endian ``bytes``; a 0-d or
+  single-item vlen-bytes read (a 0-d "|S<n>", trailing NULs dropped), and likewise a single-item
+  string read drops trailing NULs (a string "a" + NUL reads "a"); index_codecs with zstd, gzip or
+  numcodecs shuffle/delta/astype/fixedscaleoffset (it writes them, then cannot size the index to
+  read them; the numcodecs checksums crc32/adler32/fletcher32/jenkins_lookup3 it does read, and
+  have cases). It writes v3 structured arrays with big-endian fields as raw big-endian bytes
+  under a little-endian "bytes" codec (reads back garbage), drops ``BytesCodec(endian="big")``
+  for structured, and writes v2 ``|O`` arrays with json2/pickle filters
   that it then refuses to open.
 - zarr-python cannot *read* tensorstore's transpose-before-sharding when the inner chunk divides
   only the transposed shard (valid per the spec); those cases keep the source data as reference
@@ -831,6 +835,26 @@ def _zarr_more_cases() -> None:
        fill_value=np.nan, regions=[np.s_[:7, 5:33]],
        serializer=ShardingCodec(chunk_shape=SC, index_location="start",
                                 index_codecs=[BytesCodec(), Crc32cCodec(), Crc32cCodec()]))
+    # numcodecs checksums as shard index codecs: fixed size (4 bytes each, before or after the
+    # index); zarr-python 3.1.6 writes and reads them (tensorstore does not know numcodecs.*).
+    # Not numcodecs.shuffle: zarr-python writes it but cannot size the index to read it back.
+    import zarr.codecs.numcodecs as znc
+
+    zp("zp3_shard_index_numcodecs_crc32", 3, SS, "int16", (16, 20), compressors=None, filters=None,
+       fill_value=4, regions=[np.s_[2:9, 3:30], np.s_[25:, 38:]],
+       serializer=ShardingCodec(chunk_shape=SC, codecs=[BytesCodec(), ZstdCodec(level=1)],
+                                index_codecs=[BytesCodec(), znc.CRC32()]))
+    zp("zp3_shard_index_numcodecs_adler32_start", 3, SS, "float32", (16, 20), compressors=None, filters=None,
+       serializer=ShardingCodec(chunk_shape=SC, index_location="start", index_codecs=[BytesCodec(), znc.Adler32()]))
+    zp("zp3_shard_index_numcodecs_fletcher32", 3, SS, "uint8", (16, 20), compressors=None, filters=None,
+       serializer=ShardingCodec(chunk_shape=SC, index_codecs=[BytesCodec(), znc.Fletcher32()]))
+    zp("zp3_shard_index_numcodecs_jenkins_lookup3_start", 3, SS, "int64", (16, 20), compressors=None, filters=None,
+       fill_value=-1, regions=[np.s_[:7, 5:33]],
+       serializer=ShardingCodec(chunk_shape=SC, index_location="start",
+                                index_codecs=[BytesCodec(), znc.JenkinsLookup3()]))
+    zp("zp3_shard_index_crc32c_then_numcodecs_crc32_at_end", 3, SS, "uint32", (16, 20), compressors=None,
+       filters=None, serializer=ShardingCodec(chunk_shape=SC, index_codecs=[BytesCodec(endian="big"), Crc32cCodec(),
+                                                                             znc.CRC32(location="end")]))
     # sharding followed by a bytes->bytes codec over the whole shard
     zp("zp3_shard_then_zstd", 3, SS, "int32", (16, 20), filters=None, compressors=[ZstdCodec(level=1)],
        serializer=ShardingCodec(chunk_shape=SC))
@@ -962,13 +986,16 @@ def _hand_cases() -> None:
 # Groups
 
 def _group(name: str, fmt: int, consolidated: bool) -> CorpusCase:
-    """root (attrs) / a (int32) / sub (attrs) / sub/b (float64, attrs) / sub/deeper/c / empty."""
+    """root (attrs) / a (int32) / .dot.ü-x (int16) / sub (attrs) / sub/b (float64, attrs) / sub/deeper/c / empty."""
     members = {
         "a": dict(shape=(30,), dtype="int32", chunks=(7,)),
         "sub/b": dict(shape=(9, 14), dtype="float64", chunks=(4, 5),
                       **({"shards": (8, 10)} if fmt == 3 else {})),
         "sub/deeper/c": dict(shape=(5, 6, 7), dtype="uint16", chunks=(2, 3, 4)),
         "sub/deeper/s": dict(shape=(12,), dtype="string", chunks=(5,)),
+        # a valid name that starts with a dot (and holds another, a dash and a non-ASCII letter):
+        # zarr-python lists it among the members, consolidated v2 metadata included
+        ".dot.ü-x": dict(shape=(11,), dtype="int16", chunks=(4,)),
     }
 
     def src(path):
@@ -1020,7 +1047,7 @@ GROUP_CASES = [c for c in CASES if c.kind == "group"]
 BY_NAME = {c.name: c for c in CASES}
 
 # Members of group cases, addressed as "<group case>/<member>".
-GROUP_MEMBERS = ["a", "sub/b", "sub/deeper/c", "sub/deeper/s"]
+GROUP_MEMBERS = ["a", "sub/b", "sub/deeper/c", "sub/deeper/s", ".dot.ü-x"]
 
 
 def write_corpus(root: Path, cases=None) -> dict[str, BaseException]:

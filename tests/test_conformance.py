@@ -166,6 +166,40 @@ def test_out_of_bounds_index_raises_index_error(corpus, sel):
         g[sel]
 
 
+@pytest.mark.parametrize("sel", [np.s_[::2**63], np.s_[::-(2**63) - 1], np.s_[5:2:2**64], np.s_[:, 1::2**70],
+                                 np.s_[3::2**64, 2:9:2**63], np.s_[2**63::-2**63, ::-(2**64)]],
+                         ids=["step_2_63", "step_minus_2_63_minus_1", "empty_step_2_64", "col_step_2_70",
+                              "both_positive", "both_negative"])
+def test_steps_beyond_int64(corpus, sel):
+    """A Python slice takes any integer step; one of 2**63 or more (either sign) selects at most one
+    element per axis. NumPy and zarr-python (positive steps) answer these; nothing overflows."""
+    z = corpus.zarr_array("zp3_shard_end")
+    g = gz_array(corpus, "zp3_shard_end")
+    ref = reference_read(z, sel)
+    assert_identical(g[sel], ref, f"[{sel!r}]")
+    assert_identical(g.read_batch([sel, sel]), stack([ref, ref]), f"read_batch([{sel!r}] * 2)")
+
+
+@pytest.mark.parametrize("sel", [True, False, (0, True), (slice(None), False), (Ellipsis, True), (-1, ..., True),
+                                 np.True_, (1, np.False_), (np.array(True),)],
+                         ids=["true", "false", "int_true", "slice_false", "ellipsis_true", "int_ellipsis_true",
+                              "numpy_true", "int_numpy_false", "0d_bool_array"])
+def test_bool_is_not_an_integer_index(corpus, sel):
+    """Python's True is also the integer 1, but as an index a bool is no integer: NumPy reads it as a
+    0-d mask (a new axis of length 1 or 0), zarr-python refuses it (IndexError). Reading True as
+    row 1 and False as row 0 is wrong either way."""
+    z = corpus.zarr_array("zp3_shard_end")
+    g = gz_array(corpus, "zp3_shard_end")
+    full = np.asarray(z[...])
+    for what, read, want in [("read", lambda: g[sel], lambda: full[sel]),
+                             ("read_batch", lambda: g.read_batch([sel, sel]), lambda: stack([full[sel]] * 2))]:
+        try:
+            got = read()
+        except IndexError:
+            continue  # refusing it, as zarr-python does, is fine
+        assert_identical(got, want(), f"{what} [{sel!r}] (a bool index is a 0-d mask in NumPy)")
+
+
 def test_read_device_cpu_equals_getitem(corpus):
     g = gz_array(corpus, "zp3_shard_start")
     sel = np.s_[3:17, 5:33]
