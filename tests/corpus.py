@@ -291,18 +291,26 @@ def _ts_write(spec: dict, shape, dtype, regions, src) -> None:
         t[r].write(part).result()
 
 
+def _ts_data(name: str, shape: tuple, dtype: str, fill: Any, fill_value: Any, regions: Any,
+             specials: bool) -> tuple[Callable[[], np.ndarray], Callable[[], np.ndarray]]:
+    """(source data, expected read) of a tensorstore case: the source, filled outside `regions`
+    with `fill`, else the metadata's `fill_value`, else the dtype's default."""
+    seed, np_dtype = seed_of(name), np.dtype(dtype)
+
+    def src() -> np.ndarray:
+        return make_data(tuple(shape), np_dtype, seed, specials)
+
+    def expected() -> np.ndarray:
+        f = fill if fill is not None else (fill_value if fill_value is not None else default_fill(np_dtype))
+        return filled(shape, np_dtype, f, regions, src())
+
+    return src, expected
+
+
 def ts3(name: str, shape: tuple, dtype: str, chunk_shape: tuple, *, codecs=None, fill_value=None,
         fill=None, regions=None, specials=True, tags=(), reference="zarr-python", **meta_extra) -> CorpusCase:
     """A tensorstore ``zarr3`` array; ``codecs``/``fill_value`` are the JSON metadata values."""
-    seed = seed_of(name)
-    np_dtype = np.dtype(dtype)
-
-    def src():
-        return make_data(tuple(shape), np_dtype, seed, specials)
-
-    def expected():
-        f = fill if fill is not None else (fill_value if fill_value is not None else default_fill(np_dtype))
-        return filled(shape, np_dtype, f, regions, src())
+    src, expected = _ts_data(name, shape, dtype, fill, fill_value, regions, specials)
 
     def make(path: Path) -> None:
         meta = {"shape": list(shape), "data_type": dtype, "chunk_grid": _grid(chunk_shape), **meta_extra}
@@ -327,15 +335,7 @@ def ts3(name: str, shape: tuple, dtype: str, chunk_shape: tuple, *, codecs=None,
 def ts2(name: str, shape: tuple, dtype: str, chunks: tuple, *, compressor="default", fill_value=None,
         fill=None, regions=None, specials=True, tags=(), **meta_extra) -> CorpusCase:
     """A tensorstore ``zarr`` (v2) array; ``compressor``/``fill_value`` are the .zarray values."""
-    seed = seed_of(name)
-    np_dtype = np.dtype(dtype)
-
-    def src():
-        return make_data(tuple(shape), np_dtype, seed, specials)
-
-    def expected():
-        f = fill if fill is not None else (fill_value if fill_value is not None else default_fill(np_dtype))
-        return filled(shape, np_dtype, f, regions, src())
+    src, expected = _ts_data(name, shape, dtype, fill, fill_value, regions, specials)
 
     def make(path: Path) -> None:
         meta = {"shape": list(shape), "chunks": list(chunks), "dtype": dtype, **meta_extra}
