@@ -137,10 +137,10 @@ def _product(sizes: list[int]) -> np.ndarray:
     return rows
 
 
-def make_plan(windows: list[list[DimSelection]], chunk_shape: Shape, batched: bool) -> Plan:
+def _tables_each(windows: list[list[DimSelection]], chunk_shape: Shape) -> tuple[list, np.ndarray, np.ndarray]:
+    """Run tables (chunk, local start, count, output start, step per dimension), placement rows
+    and placement windows, window by window."""
     ndim = len(chunk_shape)
-    if batched and len({tuple(d.drop for d in w) for w in windows}) > 1:
-        raise IndexError("read_batch windows must index the same dimensions with integers")
     runs = [[_dim_runs(sel, c) for sel, c in zip(window, chunk_shape)] for window in windows]
     place_runs, place_window = [], []
     offsets = np.zeros(ndim, dtype=np.int64)
@@ -153,12 +153,50 @@ def make_plan(windows: list[list[DimSelection]], chunk_shape: Shape, batched: bo
     if len(windows) == 1:
         tables = [[*runs[0][d], np.full(runs[0][d][0].size, windows[0][d].step, dtype=np.int64)]
                   for d in range(ndim)]
-        rows, window = place_runs[0], place_window[0]
+        return tables, place_runs[0], place_window[0]
+    tables = [[np.concatenate([r[d][i] for r in runs]) for i in range(4)]
+              + [np.concatenate([np.full(r[d][0].size, win[d].step, dtype=np.int64)
+                                 for r, win in zip(runs, windows)])] for d in range(ndim)]
+    return tables, np.concatenate(place_runs), np.concatenate(place_window)
+
+
+def _tables_step1(windows: list[list[DimSelection]], chunk_shape: Shape) -> tuple[list, np.ndarray, np.ndarray]:
+    """The same tables for many windows of step 1, as whole-array operations over windows and
+    runs (no Python loop per window)."""
+    n_windows = len(windows)
+    tables, n_runs, first_run = [], [], []
+    for d, c in enumerate(chunk_shape):
+        starts = np.array([w[d].start for w in windows], dtype=np.int64)
+        counts = np.array([w[d].count for w in windows], dtype=np.int64)
+        stops = starts + counts
+        first = starts // c
+        n = np.where(counts > 0, (stops - 1) // c - first + 1, 0)
+        offs = np.cumsum(n) - n
+        win = np.repeat(np.arange(n_windows), n)
+        k = first[win] + np.arange(int(n.sum()), dtype=np.int64) - offs[win]
+        lo, hi = np.maximum(k * c, starts[win]), np.minimum((k + 1) * c, stops[win])
+        tables.append([k, lo - k * c, hi - lo, lo - starts[win], np.ones(k.size, dtype=np.int64)])
+        n_runs.append(n)
+        first_run.append(offs)
+    per_window = np.prod(n_runs, axis=0) if n_runs else np.ones(n_windows, dtype=np.int64)
+    window = np.repeat(np.arange(n_windows), per_window)
+    flat = np.arange(window.size, dtype=np.int64) - (np.cumsum(per_window) - per_window)[window]
+    rows = np.empty((window.size, len(chunk_shape)), dtype=np.int64)
+    for d in reversed(range(len(chunk_shape))):  # C order over each window's runs
+        n = n_runs[d][window]
+        rows[:, d] = first_run[d][window] + flat % n
+        flat //= n
+    return tables, rows, window
+
+
+def make_plan(windows: list[list[DimSelection]], chunk_shape: Shape, batched: bool) -> Plan:
+    ndim = len(chunk_shape)
+    if batched and len({tuple(d.drop for d in w) for w in windows}) > 1:
+        raise IndexError("read_batch windows must index the same dimensions with integers")
+    if batched and len(windows) >= 8 and all(d.step == 1 for w in windows for d in w):
+        tables, rows, window = _tables_step1(windows, chunk_shape)  # an ML loader's patches
     else:
-        tables = [[np.concatenate([r[d][i] for r in runs]) for i in range(4)]
-                  + [np.concatenate([np.full(r[d][0].size, win[d].step, dtype=np.int64)
-                                     for r, win in zip(runs, windows)])] for d in range(ndim)]
-        rows, window = np.concatenate(place_runs), np.concatenate(place_window)
+        tables, rows, window = _tables_each(windows, chunk_shape)
     dims = tuple(DimRuns(*tables[d][:4], step=tables[d][4], drop=windows[0][d].drop) for d in range(ndim))
     coords = np.empty((rows.shape[0], ndim), dtype=np.int64)
     for d in range(ndim):

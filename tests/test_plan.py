@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -41,3 +42,45 @@ def test_huge_step_costs_what_its_elements_cost():
     chunks, local, counts, out = _dim_runs(sel, 1000)
     assert chunks.tolist() == [i * 2**38 // 1000 for i in range(4)]
     assert counts.tolist() == [1, 1, 1, 1] and out.tolist() == [0, 1, 2, 3]
+
+
+@settings(max_examples=150, deadline=None)
+@given(data=st.data())
+def test_batched_step1_tables_equal_the_per_window_ones(data):
+    """The whole-array planner for many step-1 windows builds exactly the per-window tables."""
+    from gpuzarr.plan import _tables_each, _tables_step1
+
+    ndim = data.draw(st.integers(0, 3))
+    shape = tuple(data.draw(st.integers(0, 40)) for _ in range(ndim))
+    chunks = tuple(data.draw(st.integers(1, 9)) for _ in range(ndim))
+    drops = [data.draw(st.booleans()) and n > 0 for n in shape]
+    windows = []
+    for _ in range(data.draw(st.integers(1, 12))):
+        sel = []
+        for n, drop in zip(shape, drops):
+            if drop:
+                sel.append(data.draw(st.integers(0, n - 1)))
+            else:
+                a = data.draw(st.integers(0, n))
+                sel.append(slice(a, data.draw(st.integers(a, n))))
+        windows.append(normalize(tuple(sel), shape))
+    each, step1 = _tables_each(windows, chunks), _tables_step1(windows, chunks)
+    for d in range(ndim):
+        for a, b in zip(each[0][d], step1[0][d]):
+            np.testing.assert_array_equal(a, b)
+    assert each[1].shape == step1[1].shape
+    np.testing.assert_array_equal(each[1], step1[1])
+    np.testing.assert_array_equal(each[2], step1[2])
+
+
+def test_read_batch_of_many_patches_matches_numpy(tmp_path):
+    import gpuzarr
+    from gpuzarr.sample import sample_data, write_sharded
+
+    data = sample_data((200, 300))
+    write_sharded(str(tmp_path / "a"), data, (64, 128), (16, 32))
+    arr = gpuzarr.open(str(tmp_path / "a"), device="cpu")
+    rng = np.random.default_rng(1)
+    windows = [(slice(y, y + 40), slice(x, x + 50)) for y, x in zip(rng.integers(0, 160, 64), rng.integers(0, 250, 64))]
+    windows.append((slice(160, 200), slice(250, 300)))  # the last edge chunks
+    np.testing.assert_array_equal(arr.read_batch(windows), np.stack([data[w] for w in windows]))
