@@ -244,7 +244,7 @@ def fetch(store: Store, loc: Locations, rows: np.ndarray) -> FetchedBatch:
     return FetchedBatch(staging, out_off, out_size, present, list(keys))
 
 
-def _fetch_bounded(store: Store, ranges: list, members: list, offsets: np.ndarray, sizes: np.ndarray,
+def _fetch_bounded(store: LocalStore, ranges: list, members: list, offsets: np.ndarray, sizes: np.ndarray,
                    present: np.ndarray, labels: list) -> FetchedBatch:
     """Byte ranges of known size (from shard indexes checked against the shard's size, or from
     the file's size): the staging buffer is allocated once and read into directly."""

@@ -62,29 +62,6 @@ class Store:
                 out.append(result)
         return out
 
-    def read_ranges_into(self, ranges: Sequence[tuple[str, int, int]], buffer: Any,
-                         positions: Sequence[int]) -> list[int | None]:
-        """Read bounded ranges into `buffer` at `positions`; returns bytes read per range (fewer
-        than asked at the end of the object), None for a missing key."""
-        view = memoryview(buffer).cast("B")
-        counts: list[int | None] = []
-        for (_, start, stop), pos, blob in zip(ranges, positions, self.read_ranges(ranges)):
-            if blob is None:
-                counts.append(None)
-                continue
-            n = min(len(blob), stop - start)
-            view[pos:pos + n] = memoryview(blob).cast("B")[:n]
-            counts.append(n)
-        return counts
-
-    def size(self, key: str) -> int | None:
-        try:
-            return int(self.fs.size(self.path(key)))
-        except _MISSING:
-            return None
-        except Exception as exc:
-            raise StoreError(f"{self.path(key)}: size lookup failed: {exc!r}", key, exc) from exc
-
     def list_dirs(self, key: str) -> list[str]:
         """Names of the sub-directories (prefixes) under `key`."""
         try:
@@ -95,7 +72,8 @@ class Store:
 
 
 class LocalStore(Store):
-    """Local files through plain os calls: page-cache reads cost a syscall, not an event loop."""
+    """Local files through plain os calls: page-cache reads cost a syscall, not an event loop.
+    Sizes are a stat away here, so ranges of known size are read straight into staging."""
 
     def read_ranges(self, ranges: Sequence[Range]) -> list[bytes | None]:
         return self._per_file(ranges, lambda fd, i, start, stop: _pread_range(fd, start, stop))
