@@ -44,6 +44,15 @@ class CodecChain:
         return ab.raw_nbytes(self.encoded_shape, self.encoded_dtype) if isinstance(ab, Bytes) else None
 
     @property
+    def trailing_crc32c(self) -> int:
+        """How many crc32c codecs end the chain: they are verified on the host, on the stored
+        bytes, before the rest of the chain decodes (in one batched call where possible)."""
+        codecs, n = self.bytes_to_bytes, 0
+        while n < len(codecs) and isinstance(codecs[len(codecs) - 1 - n], bytes_to_bytes.Crc32c):
+            n += 1
+        return n
+
+    @property
     def sharding(self) -> Sharding | None:
         """The sharding codec when it is the whole chain, so inner chunks can be read directly."""
         ab = self.array_to_bytes

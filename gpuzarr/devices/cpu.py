@@ -13,7 +13,7 @@ import numpy as np
 import zstandard
 
 from ..codecs.array_to_bytes import Bytes
-from ..codecs.bytes_to_bytes import Crc32c, Zstd, strip_crc32c
+from ..codecs.bytes_to_bytes import Zstd, strip_crc32c
 from ..codecs.chain import CodecChain, decode_chunk
 from ..errors import CorruptDataError
 from ..fetch import FetchedBatch
@@ -108,10 +108,7 @@ class CpuDevice:
 
 def _zstd_only(chain: CodecChain) -> int | None:
     """Number of crc32c codecs after a lone zstd codec (0 or more), or None for other chains."""
-    codecs = chain.bytes_to_bytes
-    checks = 0
-    while checks < len(codecs) and isinstance(codecs[len(codecs) - 1 - checks], Crc32c):
-        checks += 1
+    codecs, checks = chain.bytes_to_bytes, chain.trailing_crc32c
     if chain.raw_nbytes is None or len(codecs) - checks != 1 or not isinstance(codecs[0], Zstd):
         return None
     return checks

@@ -23,7 +23,7 @@ from typing import Any, Callable
 import numpy as np
 
 from ..blosc_frames import SHUFFLE_BIT, SHUFFLE_BYTE, SHUFFLE_NONE, parse_blosc_frame
-from ..codecs.bytes_to_bytes import Blosc, Crc32c, Gzip, Lz4, Zlib, Zstd, strip_crc32c
+from ..codecs.bytes_to_bytes import Blosc, Gzip, Lz4, Zlib, Zstd, strip_crc32c
 from ..codecs.chain import CodecChain
 from ..errors import CorruptDataError
 from ..fetch import FetchedBatch
@@ -147,9 +147,7 @@ def build_layout(batch: FetchedBatch, chain: CodecChain, cpu_decode: Callable[[i
     the engine wants back with it)."""
     raw_nbytes = chain.raw_nbytes
     codecs = chain.bytes_to_bytes
-    n_checks = 0
-    while n_checks < len(codecs) and isinstance(codecs[len(codecs) - 1 - n_checks], Crc32c):
-        n_checks += 1
+    n_checks = chain.trailing_crc32c
     inner = codecs[:len(codecs) - n_checks]  # decoded after the checksums are stripped
     b = _Builder(batch, raw_nbytes)
     fallback: list[int] = []
