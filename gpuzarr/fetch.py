@@ -8,6 +8,7 @@ import math
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -192,9 +193,10 @@ def _group(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return first, inverse.reshape(-1)
 
 
-def fetch(store: Store, loc: Locations, rows: np.ndarray) -> FetchedBatch:
+def fetch(store: Store, loc: Locations, rows: np.ndarray, alloc: Any = None) -> FetchedBatch:
     """Read the chunks `rows` (in storage order) into one staging buffer, coalescing neighbours.
-    The ranges are built with whole-array operations: the loops below run per range, not per chunk."""
+    The ranges are built with whole-array operations: the loops below run per range, not per chunk.
+    `alloc(nbytes)` gives the staging buffer of a local read (default: a new one)."""
     keys, offsets, sizes, present = loc.keys[rows], loc.offsets[rows], loc.sizes[rows], loc.present[rows].copy()
     live = np.flatnonzero(present)
     off, size, ids = offsets[live], sizes[live], loc.key_ids[rows][live]
@@ -216,7 +218,8 @@ def fetch(store: Store, loc: Locations, rows: np.ndarray) -> FetchedBatch:
             found = store.size(key)
             present[row], sizes[row] = found is not None, found or 0
             ranges[r] = (key, 0, found or 0)
-        return _fetch_bounded(store, ranges, live, first, range_of, offsets, sizes, present, labels)
+        return _fetch_bounded(store, ranges, live, first, range_of, offsets, sizes, present, labels,
+                              alloc or _new_staging)
     # other stores return what exists, so nothing is allocated from an unchecked index size
     blobs = store.read_ranges(ranges)
     lengths = np.array([0 if b is None else len(b) for b in blobs], dtype=np.int64)
@@ -241,13 +244,14 @@ def fetch(store: Store, loc: Locations, rows: np.ndarray) -> FetchedBatch:
 
 
 def _fetch_bounded(store: LocalStore, ranges: list, live: np.ndarray, first: np.ndarray, range_of: np.ndarray,
-                   offsets: np.ndarray, sizes: np.ndarray, present: np.ndarray, labels: list) -> FetchedBatch:
+                   offsets: np.ndarray, sizes: np.ndarray, present: np.ndarray, labels: list,
+                   alloc: Any) -> FetchedBatch:
     """Byte ranges of known size (from shard indexes checked against the shard's size, or from
     the file's size): the staging buffer is allocated once and read into directly."""
     starts = np.array([start for _, start, _ in ranges], dtype=np.int64)
     lengths = np.array([stop - start for _, start, stop in ranges], dtype=np.int64)
     positions = np.cumsum(lengths) - lengths
-    staging = np.empty(int(lengths.sum()), dtype=np.uint8)
+    staging = alloc(int(lengths.sum()))
     counts = store.read_ranges_into(ranges, staging, positions.tolist())
     for (key, start, stop), row, count in zip(ranges, live[first].tolist(), counts):
         if stop == 0 and not present[row]:
@@ -260,3 +264,7 @@ def _fetch_bounded(store: LocalStore, ranges: list, live: np.ndarray, first: np.
     out_off = np.zeros(present.size, np.int64)
     out_off[live] = positions[range_of] + offsets[live] - starts[range_of]
     return FetchedBatch(staging, out_off, np.where(present, sizes, 0), present, labels)
+
+
+def _new_staging(nbytes: int) -> np.ndarray:
+    return np.empty(nbytes, dtype=np.uint8)

@@ -3,13 +3,14 @@ The same code drives every device; only `decode_and_place` differs."""
 
 from __future__ import annotations
 
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from .devices.base import AutoDevice, Device
+from .devices.base import AutoDevice, Device, settle
 from .fetch import IndexCache, Locations, Locator, fetch
 from .metadata import ArrayMetadata
 from .plan import Plan, make_plan
@@ -72,39 +73,40 @@ class Reader:
         bounds = self._batches(loc, chain.raw_nbytes, self.settings.batch_bytes or device.batch_bytes)
         report.batches += len(bounds)
         fill = self.meta.fill_value
+        started: list = []  # every task queued: none may still write into `out` once the read ends
         try:
             if len(bounds) == 1:  # nothing to overlap with: no thread hand-off
                 with report.timed("fetch"):
-                    batch = fetch(self.store, loc, np.arange(*bounds[0]))
-                running = self._decode(device, batch, chain, out, plan, 0, fill, report)
+                    batch = fetch(self.store, loc, np.arange(*bounds[0]), _reused_staging)
+                started += self._decode(device, batch, chain, out, plan, 0, fill, report, sole=True)
             else:
                 # batch k+1 is fetched while batch k decodes, and batch k starts decoding before
                 # the last tasks of batch k-1 end, so no core idles at a batch boundary
                 pending = _IO.submit(fetch, self.store, loc, np.arange(*bounds[0]))
-                running = []
                 for k, (lo, _) in enumerate(bounds):
                     with report.timed("fetch"):
                         batch = pending.result()
                     if k + 1 < len(bounds):
                         pending = _IO.submit(fetch, self.store, loc, np.arange(*bounds[k + 1]))
-                    started = self._decode(device, batch, chain, out, plan, lo, fill, report)
-                    _wait(running, report)
-                    running = started
-            _wait(running, report)
+                    before = len(started)
+                    started += self._decode(device, batch, chain, out, plan, lo, fill, report)
+                    _wait(started[:before], report)
+            _wait(started, report)
             with report.timed("finish"):
                 device.finish()
         except BaseException:
+            settle(started)
             device.abort()
             raise
         return out
 
     @staticmethod
     def _decode(device: Device, batch: Any, chain: Any, out: Any, plan: Plan, first: int, fill: Any,
-                report: ReadReport) -> list:
+                report: ReadReport, sole: bool = False) -> list:
         report.bytes_compressed += batch.staging.nbytes
         report.bytes_decoded += int(batch.present.sum()) * (chain.raw_nbytes or 0)
         with report.timed("decode"):
-            return device.decode_and_place(batch, chain, out, plan, first, fill, report)
+            return device.decode_and_place(batch, chain, out, plan, first, fill, report, sole)
 
     def _batches(self, loc: Locations, raw_nbytes: int | None, batch_bytes: int) -> list[tuple[int, int]]:
         """Split chunks (in storage order) into batches of bounded compressed size."""
@@ -124,7 +126,22 @@ class Reader:
 def _wait(futures: list, report: ReadReport) -> None:
     with report.timed("decode"):
         for future in futures:
-            future.result()
+            future.result()  # instant for those already waited for
+
+
+_staging = threading.local()
+REUSED_STAGING = 1 << 20  # staging up to this size is this thread's reused buffer, not a new one
+
+
+def _reused_staging(nbytes: int) -> np.ndarray:
+    """Staging for a single-batch read on this thread: every use of it ends before the read
+    returns, so the next read on the thread may reuse it (sparing fresh, page-faulting memory)."""
+    if nbytes > REUSED_STAGING:
+        return np.empty(nbytes, dtype=np.uint8)
+    buf = getattr(_staging, "buffer", None)
+    if buf is None:
+        buf = _staging.buffer = np.empty(REUSED_STAGING, dtype=np.uint8)
+    return buf[:nbytes]
 
 
 def _output(device: Device, shape: tuple, dtype: Any, out: Any) -> Any:

@@ -22,16 +22,26 @@ class Device(Protocol):
         """Raise ValueError/TypeError unless `out` can receive a read of this shape and dtype."""
 
     def decode_and_place(self, batch: FetchedBatch, chain: CodecChain, out: Any, plan: Plan,
-                         first: int, fill: Any, report: Any) -> list:
+                         first: int, fill: Any, report: Any, sole: bool = False) -> list:
         """Decode every chunk of `batch` (plan chunks first..first+batch.n-1) and place it in `out`;
-        count codec calls and kernel launches in `report` (a ReadReport). Returns the futures of
-        work still running (empty if none): the caller waits on them before the read returns."""
+        count codec calls and kernel launches in `report` (a ReadReport). `sole`: the batch is the
+        whole read, so the calling thread has nothing else to do. Returns the futures of work still
+        running (empty if none): the caller waits on them, or settle()s them, before the read ends."""
 
     def finish(self) -> None:
         """Called once the last batch of a read is placed: raise deferred errors (GPU sizes)."""
 
     def abort(self) -> None:
         """Called when a read fails: drop what finish() would have checked."""
+
+
+def settle(futures: list) -> None:
+    """Cancel the tasks not started; wait for the others, ignoring their errors (one is raised)."""
+    for future in futures:
+        future.cancel()
+    for future in futures:
+        if not future.cancelled():
+            future.exception()
 
 
 _gpu_lock = threading.Lock()

@@ -18,11 +18,19 @@ from ..codecs.chain import CodecChain, decode_chunk
 from ..errors import CorruptDataError
 from ..fetch import FetchedBatch
 from ..placement import decode_raw, place
+from .base import settle
 from ..plan import Plan
 
 GROUP_BYTES = 2 << 20  # decoded bytes per task: enough to amortise a task, small enough for L2
 ZSTD_GROUP_MIN = 8  # from this many chunks one libzstd call per group beats a call per chunk
-INLINE_BYTES = 1 << 19  # smaller batches decode on the calling thread: a hand-off costs more (~150 us here)
+INLINE_SECONDS = 500e-6  # batches predicted to take less decode on the calling thread: a hand-off
+#                          to the pool costs ~100-150 us here, more than splitting such a batch saves
+# Rough single-core decode pace, ns per decoded byte, measured on the benchmark data (an unknown
+# codec counts as zstd); placement adds PLACE_NS. Only the inline-or-pool choice uses these.
+PACE_NS = {"zstd": 1.2, "gzip": 3.0, "zlib": 3.0, "lz4": 0.3, "crc32c": 0.1,
+           "blosc:lz4": 0.35, "blosc:lz4hc": 0.35, "blosc:blosclz": 0.4, "blosc:snappy": 0.4,
+           "blosc:zstd": 1.2, "blosc:zlib": 3.0}
+PLACE_NS = 0.2
 
 
 class CpuDevice:
@@ -67,43 +75,63 @@ class CpuDevice:
         return buf[:nbytes]
 
     def decode_and_place(self, batch: FetchedBatch, chain: CodecChain, out: Any, plan: Plan,
-                         first: int, fill: Any, report: Any = None) -> list:
+                         first: int, fill: Any, report: Any = None, sole: bool = False) -> list:
         raw_nbytes = chain.raw_nbytes
+        names = "cpu:" + ("+".join(c.name for c in reversed(chain.bytes_to_bytes)) or "none")
         if report is not None:
-            names = "+".join(c.name for c in reversed(chain.bytes_to_bytes)) or "none"
-            report.codec_calls[f"cpu:{names}"] += int(batch.present.sum())
+            report.codec_calls[names] += int(batch.present.sum())
 
         as_chunk = _chunk_view(chain)
         present = batch.present.tolist()
         zstd_checks = _zstd_only(chain)
 
-        def task(lo: int, hi: int) -> None:
-            if zstd_checks is not None and hi - lo >= ZSTD_GROUP_MIN:
+        def task(lo: int, hi: int, grouped: bool = True) -> None:
+            if grouped and zstd_checks is not None and hi - lo >= ZSTD_GROUP_MIN:
                 raws = _zstd_group(batch, lo, hi, chain, zstd_checks, self._local)
                 decoded = [as_chunk(raw) if raw is not None else None for raw in raws]
-                place(out, decoded, plan, first + lo, first + hi, present[lo:hi], fill)
-                return
-            decoded: list = [None] * (hi - lo)
-            scratch = self._scratch((hi - lo) * (raw_nbytes or 0))
-            for i in range(lo, hi):
-                if not present[i]:
-                    continue
-                if raw_nbytes is None:  # variable-length items, or sharding inside other codecs
-                    decoded[i - lo] = decode_chunk(chain, batch.chunk(i), fill, batch.labels[i])
-                else:
-                    row = scratch[(i - lo) * raw_nbytes:(i - lo + 1) * raw_nbytes]
-                    decode_bytes(chain, batch.chunk(i), row, batch.labels[i])
-                    decoded[i - lo] = as_chunk(row)
+            else:
+                decoded = [None] * (hi - lo)
+                scratch = self._scratch((hi - lo) * (raw_nbytes or 0))
+                for i in range(lo, hi):
+                    if not present[i]:
+                        continue
+                    if raw_nbytes is None:  # variable-length items, or sharding inside other codecs
+                        decoded[i - lo] = decode_chunk(chain, batch.chunk(i), fill, batch.labels[i])
+                    else:
+                        row = scratch[(i - lo) * raw_nbytes:(i - lo + 1) * raw_nbytes]
+                        decode_bytes(chain, batch.chunk(i), row, batch.labels[i])
+                        decoded[i - lo] = as_chunk(row)
             place(out, decoded, plan, first + lo, first + hi, present[lo:hi], fill)
 
+        if raw_nbytes is not None and batch.n * raw_nbytes * _pace(chain) < INLINE_SECONDS:
+            # frame by frame into this thread's reused buffer: as fast as one libzstd call here,
+            # and no fresh (page-faulting) result buffer per read
+            task(0, batch.n, grouped=False)
+            return []
         per_task = max(1, GROUP_BYTES // raw_nbytes) if raw_nbytes else 1
         per_task = min(per_task, max(1, -(-batch.n // self.threads)))
         bounds = [(lo, min(lo + per_task, batch.n)) for lo in range(0, batch.n, per_task)]
-        if len(bounds) == 1 or self.threads == 1 or batch.n * (raw_nbytes or 0) < INLINE_BYTES:
+        if len(bounds) == 1 or self.threads == 1:
             for lo, hi in bounds:
                 task(lo, hi)
             return []
-        return [self._pool.submit(task, lo, hi) for lo, hi in bounds]
+        if not sole:
+            return [self._pool.submit(task, lo, hi) for lo, hi in bounds]
+        # the whole read: this thread, idle otherwise, takes the first group itself and wakes
+        # one pool thread fewer
+        futures = [self._pool.submit(task, lo, hi) for lo, hi in bounds[1:]]
+        try:
+            task(*bounds[0])
+        except BaseException:
+            settle(futures)
+            raise
+        return futures
+
+
+def _pace(chain: CodecChain) -> float:
+    """Predicted seconds per decoded byte to decode and place a chunk of this chain on one core."""
+    names = (f"blosc:{c.config.get('cname')}" if c.name == "blosc" else c.name for c in chain.bytes_to_bytes)
+    return (sum(PACE_NS.get(name, PACE_NS["zstd"]) for name in names) + PLACE_NS) * 1e-9
 
 
 def _zstd_only(chain: CodecChain) -> int | None:

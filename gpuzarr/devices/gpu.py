@@ -60,7 +60,7 @@ class GpuDevice:
             raise ValueError("out must be C-contiguous")
 
     def decode_and_place(self, batch: FetchedBatch, chain: CodecChain, out: Any, plan: Plan,
-                         first: int, fill: Any, report: Any = None) -> list:
+                         first: int, fill: Any, report: Any = None, sole: bool = False) -> list:
         raw_nbytes = chain.raw_nbytes
         if raw_nbytes is None or any(isinstance(c, NumcodecsArray) for c in chain.array_to_array):
             raise UnsupportedFeatureError("variable-length data, sharding inside other codecs and numcodecs "
