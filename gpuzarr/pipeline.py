@@ -80,17 +80,20 @@ class Reader:
                     batch = fetch(self.store, loc, np.arange(*bounds[0]), _reused_staging)
                 started += self._decode(device, batch, chain, out, plan, 0, fill, report, sole=True)
             else:
-                # batch k+1 is fetched while batch k decodes, and batch k starts decoding before
-                # the last tasks of batch k-1 end, so no core idles at a batch boundary
+                # batch k starts decoding before the last tasks of batch k-1 end, so no core idles
+                # at a batch boundary; batch k+1 is fetched once batch k-1 is done, while batch k
+                # decodes, so two batches of staging are alive at most
                 pending = _IO.submit(fetch, self.store, loc, np.arange(*bounds[0]))
+                done = 0  # started[:done]: the tasks of batches before k-1
                 for k, (lo, _) in enumerate(bounds):
                     with report.timed("fetch"):
                         batch = pending.result()
-                    if k + 1 < len(bounds):
-                        pending = _IO.submit(fetch, self.store, loc, np.arange(*bounds[k + 1]))
                     before = len(started)
                     started += self._decode(device, batch, chain, out, plan, lo, fill, report)
-                    _wait(started[:before], report)
+                    _wait(started[done:before], report)
+                    done = before
+                    if k + 1 < len(bounds):
+                        pending = _IO.submit(fetch, self.store, loc, np.arange(*bounds[k + 1]))
             _wait(started, report)
             with report.timed("finish"):
                 device.finish()
