@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
+import pytest
 
 import gpuzarr
 from gpuzarr.sample import sample_data, write_sharded
@@ -30,3 +32,23 @@ def test_concurrent_reads_and_batches_from_many_threads(tmp_path):
     with ThreadPoolExecutor(8) as pool:
         for got, expected in pool.map(one, jobs):
             np.testing.assert_array_equal(got, expected)
+
+
+def test_a_failed_read_leaves_no_task_writing_into_out(tmp_path):
+    """The first chunk is corrupt: the calling thread's own group fails at once while pool
+    threads still decode the rest; the read must not raise before they are settled."""
+    data = sample_data((1024, 1024))
+    path = str(tmp_path / "a")
+    write_sharded(path, data, (1024, 1024), (32, 32))  # 1024 chunks in one shard, index at the end
+    shard = tmp_path / "a" / "c" / "0" / "0"
+    raw = bytearray(shard.read_bytes())
+    raw[0] ^= 0xFF  # the first chunk's zstd magic number
+    shard.write_bytes(bytes(raw))
+    arr = gpuzarr.open(path, device="cpu")
+    out = np.zeros((1024, 1024), np.uint16)
+    with pytest.raises(gpuzarr.CorruptDataError, match="zstd"):
+        arr.read(out=out)
+    snapshot = out.copy()
+    time.sleep(0.05)
+    np.testing.assert_array_equal(out, snapshot)
+    np.testing.assert_array_equal(arr[32:, :], data[32:, :])  # the pool still serves reads

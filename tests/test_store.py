@@ -6,10 +6,13 @@ import os
 
 import fsspec
 import numpy as np
+import pytest
 import zarr
 
 import gpuzarr
 from gpuzarr.store import Store, open_store
+
+from corrupt import expected, make_sharded, put_index, read_index
 
 
 def test_directory_where_a_chunk_file_would_be_reads_as_fill(tmp_path):
@@ -54,3 +57,32 @@ def test_open_store_accepts_every_form(tmp_path):
     for form in (str(tmp_path / "x"), f"file://{tmp_path}/x", fsspec.get_mapper(str(tmp_path / "x")), tmp_path / "x"):
         store = open_store(form)
         assert store.root.rstrip("/").endswith("x"), form
+
+
+def _to_memory(src, name: str) -> str:
+    fs = fsspec.filesystem("memory")
+    for root, _, files in os.walk(src):
+        for file in files:
+            rel = os.path.relpath(os.path.join(root, file), src)
+            fs.pipe(f"/{name}/{rel}", open(os.path.join(root, file), "rb").read())
+    return f"memory://{name}"
+
+
+@pytest.mark.parametrize("where", ["local", "fsspec"])
+def test_index_entries_are_read_where_they_point(tmp_path, where):
+    """Two entries pointing at the same bytes (a writer may deduplicate chunks) and entries out
+    of storage order: the coalesced ranges must still give every chunk its own bytes."""
+    path = make_sharded(tmp_path / "a", index_crc=True, inner="raw")
+    shard = path / "c" / "0" / "0"
+    buf = shard.read_bytes()
+    idx = read_index(buf)
+    idx[1] = idx[0]  # inner chunk 1 (rows 0-1, cols 2-3) now holds chunk 0's bytes
+    idx[[2, 3]] = idx[[3, 2]]  # chunks 2 and 3 swap places
+    shard.write_bytes(put_index(buf, idx))
+    want = expected()
+    want[0:2, 2:4] = want[0:2, 0:2]
+    want[2:4, 0:2], want[2:4, 2:4] = expected()[2:4, 2:4], expected()[2:4, 0:2]
+    url = str(path) if where == "local" else _to_memory(path, f"dedup-{tmp_path.name}")
+    arr = gpuzarr.open(url, device="cpu")
+    np.testing.assert_array_equal(arr[...], want)
+    np.testing.assert_array_equal(arr[1:3, 1:4], want[1:3, 1:4])
