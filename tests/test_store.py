@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import fsspec
 import numpy as np
 import pytest
 import zarr
+from corrupt import expected, make_sharded, put_index, read_index
 
 import gpuzarr
 from gpuzarr.store import Store, open_store
-
-from corrupt import expected, make_sharded, put_index, read_index
 
 
 def test_directory_where_a_chunk_file_would_be_reads_as_fill(tmp_path):
@@ -28,11 +28,7 @@ def test_a_read_goes_out_as_one_coalesced_request_per_shard(tmp_path, monkeypatc
     and neighbouring inner chunks of a shard merged into one range."""
     a = zarr.create_array(tmp_path / "a", shape=(64, 64), chunks=(8, 8), shards=(32, 64), dtype="u2")
     a[:] = np.arange(64 * 64, dtype="u2").reshape(64, 64)
-    fs = fsspec.filesystem("memory")
-    for root, _, files in os.walk(tmp_path / "a"):
-        for name in files:
-            rel = os.path.relpath(os.path.join(root, name), tmp_path / "a")
-            fs.pipe(f"/arr/{rel}", open(os.path.join(root, name), "rb").read())
+    url = _to_memory(tmp_path / "a", f"coalesce-{tmp_path.name}")
     calls = []
     real = Store.read_ranges
 
@@ -41,7 +37,7 @@ def test_a_read_goes_out_as_one_coalesced_request_per_shard(tmp_path, monkeypatc
         return real(self, ranges)
 
     monkeypatch.setattr(Store, "read_ranges", counting)
-    arr = gpuzarr.open("memory://arr", device="cpu")
+    arr = gpuzarr.open(url, device="cpu")
     calls.clear()
     np.testing.assert_array_equal(arr[...], a[...])
     index_reads, chunk_reads = calls
@@ -64,7 +60,7 @@ def _to_memory(src, name: str) -> str:
     for root, _, files in os.walk(src):
         for file in files:
             rel = os.path.relpath(os.path.join(root, file), src)
-            fs.pipe(f"/{name}/{rel}", open(os.path.join(root, file), "rb").read())
+            fs.pipe(f"/{name}/{rel}", Path(root, file).read_bytes())
     return f"memory://{name}"
 
 

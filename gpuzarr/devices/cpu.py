@@ -18,8 +18,8 @@ from ..codecs.chain import CodecChain, decode_chunk
 from ..errors import CorruptDataError
 from ..fetch import FetchedBatch
 from ..placement import decode_raw, place
-from .base import settle
 from ..plan import Plan
+from .base import settle
 
 GROUP_BYTES = 2 << 20  # decoded bytes per task: enough to amortise a task, small enough for L2
 ZSTD_GROUP_MIN = 8  # from this many chunks one libzstd call per group beats a call per chunk

@@ -193,8 +193,15 @@ class CupyEngine:
 
     def copy(self, src: Any, dst: Any, table: dict) -> None:
         """Byte copies as 1-d windows of the scatter kernel (itemsize 1): one launch per table."""
-        from .kernels import SCATTER_REC_COUNT, SCATTER_REC_DST, SCATTER_REC_DSTRIDE, SCATTER_REC_LEN, \
-            SCATTER_REC_SHAPE, SCATTER_REC_SRC, SCATTER_REC_STEP
+        from .kernels import (
+            SCATTER_REC_COUNT,
+            SCATTER_REC_DST,
+            SCATTER_REC_DSTRIDE,
+            SCATTER_REC_LEN,
+            SCATTER_REC_SHAPE,
+            SCATTER_REC_SRC,
+            SCATTER_REC_STEP,
+        )
 
         n = table["size"].size
         rec = np.zeros((n, SCATTER_REC_LEN), dtype=np.int64)

@@ -17,8 +17,9 @@ then the shared placement code views rows 0..n-1 of `work` (each `raw_nbytes`) a
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -262,8 +263,17 @@ def zlib_to_deflate(data: memoryview) -> memoryview:
 
 
 # Mirrors scatter_core.cuh's record layout (see gpuzarr.devices.kernels).
-from .kernels import (SCATTER_MAX_NDIM, SCATTER_REC_COUNT, SCATTER_REC_DST, SCATTER_REC_DSTRIDE,  # noqa: E402
-                      SCATTER_REC_LEN, SCATTER_REC_SHAPE, SCATTER_REC_SRC, SCATTER_REC_START, SCATTER_REC_STEP)
+from .kernels import (
+    SCATTER_MAX_NDIM,
+    SCATTER_REC_COUNT,
+    SCATTER_REC_DST,
+    SCATTER_REC_DSTRIDE,
+    SCATTER_REC_LEN,
+    SCATTER_REC_SHAPE,
+    SCATTER_REC_SRC,
+    SCATTER_REC_START,
+    SCATTER_REC_STEP,
+)
 
 
 def scatter_records(plan: Any, first: int, stop: int, present: np.ndarray, chunk_shape: tuple,
