@@ -17,7 +17,7 @@ import zstandard
 from numpy.lib.stride_tricks import as_strided
 
 from gpuzarr.blosc_frames import SHUFFLE_BIT, bit_unshuffle, byte_unshuffle
-from gpuzarr.devices.gpu_layout import ALIGN
+from gpuzarr.devices.gpu_layout import ALIGN, copy_records
 from gpuzarr.errors import CorruptDataError
 from gpuzarr.devices.kernels import (SCATTER_REC_COUNT, SCATTER_REC_DST, SCATTER_REC_DSTRIDE, SCATTER_REC_SHAPE,
                                      SCATTER_REC_SRC, SCATTER_REC_START, SCATTER_REC_STEP)
@@ -62,8 +62,7 @@ class StandinEngine:
 
     def copy(self, src, dst, table) -> None:
         self.calls["copy"] += 1
-        for s, d, n in zip(table["src"], table["dst"], table["size"]):
-            dst[d:d + n] = src[s:s + n].copy()
+        self._scatter(src, dst, copy_records(table), 1, 1)  # the records CupyEngine.copy launches
 
     def unshuffle(self, kind, work, table) -> None:
         self.calls[f"unshuffle:{kind}"] += 1
@@ -73,6 +72,9 @@ class StandinEngine:
 
     def scatter(self, decoded, out, records, itemsize, ndim) -> None:
         self.calls["scatter"] += 1
+        self._scatter(decoded, out, records, itemsize, ndim)
+
+    def _scatter(self, decoded, out, records, itemsize, ndim) -> None:
         src = decoded.reshape(-1).view(np.uint8)
         for rec in records:
             shape = rec[SCATTER_REC_SHAPE:SCATTER_REC_SHAPE + ndim]

@@ -21,7 +21,7 @@ from ..fetch import FetchedBatch
 from ..placement import decode_raw
 from ..plan import Plan
 from .cpu import decode_bytes
-from .gpu_layout import GpuBatchLayout, build_layout, scatter_records
+from .gpu_layout import GpuBatchLayout, build_layout, copy_records, scatter_records
 from .kernels import SCATTER_ITEMSIZES, get_function
 
 # nvCOMP algorithm names, by the name gpu_layout gives each raw stream kind
@@ -193,25 +193,7 @@ class CupyEngine:
 
     def copy(self, src: Any, dst: Any, table: dict) -> None:
         """Byte copies as 1-d windows of the scatter kernel (itemsize 1): one launch per table."""
-        from .kernels import (
-            SCATTER_REC_COUNT,
-            SCATTER_REC_DST,
-            SCATTER_REC_DSTRIDE,
-            SCATTER_REC_LEN,
-            SCATTER_REC_SHAPE,
-            SCATTER_REC_SRC,
-            SCATTER_REC_STEP,
-        )
-
-        n = table["size"].size
-        rec = np.zeros((n, SCATTER_REC_LEN), dtype=np.int64)
-        rec[:, SCATTER_REC_SRC] = table["src"]
-        rec[:, SCATTER_REC_DST] = table["dst"]
-        rec[:, SCATTER_REC_SHAPE] = table["size"]
-        rec[:, SCATTER_REC_STEP] = 1
-        rec[:, SCATTER_REC_COUNT] = table["size"]
-        rec[:, SCATTER_REC_DSTRIDE] = 1
-        self._launch_scatter(src, dst, rec, 1, 1, int(table["size"].max()))
+        self._launch_scatter(src, dst, copy_records(table), 1, 1, int(table["size"].max()))
 
     def unshuffle(self, kind: int, work: Any, table: dict) -> None:
         from ..blosc_frames import SHUFFLE_BIT

@@ -276,6 +276,18 @@ from .kernels import (
 )
 
 
+def copy_records(table: dict) -> np.ndarray:
+    """Byte copies (src, dst, size per row) as 1-d scatter records of itemsize 1."""
+    rec = np.zeros((table["size"].size, SCATTER_REC_LEN), dtype=np.int64)
+    rec[:, SCATTER_REC_SRC] = table["src"]
+    rec[:, SCATTER_REC_DST] = table["dst"]
+    rec[:, SCATTER_REC_SHAPE] = table["size"]
+    rec[:, SCATTER_REC_STEP] = 1
+    rec[:, SCATTER_REC_COUNT] = table["size"]
+    rec[:, SCATTER_REC_DSTRIDE] = 1
+    return rec
+
+
 def scatter_records(plan: Any, first: int, stop: int, present: np.ndarray, chunk_shape: tuple,
                     itemsize: int, out_strides: tuple) -> tuple[np.ndarray, np.ndarray]:
     """Records for the placement kernels: (scatter records of present chunks, fill records of
