@@ -280,9 +280,14 @@ def _grid(chunk_shape) -> dict:
     return {"name": "regular", "configuration": {"chunk_shape": list(chunk_shape)}}
 
 
-def _ts_write(spec: dict, shape, dtype, regions, src) -> None:
+def _ts_write(driver: str, path: Path, meta: dict, fill_value, shape, dtype, regions, src) -> None:
+    """Create the array with tensorstore's `driver` and write `src` (only `regions` if given)."""
     import tensorstore as ts
 
+    if fill_value is not None:
+        meta = {**meta, "fill_value": _json_fill(fill_value)}
+    spec = {"driver": driver, "kvstore": {"driver": "file", "path": str(path)},
+            "metadata": meta, "create": True, "delete_existing": True}
     t = ts.open(spec).result()
     for r in (regions if regions is not None else [...]):
         part = np.asarray(src[r])
@@ -316,11 +321,7 @@ def ts3(name: str, shape: tuple, dtype: str, chunk_shape: tuple, *, codecs=None,
         meta = {"shape": list(shape), "data_type": dtype, "chunk_grid": _grid(chunk_shape), **meta_extra}
         if codecs is not None:
             meta["codecs"] = codecs
-        if fill_value is not None:
-            meta["fill_value"] = _json_fill(fill_value)
-        spec = {"driver": "zarr3", "kvstore": {"driver": "file", "path": str(path)},
-                "metadata": meta, "create": True, "delete_existing": True}
-        _ts_write(spec, shape, dtype, regions, src())
+        _ts_write("zarr3", path, meta, fill_value, shape, dtype, regions, src())
 
     t = set(tags)
     if codecs and "sharding_indexed" in json.dumps(codecs):
@@ -341,11 +342,7 @@ def ts2(name: str, shape: tuple, dtype: str, chunks: tuple, *, compressor="defau
         meta = {"shape": list(shape), "chunks": list(chunks), "dtype": dtype, **meta_extra}
         if compressor != "default":
             meta["compressor"] = compressor
-        if fill_value is not None:
-            meta["fill_value"] = _json_fill(fill_value)
-        spec = {"driver": "zarr", "kvstore": {"driver": "file", "path": str(path)},
-                "metadata": meta, "create": True, "delete_existing": True}
-        _ts_write(spec, shape, dtype, regions, src())
+        _ts_write("zarr", path, meta, fill_value, shape, dtype, regions, src())
 
     t = set(tags)
     if regions is not None:

@@ -241,15 +241,6 @@ V3_META_CASES = [
 ]
 
 
-@pytest.mark.parametrize("mutate,exc", [c[1:] for c in V3_META_CASES], ids=[c[0] for c in V3_META_CASES])
-def test_v3_metadata(bases, tmp_path, mutate, exc):
-    arr = copy_base(bases, tmp_path, "v3:zstd")
-    C.edit_json(arr / "zarr.json", mutate)
-    with pytest.raises(exc) as ei:
-        gz_open(arr)
-    assert_names_metadata(ei.value, "zarr.json")
-
-
 def _shard_cfg(fn):
     def mutate(m):
         return fn(m["codecs"][0]["configuration"])
@@ -363,13 +354,18 @@ V2_META_CASES = [
 ]
 
 
-@pytest.mark.parametrize("mutate,exc", [c[1:] for c in V2_META_CASES], ids=[c[0] for c in V2_META_CASES])
-def test_v2_metadata(bases, tmp_path, mutate, exc):
-    arr = copy_base(bases, tmp_path, "v2:zlib,.")
-    C.edit_json(arr / ".zarray", mutate)
+META_CASES = ([("v3:zstd", "zarr.json", *c) for c in V3_META_CASES]
+              + [("v2:zlib,.", ".zarray", *c) for c in V2_META_CASES])
+
+
+@pytest.mark.parametrize("base,meta_file,mutate,exc", [(b, f, m, e) for b, f, _, m, e in META_CASES],
+                         ids=[f"{b[:2]}-{name}" for b, _, name, _, _ in META_CASES])
+def test_metadata(bases, tmp_path, base, meta_file, mutate, exc):
+    arr = copy_base(bases, tmp_path, base)
+    C.edit_json(arr / meta_file, mutate)
     with pytest.raises(exc) as ei:
         gz_open(arr)
-    assert_names_metadata(ei.value, ".zarray")
+    assert_names_metadata(ei.value, meta_file)
 
 
 # ---------------------------------------------------------------------------------------------
