@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib
 from pathlib import Path
 from typing import Any
 
@@ -57,12 +58,12 @@ class GpuzarrReader(BenchReader):
     name = "gpuzarr"
     batch_mode = "read_batch (one pipeline pass, stacked output)"
 
-    def __init__(self, device: str = "cpu"):
-        self.device = device
+    def __init__(self, device: str = "cpu", module: str = "gpuzarr", name: str = "gpuzarr"):
+        self.device, self.module, self.name = device, module, name  # module: another revision (bench.ab)
         self._xp = None
 
     def open(self, spec: DatasetSpec, path: Path) -> None:
-        import gpuzarr
+        gpuzarr = importlib.import_module(self.module)
 
         self.arr = gpuzarr.open(str(path), device=self.device)
         self._xp = self.arr._device.xp
@@ -83,7 +84,7 @@ class GpuzarrReader(BenchReader):
         return np.asarray(result)
 
     def info(self) -> dict:
-        import gpuzarr
+        gpuzarr = importlib.import_module(self.module)
 
         return {"batch_mode": self.batch_mode, "device": self.arr.device, "version": gpuzarr.__version__,
                 "settings": repr(self.arr._reader.settings)}

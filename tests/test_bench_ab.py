@@ -1,0 +1,51 @@
+"""bench.ab compares the working tree with a git revision in one process: the revision must be
+importable beside the working tree's package, and read the same data."""
+
+from __future__ import annotations
+
+import importlib
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import gpuzarr
+from gpuzarr.sample import sample_data, write_sharded
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _in_git_checkout() -> bool:
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], check=False, cwd=ROOT, capture_output=True).returncode == 0
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not _in_git_checkout(), reason="bench.ab snapshots a git revision: needs git and a checkout")
+def test_a_revision_imports_beside_the_working_tree(tmp_path):
+    sys.path.insert(0, str(ROOT))
+    try:
+        from bench.ab import BASE, snapshot
+    finally:
+        sys.path.remove(str(ROOT))
+    snap = tmp_path / "snap"
+    snap.mkdir()
+    commit = snapshot("HEAD", snap)
+    assert len(commit) == 40
+    sys.path.insert(0, str(snap))
+    try:
+        base = importlib.import_module(BASE)
+        assert Path(base.__file__).is_relative_to(snap)
+        blosc_frames = importlib.import_module(f"{BASE}.blosc_frames")  # imports gpuzarr.errors absolutely
+        assert blosc_frames.CorruptDataError is base.CorruptDataError is not gpuzarr.CorruptDataError
+        data = sample_data((64, 96))
+        write_sharded(str(tmp_path / "a"), data, (32, 32), (16, 16))
+        np.testing.assert_array_equal(base.open(str(tmp_path / "a"), device="cpu")[5:60, 7:90], data[5:60, 7:90])
+        assert base.open is not gpuzarr.open
+    finally:
+        sys.path.remove(str(snap))
+        for name in [n for n in sys.modules if n == BASE or n.startswith(BASE + ".")]:
+            del sys.modules[name]
