@@ -81,9 +81,10 @@ class Reader:
                 started += self._decode(device, batch, chain, out, plan, 0, fill, report, sole=True)
             else:
                 # batch k starts decoding before the last tasks of batch k-1 end, so no core idles
-                # at a batch boundary; batch k+1 is fetched once batch k-1 is done, while batch k
-                # decodes, so two batches of staging are alive at most
-                pending = _IO.submit(fetch, self.store, loc, np.arange(*bounds[0]))
+                # at a batch boundary; batch k+1 is fetched into batch k-1's slot once batch k-1 is
+                # done, while batch k decodes: two slots of staging per read
+                slots = (_Slot(), _Slot())
+                pending = _IO.submit(fetch, self.store, loc, np.arange(*bounds[0]), slots[0])
                 done = 0  # started[:done]: the tasks of batches before k-1
                 for k, (lo, _) in enumerate(bounds):
                     with report.timed("fetch"):
@@ -93,7 +94,7 @@ class Reader:
                     _wait(started[done:before], report)
                     done = before
                     if k + 1 < len(bounds):
-                        pending = _IO.submit(fetch, self.store, loc, np.arange(*bounds[k + 1]))
+                        pending = _IO.submit(fetch, self.store, loc, np.arange(*bounds[k + 1]), slots[(k + 1) % 2])
             _wait(started, report)
             with report.timed("finish"):
                 device.finish()
@@ -132,8 +133,21 @@ def _wait(futures: list, report: ReadReport) -> None:
             future.result()  # instant for those already waited for
 
 
-_staging = threading.local()
-REUSED_STAGING = 1 << 20  # staging up to this size is this thread's reused buffer, not a new one
+class _Slot:
+    """A staging buffer that batch after batch refills, grown when one needs more: the memory of
+    a read stays at its slots (fresh buffers per batch leave the allocator holding freed ones)."""
+
+    def __init__(self) -> None:
+        self.buffer: np.ndarray | None = None
+
+    def __call__(self, nbytes: int) -> np.ndarray:
+        if self.buffer is None or self.buffer.size < nbytes:
+            self.buffer = np.empty(nbytes, dtype=np.uint8)
+        return self.buffer[:nbytes]
+
+
+_thread = threading.local()
+REUSED_STAGING = 1 << 20  # staging up to this size is this thread's reused slot, not a new buffer
 
 
 def _reused_staging(nbytes: int) -> np.ndarray:
@@ -141,10 +155,9 @@ def _reused_staging(nbytes: int) -> np.ndarray:
     returns, so the next read on the thread may reuse it (sparing fresh, page-faulting memory)."""
     if nbytes > REUSED_STAGING:
         return np.empty(nbytes, dtype=np.uint8)
-    buf = getattr(_staging, "buffer", None)
-    if buf is None:
-        buf = _staging.buffer = np.empty(REUSED_STAGING, dtype=np.uint8)
-    return buf[:nbytes]
+    if not hasattr(_thread, "slot"):
+        _thread.slot = _Slot()
+    return _thread.slot(nbytes)
 
 
 def _output(device: Device, shape: tuple, dtype: Any, out: Any) -> Any:
