@@ -195,75 +195,78 @@ def _group(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def fetch(store: Store, loc: Locations, rows: np.ndarray, alloc: Any = None) -> FetchedBatch:
     """Read the chunks `rows` (in storage order) into one staging buffer, coalescing neighbours.
-    The ranges are built with whole-array operations: the loops below run per range, not per chunk.
     `alloc(nbytes)` gives the staging buffer of a local read (default: a new one)."""
     keys, offsets, sizes, present = loc.keys[rows], loc.offsets[rows], loc.sizes[rows], loc.present[rows].copy()
-    live = np.flatnonzero(present)
-    off, size, ids = offsets[live], sizes[live], loc.key_ids[rows][live]
-    end = off + size
-    whole = size < 0  # a whole object: its own range, size unknown until read
-    new = np.ones(live.size, bool)  # does chunk j start a new range?
-    new[1:] = (ids[1:] != ids[:-1]) | whole[1:] | whole[:-1] | (off[1:] - end[:-1] > COALESCE_GAP)
-    first = np.flatnonzero(new)
-    range_of = np.cumsum(new) - 1  # per live chunk
-    starts = np.where(whole[first], 0, off[first])
-    stops = np.maximum.reduceat(end, first) if first.size else end
-    ranges = [(key, start, None if is_whole else stop) for key, start, stop, is_whole
-              in zip(keys[live[first]].tolist(), starts.tolist(), stops.tolist(), whole[first].tolist())]
-    labels = list(keys)
-    if isinstance(store, LocalStore):
+    n = rows.size
+    ranges: list[tuple[str, int, int | None]] = []
+    members: list[list[int]] = []
+    for i in np.flatnonzero(present):
+        key, off, size = keys[i], int(offsets[i]), int(sizes[i])
+        if size < 0:
+            ranges.append((key, 0, None))
+            members.append([i])
+            continue
+        if ranges and ranges[-1][0] == key and ranges[-1][2] is not None and 0 <= off - ranges[-1][2] <= COALESCE_GAP:
+            k, start, stop = ranges[-1]
+            ranges[-1] = (k, start, max(stop, off + size))
+            members[-1].append(i)
+        else:
+            ranges.append((key, off, off + size))
+            members.append([i])
+    if ranges and isinstance(store, LocalStore):
+        # whole chunk files: their sizes cost a stat, then they are read straight into staging too
         sizes = sizes.copy()
-        for r in np.flatnonzero(whole[first]).tolist():  # whole chunk files: a stat gives their size
-            key, row = ranges[r][0], live[first[r]]
-            found = store.size(key)
-            present[row], sizes[row] = found is not None, found or 0
-            ranges[r] = (key, 0, found or 0)
-        return _fetch_bounded(store, ranges, live, first, range_of, offsets, sizes, present, labels,
-                              alloc or _new_staging)
+        for r, ((key, _, stop), idx) in enumerate(zip(ranges, members)):
+            if stop is None:
+                size = store.size(key)
+                present[idx[0]] = size is not None
+                sizes[idx[0]] = size or 0
+                ranges[r] = (key, 0, size or 0)
+        return _fetch_bounded(store, ranges, members, offsets, sizes, present, list(keys), alloc or _new_staging)
     # other stores return what exists, so nothing is allocated from an unchecked index size
     blobs = store.read_ranges(ranges)
-    lengths = np.array([0 if b is None else len(b) for b in blobs], dtype=np.int64)
-    staging = np.empty(int(lengths.sum()), dtype=np.uint8)
-    positions = np.cumsum(lengths) - lengths
-    for (key, start, stop), pos, blob in zip(ranges, positions.tolist(), blobs):
-        if blob is None and stop is not None:
-            raise CorruptDataError(f"{key}: shard disappeared between reading its index and its chunks")
-        if blob is not None and stop is not None and len(blob) != stop - start:
+    staging = np.empty(sum(len(b) for b in blobs if b is not None), dtype=np.uint8)
+    out_off = np.zeros(n, np.int64)
+    out_size = np.zeros(n, np.int64)
+    pos = 0
+    for (key, start, stop), idx, blob in zip(ranges, members, blobs):
+        if blob is None:
+            if stop is not None:
+                raise CorruptDataError(f"{key}: shard disappeared between reading its index and its chunks")
+            present[idx[0]] = False
+            continue
+        if stop is not None and len(blob) != stop - start:
             raise CorruptDataError(f"{key}: shard index points past the end of the shard (bytes {start}..{stop} "
                                    f"requested, {start + len(blob)} exist)")
-        if blob is not None:
-            staging[pos:pos + len(blob)] = np.frombuffer(blob, dtype=np.uint8)
-    missing = np.array([b is None for b in blobs], dtype=bool)
-    present[live[first[missing]]] = False  # whole objects that do not exist
-    out_off = np.zeros(rows.size, np.int64)
-    out_size = np.zeros(rows.size, np.int64)
-    out_off[live] = positions[range_of] + np.where(whole, 0, off - starts[range_of])
-    out_size[live] = np.where(whole, lengths[range_of], size)
-    out_off[~present], out_size[~present] = 0, 0
-    return FetchedBatch(staging, out_off, out_size, present, labels)
+        staging[pos:pos + len(blob)] = np.frombuffer(blob, dtype=np.uint8)
+        for i in idx:
+            out_off[i] = pos + (int(offsets[i]) - start if stop is not None else 0)
+            out_size[i] = len(blob) if stop is None else int(sizes[i])
+        pos += len(blob)
+    return FetchedBatch(staging, out_off, out_size, present, list(keys))
 
 
-def _fetch_bounded(store: LocalStore, ranges: list, live: np.ndarray, first: np.ndarray, range_of: np.ndarray,
-                   offsets: np.ndarray, sizes: np.ndarray, present: np.ndarray, labels: list,
-                   alloc: Any) -> FetchedBatch:
+def _fetch_bounded(store: LocalStore, ranges: list, members: list, offsets: np.ndarray, sizes: np.ndarray,
+                   present: np.ndarray, labels: list, alloc: Any) -> FetchedBatch:
     """Byte ranges of known size (from shard indexes checked against the shard's size, or from
     the file's size): the staging buffer is allocated once and read into directly."""
-    starts = np.array([start for _, start, _ in ranges], dtype=np.int64)
     lengths = np.array([stop - start for _, start, stop in ranges], dtype=np.int64)
-    positions = np.cumsum(lengths) - lengths
+    positions = np.concatenate(([0], np.cumsum(lengths)[:-1]))
     staging = alloc(int(lengths.sum()))
     counts = store.read_ranges_into(ranges, staging, positions.tolist())
-    for (key, start, stop), row, count in zip(ranges, live[first].tolist(), counts):
-        if stop == 0 and not present[row]:
+    out_off = np.zeros(present.size, np.int64)
+    out_size = np.where(present, sizes, 0)
+    for (key, start, stop), idx, pos, count in zip(ranges, members, positions, counts):
+        if stop == 0 and not present[idx[0]]:
             continue  # a missing chunk file
         if count is None:
             raise CorruptDataError(f"{key}: disappeared while being read")
         if count != stop - start:
             raise CorruptDataError(f"{key}: bytes {start}..{stop} were expected (from the shard index or the "
                                    f"file size), {start + count} exist")
-    out_off = np.zeros(present.size, np.int64)
-    out_off[live] = positions[range_of] + offsets[live] - starts[range_of]
-    return FetchedBatch(staging, out_off, np.where(present, sizes, 0), present, labels)
+        idx = np.asarray(idx)
+        out_off[idx] = pos + offsets[idx] - start
+    return FetchedBatch(staging, out_off, out_size, present, labels)
 
 
 def _new_staging(nbytes: int) -> np.ndarray:
