@@ -94,19 +94,26 @@ def parse_data_type_v3(spec: Any, where: str) -> DataType:
         return DataType(name, _string_dtype(), vlen="utf8")
     if name in ("bytes", "variable_length_bytes"):
         return DataType(name, np.dtype(object), vlen="bytes")
-    if name == "structured":
+    if name in ("structured", "struct"):
+        # zarr-python 3.1 writes "structured" with [name, type] pairs; later versions "struct"
+        # (zarr-extensions) with {"name", "data_type"} objects
         fields = config.get("fields")
         if not isinstance(fields, list) or not fields:
-            raise MetadataError(f"{where}: structured data type needs a non-empty 'fields' list")
+            raise MetadataError(f"{where}: {name} data type needs a non-empty 'fields' list")
         parts = []
         for field in fields:
+            if isinstance(field, dict) and set(field) == {"name", "data_type"}:
+                field = [field["name"], field["data_type"]]
             if not (isinstance(field, list) and len(field) == 2 and isinstance(field[0], str)):
-                raise MetadataError(f"{where}: bad structured field {field!r}")
+                raise MetadataError(f"{where}: bad {name} field {field!r}")
             sub = parse_data_type_v3(field[1], where)
             if not sub.fixed_size:
                 raise UnsupportedFeatureError(f"{where}: variable-length field {field[0]!r} in a struct")
             parts.append((field[0], sub.dtype))
-        return DataType(name, np.dtype(parts))
+        try:
+            return DataType(name, np.dtype(parts))
+        except (TypeError, ValueError) as exc:  # e.g. the same field name twice
+            raise MetadataError(f"{where}: bad {name} fields ({exc})") from None
     raise UnsupportedFeatureError(f"{where}: unknown data type {name!r}")
 
 
@@ -204,6 +211,14 @@ def parse_fill_value(value: Any, dt: DataType, where: str, zarr_format: int) -> 
             if not isinstance(value, str):
                 raise MetadataError(f"{where}: fill value {value!r} must be a string")
             return np.array(value, dtype=dtype)[()]
+        if dtype.fields is not None and isinstance(value, dict):  # "struct": a value per field
+            if set(value) != set(dtype.names):
+                raise MetadataError(f"{where}: fill value fields {sorted(value)} are not {list(dtype.names)}")
+            out = np.zeros((), dtype=dtype)
+            for field in dtype.names:
+                sub = dtype.fields[field][0]
+                out[field] = parse_fill_value(value[field], DataType(field, sub), where, zarr_format)
+            return out[()]
         if kind in "SV":
             raw = _bytes_from_json(value, where)
             if kind == "V" and dtype.fields is None and len(raw) != dtype.itemsize:

@@ -954,14 +954,17 @@ def _hand_cases() -> None:
                  fill_value=-1, regions=[np.s_[:20, :30]],
                  serializer=ShardingCodec(chunk_shape=(4, 5), codecs=[BytesCodec(), ZstdCodec(level=3, checksum=True)]))
     base_mu = zp("_base_hand_v3_must_understand", 3, (29, 31), "uint8", (8, 10))
-    for b in (base3, base2, base_sh, base_mu):
+    struct_dtype = np.dtype([("a", "<i4"), ("b", "<f8"), ("c", "u1"), ("d", "<u2")])
+    base_st = zp("_base_hand_v3_structured", 3, (37,), struct_dtype, (8,), regions=[np.s_[3:20]],
+                 fill_value=np.array((7, 1.5, 2, 9), dtype=struct_dtype)[()], compressors=None)
+    for b in (base3, base2, base_sh, base_mu, base_st):
         CASES.remove(b)  # only building blocks
 
-    def hand(name, base, post, tags=()):
+    def hand(name, base, post, tags=(), reference="zarr-python"):
         def make(path: Path) -> None:
             base.make(path)
             post(path)
-        return _add(CorpusCase(name, "hand", make, base.expected, "array", base.tags | frozenset(tags)))
+        return _add(CorpusCase(name, "hand", make, base.expected, "array", base.tags | frozenset(tags), reference))
 
     hand("hand_v3_zstd_no_content_size", base3,
          lambda p: _rewrite_files(p, zstd_drop_content_size), tags=("zstd-no-fcs",))
@@ -977,6 +980,32 @@ def _hand_cases() -> None:
         (path / "zarr.json").write_text(json.dumps(meta, indent=2))
     # JSON edit: an unknown top-level key marked must_understand=false, and empty storage_transformers
     hand("hand_v3_unknown_key_must_understand_false", base_mu, must_understand)
+
+    def as_struct(spec):
+        if isinstance(spec, dict) and spec.get("name") in ("structured", "struct"):
+            fields = [f if isinstance(f, dict) else {"name": f[0], "data_type": f[1]}
+                      for f in spec["configuration"]["fields"]]
+            return {"name": "struct", "configuration": {"fields": [
+                {"name": f["name"], "data_type": as_struct(f["data_type"])} for f in fields]}}
+        return spec
+
+    def struct_metadata(endian: str) -> Callable[[Path], None]:
+        def post(path: Path) -> None:
+            meta = json.loads((path / "zarr.json").read_text())
+            meta["data_type"] = as_struct(meta["data_type"])
+            meta["fill_value"] = {"a": 7, "b": 1.5, "c": 2, "d": 9}
+            meta["codecs"] = [{"name": "bytes", "configuration": {"endian": endian}}]
+            (path / "zarr.json").write_text(json.dumps(meta, indent=2))
+            if endian == "big":  # every field of every stored element in big-endian order
+                _rewrite_files(path, lambda b: np.frombuffer(b, struct_dtype).astype(
+                    struct_dtype.newbyteorder(">")).tobytes())
+        return post
+    # JSON edit: the "struct" data type (zarr-extensions) that zarr-python 3.2+ and tensorstore
+    # write, with a fill value per field, stored in either byte order; zarr-python 3.1 cannot
+    # read it, so the source is the reference (tensorstore reads it, and checks it)
+    for endian in ("little", "big"):
+        hand(f"hand_v3_struct_data_type_{endian}", base_st, struct_metadata(endian), tags=("structured",),
+             reference="source")
 
 
 # ----------------------------------------------------------------------------------------------

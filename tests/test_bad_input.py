@@ -893,3 +893,18 @@ def test_error_hierarchy():
     for cls in (MetadataError, UnsupportedFeatureError, CorruptDataError, StoreError):
         assert issubclass(cls, GpuzarrError)
         assert getattr(gpuzarr, cls.__name__) is cls
+
+
+@pytest.mark.parametrize("spec,fill", [
+    ({"name": "struct", "configuration": {"fields": []}}, {}),
+    ({"name": "struct", "configuration": {"fields": [{"name": "a"}]}}, {"a": 1}),
+    ({"name": "struct", "configuration": {"fields": [{"name": "a", "data_type": "int8"},
+                                                     {"name": "a", "data_type": "int8"}]}}, {"a": 1}),
+    ({"name": "struct", "configuration": {"fields": [{"name": "a", "data_type": "int8"}]}}, {"b": 1}),
+    ({"name": "struct", "configuration": {"fields": [{"name": "a", "data_type": "int8"}]}}, {"a": 300}),
+], ids=["no_fields", "field_without_type", "duplicate_field", "fill_wrong_field", "fill_out_of_range"])
+def test_bad_struct_data_type_or_fill(spec, fill):
+    from gpuzarr.dtypes import parse_data_type_v3, parse_fill_value
+
+    with pytest.raises(MetadataError, match="zarr.json"):
+        parse_fill_value(fill, parse_data_type_v3(spec, "a/zarr.json"), "a/zarr.json", 3)

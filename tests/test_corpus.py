@@ -29,8 +29,12 @@ def test_corpus_roundtrip_zarr_python(corpus, case):
     if case.reference == "source":
         import tensorstore as ts
 
-        t = ts.open({"driver": "zarr3", "kvstore": {"driver": "file", "path": str(path)}}).result()
-        assert_identical(t.read().result(), case.expected(), f"{case.name} (read by tensorstore)")
+        spec = {"driver": "zarr3", "kvstore": {"driver": "file", "path": str(path)}}
+        want = case.expected()
+        for field in want.dtype.names or [None]:  # tensorstore opens a struct one field at a time
+            t = ts.open({**spec, "field": field} if field else spec).result()
+            assert_identical(t.read().result(), want[field] if field else want,
+                             f"{case.name}{'.' + field if field else ''} (read by tensorstore)")
         try:
             z = open_zarr_array(path)
         except Exception:

@@ -24,6 +24,18 @@ def _scalar_unit(dtype: np.dtype) -> int:
     return 4 if dtype.kind == "U" else dtype.itemsize
 
 
+def held_order(dtype: np.dtype) -> str | None:
+    """The byte order `dtype` holds its multi-byte scalars in (None: nothing to swap). A struct
+    counts as its first multi-byte field: v3 struct fields are all native, and a v2 dtype's
+    stored order is the dtype's own: the v2 chain gives its `bytes` codec this same order."""
+    if dtype.fields is not None:
+        orders = (held_order(dtype.fields[name][0].base) for name in dtype.names)
+        return next((order for order in orders if order is not None), None)
+    if _scalar_unit(dtype) <= 1 or dtype.kind in "SV":
+        return None
+    return _NATIVE if dtype.byteorder in "=|" else ("little" if dtype.byteorder == "<" else "big")
+
+
 @dataclass(frozen=True)
 class Bytes:
     """Fixed-size items in C order; `endian` is the stored byte order (None: 1-byte types)."""
@@ -44,10 +56,8 @@ class Bytes:
         return math.prod(shape) * dtype.itemsize
 
     def needs_swap(self, dtype: np.dtype) -> bool:
-        if self.endian is None or _scalar_unit(dtype) <= 1 or dtype.kind in "SV":
-            return False
-        held = _NATIVE if dtype.byteorder in "=|" else ("little" if dtype.byteorder == "<" else "big")
-        return held != self.endian
+        held = held_order(dtype)
+        return self.endian is not None and held is not None and held != self.endian
 
     def decode_batch(self, xp: Any, raw: Any, shape: Shape, dtype: np.dtype, native: bool = False) -> Any:
         """`raw` is (N, raw_nbytes) uint8; returns (N, *shape) of `dtype` (of its native-order twin

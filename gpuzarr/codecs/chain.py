@@ -13,7 +13,7 @@ from ..dtypes import DataType, _name_and_config, parse_data_type_v3
 from ..errors import CorruptDataError, MetadataError, UnsupportedFeatureError
 from . import bytes_to_bytes
 from .array_to_array import NumcodecsArray, Transpose
-from .array_to_bytes import Bytes, Vlen
+from .array_to_bytes import Bytes, Vlen, held_order
 from .sharding import Sharding, check_index_codecs, check_shard_shape
 
 Shape = tuple[int, ...]
@@ -173,10 +173,7 @@ def build_chain_v2(compressor: Any, filters: Any, shape: Shape, dt: DataType, or
         ab: Any = Vlen("utf8" if filters[0]["id"] == "vlen-utf8" else "bytes")
         filters = filters[1:]
     else:
-        byteorder = dt.dtype.byteorder if dt.dtype.fields is None else "|"
-        if dt.dtype.fields is not None:
-            byteorder = next((f[0].byteorder for f in dt.dtype.fields.values() if f[0].byteorder in "<>"), "|")
-        ab = Bytes({"<": "little", ">": "big"}.get(byteorder, "little" if byteorder == "=" else None))
+        ab = Bytes(held_order(dt.dtype))  # v2 stores the dtype as declared
     bb = [bytes_to_bytes.build_numcodecs(f["id"], f, where) for f in filters]
     if compressor:
         bb.append(bytes_to_bytes.build_numcodecs(compressor["id"], compressor, where))
