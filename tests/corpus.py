@@ -20,7 +20,8 @@ Combinations the writers refuse (dropped, so nothing here is faked):
   (delta flattens the chunk: before transpose the write fails, after it zarr-python reads back
   different values).
 - tensorstore 0.1.86: zarr (v2) driver: "<U" and datetime dtypes (unsupported); structured dtypes
-  are written one "field" at a time (``ts2_fields``), subarray fields not at all. zarr3: "r<N>"
+  are written one "field" at a time (``ts_fields``), subarray fields not at all; so are zarr3
+  "struct" arrays, which zarr-python 3.1 cannot read (the source is their reference). zarr3: "r<N>"
   aborted the process on create in every spec tried; bfloat16 and int4 write fine but zarr-python cannot read them,
   so there would be no reference; dropped. tensorstore 0.1.86 writes zstd frames *with* the content
   size (checked for chunks of 40 B .. 400 KB, sharded or not); the frames without it come from the
@@ -350,11 +351,12 @@ def ts2(name: str, shape: tuple, dtype: str, chunks: tuple, *, compressor="defau
     return _add(CorpusCase(name, "tensorstore-zarr2", make, expected, "array", frozenset(t)))
 
 
-def ts2_fields(name: str, shape: tuple, fields: list, chunks: tuple, *, regions=None, tags=(),
-               **meta_extra) -> CorpusCase:
-    """A tensorstore ``zarr`` (v2) structured array (``dtype`` a list of [name, type]); tensorstore
-    opens a structured array one ``field`` at a time, so each field is written through its own handle.
-    ``fill_value`` is left null, as tensorstore writes it by default."""
+def ts_fields(name: str, fmt: int, shape: tuple, fields: list, chunks: tuple, *, regions=None, tags=(),
+              endian: str = "little", **meta_extra) -> CorpusCase:
+    """A tensorstore structured array (``fields`` a list of [name, numpy type]): ``zarr`` (v2) with
+    a structured dtype, or ``zarr3`` with the ``struct`` data type stored in ``endian`` order.
+    tensorstore opens a structured array one ``field`` at a time, so each field is written through
+    its own handle. The fill value is left to tensorstore: null in v2, zero per field in v3."""
     seed = seed_of(name)
     np_dtype = np.dtype([tuple(f) for f in fields])
 
@@ -364,13 +366,22 @@ def ts2_fields(name: str, shape: tuple, fields: list, chunks: tuple, *, regions=
     def expected():
         return filled(shape, np_dtype, default_fill(np_dtype), regions, src())
 
+    if fmt == 2:
+        driver, writer = "zarr", "tensorstore-zarr2"
+        meta = {"shape": list(shape), "chunks": list(chunks), "dtype": [list(f) for f in fields], **meta_extra}
+    else:
+        driver, writer = "zarr3", "tensorstore-zarr3"
+        struct = [{"name": f, "data_type": np.dtype(t).name} for f, t in fields]
+        meta = {"shape": list(shape), "chunk_grid": _grid(chunks), **meta_extra,
+                "data_type": {"name": "struct", "configuration": {"fields": struct}},
+                "codecs": [{"name": "bytes", "configuration": {"endian": endian}}]}
+
     def make(path: Path) -> None:
         import tensorstore as ts
 
-        meta = {"shape": list(shape), "chunks": list(chunks), "dtype": [list(f) for f in fields], **meta_extra}
         s = src()
         for k, fname in enumerate(np_dtype.names):
-            spec = {"driver": "zarr", "kvstore": {"driver": "file", "path": str(path)}, "field": fname}
+            spec = {"driver": driver, "kvstore": {"driver": "file", "path": str(path)}, "field": fname}
             spec.update({"metadata": meta, "create": True, "delete_existing": True} if k == 0 else {"open": True})
             t = ts.open(spec).result()
             for r in (regions if regions is not None else [...]):
@@ -379,7 +390,9 @@ def ts2_fields(name: str, shape: tuple, fields: list, chunks: tuple, *, regions=
     t = set(tags) | {"structured"}
     if regions is not None:
         t.add("partial")
-    return _add(CorpusCase(name, "tensorstore-zarr2", make, expected, "array", frozenset(t)))
+    # zarr-python 3.1 cannot read the v3 struct data type: the source is the reference there
+    return _add(CorpusCase(name, writer, make, expected, "array", frozenset(t),
+                           "zarr-python" if fmt == 2 else "source"))
 
 
 def _json_fill(v):
@@ -787,11 +800,15 @@ def _tensorstore_cases() -> None:
     ts2("ts2_fill_int_partial", S, "<i2", C, fill_value=-5, fill=np.int16(-5), regions=[np.s_[:, :12]])
     ts2("ts2_0d", (), "<i4", ())
     # structured dtypes: tensorstore writes them one named field at a time; fill_value stays null
-    ts2_fields("ts2_structured", (40,), [["a", "<i4"], ["b", "<f8"]], (16,))
-    ts2_fields("ts2_structured_big_first_order_F", (9, 7), [["a", ">i2"], ["b", "<f4"], ["c", "|u1"]], (4, 3),
-               order="F")
-    ts2_fields("ts2_structured_partial_fill_null", (40,), [["a", "<u2"], ["b", ">f4"]], (16,), regions=[np.s_[:10]],
-               compressor={"id": "blosc", "cname": "lz4", "clevel": 5, "shuffle": 1})
+    ts_fields("ts2_structured", 2, (40,), [["a", "<i4"], ["b", "<f8"]], (16,))
+    ts_fields("ts2_structured_big_first_order_F", 2, (9, 7), [["a", ">i2"], ["b", "<f4"], ["c", "|u1"]], (4, 3),
+              order="F")
+    ts_fields("ts2_structured_partial_fill_null", 2, (40,), [["a", "<u2"], ["b", ">f4"]], (16,),
+              regions=[np.s_[:10]], compressor={"id": "blosc", "cname": "lz4", "clevel": 5, "shuffle": 1})
+    # zarr3 "struct": fill value zero per field, multi-byte fields in the bytes codec's order
+    ts_fields("ts3_struct_little_partial", 3, (9, 7), [["a", "<i4"], ["b", "<f8"], ["c", "|u1"]], (4, 3),
+              regions=[np.s_[1:7, 2:]])
+    ts_fields("ts3_struct_big", 3, (40,), [["a", "<u2"], ["b", "<f4"], ["c", "<i8"]], (16,), endian="big")
 
 
 # ----------------------------------------------------------------------------------------------
