@@ -193,7 +193,11 @@ def _group(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return first, inverse.reshape(-1)
 
 
-def fetch(store: Store, loc: Locations, rows: np.ndarray, alloc: Any = None) -> FetchedBatch:
+def _new_staging(nbytes: int) -> np.ndarray:
+    return np.empty(nbytes, dtype=np.uint8)
+
+
+def fetch(store: Store, loc: Locations, rows: np.ndarray, alloc: Any = _new_staging) -> FetchedBatch:
     """Read the chunks `rows` (in storage order) into one staging buffer, coalescing neighbours.
     `alloc(nbytes)` gives the staging buffer of a local read (default: a new one)."""
     keys, offsets, sizes, present = loc.keys[rows], loc.offsets[rows], loc.sizes[rows], loc.present[rows].copy()
@@ -222,7 +226,7 @@ def fetch(store: Store, loc: Locations, rows: np.ndarray, alloc: Any = None) -> 
                 present[idx[0]] = size is not None
                 sizes[idx[0]] = size or 0
                 ranges[r] = (key, 0, size or 0)
-        return _fetch_bounded(store, ranges, members, offsets, sizes, present, list(keys), alloc or _new_staging)
+        return _fetch_bounded(store, ranges, members, offsets, sizes, present, list(keys), alloc)
     # other stores return what exists, so nothing is allocated from an unchecked index size
     blobs = store.read_ranges(ranges)
     staging = np.empty(sum(len(b) for b in blobs if b is not None), dtype=np.uint8)
@@ -267,7 +271,3 @@ def _fetch_bounded(store: LocalStore, ranges: list, members: list, offsets: np.n
         idx = np.asarray(idx)
         out_off[idx] = pos + offsets[idx] - start
     return FetchedBatch(staging, out_off, out_size, present, labels)
-
-
-def _new_staging(nbytes: int) -> np.ndarray:
-    return np.empty(nbytes, dtype=np.uint8)

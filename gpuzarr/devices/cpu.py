@@ -77,9 +77,9 @@ class CpuDevice:
     def decode_and_place(self, batch: FetchedBatch, chain: CodecChain, out: Any, plan: Plan,
                          first: int, fill: Any, report: Any = None, sole: bool = False) -> list:
         raw_nbytes = chain.raw_nbytes
-        names = "cpu:" + ("+".join(c.name for c in reversed(chain.bytes_to_bytes)) or "none")
         if report is not None:
-            report.codec_calls[names] += int(batch.present.sum())
+            names = "+".join(c.name for c in reversed(chain.bytes_to_bytes)) or "none"
+            report.codec_calls[f"cpu:{names}"] += int(batch.present.sum())
 
         as_chunk = _chunk_view(chain)
         present = batch.present.tolist()
