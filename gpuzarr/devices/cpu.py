@@ -89,18 +89,15 @@ class CpuDevice:
             if grouped and zstd_checks is not None and hi - lo >= ZSTD_GROUP_MIN:
                 raws = _zstd_group(batch, lo, hi, chain, zstd_checks, self._local)
                 decoded = [as_chunk(raw) if raw is not None else None for raw in raws]
+            elif raw_nbytes is not None:
+                _decode_each_and_place(batch, chain, as_chunk, out, plan, first, lo, hi, present, fill,
+                                       self._scratch(raw_nbytes))
+                return
             else:
                 decoded = [None] * (hi - lo)
-                scratch = self._scratch((hi - lo) * (raw_nbytes or 0))
                 for i in range(lo, hi):
-                    if not present[i]:
-                        continue
-                    if raw_nbytes is None:  # variable-length items, or sharding inside other codecs
+                    if present[i]:  # variable-length items, or sharding inside other codecs
                         decoded[i - lo] = decode_chunk(chain, batch.chunk(i), fill, batch.labels[i])
-                    else:
-                        row = scratch[(i - lo) * raw_nbytes:(i - lo + 1) * raw_nbytes]
-                        decode_bytes(chain, batch.chunk(i), row, batch.labels[i])
-                        decoded[i - lo] = as_chunk(row)
             place(out, decoded, plan, first + lo, first + hi, present[lo:hi], fill)
 
         if raw_nbytes is not None and batch.n * raw_nbytes * _pace(chain) < INLINE_SECONDS:
@@ -126,6 +123,21 @@ class CpuDevice:
             settle(futures)
             raise
         return futures
+
+
+def _decode_each_and_place(batch: FetchedBatch, chain: CodecChain, as_chunk: Any, out: Any, plan: Plan, first: int,
+                           lo: int, hi: int, present: list, fill: Any, scratch: np.ndarray) -> None:
+    """Chunk by chunk: decode into one reused chunk-sized buffer and place it at once, while its
+    bytes are still in L1/L2 (a group's worth of decoded chunks would not fit)."""
+    sels = plan.selections(first + lo, first + hi)
+    k, n = 0, len(sels)
+    for i in range(lo, hi):
+        if present[i]:
+            chunk = as_chunk(decode_bytes(chain, batch.chunk(i), scratch, batch.labels[i]))
+        while k < n and sels[k][0] == first + i:
+            _, chunk_sel, out_sel = sels[k]
+            out[out_sel] = chunk[chunk_sel] if present[i] else fill
+            k += 1
 
 
 def _pace(chain: CodecChain) -> float:
