@@ -83,7 +83,9 @@ class Reader:
                 # batch k starts decoding before the last tasks of batch k-1 end, so no core idles
                 # at a batch boundary; batch k+1 is fetched into batch k-1's slot once batch k-1 is
                 # done, while batch k decodes: two slots of staging per read
-                slots = (_Slot(), _Slot())
+                cost = np.where(loc.sizes >= 0, loc.sizes, 0)
+                reserve = max(int(cost[lo:hi].sum()) for lo, hi in bounds)
+                slots = (_Slot(reserve), _Slot(reserve))
                 pending = _IO.submit(fetch, self.store, loc, np.arange(*bounds[0]), slots[0])
                 done = 0  # started[:done]: the tasks of batches before k-1
                 for k, (lo, _) in enumerate(bounds):
@@ -137,12 +139,14 @@ class _Slot:
     """A staging buffer that batch after batch refills, grown when one needs more: the memory of
     a read stays at its slots (fresh buffers per batch leave the allocator holding freed ones)."""
 
-    def __init__(self) -> None:
+    def __init__(self, reserve: int = 0) -> None:
         self.buffer: np.ndarray | None = None
+        self.reserve = reserve  # the largest batch's known bytes: one allocation serves every batch
 
     def __call__(self, nbytes: int) -> np.ndarray:
         if self.buffer is None or self.buffer.size < nbytes:
-            self.buffer = np.empty(nbytes, dtype=np.uint8)
+            self.buffer = None  # freed before its successor is allocated: never two at once
+            self.buffer = np.empty(max(nbytes, self.reserve), dtype=np.uint8)
         return self.buffer[:nbytes]
 
 

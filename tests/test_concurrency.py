@@ -81,3 +81,50 @@ def test_many_batches_reuse_staging_without_overwriting(tmp_path, layout):
     np.testing.assert_array_equal(arr.read(report=report), data)
     assert report.batches >= 4
     np.testing.assert_array_equal(arr[7:1000, 3:2021], data[7:1000, 3:2021])
+
+
+def test_a_read_of_many_batches_holds_two_staging_buffers_at_most(tmp_path):
+    """The memory of a read is its output plus two staging slots (sized once, for the largest
+    batch), whatever the batches' sizes."""
+    import tracemalloc
+
+    import zarr
+    from zarr.codecs import GzipCodec
+
+    rng = np.random.default_rng(5)
+    data = (sample_data((2048, 2048)) + rng.integers(0, 64, (2048, 2048))).astype("<u2")
+    path = str(tmp_path / "a")
+    z = zarr.create_array(path, shape=data.shape, shards=(512, 512), chunks=(128, 128), dtype=data.dtype,
+                          compressors=GzipCodec(level=1), fill_value=0)
+    z[:] = data
+    batch = 1 << 20
+    arr = gpuzarr.open(path, device=CpuDevice(threads=2), settings=gpuzarr.Settings(batch_bytes=batch))
+    arr[:64, :64]  # index cache, thread scratch and pools exist before the measured read
+    report = gpuzarr.ReadReport()
+    tracemalloc.start()
+    try:
+        out = arr.read(report=report)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    np.testing.assert_array_equal(out, data)
+    assert report.batches >= 4
+    assert report.bytes_compressed > 3 * batch  # a third buffer would show
+    assert peak - out.nbytes <= 2 * batch + (512 << 10), f"{(peak - out.nbytes) / batch:.2f} batches of staging"
+
+
+def test_a_growing_staging_slot_never_holds_two_buffers():
+    import tracemalloc
+
+    from gpuzarr.pipeline import _Slot
+
+    slot = _Slot()
+    tracemalloc.start()
+    try:
+        slot(1 << 20)
+        grown = slot(2 << 20)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert grown.nbytes == 2 << 20
+    assert peak < (2 << 20) + (64 << 10), f"{peak} bytes traced at once: the old buffer outlived the new one's allocation"
