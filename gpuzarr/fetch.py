@@ -62,6 +62,35 @@ class FetchedBatch:
         start = int(self.offsets[i])
         return memoryview(self.staging)[start:start + int(self.sizes[i])]
 
+    def part(self, lo: int, hi: int, alloc: Any = None) -> FetchedBatch:
+        """Chunks lo..hi-1, their bytes where they are (`alloc` is PendingBatch's: nothing is read here)."""
+        if lo == 0 and hi == self.n:
+            return self
+        return FetchedBatch(self.staging, self.offsets[lo:hi], self.sizes[lo:hi], self.present[lo:hi],
+                            self.labels[lo:hi])
+
+
+@dataclass(frozen=True)
+class PendingBatch:
+    """A batch not read yet: whoever decodes a part of it reads that part first, just before,
+    so the compressed bytes are still in cache when decoded (local files on the CPU)."""
+
+    store: Store
+    loc: Locations
+    rows: np.ndarray
+
+    @property
+    def n(self) -> int:
+        return self.rows.size
+
+    @property
+    def present(self) -> np.ndarray:
+        return self.loc.present[self.rows]
+
+    def part(self, lo: int, hi: int, alloc: Any = None) -> FetchedBatch:
+        """Read chunks lo..hi-1 now, into `alloc(nbytes)` (default: a new buffer)."""
+        return fetch(self.store, self.loc, self.rows[lo:hi], alloc or _new_staging)
+
 
 class IndexCache:
     """Bounded LRU of decoded shard indexes, keyed by (key, byte offset of the index owner)."""

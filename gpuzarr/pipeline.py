@@ -1,5 +1,7 @@
 """One read, start to end: plan → locate → (fetch → decode → place) per batch.
-The same code drives every device; only `decode_and_place` differs."""
+The same code drives every device; only `decode_and_place` differs, and where the fetch runs:
+staged ahead of the device (the GPU, remote stores) or inside the CPU's decoding tasks (local
+files, whose reads are syscalls best run on the core that decodes the bytes next)."""
 
 from __future__ import annotations
 
@@ -11,12 +13,12 @@ from typing import Any
 import numpy as np
 
 from .devices.base import AutoDevice, Device, settle
-from .fetch import IndexCache, Locations, Locator, fetch
+from .fetch import FetchedBatch, IndexCache, Locations, Locator, PendingBatch, fetch
 from .metadata import ArrayMetadata
 from .plan import Plan, make_plan
 from .report import ReadReport
 from .selection import DimSelection, out_shape
-from .store import Store
+from .store import LocalStore, Store
 
 
 @dataclass(frozen=True)
@@ -79,6 +81,12 @@ class Reader:
                 with report.timed("fetch"):
                     batch = fetch(self.store, loc, np.arange(*bounds[0]), _reused_staging)
                 started += self._decode(device, batch, chain, out, plan, 0, fill, report, sole=True)
+            elif device.reads_in_tasks and isinstance(self.store, LocalStore):
+                # local files: each task reads its own chunks just before decoding them, on every
+                # core at once; no staging slots, no I/O thread
+                for lo, hi in bounds:
+                    started += self._decode(device, PendingBatch(self.store, loc, np.arange(lo, hi)), chain, out,
+                                            plan, lo, fill, report)
             else:
                 # batch k starts decoding before the last tasks of batch k-1 end, so no core idles
                 # at a batch boundary; batch k+1 is fetched into batch k-1's slot once batch k-1 is
@@ -109,8 +117,8 @@ class Reader:
     @staticmethod
     def _decode(device: Device, batch: Any, chain: Any, out: Any, plan: Plan, first: int, fill: Any,
                 report: ReadReport, sole: bool = False) -> list:
-        report.bytes_compressed += batch.staging.nbytes
-        report.bytes_decoded += int(batch.present.sum()) * (chain.raw_nbytes or 0)
+        if isinstance(batch, FetchedBatch):  # a PendingBatch is counted by the tasks that read it
+            report.add(compressed=batch.staging.nbytes, decoded=int(batch.present.sum()) * (chain.raw_nbytes or 0))
         with report.timed("decode"):
             return device.decode_and_place(batch, chain, out, plan, first, fill, report, sole)
 

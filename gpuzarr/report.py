@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from collections import Counter
 from contextlib import contextmanager
@@ -25,6 +26,15 @@ class ReadReport:
     cpu_fallback: list = field(default_factory=list)  # chunks the GPU device decoded on the host
     notes: list = field(default_factory=list)
     seconds: Counter = field(default_factory=Counter)  # plan, locate, fetch (waited for), decode, finish
+    _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+
+    def add(self, codec: str | None = None, calls: int = 0, compressed: int = 0, decoded: int = 0) -> None:
+        """Counts from a task on a pool thread: several may report at once."""
+        with self._lock:
+            if codec is not None:
+                self.codec_calls[codec] += calls
+            self.bytes_compressed += compressed
+            self.bytes_decoded += decoded
 
     @contextmanager
     def timed(self, stage: str) -> Iterator[None]:

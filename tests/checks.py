@@ -3,10 +3,12 @@ and the named selections every corpus array is read with."""
 
 from __future__ import annotations
 
+import os
 import warnings
 from pathlib import Path
 from typing import Any
 
+import fsspec
 import numpy as np
 
 # The selections every corpus array is read with (see `selections`).
@@ -158,3 +160,14 @@ def open_zarr_array(path: Path):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         return zarr.open_array(str(path), mode="r")
+
+
+def to_memory(src: str | Path, name: str) -> str:
+    """Copy a local array into fsspec's memory filesystem: reads of it go through the generic
+    (non-local) store path."""
+    fs = fsspec.filesystem("memory")
+    for root, _, files in os.walk(src):
+        for file in files:
+            rel = os.path.relpath(os.path.join(root, file), src)
+            fs.pipe(f"/{name}/{rel}", Path(root, file).read_bytes())
+    return f"memory://{name}"

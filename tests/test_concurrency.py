@@ -7,6 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
+from checks import to_memory
 
 import gpuzarr
 from gpuzarr.devices.cpu import CpuDevice
@@ -55,10 +56,12 @@ def test_a_failed_read_leaves_no_task_writing_into_out(tmp_path):
     np.testing.assert_array_equal(arr[32:, :], data[32:, :])  # the pool still serves reads
 
 
+@pytest.mark.parametrize("where", ["local", "memory"])
 @pytest.mark.parametrize("layout", ["sharded", "v2-files"])
-def test_many_batches_reuse_staging_without_overwriting(tmp_path, layout):
-    """A read of many batches refills two staging slots in turn while the previous batch still
-    decodes on the pool: every chunk must come out as written (missing chunks included)."""
+def test_many_batches_reuse_staging_without_overwriting(tmp_path, layout, where):
+    """Local files: each pool task reads its own chunks into its thread's buffer. Other stores:
+    two staging slots are refilled in turn while the previous batch still decodes on the pool.
+    Either way every chunk must come out as written (missing chunks included)."""
     data = sample_data((1024, 2048))
     path = str(tmp_path / "a")
     if layout == "sharded":
@@ -76,6 +79,8 @@ def test_many_batches_reuse_staging_without_overwriting(tmp_path, layout):
     device = CpuDevice(threads=2)
     submit = device._pool.submit
     device._pool.submit = lambda fn, *args: submit(lambda: (time.sleep(0.02), fn(*args))[1])
+    if where == "memory":
+        path = to_memory(path, f"{layout}-{tmp_path.name}")
     arr = gpuzarr.open(path, device=device, settings=gpuzarr.Settings(batch_bytes=512 << 10))
     report = gpuzarr.ReadReport()
     np.testing.assert_array_equal(arr.read(report=report), data)

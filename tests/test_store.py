@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import fsspec
 import numpy as np
 import pytest
 import zarr
+from checks import to_memory
 from corrupt import expected, make_sharded, put_index, read_index
 
 import gpuzarr
@@ -28,7 +28,7 @@ def test_a_read_goes_out_as_one_coalesced_request_per_shard(tmp_path, monkeypatc
     and neighbouring inner chunks of a shard merged into one range."""
     a = zarr.create_array(tmp_path / "a", shape=(64, 64), chunks=(8, 8), shards=(32, 64), dtype="u2")
     a[:] = np.arange(64 * 64, dtype="u2").reshape(64, 64)
-    url = _to_memory(tmp_path / "a", f"coalesce-{tmp_path.name}")
+    url = to_memory(tmp_path / "a", f"coalesce-{tmp_path.name}")
     calls = []
     real = Store.read_ranges
 
@@ -55,15 +55,6 @@ def test_open_store_accepts_every_form(tmp_path):
         assert store.root.rstrip("/").endswith("x"), form
 
 
-def _to_memory(src, name: str) -> str:
-    fs = fsspec.filesystem("memory")
-    for root, _, files in os.walk(src):
-        for file in files:
-            rel = os.path.relpath(os.path.join(root, file), src)
-            fs.pipe(f"/{name}/{rel}", Path(root, file).read_bytes())
-    return f"memory://{name}"
-
-
 @pytest.mark.parametrize("where", ["local", "fsspec"])
 def test_index_entries_are_read_where_they_point(tmp_path, where):
     """Two entries pointing at the same bytes (a writer may deduplicate chunks) and entries out
@@ -78,7 +69,7 @@ def test_index_entries_are_read_where_they_point(tmp_path, where):
     want = expected()
     want[0:2, 2:4] = want[0:2, 0:2]
     want[2:4, 0:2], want[2:4, 2:4] = expected()[2:4, 2:4], expected()[2:4, 0:2]
-    url = str(path) if where == "local" else _to_memory(path, f"dedup-{tmp_path.name}")
+    url = str(path) if where == "local" else to_memory(path, f"dedup-{tmp_path.name}")
     arr = gpuzarr.open(url, device="cpu")
     np.testing.assert_array_equal(arr[...], want)
     np.testing.assert_array_equal(arr[1:3, 1:4], want[1:3, 1:4])

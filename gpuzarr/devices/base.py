@@ -6,7 +6,7 @@ import threading
 from typing import Any, Protocol
 
 from ..codecs.chain import CodecChain
-from ..fetch import FetchedBatch
+from ..fetch import FetchedBatch, PendingBatch
 from ..plan import Plan
 
 
@@ -14,6 +14,7 @@ class Device(Protocol):
     name: str
     xp: Any  # the array namespace outputs live in
     batch_bytes: int  # preferred compressed bytes per batch
+    reads_in_tasks: bool  # local reads come as PendingBatch, read by the decoding tasks themselves
 
     def empty(self, shape: tuple[int, ...], dtype: Any) -> Any:
         """An uninitialised output array on this device."""
@@ -21,7 +22,7 @@ class Device(Protocol):
     def check_output(self, out: Any, shape: tuple[int, ...], dtype: Any) -> None:
         """Raise ValueError/TypeError unless `out` can receive a read of this shape and dtype."""
 
-    def decode_and_place(self, batch: FetchedBatch, chain: CodecChain, out: Any, plan: Plan,
+    def decode_and_place(self, batch: FetchedBatch | PendingBatch, chain: CodecChain, out: Any, plan: Plan,
                          first: int, fill: Any, report: Any, sole: bool = False) -> list:
         """Decode every chunk of `batch` (plan chunks first..first+batch.n-1) and place it in `out`;
         count codec calls and kernel launches in `report` (a ReadReport). `sole`: the batch is the
@@ -86,6 +87,7 @@ class AutoDevice:
     CPU and are copied up once (a GPU batch has a fixed cost that small reads do not repay)."""
 
     name = "gpu"
+    reads_in_tasks = False  # resolved to the GPU or the CPU device before any batch is read
 
     def __init__(self, gpu: Device, cpu: Device, cpu_below: int = 1 << 20):
         self.gpu, self.cpu, self.cpu_below = gpu, cpu, cpu_below

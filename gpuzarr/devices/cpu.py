@@ -16,7 +16,7 @@ from ..codecs.array_to_bytes import Bytes
 from ..codecs.bytes_to_bytes import Zstd, strip_crc32c
 from ..codecs.chain import CodecChain, decode_chunk
 from ..errors import CorruptDataError
-from ..fetch import FetchedBatch
+from ..fetch import FetchedBatch, PendingBatch
 from ..placement import decode_raw, place
 from ..plan import Plan
 from .base import settle
@@ -31,12 +31,14 @@ PACE_NS = {"zstd": 1.2, "gzip": 3.0, "zlib": 3.0, "lz4": 0.3, "crc32c": 0.1,
            "blosc:lz4": 0.35, "blosc:lz4hc": 0.35, "blosc:blosclz": 0.4, "blosc:snappy": 0.4,
            "blosc:zstd": 1.2, "blosc:zlib": 3.0}
 PLACE_NS = 0.2
+STAGING_KEPT = 4 << 20  # a thread keeps its staging buffer between reads up to this size
 
 
 class CpuDevice:
     name = "cpu"
     xp = np
     batch_bytes = 4 << 20  # small batches keep fetching and decoding overlapped, and memory low
+    reads_in_tasks = True  # local files: each task reads the chunks it decodes (see decode_and_place)
     _shared: CpuDevice | None = None
     _shared_lock = threading.Lock()
 
@@ -67,6 +69,16 @@ class CpuDevice:
     def abort(self) -> None:
         """Nothing to drop: see finish()."""
 
+    def _staging(self, nbytes: int) -> np.ndarray:
+        """This thread's buffer for the compressed bytes of the part it decodes next."""
+        if nbytes > STAGING_KEPT:
+            return np.empty(nbytes, dtype=np.uint8)
+        buf = getattr(self._local, "staging", None)
+        if buf is None or buf.size < nbytes:
+            self._local.staging = None
+            buf = self._local.staging = np.empty(nbytes, dtype=np.uint8)
+        return buf[:nbytes]
+
     def _scratch(self, nbytes: int) -> np.ndarray:
         """This thread's decode buffer, reused across tasks and reads (at most a task's bytes)."""
         buf = getattr(self._local, "scratch", None)
@@ -74,31 +86,35 @@ class CpuDevice:
             buf = self._local.scratch = np.empty(nbytes, dtype=np.uint8)
         return buf[:nbytes]
 
-    def decode_and_place(self, batch: FetchedBatch, chain: CodecChain, out: Any, plan: Plan,
+    def decode_and_place(self, batch: FetchedBatch | PendingBatch, chain: CodecChain, out: Any, plan: Plan,
                          first: int, fill: Any, report: Any = None, sole: bool = False) -> list:
+        """A PendingBatch is read part by part, each task reading its own chunks just before it
+        decodes them: the compressed bytes are still in cache, and the reads run on every core."""
         raw_nbytes = chain.raw_nbytes
+        label = None
         if report is not None:
-            names = "+".join(c.name for c in reversed(chain.bytes_to_bytes)) or "none"
-            report.codec_calls[f"cpu:{names}"] += int(batch.present.sum())
-
+            label = "cpu:" + ("+".join(c.name for c in reversed(chain.bytes_to_bytes)) or "none")
+        pending = isinstance(batch, PendingBatch)
         as_chunk = _chunk_view(chain)
-        present = batch.present.tolist()
         zstd_checks = _zstd_only(chain)
 
         def task(lo: int, hi: int, grouped: bool = True) -> None:
-            if grouped and zstd_checks is not None and hi - lo >= ZSTD_GROUP_MIN:
-                raws = _zstd_group(batch, lo, hi, chain, zstd_checks, self._local)
-                decoded = [as_chunk(raw) if raw is not None else None for raw in raws]
+            part = batch.part(lo, hi, self._staging)
+            if label is not None:
+                live = int(part.present.sum())
+                report.add(label, live, compressed=part.staging.nbytes if pending else 0,
+                           decoded=live * (raw_nbytes or 0) if pending else 0)
+            if grouped and zstd_checks is not None and part.n >= ZSTD_GROUP_MIN:
+                raws = _zstd_group(part, chain, zstd_checks, self._local)
+                place(out, [as_chunk(raw) if raw is not None else None for raw in raws], plan, first + lo,
+                      first + hi, part.present.tolist(), fill)
             elif raw_nbytes is not None:
-                _decode_each_and_place(batch, chain, as_chunk, out, plan, first, lo, hi, present, fill,
-                                       self._scratch(raw_nbytes))
-                return
-            else:
-                decoded = [None] * (hi - lo)
-                for i in range(lo, hi):
-                    if present[i]:  # variable-length items, or sharding inside other codecs
-                        decoded[i - lo] = decode_chunk(chain, batch.chunk(i), fill, batch.labels[i])
-            place(out, decoded, plan, first + lo, first + hi, present[lo:hi], fill)
+                _decode_each_and_place(part, chain, as_chunk, out, plan, first + lo, fill, self._scratch(raw_nbytes))
+            else:  # variable-length items, or sharding inside other codecs
+                present = part.present.tolist()
+                decoded = [decode_chunk(chain, part.chunk(i), fill, part.labels[i]) if present[i] else None
+                           for i in range(part.n)]
+                place(out, decoded, plan, first + lo, first + hi, present, fill)
 
         if raw_nbytes is not None and batch.n * raw_nbytes * _pace(chain) < INLINE_SECONDS:
             # frame by frame into this thread's reused buffer: as fast as one libzstd call here,
@@ -125,15 +141,17 @@ class CpuDevice:
         return futures
 
 
-def _decode_each_and_place(batch: FetchedBatch, chain: CodecChain, as_chunk: Any, out: Any, plan: Plan, first: int,
-                           lo: int, hi: int, present: list, fill: Any, scratch: np.ndarray) -> None:
+def _decode_each_and_place(part: FetchedBatch, chain: CodecChain, as_chunk: Any, out: Any, plan: Plan, first: int,
+                           fill: Any, scratch: np.ndarray) -> None:
     """Chunk by chunk: decode into one reused chunk-sized buffer and place it at once, while its
-    bytes are still in L1/L2 (a group's worth of decoded chunks would not fit)."""
-    sels = plan.selections(first + lo, first + hi)
+    bytes are still in L1/L2 (a group's worth of decoded chunks would not fit). The part's
+    chunk 0 is plan chunk `first`."""
+    sels = plan.selections(first, first + part.n)
+    present = part.present.tolist()
     k, n = 0, len(sels)
-    for i in range(lo, hi):
+    for i in range(part.n):
         if present[i]:
-            chunk = as_chunk(decode_bytes(chain, batch.chunk(i), scratch, batch.labels[i]))
+            chunk = as_chunk(decode_bytes(chain, part.chunk(i), scratch, part.labels[i]))
         while k < n and sels[k][0] == first + i:
             _, chunk_sel, out_sel = sels[k]
             out[out_sel] = chunk[chunk_sel] if present[i] else fill
@@ -154,13 +172,13 @@ def _zstd_only(chain: CodecChain) -> int | None:
     return checks
 
 
-def _zstd_group(batch: FetchedBatch, lo: int, hi: int, chain: CodecChain, checks: int, local: Any) -> list:
-    """Decode the zstd frames of chunks lo..hi-1 in ONE libzstd call (the GIL is released for
+def _zstd_group(batch: FetchedBatch, chain: CodecChain, checks: int, local: Any) -> list:
+    """Decode the zstd frames of the batch's chunks in ONE libzstd call (the GIL is released for
     the whole group); checksums are verified first. On a failure each frame is decoded alone,
     so the error names the chunk."""
     raw_nbytes = chain.raw_nbytes
-    live = [i for i in range(lo, hi) if batch.present[i]]
-    raws: list = [None] * (hi - lo)
+    live = np.flatnonzero(batch.present).tolist()
+    raws: list = [None] * batch.n
     if not live:
         return raws
     segments = np.empty((len(live), 2), dtype="<u8")
@@ -184,7 +202,7 @@ def _zstd_group(batch: FetchedBatch, lo: int, hi: int, chain: CodecChain, checks
         raw = np.frombuffer(result[k], dtype=np.uint8)
         if raw.size != raw_nbytes:
             raise CorruptDataError(f"{batch.labels[i]}: zstd frame decodes to {raw.size} bytes, expected {raw_nbytes}")
-        raws[i - lo] = raw
+        raws[i] = raw
     return raws
 
 

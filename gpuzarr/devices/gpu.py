@@ -42,6 +42,7 @@ class GpuDevice:
 
     name = "gpu"
     batch_bytes = 256 << 20  # big batches keep nvCOMP busy; bounded by this setting
+    reads_in_tasks = False  # every batch arrives staged: one copy to the device
 
     def __init__(self, engine: Any):
         self.engine = engine
