@@ -1,7 +1,9 @@
 """gpuzarr's host cost per chunk, measured by timing its pipeline's own pieces.
 
 `gpuzarr.pipeline.Reader.read` is plan -> locate -> (fetch -> decode_and_place) per batch, with
-the fetch of batch k+1 overlapping the decode of batch k. Here the same calls run one after the
+the fetch of batch k+1 overlapping the decode of batch k (the staged path that feeds a GPU; the
+CPU device reads the local files of a multi-batch read inside its decoding tasks instead, so
+`fetch` below is what staging costs, not a phase of that path). Here the same calls run one after the
 other, each under its own timer, so the host work that will feed a GPU (planning, shard-index
 lookup, staging the compressed bytes into one buffer) is separated from decoding:
 

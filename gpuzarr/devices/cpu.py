@@ -1,6 +1,7 @@
-"""The CPU device: a persistent thread pool. Each task takes a group of chunks of the batch,
-decodes them (libzstd, blosc, zlib… all release the GIL) and places them into disjoint output
-windows while the decoded bytes are still in cache: no locks, no whole-batch decoded copy."""
+"""The CPU device: a persistent thread pool. Each task takes a group of chunks of the batch
+(reading them first when handed a PendingBatch of local files), decodes them (libzstd, blosc,
+zlib… all release the GIL) and places them into disjoint output windows while the decoded bytes
+are still in cache: no locks, no whole-batch decoded copy."""
 
 from __future__ import annotations
 
