@@ -56,6 +56,29 @@ def test_a_failed_read_leaves_no_task_writing_into_out(tmp_path):
     np.testing.assert_array_equal(arr[32:, :], data[32:, :])  # the pool still serves reads
 
 
+def test_a_corrupt_chunk_read_by_a_pool_task_fails_the_read(tmp_path):
+    """A read of many batches of local files: pool tasks read their own chunks; one of them finds
+    a corrupt chunk in the middle. The read raises, naming it, after every task has settled."""
+    data = sample_data((1024, 1024))
+    path = str(tmp_path / "a")
+    write_sharded(path, data, (1024, 1024), (32, 32))
+    arr = gpuzarr.open(path, device=CpuDevice(threads=2), settings=gpuzarr.Settings(batch_bytes=64 << 10))
+    index = arr._reader.locator.locate(np.array([[16, 16]]))
+    shard = tmp_path / "a" / "c" / "0" / "0"
+    raw = bytearray(shard.read_bytes())
+    raw[int(index.offsets[0])] ^= 0xFF  # chunk (16, 16)'s zstd magic number
+    shard.write_bytes(bytes(raw))
+    report = gpuzarr.ReadReport()
+    out = np.zeros((1024, 1024), np.uint16)
+    with pytest.raises(gpuzarr.CorruptDataError, match="c/0/0.*zstd"):
+        arr.read(out=out, report=report)
+    assert report.batches > 4
+    snapshot = out.copy()
+    time.sleep(0.05)
+    np.testing.assert_array_equal(out, snapshot)
+    np.testing.assert_array_equal(arr[:512, :], data[:512, :])
+
+
 @pytest.mark.parametrize("where", ["local", "memory"])
 @pytest.mark.parametrize("layout", ["sharded", "v2-files"])
 def test_many_batches_reuse_staging_without_overwriting(tmp_path, layout, where):
