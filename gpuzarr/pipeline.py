@@ -56,7 +56,7 @@ class Reader:
                 plan, loc = plan.reorder(order), loc.take(order)
         chain = self.locator.leaf_chain
         if isinstance(device, AutoDevice):
-            estimate = int(np.where(loc.sizes >= 0, loc.sizes, chain.raw_nbytes or 0)[loc.present].sum())
+            estimate = _stored_bytes(loc, chain)
             chosen = device.choose(estimate)
             if chosen is not device.gpu:  # small: decode on the CPU, then one copy up
                 report.notes.append(f"auto: {estimate} compressed bytes is below {device.cpu_below}; "
@@ -77,16 +77,16 @@ class Reader:
         fill = self.meta.fill_value
         started: list = []  # every task queued: none may still write into `out` once the read ends
         try:
-            if len(bounds) == 1:  # nothing to overlap with: no thread hand-off
-                with report.timed("fetch"):
-                    batch = fetch(self.store, loc, np.arange(*bounds[0]), _reused_staging)
-                started += self._decode(device, batch, chain, out, plan, 0, fill, report, sole=True)
-            elif device.reads_in_tasks and isinstance(self.store, LocalStore):
+            if device.reads_in_tasks and isinstance(self.store, LocalStore) and (len(bounds) > 1 or _large(loc, chain)):
                 # local files: each task reads its own chunks just before decoding them, on every
                 # core at once; no staging slots, no I/O thread
                 for lo, hi in bounds:
                     started += self._decode(device, PendingBatch(self.store, loc, np.arange(lo, hi)), chain, out,
-                                            plan, lo, fill, report)
+                                            plan, lo, fill, report, sole=len(bounds) == 1)
+            elif len(bounds) == 1:  # nothing to overlap with: no thread hand-off; small: one read
+                with report.timed("fetch"):
+                    batch = fetch(self.store, loc, np.arange(*bounds[0]), _reused_staging)
+                started += self._decode(device, batch, chain, out, plan, 0, fill, report, sole=True)
             else:
                 # batch k starts decoding before the last tasks of batch k-1 end, so no core idles
                 # at a batch boundary; batch k+1 is fetched into batch k-1's slot once batch k-1 is
@@ -135,6 +135,16 @@ class Reader:
             bounds.append((lo, hi))
             lo = hi
         return bounds
+
+
+def _large(loc: Locations, chain: Any) -> bool:
+    """More compressed bytes than a reused staging slot holds (sizes summed only if they might)."""
+    return loc.present.size * (chain.raw_nbytes or 0) > REUSED_STAGING and _stored_bytes(loc, chain) > REUSED_STAGING
+
+
+def _stored_bytes(loc: Locations, chain: Any) -> int:
+    """Compressed bytes of the chunks present (a whole chunk file counts as its decoded size)."""
+    return int(np.where(loc.sizes >= 0, loc.sizes, chain.raw_nbytes or 0)[loc.present].sum())
 
 
 def _wait(futures: list, report: ReadReport) -> None:
