@@ -156,3 +156,34 @@ def test_a_growing_staging_slot_never_holds_two_buffers():
         tracemalloc.stop()
     assert grown.nbytes == 2 << 20
     assert peak < (2 << 20) + (64 << 10), f"{peak} bytes traced at once: the old buffer outlived the new one's allocation"
+
+
+@pytest.mark.parametrize("corrupt", [None, "first", "last"])
+def test_a_large_single_batch_is_read_by_its_tasks(tmp_path, monkeypatch, corrupt):
+    """One batch of over 1 MiB compressed: the calling thread and a pool thread each read and
+    decode their half. Data comes out whole; a corrupt chunk in either half fails the read."""
+    from gpuzarr.fetch import PendingBatch
+
+    data = np.random.default_rng(3).integers(0, 1 << 16, (1024, 1024), dtype=np.uint16)
+    path = str(tmp_path / "a")
+    write_sharded(path, data, (1024, 1024), (128, 128))
+    arr = gpuzarr.open(path, device=CpuDevice(threads=2))
+    if corrupt:
+        coords = np.array([[0, 0]] if corrupt == "first" else [[7, 7]])
+        offset = int(arr._reader.locator.locate(coords).offsets[0])
+        shard = tmp_path / "a" / "c" / "0" / "0"
+        raw = bytearray(shard.read_bytes())
+        raw[offset] ^= 0xFF  # that chunk's zstd magic number
+        shard.write_bytes(bytes(raw))
+    parts = []
+    real_part = PendingBatch.part
+    monkeypatch.setattr(PendingBatch, "part", lambda self, *a: parts.append(a[:2]) or real_part(self, *a))
+    report = gpuzarr.ReadReport()
+    if corrupt:
+        with pytest.raises(gpuzarr.CorruptDataError, match="zstd"):
+            arr.read(report=report)
+    else:
+        np.testing.assert_array_equal(arr.read(report=report), data)
+        assert report.bytes_compressed > 1 << 20
+    assert report.batches == 1
+    assert len(parts) >= (1 if corrupt else 2)  # a failed half may cancel the other before it starts
