@@ -4,6 +4,7 @@ coalesced, into ONE staging buffer with an offsets/sizes table."""
 
 from __future__ import annotations
 
+import itertools
 import math
 import threading
 from collections import OrderedDict
@@ -233,8 +234,9 @@ def fetch(store: Store, loc: Locations, rows: np.ndarray, alloc: Any = _new_stag
     n = rows.size
     ranges: list[tuple[str, int, int | None]] = []
     members: list[list[int]] = []
-    for i in np.flatnonzero(present):
-        key, off, size = keys[i], int(offsets[i]), int(sizes[i])
+    key_list, off_list, size_list = keys.tolist(), offsets.tolist(), sizes.tolist()
+    for i in np.flatnonzero(present).tolist():
+        key, off, size = key_list[i], off_list[i], size_list[i]
         if size < 0:
             ranges.append((key, 0, None))
             members.append([i])
@@ -255,7 +257,7 @@ def fetch(store: Store, loc: Locations, rows: np.ndarray, alloc: Any = _new_stag
                 present[idx[0]] = size is not None
                 sizes[idx[0]] = size or 0
                 ranges[r] = (key, 0, size or 0)
-        return _fetch_bounded(store, ranges, members, offsets, sizes, present, list(keys), alloc)
+        return _fetch_bounded(store, ranges, members, offsets, sizes, present, key_list, alloc)
     # other stores return what exists, so nothing is allocated from an unchecked index size
     blobs = store.read_ranges(ranges)
     staging = np.empty(sum(len(b) for b in blobs if b is not None), dtype=np.uint8)
@@ -283,12 +285,11 @@ def _fetch_bounded(store: LocalStore, ranges: list, members: list, offsets: np.n
                    present: np.ndarray, labels: list, alloc: Any) -> FetchedBatch:
     """Byte ranges of known size (from shard indexes checked against the shard's size, or from
     the file's size): the staging buffer is allocated once and read into directly."""
-    lengths = np.array([stop - start for _, start, stop in ranges], dtype=np.int64)
-    positions = np.concatenate(([0], np.cumsum(lengths)[:-1]))
-    staging = alloc(int(lengths.sum()))
-    counts = store.read_ranges_into(ranges, staging, positions.tolist())
-    out_off = np.zeros(present.size, np.int64)
-    out_size = np.where(present, sizes, 0)
+    positions = list(itertools.accumulate((stop - start for _, start, stop in ranges), initial=0))
+    staging = alloc(positions.pop())
+    counts = store.read_ranges_into(ranges, staging, positions)
+    out_off = [0] * present.size  # Python ints: a few per range cost less than array calls
+    offsets = offsets.tolist()
     for (key, start, stop), idx, pos, count in zip(ranges, members, positions, counts):
         if stop == 0 and not present[idx[0]]:
             continue  # a missing chunk file
@@ -297,6 +298,6 @@ def _fetch_bounded(store: LocalStore, ranges: list, members: list, offsets: np.n
         if count != stop - start:
             raise CorruptDataError(f"{key}: bytes {start}..{stop} were expected (from the shard index or the "
                                    f"file size), {start + count} exist")
-        idx = np.asarray(idx)
-        out_off[idx] = pos + offsets[idx] - start
-    return FetchedBatch(staging, out_off, out_size, present, labels)
+        for i in idx:
+            out_off[i] = pos + offsets[i] - start
+    return FetchedBatch(staging, np.array(out_off, np.int64), np.where(present, sizes, 0), present, labels)
