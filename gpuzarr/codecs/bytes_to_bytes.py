@@ -14,6 +14,7 @@ import crc32c as _crc32c
 import numcodecs
 import numpy as np
 import zstandard
+from numcodecs import blosc as _blosc
 
 from ..errors import CorruptDataError, MetadataError, UnsupportedFeatureError
 
@@ -152,9 +153,7 @@ class Blosc(BytesBytesCodec):
 
     @staticmethod
     def _decompress(view: memoryview, out: np.ndarray) -> None:
-        from numcodecs import blosc
-
-        _numcodecs_call(blosc.decompress, view, "blosc", dest=out)
+        _numcodecs_call(_blosc.decompress, view, "blosc", dest=out)
 
 
 class Crc32c(BytesBytesCodec):
