@@ -5,6 +5,7 @@ every stage so decoding never re-derives them per chunk."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -37,9 +38,10 @@ class CodecChain:
     def encoded_dtype(self) -> np.dtype:
         return self.stages[-1][1]
 
-    @property
+    @cached_property
     def raw_nbytes(self) -> int | None:
-        """Size the bytes→bytes stage must produce, when the array→bytes codec fixes it."""
+        """Size the bytes→bytes stage must produce, when the array→bytes codec fixes it (asked
+        several times per read)."""
         ab = self.array_to_bytes
         return ab.raw_nbytes(self.encoded_shape, self.encoded_dtype) if isinstance(ab, Bytes) else None
 
