@@ -84,10 +84,6 @@ class PendingBatch:
     def n(self) -> int:
         return self.rows.size
 
-    @property
-    def present(self) -> np.ndarray:
-        return self.loc.present[self.rows]
-
     def part(self, lo: int, hi: int, alloc: Any = None) -> FetchedBatch:
         """Read chunks lo..hi-1 now, into `alloc(nbytes)` (default: a new buffer)."""
         return fetch(self.store, self.loc, self.rows[lo:hi], alloc or _new_staging)

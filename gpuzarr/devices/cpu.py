@@ -72,19 +72,21 @@ class CpuDevice:
 
     def _staging(self, nbytes: int) -> np.ndarray:
         """This thread's buffer for the compressed bytes of the part it decodes next."""
-        if nbytes > STAGING_KEPT:
-            return np.empty(nbytes, dtype=np.uint8)
-        buf = getattr(self._local, "staging", None)
-        if buf is None or buf.size < nbytes:
-            self._local.staging = None
-            buf = self._local.staging = np.empty(nbytes, dtype=np.uint8)
-        return buf[:nbytes]
+        return np.empty(nbytes, dtype=np.uint8) if nbytes > STAGING_KEPT else self._reused("staging", nbytes)
 
     def _scratch(self, nbytes: int) -> np.ndarray:
-        """This thread's decode buffer, reused across tasks and reads (at most a task's bytes)."""
-        buf = getattr(self._local, "scratch", None)
+        """This thread's decode buffer (one chunk)."""
+        return self._reused("scratch", nbytes)
+
+    def _reused(self, name: str, nbytes: int) -> np.ndarray:
+        """This thread's buffer `name`, kept across tasks and reads; grown when too small, the
+        old one let go first."""
+        buf = getattr(self._local, name, None)
         if buf is None or buf.size < nbytes:
-            buf = self._local.scratch = np.empty(nbytes, dtype=np.uint8)
+            buf = None  # no reference left to the old buffer while the new one is allocated
+            setattr(self._local, name, None)
+            buf = np.empty(nbytes, dtype=np.uint8)
+            setattr(self._local, name, buf)
         return buf[:nbytes]
 
     def decode_and_place(self, batch: FetchedBatch | PendingBatch, chain: CodecChain, out: Any, plan: Plan,
