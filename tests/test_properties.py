@@ -4,25 +4,30 @@ Shapes 0-d to 4-d (size-0 dimensions included), chunks that do and do not divide
 exceed it), optional shards (index at start or end), every numeric dtype, codec none / zstd /
 gzip / blosc, special fill values, partial writes (never-written chunks read as fill), and random
 selections (ints, slices with any start/stop/step including negative ones, fewer indices than
-dimensions, Ellipsis). gpuzarr's answer must equal ``source[selection]`` bit for bit.
+dimensions, Ellipsis), each read down every fetch path (see `read_paths`). gpuzarr's answer must
+equal ``source[selection]`` bit for bit.
 """
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import math
 import os
 import shutil
 import warnings
 
+import fsspec
 import numpy as np
 import pytest
+from checks import as_0d, assert_identical, stack, to_memory
+from corpus import filled, make_data
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import gpuzarr
-from checks import as_0d, assert_identical, stack
-from corpus import filled, make_data
+from gpuzarr.devices import cpu
+from gpuzarr.devices.cpu import CpuDevice
 
 NUMERIC = ["bool", "int8", "uint8", "int16", "uint16", "int32", "uint32", "int64", "uint64",
            "float16", "float32", "float64", "complex64", "complex128"]
@@ -103,6 +108,32 @@ def selections_for(draw, shape):
 
 
 _counter = itertools.count()
+_INLINE_SECONDS = cpu.INLINE_SECONDS
+_DEVICE = CpuDevice(threads=2)
+
+
+@st.composite
+def read_paths(draw):
+    """How the read runs: one staged batch, or many batches that the CPU's tasks read themselves
+    (local files) or that are staged into two slots in turn (other stores); decoded on the
+    calling thread, or split over the pool."""
+    return {"store": draw(st.sampled_from(["local", "local", "memory"])),
+            "batch_bytes": draw(st.sampled_from([None, None, 1, 200, 4000])),
+            "pooled": draw(st.booleans())}
+
+
+@contextlib.contextmanager
+def _opened(where, how, monkeypatch):
+    monkeypatch.setattr(cpu, "INLINE_SECONDS", 0.0 if how["pooled"] else _INLINE_SECONDS)
+    settings_ = gpuzarr.Settings(batch_bytes=how["batch_bytes"])
+    if how["store"] == "local":
+        yield gpuzarr.open(str(where), device=_DEVICE, settings=settings_)
+        return
+    name = f"m{next(_counter)}"
+    try:
+        yield gpuzarr.open(to_memory(where, name), device=_DEVICE, settings=settings_)
+    finally:
+        fsspec.filesystem("memory").rm(f"/{name}", recursive=True)
 
 
 @pytest.fixture(scope="module")
@@ -155,17 +186,18 @@ def _check(got, want, dtype, what):
 
 @SETTINGS
 @given(data=st.data())
-def test_read_equals_source(scratch, data):
+def test_read_equals_source(scratch, data, monkeypatch):
     spec = data.draw(array_specs(), label="array")
+    how = data.draw(read_paths(), label="read path")
     where = scratch / f"a{next(_counter)}"
     try:
         expected = _write(spec, where)
-        arr = gpuzarr.open(str(where), device="cpu")
-        assert tuple(arr.shape) == spec["shape"]
-        assert np.dtype(arr.dtype) == (spec["dtype"] if spec["fmt"] == 2 else spec["dtype"].newbyteorder("="))
-        for _ in range(3):
-            sel = data.draw(selections_for(spec["shape"]), label="selection")
-            _check(arr[sel], expected[sel], expected.dtype, f"{spec} [{sel!r}]")
+        with _opened(where, how, monkeypatch) as arr:
+            assert tuple(arr.shape) == spec["shape"]
+            assert np.dtype(arr.dtype) == (spec["dtype"] if spec["fmt"] == 2 else spec["dtype"].newbyteorder("="))
+            for _ in range(3):
+                sel = data.draw(selections_for(spec["shape"]), label="selection")
+                _check(arr[sel], expected[sel], expected.dtype, f"{spec} {how} [{sel!r}]")
     finally:
         shutil.rmtree(where, ignore_errors=True)
 
@@ -194,14 +226,15 @@ def batch_windows(draw, shape):
 
 @SETTINGS
 @given(data=st.data())
-def test_read_batch_equals_stacked_source(scratch, data):
+def test_read_batch_equals_stacked_source(scratch, data, monkeypatch):
     spec = data.draw(array_specs().filter(lambda s: len(s["shape"]) > 0), label="array")
+    how = data.draw(read_paths(), label="read path")
     where = scratch / f"b{next(_counter)}"
     try:
         expected = _write(spec, where)
-        arr = gpuzarr.open(str(where), device="cpu")
         sels = data.draw(batch_windows(spec["shape"]), label="windows")
         want = stack([expected[s] for s in sels])
-        _check(arr.read_batch(sels), want, expected.dtype, f"{spec} read_batch({sels!r})")
+        with _opened(where, how, monkeypatch) as arr:
+            _check(arr.read_batch(sels), want, expected.dtype, f"{spec} {how} read_batch({sels!r})")
     finally:
         shutil.rmtree(where, ignore_errors=True)
