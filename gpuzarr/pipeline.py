@@ -88,23 +88,7 @@ class Reader:
                     batch = fetch(self.store, loc, np.arange(*bounds[0]), _reused_staging)
                 started += self._decode(device, batch, chain, out, plan, 0, fill, report, sole=True)
             else:
-                # batch k starts decoding before the last tasks of batch k-1 end, so no core idles
-                # at a batch boundary; batch k+1 is fetched into batch k-1's slot once batch k-1 is
-                # done, while batch k decodes: two slots of staging per read
-                cost = np.where(loc.sizes >= 0, loc.sizes, 0)
-                reserve = max(int(cost[lo:hi].sum()) for lo, hi in bounds)
-                slots = (_Slot(reserve), _Slot(reserve))
-                pending = _IO.submit(fetch, self.store, loc, np.arange(*bounds[0]), slots[0])
-                done = 0  # started[:done]: the tasks of batches before k-1
-                for k, (lo, _) in enumerate(bounds):
-                    with report.timed("fetch"):
-                        batch = pending.result()
-                    before = len(started)
-                    started += self._decode(device, batch, chain, out, plan, lo, fill, report)
-                    _wait(started[done:before], report)
-                    done = before
-                    if k + 1 < len(bounds):
-                        pending = _IO.submit(fetch, self.store, loc, np.arange(*bounds[k + 1]), slots[(k + 1) % 2])
+                self._staged(bounds, plan, loc, chain, device, out, fill, report, started)
             _wait(started, report)
             with report.timed("finish"):
                 device.finish()
@@ -113,6 +97,27 @@ class Reader:
             device.abort()
             raise
         return out
+
+    def _staged(self, bounds: list, plan: Plan, loc: Locations, chain: Any, device: Device, out: Any, fill: Any,
+                report: ReadReport, started: list) -> None:
+        """Batch k starts decoding before the last tasks of batch k-1 end, so no core idles at a
+        batch boundary; batch k+1 is fetched into batch k-1's slot once batch k-1 is done, while
+        batch k decodes: two slots of staging per read. Tasks are appended to `started` as they
+        are queued, so a failure settles every one of them."""
+        cost = np.where(loc.sizes >= 0, loc.sizes, 0)
+        reserve = max(int(cost[lo:hi].sum()) for lo, hi in bounds)
+        slots = (_Slot(reserve), _Slot(reserve))
+        pending = _IO.submit(fetch, self.store, loc, np.arange(*bounds[0]), slots[0])
+        done = len(started)  # started[:done]: the tasks of batches before k-1
+        for k, (lo, _) in enumerate(bounds):
+            with report.timed("fetch"):
+                batch = pending.result()
+            before = len(started)
+            started += self._decode(device, batch, chain, out, plan, lo, fill, report)
+            _wait(started[done:before], report)
+            done = before
+            if k + 1 < len(bounds):
+                pending = _IO.submit(fetch, self.store, loc, np.arange(*bounds[k + 1]), slots[(k + 1) % 2])
 
     @staticmethod
     def _decode(device: Device, batch: Any, chain: Any, out: Any, plan: Plan, first: int, fill: Any,
