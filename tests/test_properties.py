@@ -167,8 +167,11 @@ def _write(spec, where) -> np.ndarray:
     source = make_data(shape, dtype, spec["seed"])
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
+        # every written chunk is stored: zarr-python otherwise leaves out a chunk it finds equal to
+        # the fill value, NaN-equal included (a complex nan+1j "equals" a nan+infj fill), and
+        # reads that chunk back as the fill; gpuzarr does the same, but the source would disagree
         arr = zarr.create_array(str(where), shape=shape, dtype=dtype, zarr_format=fmt,
-                                fill_value=spec["fill"], **kw)
+                                fill_value=spec["fill"], config={"write_empty_chunks": True}, **kw)
         for r in (spec["regions"] if spec["regions"] is not None else [...]):
             arr[r] = source[r]
     return filled(shape, dtype, spec["fill"], spec["regions"], source)
