@@ -223,6 +223,33 @@ def _new_staging(nbytes: int) -> np.ndarray:
     return np.empty(nbytes, dtype=np.uint8)
 
 
+class Slot:
+    """A buffer that use after use refills, grown when one needs more: memory stays at the slot
+    (fresh buffers per use leave the allocator holding freed ones, and fault in new pages)."""
+
+    def __init__(self, reserve: int = 0) -> None:
+        self.buffer: np.ndarray | None = None
+        self.reserve = reserve  # the largest known need: one allocation serves every use
+
+    def __call__(self, nbytes: int) -> np.ndarray:
+        if self.buffer is None or self.buffer.size < nbytes:
+            self.buffer = None  # freed before its successor is allocated: never two at once
+            self.buffer = np.empty(max(nbytes, self.reserve), dtype=np.uint8)
+        return self.buffer[:nbytes]
+
+
+def thread_slot(local: threading.local, name: str, nbytes: int, kept: int | None = None) -> np.ndarray:
+    """`nbytes` of this thread's slot `name`, kept across reads; a fresh buffer when more than
+    `kept` bytes are asked for (a thread does not hold on to a huge one)."""
+    if kept is not None and nbytes > kept:
+        return _new_staging(nbytes)
+    slot = getattr(local, name, None)
+    if slot is None:
+        slot = Slot()
+        setattr(local, name, slot)
+    return slot(nbytes)
+
+
 def fetch(store: Store, loc: Locations, rows: np.ndarray, alloc: Any = _new_staging) -> FetchedBatch:
     """Read the chunks `rows` (in storage order) into one staging buffer, coalescing neighbours.
     `alloc(nbytes)` gives the staging buffer of a local read (default: a new one)."""

@@ -13,7 +13,16 @@ from typing import Any
 import numpy as np
 
 from .devices.base import AutoDevice, Device, settle
-from .fetch import FetchedBatch, IndexCache, Locations, Locator, PendingBatch, fetch
+from .fetch import (
+    FetchedBatch,
+    IndexCache,
+    Locations,
+    Locator,
+    PendingBatch,
+    Slot,
+    fetch,
+    thread_slot,
+)
 from .metadata import ArrayMetadata
 from .plan import Plan, make_plan
 from .report import ReadReport
@@ -106,7 +115,7 @@ class Reader:
         are queued, so a failure settles every one of them."""
         cost = np.where(loc.sizes >= 0, loc.sizes, 0)
         reserve = max(int(cost[lo:hi].sum()) for lo, hi in bounds)
-        slots = (_Slot(reserve), _Slot(reserve))
+        slots = (Slot(reserve), Slot(reserve))
         pending = _IO.submit(fetch, self.store, loc, np.arange(*bounds[0]), slots[0])
         done = len(started)  # started[:done]: the tasks of batches before k-1
         for k, (lo, _) in enumerate(bounds):
@@ -158,21 +167,6 @@ def _wait(futures: list, report: ReadReport) -> None:
             future.result()  # instant for those already waited for
 
 
-class _Slot:
-    """A staging buffer that batch after batch refills, grown when one needs more: the memory of
-    a read stays at its slots (fresh buffers per batch leave the allocator holding freed ones)."""
-
-    def __init__(self, reserve: int = 0) -> None:
-        self.buffer: np.ndarray | None = None
-        self.reserve = reserve  # the largest batch's known bytes: one allocation serves every batch
-
-    def __call__(self, nbytes: int) -> np.ndarray:
-        if self.buffer is None or self.buffer.size < nbytes:
-            self.buffer = None  # freed before its successor is allocated: never two at once
-            self.buffer = np.empty(max(nbytes, self.reserve), dtype=np.uint8)
-        return self.buffer[:nbytes]
-
-
 _thread = threading.local()
 REUSED_STAGING = 1 << 20  # staging up to this size is this thread's reused slot, not a new buffer
 
@@ -180,11 +174,7 @@ REUSED_STAGING = 1 << 20  # staging up to this size is this thread's reused slot
 def _reused_staging(nbytes: int) -> np.ndarray:
     """Staging for a single-batch read on this thread: every use of it ends before the read
     returns, so the next read on the thread may reuse it (sparing fresh, page-faulting memory)."""
-    if nbytes > REUSED_STAGING:
-        return np.empty(nbytes, dtype=np.uint8)
-    if not hasattr(_thread, "slot"):
-        _thread.slot = _Slot()
-    return _thread.slot(nbytes)
+    return thread_slot(_thread, "staging", nbytes, REUSED_STAGING)
 
 
 def _output(device: Device, shape: tuple, dtype: Any, out: Any) -> Any:

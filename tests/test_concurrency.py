@@ -144,9 +144,9 @@ def test_a_read_of_many_batches_holds_two_staging_buffers_at_most(tmp_path):
 def test_a_growing_staging_slot_never_holds_two_buffers():
     import tracemalloc
 
-    from gpuzarr.pipeline import _Slot
+    from gpuzarr.fetch import Slot
 
-    slot = _Slot()
+    slot = Slot()
     tracemalloc.start()
     try:
         slot(1 << 20)

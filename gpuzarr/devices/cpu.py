@@ -17,7 +17,7 @@ from ..codecs.array_to_bytes import Bytes
 from ..codecs.bytes_to_bytes import Zstd, strip_crc32c
 from ..codecs.chain import CodecChain, decode_chunk
 from ..errors import CorruptDataError
-from ..fetch import FetchedBatch, PendingBatch
+from ..fetch import FetchedBatch, PendingBatch, thread_slot
 from ..placement import decode_raw, place
 from ..plan import Plan
 from .base import settle
@@ -72,22 +72,11 @@ class CpuDevice:
 
     def _staging(self, nbytes: int) -> np.ndarray:
         """This thread's buffer for the compressed bytes of the part it decodes next."""
-        return np.empty(nbytes, dtype=np.uint8) if nbytes > STAGING_KEPT else self._reused("staging", nbytes)
+        return thread_slot(self._local, "staging", nbytes, STAGING_KEPT)
 
     def _scratch(self, nbytes: int) -> np.ndarray:
         """This thread's decode buffer (one chunk)."""
-        return self._reused("scratch", nbytes)
-
-    def _reused(self, name: str, nbytes: int) -> np.ndarray:
-        """This thread's buffer `name`, kept across tasks and reads; grown when too small, the
-        old one let go first."""
-        buf = getattr(self._local, name, None)
-        if buf is None or buf.size < nbytes:
-            buf = None  # no reference left to the old buffer while the new one is allocated
-            setattr(self._local, name, None)
-            buf = np.empty(nbytes, dtype=np.uint8)
-            setattr(self._local, name, buf)
-        return buf[:nbytes]
+        return thread_slot(self._local, "scratch", nbytes)
 
     def decode_and_place(self, batch: FetchedBatch | PendingBatch, chain: CodecChain, out: Any, plan: Plan,
                          first: int, fill: Any, report: Any = None, sole: bool = False) -> list:
