@@ -3,11 +3,18 @@ arrays or on every CPU core into NumPy arrays, bit-identical either way."""
 
 from .api import open
 from .array import Array
-from .errors import CorruptDataError, GpuzarrError, MetadataError, StoreError, UnsupportedFeatureError
+from .errors import (
+    CorruptDataError,
+    GpuzarrError,
+    MetadataError,
+    SettingsError,
+    StoreError,
+    UnsupportedFeatureError,
+)
 from .group import Group
 from .pipeline import Settings
 from .report import ReadReport
 
 __version__ = "0.1.0"
 __all__ = ["open", "Array", "Group", "ReadReport", "Settings", "GpuzarrError", "MetadataError", "CorruptDataError",
-           "UnsupportedFeatureError", "StoreError", "__version__"]
+           "UnsupportedFeatureError", "StoreError", "SettingsError", "__version__"]

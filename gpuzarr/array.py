@@ -20,8 +20,22 @@ class Array:
                  settings: Settings = Settings()):
         self.meta = meta
         self.store = store
-        self._device = get_device(device)
+        self._settings = settings
+        self._device_spec = device
+        self._resolved: Device | None = get_device(device, settings.threads)  # a bad name fails here
         self._reader = Reader(meta, store, settings)
+
+    def __reduce__(self) -> tuple:
+        """To its metadata, store (a path, or an fsspec filesystem with its options), device and
+        settings: the receiving process (a spawned or forkserver worker) reads nothing to reopen
+        it, keeps its own shard-index cache and threads, and picks its device at its first read."""
+        return _unpickle, (self.meta, self.store, self._device_spec, self._settings)
+
+    @property
+    def _device(self) -> Device:
+        if self._resolved is None:
+            self._resolved = get_device(self._device_spec, self._settings.threads)
+        return self._resolved
 
     def __repr__(self) -> str:
         return (f"<gpuzarr.Array {self.store.url!r} shape={self.shape} dtype={self.dtype} "
@@ -108,3 +122,10 @@ class Array:
         if len(shapes) > 1:
             raise ValueError(f"read_batch windows must all have the same shape, got {sorted(shapes)}")
         return self._reader.read(windows, True, dev, out, report)
+
+
+def _unpickle(meta: ArrayMetadata, store: Store, device: str | Device, settings: Settings) -> Array:
+    arr = Array.__new__(Array)
+    arr.meta, arr.store, arr._settings, arr._device_spec, arr._resolved = meta, store, settings, device, None
+    arr._reader = Reader(meta, store, settings)
+    return arr

@@ -20,6 +20,10 @@ class CorruptDataError(GpuzarrError, ValueError):
     a frame that does not decode to the chunk size."""
 
 
+class SettingsError(GpuzarrError, ValueError):
+    """A setting (a `Settings` field, a device's thread count, an environment variable) is invalid."""
+
+
 class StoreError(GpuzarrError, OSError):
     """The store failed to read a key; carries the key and the underlying error."""
 

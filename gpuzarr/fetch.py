@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from . import forksafe
 from .codecs.chain import CodecChain
 from .codecs.sharding import EMPTY, Sharding
 from .errors import CorruptDataError
@@ -97,6 +98,11 @@ class IndexCache:
         self._items: OrderedDict = OrderedDict()
         self._bytes = 0
         self._lock = threading.Lock()
+        forksafe.register(self)
+
+    def _after_fork(self) -> None:
+        self._lock = threading.Lock()  # a reader on another thread may have held it at the fork
+        self._bytes = sum(0 if v is None else v.nbytes for v in self._items.values())  # maybe mid-put
 
     def get(self, key: tuple) -> np.ndarray | None | bool:
         with self._lock:

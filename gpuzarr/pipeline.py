@@ -12,7 +12,8 @@ from typing import Any
 
 import numpy as np
 
-from .devices.base import AutoDevice, Device, settle
+from . import forksafe
+from .devices.base import AutoDevice, Device, check_gpu_usable, settle
 from .fetch import (
     FetchedBatch,
     IndexCache,
@@ -23,6 +24,7 @@ from .fetch import (
     fetch,
     thread_slot,
 )
+from .errors import SettingsError
 from .metadata import ArrayMetadata
 from .plan import Plan, make_plan
 from .report import ReadReport
@@ -36,9 +38,28 @@ class Settings:
     batch_chunks: int = 1 << 16  # and at most this many chunks
     batch_decoded_bytes: int = 1 << 30  # and at most this many decoded bytes (the GPU's scratch)
     index_cache_bytes: int = 64 << 20  # decoded shard indexes kept per array
+    threads: int | None = None  # the CPU device's pool; None: $GPUZARR_THREADS, else the CPU
+    #                             affinity (a DataLoader worker's share of it)
+
+    def __post_init__(self) -> None:
+        for name, least, optional in (("batch_bytes", 1, True), ("batch_chunks", 1, False),
+                                      ("batch_decoded_bytes", 1, False), ("index_cache_bytes", 0, False),
+                                      ("threads", 1, True)):
+            value = getattr(self, name)
+            if value is None and optional:
+                continue
+            if isinstance(value, bool) or not isinstance(value, int) or value < least:
+                raise SettingsError(f"Settings.{name} must be an integer >= {least}"
+                                    f"{' or None' if optional else ''}, not {value!r}")
 
 
-_IO = ThreadPoolExecutor(4, thread_name_prefix="gpuzarr-io")
+_IO = ThreadPoolExecutor(4, thread_name_prefix="gpuzarr-io")  # fetches ahead in staged reads
+
+
+@forksafe.call_in_child
+def _new_io_pool() -> None:
+    global _IO
+    _IO = ThreadPoolExecutor(4, thread_name_prefix="gpuzarr-io")
 
 
 class Reader:
@@ -50,6 +71,8 @@ class Reader:
 
     def read(self, windows: list[list[DimSelection]], batched: bool, device: Device, out: Any = None,
              report: ReadReport | None = None) -> Any:
+        if device.name == "gpu":
+            check_gpu_usable()
         report = report if report is not None else ReadReport()
         dtype = self.meta.data_type.dtype
         shape = ((len(windows),) if batched else ()) + out_shape(windows[0])

@@ -11,6 +11,7 @@ from typing import Any
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
+from . import forksafe
 from .errors import StoreError
 
 Range = tuple[str, int, int | None]  # key, start (negative: suffix), stop (None: to the end)
@@ -21,15 +22,33 @@ class Store:
     """A root inside an fsspec filesystem; keys are '/'-separated paths below it."""
 
     def __init__(self, fs: fsspec.AbstractFileSystem, root: str):
-        self.fs = fs
+        self._fs = fs
+        self._forked = False
         self.root = root.rstrip("/")
+        if getattr(fs, "async_impl", False):
+            forksafe.register(self)
+
+    def _after_fork(self) -> None:
+        self._forked = True  # not rebuilt here: a fork handler must not start threads
+
+    @property
+    def fs(self) -> fsspec.AbstractFileSystem:
+        """An fsspec async filesystem refuses to run in a forked child ("not fork-safe"): the
+        child makes its own from the same arguments (fsspec's instance cache is per process)."""
+        if self._forked:
+            self._fs = type(self._fs)(*self._fs.storage_args, **self._fs.storage_options)
+            self._forked = False
+        return self._fs
+
+    def __reduce__(self) -> tuple:
+        return _unpickle_store, (type(self), self.fs, self.root)
 
     def __repr__(self) -> str:
         return f"Store({self.url!r})"
 
     @property
     def url(self) -> str:
-        protocol = self.fs.protocol if isinstance(self.fs.protocol, str) else self.fs.protocol[0]
+        protocol = _protocol(self.fs)
         return self.root if protocol == "file" else f"{protocol}://{self.root}"
 
     def path(self, key: str) -> str:
@@ -129,6 +148,19 @@ class LocalStore(Store):
         except (FileNotFoundError, NotADirectoryError):
             return None
         return info.st_size if stat.S_ISREG(info.st_mode) else None
+
+
+def _unpickle_store(cls: type, fs: fsspec.AbstractFileSystem, root: str) -> Store:
+    """A store arriving in another process; a memory:// store exists only in the process (and
+    the forked children) that wrote it: elsewhere every chunk would read as the fill value."""
+    if _protocol(fs) == "memory" and not fs.exists(root):
+        raise StoreError(f"memory://{root}: a memory:// store lives in one process; it is not here "
+                         f"(use a forked child, or a store on disk, to read it in another process)", None)
+    return cls(fs, root)
+
+
+def _protocol(fs: fsspec.AbstractFileSystem) -> str:
+    return fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
 
 
 def _pread_range(fd: int, start: int, stop: int | None) -> bytes:

@@ -5,7 +5,9 @@ from __future__ import annotations
 import threading
 from typing import Any, Protocol
 
+from .. import forksafe
 from ..codecs.chain import CodecChain
+from ..errors import UnsupportedFeatureError
 from ..fetch import FetchedBatch, PendingBatch
 from ..plan import Plan
 
@@ -47,32 +49,57 @@ def settle(futures: list) -> None:
 
 _gpu_lock = threading.Lock()
 _gpu_devices: dict[int, Any] = {}
+_cuda = {"used": False, "forked": False}  # CUDA initialised here / in the parent before a fork
 
 
-def get_device(name: str | Device) -> Device:
-    """'cpu', 'gpu' or 'auto' (the GPU when CuPy finds a usable one, else the CPU)."""
+@forksafe.call_in_child
+def _forget_gpu() -> None:
+    """CUDA does not survive fork(): a child of a process that used it must not touch it."""
+    global _gpu_lock
+    _gpu_lock = threading.Lock()
+    _gpu_devices.clear()
+    _cuda["forked"] = _cuda["forked"] or _cuda["used"]
+
+
+def check_gpu_usable() -> None:
+    """Raise, saying what to do, in a forked child of a process that used CUDA (CUDA calls there
+    fail or hang)."""
+    if _cuda["forked"]:
+        raise UnsupportedFeatureError(
+            "the GPU cannot be used in a process forked after CUDA was initialised (CUDA does not "
+            "survive fork): start workers with the 'spawn' or 'forkserver' multiprocessing start "
+            "method (DataLoader(..., multiprocessing_context='spawn')), or read with device='cpu'")
+
+
+def get_device(name: str | Device, threads: int | None = None) -> Device:
+    """'cpu', 'gpu' or 'auto' (the GPU when CuPy finds a usable one, else the CPU); `threads`
+    sizes the CPU device's pool (None: its default)."""
     if not isinstance(name, str):
         return name
     if name == "cpu":
         from .cpu import CpuDevice
 
-        return CpuDevice.shared()
+        return CpuDevice.shared(threads)
     if name in ("gpu", "cuda"):
         return _gpu_device()
     if name == "auto":
         from .gpu import usable_gpu
 
-        return AutoDevice(_gpu_device(), get_device("cpu")) if usable_gpu()[0] else get_device("cpu")
+        check_gpu_usable()
+        if usable_gpu()[0]:
+            return AutoDevice(_gpu_device(), get_device("cpu", threads))
+        return get_device("cpu", threads)
     raise ValueError(f"device must be 'cpu', 'gpu' or 'auto', not {name!r}")
 
 
 def _gpu_device() -> Device:
-    from ..errors import UnsupportedFeatureError
     from .gpu import CupyEngine, GpuDevice, usable_gpu
 
+    check_gpu_usable()
     ok, why = usable_gpu()
     if not ok:
         raise UnsupportedFeatureError(f"device='gpu' is not available: {why}")
+    _cuda["used"] = True
     import cupy
 
     device_id = cupy.cuda.runtime.getDevice()
@@ -93,6 +120,9 @@ class AutoDevice:
         self.gpu, self.cpu, self.cpu_below = gpu, cpu, cpu_below
         self.xp = gpu.xp
         self.batch_bytes = gpu.batch_bytes
+
+    def __reduce__(self) -> tuple:
+        return get_device, ("auto", getattr(self.cpu, "_requested", None))
 
     def choose(self, compressed_bytes: int) -> Device:
         return self.cpu if compressed_bytes < self.cpu_below else self.gpu

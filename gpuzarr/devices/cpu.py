@@ -6,6 +6,7 @@ are still in cache: no locks, no whole-batch decoded copy."""
 from __future__ import annotations
 
 import os
+import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -13,10 +14,11 @@ from typing import Any
 import numpy as np
 import zstandard
 
+from .. import forksafe
 from ..codecs.array_to_bytes import Bytes
 from ..codecs.bytes_to_bytes import Zstd, strip_crc32c
 from ..codecs.chain import CodecChain, decode_chunk
-from ..errors import CorruptDataError
+from ..errors import CorruptDataError, SettingsError
 from ..fetch import FetchedBatch, PendingBatch, thread_slot
 from ..placement import decode_raw, place
 from ..plan import Plan
@@ -33,6 +35,32 @@ PACE_NS = {"zstd": 1.2, "gzip": 3.0, "zlib": 3.0, "lz4": 0.3, "crc32c": 0.1,
            "blosc:zstd": 1.2, "blosc:zlib": 3.0}
 PLACE_NS = 0.2
 STAGING_KEPT = 4 << 20  # a thread keeps its staging buffer between reads up to this size
+THREADS_ENV = "GPUZARR_THREADS"
+
+
+def default_threads() -> int:
+    """Threads of a CPU device made without a count: $GPUZARR_THREADS, else the cores this
+    process may run on (its CPU affinity, not the machine's count), divided among the workers
+    when this is a PyTorch DataLoader worker, so N workers do not oversubscribe the cores N-fold."""
+    env = os.environ.get(THREADS_ENV, "").strip()
+    if env:
+        try:
+            n = int(env)
+        except ValueError:
+            n = 0
+        if n < 1:
+            raise SettingsError(f"{THREADS_ENV}={env!r}: expected a positive integer")
+        return n
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, cores // _loader_workers())
+
+
+def _loader_workers() -> int:
+    """Number of sibling workers when this process is a torch DataLoader worker, else 1
+    (torch is looked up, never imported: a worker has imported it already)."""
+    data = sys.modules.get("torch.utils.data")
+    info = data.get_worker_info() if data is not None and hasattr(data, "get_worker_info") else None
+    return max(1, getattr(info, "num_workers", 1) or 1)
 
 
 class CpuDevice:
@@ -40,20 +68,34 @@ class CpuDevice:
     xp = np
     batch_bytes = 4 << 20  # small batches keep fetching and decoding overlapped, and memory low
     reads_in_tasks = True  # local files: each task reads the chunks it decodes (see decode_and_place)
-    _shared: CpuDevice | None = None
+    _shared: dict[int | None, CpuDevice] = {}
     _shared_lock = threading.Lock()
 
     def __init__(self, threads: int | None = None):
-        self.threads = threads or os.cpu_count() or 1
-        self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="gpuzarr-cpu")
+        if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
+            raise SettingsError(f"threads must be a positive integer or None, not {threads!r}")
+        self._requested = threads
         self._local = threading.local()
+        self._after_fork()
+        forksafe.register(self)
+
+    def _after_fork(self) -> None:
+        """A forked child has none of the pool's threads: it starts its own, sized for itself
+        (a loader worker takes its share of the cores)."""
+        self.threads = self._requested or default_threads()
+        self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="gpuzarr-cpu")
+
+    def __reduce__(self) -> tuple:
+        shared = CpuDevice._shared.get(self._requested) is self  # the receiver uses its own shared one
+        return (CpuDevice.shared if shared else CpuDevice, (self._requested,))
 
     @classmethod
-    def shared(cls) -> CpuDevice:
+    def shared(cls, threads: int | None = None) -> CpuDevice:
+        """The process's device with this many threads (None: `default_threads()`)."""
         with cls._shared_lock:
-            if cls._shared is None:
-                cls._shared = cls()
-            return cls._shared
+            if threads not in cls._shared:
+                cls._shared[threads] = cls(threads)
+            return cls._shared[threads]
 
     def empty(self, shape: tuple[int, ...], dtype: Any) -> np.ndarray:
         return np.empty(shape, dtype=dtype)

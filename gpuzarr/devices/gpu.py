@@ -48,6 +48,11 @@ class GpuDevice:
         self.engine = engine
         self.xp = engine.xp
 
+    def __reduce__(self) -> tuple:
+        from .base import get_device  # the receiving process makes its own (CUDA state is per process)
+
+        return get_device, ("gpu",)
+
     def empty(self, shape: tuple[int, ...], dtype: Any) -> Any:
         return self.xp.empty(shape, dtype=gpu_dtype(np.dtype(dtype)))
 

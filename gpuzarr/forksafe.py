@@ -1,0 +1,45 @@
+"""What a forked child must rebuild before it reads: threads do not survive fork() (a pool's
+workers are gone, and a read waiting on them waits forever), a lock that another thread held at
+the fork stays held in the child, and an fsspec async filesystem refuses to run there.
+
+Objects with such state register here; their `_after_fork()` runs in the child, before any code
+of the child's own, so every read works after fork whatever the parent did."""
+
+from __future__ import annotations
+
+import os
+import threading
+import weakref
+from typing import Any
+
+_objects: weakref.WeakSet = weakref.WeakSet()
+_functions: list = []  # module state: called with no arguments
+_lock = threading.Lock()
+
+
+def register(obj: Any) -> Any:
+    """Rebuild `obj` (through its `_after_fork()`) in every forked child; kept weakly."""
+    with _lock:
+        _objects.add(obj)
+    return obj
+
+
+def call_in_child(fn: Any) -> Any:
+    """Run `fn()` in every forked child (for module state); usable as a decorator."""
+    _functions.append(fn)
+    return fn
+
+
+def _in_child() -> None:
+    global _lock
+    _lock = threading.Lock()
+    for fn in _functions:
+        fn()
+    for obj in list(_objects):
+        obj._after_fork()
+
+
+if hasattr(os, "register_at_fork"):  # POSIX; Windows has no fork
+    # held across the fork, so the child never sees the set half-updated by another thread
+    os.register_at_fork(before=lambda: _lock.acquire(), after_in_parent=lambda: _lock.release(),
+                        after_in_child=_in_child)

@@ -1,0 +1,251 @@
+"""Every process a data loader makes: a child forked after the parent read (its pools, locks
+and filesystems must be rebuilt there), spawn and forkserver workers handed a pickled Array,
+and the CPU pool sized by settings, the environment and the CPU affinity."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import pickle
+import subprocess
+import sys
+import threading
+
+import numpy as np
+import pytest
+from checks import to_memory
+
+import gpuzarr
+from gpuzarr.devices import base as device_base
+from gpuzarr.devices.cpu import CpuDevice, default_threads
+from gpuzarr.sample import sample_data, write_sharded
+
+fork_only = pytest.mark.skipif(not hasattr(os, "fork"), reason="the platform has no fork()")
+TIMEOUT = 60  # seconds: a child that hangs (the bug this guards against) fails the test instead
+
+
+@pytest.fixture(scope="module")
+def image(tmp_path_factory):
+    """1024² uint16, shards 512², chunks 64²: a full read is 256 chunks, decoded on the pool."""
+    path = tmp_path_factory.mktemp("proc") / "a"
+    data = sample_data((1024, 1024))
+    write_sharded(str(path), data, (512, 512), (64, 64))
+    return str(path), data
+
+
+def _in_fork(fn, *args):
+    """fn(*args) in a forked child; its result, or its exception raised here; a hang fails."""
+    ctx = mp.get_context("fork")
+    parent, child = ctx.Pipe(duplex=False)
+
+    def run():
+        try:
+            child.send(("ok", fn(*args)))
+        except BaseException as exc:  # sent back, raised in the test
+            child.send(("error", exc))
+
+    proc = ctx.Process(target=run)
+    proc.start()
+    if not parent.poll(TIMEOUT):
+        proc.kill()
+        proc.join()
+        pytest.fail(f"the forked child hung for {TIMEOUT} s")
+    status, value = parent.recv()
+    proc.join(TIMEOUT)
+    if status == "error":
+        raise value
+    return value
+
+
+def _reads(arr, data) -> list[str]:
+    """A full read (many batches on the pool), a window, a read_batch: what differs from `data`."""
+    bad = []
+    if not np.array_equal(arr[...], data):
+        bad.append("full")
+    if not np.array_equal(arr[100:300, 7:333], data[100:300, 7:333]):
+        bad.append("window")
+    windows = [(slice(y, y + 64), slice(x, x + 64)) for y, x in ((0, 0), (400, 17), (211, 300))]
+    if not np.array_equal(arr.read_batch(windows), np.stack([data[w] for w in windows])):
+        bad.append("batch")
+    return bad
+
+
+@fork_only
+@pytest.mark.parametrize("where", ["local", "memory"])
+def test_a_child_forked_after_the_parent_read_reads_everything(image, where):
+    path, data = image
+    url = path if where == "local" else to_memory(path, "proc_fork")
+    many = gpuzarr.Settings(batch_bytes=64 << 10)  # many batches: the I/O thread fetches ahead (memory://)
+    arr = gpuzarr.open(url, device=CpuDevice(threads=2), settings=many)
+    shared = gpuzarr.open(url, device="cpu")  # one batch, decoded on the pool
+    assert _reads(arr, data) == [] and _reads(shared, data) == []  # the pools' threads exist now
+    assert _in_fork(_reads, arr, data) == []
+    assert _in_fork(_reads, shared, data) == []
+    assert _in_fork(lambda: _reads(gpuzarr.open(url, device="cpu"), data)) == []
+    assert _reads(arr, data) == []  # the parent's pools still serve it
+
+
+@fork_only
+def test_a_lock_held_by_another_thread_at_the_fork_does_not_block_the_child(image):
+    path, data = image
+    arr = gpuzarr.open(path, device=CpuDevice(threads=2))
+    assert np.array_equal(arr[:64, :64], data[:64, :64])
+    holding, release = threading.Event(), threading.Event()
+
+    def hold():
+        with arr._reader.locator.cache._lock:
+            holding.set()
+            release.wait(TIMEOUT)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    holding.wait(TIMEOUT)
+    try:
+        assert _in_fork(_reads, arr, data) == []
+    finally:
+        release.set()
+        holder.join()
+
+
+@fork_only
+def test_an_fsspec_async_filesystem_made_in_the_parent_works_in_the_child(image):
+    from fsspec.implementations.asyn_wrapper import AsyncFileSystemWrapper
+    from fsspec.implementations.local import LocalFileSystem
+
+    path, data = image
+    fs = AsyncFileSystemWrapper(LocalFileSystem())
+    arr = gpuzarr.open(fs, path, device="cpu")
+    assert type(arr.store) is gpuzarr.store.Store  # the fsspec path, not the os-call one
+    assert _reads(arr, data) == []
+
+    def in_child():
+        with pytest.raises(RuntimeError, match="fork-safe"):
+            fs.cat_file(path + "/zarr.json")  # the parent's filesystem object refuses to run here
+        return _reads(arr, data)
+
+    assert _in_fork(in_child) == []
+
+
+@fork_only
+def test_the_gpu_in_a_child_forked_after_cuda_was_used_raises_saying_what_to_do(monkeypatch, image):
+    """Models the parent's CUDA use by gpuzarr's own record of it (no GPU here): a GPU read in the
+    child must raise before any CUDA call, naming spawn/forkserver."""
+    from gpuzarr.devices.gpu import GpuDevice
+    from gpu_standin import StandinEngine
+
+    path, _ = image
+    monkeypatch.setitem(device_base._cuda, "used", True)
+    arr = gpuzarr.open(path, device=GpuDevice(StandinEngine()))
+    assert arr[:8, :8].shape == (8, 8)  # the parent still reads
+
+    def in_child():
+        messages = []
+        for attempt in (lambda: arr[:8, :8], lambda: device_base.get_device("gpu"),
+                        lambda: device_base.get_device("auto")):
+            with pytest.raises(gpuzarr.GpuzarrError) as info:
+                attempt()
+            messages.append(str(info.value))
+        return messages
+
+    for message in _in_fork(in_child):
+        assert "spawn" in message and "forkserver" in message and "device='cpu'" in message
+
+
+def _read_pickled(blob: bytes, sel: tuple) -> np.ndarray:
+    return pickle.loads(blob)[sel]
+
+
+@pytest.mark.parametrize("method", ["spawn", "forkserver"])
+def test_spawn_and_forkserver_workers_read_a_pickled_array(image, method):
+    if method not in mp.get_all_start_methods():
+        pytest.skip(f"start method {method} is not available on this platform")
+    path, data = image
+    arr = gpuzarr.open(path, device="cpu")
+    assert np.array_equal(arr[:32, :32], data[:32, :32])  # warm pools and caches travel nowhere
+    sels = [(slice(0, 1024), slice(0, 1024)), (slice(30, 70), slice(1000, 1024)), (5, slice(None, None, -3))]
+    with mp.get_context(method).Pool(2) as pool:
+        got = pool.starmap(_read_pickled, [(pickle.dumps(arr), sel) for sel in sels], chunksize=1)
+    for sel, result in zip(sels, got):
+        np.testing.assert_array_equal(result, data[sel])
+
+
+def test_a_pickled_array_keeps_its_settings_and_device_and_reads_no_metadata(tmp_path, image):
+    path, data = image
+    settings = gpuzarr.Settings(batch_bytes=1 << 15, threads=3)
+    arr = gpuzarr.open(path, device="cpu", settings=settings)
+    clone = pickle.loads(pickle.dumps(arr))
+    assert clone._resolved is None  # the device is chosen at the first read, in the receiver
+    os.rename(os.path.join(path, "zarr.json"), os.path.join(path, "zarr.json.away"))
+    try:
+        np.testing.assert_array_equal(clone[...], data)  # metadata came in the pickle
+    finally:
+        os.rename(os.path.join(path, "zarr.json.away"), os.path.join(path, "zarr.json"))
+    assert clone._settings == settings and clone.device == "cpu" and clone._device.threads == 3
+    assert (clone.shape, clone.dtype, clone.chunks, clone.shards) == (arr.shape, arr.dtype, arr.chunks, arr.shards)
+    own = pickle.loads(pickle.dumps(gpuzarr.open(path, device=CpuDevice(threads=2))))
+    assert own._device.threads == 2
+
+
+def test_a_pickled_group_opens_its_members(tmp_path):
+    import zarr
+
+    root = zarr.open_group(str(tmp_path / "g"), mode="w")
+    member = root.create_array("scans/a", shape=(40, 30), chunks=(16, 16), dtype="i4", fill_value=-1)
+    member[:20] = np.arange(600).reshape(20, 30)
+    zarr.consolidate_metadata(str(tmp_path / "g"))
+    group = pickle.loads(pickle.dumps(gpuzarr.open(str(tmp_path / "g"), device="cpu")))
+    assert group.keys() == ["scans"]
+    np.testing.assert_array_equal(group["scans/a"][...], member[...])
+
+
+def test_a_memory_store_pickled_into_another_process_fails_clearly(image):
+    path, _ = image
+    blob = pickle.dumps(gpuzarr.open(to_memory(path, "proc_pickle"), device="cpu"))
+    code = ("import pickle, sys\nimport gpuzarr\n"
+            "try:\n    pickle.loads(sys.stdin.buffer.read())\n"
+            "except gpuzarr.StoreError as e:\n    print('StoreError:', e)\n")
+    result = subprocess.run([sys.executable, "-c", code], input=blob, capture_output=True, timeout=TIMEOUT)
+    assert b"StoreError: memory://" in result.stdout and b"lives in one process" in result.stdout, result
+
+
+def test_threads_come_from_settings_then_the_environment_then_the_affinity(monkeypatch, image):
+    path, _ = image
+    assert gpuzarr.open(path, device="cpu", settings=gpuzarr.Settings(threads=3))._device.threads == 3
+    monkeypatch.setenv("GPUZARR_THREADS", "5")
+    assert default_threads() == 5
+    monkeypatch.setenv("GPUZARR_THREADS", "many")
+    with pytest.raises(gpuzarr.SettingsError, match="GPUZARR_THREADS='many'"):
+        default_threads()
+    monkeypatch.delenv("GPUZARR_THREADS")
+    if hasattr(os, "sched_getaffinity"):
+        assert default_threads() == len(os.sched_getaffinity(0))
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="no CPU affinity on this platform")
+def test_the_default_pool_follows_the_cpu_affinity_not_the_machine():
+    code = ("import os; os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})\n"
+            "from gpuzarr.devices.cpu import CpuDevice; print(CpuDevice.shared().threads)")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=TIMEOUT,
+                            env={k: v for k, v in os.environ.items() if k != "GPUZARR_THREADS"})
+    assert result.stdout.strip() == "1", result
+
+
+def test_a_dataloader_worker_takes_its_share_of_the_cores(monkeypatch):
+    """torch's worker info, as torch.utils.data.get_worker_info() gives it inside a worker."""
+    import types
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    fake = types.SimpleNamespace(get_worker_info=lambda: types.SimpleNamespace(num_workers=2, id=0))
+    monkeypatch.delenv("GPUZARR_THREADS", raising=False)
+    monkeypatch.setitem(sys.modules, "torch.utils.data", fake)
+    assert default_threads() == max(1, cores // 2)
+    fake.get_worker_info = lambda: types.SimpleNamespace(num_workers=4 * cores, id=0)
+    assert default_threads() == 1
+
+
+@pytest.mark.parametrize("field, value", [("batch_chunks", 0), ("batch_bytes", -1), ("threads", 0),
+                                          ("threads", "4"), ("batch_decoded_bytes", 1.5),
+                                          ("index_cache_bytes", -1), ("batch_chunks", True)])
+def test_bad_settings_are_refused_where_they_are_made(field, value):
+    with pytest.raises(gpuzarr.SettingsError, match=f"Settings.{field}"):
+        gpuzarr.Settings(**{field: value})
