@@ -19,6 +19,14 @@ _V3_NUMERIC = {
     "float16": "f2", "float32": "f4", "float64": "f8",
     "complex64": "c8", "complex128": "c16",
 }
+# ml_dtypes' numbers, by the names tensorstore 0.1.86 writes in a v3 `data_type` and, unprefixed, in
+# a v2 `dtype`. Left out: float8_e8m0fnu (tensorstore writes its numeric fill values wrongly, e.g.
+# 1.0 as 1.8e19) and the types tensorstore does not write (uint2, uint4, float8_e4m3, ...).
+_ML_FLOATS = frozenset({"bfloat16", "float8_e3m4", "float8_e4m3fn", "float8_e4m3fnuz", "float8_e4m3b11fnuz",
+                        "float8_e5m2", "float8_e5m2fnuz", "float4_e2m1fn"})
+_ML_INTS = {"int2": (-2, 1), "int4": (-8, 7)}  # one byte per item, like tensorstore and zarrs
+_ML_NAMES = _ML_FLOATS | _ML_INTS.keys()
+_V2_BASE64_FILLS = frozenset({"float4_e2m1fn"})  # tensorstore's zarr driver writes this fill as base64
 _TIME_UNITS = {"Y", "M", "W", "D", "h", "m", "s", "ms", "us", "μs", "ns", "ps", "fs", "as", "generic"}
 
 
@@ -53,6 +61,25 @@ def _length_bytes(config: dict, name: str, where: str) -> int:
     return n
 
 
+def _ml_dtype(name: str, where: str) -> np.dtype:
+    """ml_dtypes is optional: it is imported only once metadata names one of its types."""
+    try:
+        import ml_dtypes
+    except ImportError:
+        raise UnsupportedFeatureError(f"{where}: data type {name!r} needs the ml_dtypes package: "
+                                      f'pip install "gpuzarr[ml]"') from None
+    if not hasattr(ml_dtypes, name):
+        raise UnsupportedFeatureError(f"{where}: data type {name!r} needs a newer ml_dtypes than "
+                                      f"{ml_dtypes.__version__}: pip install -U ml_dtypes")
+    return np.dtype(getattr(ml_dtypes, name))
+
+
+def is_ml_dtype(dtype: np.dtype) -> bool:
+    """Whether `dtype` is one of ml_dtypes' numbers: NumPy files them under kind 'V' (float8_e5m2
+    under 'f'), so byte-order, fill-value and GPU checks must not go by the kind alone."""
+    return dtype.type.__module__ == "ml_dtypes"
+
+
 def _time_dtype(kind: str, config: dict, where: str) -> np.dtype:
     unit, scale = config.get("unit"), config.get("scale_factor", 1)
     if unit not in _TIME_UNITS or not isinstance(scale, int) or scale < 1:
@@ -74,6 +101,8 @@ def parse_data_type_v3(spec: Any, where: str) -> DataType:
     name, config = _name_and_config(spec, where)
     if name in _V3_NUMERIC:
         return DataType(name, np.dtype(_V3_NUMERIC[name]))
+    if name in _ML_NAMES:
+        return DataType(name, _ml_dtype(name, where))
     if name.startswith("r") and name[1:].isdigit():
         bits = int(name[1:])
         if bits == 0 or bits % 8:
@@ -119,9 +148,11 @@ def parse_data_type_v3(spec: Any, where: str) -> DataType:
 
 def parse_dtype_v2(spec: Any, where: str) -> DataType:
     """Map a v2 `dtype` (a NumPy type string or a structured list) to a DataType."""
+    if isinstance(spec, str) and spec in _ML_NAMES:  # before NumPy, which knows them once ml_dtypes is imported
+        return DataType(spec, _ml_dtype(spec, where))
     try:
         if isinstance(spec, list):
-            dtype = np.dtype([tuple(f) for f in spec])
+            dtype = np.dtype([_v2_field(f, where) for f in spec])
         elif isinstance(spec, str):
             dtype = np.dtype(spec)
         else:
@@ -131,6 +162,14 @@ def parse_dtype_v2(spec: Any, where: str) -> DataType:
     if dtype.kind == "O":
         return DataType(str(spec), dtype, vlen="utf8")  # refined by the object codec in filters
     return DataType(str(spec), dtype)
+
+
+def _v2_field(field: Any, where: str) -> tuple:
+    """One [name, type, (shape)] of a v2 structured dtype; tensorstore writes ml_dtypes' names as
+    field types too."""
+    if isinstance(field, list) and len(field) > 1 and isinstance(field[1], str) and field[1] in _ML_NAMES:
+        return (field[0], _ml_dtype(field[1], where), *field[2:])
+    return tuple(field)
 
 
 # ----------------------------------------------------------------------------- fill values
@@ -177,6 +216,8 @@ def parse_fill_value(value: Any, dt: DataType, where: str, zarr_format: int) -> 
             return value
         if dt.vlen == "bytes":
             return _bytes_from_json(value, where) if zarr_format == 3 else base64.standard_b64decode(value)
+        if is_ml_dtype(dtype):
+            return _ml_fill(value, dtype, where, zarr_format)
         kind = dtype.kind
         if kind == "b":
             if not isinstance(value, bool) and value not in (0, 1):
@@ -226,9 +267,34 @@ def parse_fill_value(value: Any, dt: DataType, where: str, zarr_format: int) -> 
             if dtype.fields is not None:
                 return np.frombuffer(raw.ljust(dtype.itemsize, b"\0")[: dtype.itemsize], dtype=dtype)[0]
             return np.array(raw, dtype=dtype)[()]
+    except MetadataError:
+        raise  # already says what is wrong, and where
     except (ValueError, TypeError, OverflowError, struct.error) as exc:
         raise MetadataError(f"{where}: fill value {value!r} is not valid for {dtype} ({exc})") from None
     raise UnsupportedFeatureError(f"{where}: no fill-value decoding for dtype {dtype}")
+
+
+def _ml_fill(value: Any, dtype: np.dtype, where: str, zarr_format: int) -> Any:
+    """An ml_dtypes fill value with the bits tensorstore gives it: int2/int4 sign-extended to the
+    whole byte (as zarrs does too); floats from a number, "NaN"/"Infinity"/"-Infinity" or "0x…"
+    bits, bfloat16 numbers rounded through float32 as tensorstore does, float8/float4 directly."""
+    name = dtype.name
+    if name in _ML_INTS:
+        low, high = _ML_INTS[name]
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high \
+                or int(value) != value:
+            raise MetadataError(f"{where}: fill value {value!r} must be an integer in [{low}, {high}] for {name}")
+        return np.array(int(value), dtype=np.int8).view(dtype)[()]
+    if zarr_format == 2 and name in _V2_BASE64_FILLS and isinstance(value, str):
+        raw = _bytes_from_json(value, where)
+        if len(raw) != dtype.itemsize:
+            raise MetadataError(f"{where}: fill value {value!r} is {len(raw)} bytes, {name} needs {dtype.itemsize}")
+        return np.frombuffer(raw, dtype=dtype)[0]
+    number = _float_from_json(value, dtype, where)
+    if name == "bfloat16" and not isinstance(number, np.generic):
+        with np.errstate(over="ignore"):
+            number = np.float32(number)
+    return np.array(number, dtype=dtype)[()]
 
 
 def _default_fill(dt: DataType) -> Any:

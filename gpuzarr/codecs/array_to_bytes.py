@@ -10,6 +10,7 @@ from typing import Any
 import numcodecs
 import numpy as np
 
+from ..dtypes import is_ml_dtype
 from ..errors import CorruptDataError, MetadataError
 
 Shape = tuple[int, ...]
@@ -24,6 +25,11 @@ def _scalar_unit(dtype: np.dtype) -> int:
     return 4 if dtype.kind == "U" else dtype.itemsize
 
 
+def _is_bytes(dtype: np.dtype) -> bool:
+    """Raw or byte-string items: no byte order (ml_dtypes' numbers share kind 'V' but have one)."""
+    return dtype.kind in "SV" and not is_ml_dtype(dtype)
+
+
 def held_order(dtype: np.dtype) -> str | None:
     """The byte order `dtype` holds its multi-byte scalars in (None: nothing to swap). A struct
     counts as its first multi-byte field: v3 struct fields are all native, and a v2 dtype's
@@ -31,7 +37,7 @@ def held_order(dtype: np.dtype) -> str | None:
     if dtype.fields is not None:
         orders = (held_order(dtype.fields[name][0].base) for name in dtype.names)
         return next((order for order in orders if order is not None), None)
-    if _scalar_unit(dtype) <= 1 or dtype.kind in "SV":
+    if _scalar_unit(dtype) <= 1 or _is_bytes(dtype):
         return None
     return _NATIVE if dtype.byteorder in "=|" else ("little" if dtype.byteorder == "<" else "big")
 
@@ -48,7 +54,8 @@ class Bytes:
         endian = config.get("endian")
         if endian not in (None, "little", "big"):
             raise MetadataError(f"{where}: bytes codec endian {endian!r} must be 'little' or 'big'")
-        if endian is None and dtype.itemsize > 1 and dtype.kind not in "SVb" and dtype.fields is None:
+        multibyte = dtype.itemsize > 1 and dtype.kind != "b" and not _is_bytes(dtype)
+        if endian is None and multibyte and dtype.fields is None:
             raise MetadataError(f"{where}: bytes codec needs an endian for {dtype}")
         return cls(endian)
 

@@ -16,6 +16,7 @@ import numpy as np
 
 from ..codecs.array_to_array import NumcodecsArray
 from ..codecs.chain import CodecChain
+from ..dtypes import is_ml_dtype
 from ..errors import CorruptDataError, UnsupportedFeatureError
 from ..fetch import FetchedBatch
 from ..placement import decode_raw
@@ -28,11 +29,18 @@ from .kernels import SCATTER_ITEMSIZES, get_function
 NVCOMP_ALGORITHMS = {"zstd": "Zstd", "deflate": "Deflate", "lz4": "LZ4", "snappy": "Snappy"}
 THREADS = 256
 CODECS_PER_THREAD = 8  # nvCOMP codecs kept per thread, by (algorithm, stream)
+_CUPY_ML_DTYPES = frozenset({"bfloat16"})  # cupy/_core/include/cupy/bfloat16.cuh
 
 
 def gpu_dtype(dtype: np.dtype) -> np.dtype:
-    """Outputs on the GPU are native-endian numbers: CuPy has no other dtypes."""
-    if dtype.kind not in "biufc" or dtype.fields is not None:
+    """Outputs on the GPU are native-endian numbers: CuPy has no other dtypes. Of ml_dtypes' types
+    CuPy (from 14) has a C type, hence copies and casts, for bfloat16 only: it would hold float8,
+    float4 and int2/int4 arrays but cannot even copy them."""
+    if is_ml_dtype(dtype):
+        if dtype.name not in _CUPY_ML_DTYPES:
+            raise UnsupportedFeatureError(f"dtype {dtype.name} has no CuPy type (of the ml_dtypes types CuPy "
+                                          f"knows only bfloat16): read it with device='cpu'")
+    elif dtype.kind not in "biufc" or dtype.fields is not None:
         raise UnsupportedFeatureError(f"dtype {dtype} is read on the CPU only (device='cpu')")
     return dtype.newbyteorder("=")
 
