@@ -11,6 +11,7 @@ from .devices.base import Device, get_device
 from .metadata import ArrayMetadata
 from .pipeline import Reader, Settings
 from .report import ReadReport
+from .indexing import Query, parse
 from .selection import normalize
 from .store import Store
 
@@ -103,18 +104,43 @@ class Array:
             raise TypeError("len() of a 0-d array")
         return self.shape[0]
 
+    def __array__(self, dtype: Any = None, copy: bool | None = None) -> np.ndarray:
+        """np.asarray(arr): the whole array in one batched read on the CPU (a new array: never a copy)."""
+        data = self.read(device=get_device("cpu", self._settings.threads))
+        return data if dtype is None else data.astype(dtype, copy=False)
+
+    @property
+    def oindex(self) -> _Indexer:
+        """arr.oindex[...]: orthogonal selection, each axis on its own (integer arrays, boolean
+        masks, slices, integers), as zarr-python's oindex and np.ix_."""
+        return _Indexer(self, "oindex")
+
+    @property
+    def vindex(self) -> _Indexer:
+        """arr.vindex[...]: pointwise selection, the integer arrays (or a mask) broadcast together
+        as in NumPy's advanced indexing; slices may stand beside them (patches around points)."""
+        return _Indexer(self, "vindex")
+
     def read(self, selection: Any = Ellipsis, device: str | Device | None = None, out: Any = None,
              report: ReadReport | None = None) -> Any:
-        """Read `selection` (ints, slices with any step, Ellipsis) into a new or given array.
+        """Read `selection` into a new or given array, as `arr[selection]` (see `indexing`).
         Pass a `gpuzarr.ReadReport` to learn where the work and the time went."""
-        dev = self._device if device is None else get_device(device)
-        return self._reader.read([normalize(selection, self.shape)], False, dev, out, report)
+        return self._query(parse(selection, self.shape), device, out, report)
+
+    def _query(self, query: Query, device: str | Device | None, out: Any, report: ReadReport | None) -> Any:
+        dev = self._device if device is None else get_device(device, self._settings.threads)
+        if out is None or query.plain:
+            result = self._reader.read(query.windows, query.batched, dev, out, report)
+            return query.result(result, dev.xp)
+        dev.check_output(out, query.shape, self.dtype)  # reshaped or moved axes: read, then copy in
+        out[...] = query.result(self._reader.read(query.windows, query.batched, dev, None, report), dev.xp)
+        return out
 
     def read_batch(self, selections: list, device: str | Device | None = None, out: Any = None,
                    report: ReadReport | None = None) -> Any:
         """Read many same-shaped windows in one pipeline pass; returns them stacked on axis 0.
         Chunks shared between windows are fetched and decoded once."""
-        dev = self._device if device is None else get_device(device)
+        dev = self._device if device is None else get_device(device, self._settings.threads)
         windows = [normalize(s, self.shape) for s in selections]
         if not windows:
             raise ValueError("read_batch needs at least one selection")
@@ -122,6 +148,16 @@ class Array:
         if len(shapes) > 1:
             raise ValueError(f"read_batch windows must all have the same shape, got {sorted(shapes)}")
         return self._reader.read(windows, True, dev, out, report)
+
+
+class _Indexer:
+    """The object behind `arr.oindex[...]` and `arr.vindex[...]`."""
+
+    def __init__(self, array: Array, mode: str):
+        self._array, self._mode = array, mode
+
+    def __getitem__(self, selection: Any) -> Any:
+        return self._array._query(parse(selection, self._array.shape, self._mode), None, None, None)
 
 
 def _unpickle(meta: ArrayMetadata, store: Store, device: str | Device, settings: Settings) -> Array:

@@ -26,7 +26,7 @@ from .fetch import (
 )
 from .errors import SettingsError
 from .metadata import ArrayMetadata
-from .plan import Plan, make_plan
+from .plan import Boxes, Plan, make_plan
 from .report import ReadReport
 from .selection import DimSelection, out_shape
 from .store import LocalStore, Store
@@ -69,13 +69,16 @@ class Reader:
         self.meta, self.store, self.settings = meta, store, settings
         self.locator = Locator(meta, store, IndexCache(settings.index_cache_bytes))
 
-    def read(self, windows: list[list[DimSelection]], batched: bool, device: Device, out: Any = None,
+    def read(self, windows: list[list[DimSelection]] | Boxes, batched: bool, device: Device, out: Any = None,
              report: ReadReport | None = None) -> Any:
         if device.name == "gpu":
             check_gpu_usable()
         report = report if report is not None else ReadReport()
         dtype = self.meta.data_type.dtype
-        shape = ((len(windows),) if batched else ()) + out_shape(windows[0])
+        if isinstance(windows, Boxes):
+            shape = (windows.starts.shape[0],) + windows.out_shape
+        else:
+            shape = ((len(windows),) if batched else ()) + out_shape(windows[0])
         with report.timed("plan"):
             plan = make_plan(windows, self.locator.leaf_shape, batched)
         if plan.n_chunks == 0:

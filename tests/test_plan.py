@@ -47,24 +47,25 @@ def test_huge_step_costs_what_its_elements_cost():
 @settings(max_examples=150, deadline=None)
 @given(data=st.data())
 def test_batched_step1_tables_equal_the_per_window_ones(data):
-    """The whole-array planner for many step-1 windows builds exactly the per-window tables."""
-    from gpuzarr.plan import _tables_each, _tables_step1
+    """The whole-array planner for many step-1 windows of one shape (Boxes) builds exactly the
+    per-window tables."""
+    from gpuzarr.plan import Boxes, _tables_boxes, _tables_each
 
     ndim = data.draw(st.integers(0, 3))
     shape = tuple(data.draw(st.integers(0, 40)) for _ in range(ndim))
     chunks = tuple(data.draw(st.integers(1, 9)) for _ in range(ndim))
     drops = [data.draw(st.booleans()) and n > 0 for n in shape]
+    counts = [data.draw(st.integers(0, n)) for n in shape]
     windows = []
     for _ in range(data.draw(st.integers(1, 12))):
         sel = []
-        for n, drop in zip(shape, drops):
-            if drop:
-                sel.append(data.draw(st.integers(0, n - 1)))
-            else:
-                a = data.draw(st.integers(0, n))
-                sel.append(slice(a, data.draw(st.integers(a, n))))
+        for n, drop, count in zip(shape, drops, counts):
+            a = data.draw(st.integers(0, n - 1 if drop else n - count))
+            sel.append(a if drop else slice(a, a + count))
         windows.append(normalize(tuple(sel), shape))
-    each, step1 = _tables_each(windows, chunks), _tables_step1(windows, chunks)
+    boxes = Boxes.of(windows)
+    assert boxes is not None
+    each, step1 = _tables_each(windows, chunks), _tables_boxes(boxes, chunks)
     for d in range(ndim):
         for a, b in zip(each[0][d], step1[0][d]):
             np.testing.assert_array_equal(a, b)

@@ -21,7 +21,7 @@ from ..codecs.chain import CodecChain, decode_chunk
 from ..errors import CorruptDataError, SettingsError
 from ..fetch import FetchedBatch, PendingBatch, thread_slot
 from ..placement import decode_raw, place
-from ..plan import Plan
+from ..plan import Plan, pick
 from .base import settle
 
 GROUP_BYTES = 2 << 20  # decoded bytes per task: enough to amortise a task, small enough for L2
@@ -188,7 +188,7 @@ def _decode_each_and_place(part: FetchedBatch, chain: CodecChain, as_chunk: Any,
             chunk = as_chunk(decode_bytes(chain, part.chunk(i), scratch, part.labels[i]))
         while k < n and sels[k][0] == first + i:
             _, chunk_sel, out_sel = sels[k]
-            out[out_sel] = chunk[chunk_sel] if present[i] else fill
+            out[out_sel] = pick(chunk, chunk_sel) if present[i] else fill
             k += 1
 
 
