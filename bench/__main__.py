@@ -60,6 +60,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "(explicit flags still win)")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory probes")
     p.add_argument("--no-host-cost", action="store_true", help="skip gpuzarr's host-cost-per-chunk measurement")
+    p.add_argument("--loader", action="store_true",
+                   help="run the data-loader benchmark instead (bench/loader.py; see python -m bench --loader --help)")
     args = p.parse_args(argv)
 
     quick = args.quick
@@ -109,6 +111,10 @@ def check_device(device: str) -> str | None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    if "--loader" in (sys.argv[1:] if argv is None else argv):  # the data-loader benchmark
+        from .loader import main as loader_main
+
+        return loader_main([a for a in (sys.argv[1:] if argv is None else argv) if a != "--loader"])
     args = parse_args(argv)
     reason = check_device(args.device)
     if reason:

@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import math
+import operator
 from typing import Any
 
 import numpy as np
 
 from .devices.base import Device, get_device
+from .indexing import Query, parse
 from .metadata import ArrayMetadata
 from .pipeline import Reader, Settings
+from .plan import Boxes
 from .report import ReadReport
-from .indexing import Query, parse
 from .selection import normalize
 from .store import Store
 
@@ -148,6 +150,28 @@ class Array:
         if len(shapes) > 1:
             raise ValueError(f"read_batch windows must all have the same shape, got {sorted(shapes)}")
         return self._reader.read(windows, True, dev, out, report)
+
+
+    def read_windows(self, starts: Any, shape: Any, device: str | Device | None = None, out: Any = None,
+                     report: ReadReport | None = None) -> Any:
+        """read_batch for windows given as an (n, ndim) integer array of their first elements and
+        one window `shape`: no Python object per window (a loader's millions of patches)."""
+        dev = self._device if device is None else get_device(device, self._settings.threads)
+        shape = tuple(operator.index(s) for s in shape)
+        starts = np.asarray(starts)
+        if starts.size == 0:
+            starts = starts.reshape(0, len(shape)).astype(np.int64)
+        if starts.dtype.kind not in "iu" or starts.shape[1:] != (self.ndim,) or len(shape) != self.ndim:
+            raise ValueError(f"read_windows needs (n, {self.ndim}) integer starts and a {self.ndim}-d shape, got "
+                             f"{starts.dtype} starts of shape {starts.shape} and shape {shape}")
+        starts = starts.astype(np.int64, copy=False)
+        room = np.asarray(self.shape, dtype=np.int64) - np.asarray(shape, dtype=np.int64)
+        bad = np.flatnonzero(((starts < 0) | (starts > room)).any(axis=1)) if starts.size else ()
+        if any(n < 0 for n in shape) or len(bad):
+            where = f"window {int(bad[0])} starting at {tuple(starts[bad[0]].tolist())}" if len(bad) else "it"
+            raise IndexError(f"windows of shape {shape} must lie inside the array of shape {self.shape}: {where} does not")
+        boxes = Boxes(starts, shape, (False,) * self.ndim)
+        return self._reader.read(boxes, True, dev, out, report)
 
 
 class _Indexer:
