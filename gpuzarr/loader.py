@@ -18,7 +18,10 @@ from typing import Any
 
 import numpy as np
 
+from .dtypes import is_ml_dtype
+
 EDGES = ("error", "pad", "shift")
+TORCH_ML_DTYPES = ("bfloat16", "float8_e4m3fn", "float8_e5m2", "float8_e4m3fnuz", "float8_e5m2fnuz")  # same bits in torch
 Shape = tuple[int, ...]
 
 
@@ -254,6 +257,8 @@ def to_torch(batch: Any) -> Any:
     structured) raises TypeError."""
     import torch
 
+    if is_ml_dtype(batch.dtype):
+        return _ml_to_torch(batch, torch)
     if isinstance(batch, np.ndarray):
         if not batch.dtype.isnative:
             batch = batch.astype(batch.dtype.newbyteorder("="))
@@ -261,6 +266,16 @@ def to_torch(batch: Any) -> Any:
             batch = batch.copy()
         return torch.from_numpy(_widened(batch, "numpy"))
     return torch.from_dlpack(_widened(batch, "dlpack"))
+
+
+def _ml_to_torch(batch: Any, torch: Any) -> Any:
+    """ml_dtypes' numbers (bfloat16, float8_*) cross as same-size integers, then are viewed as
+    torch's type of the same name: no copy, whatever DLPack or torch.from_numpy know of them."""
+    target = getattr(torch, batch.dtype.name, None) if batch.dtype.name in TORCH_ML_DTYPES else None
+    if target is None:
+        raise TypeError(f"torch {torch.__version__} has no dtype for {batch.dtype.name}")
+    ints = batch.view(f"i{batch.dtype.itemsize}")
+    return (torch.from_numpy(ints) if isinstance(ints, np.ndarray) else torch.from_dlpack(ints)).view(target)
 
 
 def _widened(batch: Any, path: str) -> Any:
@@ -286,7 +301,11 @@ def _torch_widening(dtype: np.dtype, path: str) -> np.dtype | None:
 
 
 def _check_torch_dtype(dtype: np.dtype) -> None:
-    _torch_widening(np.dtype(dtype).newbyteorder("="), "numpy")
+    dtype = np.dtype(dtype)
+    if is_ml_dtype(dtype):
+        _ml_to_torch(np.zeros(1, dtype), __import__("torch"))
+    else:
+        _torch_widening(dtype.newbyteorder("="), "numpy")
 
 
 def collate(batch: Any) -> Any:

@@ -548,6 +548,20 @@ def test_to_torch_copies_only_what_torch_cannot_share():
         PatchDataset(SimpleNamespace(shape=(4,), dtype=np.dtype(object)), [slice(0, 2)], as_torch=True)
 
 
+def test_to_torch_takes_ml_dtypes_torch_has_without_a_copy():
+    torch = _torch()
+    ml_dtypes = pytest.importorskip("ml_dtypes", reason="ml_dtypes is not installed")
+    values = np.array([0.5, -3.0, 1e30, np.nan], dtype=ml_dtypes.bfloat16)
+    t = to_torch(values)
+    assert t.dtype == torch.bfloat16 and t.data_ptr() == values.ctypes.data
+    assert t.view(torch.int16).tolist() == values.view(np.int16).tolist()  # the same bits
+    e4m3 = np.array([1.0, -2.0, 0.125], dtype=ml_dtypes.float8_e4m3fn)
+    assert to_torch(e4m3).dtype == torch.float8_e4m3fn
+    assert to_torch(e4m3).view(torch.uint8).tolist() == e4m3.view(np.uint8).tolist()
+    with pytest.raises(TypeError, match="no dtype for int4"):
+        to_torch(np.zeros(3, dtype=ml_dtypes.int4))
+
+
 def test_to_torch_widens_unsigned_types_an_older_torch_lacks(monkeypatch):
     torch = _torch()
     from gpuzarr import loader
