@@ -146,6 +146,8 @@ def build_layout(batch: FetchedBatch, chain: CodecChain, cpu_decode: Callable[[i
     """`cpu_decode(i)` decodes chunk i on the host (exactly raw_nbytes), for codecs nvCOMP lacks;
     `allocate(n)` gives (the staging buffer, page-locked on a GPU, written exactly once; a token
     the engine wants back with it)."""
+    if _zstd_only(chain):
+        return _zstd_layout(batch, chain, allocate)
     raw_nbytes = chain.raw_nbytes
     codecs = chain.bytes_to_bytes
     n_checks = chain.trailing_crc32c
@@ -165,6 +167,93 @@ def build_layout(batch: FetchedBatch, chain: CodecChain, cpu_decode: Callable[[i
         except CorruptDataError as exc:
             raise CorruptDataError(f"{label}: {exc}" if label not in str(exc) else str(exc)) from None
     return b.layout(batch.present, fallback, allocate)
+
+
+def _zstd_only(chain: CodecChain) -> bool:
+    """zstd alone (then crc32c codecs, maybe) within nvCOMP's per-chunk limit: the layout is
+    computed for the whole batch at once, without a Python step per chunk but the copy."""
+    codecs = chain.bytes_to_bytes
+    return (len(codecs) - chain.trailing_crc32c == 1 and isinstance(codecs[0], Zstd)
+            and chain.raw_nbytes <= MAX_DECODED["zstd"])
+
+
+def _zstd_layout(batch: FetchedBatch, chain: CodecChain, allocate: Callable[[int], tuple]) -> GpuBatchLayout:
+    """Streams of a zstd batch as whole-batch arrays: checksums verified, frame headers checked
+    (content sizes against the chunk size) for every chunk at once, each frame copied to its
+    ALIGN-ed place in staging, decoded straight into its row of work (through temp when the
+    chunk size leaves rows unaligned)."""
+    raw = chain.raw_nbytes
+    live = np.flatnonzero(batch.present)
+    offsets, sizes = batch.offsets[live], batch.sizes[live]
+    labels = [batch.labels[i] for i in live.tolist()]
+    sizes = _strip_checksums(batch.staging, offsets, sizes, chain.trailing_crc32c, labels)
+    _check_zstd_headers(batch.staging, offsets, sizes, raw, labels)
+    padded = -(-sizes // ALIGN) * ALIGN
+    src = np.cumsum(padded) - padded
+    staging, token = allocate(int(src[-1] + sizes[-1]) if live.size else 0)
+    into, source = memoryview(staging), memoryview(batch.staging)  # slices of memoryviews: ~5x cheaper
+    for a, b, n in zip(src.tolist(), offsets.tolist(), sizes.tolist()):
+        into[a:a + n] = source[b:b + n]
+    dst = live * raw
+    moves = {"src": np.zeros(0, np.int64), "dst": np.zeros(0, np.int64), "size": np.zeros(0, np.int64)}
+    temp = 0
+    if raw % ALIGN:  # rows of work start unaligned: decode to temp slots, then move
+        slot = _align(raw)
+        temps = _align(batch.n * raw) + slot * np.arange(live.size, dtype=np.int64)
+        moves = {"src": temps, "dst": dst, "size": np.full(live.size, raw, np.int64)}
+        dst, temp = temps, slot * live.size
+    streams = {"zstd": {"src": src, "src_size": sizes, "dst": dst, "dst_size": np.full(live.size, raw, np.int64),
+                        "chunk": live}} if live.size else {}
+    empty = {"src": np.zeros(0, np.int64), "dst": np.zeros(0, np.int64), "size": np.zeros(0, np.int64)}
+    return GpuBatchLayout(batch.n, raw, batch.present, staging, token, streams, empty, moves, {}, temp, [],
+                          batch.labels)
+
+
+def _strip_checksums(staging: np.ndarray, offsets: np.ndarray, sizes: np.ndarray, checks: int,
+                     labels: list) -> np.ndarray:
+    """Verify `checks` trailing crc32c codecs of every chunk (one C call each); sizes without them."""
+    if not checks:
+        return sizes
+    view = memoryview(staging)
+    for start, size, label in zip(offsets.tolist(), sizes.tolist(), labels):
+        data = view[start:start + size]
+        for _ in range(checks):
+            data = strip_crc32c(data, f"{label} (crc32c codec)")
+    return sizes - 4 * checks
+
+
+_ZSTD_MAGIC = np.frombuffer(b"\x28\xb5\x2f\xfd", np.uint8)
+_ZSTD_HEADER_MAX = 18  # magic 4, descriptor 1, window 1, dictionary id 4, content size 8
+
+
+def _check_zstd_headers(staging: np.ndarray, offsets: np.ndarray, sizes: np.ndarray, nbytes: int,
+                        labels: list) -> None:
+    """Every frame's magic number and Frame_Content_Size (RFC 8878 §3.1.1.1) at once: a frame that
+    says it decodes to another size than the chunk's is corrupt (frames without one are checked
+    by nvCOMP's reported sizes)."""
+    if not offsets.size:
+        return
+    at = np.minimum(offsets[:, None] + np.arange(_ZSTD_HEADER_MAX), max(staging.size - 1, 0))
+    head = staging[at] if staging.size else np.zeros(at.shape, np.uint8)
+    fhd = head[:, 4].astype(np.int64)
+    fcs_flag, single, dict_flag = fhd >> 6, (fhd >> 5) & 1, fhd & 3
+    pos = 5 + (1 - single) + np.array([0, 1, 2, 4])[dict_flag]
+    width = np.where(fcs_flag == 0, single, np.array([0, 2, 4, 8])[fcs_flag])
+    rows = np.arange(offsets.size)
+    value = np.zeros(offsets.size, np.uint64)
+    for k in range(8):
+        byte = head[rows, np.minimum(pos + k, _ZSTD_HEADER_MAX - 1)].astype(np.uint64)
+        value |= np.where(k < width, byte << np.uint64(8 * k), np.uint64(0))
+    value += np.where(width == 2, np.uint64(256), np.uint64(0))
+    bad_magic = (sizes < 5) | ~(head[:, :4] == _ZSTD_MAGIC).all(axis=1)
+    truncated = ~bad_magic & (width > 0) & (sizes < pos + width)
+    wrong = ~bad_magic & ~truncated & (width > 0) & (value != np.uint64(nbytes))
+    for mask, what in ((bad_magic, "not a zstd frame (bad magic number)"), (truncated, "truncated zstd frame header"),
+                       (wrong, None)):
+        if mask.any():
+            k = int(np.flatnonzero(mask)[0])
+            raise CorruptDataError(f"{labels[k]}: " + (what or f"zstd frame decodes to {int(value[k])} bytes, "
+                                                               f"the chunk needs {nbytes}"))
 
 
 def _add_chunk(b: _Builder, codecs: tuple, data: memoryview, chunk: int, nbytes: int) -> None:
