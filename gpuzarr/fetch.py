@@ -22,6 +22,7 @@ from .store import LocalStore, Store
 
 Shape = tuple[int, ...]
 COALESCE_GAP = 1 << 16  # bytes of gap worth reading to save a request
+COALESCE_ARRAYS = 48  # from this many chunks a batch is coalesced with array operations
 
 
 @dataclass(frozen=True)
@@ -55,6 +56,7 @@ class FetchedBatch:
     sizes: np.ndarray  # int64 per chunk
     present: np.ndarray  # bool per chunk
     labels: list  # per chunk: the store key, for error messages
+    token: Any = None  # what the staging buffer's allocator gave with it (a pinned slot's event)
 
     @property
     def n(self) -> int:
@@ -256,27 +258,17 @@ def thread_slot(local: threading.local, name: str, nbytes: int, kept: int | None
     return slot(nbytes)
 
 
-def fetch(store: Store, loc: Locations, rows: np.ndarray, alloc: Any = _new_staging) -> FetchedBatch:
+def fetch(store: Store, loc: Locations, rows: np.ndarray, alloc: Any = _new_staging, align: int = 1) -> FetchedBatch:
     """Read the chunks `rows` (in storage order) into one staging buffer, coalescing neighbours.
-    `alloc(nbytes)` gives the staging buffer of a local read (default: a new one)."""
+    `alloc(nbytes)` gives the staging buffer of a local read (default: a new one), or (it, a
+    token); `align`: where chunks of a local read start (see `_fetch_bounded`)."""
     keys, offsets, sizes, present = loc.keys[rows], loc.offsets[rows], loc.sizes[rows], loc.present[rows].copy()
     n = rows.size
-    ranges: list[tuple[str, int, int | None]] = []
-    members: list[list[int]] = []
-    key_list, off_list, size_list = keys.tolist(), offsets.tolist(), sizes.tolist()
-    for i in np.flatnonzero(present).tolist():
-        key, off, size = key_list[i], off_list[i], size_list[i]
-        if size < 0:
-            ranges.append((key, 0, None))
-            members.append([i])
-            continue
-        if ranges and ranges[-1][0] == key and ranges[-1][2] is not None and 0 <= off - ranges[-1][2] <= COALESCE_GAP:
-            k, start, stop = ranges[-1]
-            ranges[-1] = (k, start, max(stop, off + size))
-            members[-1].append(i)
-        else:
-            ranges.append((key, off, off + size))
-            members.append([i])
+    key_list = keys.tolist()
+    if np.count_nonzero(present) < COALESCE_ARRAYS:
+        ranges, members = _coalesce_small(key_list, offsets.tolist(), sizes.tolist(), present)
+    else:
+        ranges, members = _coalesce(keys, loc.key_ids[rows], offsets, sizes, present)
     if ranges and isinstance(store, LocalStore):
         # whole chunk files: their sizes cost a stat, then they are read straight into staging too
         sizes = sizes.copy()
@@ -286,7 +278,7 @@ def fetch(store: Store, loc: Locations, rows: np.ndarray, alloc: Any = _new_stag
                 present[idx[0]] = size is not None
                 sizes[idx[0]] = size or 0
                 ranges[r] = (key, 0, size or 0)
-        return _fetch_bounded(store, ranges, members, offsets, sizes, present, key_list, alloc)
+        return _fetch_bounded(store, ranges, members, offsets, sizes, present, key_list, alloc, align)
     # other stores return what exists, so nothing is allocated from an unchecked index size
     blobs = store.read_ranges(ranges)
     staging = np.empty(sum(len(b) for b in blobs if b is not None), dtype=np.uint8)
@@ -310,16 +302,69 @@ def fetch(store: Store, loc: Locations, rows: np.ndarray, alloc: Any = _new_stag
     return FetchedBatch(staging, out_off, out_size, present, list(keys))
 
 
+def _coalesce_small(keys: list, offsets: list, sizes: list, present: np.ndarray) -> tuple[list, list]:
+    """(key, start, stop) ranges (stop None: the whole object) and the chunks each holds: a chunk
+    joins the previous range if it starts at most COALESCE_GAP bytes after its end. Python
+    integers: cheaper than array calls for a few chunks."""
+    ranges: list[tuple[str, int, int | None]] = []
+    members: list[list[int]] = []
+    for i in np.flatnonzero(present).tolist():
+        key, off, size = keys[i], offsets[i], sizes[i]
+        if size < 0:
+            ranges.append((key, 0, None))
+            members.append([i])
+            continue
+        if ranges and ranges[-1][0] == key and ranges[-1][2] is not None and 0 <= off - ranges[-1][2] <= COALESCE_GAP:
+            k, start, stop = ranges[-1]
+            ranges[-1] = (k, start, max(stop, off + size))
+            members[-1].append(i)
+        else:
+            ranges.append((key, off, off + size))
+            members.append([i])
+    return ranges, members
+
+
+def _coalesce(keys: np.ndarray, key_ids: np.ndarray, offsets: np.ndarray, sizes: np.ndarray,
+              present: np.ndarray) -> tuple[list, list]:
+    """The same ranges as `_coalesce_small`, found with whole-batch array operations. Within a
+    range chunks follow each other (a chunk starting before the previous one's end starts a new
+    range), so a range's running end is its previous chunk's end."""
+    live = np.flatnonzero(present)
+    if not live.size:
+        return [], []
+    ids, off, size = key_ids[live], offsets[live], sizes[live]
+    end = off + size
+    whole = size < 0
+    new = np.ones(live.size, dtype=bool)
+    gap = off[1:] - end[:-1]
+    new[1:] = (ids[1:] != ids[:-1]) | (gap < 0) | (gap > COALESCE_GAP) | whole[1:] | whole[:-1]
+    firsts = np.flatnonzero(new)
+    lasts = np.append(firsts[1:], live.size) - 1
+    ranges = [(k, 0, None) if w else (k, a, b) for k, a, b, w in
+              zip(keys[live[firsts]].tolist(), off[firsts].tolist(), end[lasts].tolist(), whole[firsts].tolist())]
+    return ranges, [m.tolist() for m in np.split(live, firsts[1:])]
+
+
 def _fetch_bounded(store: LocalStore, ranges: list, members: list, offsets: np.ndarray, sizes: np.ndarray,
-                   present: np.ndarray, labels: list, alloc: Any) -> FetchedBatch:
+                   present: np.ndarray, labels: list, alloc: Any, align: int) -> FetchedBatch:
     """Byte ranges of known size (from shard indexes checked against the shard's size, or from
-    the file's size): the staging buffer is allocated once and read into directly."""
-    positions = list(itertools.accumulate((stop - start for _, start, stop in ranges), initial=0))
-    staging = alloc(positions.pop())
-    counts = store.read_ranges_into(ranges, staging, positions)
-    out_off = [0] * present.size  # Python ints: a few per range cost less than array calls
+    the file's size): the staging buffer is allocated once and read into directly. With `align`
+    > 1 every chunk starts at a multiple of it (the GPU decoder's input alignment), read there
+    by the range's one scattering preadv: no second copy to line chunks up."""
     offsets = offsets.tolist()
-    for (key, start, stop), idx, pos, count in zip(ranges, members, positions, counts):
+    if align <= 1:
+        positions = list(itertools.accumulate((stop - start for _, start, stop in ranges), initial=0))
+        staging, token = _allocated(alloc, positions.pop())
+        view = memoryview(staging)
+        pieces = [[view[pos:pos + stop - start]] for (_, start, stop), pos in zip(ranges, positions)]
+        out_off = [0] * present.size  # Python ints: a few per range cost less than array calls
+        for (_, start, _), idx, pos in zip(ranges, members, positions):
+            for i in idx:
+                out_off[i] = pos + offsets[i] - start
+    else:
+        staging, token, pieces, out_off = _aligned_pieces(ranges, members, offsets, sizes.tolist(), alloc, align)
+    counts = store.read_ranges_into(ranges, pieces)
+    for (key, start, stop), idx, count in zip(ranges, members, counts):
         if stop == 0 and not present[idx[0]]:
             continue  # a missing chunk file
         if count is None:
@@ -327,6 +372,36 @@ def _fetch_bounded(store: LocalStore, ranges: list, members: list, offsets: np.n
         if count != stop - start:
             raise CorruptDataError(f"{key}: bytes {start}..{stop} were expected (from the shard index or the "
                                    f"file size), {start + count} exist")
+    return FetchedBatch(staging, np.array(out_off, np.int64), np.where(present, sizes, 0), present, labels, token)
+
+
+def _aligned_pieces(ranges: list, members: list, offsets: list, sizes: list, alloc: Any,
+                    align: int) -> tuple[np.ndarray, Any, list, list]:
+    """Staging with each chunk at an `align`-ed offset, and per range the buffers its preadv
+    fills: the chunks' places, and the gaps between them (bytes coalescing reads anyway) in a
+    scratch buffer."""
+    out_off = [0] * len(offsets)
+    pos = 0
+    for idx in members:
         for i in idx:
-            out_off[i] = pos + offsets[i] - start
-    return FetchedBatch(staging, np.array(out_off, np.int64), np.where(present, sizes, 0), present, labels)
+            pos = -(-pos // align) * align
+            out_off[i] = pos
+            pos += sizes[i]
+    staging, token = _allocated(alloc, pos)
+    view, gap = memoryview(staging), memoryview(bytearray(COALESCE_GAP))
+    pieces = []
+    for (_, start, _), idx in zip(ranges, members):
+        cursor, bufs = start, []
+        for i in idx:  # in file order, never overlapping (see fetch's coalescing)
+            if offsets[i] > cursor:
+                bufs.append(gap[:offsets[i] - cursor])
+            bufs.append(view[out_off[i]:out_off[i] + sizes[i]])
+            cursor = offsets[i] + sizes[i]
+        pieces.append(bufs)
+    return staging, token, pieces, out_off
+
+
+def _allocated(alloc: Any, nbytes: int) -> tuple[np.ndarray, Any]:
+    """`alloc(nbytes)`: a buffer, or (a buffer, a token its device wants back with it)."""
+    got = alloc(nbytes)
+    return got if isinstance(got, tuple) else (got, None)

@@ -120,7 +120,8 @@ class Reader:
                                             plan, lo, fill, report, sole=len(bounds) == 1)
             elif len(bounds) == 1:  # nothing to overlap with: no thread hand-off; small: one read
                 with report.timed("fetch"):
-                    batch = fetch(self.store, loc, np.arange(*bounds[0]), _reused_staging)
+                    batch = fetch(self.store, loc, np.arange(*bounds[0]), device.staging_alloc or _reused_staging,
+                                  device.staging_align)
                 started += self._decode(device, batch, chain, out, plan, 0, fill, report, sole=True)
             else:
                 self._staged(bounds, plan, loc, chain, device, out, fill, report, started)
@@ -141,8 +142,8 @@ class Reader:
         are queued, so a failure settles every one of them."""
         cost = np.where(loc.sizes >= 0, loc.sizes, 0)
         reserve = max(int(cost[lo:hi].sum()) for lo, hi in bounds)
-        slots = (Slot(reserve), Slot(reserve))
-        pending = _IO.submit(fetch, self.store, loc, np.arange(*bounds[0]), slots[0])
+        slots = (device.staging_alloc,) * 2 if device.staging_alloc else (Slot(reserve), Slot(reserve))
+        pending = _IO.submit(fetch, self.store, loc, np.arange(*bounds[0]), slots[0], device.staging_align)
         done = len(started)  # started[:done]: the tasks of batches before k-1
         for k, (lo, _) in enumerate(bounds):
             with report.timed("fetch"):
@@ -152,7 +153,8 @@ class Reader:
             _wait(started[done:before], report)
             done = before
             if k + 1 < len(bounds):
-                pending = _IO.submit(fetch, self.store, loc, np.arange(*bounds[k + 1]), slots[(k + 1) % 2])
+                pending = _IO.submit(fetch, self.store, loc, np.arange(*bounds[k + 1]), slots[(k + 1) % 2],
+                                     device.staging_align)
 
     @staticmethod
     def _decode(device: Device, batch: Any, chain: Any, out: Any, plan: Plan, first: int, fill: Any,

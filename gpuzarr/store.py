@@ -97,19 +97,11 @@ class LocalStore(Store):
     def read_ranges(self, ranges: Sequence[Range]) -> list[bytes | None]:
         return self._per_file(ranges, lambda fd, i, start, stop: _pread_range(fd, start, stop))
 
-    def read_ranges_into(self, ranges: Sequence[tuple[str, int, int]], buffer: Any,
-                         positions: Sequence[int]) -> list[int | None]:
-        view = memoryview(buffer).cast("B")
-
-        def read_into(fd: int, i: int, start: int, stop: int) -> int:
-            done, want, pos = 0, stop - start, positions[i]
-            while done < want:  # straight from the page cache into the staging buffer
-                got = os.preadv(fd, [view[pos + done:pos + want]], start + done)
-                if got == 0:
-                    break
-                done += got
-            return done
-        return self._per_file(ranges, read_into)
+    def read_ranges_into(self, ranges: Sequence[tuple[str, int, int]], pieces: Sequence[list]) -> list[int | None]:
+        """Read each range straight from the page cache into its buffers, in order (one
+        `os.preadv` per range, scattering it: each chunk lands where its decoder wants it, gaps
+        in a scratch buffer); the bytes read per range (fewer only at the end of the file)."""
+        return self._per_file(ranges, lambda fd, i, start, stop: _preadv_all(fd, pieces[i], start))
 
     def _per_file(self, ranges: Sequence[Range], read: Any) -> list:
         """read(fd, i, start, stop) for every range, opening each file once for a run of ranges
@@ -148,6 +140,27 @@ class LocalStore(Store):
         except (FileNotFoundError, NotADirectoryError):
             return None
         return info.st_size if stat.S_ISREG(info.st_mode) else None
+
+
+IOV_MAX = os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 1024  # buffers one preadv takes
+
+
+def _preadv_all(fd: int, buffers: list, offset: int) -> int:
+    """Fill `buffers` in order from the file at `offset`; stops early only at the end of the file."""
+    done = k = 0
+    while k < len(buffers):
+        batch = buffers[k:k + IOV_MAX]
+        got = os.preadv(fd, batch, offset + done)
+        if got == 0:
+            break
+        done += got
+        while k < len(buffers) and got >= len(buffers[k]):  # skip the buffers filled
+            got -= len(buffers[k])
+            k += 1
+        if got:  # one filled in part (a signal, or the end of the file): the rest of it next
+            buffers = [buffers[k][got:], *buffers[k + 1:]]
+            k = 0
+    return done
 
 
 def _unpickle_store(cls: type, fs: fsspec.AbstractFileSystem, root: str) -> Store:

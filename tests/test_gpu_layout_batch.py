@@ -142,3 +142,88 @@ def test_wrong_content_sizes_and_bad_magic_are_corrupt(tmp_path):
         build_layout(_batch_of([good, other, good]), chain, lambda i: None)
     with pytest.raises(CorruptDataError, match="c/2: not a zstd frame"):
         build_layout(_batch_of([good, good, b"\x00" + good[1:]]), chain, lambda i: None)
+
+
+# ------------------------------------------------------------------------ fetch for the device
+
+@settings(max_examples=300, deadline=None)
+@given(data=st.data())
+def test_whole_batch_coalescing_equals_the_chunk_by_chunk_one(data):
+    from gpuzarr.fetch import COALESCE_GAP, _coalesce, _coalesce_small
+
+    n = data.draw(st.integers(1, 60))
+    key_ids = np.sort(np.array(data.draw(st.lists(st.integers(0, 3), min_size=n, max_size=n)), np.int64))
+    offsets = np.array(data.draw(st.lists(st.sampled_from([0, 5, 100, 4096, COALESCE_GAP, 3 * COALESCE_GAP]),
+                                          min_size=n, max_size=n)), np.int64).cumsum()
+    offsets -= np.array(data.draw(st.lists(st.integers(0, 150), min_size=n, max_size=n)))  # overlaps, disorder
+    sizes = np.array(data.draw(st.lists(st.sampled_from([-1, 0, 1, 99, 5000]), min_size=n, max_size=n)), np.int64)
+    present = np.array(data.draw(st.lists(st.booleans(), min_size=n, max_size=n)))
+    keys = np.array([f"k{i}" for i in key_ids.tolist()], dtype=object)
+    assert _coalesce(keys, key_ids, offsets, sizes, present) == \
+        _coalesce_small(keys.tolist(), offsets.tolist(), sizes.tolist(), present)
+
+
+def _sharded(tmp_path, chunk=(8, 8)):
+    from gpuzarr.sample import sample_data, write_sharded
+
+    data = sample_data((64, 64))
+    write_sharded(str(tmp_path / "s"), data, (32, 64), chunk)
+    return gpuzarr.open(str(tmp_path / "s"), device="cpu"), data
+
+
+@pytest.mark.parametrize("every", [1, 3])  # all chunks (one range per shard), or gaps between them
+def test_an_aligned_fetch_places_each_chunk_at_an_aligned_offset(tmp_path, every):
+    from gpuzarr.fetch import fetch
+
+    arr, _ = _sharded(tmp_path)
+    reader = arr._reader
+    coords = np.array([(y, x) for y in range(8) for x in range(8)])[::every]
+    loc = reader.locator.locate(coords)
+    rows = np.arange(coords.shape[0])
+    plain, aligned = fetch(arr.store, loc, rows), fetch(arr.store, loc, rows, align=ALIGN)
+    assert not (aligned.offsets % ALIGN).any()
+    for i in range(rows.size):
+        assert bytes(aligned.chunk(i)) == bytes(plain.chunk(i)) and len(plain.chunk(i)) > 0
+
+
+def test_a_scattered_read_continues_after_a_short_preadv(tmp_path, monkeypatch):
+    from gpuzarr import store as store_module
+    from gpuzarr.fetch import fetch
+
+    arr, data = _sharded(tmp_path)
+    real = store_module.os.preadv
+
+    def seven_bytes(fd, bufs, off):  # a preadv that reads at most 7 bytes a call
+        left, short = 7, []
+        for b in bufs:
+            if left <= 0:
+                break
+            short.append(b[:left])
+            left -= len(short[-1])
+        return real(fd, short, off)
+
+    monkeypatch.setattr(store_module.os, "preadv", seven_bytes)
+    loc = arr._reader.locator.locate(np.array([(0, 0), (0, 1), (3, 5)]))
+    batch = fetch(arr.store, loc, np.arange(3), align=ALIGN)
+    monkeypatch.undo()
+    want = fetch(arr.store, loc, np.arange(3))
+    assert [bytes(batch.chunk(i)) for i in range(3)] == [bytes(want.chunk(i)) for i in range(3)]
+
+
+def test_the_gpu_device_decodes_a_local_zstd_batch_where_fetch_put_it(tmp_path):
+    arr, data = _sharded(tmp_path)
+    engine = StandinEngine()
+    seen = []
+    real_build = gpuzarr.devices.gpu.build_layout
+
+    def spy(batch, *args, **kw):
+        layout = real_build(batch, *args, **kw)
+        seen.append(layout.staging is batch.staging)
+        return layout
+
+    gpuzarr.devices.gpu.build_layout = spy
+    try:
+        np.testing.assert_array_equal(arr.read(device=GpuDevice(engine)), data)
+    finally:
+        gpuzarr.devices.gpu.build_layout = real_build
+    assert seen == [True]  # no repack: the staging fetched is the one uploaded

@@ -17,6 +17,8 @@ class Device(Protocol):
     xp: Any  # the array namespace outputs live in
     batch_bytes: int  # preferred compressed bytes per batch
     reads_in_tasks: bool  # local reads come as PendingBatch, read by the decoding tasks themselves
+    staging_align: int  # where each chunk of a staged local read starts (a multiple of this)
+    staging_alloc: Any  # None, or alloc(nbytes) -> (buffer, token): the staging the device consumes
 
     def empty(self, shape: tuple[int, ...], dtype: Any) -> Any:
         """An uninitialised output array on this device."""
@@ -115,6 +117,7 @@ class AutoDevice:
 
     name = "gpu"
     reads_in_tasks = False  # resolved to the GPU or the CPU device before any batch is read
+    staging_align, staging_alloc = 1, None  # likewise
 
     def __init__(self, gpu: Device, cpu: Device, cpu_below: int = 1 << 20):
         self.gpu, self.cpu, self.cpu_below = gpu, cpu, cpu_below

@@ -68,6 +68,7 @@ class CpuDevice:
     xp = np
     batch_bytes = 4 << 20  # small batches keep fetching and decoding overlapped, and memory low
     reads_in_tasks = True  # local files: each task reads the chunks it decodes (see decode_and_place)
+    staging_align, staging_alloc = 1, None  # chunks as they lie; the pipeline's own staging slots
     _shared: dict[int | None, CpuDevice] = {}
     _shared_lock = threading.Lock()
 

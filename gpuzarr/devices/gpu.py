@@ -22,7 +22,7 @@ from ..fetch import FetchedBatch
 from ..placement import decode_raw
 from ..plan import Plan
 from .cpu import decode_bytes
-from .gpu_layout import GpuBatchLayout, build_layout, copy_records, scatter_records
+from .gpu_layout import ALIGN, GpuBatchLayout, build_layout, copy_records, scatter_records
 from .kernels import SCATTER_ITEMSIZES, get_function
 
 # nvCOMP algorithm names, by the name gpu_layout gives each raw stream kind
@@ -52,9 +52,12 @@ class GpuDevice:
     batch_bytes = 256 << 20  # big batches keep nvCOMP busy; bounded by this setting
     reads_in_tasks = False  # every batch arrives staged: one copy to the device
 
+    staging_align = ALIGN  # local reads land each chunk where nvCOMP may read it: no repack
+
     def __init__(self, engine: Any):
         self.engine = engine
         self.xp = engine.xp
+        self.staging_alloc = engine.host_buffer  # page-locked: uploaded as fetched
 
     def __reduce__(self) -> tuple:
         from .base import get_device  # the receiving process makes its own (CUDA state is per process)
@@ -166,10 +169,12 @@ class CupyEngine:
         return self._state().pinned.take(nbytes)
 
     def upload(self, host: np.ndarray, event: Any) -> Any:
-        """One asynchronous copy of a staging slot from `host_buffer`."""
+        """One asynchronous copy of a staging slot from `host_buffer` (event: its slot's), or of
+        pageable memory (event None: CUDA has copied it before this returns)."""
         device = self.empty(host.nbytes)
         device.set(host, stream=self.stream)
-        event.record(self.stream)  # the slot is reusable once this copy is done
+        if event is not None:
+            event.record(self.stream)  # the slot is reusable once this copy is done
         return device
 
     def codec(self, algorithm: str) -> Any:

@@ -179,21 +179,24 @@ def _zstd_only(chain: CodecChain) -> bool:
 
 def _zstd_layout(batch: FetchedBatch, chain: CodecChain, allocate: Callable[[int], tuple]) -> GpuBatchLayout:
     """Streams of a zstd batch as whole-batch arrays: checksums verified, frame headers checked
-    (content sizes against the chunk size) for every chunk at once, each frame copied to its
-    ALIGN-ed place in staging, decoded straight into its row of work (through temp when the
-    chunk size leaves rows unaligned)."""
+    (content sizes against the chunk size) for every chunk at once, frames where fetch put them
+    if that is ALIGN-ed (else each copied to such a place), decoded straight into its row of
+    work (through temp when the chunk size leaves rows unaligned)."""
     raw = chain.raw_nbytes
     live = np.flatnonzero(batch.present)
     offsets, sizes = batch.offsets[live], batch.sizes[live]
     labels = [batch.labels[i] for i in live.tolist()]
     sizes = _strip_checksums(batch.staging, offsets, sizes, chain.trailing_crc32c, labels)
     _check_zstd_headers(batch.staging, offsets, sizes, raw, labels)
-    padded = -(-sizes // ALIGN) * ALIGN
-    src = np.cumsum(padded) - padded
-    staging, token = allocate(int(src[-1] + sizes[-1]) if live.size else 0)
-    into, source = memoryview(staging), memoryview(batch.staging)  # slices of memoryviews: ~5x cheaper
-    for a, b, n in zip(src.tolist(), offsets.tolist(), sizes.tolist()):
-        into[a:a + n] = source[b:b + n]
+    if not (offsets % ALIGN).any():  # fetched in place (a local read): uploaded as it is
+        staging, token, src = batch.staging, batch.token, offsets
+    else:
+        padded = -(-sizes // ALIGN) * ALIGN
+        src = np.cumsum(padded) - padded
+        staging, token = allocate(int(src[-1] + sizes[-1]) if live.size else 0)
+        into, source = memoryview(staging), memoryview(batch.staging)  # slices of memoryviews: ~5x cheaper
+        for a, b, n in zip(src.tolist(), offsets.tolist(), sizes.tolist()):
+            into[a:a + n] = source[b:b + n]
     dst = live * raw
     moves = {"src": np.zeros(0, np.int64), "dst": np.zeros(0, np.int64), "size": np.zeros(0, np.int64)}
     temp = 0
