@@ -2,14 +2,32 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
-from .array import Array
-from .errors import GpuzarrError
-from .group import Group
-from .metadata import GroupMetadata, load_json, parse_v2_array, parse_v3
-from .pipeline import Settings
-from .store import Store, open_store
+
+def _import_numcodecs() -> None:
+    """numcodecs >= 0.16.4 warns, when imported where the `crc32c` package (a gpuzarr dependency)
+    is installed and google_crc32c is not, that its own use of crc32c is deprecated: advice for
+    numcodecs' users that gpuzarr's users would see on every run. Its own 'once' filter outranks
+    any filter set before the import, so the import's warnings are caught and all others re-issued."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        import numcodecs  # noqa: F401
+    for w in caught:
+        if not (issubclass(w.category, DeprecationWarning) and str(w.message).startswith(_CRC32C_ADVICE)):
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno, source=w.source)
+
+
+_CRC32C_ADVICE = "crc32c usage is deprecated"
+_import_numcodecs()  # `import gpuzarr` runs this module first: before anything else imports numcodecs
+
+from .array import Array  # noqa: E402
+from .errors import GpuzarrError  # noqa: E402
+from .group import Group  # noqa: E402
+from .metadata import GroupMetadata, check_consolidated, load_json, parse_v2_array, parse_v3  # noqa: E402
+from .pipeline import Settings  # noqa: E402
+from .store import Store, open_store  # noqa: E402
 
 _V2_FILES = (".zarray", ".zgroup", ".zattrs", ".zmetadata")
 
@@ -21,6 +39,8 @@ class NodeNotFoundError(GpuzarrError, FileNotFoundError):
 def open(store: Any, path: str | None = None, *, device: Any = "auto",
          storage_options: dict | None = None, settings: Settings | None = None) -> Array | Group:
     """Open the array or group at `store` (a path, URL, fsspec mapper or filesystem) / `path`.
+    `path` is a node path below the store's root (for a filesystem: the root inside it); one with
+    a '..', '.' or empty segment raises ValueError, so no path leads out of the root.
     `settings` bounds batches (compressed and decoded bytes, chunks) and the shard index cache."""
     return open_node(open_store(store, path, storage_options), device, settings=settings)
 
@@ -49,7 +69,8 @@ def open_node(store: Store, device: Any = "auto", docs: dict | None = None,
         consolidated = None
         zmeta = docs.get(".zmetadata")
         if zmeta is not None and isinstance(zmeta.get("metadata"), dict):
-            consolidated = {k: v for k, v in zmeta["metadata"].items() if isinstance(v, dict)}
+            members = {k: v for k, v in zmeta["metadata"].items() if isinstance(v, dict)}
+            consolidated = check_consolidated(members, store.path(".zmetadata"))
         return Group(GroupMetadata(2, attrs, consolidated), store, device, settings)
     raise NodeNotFoundError(f"{store.url}: no Zarr array or group here (no zarr.json, .zarray or .zgroup)")
 

@@ -141,7 +141,11 @@ class Array:
     def read_batch(self, selections: list, device: str | Device | None = None, out: Any = None,
                    report: ReadReport | None = None) -> Any:
         """Read many same-shaped windows in one pipeline pass; returns them stacked on axis 0.
-        Chunks shared between windows are fetched and decoded once."""
+        Chunks shared between windows are fetched and decoded once. `selections` is a list of
+        windows: a lone window (a tuple, a slice) would otherwise be read as one window per axis."""
+        if isinstance(selections, (tuple, slice)) or not hasattr(selections, "__iter__"):
+            raise TypeError(f"read_batch takes a list of windows, not a {type(selections).__name__}: for one "
+                            f"window pass [window], e.g. [(slice(0, 4), slice(0, 4))]")
         dev = self._device if device is None else get_device(device, self._settings.threads)
         windows = [normalize(s, self.shape) for s in selections]
         if not windows:

@@ -8,6 +8,17 @@ import sys
 from .errors import GpuzarrError
 
 
+def _positive_int(text: str) -> int:
+    """argparse type: a count or size below 1 is a usage error (exit 2), not a traceback later."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="gpuzarr", description="Batched Zarr reader for GPU and CPU")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -15,8 +26,8 @@ def main(argv: list[str] | None = None) -> int:
     info.add_argument("url", help="path or fsspec URL of an array or group")
     info.add_argument("--no-count", action="store_true", help="skip listing stored chunks")
     demo = sub.add_parser("demo", help="write a sample sharded zstd array, read it back, verify, time")
-    demo.add_argument("--size", type=int, default=4096, help="side of the square uint16 image")
-    demo.add_argument("--repeats", type=int, default=5)
+    demo.add_argument("--size", type=_positive_int, default=4096, help="side of the square uint16 image")
+    demo.add_argument("--repeats", type=_positive_int, default=5, help="timed full reads")
     demo.add_argument("--device", default="auto", choices=["auto", "cpu", "gpu"])
     args = parser.parse_args(argv)
     try:

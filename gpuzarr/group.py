@@ -7,7 +7,7 @@ from dataclasses import replace
 from typing import Any
 
 from .metadata import GroupMetadata
-from .store import Store
+from .store import CannotListError, Store
 
 
 class Group:
@@ -29,14 +29,23 @@ class Group:
         return self.meta.zarr_format
 
     def __getitem__(self, name: str) -> Any:
+        """The array or group at `name`, a member or a deeper path ('scans/scan0'); leading and
+        trailing '/' are ignored. A name that is not a str raises TypeError; one that is not a
+        path below this group (a '..', '.' or empty segment) raises KeyError, as a missing one does."""
         from .api import open_node
 
+        if not isinstance(name, str):
+            raise TypeError(f"group member names are str, not {type(name).__name__} ({name!r})")
         name = name.strip("/")
         if not name:
             raise KeyError("empty member name")
+        try:
+            store = self.store.child(name)
+        except ValueError as exc:
+            raise KeyError(str(exc)) from None
         docs = self._consolidated_docs(name)
         try:
-            node = open_node(self.store.child(name), self._device, docs, self._settings)
+            node = open_node(store, self._device, docs, self._settings)
         except FileNotFoundError:
             raise KeyError(f"{self.store.path(name)}: no array or group named {name!r}") from None
         cm = self.meta.consolidated
@@ -57,6 +66,8 @@ class Group:
         return docs if (".zarray" in docs or ".zgroup" in docs) else None
 
     def keys(self) -> list[str]:
+        """Member names, from consolidated metadata, else from listing the store: a store that
+        cannot list (HTTP) raises CannotListError rather than showing no members."""
         cm = self.meta.consolidated
         if cm is not None:
             if self.meta.zarr_format == 2:  # keys are files: "a/.zarray", "a/b/.zgroup"; ".zattrs" is ours
@@ -64,12 +75,22 @@ class Group:
             return sorted({k.split("/")[0] for k in cm})
         from .api import has_node
 
-        return [n for n in self.store.list_dirs("") if has_node(self.store.child(n), self.meta.zarr_format)]
+        marker = "zarr.json" if self.meta.zarr_format == 3 else ".zgroup"
+        try:
+            names = self.store.list_dirs("", marker)
+        except CannotListError as exc:
+            raise CannotListError(f"cannot list the members of this group: {exc.args[0]}; open them by name "
+                                  f"(group['name']) or consolidate the group's metadata", "", exc) from exc
+        return [n for n in names if has_node(self.store.child(n), self.meta.zarr_format)]
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.keys())
 
-    def __contains__(self, name: str) -> bool:
+    def __contains__(self, name: object) -> bool:
+        """Whether `name` opens a member; False for a name that cannot be one (not a str, or not
+        a path below this group)."""
+        if not isinstance(name, str):
+            return False
         try:
             self[name]
         except KeyError:

@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from .array import Array
 from .group import Group
+from .store import CannotListError
 
 
 def describe(node: Array | Group, name: str = "", count_chunks: bool = True) -> list[str]:
     """Lines describing `node` (recursively for groups)."""
     if isinstance(node, Group):
         lines = [f"{name or '/'}  group  zarr v{node.zarr_format}  attrs={len(node.attrs)}"]
-        for child, member in node.members():
-            sub = describe(member, f"{name}/{child}" if name else child, count_chunks)
+        try:
+            children = node.keys()
+        except CannotListError:
+            return lines + ["  members     unknown: this store cannot list directories and the group has no "
+                            "consolidated metadata"]
+        for child in children:
+            sub = describe(node[child], f"{name}/{child}" if name else child, count_chunks)
             lines += ["  " + line for line in sub]
         return lines
     m = node.meta
@@ -29,11 +33,18 @@ def describe(node: Array | Group, name: str = "", count_chunks: bool = True) -> 
     if m.dimension_names:
         lines.append(f"  dim names   {list(m.dimension_names)}")
     if count_chunks:
-        stored, nbytes = stored_chunks(node)
-        ratio = f"{node.nbytes / nbytes:.2f}x" if nbytes else "n/a"
-        lines.append(f"  stored      {stored} of {_grid_size(node)} chunk objects, {nbytes} bytes, "
-                     f"compression ratio {ratio}")
+        lines.append(f"  stored      {_stored(node)}")
     return lines
+
+
+def _stored(node: Array) -> str:
+    """The stored-chunks line; a store that cannot list says so rather than "0 of N"."""
+    try:
+        stored, nbytes = stored_chunks(node)
+    except CannotListError:
+        return f"unknown of {_grid_size(node)} chunk objects: this store cannot list files to count them"
+    ratio = f"{node.nbytes / nbytes:.2f}x" if nbytes else "n/a"
+    return f"{stored} of {_grid_size(node)} chunk objects, {nbytes} bytes, compression ratio {ratio}"
 
 
 def _grid_size(node: Array) -> int:
@@ -44,23 +55,18 @@ def _grid_size(node: Array) -> int:
 
 
 def stored_chunks(node: Array) -> tuple[int, int]:
-    """(number of stored chunk/shard objects, their total bytes), listing the store once."""
-    store = node.store
-    try:
-        found: dict[str, Any] = store.fs.find(store.root, detail=True)
-    except FileNotFoundError:
-        return 0, 0
-    prefix = store.root.rstrip("/") + "/"
-    files = {p[len(prefix):] if p.startswith(prefix) else p: info for p, info in found.items()}
+    """(number of stored chunk/shard objects, their total bytes), listing the store once;
+    CannotListError where the store cannot list."""
+    files = node.store.find("", "zarr.json" if node.meta.zarr_format == 3 else ".zarray")
     # chunks under a sub-directory holding its own metadata belong to another node
     nodes = {rel.rsplit("/", 1)[0] for rel in files if "/" in rel and rel.rsplit("/", 1)[-1] in _META}
     count = nbytes = 0
-    for rel, info in files.items():
+    for rel, size in files.items():
         parts = rel.split("/")
         if parts[-1] in _META or any("/".join(parts[:i]) in nodes for i in range(1, len(parts))):
             continue
         count += 1
-        nbytes += int(info.get("size") or 0)
+        nbytes += size
     return count, nbytes
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -59,6 +60,32 @@ class GroupMetadata:
     consolidated: dict | None = None  # relative path -> raw metadata document(s) of each member
 
 
+def node_path_problem(path: str) -> str | None:
+    """Why `path` cannot name a node below a hierarchy's root, or None when it can. The Zarr v3
+    spec's node names are not empty and not made of periods only ('.', '..'); a path joins them
+    with '/'. A '\\' separates too (zarr-python reads it as '/', and so does a Windows
+    filesystem), so no spelling of '..' leads out of the store root."""
+    if path.startswith(("/", "\\")):
+        return "an absolute path"
+    for segment in re.split(r"[/\\]", path):
+        if not segment:
+            return "an empty path segment"
+        if not segment.strip("."):
+            return f"a {segment!r} path segment"
+    return None
+
+
+def check_consolidated(consolidated: dict, where: str) -> dict:
+    """Consolidated metadata's keys are paths below the group; the group's members are opened at
+    them, so a key that could lead out of the store root is refused when the group is opened."""
+    for key in consolidated:
+        problem = node_path_problem(key)
+        if problem:
+            raise MetadataError(f"{where}: consolidated metadata key {key!r} is not a path below the group "
+                                f"({problem})")
+    return consolidated
+
+
 def load_json(raw: bytes, where: str) -> dict:
     try:
         doc = json.loads(raw)
@@ -104,7 +131,8 @@ def parse_v3(doc: dict, where: str) -> ArrayMetadata | GroupMetadata:
         cm = doc.get("consolidated_metadata")
         consolidated = None
         if isinstance(cm, dict) and isinstance(cm.get("metadata"), dict):
-            consolidated = {k: v for k, v in cm["metadata"].items() if isinstance(v, dict)}
+            members = {k: v for k, v in cm["metadata"].items() if isinstance(v, dict)}
+            consolidated = check_consolidated(members, where)
         return GroupMetadata(3, attributes, consolidated)
     if node_type != "array":
         raise MetadataError(f"{where}: node_type must be 'array' or 'group', got {node_type!r}")

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 import stat
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import fsspec
@@ -13,9 +13,16 @@ from fsspec.implementations.local import LocalFileSystem
 
 from . import forksafe
 from .errors import StoreError
+from .metadata import node_path_problem
 
 Range = tuple[str, int, int | None]  # key, start (negative: suffix), stop (None: to the end)
 _MISSING = (FileNotFoundError, KeyError, NotADirectoryError, IsADirectoryError)
+_REASON_CHARS = 200  # of an underlying error's text in a StoreError message
+
+
+class CannotListError(StoreError):
+    """The store cannot list a directory (an HTTP server, most often), so what only a listing
+    tells (a group's members without consolidated metadata, an array's stored chunks) is unknown."""
 
 
 class Store:
@@ -48,14 +55,25 @@ class Store:
 
     @property
     def url(self) -> str:
-        protocol = _protocol(self.fs)
-        return self.root if protocol == "file" else f"{protocol}://{self.root}"
+        """The root as a URL; filesystems whose paths keep their scheme (HTTP) get no second one."""
+        protocols = _protocols(self.fs)
+        if protocols[0] == "file" or self.root.startswith(tuple(f"{p}://" for p in protocols)):
+            return self.root
+        return f"{protocols[0]}://{self.root}"
 
     def path(self, key: str) -> str:
         return f"{self.root}/{key}" if key else self.root
 
     def child(self, path: str) -> Store:
-        return type(self)(self.fs, self.path(path.strip("/")))
+        """The store rooted at node path `path` below this root. Leading and trailing '/' are
+        ignored, as zarr-python does; a path that could lead out of the root ('..', '.', an empty
+        segment) raises ValueError."""
+        path = path.strip("/")
+        problem = node_path_problem(path) if path else None
+        if problem:
+            raise ValueError(f"{path!r} is not a node path below {self.url} ({problem}): a node path is "
+                             f"names joined by '/', none of them empty, '.' or '..'")
+        return type(self)(self.fs, self.path(path))
 
     def get(self, key: str) -> bytes | None:
         return self.read_ranges([(key, 0, None)])[0]
@@ -70,24 +88,48 @@ class Store:
         try:
             results = self.fs.cat_ranges(paths, starts, stops, on_error="return")
         except Exception as exc:  # the filesystem failed as a whole
-            raise StoreError(f"{self.url}: reading {len(ranges)} ranges failed: {exc}", ranges[0][0], exc) from exc
+            raise StoreError(f"{self.url}: reading {len(ranges)} ranges failed ({_reason(exc)})", ranges[0][0],
+                             exc) from exc
         out: list[bytes | None] = []
         for (key, _, _), result in zip(ranges, results):
             if isinstance(result, _MISSING):
                 out.append(None)
             elif isinstance(result, BaseException):
-                raise StoreError(f"{self.path(key)}: read failed: {result!r}", key, result)
+                raise StoreError(f"{self.path(key)}: read failed ({_reason(result)})", key, result)
             else:
                 out.append(result)
         return out
 
-    def list_dirs(self, key: str) -> list[str]:
-        """Names of the sub-directories (prefixes) under `key`."""
+    def list_dirs(self, key: str, marker: str) -> list[str]:
+        """Names of the sub-directories of node directory `key`, whose metadata file is `marker`
+        (see `_listing`)."""
+        entries = self._listing(key, marker, lambda path: self.fs.ls(path, detail=True))
+        return sorted(name for name, entry in entries.items() if entry.get("type") == "directory")
+
+    def find(self, key: str, marker: str) -> dict[str, int]:
+        """Every file below node directory `key`, whose metadata file is `marker`: its path
+        relative to `key` → its size (0 where the store does not say)."""
+        entries = self._listing(key, marker, lambda path: self.fs.find(path, detail=True).values())
+        return {name: int(entry.get("size") or 0) for name, entry in entries.items()}
+
+    def _listing(self, key: str, marker: str, entries: Callable[[str], Iterable[dict]]) -> dict[str, dict]:
+        """`entries(path)` of node directory `key`, by path relative to it. A filesystem that
+        cannot list (ls not implemented, or a listing without `marker`, the metadata file just
+        read from there: an HTTP server answers a directory with 404 or a page without links)
+        raises CannotListError: an empty answer would pass for an empty directory."""
+        path = self.path(key)
         try:
-            entries = self.fs.ls(self.path(key), detail=True)
-        except _MISSING:
-            return []
-        return sorted(e["name"].rstrip("/").rsplit("/", 1)[-1] for e in entries if e.get("type") == "directory")
+            found = list(entries(path))
+        except (NotImplementedError, *_MISSING) as exc:
+            raise CannotListError(f"{path}: this store cannot list directories ({_reason(exc)})", key, exc) from exc
+        except Exception as exc:
+            raise StoreError(f"{path}: listing failed ({_reason(exc)})", key, exc) from exc
+        prefix = path.rstrip("/") + "/"
+        names = {e["name"].rstrip("/").removeprefix(prefix): e for e in found}
+        if marker not in names:
+            raise CannotListError(f"{path}: this store cannot list directories (its listing lacks the node's "
+                                  f"{marker})", key)
+        return names
 
 
 class LocalStore(Store):
@@ -120,14 +162,14 @@ class LocalStore(Store):
                 i = j
                 continue
             except OSError as exc:
-                raise StoreError(f"{path}: open failed: {exc}", key, exc) from exc
+                raise StoreError(f"{path}: open failed ({_reason(exc)})", key, exc) from exc
             try:
                 for k in range(i, j):
                     results[k] = read(fd, k, ranges[k][1], ranges[k][2])
             except IsADirectoryError:  # opening a directory read-only succeeds; reading it does not
                 pass
             except OSError as exc:
-                raise StoreError(f"{path}: read failed: {exc}", key, exc) from exc
+                raise StoreError(f"{path}: read failed ({_reason(exc)})", key, exc) from exc
             finally:
                 os.close(fd)
             i = j
@@ -166,14 +208,27 @@ def _preadv_all(fd: int, buffers: list, offset: int) -> int:
 def _unpickle_store(cls: type, fs: fsspec.AbstractFileSystem, root: str) -> Store:
     """A store arriving in another process; a memory:// store exists only in the process (and
     the forked children) that wrote it: elsewhere every chunk would read as the fill value."""
-    if _protocol(fs) == "memory" and not fs.exists(root):
+    if _protocols(fs)[0] == "memory" and not fs.exists(root):
         raise StoreError(f"memory://{root}: a memory:// store lives in one process; it is not here "
                          f"(use a forked child, or a store on disk, to read it in another process)", None)
     return cls(fs, root)
 
 
-def _protocol(fs: fsspec.AbstractFileSystem) -> str:
-    return fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+def _protocols(fs: fsspec.AbstractFileSystem) -> tuple[str, ...]:
+    return (fs.protocol,) if isinstance(fs.protocol, str) else tuple(fs.protocol)
+
+
+def _reason(exc: BaseException) -> str:
+    """An underlying failure in a few words: the HTTP status and reason phrase where the error
+    has them (aiohttp's repr carries every request and response header), else the exception's
+    type and the first line of its text. StoreError.cause keeps the whole exception."""
+    status = getattr(exc, "status", None)
+    text = f"HTTP {status} {getattr(exc, 'message', '') or ''}" if isinstance(status, int) else str(exc)
+    lines = text.strip().splitlines()
+    text = lines[0].strip() if lines else ""
+    if len(text) > _REASON_CHARS:
+        text = text[:_REASON_CHARS] + "..."
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 def _pread_range(fd: int, start: int, stop: int | None) -> bytes:
@@ -195,7 +250,7 @@ def open_store(store: Any, path: str | None = None, storage_options: dict | None
         try:
             fs, root = fsspec.core.url_to_fs(os.fspath(store), **(storage_options or {}))
         except (ValueError, ImportError) as exc:
-            raise StoreError(f"{store}: cannot open this store ({exc})", None, exc) from exc
+            raise StoreError(f"{store}: cannot open this store ({_reason(exc)})", None, exc) from exc
         result = _make(fs, root)
     else:
         raise TypeError(f"store must be a path, URL, fsspec mapper or filesystem, not {type(store).__name__}")

@@ -72,7 +72,7 @@ class _FakeEvent:
 
 def _fake_cupy():
     """A `cupy` stand-in for PinnedPool/CupyEngine: the real PinnedMemoryPointer class over host memory."""
-    import cupy
+    cupy = pytest.importorskip("cupy", reason="CuPy is not installed (the [test] extra installs it on Linux x86_64)")
 
     def alloc_pinned_memory(nbytes):
         return cupy.cuda.PinnedMemoryPointer(_NumpyBackedMemory(nbytes), 0)
