@@ -35,8 +35,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         description="Benchmark gpuzarr against tensorstore, zarrs-python and zarr-python (all in one process, "
                     "readers alternating, warm page cache, results checked bit for bit before timing). Prints a "
                     "table; writes <out>/<timestamp>.json and .png.")
-    p.add_argument("--device", choices=("cpu", "gpu"), default="cpu",
-                   help="gpuzarr's device (default cpu; the peers always run on the CPU); gpu exits non-zero, saying why, when gpuzarr cannot use a GPU")
+    p.add_argument("--device", choices=("cpu", "gpu", "gpu-host"), default="cpu",
+                   help="gpuzarr's device (default cpu; the peers always run on the CPU); gpu exits non-zero, saying why, "
+                        "when gpuzarr cannot use a GPU; gpu-host: the GPU host half alone, device calls no-ops "
+                        "(bench/gpu_host.py, its own options)")
     p.add_argument("--cache", type=Path, default=HERE / ".cache", help="where generated datasets are kept (default bench/.cache)")
     p.add_argument("--out", type=Path, default=HERE / "results", help="where the JSON and PNG go (default bench/results)")
     p.add_argument("--datasets", nargs="+", metavar="NAME",
@@ -111,10 +113,16 @@ def check_device(device: str) -> str | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    if "--loader" in (sys.argv[1:] if argv is None else argv):  # the data-loader benchmark
+    argv = sys.argv[1:] if argv is None else argv
+    if "--loader" in argv:  # the data-loader benchmark
         from .loader import main as loader_main
 
-        return loader_main([a for a in (sys.argv[1:] if argv is None else argv) if a != "--loader"])
+        return loader_main([a for a in argv if a != "--loader"])
+    device = [b for a, b in zip(argv, argv[1:]) if a == "--device"] + [a[9:] for a in argv if a.startswith("--device=")]
+    if device == ["gpu-host"]:  # the GPU host half with no-op device calls
+        from .gpu_host import main as gpu_host_main
+
+        return gpu_host_main([a for a in argv if a not in ("--device", "gpu-host", "--device=gpu-host")])
     args = parse_args(argv)
     reason = check_device(args.device)
     if reason:

@@ -379,26 +379,34 @@ def _aligned_pieces(ranges: list, members: list, offsets: list, sizes: list, all
                     align: int) -> tuple[np.ndarray, Any, list, list]:
     """Staging with each chunk at an `align`-ed offset, and per range the buffers its preadv
     fills: the chunks' places, and the gaps between them (bytes coalescing reads anyway) in a
-    scratch buffer."""
-    out_off = [0] * len(offsets)
-    pos = 0
-    for idx in members:
-        for i in idx:
-            pos = -(-pos // align) * align
-            out_off[i] = pos
-            pos += sizes[i]
-    staging, token = _allocated(alloc, pos)
-    view, gap = memoryview(staging), memoryview(bytearray(COALESCE_GAP))
+    scratch buffer. Offsets are whole-batch array operations; the buffers, one slice a chunk."""
+    order = np.fromiter(itertools.chain.from_iterable(members), np.int64)  # chunks in file order, range by range
+    size = np.asarray(sizes, np.int64)[order]
+    padded = -(-size // align) * align
+    pos = np.cumsum(padded) - padded
+    out_off = np.zeros(len(offsets), np.int64)
+    out_off[order] = pos
+    staging, token = _allocated(alloc, int(pos[-1] + size[-1]) if order.size else 0)
+    view = memoryview(staging)
+    chunks = [view[a:b] for a, b in zip(pos.tolist(), (pos + size).tolist())]
+    offs = np.asarray(offsets, np.int64)[order]
+    gaps = np.zeros(order.size, np.int64)
+    gaps[1:] = offs[1:] - (offs[:-1] + size[:-1])
+    bounds = list(itertools.accumulate((len(m) for m in members), initial=0))
+    gaps[bounds[:-1]] = 0  # a range starts at its first chunk
+    scratch = memoryview(bytearray(COALESCE_GAP)) if gaps.any() else None
     pieces = []
-    for (_, start, _), idx in zip(ranges, members):
-        cursor, bufs = start, []
-        for i in idx:  # in file order, never overlapping (see fetch's coalescing)
-            if offsets[i] > cursor:
-                bufs.append(gap[:offsets[i] - cursor])
-            bufs.append(view[out_off[i]:out_off[i] + sizes[i]])
-            cursor = offsets[i] + sizes[i]
+    for lo, hi in zip(bounds[:-1], bounds[1:]):  # within a range chunks follow each other (see fetch)
+        if not gaps[lo:hi].any():
+            pieces.append(chunks[lo:hi])
+            continue
+        bufs = []
+        for k, gap in zip(range(lo, hi), gaps[lo:hi].tolist()):
+            if gap:
+                bufs.append(scratch[:gap])
+            bufs.append(chunks[k])
         pieces.append(bufs)
-    return staging, token, pieces, out_off
+    return staging, token, pieces, out_off.tolist()
 
 
 def _allocated(alloc: Any, nbytes: int) -> tuple[np.ndarray, Any]:

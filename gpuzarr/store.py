@@ -143,7 +143,7 @@ class LocalStore(Store):
         """Read each range straight from the page cache into its buffers, in order (one
         `os.preadv` per range, scattering it: each chunk lands where its decoder wants it, gaps
         in a scratch buffer); the bytes read per range (fewer only at the end of the file)."""
-        return self._per_file(ranges, lambda fd, i, start, stop: _preadv_all(fd, pieces[i], start))
+        return self._per_file(ranges, lambda fd, i, start, stop: _preadv_all(fd, pieces[i], start, stop - start))
 
     def _per_file(self, ranges: Sequence[Range], read: Any) -> list:
         """read(fd, i, start, stop) for every range, opening each file once for a run of ranges
@@ -187,8 +187,15 @@ class LocalStore(Store):
 IOV_MAX = os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 1024  # buffers one preadv takes
 
 
-def _preadv_all(fd: int, buffers: list, offset: int) -> int:
-    """Fill `buffers` in order from the file at `offset`; stops early only at the end of the file."""
+def _preadv_all(fd: int, buffers: list, offset: int, want: int) -> int:
+    """Fill `buffers` (`want` bytes in all) in order from the file at `offset`; stops early only
+    at the end of the file."""
+    if len(buffers) <= IOV_MAX:
+        got = os.preadv(fd, buffers, offset)
+        if got == want:  # the usual case: one call
+            return got
+        if got == 0:
+            return 0
     done = k = 0
     while k < len(buffers):
         batch = buffers[k:k + IOV_MAX]

@@ -4,6 +4,7 @@ importable beside the working tree's package, and read the same data."""
 from __future__ import annotations
 
 import importlib
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -49,3 +50,18 @@ def test_a_revision_imports_beside_the_working_tree(tmp_path):
         sys.path.remove(str(snap))
         for name in [n for n in sys.modules if n == BASE or n.startswith(BASE + ".")]:
             del sys.modules[name]
+
+
+def test_the_gpu_host_benchmark_runs_the_real_orchestration_and_reports_ratios(tmp_path, capsys, monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT))
+    from bench import gpu_host
+
+    assert gpu_host.main(["--size-2d", "256", "--size-3d", "64", "--repeats", "1", "--patches", "4",
+                          "--datasets", "2d-64,v2", "--cache", str(tmp_path / "c"), "--out", str(tmp_path / "o")]) == 0
+    out = capsys.readouterr().out
+    assert "NOTHING IS DECODED" in out
+    rows = json.loads(next((tmp_path / "o").glob("gpu-host-*.json")).read_text())["rows"]
+    assert [(r["dataset"], r["workload"]) for r in rows] == [("2d-64", "full"), ("2d-64", "batch 4"),
+                                                              ("v2", "full"), ("v2", "batch 4")]
+    full = rows[0]
+    assert full["chunks"] == 16 and 0 < full["compressed_bytes"] < 256 * 256 * 2 and full["ratio"] > 0

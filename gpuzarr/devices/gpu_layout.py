@@ -242,11 +242,10 @@ def _check_zstd_headers(staging: np.ndarray, offsets: np.ndarray, sizes: np.ndar
     fcs_flag, single, dict_flag = fhd >> 6, (fhd >> 5) & 1, fhd & 3
     pos = 5 + (1 - single) + np.array([0, 1, 2, 4])[dict_flag]
     width = np.where(fcs_flag == 0, single, np.array([0, 2, 4, 8])[fcs_flag])
-    rows = np.arange(offsets.size)
-    value = np.zeros(offsets.size, np.uint64)
-    for k in range(8):
-        byte = head[rows, np.minimum(pos + k, _ZSTD_HEADER_MAX - 1)].astype(np.uint64)
-        value |= np.where(k < width, byte << np.uint64(8 * k), np.uint64(0))
+    field = np.lib.stride_tricks.sliding_window_view(np.pad(head, ((0, 0), (0, 8))), 8, axis=1)
+    value = np.ascontiguousarray(field[np.arange(offsets.size), pos]).view("<u8").reshape(-1)  # 8 bytes at pos
+    value = value & (np.left_shift(np.uint64(1), (8 * width).astype(np.uint64) % np.uint64(64)) - np.uint64(1)
+                     | np.where(width == 8, np.uint64(2**64 - 1), np.uint64(0)))  # its first `width` bytes
     value += np.where(width == 2, np.uint64(256), np.uint64(0))
     bad_magic = (sizes < 5) | ~(head[:, :4] == _ZSTD_MAGIC).all(axis=1)
     truncated = ~bad_magic & (width > 0) & (sizes < pos + width)

@@ -1,0 +1,211 @@
+"""python -m bench --device gpu-host: how fast gpuzarr's host half can feed a GPU, measured on a
+machine without one. The real GpuDevice orchestration runs (plan, locate, fetch into the
+device's staging, the batch layout: framing checks, stream tables, scatter records) with every
+device call a no-op (NO DATA IS DECODED: labelled so in the output). Its compressed-byte rate is
+set against an I/O floor measured in the same rounds: one os.preadv per chunk or shard file of
+the dataset into a reused buffer (page cache warm). Reported per dataset and workload (a full
+read, read_batch of random patches): milliseconds, host GB/s, floor GB/s, their ratio, us per
+chunk, and the speed-up of two threads reading at once over one (the GIL's share)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import threading
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .datasets import DatasetSpec, ensure, make_specs, warm_page_cache
+
+HERE = Path(__file__).resolve().parent
+
+
+class NoopEngine:
+    """GpuDevice's engine with every device call doing nothing: uploads, nvCOMP, kernels."""
+
+    xp = np
+
+    def __init__(self) -> None:
+        self._local = threading.local()
+
+    def empty(self, nbytes: int) -> np.ndarray:
+        return np.empty(nbytes, np.uint8)  # never touched: costs no page faults
+
+    def host_buffer(self, nbytes: int) -> tuple[np.ndarray, None]:
+        """A reused buffer per thread and slot, as the pinned ring is (two slots)."""
+        ring = getattr(self._local, "ring", None)
+        if ring is None:
+            ring = self._local.ring = [np.empty(0, np.uint8), np.empty(0, np.uint8), 0]
+        k = ring[2]
+        ring[2] = 1 - k
+        if ring[k].size < nbytes:
+            ring[k] = np.empty(nbytes, np.uint8)
+        return ring[k][:nbytes], None
+
+    def upload(self, host: np.ndarray, token: Any) -> np.ndarray:
+        return host
+
+    def decompress(self, *args: Any) -> None:
+        pass
+
+    def copy(self, *args: Any) -> None:
+        pass
+
+    def unshuffle(self, *args: Any) -> None:
+        pass
+
+    def scatter(self, *args: Any) -> None:
+        pass
+
+    def fill(self, *args: Any) -> None:
+        pass
+
+    def finish(self) -> None:
+        pass
+
+    def discard(self) -> None:
+        pass
+
+
+def _specs(size: int, size_3d: int) -> list[DatasetSpec]:
+    base = make_specs(size, size_3d)
+    two_d = [replace(base["2d"], name=f"2d-{c}", chunks=(c, c)) for c in (64, 128, 256)]
+    return [*two_d, base["3d"], base["v2"]]
+
+
+def _files(path: Path) -> list[Path]:
+    return sorted(f for f in path.rglob("*") if f.is_file() and not f.name.startswith((".z", "zarr.json")))
+
+
+def io_floor(files: list[Path], buffer: np.ndarray) -> tuple[float, int]:
+    """Seconds and bytes to read every file with one os.preadv each into one reused buffer."""
+    total = 0
+    t0 = time.perf_counter()
+    for f in files:
+        fd = os.open(f, os.O_RDONLY)
+        try:
+            total += os.preadv(fd, [memoryview(buffer)[:os.fstat(fd).st_size]], 0)
+        finally:
+            os.close(fd)
+    return time.perf_counter() - t0, total
+
+
+def _patches(spec: DatasetSpec, n: int, seed: int) -> list[tuple]:
+    rng = np.random.default_rng(seed)
+    window = [w or 1 for w in spec.window]
+    starts = rng.integers(0, np.array(spec.shape) - np.array(window) + 1, size=(n, len(spec.shape)))
+    return [tuple(slice(a, a + w) for a, w in zip(row, window)) for row in starts.tolist()]
+
+
+def _chunk_bytes(arr: Any, windows: list) -> tuple[int, int]:
+    """(compressed bytes, chunks) a read of these windows fetches: from the shard indexes."""
+    from gpuzarr.plan import make_plan
+    from gpuzarr.selection import normalize
+
+    reader = arr._reader
+    plan = make_plan([normalize(w, arr.shape) for w in windows], reader.locator.leaf_shape, len(windows) > 1)
+    loc = reader.locator.locate(plan.chunks)
+    sizes = np.where(loc.sizes >= 0, loc.sizes, 0)
+    if (loc.sizes < 0).any():  # whole chunk files
+        sizes = np.array([os.path.getsize(reader.store.path(k)) if os.path.exists(reader.store.path(k)) else 0
+                          for k in loc.keys.tolist()])
+    return int(sizes[loc.present].sum()), plan.n_chunks
+
+
+def measure(spec: DatasetSpec, path: Path, repeats: int, patches: int, seed: int) -> list[dict]:
+    import gpuzarr
+    from gpuzarr.devices.gpu import GpuDevice
+
+    arr = gpuzarr.open(str(path), device=GpuDevice(NoopEngine()))
+    wins = _patches(spec, patches, seed)
+    work = {"full": (lambda: arr.read(), [tuple(slice(None) for _ in spec.shape)]),
+            f"batch {patches}": (lambda: arr.read_batch(wins), wins)}
+    files = _files(path)
+    buffer = np.empty(max(f.stat().st_size for f in files), np.uint8)
+    times: dict[str, list] = {name: [] for name in work}
+    pairs: dict[str, list] = {name: [] for name in work}
+    floors = []
+    for name, (op, _) in work.items():
+        op()  # warm: index cache, pools, buffers
+    for _ in range(repeats):
+        seconds, nbytes = io_floor(files, buffer)
+        floors.append(nbytes / seconds)
+        for name, (op, _) in work.items():
+            t0 = time.perf_counter()
+            op()
+            times[name].append(time.perf_counter() - t0)
+            t0 = time.perf_counter()  # two threads, one read each, at once
+            threads = [threading.Thread(target=op) for _ in range(2)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+            pairs[name].append(time.perf_counter() - t0)
+    floor = float(np.median(floors))
+    rows = []
+    for name, (_, windows) in work.items():
+        nbytes, chunks = _chunk_bytes(arr, windows)
+        t = float(np.median(times[name]))
+        rows.append({"dataset": spec.name, "describe": spec.describe(), "workload": name, "ms": t * 1e3,
+                     "host_gbs": nbytes / t / 1e9, "floor_gbs": floor / 1e9, "ratio": nbytes / t / floor,
+                     "us_per_chunk": t / chunks * 1e6, "chunks": chunks, "compressed_bytes": nbytes,
+                     "two_thread_speedup": 2 * t / float(np.median(pairs[name])),
+                     "samples": {"one": times[name], "two_at_once": pairs[name], "floor_bytes_per_s": floors}})
+    return rows
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="python -m bench --device gpu-host",
+                                description="gpuzarr's GPU host half with no-op device calls, against an I/O floor.")
+    p.add_argument("--cache", type=Path, default=HERE / ".cache", help="where datasets are kept (default bench/.cache)")
+    p.add_argument("--out", type=Path, default=HERE / "results", help="where the JSON goes (default bench/results)")
+    p.add_argument("--size-2d", type=int, default=4096, help="edge of the 2-D images (default 4096)")
+    p.add_argument("--size-3d", type=int, default=512, help="edge of the 3-D volume (default 512)")
+    p.add_argument("--datasets", default=None, help="subset of 2d-64,2d-128,2d-256,3d,v2 (comma separated)")
+    p.add_argument("--repeats", type=int, default=7, help="rounds (default 7)")
+    p.add_argument("--patches", type=int, default=256, help="patches of the batch workload (default 256)")
+    p.add_argument("--seed", type=int, default=0)
+    args = p.parse_args(argv)
+    if args.repeats < 1 or args.patches < 1 or args.size_2d < 256 or args.size_3d < 64:
+        p.error("--repeats and --patches must be >= 1, --size-2d >= 256, --size-3d >= 64")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    specs = _specs(args.size_2d, args.size_3d)
+    if args.datasets:
+        wanted = set(args.datasets.split(","))
+        specs = [s for s in specs if s.name in wanted]
+        if not specs:
+            print(f"bench: no dataset named {args.datasets}", file=sys.stderr)
+            return 2
+    rows = []
+    print("gpu-host: gpuzarr's GpuDevice with every device call a no-op (NOTHING IS DECODED): the host half "
+          "alone, against reading the dataset's files (one preadv each); medians of "
+          f"{args.repeats} rounds, {os.cpu_count()} cores")
+    print(f"{'dataset':8s} {'workload':10s} {'ms':>8s} {'host GB/s':>10s} {'floor GB/s':>11s} {'ratio':>6s} "
+          f"{'us/chunk':>9s} {'2 threads':>10s}")
+    for spec in specs:
+        path, _ = ensure(spec, args.cache)
+        warm_page_cache(path)
+        for row in measure(spec, path, args.repeats, args.patches, args.seed):
+            rows.append(row)
+            print(f"{row['dataset']:8s} {row['workload']:10s} {row['ms']:8.2f} {row['host_gbs']:10.2f} "
+                  f"{row['floor_gbs']:11.2f} {row['ratio']:6.2f} {row['us_per_chunk']:9.2f} "
+                  f"{row['two_thread_speedup']:9.2f}x", flush=True)
+    args.out.mkdir(parents=True, exist_ok=True)
+    out = args.out / f"gpu-host-{time.strftime('%Y%m%d-%H%M%S')}.json"
+    out.write_text(json.dumps({"note": "device calls are no-ops; nothing is decoded", "rows": rows}, indent=1))
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
