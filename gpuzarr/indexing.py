@@ -18,9 +18,10 @@ from typing import Any
 import numpy as np
 
 from .plan import Boxes
-from .selection import DimSelection, index_array, normalize_item
+from .selection import DimSelection, index_array, normalize, normalize_item
 
 Shape = tuple[int, ...]
+_BASIC = (slice, int, type(Ellipsis))
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,10 @@ class Query:
 def parse(selection: Any, shape: Shape, mode: str = "getitem") -> Query:
     """`mode`: "getitem" (arr[...]), "oindex" or "vindex"."""
     items = list(selection) if isinstance(selection, tuple) else [selection]
+    if all(type(item) in _BASIC for item in items):  # the common read: slices and integers only
+        dims = normalize(selection, shape)
+        pipe = tuple(d.count for d in dims if not d.drop)
+        return Query([dims], False, pipe, pipe, tuple(range(len(pipe))), pipe)
     items = [_as_index(item) for item in items]
     pure_fancy = _pure_fancy(items, len(shape))
     items = _expand_ellipsis(items, len(shape))
