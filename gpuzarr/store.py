@@ -6,13 +6,14 @@ from __future__ import annotations
 import os
 import stat
 from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor, wait
 from typing import Any
 
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
 from . import forksafe
-from .errors import StoreError
+from .errors import SettingsError, StoreError
 from .metadata import node_path_problem
 
 Range = tuple[str, int, int | None]  # key, start (negative: suffix), stop (None: to the end)
@@ -137,23 +138,45 @@ class LocalStore(Store):
     Sizes are a stat away here, so ranges of known size are read straight into staging."""
 
     def read_ranges(self, ranges: Sequence[Range]) -> list[bytes | None]:
-        return self._per_file(ranges, lambda fd, i, start, stop: _pread_range(fd, start, stop))
+        return self._per_file(ranges, lambda fd, i, start, stop, flags: _pread_range(fd, start, stop, flags))
 
     def read_ranges_into(self, ranges: Sequence[tuple[str, int, int]], pieces: Sequence[list]) -> list[int | None]:
         """Read each range straight from the page cache into its buffers, in order (one
         `os.preadv` per range, scattering it: each chunk lands where its decoder wants it, gaps
         in a scratch buffer); the bytes read per range (fewer only at the end of the file)."""
-        return self._per_file(ranges, lambda fd, i, start, stop: _preadv_all(fd, pieces[i], start, stop - start))
+        return self._per_file(ranges, lambda fd, i, start, stop, flags:
+                              _preadv_all(fd, pieces[i], start, stop - start, flags))
 
     def _per_file(self, ranges: Sequence[Range], read: Any) -> list:
-        """read(fd, i, start, stop) for every range, opening each file once for a run of ranges
-        with the same key; None where there is no such file (a directory included)."""
+        """read(fd, i, start, stop, flags) for every range; None where there is no such file (a
+        directory included). Ranges are first read on this thread from the page cache only
+        (RWF_NOWAIT: a warm read costs what it always did); those that would wait for the disk
+        are then read at once by the I/O pool, up to IO_DEPTH in flight, since a disk serves
+        many queued reads far faster than one at a time."""
         results: list = [None] * len(ranges)
+        deferred = self._read_each(ranges, range(len(ranges)), read, results, _NOWAIT)
+        if deferred:  # the last one read here: a lone read waits for no thread hand-over
+            pool = _io_pool() if len(deferred) > 1 else None
+            futures = [pool.submit(self._read_each, ranges, (k,), read, results, 0) for k in deferred[:-1]]
+            try:
+                self._read_each(ranges, deferred[-1:], read, results, 0)
+            except BaseException:
+                wait(futures)  # none may still write into the caller's buffers
+                raise
+            for future in futures:
+                future.result()
+        return results
+
+    def _read_each(self, ranges: Sequence[Range], which: Sequence[int], read: Any, results: list,
+                   flags: int) -> list[int]:
+        """Read the ranges `which` (opening each file once for a run of ranges with the same key)
+        into `results`; with RWF_NOWAIT, the ones not (wholly) in the page cache are returned."""
+        deferred: list[int] = []
         i = 0
-        while i < len(ranges):
-            key = ranges[i][0]
+        while i < len(which):
+            key = ranges[which[i]][0]
             j = i + 1
-            while j < len(ranges) and ranges[j][0] == key:
+            while j < len(which) and ranges[which[j]][0] == key:
                 j += 1
             path = self.path(key)
             try:
@@ -164,8 +187,11 @@ class LocalStore(Store):
             except OSError as exc:
                 raise StoreError(f"{path}: open failed ({_reason(exc)})", key, exc) from exc
             try:
-                for k in range(i, j):
-                    results[k] = read(fd, k, ranges[k][1], ranges[k][2])
+                for k in which[i:j]:
+                    try:
+                        results[k] = read(fd, k, ranges[k][1], ranges[k][2], flags)
+                    except BlockingIOError:
+                        deferred.append(k)
             except IsADirectoryError:  # opening a directory read-only succeeds; reading it does not
                 pass
             except OSError as exc:
@@ -173,7 +199,7 @@ class LocalStore(Store):
             finally:
                 os.close(fd)
             i = j
-        return results
+        return deferred
 
     def size(self, key: str) -> int | None:
         """The file's size; None if there is no file (a directory where a chunk would be included)."""
@@ -187,15 +213,40 @@ class LocalStore(Store):
 IOV_MAX = os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 1024  # buffers one preadv takes
 
 
-def _preadv_all(fd: int, buffers: list, offset: int, want: int) -> int:
+_NOWAIT = getattr(os, "RWF_NOWAIT", 0)  # Linux: read only what the page cache holds, else EAGAIN
+IO_DEPTH_ENV = "GPUZARR_IO_DEPTH"
+_io = {"pool": None}
+
+
+def _io_pool() -> ThreadPoolExecutor:
+    """Threads that wait in preadv for the disk (the GIL released): reads in flight at once."""
+    pool = _io["pool"]
+    if pool is None:
+        depth = os.environ.get(IO_DEPTH_ENV, "32").strip()
+        if not depth.isdigit() or int(depth) < 1:
+            raise SettingsError(f"{IO_DEPTH_ENV}={depth!r}: expected a positive integer")
+        pool = _io["pool"] = ThreadPoolExecutor(int(depth), thread_name_prefix="gpuzarr-disk")
+    return pool
+
+
+@forksafe.call_in_child
+def _forget_io_pool() -> None:
+    _io["pool"] = None  # its threads are the parent's
+
+
+def _preadv_all(fd: int, buffers: list, offset: int, want: int, flags: int = 0) -> int:
     """Fill `buffers` (`want` bytes in all) in order from the file at `offset`; stops early only
-    at the end of the file."""
+    at the end of the file. With RWF_NOWAIT, BlockingIOError unless all of it is in the page cache."""
     if len(buffers) <= IOV_MAX:
-        got = os.preadv(fd, buffers, offset)
+        got = os.preadv(fd, buffers, offset, flags)
         if got == want:  # the usual case: one call
             return got
+        if flags:
+            raise BlockingIOError  # in part from the disk, or past the end: read it blocking
         if got == 0:
             return 0
+    elif flags:
+        raise BlockingIOError
     done = k = 0
     while k < len(buffers):
         batch = buffers[k:k + IOV_MAX]
@@ -207,7 +258,7 @@ def _preadv_all(fd: int, buffers: list, offset: int, want: int) -> int:
             got -= len(buffers[k])
             k += 1
         if got:  # one filled in part (a signal, or the end of the file): the rest of it next
-            buffers = [buffers[k][got:], *buffers[k + 1:]]
+            buffers = [memoryview(buffers[k])[got:], *buffers[k + 1:]]  # a view: a bytearray slice would copy
             k = 0
     return done
 
@@ -238,11 +289,15 @@ def _reason(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
-def _pread_range(fd: int, start: int, stop: int | None) -> bytes:
+def _pread_range(fd: int, start: int, stop: int | None, flags: int = 0) -> bytes:
+    """Bytes start..stop (start < 0: from the end; stop None: to the end) of the file, as many as
+    exist; with RWF_NOWAIT, BlockingIOError unless they are all in the page cache."""
     size = os.fstat(fd).st_size
     start = max(0, size + start) if start < 0 else min(start, size)
     stop = size if stop is None else min(max(stop, start), size)
-    return os.pread(fd, stop - start, start)
+    data = bytearray(stop - start)
+    _preadv_all(fd, [data], start, len(data), flags)
+    return bytes(data)
 
 
 def open_store(store: Any, path: str | None = None, storage_options: dict | None = None) -> Store:

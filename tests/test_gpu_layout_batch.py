@@ -193,14 +193,14 @@ def test_a_scattered_read_continues_after_a_short_preadv(tmp_path, monkeypatch):
     arr, data = _sharded(tmp_path)
     real = store_module.os.preadv
 
-    def seven_bytes(fd, bufs, off):  # a preadv that reads at most 7 bytes a call
+    def seven_bytes(fd, bufs, off, flags=0):  # a preadv that reads at most 7 bytes a call
         left, short = 7, []
         for b in bufs:
             if left <= 0:
                 break
             short.append(b[:left])
             left -= len(short[-1])
-        return real(fd, short, off)
+        return real(fd, short, off, flags)
 
     monkeypatch.setattr(store_module.os, "preadv", seven_bytes)
     loc = arr._reader.locator.locate(np.array([(0, 0), (0, 1), (3, 5)]))

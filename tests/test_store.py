@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import threading
 
 import fsspec
 import numpy as np
@@ -12,6 +13,7 @@ from checks import to_memory
 from corrupt import expected, make_sharded, put_index, read_index
 
 import gpuzarr
+from gpuzarr.sample import sample_data, write_sharded
 from gpuzarr.store import Store, open_store
 
 
@@ -73,3 +75,32 @@ def test_index_entries_are_read_where_they_point(tmp_path, where):
     arr = gpuzarr.open(url, device="cpu")
     np.testing.assert_array_equal(arr[...], want)
     np.testing.assert_array_equal(arr[1:3, 1:4], want[1:3, 1:4])
+
+
+def test_reads_the_page_cache_lacks_go_to_the_disk_pool_and_land_where_they_belong(tmp_path, monkeypatch):
+    """Cold data: every read with RWF_NOWAIT 'would block', so each range is read again, blocking,
+    on the I/O pool (all but one) and on the calling thread (the last); the results are those of
+    a warm read, a missing file still reads as None and a short file is still seen as short."""
+    from gpuzarr import store as store_module
+
+    data = sample_data((256, 256))
+    write_sharded(str(tmp_path / "a"), data, (64, 256), (16, 16))
+    warm = gpuzarr.open(str(tmp_path / "a"), device="cpu")
+    expected = warm[...]
+    real = store_module.os.preadv
+    nowait_calls, pool_threads = [], set()
+
+    def cold(fd, buffers, offset, flags=0):
+        if flags:
+            nowait_calls.append(offset)
+            raise BlockingIOError
+        pool_threads.add(threading.current_thread().name)
+        return real(fd, buffers, offset)
+
+    monkeypatch.setattr(store_module.os, "preadv", cold)
+    arr = gpuzarr.open(str(tmp_path / "a"), device="cpu")
+    np.testing.assert_array_equal(arr[...], expected)
+    assert nowait_calls and any(name.startswith("gpuzarr-disk") for name in pool_threads)
+    assert len(pool_threads) > 1  # the calling thread read one range itself
+    got = arr.store.read_ranges([("c/0/0", 0, 10), ("c/9/9", 0, 10), ("c/1/0", -4, None)])
+    assert got[1] is None and len(got[0]) == 10 and len(got[2]) == 4
