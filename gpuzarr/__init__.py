@@ -5,6 +5,7 @@ from .api import open
 from .array import Array
 from .errors import (
     CorruptDataError,
+    DeviceMemoryError,
     GpuzarrError,
     MetadataError,
     SettingsError,
@@ -17,4 +18,5 @@ from .report import ReadReport
 
 __version__ = "0.1.0"
 __all__ = ["open", "Array", "Group", "ReadReport", "Settings", "GpuzarrError", "MetadataError", "CorruptDataError",
-           "UnsupportedFeatureError", "StoreError", "SettingsError", "__version__"]
+           "UnsupportedFeatureError", "StoreError", "SettingsError", "DeviceMemoryError",
+           "__version__"]

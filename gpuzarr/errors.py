@@ -24,6 +24,10 @@ class SettingsError(GpuzarrError, ValueError):
     """A setting (a `Settings` field, a device's thread count, an environment variable) is invalid."""
 
 
+class DeviceMemoryError(GpuzarrError, MemoryError):
+    """The GPU ran out of memory for a batch: smaller batches (Settings) fit; the data is fine."""
+
+
 class StoreError(GpuzarrError, OSError):
     """The store failed to read a key; carries the key and the underlying error."""
 

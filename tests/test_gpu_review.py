@@ -384,3 +384,79 @@ def test_auto_small_read_of_big_endian_array_into_out(tmp_path):
     out = np.empty((4, 4), np.float64).view(_CupyLikeArray)
     got = arr.read(..., device=auto, out=out)
     np.testing.assert_array_equal(np.asarray(got), data)
+
+
+@pytest.mark.parametrize("version, ok", [("6.0.0", True), ("6.0.0.12", True), ("7.1", True), ("5.3.0", False),
+                                         ("5.1", False), ("4", False), ("unknown", False)])
+def test_nvcomp_before_6_is_refused_with_the_reason(version, ok):
+    """nvCOMP 5.x lacks what the engine calls (as_arrays with offsets, decode(out=), buffer_sizes)."""
+    from gpuzarr.devices.gpu import nvcomp_version_problem
+
+    problem = nvcomp_version_problem(version)
+    assert (problem is None) == ok
+    if not ok:
+        assert version in problem and "6.0 or newer" in problem
+
+
+def test_the_installed_nvcomp_is_new_enough():
+    nvcomp = pytest.importorskip("nvidia.nvcomp", reason="nvCOMP is not installed (the [test] extra installs it on Linux x86_64)")
+    from gpuzarr.devices.gpu import nvcomp_version_problem
+
+    assert nvcomp_version_problem(nvcomp.__version__) is None, nvcomp.__version__
+
+
+@pytest.mark.parametrize("message, kind", [
+    ("nvCOMP: cudaErrorMemoryAllocation: out of memory", "memory"),
+    ("Out of memory allocating 2147483648 bytes", "memory"),
+    ("cudaErrorIllegalAddress: an illegal memory access was encountered", "cuda"),
+    ("nvcompErrorCannotDecompress", "data"),
+])
+def test_only_data_failures_of_nvcomp_are_corrupt_data(message, kind):
+    from gpuzarr.devices.gpu import decode_error
+    from gpuzarr.devices.gpu_layout import GpuBatchLayout
+
+    table = {"src_size": np.array([100, 50]), "chunk": np.array([1, 2])}
+    layout = GpuBatchLayout(3, 4096, np.ones(3, bool), np.zeros(0, np.uint8), None, {}, {}, {}, {}, 0,
+                            labels=["c/0", "c/1", "c/2"])
+    original = RuntimeError(message)
+    got = decode_error(original, "zstd", table, layout)
+    if kind == "memory":
+        assert isinstance(got, gpuzarr.DeviceMemoryError) and not isinstance(got, CorruptDataError)
+        assert "2 zstd streams" in str(got) and "150 compressed" in str(got) and "batch_bytes" in str(got)
+    elif kind == "cuda":
+        assert got is original
+    else:
+        assert isinstance(got, CorruptDataError) and "c/1" in str(got)
+
+
+def test_a_read_of_many_batches_keeps_the_buffers_of_two_batches_at_most():
+    """CupyEngine checks (and so lets go of) each batch's nvCOMP results once two later batches
+    are queued: a 40 GiB read no longer holds 40 GiB of scratch until finish()."""
+    from gpuzarr.devices.gpu import lagged
+
+    engine = _bare_engine(_fake_cupy())
+    state = engine._state()
+    layouts = [SimpleNamespace(labels=[f"c/{k}"]) for k in range(5)]
+    held = []
+    for k, layout in enumerate(layouts):
+        for algorithm in range(2):  # two nvCOMP calls (algorithms) per batch
+            state.pending.append((_FakeOuts([10]), np.array([10]), layout, np.array([0])))
+        old, state.pending = lagged(state.pending)
+        held.append(len({id(e[2]) for e in state.pending}))
+        assert all(e[2] is not layouts[j] for e in state.pending for j in range(k - 1)), "an old batch kept"
+        assert len(old) == (2 if k >= 2 else 0)
+    assert held == [1, 2, 2, 2, 2]
+    engine.finish()
+    assert state.pending == []
+
+
+def test_a_wrong_size_in_an_old_batch_fails_when_it_is_let_go():
+    from gpuzarr.devices.gpu import _check_sizes, lagged
+
+    bad = SimpleNamespace(labels=["c/7"])
+    pending = [(_FakeOuts([9]), np.array([10]), bad, np.array([0]))]
+    pending += [(_FakeOuts([10]), np.array([10]), SimpleNamespace(labels=["x"]), np.array([0])) for _ in range(2)]
+    old, kept = lagged(pending)
+    assert [e[2] for e in old] == [bad] and len(kept) == 2
+    with pytest.raises(CorruptDataError, match="c/7: nvCOMP decoded 9 bytes, expected 10"):
+        _check_sizes(old)

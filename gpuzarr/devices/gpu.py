@@ -17,7 +17,7 @@ import numpy as np
 from ..codecs.array_to_array import NumcodecsArray
 from ..codecs.chain import CodecChain
 from ..dtypes import is_ml_dtype
-from ..errors import CorruptDataError, UnsupportedFeatureError
+from ..errors import CorruptDataError, DeviceMemoryError, UnsupportedFeatureError
 from ..fetch import FetchedBatch
 from ..placement import decode_raw
 from ..plan import Plan
@@ -204,11 +204,11 @@ class CupyEngine:
                 config = codec.decompression_config(srcs)  # parses the streams: one synchronisation
             result = codec.decode(srcs, out=outs, decompression_config=config)
         except (ValueError, RuntimeError) as exc:
-            chunk = int(table["chunk"][0])
-            raise CorruptDataError(f"{layout.labels[chunk]}…: nvCOMP could not decode a batch of "
-                                   f"{len(sizes)} {algorithm} streams ({exc})") from None
-        self._state().pending.append((result if result is not None else outs, table["dst_size"], layout,
-                                      table["chunk"]))
+            raise decode_error(exc, algorithm, table, layout) from exc
+        state = self._state()
+        state.pending.append((result if result is not None else outs, table["dst_size"], layout, table["chunk"]))
+        old, state.pending = lagged(state.pending)
+        _check_sizes(old)  # batches before the previous one: long done, and their buffers go now
 
     def copy(self, src: Any, dst: Any, table: dict) -> None:
         """Byte copies as 1-d windows of the scatter kernel (itemsize 1): one launch per table."""
@@ -254,17 +254,52 @@ class CupyEngine:
         """Check every decoded size nvCOMP reported for this thread's read (waits for the stream)."""
         state = self._state()
         pending, state.pending = state.pending, []
-        for result, expected, layout, chunks in pending:
-            got = np.asarray(result.buffer_sizes, dtype=np.int64)
-            bad = np.flatnonzero(got != expected)
-            if bad.size:
-                k = int(bad[0])
-                raise CorruptDataError(f"{layout.labels[int(chunks[k])]}: nvCOMP decoded {int(got[k])} bytes, "
-                                       f"expected {int(expected[k])}")
+        _check_sizes(pending)
 
     def discard(self) -> None:
         """A read failed: forget its unchecked results so the next read does not inherit them."""
         self._state().pending.clear()
+
+
+def lagged(pending: list, keep: int = 2) -> tuple[list, list]:
+    """(entries of all but the last `keep` batches, those of the last `keep`): each entry holds
+    its batch's device buffers until its sizes are checked, so a read holds at most the output
+    and `keep` batches of scratch, however many batches it has. Batches are told by layout."""
+    batches: list = []
+    for entry in pending:
+        if not batches or batches[-1] is not entry[2]:
+            batches.append(entry[2])
+    cut = len(pending) - sum(1 for entry in pending if any(entry[2] is b for b in batches[-keep:]))
+    return pending[:cut], pending[cut:]
+
+
+def _check_sizes(pending: list) -> None:
+    for result, expected, layout, chunks in pending:
+        got = np.asarray(result.buffer_sizes, dtype=np.int64)
+        bad = np.flatnonzero(got != expected)
+        if bad.size:
+            k = int(bad[0])
+            raise CorruptDataError(f"{layout.labels[int(chunks[k])]}: nvCOMP decoded {int(got[k])} bytes, "
+                                   f"expected {int(expected[k])}")
+
+
+def decode_error(exc: BaseException, algorithm: str, table: dict, layout: GpuBatchLayout) -> BaseException:
+    """What an nvCOMP failure on a batch means: the GPU out of memory (nvCOMP's own scratch is
+    allocated outside CuPy's pool) is no data error, but a batch too large, named with the
+    settings that bound it; any other CUDA error comes from elsewhere (an earlier launch, a
+    sticky context error) and is raised as it is; the rest is the data's fault."""
+    text = str(exc)
+    streams, compressed = int(table["src_size"].size), int(table["src_size"].sum())
+    if "out of memory" in text.lower() or "MemoryAllocation" in text:
+        return DeviceMemoryError(
+            f"the GPU ran out of memory decoding a batch of {streams} {algorithm} streams ({compressed} compressed "
+            f"bytes, {layout.n * layout.raw_nbytes} decoded): lower gpuzarr.Settings(batch_bytes=..., "
+            f"batch_decoded_bytes=...) ({exc})")
+    if "cudaError" in text or "CUDA_ERROR" in text:
+        return exc
+    chunk = int(table["chunk"][0])
+    return CorruptDataError(f"{layout.labels[chunk]}…: nvCOMP could not decode a batch of {streams} {algorithm} "
+                            f"streams ({exc})")
 
 
 def _check_itemsize(itemsize: int) -> None:
@@ -304,7 +339,24 @@ def usable_gpu() -> tuple[bool, str]:
         if cupy.cuda.runtime.getDeviceCount() < 1:
             return False, "CuPy finds no CUDA device"
         cupy.empty(1, dtype=cupy.uint8)
-        from nvidia import nvcomp  # noqa: F401
+        from nvidia import nvcomp
     except Exception as exc:  # import errors, CUDARuntimeError, driver too old, …
         return False, f"no usable GPU: {type(exc).__name__}: {exc}".strip()
-    return True, ""
+    problem = nvcomp_version_problem(getattr(nvcomp, "__version__", "unknown"))
+    return (False, problem) if problem else (True, "")
+
+
+NVCOMP_MIN = (6, 0)  # as_arrays(buffer, offsets, sizes, stream), decode(..., out=), buffer_sizes: 6.0 on
+
+
+def nvcomp_version_problem(version: str) -> str | None:
+    """Why this nvCOMP cannot serve gpuzarr, or None."""
+    parts = version.split(".")
+    try:
+        found = (int(parts[0]), int(parts[1]))
+    except (ValueError, IndexError):
+        return f"nvCOMP reports version {version!r}; gpuzarr needs {NVCOMP_MIN[0]}.{NVCOMP_MIN[1]} or newer"
+    if found < NVCOMP_MIN:
+        return (f"nvCOMP {version} is too old: gpuzarr needs {NVCOMP_MIN[0]}.{NVCOMP_MIN[1]} or newer "
+                f'(pip install -U "gpuzarr[cuda12]")')
+    return None
