@@ -343,7 +343,15 @@ def usable_gpu() -> tuple[bool, str]:
     except Exception as exc:  # import errors, CUDARuntimeError, driver too old, …
         return False, f"no usable GPU: {type(exc).__name__}: {exc}".strip()
     problem = nvcomp_version_problem(getattr(nvcomp, "__version__", "unknown"))
-    return (False, problem) if problem else (True, "")
+    if problem:
+        return False, problem
+    try:
+        from .nvcomp_capi import load
+
+        load()  # the batched C API: every symbol, typed
+    except (OSError, AttributeError, ImportError) as exc:
+        return False, f"nvCOMP's C library is unusable: {type(exc).__name__}: {exc}"
+    return True, ""
 
 
 NVCOMP_MIN = (6, 0)  # as_arrays(buffer, offsets, sizes, stream), decode(..., out=), buffer_sizes: 6.0 on
