@@ -20,8 +20,9 @@ import zstandard
 
 import gpuzarr
 from gpu_standin import StandinEngine
-from gpuzarr.devices.gpu import NVCOMP_ALGORITHMS, CupyEngine, GpuDevice, PinnedPool
+from gpuzarr.devices.gpu import CupyEngine, GpuDevice, PinnedPool
 from gpuzarr.devices.gpu_layout import ALIGN, build_layout
+from gpuzarr.devices.nvcomp_batch import NVCOMP_ALGORITHMS
 from gpuzarr.errors import CorruptDataError
 from gpuzarr.fetch import FetchedBatch
 from gpuzarr.pipeline import Settings
@@ -86,7 +87,7 @@ def _fake_cupy():
 
     cuda = SimpleNamespace(Event=_FakeEvent, alloc_pinned_memory=alloc_pinned_memory,
                            get_current_stream=lambda: SimpleNamespace(ptr=0))
-    return SimpleNamespace(cuda=cuda, empty=lambda n, dtype=None: _Dev(n), uint8=np.uint8)
+    return SimpleNamespace(cuda=cuda, empty=lambda n, dtype=None: _Dev(n), uint8=np.uint8, concatenate=np.concatenate)
 
 
 class _RecordingStandin(StandinEngine):
@@ -182,16 +183,20 @@ def _misaligned_zstd_array(tmp_path: Path) -> tuple[gpuzarr.Array, np.ndarray]:
     return gpuzarr.open(str(tmp_path / "a"), device="cpu"), data
 
 
-class _FakeOuts:
-    def __init__(self, sizes):
-        self.buffer_sizes = list(sizes)
+def _decoded(sizes, expected, chunks, labels, statuses=None):
+    """What decode_batch queues, with the sizes and statuses nvCOMP "wrote" (host arrays)."""
+    from gpuzarr.devices.nvcomp_batch import Decoded
+
+    statuses = np.zeros(len(sizes), np.int32) if statuses is None else np.asarray(statuses, np.int32)
+    return Decoded(np.asarray(sizes, np.uint64), statuses, np.asarray(expected, np.int64), np.asarray(chunks),
+                   labels, ())
 
 
 def _finish_with_one_bad_size(layout, table, k: int) -> None:
     engine = _bare_engine(_fake_cupy())
     sizes = table["dst_size"].copy()
     sizes[k] -= 1
-    engine._state().pending = [(_FakeOuts(sizes), table["dst_size"], layout, table["chunk"])]
+    engine._state().pending = [(_decoded(sizes, table["dst_size"], table["chunk"], layout.labels), layout)]
     engine.finish()
 
 
@@ -250,22 +255,6 @@ def test_each_upload_records_the_event_of_its_own_slot():
     engine.host_buffer(8)  # batch b staged in slot 1
     engine.upload(first, first_event)  # batch a uploaded
     assert engine._state().pinned._slots[0][2].records == 1, "slot 0's copy was never recorded"
-
-
-def test_each_thread_gets_its_own_nvcomp_codec():
-    class Codec:
-        def __init__(self, **kwargs):
-            self.kwargs = kwargs
-
-    engine = _bare_engine(_fake_cupy())
-    engine._nvcomp = SimpleNamespace(Codec=Codec, BitstreamKind=SimpleNamespace(RAW="RAW"))
-    got = []
-    worker = threading.Thread(target=lambda: got.append(engine.codec("zstd")))
-    worker.start()
-    worker.join()
-    mine = engine.codec("zstd")
-    assert mine.kwargs["algorithm"] == "Zstd" and mine.kwargs["bitstream_kind"] == "RAW"
-    assert got[0] is not mine
 
 
 # ---------------------------------------------------------------- edge batches (these pass)
@@ -430,7 +419,7 @@ def test_only_data_failures_of_nvcomp_are_corrupt_data(message, kind):
 
 
 def test_a_read_of_many_batches_keeps_the_buffers_of_two_batches_at_most():
-    """CupyEngine checks (and so lets go of) each batch's nvCOMP results once two later batches
+    """CupyEngine checks (and so lets go of) each batch's nvCOMP buffers once two later batches
     are queued: a 40 GiB read no longer holds 40 GiB of scratch until finish()."""
     from gpuzarr.devices.gpu import lagged
 
@@ -439,24 +428,114 @@ def test_a_read_of_many_batches_keeps_the_buffers_of_two_batches_at_most():
     layouts = [SimpleNamespace(labels=[f"c/{k}"]) for k in range(5)]
     held = []
     for k, layout in enumerate(layouts):
-        for algorithm in range(2):  # two nvCOMP calls (algorithms) per batch
-            state.pending.append((_FakeOuts([10]), np.array([10]), layout, np.array([0])))
+        for _ in range(2):  # two nvCOMP calls (algorithms) per batch
+            state.pending.append((_decoded([10], [10], [0], layout.labels), layout))
         old, state.pending = lagged(state.pending)
-        held.append(len({id(e[2]) for e in state.pending}))
-        assert all(e[2] is not layouts[j] for e in state.pending for j in range(k - 1)), "an old batch kept"
+        held.append(len({id(layout) for _, layout in state.pending}))
+        assert all(lay is not layouts[j] for _, lay in state.pending for j in range(k - 1)), "an old batch kept"
         assert len(old) == (2 if k >= 2 else 0)
     assert held == [1, 2, 2, 2, 2]
     engine.finish()
     assert state.pending == []
 
 
-def test_a_wrong_size_in_an_old_batch_fails_when_it_is_let_go():
-    from gpuzarr.devices.gpu import _check_sizes, lagged
+def test_a_wrong_size_or_a_status_fails_the_read_naming_the_chunk():
+    from gpuzarr.devices.nvcomp_batch import check
 
-    bad = SimpleNamespace(labels=["c/7"])
-    pending = [(_FakeOuts([9]), np.array([10]), bad, np.array([0]))]
-    pending += [(_FakeOuts([10]), np.array([10]), SimpleNamespace(labels=["x"]), np.array([0])) for _ in range(2)]
-    old, kept = lagged(pending)
-    assert [e[2] for e in old] == [bad] and len(kept) == 2
-    with pytest.raises(CorruptDataError, match="c/7: nvCOMP decoded 9 bytes, expected 10"):
-        _check_sizes(old)
+    bad_size = _decoded([10, 9], [10, 10], [0, 1], ["c/0", "c/7"])
+    with pytest.raises(CorruptDataError, match="c/7: decodes to 9 bytes, the chunk needs 10"):
+        check(np, [_decoded([10], [10], [0], ["x"]), bad_size])
+    bad_status = _decoded([10, 10], [10, 10], [0, 1], ["c/0", "c/3"], statuses=[0, 12])
+    with pytest.raises(CorruptDataError, match="c/3: nvCOMP could not decode it .nvcompErrorCannotDecompress"):
+        check(np, [bad_status])
+    check(np, [_decoded([10, 4], [10, 4], [0, 1], ["a", "b"])])  # all fine: no error
+
+
+
+def _host_device_namespace():
+    """NumPy as the "device" namespace: its arrays' addresses are real (host) addresses, so
+    pointer arithmetic on them can be checked by a stand-in C function that follows them."""
+    names = ("asarray", "ascontiguousarray", "zeros", "empty", "concatenate", "uint64", "int32", "uint8")
+    return SimpleNamespace(**{n: getattr(np, n) for n in names},
+                           cuda=SimpleNamespace(get_current_stream=lambda: SimpleNamespace(ptr=12345), Event=_FakeEvent))
+
+
+def _standin_capi(calls):
+    """nvcompBatchedZstdDecompressGetTempSize/Async that read and write through the addresses
+    they are given, as nvCOMP does on the device: the streams, sizes, pointers, statuses."""
+    import ctypes
+
+    def temp_size(n, largest, opts, temp, total, stream):
+        calls.append(("temp", n, largest, total, stream))
+        ctypes.cast(temp, ctypes.POINTER(ctypes.c_size_t))[0] = 64
+        return 0
+
+    def decompress(comp_ptrs, comp_bytes, out_bytes, actual, n, temp, temp_bytes, out_ptrs, opts, statuses, stream):
+        calls.append(("decode", n, temp_bytes, stream))
+        view = lambda addr, t: np.ctypeslib.as_array((t * n).from_address(addr))  # noqa: E731
+        src, size, cap = view(comp_ptrs, ctypes.c_uint64), view(comp_bytes, ctypes.c_uint64), view(out_bytes, ctypes.c_uint64)
+        dst, got, status = view(out_ptrs, ctypes.c_uint64), view(actual, ctypes.c_uint64), view(statuses, ctypes.c_int32)
+        for i in range(n):
+            try:
+                out = zstandard.ZstdDecompressor().decompress(ctypes.string_at(int(src[i]), int(size[i])),
+                                                              max_output_size=int(cap[i]))
+            except zstandard.ZstdError:
+                status[i] = 12  # nvcompErrorCannotDecompress
+                continue
+            ctypes.memmove(int(dst[i]), out, min(len(out), int(cap[i])))
+            got[i], status[i] = len(out), 0
+        return 0
+
+    return {("Zstd", "DecompressGetTempSize"): temp_size, ("Zstd", "DecompressAsync"): decompress}
+
+
+def _zstd_batch(frames):
+    from gpuzarr.fetch import FetchedBatch
+
+    staging, offsets = bytearray(), []
+    for frame in frames:
+        staging += bytes(-len(staging) % ALIGN)
+        offsets.append(len(staging))
+        staging += frame
+    sizes = np.array([len(f) for f in frames], np.int64)
+    return FetchedBatch(np.frombuffer(bytes(staging), np.uint8).copy(), np.array(offsets, np.int64), sizes,
+                        np.ones(len(frames), bool), [f"c/{k}" for k in range(len(frames))])
+
+
+def test_the_c_api_decode_writes_each_chunk_where_the_layout_says(tmp_path, monkeypatch):
+    """CupyEngine.decompress end to end but for nvCOMP itself: the stream table goes up, the
+    pointer arrays are base + offsets, nvCOMP's stand-in follows them, and finish() reads the
+    sizes and statuses back; the decoded rows are the chunks."""
+    from gpuzarr.devices import nvcomp_capi
+
+    chunks = [bytes([k]) * 4096 for k in range(3)]
+    frames = [zstandard.ZstdCompressor().compress(c) for c in chunks]
+    chain = gpuzarr.open(_zstd_array_path(tmp_path, 4096), device="cpu")._reader.locator.leaf_chain
+    layout = build_layout(_zstd_batch(frames), chain, lambda i: None)
+    calls = []
+    monkeypatch.setattr(nvcomp_capi, "load", lambda: _standin_capi(calls))
+    engine = _bare_engine(_host_device_namespace())
+    work = np.zeros(layout.work_nbytes, np.uint8)
+    engine.decompress("zstd", layout.staging, work, layout.streams["zstd"], layout)
+    engine.finish()
+    assert [c[0] for c in calls] == ["temp", "decode"] and calls[1][1:] == (3, 64, 12345)
+    assert work[:3 * 4096].tobytes() == b"".join(chunks)
+
+
+def test_a_stream_nvcomp_cannot_decode_fails_the_read_naming_its_chunk(tmp_path, monkeypatch):
+    from gpuzarr.devices import nvcomp_capi
+
+    good = zstandard.ZstdCompressor().compress(bytes(4096))
+    broken = good[:7] + b"\xff" * (len(good) - 7)  # the frame header (7 bytes) holds, the block does not
+    chain = gpuzarr.open(_zstd_array_path(tmp_path, 4096), device="cpu")._reader.locator.leaf_chain
+    layout = build_layout(_zstd_batch([good, broken]), chain, lambda i: None)
+    monkeypatch.setattr(nvcomp_capi, "load", lambda: _standin_capi([]))
+    engine = _bare_engine(_host_device_namespace())
+    engine.decompress("zstd", layout.staging, np.zeros(layout.work_nbytes, np.uint8), layout.streams["zstd"], layout)
+    with pytest.raises(CorruptDataError, match="c/1: nvCOMP could not decode it"):
+        engine.finish()
+
+
+def _zstd_array_path(tmp_path, nbytes: int) -> str:
+    _write_v3(tmp_path / "z", (nbytes,), "uint8", (nbytes,), [LE, ZSTD], {})
+    return str(tmp_path / "z")

@@ -9,7 +9,6 @@ CuPy ops) and one scatter + one fill launch. No host synchronisation happens ins
 from __future__ import annotations
 
 import threading
-from collections import OrderedDict
 from typing import Any
 
 import numpy as np
@@ -24,11 +23,9 @@ from ..plan import Plan
 from .cpu import decode_bytes
 from .gpu_layout import ALIGN, GpuBatchLayout, build_layout, copy_records, scatter_records
 from .kernels import SCATTER_ITEMSIZES, get_function
+from .nvcomp_batch import check, decode_batch
 
-# nvCOMP algorithm names, by the name gpu_layout gives each raw stream kind
-NVCOMP_ALGORITHMS = {"zstd": "Zstd", "deflate": "Deflate", "lz4": "LZ4", "snappy": "Snappy"}
 THREADS = 256
-CODECS_PER_THREAD = 8  # nvCOMP codecs kept per thread, by (algorithm, stream)
 _CUPY_ML_DTYPES = frozenset({"bfloat16"})  # cupy/_core/include/cupy/bfloat16.cuh
 
 
@@ -141,18 +138,15 @@ class CupyEngine:
 
     def __init__(self, device_id: int | None = None):
         import cupy
-        from nvidia import nvcomp
 
         self.xp = cupy
-        self._nvcomp = nvcomp
         self.device_id = cupy.cuda.runtime.getDevice() if device_id is None else int(device_id)
         self._local = threading.local()
 
     def _state(self) -> Any:
         state = self._local
         if not hasattr(state, "pending"):
-            state.pending = []  # (nvCOMP output batch, expected sizes, layout, chunk of each stream)
-            state.codecs = OrderedDict()  # (algorithm, stream ptr) -> (codec, stream): nvCOMP codecs are per thread
+            state.pending = []  # (Decoded, layout) of the batches whose sizes are not checked yet
             state.pinned = PinnedPool(self.xp, slots=2)
         return state
 
@@ -177,38 +171,19 @@ class CupyEngine:
             event.record(self.stream)  # the slot is reusable once this copy is done
         return device
 
-    def codec(self, algorithm: str) -> Any:
-        nv, stream = self._nvcomp, self.stream
-        codecs = self._state().codecs
-        key = (algorithm, stream.ptr)
-        if key in codecs:
-            codecs.move_to_end(key)
-            return codecs[key][0]
-        codec = nv.Codec(algorithm=NVCOMP_ALGORITHMS[algorithm], device_id=self.device_id,
-                         cuda_stream=stream.ptr, bitstream_kind=nv.BitstreamKind.RAW)
-        codecs[key] = (codec, stream)  # the stream stays alive as long as its codec
-        while len(codecs) > CODECS_PER_THREAD:
-            codecs.popitem(last=False)
-        return codec
-
     def decompress(self, algorithm: str, staging: Any, work: Any, table: dict, layout: GpuBatchLayout) -> None:
-        nv, ptr = self._nvcomp, self.stream.ptr
-        sizes = table["dst_size"].tolist()
-        srcs = nv.as_arrays(staging, table["src"].tolist(), table["src_size"].tolist(), ptr)
-        outs = nv.as_arrays(work, table["dst"].tolist(), sizes, ptr)
-        codec = self.codec(algorithm)
+        """One batched C-API call for the batch's streams of `algorithm`, on the current stream;
+        its sizes and statuses are checked two batches later (see `lagged`) or by finish()."""
+        from .nvcomp_capi import load
+
         try:
-            try:  # sizes come from the metadata: nvCOMP need not read headers back (no synchronisation)
-                config = codec.decompression_config(codec.compression_config(sizes))
-            except (ValueError, RuntimeError):  # e.g. LZ4 entries over nvCOMP's compression limit
-                config = codec.decompression_config(srcs)  # parses the streams: one synchronisation
-            result = codec.decode(srcs, out=outs, decompression_config=config)
-        except (ValueError, RuntimeError) as exc:
+            decoded = decode_batch(self.xp, load(), algorithm, staging, work, table, layout.labels, self.stream.ptr)
+        except (MemoryError, RuntimeError, ValueError) as exc:
             raise decode_error(exc, algorithm, table, layout) from exc
         state = self._state()
-        state.pending.append((result if result is not None else outs, table["dst_size"], layout, table["chunk"]))
+        state.pending.append((decoded, layout))
         old, state.pending = lagged(state.pending)
-        _check_sizes(old)  # batches before the previous one: long done, and their buffers go now
+        check(self.xp, [d for d, _ in old])  # batches before the previous one: their buffers go now
 
     def copy(self, src: Any, dst: Any, table: dict) -> None:
         """Byte copies as 1-d windows of the scatter kernel (itemsize 1): one launch per table."""
@@ -251,10 +226,11 @@ class CupyEngine:
             fn(_grid(len(records), largest), (THREADS,), (src, dst, recs, np.int64(len(records)), np.int32(ndim)))
 
     def finish(self) -> None:
-        """Check every decoded size nvCOMP reported for this thread's read (waits for the stream)."""
+        """Check every decoded size and status nvCOMP reported for this thread's read, with one
+        copy back (waits for the stream)."""
         state = self._state()
         pending, state.pending = state.pending, []
-        _check_sizes(pending)
+        check(self.xp, [d for d, _ in pending])
 
     def discard(self) -> None:
         """A read failed: forget its unchecked results so the next read does not inherit them."""
@@ -262,25 +238,16 @@ class CupyEngine:
 
 
 def lagged(pending: list, keep: int = 2) -> tuple[list, list]:
-    """(entries of all but the last `keep` batches, those of the last `keep`): each entry holds
-    its batch's device buffers until its sizes are checked, so a read holds at most the output
-    and `keep` batches of scratch, however many batches it has. Batches are told by layout."""
+    """(entries of all but the last `keep` batches, those of the last `keep`): each (decoded,
+    layout) entry holds its batch's device buffers until its sizes are checked, so a read holds
+    at most the output and `keep` batches of scratch, however many batches it has."""
     batches: list = []
-    for entry in pending:
-        if not batches or batches[-1] is not entry[2]:
-            batches.append(entry[2])
-    cut = len(pending) - sum(1 for entry in pending if any(entry[2] is b for b in batches[-keep:]))
+    for _, layout in pending:
+        if not batches or batches[-1] is not layout:
+            batches.append(layout)
+    recent = batches[-keep:]
+    cut = len(pending) - sum(1 for _, layout in pending if any(layout is b for b in recent))
     return pending[:cut], pending[cut:]
-
-
-def _check_sizes(pending: list) -> None:
-    for result, expected, layout, chunks in pending:
-        got = np.asarray(result.buffer_sizes, dtype=np.int64)
-        bad = np.flatnonzero(got != expected)
-        if bad.size:
-            k = int(bad[0])
-            raise CorruptDataError(f"{layout.labels[int(chunks[k])]}: nvCOMP decoded {int(got[k])} bytes, "
-                                   f"expected {int(expected[k])}")
 
 
 def decode_error(exc: BaseException, algorithm: str, table: dict, layout: GpuBatchLayout) -> BaseException:
@@ -295,7 +262,10 @@ def decode_error(exc: BaseException, algorithm: str, table: dict, layout: GpuBat
             f"the GPU ran out of memory decoding a batch of {streams} {algorithm} streams ({compressed} compressed "
             f"bytes, {layout.n * layout.raw_nbytes} decoded): lower gpuzarr.Settings(batch_bytes=..., "
             f"batch_decoded_bytes=...) ({exc})")
-    if "cudaError" in text or "CUDA_ERROR" in text:
+    if isinstance(exc, MemoryError):
+        return DeviceMemoryError(f"the GPU ran out of memory decoding a batch of {streams} {algorithm} streams: "
+                                 f"lower gpuzarr.Settings(batch_bytes=..., batch_decoded_bytes=...) ({exc})")
+    if "cudaerror" in text.lower() or "cuda_error" in text.lower():
         return exc
     chunk = int(table["chunk"][0])
     return CorruptDataError(f"{layout.labels[chunk]}…: nvCOMP could not decode a batch of {streams} {algorithm} "
