@@ -1,4 +1,4 @@
-"""The `gpuzarr` command: `info URL` and `demo`."""
+"""The `gpuzarr` command: `info URL`, `demo` and `selfcheck`."""
 
 from __future__ import annotations
 
@@ -29,6 +29,9 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--size", type=_positive_int, default=4096, help="side of the square uint16 image")
     demo.add_argument("--repeats", type=_positive_int, default=5, help="timed full reads")
     demo.add_argument("--device", default="auto", choices=["auto", "cpu", "gpu"])
+    check = sub.add_parser("selfcheck", help="prove the GPU path on this machine: bit-identity with the CPU for "
+                                             "every GPU codec, a corrupt stream refused, throughput; one verdict")
+    check.add_argument("--size", type=_positive_int, default=512, help="side of the square test images (>= 64)")
     args = parser.parse_args(argv)
     try:
         if args.command == "info":
@@ -37,6 +40,10 @@ def main(argv: list[str] | None = None) -> int:
 
             print("\n".join(describe(open_node(args.url, device="cpu"), count_chunks=not args.no_count)))
             return 0
+        if args.command == "selfcheck":
+            from .selfcheck import main as selfcheck
+
+            return selfcheck(size=max(64, args.size // 64 * 64))
         from .demo import run
 
         return run(args.size, args.repeats, args.device)

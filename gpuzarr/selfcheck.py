@@ -1,0 +1,147 @@
+"""`gpuzarr selfcheck`: one command for the first machine with a GPU. It writes a small set of
+arrays (every codec the GPU decodes: zstd sharded with crc32c, v2 blosc lz4/zstd/zlib with byte
+and bit shuffle, zlib, gzip, lz4), reads each on the GPU and on the CPU (full, a window across
+chunks, a stepped selection, read_batch, points) and compares the bits, checks that a truncated
+stream fails the GPU read, prints a throughput line per codec and one verdict line. Without a
+usable GPU it says why and exits 1."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numcodecs
+import numpy as np
+
+from .errors import CorruptDataError
+from .sample import sample_data, write_sharded
+
+V2_CODECS: dict[str, Any] = {
+    "blosc-lz4-shuffle": numcodecs.Blosc("lz4", 5, numcodecs.Blosc.SHUFFLE),
+    "blosc-zstd-bitshuffle": numcodecs.Blosc("zstd", 3, numcodecs.Blosc.BITSHUFFLE),
+    "blosc-zlib": numcodecs.Blosc("zlib", 3, numcodecs.Blosc.NOSHUFFLE),
+    "zlib": numcodecs.Zlib(3),
+    "gzip": numcodecs.GZip(3),
+    "lz4": numcodecs.LZ4(),
+}
+
+
+def write_v2(path: str, data: np.ndarray, chunks: tuple[int, ...], codec: Any) -> None:
+    """A Zarr v2 array with `codec` as its compressor (what zarr-python writes for it)."""
+    os.makedirs(path, exist_ok=True)
+    grid = [range(-(-n // c)) for n, c in zip(data.shape, chunks)]
+    for coords in np.ndindex(*(len(g) for g in grid)):
+        block = np.zeros(chunks, data.dtype)
+        part = data[tuple(slice(i * c, (i + 1) * c) for i, c in zip(coords, chunks))]
+        block[tuple(slice(0, n) for n in part.shape)] = part
+        with open(os.path.join(path, ".".join(map(str, coords))), "wb") as f:
+            f.write(codec.encode(block.tobytes()))
+    meta = {"zarr_format": 2, "shape": list(data.shape), "chunks": list(chunks), "dtype": data.dtype.str,
+            "compressor": codec.get_config(), "fill_value": 0, "order": "C", "filters": None}
+    with open(os.path.join(path, ".zarray"), "w") as f:
+        json.dump(meta, f)
+
+
+def _cases(root: str, size: int) -> dict[str, tuple[str, np.ndarray]]:
+    data = sample_data((size, size))
+    cases = {}
+    path = os.path.join(root, "zstd-sharded")
+    write_sharded(path, data, (size // 2, size // 2), (size // 8, size // 8))
+    cases["zstd-sharded"] = (path, data)
+    for name, codec in V2_CODECS.items():
+        path = os.path.join(root, name)
+        write_v2(path, data, (size // 4, size // 4), codec)
+        cases[name] = (path, data)
+    return cases
+
+
+def _selections(size: int) -> dict[str, Callable[[Any], Any]]:
+    a, b = size // 3, size // 5
+    windows = [(slice(y, y + size // 8), slice(x, x + size // 8)) for y, x in ((0, 0), (a, b), (b, a))]
+    points = (np.array([0, a, size - 1]), np.array([size - 1, b, 0]))
+    return {
+        "full": lambda arr: arr[...],
+        "window": lambda arr: arr[a:a + size // 4, b:b + size // 3],
+        "stepped": lambda arr: arr[::3, ::-2],
+        "read_batch": lambda arr: arr.read_batch(windows),
+        "points": lambda arr: arr.vindex[points],
+    }
+
+
+def _host(x: Any) -> np.ndarray:
+    return x.get() if hasattr(x, "get") else np.asarray(x)
+
+
+def check(gpu: Any, size: int = 512, out: Any = sys.stdout) -> list[str]:
+    """Every comparison and failure check on the device `gpu`; the failures found (empty: all
+    passed). Prints a line per case."""
+    import gpuzarr
+
+    failures = []
+    with tempfile.TemporaryDirectory(prefix="gpuzarr-selfcheck-") as root:
+        for name, (path, data) in _cases(root, size).items():
+            on_gpu, on_cpu = gpuzarr.open(path, device=gpu), gpuzarr.open(path, device="cpu")
+            for label, select in _selections(size).items():
+                got, want = _host(select(on_gpu)), select(on_cpu)
+                if got.shape != want.shape or got.tobytes() != want.tobytes():
+                    failures.append(f"{name} {label}: the GPU read differs from the CPU read")
+            gpu_s, cpu_s = _seconds(lambda: on_gpu[...], gpu), _seconds(lambda: on_cpu[...], None)
+            print(f"  {name:22s} bit-identical on {len(_selections(size))} selections; full read "
+                  f"{data.nbytes / gpu_s / 1e9:6.2f} GB/s on the GPU, {data.nbytes / cpu_s / 1e9:6.2f} on the CPU",
+                  file=out)
+        failures += _truncated_stream_fails(root, gpu)
+    return failures
+
+
+def _seconds(read: Callable[[], Any], gpu: Any) -> float:
+    read()
+    times = []
+    for _ in range(3):
+        start = time.perf_counter()
+        read()
+        if gpu is not None and gpu.xp is not np:
+            gpu.xp.cuda.get_current_stream().synchronize()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def _truncated_stream_fails(root: str, gpu: Any) -> list[str]:
+    """A zstd frame whose header does not state its size, cut short: the GPU must refuse it."""
+    import zstandard
+
+    import gpuzarr
+
+    data = np.arange(64 * 64, dtype=np.uint16).reshape(64, 64)
+    path = os.path.join(root, "truncated")
+    write_v2(path, data, (64, 64), numcodecs.Zstd(1))
+    frame = zstandard.ZstdCompressor(write_content_size=False).compress(data[:32].tobytes())
+    with open(os.path.join(path, "0.0"), "wb") as f:
+        f.write(frame)  # a valid frame of half the chunk: decodes short
+    try:
+        _host(gpuzarr.open(path, device=gpu)[...])
+    except CorruptDataError:
+        return []
+    return ["a zstd stream that decodes short was not refused on the GPU"]
+
+
+def main(gpu: Any = None, size: int = 512) -> int:
+    from .devices.base import get_device
+    from .devices.gpu import usable_gpu
+
+    if gpu is None:
+        ok, why = usable_gpu()
+        if not ok:
+            print(f"gpuzarr selfcheck: no usable GPU: {why}")
+            return 1
+        gpu = get_device("gpu")
+    print(f"gpuzarr selfcheck on {gpu.name}:")
+    failures = check(gpu, size)
+    for failure in failures:
+        print(f"  FAILED: {failure}")
+    print("gpuzarr selfcheck: " + ("PASSED" if not failures else f"FAILED ({len(failures)} problems)"))
+    return 0 if not failures else 1

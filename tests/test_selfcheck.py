@@ -1,0 +1,45 @@
+"""`gpuzarr selfcheck`: without a GPU it says why and fails; its checks, run through the GPU
+orchestration's CPU stand-in, pass on a sound device and catch an unsound one."""
+
+from __future__ import annotations
+
+import io
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from gpu_standin import StandinEngine
+
+from gpuzarr.devices.gpu import GpuDevice, usable_gpu
+from gpuzarr.selfcheck import check
+
+
+def test_without_a_gpu_it_says_why_and_exits_non_zero():
+    if usable_gpu()[0]:
+        pytest.skip("a GPU is usable here: `gpuzarr selfcheck` runs the checks instead")
+    result = subprocess.run([sys.executable, "-m", "gpuzarr.cli", "selfcheck"], capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 1
+    assert "no usable GPU:" in result.stdout and usable_gpu()[1] in result.stdout
+
+
+def test_the_checks_pass_on_a_sound_device_and_print_a_line_per_codec():
+    out = io.StringIO()
+    assert check(GpuDevice(StandinEngine()), size=128, out=out) == []
+    lines = out.getvalue().splitlines()
+    assert len(lines) == 7 and all("bit-identical on 5 selections" in line for line in lines)
+
+
+class _OneBitOff(StandinEngine):
+    """A device that places every chunk with one bit flipped (a faulty kernel)."""
+
+    def scatter(self, decoded, out, records, itemsize, ndim) -> None:
+        super().scatter(decoded, out, records, itemsize, ndim)
+        if out.size:
+            out.reshape(-1).view(np.uint8)[0] ^= 1
+
+
+def test_the_checks_catch_a_device_that_gets_the_bits_wrong():
+    failures = check(GpuDevice(_OneBitOff()), size=128, out=io.StringIO())
+    assert failures and all("differs from the CPU read" in f for f in failures)
