@@ -1,0 +1,181 @@
+"""What the first real GPU run must prove (issue: "GPU path right on first contact"): big chunks
+of every codec, an LZ4 chunk over 16 MiB, zstd frames without a content size, short streams of
+each codec refused, a corrupt crc32c codec refused, device memory bounded over many batches,
+`out=` and a user's stream, DLPack to torch. Each test runs on the GPU orchestration's CPU
+stand-in in the default run (which checks the test itself and the host half) and, with
+`pytest -m gpu`, on the real device; there it is skipped, with the reason, where no GPU is usable."""
+
+from __future__ import annotations
+
+import gzip
+import os
+import struct
+import zlib
+
+import numcodecs
+import numpy as np
+import pytest
+import zstandard
+from gpu_standin import StandinEngine
+
+import gpuzarr
+from gpuzarr.devices.gpu import GpuDevice, usable_gpu
+from gpuzarr.sample import sample_data, write_sharded
+from gpuzarr.selfcheck import V2_CODECS, write_v2
+
+GPU_OK, WHY = usable_gpu()
+
+
+@pytest.fixture(params=["standin", pytest.param("gpu", marks=pytest.mark.gpu)])
+def device(request):
+    if request.param == "standin":
+        return GpuDevice(StandinEngine())
+    if not GPU_OK:
+        pytest.skip(WHY)
+    return gpuzarr.devices.get_device("gpu")
+
+
+def _host(x):
+    return x.get() if hasattr(x, "get") else np.asarray(x)
+
+
+def _same(device, path, sel=...):
+    got = _host(gpuzarr.open(str(path), device=device)[sel])
+    want = gpuzarr.open(str(path), device="cpu")[sel]
+    assert got.dtype == want.dtype and got.tobytes() == want.tobytes()
+
+
+@pytest.mark.parametrize("codec", sorted(V2_CODECS))
+def test_chunks_of_a_mebibyte_for_every_codec(tmp_path, device, codec):
+    data = sample_data((1024, 1024))  # chunks 512x1024 uint16: 1 MiB each
+    write_v2(str(tmp_path / "a"), data, (512, 1024), V2_CODECS[codec])
+    _same(device, tmp_path / "a")
+    _same(device, tmp_path / "a", (slice(300, 800), slice(None, None, 3)))
+
+
+def test_sharded_zstd_chunks_of_a_mebibyte(tmp_path, device):
+    write_sharded(str(tmp_path / "a"), sample_data((2048, 1024)), (1024, 1024), (512, 1024))
+    _same(device, tmp_path / "a")
+
+
+def test_an_lz4_chunk_over_16_mib(tmp_path, device):
+    data = sample_data((4096, 2112))  # one chunk of 17.3 MB
+    write_v2(str(tmp_path / "a"), data, data.shape, numcodecs.LZ4())
+    _same(device, tmp_path / "a")
+
+
+def _v2_with_frames(path, data, chunks, codec, frames: dict) -> None:
+    """A v2 array whose chunk files are the given bytes (frames a writer would not make)."""
+    write_v2(str(path), data, chunks, codec)
+    for key, frame in frames.items():
+        (path / key).write_bytes(frame)
+
+
+def test_zstd_frames_without_a_content_size(tmp_path, device):
+    data = sample_data((256, 256))
+    cctx = zstandard.ZstdCompressor(write_content_size=False)
+    frames = {f"{i}.0": cctx.compress(data[i * 128:(i + 1) * 128].tobytes()) for i in range(2)}
+    _v2_with_frames(tmp_path / "a", data, (128, 256), numcodecs.Zstd(1), frames)
+    np.testing.assert_array_equal(_host(gpuzarr.open(str(tmp_path / "a"), device=device)[...]), data)
+
+
+def _short_frames(kind: str, chunk: bytes) -> bytes:
+    """A stream of `kind` that passes every check the host can make but decodes to half the chunk."""
+    half = chunk[:len(chunk) // 2]
+    if kind == "zstd":
+        return zstandard.ZstdCompressor(write_content_size=False).compress(half)
+    if kind == "lz4":  # numcodecs' prefix says the whole chunk; the block holds half
+        return struct.pack("<I", len(chunk)) + numcodecs.lz4.compress(half)[4:]
+    if kind == "zlib":
+        return zlib.compress(half)
+    body = gzip.compress(half)  # ISIZE made to say the whole chunk: the host accepts it
+    return body[:-4] + struct.pack("<I", len(chunk))
+
+
+@pytest.mark.parametrize("kind, codec", [("zstd", numcodecs.Zstd(1)), ("lz4", numcodecs.LZ4()),
+                                         ("zlib", numcodecs.Zlib(1)), ("gzip", numcodecs.GZip(1))])
+def test_a_short_stream_of_each_codec_is_refused(tmp_path, device, kind, codec):
+    data = sample_data((128, 128))
+    _v2_with_frames(tmp_path / "a", data, (64, 128), codec, {"1.0": _short_frames(kind, data[64:].tobytes())})
+    with pytest.raises(gpuzarr.CorruptDataError, match="1.0"):
+        _host(gpuzarr.open(str(tmp_path / "a"), device=device)[...])
+    with pytest.raises(gpuzarr.CorruptDataError):  # the CPU path agrees
+        gpuzarr.open(str(tmp_path / "a"), device="cpu")[...]
+
+
+def test_a_corrupt_crc32c_codec_is_refused(tmp_path, device):
+    zarr = pytest.importorskip("zarr", reason="zarr-python writes the crc32c codec here")
+    data = sample_data((128, 128))
+    z = zarr.create_array(str(tmp_path / "a"), shape=data.shape, chunks=(64, 128), dtype=data.dtype,
+                          compressors=[zarr.codecs.ZstdCodec(level=1), zarr.codecs.Crc32cCodec()])
+    z[...] = data
+    chunk = tmp_path / "a" / "c" / "1" / "0"
+    raw = bytearray(chunk.read_bytes())
+    raw[-1] ^= 0xFF
+    chunk.write_bytes(bytes(raw))
+    with pytest.raises(gpuzarr.CorruptDataError, match="c/1/0.*checksum"):
+        _host(gpuzarr.open(str(tmp_path / "a"), device=device)[...])
+
+
+@pytest.mark.gpu
+def test_device_memory_stays_bounded_over_many_batches(tmp_path):
+    if not GPU_OK:
+        pytest.skip(WHY)
+    import cupy
+
+    data = sample_data((4096, 4096))
+    write_sharded(str(tmp_path / "a"), data, (1024, 1024), (128, 128))
+    batch = 1 << 20
+    arr = gpuzarr.open(str(tmp_path / "a"), device="gpu", settings=gpuzarr.Settings(batch_bytes=batch))
+    pool = cupy.get_default_memory_pool()
+    pool.free_all_blocks()
+    out = cupy.empty(data.shape, data.dtype)
+    before = pool.used_bytes()
+    report = gpuzarr.ReadReport()
+    arr.read(..., out=out, report=report)
+    peak = pool.total_bytes() - before
+    assert report.batches > 10
+    decoded = report.bytes_decoded / report.batches
+    assert peak < 4 * (batch + decoded), f"device memory {peak} for batches of {batch} + {decoded} decoded"
+    np.testing.assert_array_equal(out.get(), data)
+
+
+@pytest.mark.gpu
+def test_out_and_a_users_stream(tmp_path):
+    if not GPU_OK:
+        pytest.skip(WHY)
+    import cupy
+
+    data = sample_data((512, 512))
+    write_sharded(str(tmp_path / "a"), data, (256, 256), (64, 64))
+    arr = gpuzarr.open(str(tmp_path / "a"), device="gpu")
+    stream = cupy.cuda.Stream(non_blocking=True)
+    out = cupy.zeros((200, 300), data.dtype)
+    with stream:
+        got = arr.read((slice(100, 300), slice(7, 307)), out=out)
+    stream.synchronize()
+    assert got is out
+    np.testing.assert_array_equal(out.get(), data[100:300, 7:307])
+
+
+@pytest.mark.gpu
+def test_dlpack_to_torch(tmp_path):
+    if not GPU_OK:
+        pytest.skip(WHY)
+    torch = pytest.importorskip("torch", reason="torch is not installed")
+    data = sample_data((256, 256)).astype(np.int16)
+    write_sharded(str(tmp_path / "a"), data.view(np.uint16), (128, 128), (64, 64))
+    got = gpuzarr.open(str(tmp_path / "a"), device="gpu")[...]
+    tensor = torch.from_dlpack(got)
+    assert tensor.is_cuda and tensor.data_ptr() == got.data.ptr
+    assert np.array_equal(tensor.cpu().numpy().view(np.uint16), data.view(np.uint16))
+
+
+def test_the_short_streams_pass_the_host_checks():
+    """The point of the short-stream cases: only the decoder's reported size can catch them."""
+    chunk = os.urandom(1 << 14)
+    gz = _short_frames("gzip", chunk)
+    assert struct.unpack("<I", gz[-4:])[0] == len(chunk)
+    assert struct.unpack("<I", _short_frames("lz4", chunk)[:4])[0] == len(chunk)
+    assert zstandard.ZstdDecompressor().decompress(_short_frames("zstd", chunk), max_output_size=1 << 15) \
+        == chunk[:len(chunk) // 2]
