@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from .codecs.chain import CodecChain
-from .plan import Plan, pick
+from .plan import Gather, Plan
 
 
 def decode_raw(xp: Any, raw: Any, chain: CodecChain, native: bool = False) -> Any:
@@ -23,6 +23,6 @@ def place(out: Any, decoded: Any, plan: Plan, first: int, stop: int, present: An
     for chunk, chunk_sel, out_sel in plan.selections(first, stop):
         i = chunk - first
         if present[i]:
-            out[out_sel] = pick(decoded[i], chunk_sel)
+            out[out_sel] = chunk_sel(decoded[i]) if type(chunk_sel) is Gather else decoded[i][chunk_sel]
         else:
             out[out_sel] = fill

@@ -167,11 +167,6 @@ class Gather:
         return picked
 
 
-def pick(chunk: Any, sel: tuple | Gather) -> Any:
-    """`chunk[sel]` for a selection from `Plan.selections`."""
-    return sel(chunk) if isinstance(sel, Gather) else chunk[sel]
-
-
 def _expand(start: np.ndarray, step: np.ndarray, count: np.ndarray) -> np.ndarray:
     """The elements of runs (start, step, count), concatenated."""
     run = np.repeat(np.arange(count.size), count)

@@ -21,7 +21,7 @@ from ..codecs.chain import CodecChain, decode_chunk
 from ..errors import CorruptDataError, SettingsError
 from ..fetch import FetchedBatch, PendingBatch, thread_slot
 from ..placement import decode_raw, place
-from ..plan import Plan, pick
+from ..plan import Gather, Plan
 from .base import settle
 
 GROUP_BYTES = 2 << 20  # decoded bytes per task: enough to amortise a task, small enough for L2
@@ -189,7 +189,8 @@ def _decode_each_and_place(part: FetchedBatch, chain: CodecChain, as_chunk: Any,
             chunk = as_chunk(decode_bytes(chain, part.chunk(i), scratch, part.labels[i]))
         while k < n and sels[k][0] == first + i:
             _, chunk_sel, out_sel = sels[k]
-            out[out_sel] = pick(chunk, chunk_sel) if present[i] else fill
+            # a Gather (see Plan.selections) or an index; no helper call per placement here
+            out[out_sel] = (chunk_sel(chunk) if type(chunk_sel) is Gather else chunk[chunk_sel]) if present[i] else fill
             k += 1
 
 
@@ -216,12 +217,11 @@ def _zstd_group(batch: FetchedBatch, chain: CodecChain, checks: int, local: Any)
     raws: list = [None] * batch.n
     if not live:
         return raws
-    segments = np.empty((len(live), 2), dtype="<u8")
-    for k, i in enumerate(live):
+    segments = np.stack([batch.offsets[live], batch.sizes[live] - 4 * checks], axis=1).astype("<u8")
+    for i in live if checks else ():  # one C call per checksum
         view = batch.chunk(i)
         for _ in range(checks):
             view = strip_crc32c(view, f"{batch.labels[i]} (crc32c codec)")
-        segments[k] = (int(batch.offsets[i]), len(view))
     dctx = getattr(local, "zstd", None)
     if dctx is None:
         dctx = local.zstd = zstandard.ZstdDecompressor()
