@@ -28,6 +28,8 @@ _ML_INTS = {"int2": (-2, 1), "int4": (-8, 7)}  # one byte per item, like tensors
 _ML_NAMES = _ML_FLOATS | _ML_INTS.keys()
 _V2_BASE64_FILLS = frozenset({"float4_e2m1fn"})  # tensorstore's zarr driver writes this fill as base64
 _TIME_UNITS = {"Y", "M", "W", "D", "h", "m", "s", "ms", "us", "μs", "ns", "ps", "fs", "as", "generic"}
+# what np.dtype raises on a spec it cannot use (it parses "(2,3)i4,f8" strings with ast.literal_eval)
+NUMPY_DTYPE_ERRORS = (TypeError, ValueError, OverflowError, SyntaxError, RecursionError)
 
 
 @dataclass(frozen=True)
@@ -52,6 +54,15 @@ def _name_and_config(spec: Any, where: str) -> tuple[str, dict]:
             raise MetadataError(f"{where}: 'configuration' of {spec['name']!r} must be an object")
         return spec["name"], config
     raise MetadataError(f"{where}: expected a name or a {{'name', 'configuration'}} object, got {spec!r}")
+
+
+def _numpy_dtype(spec: str, name: str, where: str) -> np.dtype:
+    """np.dtype(spec) for a v3 type whose sizes come from the metadata: NumPy refuses items of
+    2 GiB and more, and datetime scales beyond a C int."""
+    try:
+        return np.dtype(spec)
+    except NUMPY_DTYPE_ERRORS as exc:
+        raise UnsupportedFeatureError(f"{where}: data type {name!r} has no NumPy equivalent ({exc})") from None
 
 
 def _length_bytes(config: dict, name: str, where: str) -> int:
@@ -82,11 +93,13 @@ def is_ml_dtype(dtype: np.dtype) -> bool:
 
 def _time_dtype(kind: str, config: dict, where: str) -> np.dtype:
     unit, scale = config.get("unit"), config.get("scale_factor", 1)
-    if unit not in _TIME_UNITS or not isinstance(scale, int) or scale < 1:
+    if (not isinstance(unit, str) or unit not in _TIME_UNITS or isinstance(scale, bool) or not isinstance(scale, int)
+            or scale < 1):
         raise MetadataError(f"{where}: bad unit/scale_factor for {kind}: {config!r}")
     unit = "us" if unit == "μs" else unit
     code = "M8" if kind == "numpy.datetime64" else "m8"
-    return np.dtype(f"<{code}" if unit == "generic" else f"<{code}[{scale if scale != 1 else ''}{unit}]")
+    spec = f"<{code}" if unit == "generic" else f"<{code}[{scale if scale != 1 else ''}{unit}]"
+    return _numpy_dtype(spec, kind, where)
 
 
 def _string_dtype() -> np.dtype:
@@ -98,6 +111,23 @@ def _string_dtype() -> np.dtype:
 
 def parse_data_type_v3(spec: Any, where: str) -> DataType:
     """Map a v3 `data_type` value to a DataType; unknown names are refused at open time."""
+    return _holdable(_parse_data_type_v3(spec, where), where)
+
+
+def _holdable(dt: DataType, where: str) -> DataType:
+    """Refuse a type NumPy arrays do not hold as it is: items of 0 bytes, and types NumPy changes
+    when it makes an array ("S0" becomes "S1", big-endian datetimes without a unit native ones),
+    which would read as other data."""
+    if not dt.fixed_size:
+        return dt
+    held = np.empty(0, dt.dtype).dtype
+    if dt.dtype.itemsize == 0 or held != dt.dtype:
+        raise UnsupportedFeatureError(f"{where}: NumPy arrays cannot hold data type {dt.name!r} "
+                                      f"({'0-byte items' if dt.dtype.itemsize == 0 else f'they make it {held}'})")
+    return dt
+
+
+def _parse_data_type_v3(spec: Any, where: str) -> DataType:
     name, config = _name_and_config(spec, where)
     if name in _V3_NUMERIC:
         return DataType(name, np.dtype(_V3_NUMERIC[name]))
@@ -107,16 +137,16 @@ def parse_data_type_v3(spec: Any, where: str) -> DataType:
         bits = int(name[1:])
         if bits == 0 or bits % 8:
             raise MetadataError(f"{where}: raw data type {name!r} must have a positive multiple of 8 bits")
-        return DataType(name, np.dtype(f"V{bits // 8}"))
+        return DataType(name, _numpy_dtype(f"V{bits // 8}", name, where))
     if name == "raw_bytes":
-        return DataType(name, np.dtype(f"V{_length_bytes(config, name, where)}"))
+        return DataType(name, _numpy_dtype(f"V{_length_bytes(config, name, where)}", name, where))
     if name == "null_terminated_bytes":
-        return DataType(name, np.dtype(f"S{_length_bytes(config, name, where)}"))
+        return DataType(name, _numpy_dtype(f"S{_length_bytes(config, name, where)}", name, where))
     if name == "fixed_length_utf32":
         n = _length_bytes(config, name, where)
         if n % 4:
             raise MetadataError(f"{where}: fixed_length_utf32 length_bytes must be a multiple of 4")
-        return DataType(name, np.dtype(f"<U{n // 4}"))
+        return DataType(name, _numpy_dtype(f"<U{n // 4}", name, where))
     if name in ("numpy.datetime64", "numpy.timedelta64"):
         return DataType(name, _time_dtype(name, config, where))
     if name in ("string", "variable_length_utf8"):
@@ -148,6 +178,10 @@ def parse_data_type_v3(spec: Any, where: str) -> DataType:
 
 def parse_dtype_v2(spec: Any, where: str) -> DataType:
     """Map a v2 `dtype` (a NumPy type string or a structured list) to a DataType."""
+    return _holdable(_parse_dtype_v2(spec, where), where)
+
+
+def _parse_dtype_v2(spec: Any, where: str) -> DataType:
     if isinstance(spec, str) and spec in _ML_NAMES:  # before NumPy, which knows them once ml_dtypes is imported
         return DataType(spec, _ml_dtype(spec, where))
     try:
@@ -157,10 +191,12 @@ def parse_dtype_v2(spec: Any, where: str) -> DataType:
             dtype = np.dtype(spec)
         else:
             raise TypeError(f"{spec!r}")
-    except (TypeError, ValueError) as exc:
+    except NUMPY_DTYPE_ERRORS as exc:
         raise MetadataError(f"{where}: bad v2 dtype {spec!r} ({exc})") from None
     if dtype.kind == "O":
         return DataType(str(spec), dtype, vlen="utf8")  # refined by the object codec in filters
+    if dtype.hasobject:
+        raise UnsupportedFeatureError(f"{where}: v2 dtype {spec!r} holds Python objects inside a structure")
     return DataType(str(spec), dtype)
 
 

@@ -19,6 +19,8 @@ Shape = tuple[int, ...]
 _V3_ARRAY_KEYS = {"zarr_format", "node_type", "shape", "data_type", "chunk_grid", "chunk_key_encoding",
                   "fill_value", "codecs", "attributes", "dimension_names", "storage_transformers"}
 _V3_GROUP_KEYS = {"zarr_format", "node_type", "attributes", "consolidated_metadata"}
+MAX_EXTENT = 2**62  # the largest dimension (as tensorstore's): sums of indices stay inside int64
+MAX_INT64 = 2**63 - 1  # chunk numbers and a chunk's bytes are int64 in reads
 
 
 @dataclass(frozen=True)
@@ -91,6 +93,8 @@ def load_json(raw: bytes, where: str) -> dict:
         doc = json.loads(raw)
     except (ValueError, UnicodeDecodeError) as exc:
         raise MetadataError(f"{where}: not valid JSON ({exc})") from None
+    except RecursionError:  # json recurses once per nesting level
+        raise MetadataError(f"{where}: JSON nested too deeply") from None
     if not isinstance(doc, dict):
         raise MetadataError(f"{where}: expected a JSON object, got {type(doc).__name__}")
     return doc
@@ -102,6 +106,23 @@ def _int_list(value: Any, name: str, where: str, minimum: int) -> Shape:
     ):
         raise MetadataError(f"{where}: {name!r} must be a list of integers ≥ {minimum}, got {value!r}")
     return tuple(value)
+
+
+def _check_sizes(shape: Shape, chunk_shape: Shape, dtype: np.dtype, where: str) -> None:
+    """Sizes gpuzarr can index with 64-bit integers: every dimension, the number of chunks in
+    the grid, and a chunk's bytes (NumPy's own limit). Refused at open, before any read does
+    arithmetic on them."""
+    for name, dims in (("shape", shape), ("chunk shape", chunk_shape)):
+        if any(n > MAX_EXTENT for n in dims):
+            raise UnsupportedFeatureError(f"{where}: {name} {list(dims)} has a dimension above 2**62, the "
+                                          f"largest gpuzarr indexes")
+    n_chunks = math.prod(-(-s // c) for s, c in zip(shape, chunk_shape))
+    if n_chunks > MAX_INT64:
+        raise UnsupportedFeatureError(f"{where}: the grid has {n_chunks} chunks, more than 64-bit chunk numbers count")
+    nbytes = math.prod(chunk_shape) * dtype.itemsize
+    if nbytes > MAX_INT64:
+        raise UnsupportedFeatureError(f"{where}: a chunk of {list(chunk_shape)} {dtype} items is {nbytes} bytes, more "
+                                      f"than 64-bit sizes hold")
 
 
 def _require(doc: dict, key: str, where: str) -> Any:
@@ -145,6 +166,7 @@ def parse_v3(doc: dict, where: str) -> ArrayMetadata | GroupMetadata:
     chunk_shape = _int_list(grid_config.get("chunk_shape"), "chunk_shape", where, 1)
     if len(chunk_shape) != len(shape):
         raise MetadataError(f"{where}: chunk_shape {list(chunk_shape)} has a different rank from shape {list(shape)}")
+    _check_sizes(shape, chunk_shape, dt.dtype, where)
     key_name, key_config = _name_and_config(_require(doc, "chunk_key_encoding", where), where)
     if key_name not in ("default", "v2"):
         raise UnsupportedFeatureError(f"{where}: chunk key encoding {key_name!r} is not supported")
@@ -176,6 +198,7 @@ def parse_v2_array(doc: dict, attrs: dict, where: str) -> ArrayMetadata:
     if len(chunks) != len(shape):
         raise MetadataError(f"{where}: chunks {list(chunks)} has a different rank from shape {list(shape)}")
     dt = parse_dtype_v2(_require(doc, "dtype", where), where)
+    _check_sizes(shape, chunks, dt.dtype, where)
     order = doc.get("order", "C")
     if order not in ("C", "F"):
         raise MetadataError(f"{where}: order must be 'C' or 'F', got {order!r}")
@@ -185,7 +208,7 @@ def parse_v2_array(doc: dict, attrs: dict, where: str) -> ArrayMetadata:
     filters = doc.get("filters")
     if filters is not None and not isinstance(filters, list):
         raise MetadataError(f"{where}: filters must be a list or null")
-    if dt.vlen is not None and filters and filters[0].get("id") == "vlen-bytes":
+    if dt.vlen is not None and filters and isinstance(filters[0], dict) and filters[0].get("id") == "vlen-bytes":
         dt = DataType(dt.name, np.dtype(object), "bytes")
     fill = parse_fill_value(doc.get("fill_value"), dt, where, 2)
     chain = build_chain_v2(doc.get("compressor"), filters, chunks, dt, order, where)

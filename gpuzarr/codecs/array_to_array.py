@@ -9,7 +9,8 @@ from typing import Any
 import numcodecs
 import numpy as np
 
-from ..errors import MetadataError, UnsupportedFeatureError
+from ..dtypes import NUMPY_DTYPE_ERRORS
+from ..errors import CorruptDataError, MetadataError, UnsupportedFeatureError
 
 Shape = tuple[int, ...]
 
@@ -26,7 +27,8 @@ class Transpose:
         order = config.get("order")
         if isinstance(order, str):  # zarr-python 2-era "C"/"F" spellings
             order = list(range(ndim)) if order == "C" else list(range(ndim))[::-1] if order == "F" else None
-        if not isinstance(order, list) or sorted(order) != list(range(ndim)):
+        if (not isinstance(order, list) or not all(isinstance(i, int) and not isinstance(i, bool) for i in order)
+                or sorted(order) != list(range(ndim))):
             raise MetadataError(f"{where}: transpose order {config.get('order')!r} is not a permutation of {ndim} axes")
         return cls(tuple(order))
 
@@ -40,6 +42,14 @@ class Transpose:
     @property
     def identity(self) -> bool:
         return self.order == tuple(range(len(self.order)))
+
+
+def _is_number_type(spec: Any) -> bool:
+    """Whether `spec` names a NumPy number type: what these filters compute in."""
+    try:
+        return np.dtype(spec).kind in "biufc"
+    except NUMPY_DTYPE_ERRORS:
+        return False
 
 
 @dataclass(frozen=True, eq=False)
@@ -59,6 +69,9 @@ class NumcodecsArray:
             config["dtype"] = str(dtype)
         if codec_id == "astype" and config.get("decode_dtype") is None:
             config["decode_dtype"] = str(dtype)
+        for key in ("dtype", "astype", "encode_dtype", "decode_dtype"):
+            if config.get(key) is not None and not _is_number_type(config[key]):
+                raise MetadataError(f"{where}: numcodecs.{codec_id} {key} {config[key]!r} is not a number type")
         try:
             codec = numcodecs.get_codec(config)
         except (KeyError, ValueError, TypeError) as exc:
@@ -80,5 +93,17 @@ class NumcodecsArray:
             raise UnsupportedFeatureError(f"codec {self.name!r} has no GPU decoder; read with device='cpu'")
         out = np.empty((encoded.shape[0], *shape), dtype=dtype)
         for i in range(encoded.shape[0]):
-            out[i] = np.asarray(self.codec.decode(np.ascontiguousarray(encoded[i]))).reshape(shape)
+            out[i] = self._decode_one(np.ascontiguousarray(encoded[i]), shape)
         return out
+
+    def _decode_one(self, encoded: np.ndarray, shape: Shape) -> np.ndarray:
+        """One chunk through numcodecs; a result of another size (the codec's own dtype is not
+        the chunk's, or its bytes are corrupt) is refused rather than reshaped."""
+        try:
+            decoded = np.asarray(self.codec.decode(encoded))
+        except (RuntimeError, ValueError, TypeError, IndexError, OverflowError) as exc:
+            raise CorruptDataError(f"cannot decode {self.name} ({exc})") from None
+        if decoded.size != math.prod(shape):
+            raise CorruptDataError(f"{self.name} decodes a chunk to {decoded.size} {decoded.dtype} items, the chunk "
+                                   f"holds {math.prod(shape)}")
+        return decoded.reshape(shape)

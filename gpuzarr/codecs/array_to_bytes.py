@@ -91,11 +91,19 @@ class Vlen:
     name: str = "vlen"
 
     def decode_one(self, data: Any, shape: Shape, out_dtype: np.dtype) -> np.ndarray:
+        self._check_count(memoryview(data).cast("B"), math.prod(shape))
         codec = numcodecs.VLenUTF8() if self.kind == "utf8" else numcodecs.VLenBytes()
         try:
             items = codec.decode(data)
         except (RuntimeError, ValueError, TypeError, IndexError) as exc:
             raise CorruptDataError(f"bad vlen-{self.kind} chunk ({exc})") from None
-        if items.size != math.prod(shape):
-            raise CorruptDataError(f"vlen-{self.kind} chunk holds {items.size} items, the chunk needs {math.prod(shape)}")
         return items.reshape(shape).astype(out_dtype) if out_dtype != items.dtype else items.reshape(shape)
+
+    def _check_count(self, view: memoryview, n_items: int) -> None:
+        """The item count heads the chunk, and numcodecs allocates that many items before it
+        reads one: a count other than the chunk's is refused first."""
+        if len(view) < 4:
+            raise CorruptDataError(f"vlen-{self.kind} chunk of {len(view)} bytes has no item count")
+        count = int.from_bytes(view[:4], "little")
+        if count != n_items:
+            raise CorruptDataError(f"vlen-{self.kind} chunk holds {count} items, the chunk needs {n_items}")

@@ -19,11 +19,21 @@ from numcodecs import blosc as _blosc
 from ..errors import CorruptDataError, MetadataError, UnsupportedFeatureError
 
 Buffer = Any  # bytes, memoryview or a 1-D uint8 ndarray
+# No frame decodes to more than this many times its own size: a zstd RLE block (3-byte header and
+# 1 byte) stands for at most 128 KiB, the densest encoding of the codecs here (deflate: 1032x,
+# LZ4: 255x). A header claiming more is corrupt, and is refused before anything is allocated.
+MAX_EXPANSION = 32768
 
 
 def _as_view(data: Buffer) -> memoryview:
     view = memoryview(data)
     return view if view.format == "B" and view.ndim == 1 else view.cast("B")
+
+
+def _check_claim(claimed: int, stored: int, what: str) -> None:
+    """Refuse a decoded size that no frame of `stored` bytes can produce."""
+    if claimed > MAX_EXPANSION * stored:
+        raise CorruptDataError(f"{what} header claims {claimed} decoded bytes, more than a {stored}-byte frame holds")
 
 
 def _expect_size(got: int, expected: int, what: str) -> None:
@@ -71,7 +81,10 @@ class Zstd(BytesBytesCodec):
     def decode(self, data: Buffer) -> Buffer:
         view = _as_view(data)
         size = _zstd_content_size(view)
-        return self._decompress(view, size if size is not None else 1 << 31)
+        if size is None:  # grown as it decodes: a size cap would be allocated up front
+            return self._decompress_stream(view)
+        _check_claim(size, len(view), "zstd frame")
+        return self._decompress(view, size)
 
     def decode_into(self, data: Buffer, out: np.ndarray) -> None:
         view = _as_view(data)
@@ -99,6 +112,17 @@ class Zstd(BytesBytesCodec):
         if dctx is None:
             dctx = cls._local.dctx = zstandard.ZstdDecompressor()
         return dctx
+
+    @classmethod
+    def _decompress_stream(cls, view: memoryview) -> bytes:
+        try:
+            dobj = cls._dctx().decompressobj()
+            out = dobj.decompress(view)
+        except zstandard.ZstdError as exc:
+            raise CorruptDataError(f"cannot decode zstd frame ({exc})") from None
+        if not dobj.eof:
+            raise CorruptDataError("truncated zstd frame")
+        return out
 
     @classmethod
     def _decompress(cls, view: memoryview, max_size: int) -> bytes:
@@ -149,6 +173,7 @@ class Blosc(BytesBytesCodec):
         nbytes, _blocksize, cbytes = struct.unpack_from("<III", view, 4)
         if cbytes != len(view):
             raise CorruptDataError(f"blosc header says {cbytes} compressed bytes, the frame has {len(view)}")
+        _check_claim(nbytes, cbytes, "blosc frame")
         return nbytes
 
     @staticmethod
@@ -179,7 +204,10 @@ class Lz4(BytesBytesCodec):
     _codec = numcodecs.LZ4()
 
     def decode(self, data: Buffer) -> Buffer:
-        return _numcodecs_call(self._codec.decode, data, "lz4")
+        view = _as_view(data)
+        if len(view) >= 4:  # numcodecs allocates what the prefix says
+            _check_claim(int.from_bytes(view[:4], "little"), len(view), "lz4 frame")
+        return _numcodecs_call(self._codec.decode, view, "lz4")
 
     def decode_into(self, data: Buffer, out: np.ndarray) -> None:
         view = _as_view(data)
@@ -189,11 +217,18 @@ class Lz4(BytesBytesCodec):
         _numcodecs_call(self._codec.decode, view, "lz4", out=out)
 
 
+# numcodecs codecs whose decode yields Python objects: only an object array's first v2 filter
+_OBJECT_CODECS = {"vlen-utf8", "vlen-bytes", "vlen-array", "json2", "pickle", "msgpack2", "json", "msgpack"}
+
+
 class NumcodecsBytes(BytesBytesCodec):
     """Any other numcodecs codec (bz2, lzma, shuffle, checksums, v2 filters): decode, then view as bytes."""
 
     def __init__(self, name: str, config: dict, where: str = ""):
         super().__init__(name, config)
+        if name in _OBJECT_CODECS:
+            raise UnsupportedFeatureError(f"{where}: codec {name!r} yields Python objects: it is read only as "
+                                          f"the first filter of a v2 object array")
         try:
             codec = numcodecs.get_codec(dict(config))
         except (KeyError, ValueError, TypeError) as exc:
@@ -213,7 +248,7 @@ class NumcodecsBytes(BytesBytesCodec):
 def _numcodecs_call(fn: Any, data: Buffer, what: str, **kwargs: Any) -> Any:
     try:
         return fn(data, **kwargs)
-    except (RuntimeError, ValueError, TypeError, OSError, EOFError, zlib.error) as exc:
+    except (RuntimeError, ValueError, TypeError, IndexError, OSError, EOFError, zlib.error) as exc:
         raise CorruptDataError(f"cannot decode {what} frame ({exc})") from None
     except Exception as exc:  # bz2/lzma raise their own error types
         if type(exc).__module__ in ("_lzma", "lzma", "_bz2", "bz2"):
