@@ -25,7 +25,8 @@ class SettingsError(GpuzarrError, ValueError):
 
 
 class DeviceMemoryError(GpuzarrError, MemoryError):
-    """The GPU ran out of memory for a batch: smaller batches (Settings) fit; the data is fine."""
+    """A device (the GPU for a batch, the CPU for one chunk's decode buffer) ran out of memory:
+    smaller batches (Settings) or chunks fit; the data is not at fault."""
 
 
 class StoreError(GpuzarrError, OSError):

@@ -79,6 +79,9 @@ class Reader:
             shape = (windows.starts.shape[0],) + windows.out_shape
         else:
             shape = ((len(windows),) if batched else ()) + out_shape(windows[0])
+        if 0 in shape:  # nothing selected: no runs to plan, however long the other axes
+            report.device = device.name
+            return _output(device, shape, dtype, out)
         with report.timed("plan"):
             plan = make_plan(windows, self.locator.leaf_shape, batched)
         if plan.n_chunks == 0:

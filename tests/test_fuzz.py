@@ -30,14 +30,6 @@ CASES = 5000  # ~20 s on 2 cores
 # Known findings whose fixes belong outside the files the fuzz task may change; each entry is
 # removed once its fix lands (see the fuzz report for the reproduction of each).
 WAIVE = (
-    # F1: metadata declaring a huge chunk (chunks [2**37, 10] of <f8: 10 TiB) makes the CPU device
-    # allocate a chunk-sized decode scratch before it looks at the frame (devices/cpu.py
-    # _scratch -> fetch.thread_slot), so a read raises MemoryError instead of CorruptDataError.
-    "memory MemoryError fetch.py:* (__call__)",
-    # F2: a read of an empty selection over a huge axis (shape [2**40, 0], arr[...]) builds the
-    # chunk runs of the non-empty axis first (plan.py _dim_runs): MemoryError (ValueError "array
-    # is too big" from 2**62 on), not an empty array.
-    "* plan.py:* (_dim_runs)",
     # F3: filters that expand, repeated (v2 filters [packbits] * 4 on a bool array: 8**4 times the
     # stored bytes), decode one stage after another with no bound on the stages between
     # (devices/cpu.py decode_bytes, codecs/chain.py decode_chunk): MemoryError in numcodecs.
@@ -243,3 +235,36 @@ def test_v2_object_codecs_out_of_place_are_refused_at_open(corpus, tmp_path, cha
     _edit(root / ".zarray", **changes)
     with pytest.raises(error, match=match):
         gpuzarr.open(str(root), device="cpu")
+
+
+def test_an_empty_selection_over_a_huge_axis_plans_nothing(tmp_path):
+    """F2: shape [2**40, 0] read whole is an empty array at once, not runs of 2**40 elements."""
+    import json
+
+    import gpuzarr
+
+    path = tmp_path / "a"
+    path.mkdir()
+    (path / ".zarray").write_text(json.dumps({"zarr_format": 2, "shape": [2**40, 0], "chunks": [8, 8], "dtype": "<u1",
+                                              "compressor": None, "fill_value": 0, "order": "C", "filters": None}))
+    arr = gpuzarr.open(str(path), device="cpu")
+    assert arr[...].shape == (2**40, 0) and arr[::7, :].shape == (-(-2**40 // 7), 0)
+
+
+def test_a_chunk_too_large_for_memory_is_a_gpuzarr_error(tmp_path):
+    """F1: chunks [2**37, 10] of <f8 (10 TiB): the decode buffer cannot be had; the read says so."""
+    import json
+
+    import gpuzarr
+
+    path = tmp_path / "a"
+    path.mkdir()
+    (path / ".zarray").write_text(json.dumps({"zarr_format": 2, "shape": [2**37, 10], "chunks": [2**37, 10],
+                                              "dtype": "<f8", "compressor": {"id": "zstd", "level": 1},
+                                              "fill_value": 0, "order": "C", "filters": None}))
+    (path / "0.0").write_bytes(b"\x28\xb5\x2f\xfd" + bytes(8))
+    with pytest.raises(gpuzarr.GpuzarrError) as info:  # CorruptDataError where the OS overcommits 10 TiB
+        gpuzarr.open(str(path), device="cpu")[:4, :]
+    if isinstance(info.value, MemoryError):
+        assert isinstance(info.value, gpuzarr.DeviceMemoryError) and "10995116277760 bytes" in str(info.value)
+

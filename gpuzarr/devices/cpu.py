@@ -18,7 +18,7 @@ from .. import forksafe
 from ..codecs.array_to_bytes import Bytes
 from ..codecs.bytes_to_bytes import Zstd, strip_crc32c
 from ..codecs.chain import CodecChain, decode_chunk
-from ..errors import CorruptDataError, SettingsError
+from ..errors import CorruptDataError, DeviceMemoryError, SettingsError
 from ..fetch import FetchedBatch, PendingBatch, thread_slot
 from ..placement import decode_raw, place
 from ..plan import Gather, Plan
@@ -118,8 +118,12 @@ class CpuDevice:
         return thread_slot(self._local, "staging", nbytes, STAGING_KEPT)
 
     def _scratch(self, nbytes: int) -> np.ndarray:
-        """This thread's decode buffer (one chunk)."""
-        return thread_slot(self._local, "scratch", nbytes)
+        """This thread's decode buffer (one chunk); a chunk too large for memory is named as such."""
+        try:
+            return thread_slot(self._local, "scratch", nbytes)
+        except MemoryError:
+            raise DeviceMemoryError(f"a chunk decodes to {nbytes} bytes, more than this machine can allocate for "
+                                    f"one chunk (the array's chunk shape and dtype say so)") from None
 
     def decode_and_place(self, batch: FetchedBatch | PendingBatch, chain: CodecChain, out: Any, plan: Plan,
                          first: int, fill: Any, report: Any = None, sole: bool = False) -> list:
