@@ -117,14 +117,25 @@ def test_a_corrupt_crc32c_codec_is_refused(tmp_path, device):
         _host(gpuzarr.open(str(tmp_path / "a"), device=device)[...])
 
 
-@pytest.mark.gpu
-def test_device_memory_stays_bounded_over_many_batches(tmp_path):
+@pytest.fixture
+def cupy():
+    """CuPy on a usable GPU (the tests below need the device itself, not the stand-in)."""
     if not GPU_OK:
         pytest.skip(WHY)
     import cupy
 
-    data = sample_data((4096, 4096))
-    write_sharded(str(tmp_path / "a"), data, (1024, 1024), (128, 128))
+    return cupy
+
+
+def _written(tmp_path, shape, shard, chunk) -> np.ndarray:
+    data = sample_data(shape)
+    write_sharded(str(tmp_path / "a"), data, shard, chunk)
+    return data
+
+
+@pytest.mark.gpu
+def test_device_memory_stays_bounded_over_many_batches(tmp_path, cupy):
+    data = _written(tmp_path, (4096, 4096), (1024, 1024), (128, 128))
     batch = 1 << 20
     arr = gpuzarr.open(str(tmp_path / "a"), device="gpu", settings=gpuzarr.Settings(batch_bytes=batch))
     pool = cupy.get_default_memory_pool()
@@ -141,13 +152,8 @@ def test_device_memory_stays_bounded_over_many_batches(tmp_path):
 
 
 @pytest.mark.gpu
-def test_out_and_a_users_stream(tmp_path):
-    if not GPU_OK:
-        pytest.skip(WHY)
-    import cupy
-
-    data = sample_data((512, 512))
-    write_sharded(str(tmp_path / "a"), data, (256, 256), (64, 64))
+def test_out_and_a_users_stream(tmp_path, cupy):
+    data = _written(tmp_path, (512, 512), (256, 256), (64, 64))
     arr = gpuzarr.open(str(tmp_path / "a"), device="gpu")
     stream = cupy.cuda.Stream(non_blocking=True)
     out = cupy.zeros((200, 300), data.dtype)
@@ -159,9 +165,7 @@ def test_out_and_a_users_stream(tmp_path):
 
 
 @pytest.mark.gpu
-def test_dlpack_to_torch(tmp_path):
-    if not GPU_OK:
-        pytest.skip(WHY)
+def test_dlpack_to_torch(tmp_path, cupy):
     torch = pytest.importorskip("torch", reason="torch is not installed")
     data = sample_data((256, 256)).astype(np.int16)
     write_sharded(str(tmp_path / "a"), data.view(np.uint16), (128, 128), (64, 64))
