@@ -3,6 +3,7 @@ A missing key is `None` (fill value), never an error; any other failure is a Sto
 
 from __future__ import annotations
 
+import errno
 import os
 import stat
 from collections.abc import Callable, Iterable, Sequence
@@ -16,6 +17,7 @@ from . import forksafe
 from .errors import SettingsError, StoreError
 from .metadata import node_path_problem
 
+_NOWAIT = getattr(os, "RWF_NOWAIT", 0)  # Linux: read only what the page cache holds, else EAGAIN
 Range = tuple[str, int, int | None]  # key, start (negative: suffix), stop (None: to the end)
 _MISSING = (FileNotFoundError, KeyError, NotADirectoryError, IsADirectoryError)
 _REASON_CHARS = 200  # of an underlying error's text in a StoreError message
@@ -137,6 +139,8 @@ class LocalStore(Store):
     """Local files through plain os calls: page-cache reads cost a syscall, not an event loop.
     Sizes are a stat away here, so ranges of known size are read straight into staging."""
 
+    _nowait = _NOWAIT  # set to 0 on a store whose filesystem refuses RWF_NOWAIT
+
     def read_ranges(self, ranges: Sequence[Range]) -> list[bytes | None]:
         return self._per_file(ranges, lambda fd, i, start, stop, flags: _pread_range(fd, start, stop, flags))
 
@@ -154,7 +158,7 @@ class LocalStore(Store):
         are then read at once by the I/O pool, up to IO_DEPTH in flight, since a disk serves
         many queued reads far faster than one at a time."""
         results: list = [None] * len(ranges)
-        deferred = self._read_each(ranges, range(len(ranges)), read, results, _NOWAIT)
+        deferred = self._read_each(ranges, range(len(ranges)), read, results, self._nowait)
         if deferred:  # the last one read here: a lone read waits for no thread hand-over
             pool = _io_pool() if len(deferred) > 1 else None
             futures = [pool.submit(self._read_each, ranges, (k,), read, results, 0) for k in deferred[:-1]]
@@ -192,6 +196,12 @@ class LocalStore(Store):
                         results[k] = read(fd, k, ranges[k][1], ranges[k][2], flags)
                     except BlockingIOError:
                         deferred.append(k)
+                    except OSError as exc:
+                        if not flags or exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
+                            raise
+                        # this filesystem (tmpfs, procfs, ...) cannot say what is cached: blocking reads
+                        self._nowait = flags = 0
+                        results[k] = read(fd, k, ranges[k][1], ranges[k][2], 0)
             except IsADirectoryError:  # opening a directory read-only succeeds; reading it does not
                 pass
             except OSError as exc:
@@ -213,7 +223,6 @@ class LocalStore(Store):
 IOV_MAX = os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 1024  # buffers one preadv takes
 
 
-_NOWAIT = getattr(os, "RWF_NOWAIT", 0)  # Linux: read only what the page cache holds, else EAGAIN
 IO_DEPTH_ENV = "GPUZARR_IO_DEPTH"
 _io = {"pool": None}
 

@@ -104,3 +104,38 @@ def test_reads_the_page_cache_lacks_go_to_the_disk_pool_and_land_where_they_belo
     assert len(pool_threads) > 1  # the calling thread read one range itself
     got = arr.store.read_ranges([("c/0/0", 0, 10), ("c/9/9", 0, 10), ("c/1/0", -4, None)])
     assert got[1] is None and len(got[0]) == 10 and len(got[2]) == 4
+
+
+def test_a_filesystem_that_refuses_rwf_nowait_is_read_blocking(tmp_path, monkeypatch):
+    """tmpfs and procfs answer RWF_NOWAIT with EOPNOTSUPP: the store then reads without it."""
+    import errno
+
+    from gpuzarr import store as store_module
+
+    data = sample_data((128, 128))
+    write_sharded(str(tmp_path / "a"), data, (64, 128), (16, 16))
+    real = store_module.os.preadv
+    flagged = []
+
+    def no_nowait(fd, buffers, offset, flags=0):
+        if flags:
+            flagged.append(offset)
+            raise OSError(errno.EOPNOTSUPP, "Operation not supported")
+        return real(fd, buffers, offset)
+
+    monkeypatch.setattr(store_module.os, "preadv", no_nowait)
+    arr = gpuzarr.open(str(tmp_path / "a"), device="cpu")
+    np.testing.assert_array_equal(arr[...], data)
+    asked = len(flagged)
+    np.testing.assert_array_equal(arr[...], data)
+    assert asked == 1 and len(flagged) == 1  # asked once, then never again on this store
+
+
+@pytest.mark.skipif(not os.path.isdir("/dev/shm"), reason="no /dev/shm (tmpfs) on this machine")
+def test_an_array_on_tmpfs_reads(tmp_path):
+    import tempfile
+
+    data = sample_data((96, 96))
+    with tempfile.TemporaryDirectory(dir="/dev/shm") as shm:
+        write_sharded(os.path.join(shm, "a"), data, (48, 96), (16, 16))
+        np.testing.assert_array_equal(gpuzarr.open(os.path.join(shm, "a"), device="cpu")[...], data)
