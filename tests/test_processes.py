@@ -249,3 +249,24 @@ def test_a_dataloader_worker_takes_its_share_of_the_cores(monkeypatch):
 def test_bad_settings_are_refused_where_they_are_made(field, value):
     with pytest.raises(gpuzarr.SettingsError, match=f"Settings.{field}"):
         gpuzarr.Settings(**{field: value})
+
+
+@fork_only
+def test_a_forked_dataloader_worker_sizes_the_pool_after_it_learns_it_is_one(image):
+    """torch sets a worker's info after the fork: the shared device's pool, already used in the
+    parent, is sized in the child at its first read, when the info is there."""
+    import types
+
+    path, data = image
+    arr = gpuzarr.open(path, device="cpu")
+    assert np.array_equal(arr[...], data)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+
+    def in_worker():
+        os.environ.pop("GPUZARR_THREADS", None)
+        fake = types.SimpleNamespace(get_worker_info=lambda: types.SimpleNamespace(num_workers=cores, id=0))
+        sys.modules["torch.utils.data"] = fake  # as torch's worker loop does before fetching
+        ok = bool(np.array_equal(arr[...], data))
+        return ok, arr._device.threads
+
+    assert _in_fork(in_worker) == (True, 1)

@@ -81,10 +81,24 @@ class CpuDevice:
         forksafe.register(self)
 
     def _after_fork(self) -> None:
-        """A forked child has none of the pool's threads: it starts its own, sized for itself
-        (a loader worker takes its share of the cores)."""
-        self.threads = self._requested or default_threads()
-        self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="gpuzarr-cpu")
+        """A forked child has none of the pool's threads: it starts its own at its first read,
+        sized then (a DataLoader worker learns it is one only after the fork)."""
+        self._sized: int | None = None
+        self._executor: ThreadPoolExecutor | None = None
+
+    @property
+    def threads(self) -> int:
+        if self._sized is None:
+            self._sized = self._requested or default_threads()
+        return self._sized
+
+    @property
+    def _pool(self) -> ThreadPoolExecutor:
+        if self._executor is None:
+            with CpuDevice._shared_lock:
+                if self._executor is None:
+                    self._executor = ThreadPoolExecutor(self.threads, thread_name_prefix="gpuzarr-cpu")
+        return self._executor
 
     def __reduce__(self) -> tuple:
         shared = CpuDevice._shared.get(self._requested) is self  # the receiver uses its own shared one
