@@ -295,6 +295,13 @@ def _tables_boxes(boxes: Boxes, chunk_shape: Shape) -> tuple[list, np.ndarray, n
     """The same tables for many windows of step 1, as whole-array operations over windows and
     runs (no Python loop per window)."""
     n_windows = boxes.starts.shape[0]
+    if all(n == 1 for n in boxes.counts):  # points: one run per window and dimension
+        ones, index = np.ones(n_windows, np.int64), np.arange(n_windows, dtype=np.int64)
+        tables = []
+        for d, c in enumerate(chunk_shape):
+            k = boxes.starts[:, d] // c
+            tables.append([k, boxes.starts[:, d] - k * c, ones, np.zeros(n_windows, np.int64), ones])
+        return tables, np.repeat(index[:, None], len(chunk_shape), axis=1), index
     tables, n_runs, first_run = [], [], []
     for d, c in enumerate(chunk_shape):
         starts = boxes.starts[:, d]
