@@ -62,6 +62,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "(explicit flags still win)")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory probes")
     p.add_argument("--no-host-cost", action="store_true", help="skip gpuzarr's host-cost-per-chunk measurement")
+    p.add_argument("--cold", action="store_true",
+                   help="run the cold-read benchmark instead (bench/cold.py; page cache dropped, needs root)")
     p.add_argument("--loader", action="store_true",
                    help="run the data-loader benchmark instead (bench/loader.py; see python -m bench --loader --help)")
     args = p.parse_args(argv)
@@ -118,6 +120,10 @@ def main(argv: list[str] | None = None) -> int:
         from .loader import main as loader_main
 
         return loader_main([a for a in argv if a != "--loader"])
+    if "--cold" in argv:  # small random reads from a cold page cache
+        from .cold import main as cold_main
+
+        return cold_main([a for a in argv if a != "--cold"])
     device = [b for a, b in zip(argv, argv[1:]) if a == "--device"] + [a[9:] for a in argv if a.startswith("--device=")]
     if device == ["gpu-host"]:  # the GPU host half with no-op device calls
         from .gpu_host import main as gpu_host_main

@@ -65,3 +65,20 @@ def test_the_gpu_host_benchmark_runs_the_real_orchestration_and_reports_ratios(t
                                                               ("v2", "full"), ("v2", "batch 4")]
     full = rows[0]
     assert full["chunks"] == 16 and 0 < full["compressed_bytes"] < 256 * 256 * 2 and full["ratio"] > 0
+
+
+def test_the_cold_benchmark_drops_the_page_cache_or_says_why(tmp_path, capsys, monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT))
+    from bench import cold
+
+    args = ["--size-2d", "512", "--windows", "3", "--repeats", "1", "--cache", str(tmp_path / "c"),
+            "--out", str(tmp_path / "o")]
+    why = cold.can_drop()
+    if why:
+        assert cold.main(args) == 2 and why in capsys.readouterr().err
+        return
+    assert cold.main(args) == 0
+    out = capsys.readouterr().out
+    assert "page cache dropped" in out and "one by one" in out and "one batch" in out
+    saved = json.loads(next((tmp_path / "o").glob("cold-*.json")).read_text())
+    assert set(saved["seconds"]) == {"gpuzarr", "tensorstore"} and len(saved["seconds"]["gpuzarr"]["one"]) == 1
