@@ -40,6 +40,10 @@ class Array:
             self._resolved = get_device(self._device_spec, self._settings.threads)
         return self._resolved
 
+    def _device_for(self, device: str | Device | None) -> Device:
+        """The device a read asked for, else the array's."""
+        return self._device if device is None else get_device(device, self._settings.threads)
+
     def __repr__(self) -> str:
         return (f"<gpuzarr.Array {self.store.url!r} shape={self.shape} dtype={self.dtype} "
                 f"chunks={self.chunks} shards={self.shards} device={self.device!r}>")
@@ -130,7 +134,7 @@ class Array:
         return self._query(parse(selection, self.shape), device, out, report)
 
     def _query(self, query: Query, device: str | Device | None, out: Any, report: ReadReport | None) -> Any:
-        dev = self._device if device is None else get_device(device, self._settings.threads)
+        dev = self._device_for(device)
         if out is None or query.plain:
             result = self._reader.read(query.windows, query.batched, dev, out, report)
             return query.result(result, dev.xp)
@@ -146,7 +150,7 @@ class Array:
         if isinstance(selections, (tuple, slice)) or not hasattr(selections, "__iter__"):
             raise TypeError(f"read_batch takes a list of windows, not a {type(selections).__name__}: for one "
                             f"window pass [window], e.g. [(slice(0, 4), slice(0, 4))]")
-        dev = self._device if device is None else get_device(device, self._settings.threads)
+        dev = self._device_for(device)
         windows = [normalize(s, self.shape) for s in selections]
         if not windows:
             raise ValueError("read_batch needs at least one selection")
@@ -155,12 +159,11 @@ class Array:
             raise ValueError(f"read_batch windows must all have the same shape, got {sorted(shapes)}")
         return self._reader.read(windows, True, dev, out, report)
 
-
     def read_windows(self, starts: Any, shape: Any, device: str | Device | None = None, out: Any = None,
                      report: ReadReport | None = None) -> Any:
         """read_batch for windows given as an (n, ndim) integer array of their first elements and
         one window `shape`: no Python object per window (a loader's millions of patches)."""
-        dev = self._device if device is None else get_device(device, self._settings.threads)
+        dev = self._device_for(device)
         shape = tuple(operator.index(s) for s in shape)
         starts = np.asarray(starts)
         if starts.size == 0:

@@ -10,6 +10,8 @@ from __future__ import annotations
 import os
 import threading
 import weakref
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 _objects: weakref.WeakSet = weakref.WeakSet()
@@ -22,6 +24,30 @@ def register(obj: Any) -> Any:
     with _lock:
         _objects.add(obj)
     return obj
+
+
+class LazyPool:
+    """A thread pool started at its first use, and started anew in a forked child (the parent's
+    threads are not there); `workers` may be a callable, asked then (a child sizes its own)."""
+
+    def __init__(self, workers: int | Callable[[], int], name: str):
+        self._workers, self._name = workers, name
+        self._after_fork()
+        register(self)
+
+    def _after_fork(self) -> None:
+        self._lock = threading.Lock()
+        self._pool: ThreadPoolExecutor | None = None
+
+    def submit(self, fn: Callable, *args: Any) -> Future:
+        pool = self._pool
+        if pool is None:
+            with self._lock:
+                if self._pool is None:
+                    workers = self._workers() if callable(self._workers) else self._workers
+                    self._pool = ThreadPoolExecutor(workers, thread_name_prefix=self._name)
+                pool = self._pool
+        return pool.submit(fn, *args)
 
 
 def call_in_child(fn: Any) -> Any:

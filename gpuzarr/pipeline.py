@@ -6,7 +6,6 @@ files, whose reads are syscalls best run on the core that decodes the bytes next
 from __future__ import annotations
 
 import threading
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -53,13 +52,7 @@ class Settings:
                                     f"{' or None' if optional else ''}, not {value!r}")
 
 
-_IO = ThreadPoolExecutor(4, thread_name_prefix="gpuzarr-io")  # fetches ahead in staged reads
-
-
-@forksafe.call_in_child
-def _new_io_pool() -> None:
-    global _IO
-    _IO = ThreadPoolExecutor(4, thread_name_prefix="gpuzarr-io")
+_IO = forksafe.LazyPool(4, "gpuzarr-io")  # fetches ahead in staged reads
 
 
 class Reader:
@@ -84,9 +77,6 @@ class Reader:
             return _output(device, shape, dtype, out)
         with report.timed("plan"):
             plan = make_plan(windows, self.locator.leaf_shape, batched)
-        if plan.n_chunks == 0:
-            report.device = device.name
-            return _output(device, shape, dtype, out)
         with report.timed("locate"):
             loc = self.locator.locate(plan.chunks)
             order = loc.storage_order()

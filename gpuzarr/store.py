@@ -7,7 +7,7 @@ import errno
 import os
 import stat
 from collections.abc import Callable, Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor, wait
+from concurrent.futures import wait
 from typing import Any
 
 import fsspec
@@ -160,8 +160,7 @@ class LocalStore(Store):
         results: list = [None] * len(ranges)
         deferred = self._read_each(ranges, range(len(ranges)), read, results, self._nowait)
         if deferred:  # the last one read here: a lone read waits for no thread hand-over
-            pool = _io_pool() if len(deferred) > 1 else None
-            futures = [pool.submit(self._read_each, ranges, (k,), read, results, 0) for k in deferred[:-1]]
+            futures = [_DISK.submit(self._read_each, ranges, (k,), read, results, 0) for k in deferred[:-1]]
             try:
                 self._read_each(ranges, deferred[-1:], read, results, 0)
             except BaseException:
@@ -224,23 +223,17 @@ IOV_MAX = os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 1024  # buffer
 
 
 IO_DEPTH_ENV = "GPUZARR_IO_DEPTH"
-_io = {"pool": None}
 
 
-def _io_pool() -> ThreadPoolExecutor:
-    """Threads that wait in preadv for the disk (the GIL released): reads in flight at once."""
-    pool = _io["pool"]
-    if pool is None:
-        depth = os.environ.get(IO_DEPTH_ENV, "32").strip()
-        if not depth.isdigit() or int(depth) < 1:
-            raise SettingsError(f"{IO_DEPTH_ENV}={depth!r}: expected a positive integer")
-        pool = _io["pool"] = ThreadPoolExecutor(int(depth), thread_name_prefix="gpuzarr-disk")
-    return pool
+def _io_depth() -> int:
+    """Reads in flight from the disk: $GPUZARR_IO_DEPTH, else 32."""
+    depth = os.environ.get(IO_DEPTH_ENV, "32").strip()
+    if not depth.isdigit() or int(depth) < 1:
+        raise SettingsError(f"{IO_DEPTH_ENV}={depth!r}: expected a positive integer")
+    return int(depth)
 
 
-@forksafe.call_in_child
-def _forget_io_pool() -> None:
-    _io["pool"] = None  # its threads are the parent's
+_DISK = forksafe.LazyPool(_io_depth, "gpuzarr-disk")  # threads waiting in preadv for the disk, the GIL released
 
 
 def _preadv_all(fd: int, buffers: list, offset: int, want: int, flags: int = 0) -> int:

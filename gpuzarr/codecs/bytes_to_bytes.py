@@ -198,6 +198,19 @@ def strip_crc32c(view: memoryview, what: str) -> memoryview:
     return body
 
 
+def strip_crc32c_batch(staging: np.ndarray, offsets: np.ndarray, sizes: np.ndarray, checks: int,
+                       labels: list) -> np.ndarray:
+    """Verify `checks` trailing crc32c codecs of every chunk (one C call each); sizes without them."""
+    if not checks:
+        return sizes
+    view = memoryview(staging)
+    for start, size, label in zip(offsets.tolist(), sizes.tolist(), labels):
+        data = view[start:start + size]
+        for _ in range(checks):
+            data = strip_crc32c(data, f"{label} (crc32c codec)")
+    return sizes - 4 * checks
+
+
 class Lz4(BytesBytesCodec):
     """numcodecs LZ4: a 4-byte little-endian decoded size, then one LZ4 block."""
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 import os
 import sys
 import threading
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -16,7 +15,7 @@ import zstandard
 
 from .. import forksafe
 from ..codecs.array_to_bytes import Bytes
-from ..codecs.bytes_to_bytes import Zstd, strip_crc32c
+from ..codecs.bytes_to_bytes import Zstd, strip_crc32c_batch
 from ..codecs.chain import CodecChain, decode_chunk
 from ..errors import CorruptDataError, DeviceMemoryError, SettingsError
 from ..fetch import FetchedBatch, PendingBatch, thread_slot
@@ -77,6 +76,7 @@ class CpuDevice:
             raise SettingsError(f"threads must be a positive integer or None, not {threads!r}")
         self._requested = threads
         self._local = threading.local()
+        self._pool = forksafe.LazyPool(lambda: self.threads, "gpuzarr-cpu")
         self._after_fork()
         forksafe.register(self)
 
@@ -84,21 +84,12 @@ class CpuDevice:
         """A forked child has none of the pool's threads: it starts its own at its first read,
         sized then (a DataLoader worker learns it is one only after the fork)."""
         self._sized: int | None = None
-        self._executor: ThreadPoolExecutor | None = None
 
     @property
     def threads(self) -> int:
         if self._sized is None:
             self._sized = self._requested or default_threads()
         return self._sized
-
-    @property
-    def _pool(self) -> ThreadPoolExecutor:
-        if self._executor is None:
-            with CpuDevice._shared_lock:
-                if self._executor is None:
-                    self._executor = ThreadPoolExecutor(self.threads, thread_name_prefix="gpuzarr-cpu")
-        return self._executor
 
     def __reduce__(self) -> tuple:
         shared = CpuDevice._shared.get(self._requested) is self  # the receiver uses its own shared one
@@ -235,11 +226,9 @@ def _zstd_group(batch: FetchedBatch, chain: CodecChain, checks: int, local: Any)
     raws: list = [None] * batch.n
     if not live:
         return raws
-    segments = np.stack([batch.offsets[live], batch.sizes[live] - 4 * checks], axis=1).astype("<u8")
-    for i in live if checks else ():  # one C call per checksum
-        view = batch.chunk(i)
-        for _ in range(checks):
-            view = strip_crc32c(view, f"{batch.labels[i]} (crc32c codec)")
+    sizes = strip_crc32c_batch(batch.staging, batch.offsets[live], batch.sizes[live], checks,
+                               [batch.labels[i] for i in live] if checks else [])
+    segments = np.stack([batch.offsets[live], sizes], axis=1).astype("<u8")
     dctx = getattr(local, "zstd", None)
     if dctx is None:
         dctx = local.zstd = zstandard.ZstdDecompressor()

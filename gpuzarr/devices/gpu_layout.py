@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from ..blosc_frames import SHUFFLE_BIT, SHUFFLE_BYTE, SHUFFLE_NONE, parse_blosc_frame
-from ..codecs.bytes_to_bytes import Blosc, Gzip, Lz4, Zlib, Zstd, strip_crc32c
+from ..codecs.bytes_to_bytes import Blosc, Gzip, Lz4, Zlib, Zstd, strip_crc32c, strip_crc32c_batch
 from ..codecs.chain import CodecChain
 from ..errors import CorruptDataError
 from ..fetch import FetchedBatch
@@ -186,7 +186,7 @@ def _zstd_layout(batch: FetchedBatch, chain: CodecChain, allocate: Callable[[int
     live = np.flatnonzero(batch.present)
     offsets, sizes = batch.offsets[live], batch.sizes[live]
     labels = [batch.labels[i] for i in live.tolist()]
-    sizes = _strip_checksums(batch.staging, offsets, sizes, chain.trailing_crc32c, labels)
+    sizes = strip_crc32c_batch(batch.staging, offsets, sizes, chain.trailing_crc32c, labels)
     _check_zstd_headers(batch.staging, offsets, sizes, raw, labels)
     if not (offsets % ALIGN).any():  # fetched in place (a local read): uploaded as it is
         staging, token, src = batch.staging, batch.token, offsets
@@ -210,19 +210,6 @@ def _zstd_layout(batch: FetchedBatch, chain: CodecChain, allocate: Callable[[int
     empty = {"src": np.zeros(0, np.int64), "dst": np.zeros(0, np.int64), "size": np.zeros(0, np.int64)}
     return GpuBatchLayout(batch.n, raw, batch.present, staging, token, streams, empty, moves, {}, temp, [],
                           batch.labels)
-
-
-def _strip_checksums(staging: np.ndarray, offsets: np.ndarray, sizes: np.ndarray, checks: int,
-                     labels: list) -> np.ndarray:
-    """Verify `checks` trailing crc32c codecs of every chunk (one C call each); sizes without them."""
-    if not checks:
-        return sizes
-    view = memoryview(staging)
-    for start, size, label in zip(offsets.tolist(), sizes.tolist(), labels):
-        data = view[start:start + size]
-        for _ in range(checks):
-            data = strip_crc32c(data, f"{label} (crc32c codec)")
-    return sizes - 4 * checks
 
 
 _ZSTD_MAGIC = np.frombuffer(b"\x28\xb5\x2f\xfd", np.uint8)
