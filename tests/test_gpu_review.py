@@ -369,7 +369,7 @@ def test_auto_small_read_of_big_endian_array_into_out(tmp_path):
 @pytest.mark.parametrize("version, ok", [("6.0.0", True), ("6.0.0.12", True), ("7.1", True), ("5.3.0", False),
                                          ("5.1", False), ("4", False), ("unknown", False)])
 def test_nvcomp_before_6_is_refused_with_the_reason(version, ok):
-    """nvCOMP 5.x lacks what the engine calls (as_arrays with offsets, decode(out=), buffer_sizes)."""
+    """nvCOMP 5.x has another batched C API than the one gpuzarr calls (6.0: *DecompressOpts_t options)."""
     from gpuzarr.devices.gpu import nvcomp_version_problem
 
     problem = nvcomp_version_problem(version)

@@ -324,7 +324,7 @@ def usable_gpu() -> tuple[bool, str]:
     return True, ""
 
 
-NVCOMP_MIN = (6, 0)  # as_arrays(buffer, offsets, sizes, stream), decode(..., out=), buffer_sizes: 6.0 on
+NVCOMP_MIN = (6, 0)  # the batched C API with *DecompressOpts_t and GetRequiredAlignments (nvcomp_capi): 6.0 on
 
 
 def nvcomp_version_problem(version: str) -> str | None:
