@@ -34,6 +34,7 @@ class Locations:
     sizes: np.ndarray  # (M,) int64 byte count, -1 = the whole object
     present: np.ndarray  # (M,) bool: False = fill value (missing shard or empty inner chunk)
     key_ids: np.ndarray  # (M,) int64: chunks with the same key share an id
+    missing: tuple = ()  # shard objects found absent (their chunks read as the fill value)
 
     def storage_order(self) -> np.ndarray | None:
         """Order reading keys one after the other, each front to back; None if already so."""
@@ -44,7 +45,7 @@ class Locations:
 
     def take(self, order: np.ndarray) -> Locations:
         return Locations(self.keys[order], self.offsets[order], self.sizes[order], self.present[order],
-                         self.key_ids[order])
+                         self.key_ids[order], self.missing)
 
 
 @dataclass(frozen=True)
@@ -82,6 +83,7 @@ class PendingBatch:
     store: Store
     loc: Locations
     rows: np.ndarray
+    missing: list | None = None  # see fetch
 
     @property
     def n(self) -> int:
@@ -89,11 +91,12 @@ class PendingBatch:
 
     def part(self, lo: int, hi: int, alloc: Any = None) -> FetchedBatch:
         """Read chunks lo..hi-1 now, into `alloc(nbytes)` (default: a new buffer)."""
-        return fetch(self.store, self.loc, self.rows[lo:hi], alloc or _new_staging)
+        return fetch(self.store, self.loc, self.rows[lo:hi], alloc or _new_staging, missing=self.missing)
 
 
 class IndexCache:
-    """Bounded LRU of decoded shard indexes, keyed by (key, byte offset of the index owner)."""
+    """Bounded LRU of decoded shard indexes, keyed by (key, byte offset of the index owner, its
+    nesting level)."""
 
     def __init__(self, max_bytes: int = 64 << 20):
         self.max_bytes = max_bytes
@@ -112,6 +115,11 @@ class IndexCache:
                 return False
             self._items.move_to_end(key)
             return self._items[key]
+
+    def clear(self) -> None:
+        with self._lock:
+            self._items.clear()
+            self._bytes = 0
 
     def put(self, key: tuple, index: np.ndarray | None) -> None:
         size = 0 if index is None else index.nbytes
@@ -161,7 +169,8 @@ class Locator:
         element = coords * leaf  # first element of each leaf chunk, relative to the array
         origin = shard_coords * shard_shape
         owner = inverse  # which index (a shard, or an inner chunk that is a shard) holds each row
-        for (owner_shape, sharding), strides in zip(self.levels, self._level_strides):
+        missing: tuple = ()
+        for level, ((owner_shape, sharding), strides) in enumerate(zip(self.levels, self._level_strides)):
             inner = np.array(sharding.chunk_shape, dtype=np.int64)
             within = (element - origin) // inner
             cps = sharding.chunks_per_shard(owner_shape)
@@ -170,7 +179,9 @@ class Locator:
             first, group_of = _group(owner[live])
             rows = live[first]
             tables = self._indexes(list(zip(keys[rows].tolist(), offsets[rows].tolist(), sizes[rows].tolist())),
-                                   owner_shape, sharding)
+                                   owner_shape, sharding, level)
+            if level == 0:  # whole shard objects
+                missing = tuple(k for k, t in zip(keys[rows].tolist(), tables) if t is None)
             entry = np.full((n, 2), EMPTY, dtype=np.uint64)
             for g, table in enumerate(tables):
                 if table is not None:
@@ -181,12 +192,15 @@ class Locator:
             sizes = np.where(present, entry[:, 1].astype(np.int64), 0)
             origin = origin + within * inner
             owner = owner * math.prod(cps) + flat
-        return Locations(keys, offsets, sizes, present, inverse)
+        return Locations(keys, offsets, sizes, present, inverse, missing)
 
-    def _indexes(self, owners: list[tuple[str, int, int]], owner_shape: Shape, sharding: Sharding) -> list:
+    def _indexes(self, owners: list[tuple[str, int, int]], owner_shape: Shape, sharding: Sharding,
+                 level: int) -> list:
         """Decoded index of each owner (key, byte offset, byte size; size -1 for a whole shard
         object), from the cache or read together in one call; None for a missing shard."""
-        found = [self.cache.get((key, base, owner_shape)) for key, base, _ in owners]
+        # the level too: a shard's first inner chunk, itself a shard of the same shape, has the
+        # shard's key and offset
+        found = [self.cache.get((key, base, level)) for key, base, _ in owners]
         wanted = [i for i, hit in enumerate(found) if hit is False]
         n_index = sharding.index_nbytes(owner_shape)
         ranges, totals = [], []
@@ -202,14 +216,14 @@ class Locator:
             start = base if sharding.index_location == "start" else base + size - n_index
             ranges.append((key, start, start + n_index))
             totals.append(size)
-        for i, total, raw in zip(wanted, totals, self.store.read_ranges(ranges) if ranges else []):
+        for i, total, raw in zip(wanted, totals, self.store.read_indexes(ranges) if ranges else []):
             key, base, _ = owners[i]
             index = None if raw is None else sharding.decode_index(raw, owner_shape, key, total)
             if index is not None and base:
                 index = index.copy()
                 live = index[:, 1] != EMPTY
                 index[live, 0] += np.uint64(base)  # make nested offsets absolute within the key
-            self.cache.put((key, base, owner_shape), index)
+            self.cache.put((key, base, level), index)
             found[i] = index
         return found
 
@@ -258,10 +272,12 @@ def thread_slot(local: threading.local, name: str, nbytes: int, kept: int | None
     return slot(nbytes)
 
 
-def fetch(store: Store, loc: Locations, rows: np.ndarray, alloc: Any = _new_staging, align: int = 1) -> FetchedBatch:
+def fetch(store: Store, loc: Locations, rows: np.ndarray, alloc: Any = _new_staging, align: int = 1,
+          missing: list | None = None) -> FetchedBatch:
     """Read the chunks `rows` (in storage order) into one staging buffer, coalescing neighbours.
     `alloc(nbytes)` gives the staging buffer of a local read (default: a new one), or (it, a
-    token); `align`: where chunks of a local read start (see `_fetch_bounded`)."""
+    token); `align`: where chunks of a local read start (see `_fetch_bounded`); `missing`, if
+    given, gets the key of every chunk object found absent (zarr-python's read results)."""
     keys, offsets, sizes, present = loc.keys[rows], loc.offsets[rows], loc.sizes[rows], loc.present[rows].copy()
     n = rows.size
     key_list = keys.tolist()
@@ -276,6 +292,8 @@ def fetch(store: Store, loc: Locations, rows: np.ndarray, alloc: Any = _new_stag
             if stop is None:
                 size = store.size(key)
                 present[idx[0]] = size is not None
+                if size is None and missing is not None:
+                    missing.append(key)
                 sizes[idx[0]] = size or 0
                 ranges[r] = (key, 0, size or 0)
         return _fetch_bounded(store, ranges, members, offsets, sizes, present, key_list, alloc, align)
@@ -287,9 +305,11 @@ def fetch(store: Store, loc: Locations, rows: np.ndarray, alloc: Any = _new_stag
     pos = 0
     for (key, start, stop), idx, blob in zip(ranges, members, blobs):
         if blob is None:
-            if stop is not None:
+            if stop is not None and not store.vanished_is_missing:
                 raise CorruptDataError(f"{key}: shard disappeared between reading its index and its chunks")
-            present[idx[0]] = False
+            present[idx] = False
+            if missing is not None:
+                missing.append(key)
             continue
         if stop is not None and len(blob) != stop - start:
             raise CorruptDataError(f"{key}: shard index points past the end of the shard (bytes {start}..{stop} "

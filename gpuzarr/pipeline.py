@@ -99,6 +99,7 @@ class Reader:
         report.device = device.name
         report.chunks += plan.n_chunks
         report.chunks_absent += int((~loc.present).sum())
+        report.missing_keys += loc.missing
         report.placements += plan.place_chunk.size
         bounds = self._batches(loc, chain.raw_nbytes, self.settings.batch_bytes or device.batch_bytes)
         report.batches += len(bounds)
@@ -109,12 +110,12 @@ class Reader:
                 # local files: each task reads its own chunks just before decoding them, on every
                 # core at once; no staging slots, no I/O thread
                 for lo, hi in bounds:
-                    started += self._decode(device, PendingBatch(self.store, loc, np.arange(lo, hi)), chain, out,
-                                            plan, lo, fill, report, sole=len(bounds) == 1)
+                    pending = PendingBatch(self.store, loc, np.arange(lo, hi), report.missing_keys)
+                    started += self._decode(device, pending, chain, out, plan, lo, fill, report, sole=len(bounds) == 1)
             elif len(bounds) == 1:  # nothing to overlap with: no thread hand-off; small: one read
                 with report.timed("fetch"):
                     batch = fetch(self.store, loc, np.arange(*bounds[0]), device.staging_alloc or _reused_staging,
-                                  device.staging_align)
+                                  device.staging_align, report.missing_keys)
                 started += self._decode(device, batch, chain, out, plan, 0, fill, report, sole=True)
             else:
                 self._staged(bounds, plan, loc, chain, device, out, fill, report, started)
@@ -136,7 +137,8 @@ class Reader:
         cost = np.where(loc.sizes >= 0, loc.sizes, 0)
         reserve = max(int(cost[lo:hi].sum()) for lo, hi in bounds)
         slots = (device.staging_alloc,) * 2 if device.staging_alloc else (Slot(reserve), Slot(reserve))
-        pending = _IO.submit(fetch, self.store, loc, np.arange(*bounds[0]), slots[0], device.staging_align)
+        pending = _IO.submit(fetch, self.store, loc, np.arange(*bounds[0]), slots[0], device.staging_align,
+                             report.missing_keys)
         done = len(started)  # started[:done]: the tasks of batches before k-1
         for k, (lo, _) in enumerate(bounds):
             with report.timed("fetch"):
@@ -147,7 +149,7 @@ class Reader:
             done = before
             if k + 1 < len(bounds):
                 pending = _IO.submit(fetch, self.store, loc, np.arange(*bounds[k + 1]), slots[(k + 1) % 2],
-                                     device.staging_align)
+                                     device.staging_align, report.missing_keys)
 
     @staticmethod
     def _decode(device: Device, batch: Any, chain: Any, out: Any, plan: Plan, first: int, fill: Any,

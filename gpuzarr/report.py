@@ -23,6 +23,7 @@ class ReadReport:
     kernel_launches: int = 0
     cpu_fallback: list = field(default_factory=list)  # chunks the GPU device decoded on the host
     notes: list = field(default_factory=list)
+    missing_keys: list = field(default_factory=list)  # chunk or shard objects found absent (read as fill)
     seconds: Counter = field(default_factory=Counter)  # plan, locate, fetch (waited for), decode, finish
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 

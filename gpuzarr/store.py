@@ -31,6 +31,11 @@ class CannotListError(StoreError):
 class Store:
     """A root inside an fsspec filesystem; keys are '/'-separated paths below it."""
 
+    # a shard deleted between the read of its index and the read of its chunks: an error here
+    # (the read saw two states of the array), its chunks' fill values where zarr-python's
+    # semantics rule (gpuzarr.CodecPipeline's stores)
+    vanished_is_missing = False
+
     def __init__(self, fs: fsspec.AbstractFileSystem, root: str):
         self._fs = fs
         self._forked = False
@@ -102,6 +107,11 @@ class Store:
             else:
                 out.append(result)
         return out
+
+    def read_indexes(self, ranges: Sequence[Range]) -> list[bytes | None]:
+        """Shard indexes, one small range per shard: a store that reads chunk data by other means
+        (zarr-python's get_ranges) reads these as single gets."""
+        return self.read_ranges(ranges)
 
     def list_dirs(self, key: str, marker: str) -> list[str]:
         """Names of the sub-directories of node directory `key`, whose metadata file is `marker`
