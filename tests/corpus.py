@@ -539,6 +539,11 @@ def _zarr_v3_cases() -> None:
        regions=[np.s_[3:11, 5:25]],
        serializer=ShardingCodec(chunk_shape=(8, 10), index_location="start",
                                 codecs=[ShardingCodec(chunk_shape=(2, 5), index_location="end")]))
+    # the shard's one inner chunk is itself a shard of the same shape, at the same key and offset
+    # (an index cache keyed by key and offset alone gave it the outer index)
+    zp("zp3_shard_nested_same_shape", 3, SS, "int32", (16, 20), compressors=None, filters=None,
+       serializer=ShardingCodec(chunk_shape=(16, 20), index_location="end",
+                                codecs=[ShardingCodec(chunk_shape=(8, 10), index_location="start")]))
     # transpose before sharding: the shard is the chunk in transposed order (20, 16); inner (4, 4)
     # divides both (16, 20) and (20, 16), which zarr-python requires.
     zp("zp3_transpose_then_shard", 3, SS, "float64", (16, 20), compressors=None,
