@@ -96,7 +96,7 @@ class PendingBatch:
 
 class IndexCache:
     """Bounded LRU of decoded shard indexes, keyed by (key, byte offset of the index owner, its
-    nesting level)."""
+    nesting level, the key's version: see Store.version). 0 bytes: nothing is kept."""
 
     def __init__(self, max_bytes: int = 64 << 20):
         self.max_bytes = max_bytes
@@ -125,6 +125,8 @@ class IndexCache:
         size = 0 if index is None else index.nbytes
         with self._lock:
             if key in self._items:
+                return
+            if not self.max_bytes:
                 return
             self._items[key] = index
             self._bytes += size
@@ -170,6 +172,9 @@ class Locator:
         origin = shard_coords * shard_shape
         owner = inverse  # which index (a shard, or an inner chunk that is a shard) holds each row
         missing: tuple = ()
+        # what each shard object is now (local files: inode, size, times): cached indexes of an
+        # object that changed since are not used
+        versions = {k: self.store.version(k) for k in keys[first].tolist()}
         for level, ((owner_shape, sharding), strides) in enumerate(zip(self.levels, self._level_strides)):
             inner = np.array(sharding.chunk_shape, dtype=np.int64)
             within = (element - origin) // inner
@@ -179,7 +184,7 @@ class Locator:
             first, group_of = _group(owner[live])
             rows = live[first]
             tables = self._indexes(list(zip(keys[rows].tolist(), offsets[rows].tolist(), sizes[rows].tolist())),
-                                   owner_shape, sharding, level)
+                                   owner_shape, sharding, level, versions)
             if level == 0:  # whole shard objects
                 missing = tuple(k for k, t in zip(keys[rows].tolist(), tables) if t is None)
             entry = np.full((n, 2), EMPTY, dtype=np.uint64)
@@ -195,12 +200,13 @@ class Locator:
         return Locations(keys, offsets, sizes, present, inverse, missing)
 
     def _indexes(self, owners: list[tuple[str, int, int]], owner_shape: Shape, sharding: Sharding,
-                 level: int) -> list:
+                 level: int, versions: dict) -> list:
         """Decoded index of each owner (key, byte offset, byte size; size -1 for a whole shard
         object), from the cache or read together in one call; None for a missing shard."""
         # the level too: a shard's first inner chunk, itself a shard of the same shape, has the
         # shard's key and offset
-        found = [self.cache.get((key, base, level)) for key, base, _ in owners]
+        names = [(key, base, level, versions[key]) for key, base, _ in owners]
+        found = [self.cache.get(name) for name in names]
         wanted = [i for i, hit in enumerate(found) if hit is False]
         n_index = sharding.index_nbytes(owner_shape)
         ranges, totals = [], []
@@ -208,7 +214,7 @@ class Locator:
             key, base, size = owners[i]
             if size < 0:  # a whole shard object: the index sits at a known end
                 ranges.append((key, 0, n_index) if sharding.index_location == "start" else (key, -n_index, None))
-                totals.append(self.store.size(key) if isinstance(self.store, LocalStore) else None)
+                totals.append(self.store.size(key, versions[key]) if isinstance(self.store, LocalStore) else None)
                 continue
             if size < n_index:
                 raise CorruptDataError(f"{key}: nested shard at offset {base} is {size} bytes, "
@@ -223,7 +229,7 @@ class Locator:
                 index = index.copy()
                 live = index[:, 1] != EMPTY
                 index[live, 0] += np.uint64(base)  # make nested offsets absolute within the key
-            self.cache.put((key, base, level), index)
+            self.cache.put(names[i], index)
             found[i] = index
         return found
 

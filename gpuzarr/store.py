@@ -108,6 +108,12 @@ class Store:
                 out.append(result)
         return out
 
+    def version(self, key: str) -> Any:
+        """What the object at `key` is now, for telling a changed object from the one a cached
+        shard index came from; None where that costs a round trip (remote stores: cached
+        indexes are used until evicted)."""
+        return None
+
     def read_indexes(self, ranges: Sequence[Range]) -> list[bytes | None]:
         """Shard indexes, one small range per shard: a store that reads chunk data by other means
         (zarr-python's get_ranges) reads these as single gets."""
@@ -220,13 +226,22 @@ class LocalStore(Store):
             i = j
         return deferred
 
-    def size(self, key: str) -> int | None:
-        """The file's size; None if there is no file (a directory where a chunk would be included)."""
+    def size(self, key: str, version: Any = None) -> int | None:
+        """The file's size; None if there is no file (a directory where a chunk would be included).
+        `version`: the file's `version`, if just taken (its size is in it)."""
+        version = version or self.version(key)
+        return None if version is None else version[1]
+
+    def version(self, key: str) -> tuple[int, int, int, int] | None:
+        """(inode, size, mtime, ctime in ns) of the file, None if there is none: a file rewritten
+        in place or replaced by a rename has another."""
         try:
             info = os.stat(self.path(key))
         except (FileNotFoundError, NotADirectoryError):
             return None
-        return info.st_size if stat.S_ISREG(info.st_mode) else None
+        if not stat.S_ISREG(info.st_mode):
+            return None
+        return info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns
 
 
 IOV_MAX = os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 1024  # buffers one preadv takes
