@@ -1,5 +1,5 @@
-"""python -m bench: gpuzarr against tensorstore, zarrs-python and zarr-python, side by side in
-one process, following shared/BENCHMARKS.md's protocol. See bench/README.md."""
+"""python -m bench: gpuzarr against tensorstore, zarrs-python and zarr-python (with its default
+pipeline and with gpuzarr's, `gpuzarr.CodecPipeline`), side by side in one process, following shared/BENCHMARKS.md's protocol. See bench/README.md."""
 
 from __future__ import annotations
 
@@ -32,7 +32,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
     p = argparse.ArgumentParser(
         prog="python -m bench",
-        description="Benchmark gpuzarr against tensorstore, zarrs-python and zarr-python (all in one process, "
+        description="Benchmark gpuzarr against tensorstore, zarrs-python and zarr-python (its default codec "
+                    "pipeline, and gpuzarr's as zarr-python+gpuzarr; all in one process, "
                     "readers alternating, warm page cache, results checked bit for bit before timing). Prints a "
                     "table; writes <out>/<timestamp>.json and .png.")
     p.add_argument("--device", choices=("cpu", "gpu", "gpu-host"), default="cpu",
@@ -64,6 +65,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--no-host-cost", action="store_true", help="skip gpuzarr's host-cost-per-chunk measurement")
     p.add_argument("--cold", action="store_true",
                    help="run the cold-read benchmark instead (bench/cold.py; page cache dropped, needs root)")
+    p.add_argument("--xarray", action="store_true",
+                   help="run the xarray benchmark instead (bench/xarray_bench.py; see python -m bench --xarray --help)")
     p.add_argument("--loader", action="store_true",
                    help="run the data-loader benchmark instead (bench/loader.py; see python -m bench --loader --help)")
     args = p.parse_args(argv)
@@ -120,6 +123,10 @@ def main(argv: list[str] | None = None) -> int:
         from .loader import main as loader_main
 
         return loader_main([a for a in argv if a != "--loader"])
+    if "--xarray" in argv:  # xr.open_dataset(...).load() per engine and codec pipeline
+        from .xarray_bench import main as xarray_main
+
+        return xarray_main([a for a in argv if a != "--xarray"])
     if "--cold" in argv:  # small random reads from a cold page cache
         from .cold import main as cold_main
 
@@ -198,6 +205,7 @@ def main(argv: list[str] | None = None) -> int:
                    "item_nbytes": wl.item_nbytes, "op_nbytes": wl.op_nbytes,
                    "readers": {o.reader: _entry(o) for o in outcomes.values()},
                    "floors": {k: _entry(o) for k, o in floors.items()}}
+            row["ratios"] = report.ratios(row)
             gz = next((r for r in readers if r.name == "gpuzarr"), None)
             if gz is not None and not args.no_host_cost and outcomes["gpuzarr"].error is None:
                 row["host_cost"] = host_cost(gz.arr, wl, args.repeats)
@@ -216,6 +224,10 @@ def main(argv: list[str] | None = None) -> int:
                     continue
                 doc["memory"][name][r.name] = _memprobe(r.name, path, spec.zarr_format, args.device)
         del readers
+    if "zarr-python+gpuzarr" in args.readers:
+        from gpuzarr.zarr_pipeline import FALLBACKS
+
+        doc["gpuzarr_pipeline_fallbacks"] = dict(FALLBACKS)  # in this process (memory probes run apart)
     doc["load_average"]["end"] = os.getloadavg()
     doc["seconds"] = round(time.perf_counter() - t_start, 1)
 

@@ -21,7 +21,7 @@ import numpy as np
 
 from .datasets import DatasetSpec
 
-READER_NAMES = ("gpuzarr", "tensorstore", "zarrs-python", "zarr-python")
+READER_NAMES = ("gpuzarr", "tensorstore", "zarrs-python", "zarr-python+gpuzarr", "zarr-python")
 
 
 class ReaderError(Exception):
@@ -159,7 +159,34 @@ class ZarrsReader(ZarrPythonReader):
         return zarr.config.set({"codec_pipeline.path": "zarrs.ZarrsCodecPipeline"})
 
 
+class ZarrGpuzarrReader(ZarrPythonReader):
+    """zarr-python's API (`zarr.open_array`, `arr[sel]`, `asyncio.gather`) with gpuzarr's codec
+    pipeline (`gpuzarr.CodecPipeline`). Reads gpuzarr hands back to zarr-python's own pipeline are
+    counted (gpuzarr.zarr_pipeline.FALLBACKS) and reported in info()."""
+
+    name = "zarr-python+gpuzarr"
+    expect_pipeline = "CodecPipeline"
+
+    def context(self) -> contextlib.AbstractContextManager:
+        import zarr
+
+        return zarr.config.set({"codec_pipeline.path": "gpuzarr.CodecPipeline"})
+
+    def open(self, spec: DatasetSpec, path: Path) -> None:
+        super().open(spec, path)
+        module = type(self.arr._async_array.codec_pipeline).__module__
+        if module != "gpuzarr":
+            raise ReaderError(f"opened with codec pipeline {module}.{self.pipeline}, expected gpuzarr.CodecPipeline")
+        self.pipeline = f"{module}.{self.pipeline}"
+
+    def info(self) -> dict:
+        from gpuzarr.zarr_pipeline import FALLBACKS
+
+        return {**super().info(), "fallbacks_so_far": dict(FALLBACKS)}
+
+
 def make_readers(names: list[str], device: str) -> list[BenchReader]:
     table = {"gpuzarr": lambda: GpuzarrReader(device), "tensorstore": TensorstoreReader,
-             "zarrs-python": ZarrsReader, "zarr-python": ZarrPythonReader}
+             "zarrs-python": ZarrsReader, "zarr-python+gpuzarr": ZarrGpuzarrReader,
+             "zarr-python": ZarrPythonReader}
     return [table[n]() for n in names]

@@ -61,7 +61,8 @@ def git_info(root: Path) -> dict:
         return subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, timeout=30).stdout.strip()
 
     try:
-        status = git("status", "--porcelain", "--untracked-files=no")
+        status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root,
+                                capture_output=True, text=True, timeout=30).stdout.rstrip()  # keep " M path"
         return {"commit": git("rev-parse", "HEAD"), "branch": git("rev-parse", "--abbrev-ref", "HEAD"),
                 "dirty": bool(status), "modified": [ln[3:] for ln in status.splitlines()],
                 "subject": git("log", "-1", "--format=%s")}
@@ -113,6 +114,42 @@ def derived(row: dict) -> dict:
     return out
 
 
+def ratios(row: dict, base: str = "tensorstore") -> dict:
+    """Every reader's median over `base`'s (<1: faster than base), plus zarr-python's API with
+    gpuzarr's pipeline over zarr-python's default pipeline ("zarr-python+gpuzarr/zarr-python")."""
+    med = {k: v.get("median_s") for k, v in row["readers"].items() if not v.get("error")}
+    out = {f"{k}/{base}": (m / med[base] if m and med.get(base) else None) for k, m in med.items() if k != base}
+    zg, zp = med.get("zarr-python+gpuzarr"), med.get("zarr-python")
+    if zg and zp:
+        out["zarr-python+gpuzarr/zarr-python"] = zg / zp
+    return out
+
+
+def format_ratio_table(doc: dict) -> str:
+    readers = [r for r in READER_NAMES if r in doc["readers"] and r != "tensorstore"]
+    if "tensorstore" not in doc["readers"]:
+        readers = []
+    extra = "zarr-python+gpuzarr" in doc["readers"] and "zarr-python" in doc["readers"]
+    if not readers and not extra:
+        return ""
+    head = ["dataset", "workload", "time per", *readers]
+    if extra:
+        head.append("zp+gz / zp")
+    rows = []
+    for row in doc["results"]:
+        r = ratios(row)
+        cells = [row["dataset"], row["workload"], row["unit"], *(_ratio(r.get(f"{n}/tensorstore")) for n in readers)]
+        if extra:
+            cells.append(_ratio(r.get("zarr-python+gpuzarr/zarr-python")))
+        rows.append(cells)
+    return ("time / tensorstore's time (<1: faster than tensorstore); zp+gz / zp = zarr-python with gpuzarr's "
+            "codec pipeline / zarr-python with its default BatchedCodecPipeline\n" + _grid(head, rows))
+
+
+def _ratio(v: float | None) -> str:
+    return "-" if v is None else f"{v:.2f}"
+
+
 def format_table(doc: dict) -> str:
     readers = [r for r in READER_NAMES if r in doc["readers"]]
     head = ["dataset", "workload", "time per", *readers, "floor:nc", "floor:zstd", "gz/ts", "eff", "host us/chunk",
@@ -143,6 +180,13 @@ def format_table(doc: dict) -> str:
              "floor:nc (numcodecs Zstd) and floor:zstd (python-zstandard), all cores, frames in memory\n"
              f"targets: full gz/ts <= {TARGET_RATIO['full']} and eff >= {TARGET_EFF}; window gz/ts <= "
              f"{TARGET_RATIO['window']}")
+    ratio_table = format_ratio_table(doc)
+    if ratio_table:
+        text += "\n\n" + ratio_table
+    fallbacks = doc.get("gpuzarr_pipeline_fallbacks")
+    if fallbacks:
+        notes.append("  zarr-python+gpuzarr: reads handed to zarr-python's own pipeline (gpuzarr.zarr_pipeline."
+                     "FALLBACKS): " + ", ".join(f"{k} x{v}" for k, v in fallbacks.items()))
     host_rows = []
     for row in doc["results"]:
         h = row.get("host_cost") or {}
@@ -177,7 +221,7 @@ def format_table(doc: dict) -> str:
                  "2 compressed batches; within = rss peak <= budget + 5%)\n")
         text += _grid(["dataset", "reader", "output", "rss peak", "maxrss", "traced", "budget", "within"], mem_rows)
     if notes:
-        text += "\n\nerrors (not timed):\n" + "\n".join(notes)
+        text += "\n\nerrors (not timed) and notes:\n" + "\n".join(notes)
     return text
 
 
@@ -215,7 +259,8 @@ def plot(doc: dict, path: Path) -> None:
     datasets = list(dict.fromkeys(r["dataset"] for r in doc["results"]))
     readers = [r for r in READER_NAMES if r in doc["readers"]]
     series = readers + ["floor"]
-    colors = {"gpuzarr": "#d62728", "tensorstore": "#1f77b4", "zarrs-python": "#ff7f0e", "zarr-python": "#2ca02c",
+    colors = {"gpuzarr": "#d62728", "tensorstore": "#1f77b4", "zarrs-python": "#ff7f0e",
+              "zarr-python+gpuzarr": "#9467bd", "zarr-python": "#2ca02c",
               "floor": "#7f7f7f"}
     fig, axes = plt.subplots(len(datasets), 1, figsize=(11, 3.6 * len(datasets)), squeeze=False)
     for ax, ds in zip(axes[:, 0], datasets):
@@ -256,7 +301,7 @@ def plot(doc: dict, path: Path) -> None:
         ax.set_ylabel("GB/s of output (log)")
         ax.set_title(f"{ds}: {doc['datasets'][ds]['describe']}", fontsize=10)
         ax.grid(axis="y", which="both", alpha=0.3)
-    axes[0, 0].legend(ncol=len(series), fontsize=8, loc="upper right")
+    axes[0, 0].legend(ncol=min(len(series), 3), fontsize=8, loc="upper right")
     git = doc.get("git", {})
     commit = (git.get("commit") or "?")[:10] + (" (dirty)" if git.get("dirty") else "")
     m = doc["machine"]

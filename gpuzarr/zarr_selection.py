@@ -143,6 +143,15 @@ def _indices(sel: Any, length: int, origin: int) -> range | np.ndarray:
 
 def _axis(pieces: dict, length: int) -> slice | np.ndarray:
     """The array index of each output position along one axis: a slice when evenly spaced."""
+    pairs = list(pieces.values())
+    p0, i0 = pairs[0]
+    if isinstance(p0, range) and isinstance(i0, range) and i0.step > 0:
+        # slices only (basic selections): one affine map for every piece, with pieces inside
+        # [0, length) and chunks distinct, covers the axis once (see translate)
+        step, shift = i0.step, i0.start - p0.start * i0.step
+        if all(type(p) is range and type(i) is range and p.step == 1 and i.step == step
+               and i.start - p.start * step == shift for p, i in pairs):
+            return slice(shift, shift + step * (length - 1) + 1, step)
     pos = np.concatenate([np.asarray(p, dtype=np.int64) for p, _ in pieces.values()])
     idx = np.concatenate([np.asarray(i, dtype=np.int64) for _, i in pieces.values()])
     index = np.full(length, -1, dtype=np.int64)
