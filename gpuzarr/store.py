@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import stat
+import sys
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import wait
 from typing import Any
@@ -328,7 +330,9 @@ def _pread_range(fd: int, start: int, stop: int | None, flags: int = 0) -> bytes
 
 
 def open_store(store: Any, path: str | None = None, storage_options: dict | None = None) -> Store:
-    """A path, URL, pathlib.Path, fsspec mapper or fsspec filesystem → Store."""
+    """A path, URL, pathlib.Path, fsspec mapper or filesystem, obstore store or zarr-python
+    ObjectStore → Store. s3://, gs://, az://, abfs(s)://, http(s):// URLs are read through obstore
+    where it is installed (gpuzarr.store_obstore), through fsspec otherwise."""
     if isinstance(store, Store):
         result = store
     elif isinstance(store, fsspec.AbstractFileSystem):
@@ -336,14 +340,49 @@ def open_store(store: Any, path: str | None = None, storage_options: dict | None
     elif isinstance(store, fsspec.FSMap):
         result = _make(store.fs, store.root)
     elif isinstance(store, (str, os.PathLike)):
-        try:
-            fs, root = fsspec.core.url_to_fs(os.fspath(store), **(storage_options or {}))
-        except (ValueError, ImportError) as exc:
-            raise StoreError(f"{store}: cannot open this store ({_reason(exc)})", None, exc) from exc
-        result = _make(fs, root)
+        url = os.fspath(store)
+        remote = _open_obstore(url, storage_options) if _OBSTORE_URL.match(url) else None
+        if remote is not None:
+            result = remote
+        else:
+            try:
+                fs, root = fsspec.core.url_to_fs(url, **(storage_options or {}))
+            except (ValueError, ImportError) as exc:
+                raise StoreError(f"{store}: cannot open this store ({_reason(exc)})", None, exc) from exc
+            result = _make(fs, root)
     else:
-        raise TypeError(f"store must be a path, URL, fsspec mapper or filesystem, not {type(store).__name__}")
+        result = _object_store(store) if type(store).__module__.startswith(("obstore", "zarr")) else None
+        if result is None:
+            raise TypeError(f"store must be a path, URL, fsspec mapper or filesystem, or an obstore store, not "
+                            f"{type(store).__name__}")
     return result.child(path) if path else result
+
+
+# URLs obstore reads (where it is installed); imported only when one is opened
+_OBSTORE_URL = re.compile(r"(?i)(s3a?|gcs?|az|azure|abfss?|https?)://")
+OBSTORE_FORKED = False  # set in a child forked after obstore was imported: obstore hangs there
+
+
+def _open_obstore(url: str, storage_options: dict | None) -> Store | None:
+    try:
+        from .store_obstore import open_url
+    except ImportError:
+        return None
+    return open_url(url, storage_options)
+
+
+def _object_store(obj: Any) -> Store | None:
+    from .store_obstore import from_object
+
+    return from_object(obj)
+
+
+@forksafe.call_in_child
+def _note_fork() -> None:
+    """obstore's Rust runtime does not survive fork(): once obstore is loaded (it may have run),
+    a forked child's remote stores read through fsspec instead."""
+    global OBSTORE_FORKED
+    OBSTORE_FORKED = OBSTORE_FORKED or "obstore" in sys.modules
 
 
 def _make(fs: fsspec.AbstractFileSystem, root: str) -> Store:

@@ -1,0 +1,703 @@
+"""Object storage (s3://, gs://, az://, http(s)://) through obstore, the Python bindings of
+Rust's `object_store`: every range of a call is requested at once from obstore's own runtime
+(retries with backoff, timeouts, connection pooling in Rust), a bounded number in flight.
+
+One asyncio loop, on a daemon thread started at the first remote read, awaits obstore's futures
+for every store of the process; `read_ranges` hands it a coroutine and waits (a loop of our own
+works where the caller already runs one, a notebook's, which `asyncio.run` refuses). Requests in
+flight are bounded process-wide by `$GPUZARR_REQUESTS` (default 64).
+
+obstore's runtime hangs in a child forked after it ran: there, stores never touch obstore again
+and read through a freshly made fsspec filesystem (s3fs, gcsfs, adlfs, HTTP) of the same URL and
+options, counted in `FALLBACKS` and logged at debug level (logger `gpuzarr.store`). Stores pickle
+to their URL and options (or their obstore store object), so a spawned worker makes its own.
+
+obstore is imported only when a remote URL is opened; `import gpuzarr` never imports it."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import re
+import threading
+from collections import Counter
+from collections.abc import Sequence
+from datetime import timedelta
+from typing import Any
+from urllib.parse import urlsplit
+
+import fsspec
+
+from . import forksafe
+from . import store as _store_module
+from .errors import SettingsError, StoreError
+from .store import _REASON_CHARS, Range, Store, _reason
+
+log = logging.getLogger("gpuzarr.store")
+
+REQUESTS_ENV = "GPUZARR_REQUESTS"
+DEFAULT_REQUESTS = 64
+# what gpuzarr sets on obstore's client unless storage_options say otherwise: a request (connect
+# to last body byte) may take 30 s; a failed one (5xx, 429, reset, timeout) is retried with
+# exponential backoff and jitter (100 ms doubling to 5 s), no new attempt starting more than 30 s
+# after the first: a request that never answers fails within about a minute
+CLIENT_OPTIONS: dict[str, Any] = {"timeout": timedelta(seconds=30), "connect_timeout": timedelta(seconds=5)}
+RETRY_CONFIG: dict[str, Any] = {"max_retries": 10, "retry_timeout": timedelta(seconds=30),
+                                "backoff": {"init_backoff": timedelta(milliseconds=100),
+                                            "max_backoff": timedelta(seconds=5), "base": 2}}
+
+# why reads went through another path than one GET per range: "fork" (a read_ranges call in a
+# forked child, through fsspec), "ignored_range" (a whole object read and sliced: the server
+# answered a ranged GET with the whole object)
+FALLBACKS: Counter = Counter()
+
+SCHEMES = {"s3": "s3", "s3a": "s3", "gs": "gs", "gcs": "gs", "az": "az", "azure": "az", "abfs": "abfs",
+           "abfss": "abfss", "http": "http", "https": "https"}
+_416 = re.compile(r"status code: 416\b")  # a range starting past the end (an empty object's too)
+# the end of a range meaning "to the end of the object": obstore returns what exists up to it
+# (awaiting get_async and then its body costs two hand-overs from obstore's runtime, this one)
+_TO_THE_END = 1 << 62
+
+
+class _NotMapped(Exception):
+    """A storage option obstore has no equivalent for: the URL is opened through fsspec."""
+
+
+def _obs() -> Any:
+    import obstore
+
+    return obstore
+
+
+# ---------------------------------------------------------------- the loop and its bound
+
+
+def requests_in_flight() -> int:
+    """Requests in flight at once, process-wide: $GPUZARR_REQUESTS, else 64."""
+    value = os.environ.get(REQUESTS_ENV, str(DEFAULT_REQUESTS)).strip()
+    if not value.isdigit() or int(value) < 1:
+        raise SettingsError(f"{REQUESTS_ENV}={value!r}: expected a positive integer")
+    return int(value)
+
+
+class _Loop:
+    """An asyncio loop on a daemon thread, started at first use (and anew in a forked child,
+    which never uses it for obstore: see ObstoreStore)."""
+
+    def __init__(self) -> None:
+        self._after_fork()
+        forksafe.register(self)
+
+    def _after_fork(self) -> None:
+        self._lock = threading.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._limit: tuple[int, Any] = (0, None)
+
+    def run(self, coro: Any) -> Any:
+        loop = self._loop or self._start()
+        future = asyncio.run_coroutine_threadsafe(coro, loop)
+        try:
+            return future.result()
+        except BaseException:
+            future.cancel()  # KeyboardInterrupt: its requests stop too
+            raise
+
+    def _start(self) -> asyncio.AbstractEventLoop:
+        with self._lock:
+            if self._loop is None:
+                loop = asyncio.new_event_loop()
+                threading.Thread(target=loop.run_forever, name="gpuzarr-obstore", daemon=True).start()
+                self._loop = loop
+            return self._loop
+
+    def limit(self, n: int) -> asyncio.Semaphore:
+        """The process's semaphore of `n` requests (on the loop's thread; a new bound from the
+        environment applies to calls made after it changed)."""
+        if self._limit[0] != n:
+            self._limit = (n, asyncio.Semaphore(n))
+        return self._limit[1]
+
+
+_LOOP = _Loop()
+
+
+# ---------------------------------------------------------------- one client per bucket or host
+
+
+class Remote:
+    """One obstore client (a bucket, container or HTTP host), shared by the stores of a
+    hierarchy. Stands where `Store.fs` stands for fsspec stores: `child` passes it on, and
+    `storage_args`/`storage_options` name it (dask's tokens)."""
+
+    def __init__(self, protocol: str, label: str, options: dict | None, ostore: Any, pickled: Any):
+        self.protocol = protocol  # fsspec's name for the scheme (s3, gs, az, abfs, http, https)
+        self.label = label  # what store roots start with: a bucket, or the URL of an HTTP host
+        self.storage_args = (label,)
+        self.storage_options = dict(options or {})
+        self.obstore = ostore
+        self.pickled = pickled  # how the store travels to another process
+        self.ignores_range = False  # the server answered a ranged GET with the whole object
+        self._after_fork()
+        forksafe.register(self)
+
+    def _after_fork(self) -> None:
+        self._fallback_fs: Any = None  # one made in the parent refuses to run in the child
+        self._fallback_lock = threading.Lock()
+
+    def fallback_fs(self, why: str) -> Any:
+        """A new fsspec filesystem of this client's URL and options, for `why` (a forked child's
+        reads, an HTTP host's listings)."""
+        with self._fallback_lock:
+            if self._fallback_fs is None:
+                options = fsspec_options(self.protocol, self.obstore)
+                try:
+                    self._fallback_fs = fsspec.filesystem(self.protocol, skip_instance_cache=True, **options)
+                except (ImportError, ValueError) as exc:
+                    raise StoreError(f"{self.label}: {why} go through fsspec, which cannot open {self.protocol}:// "
+                                     f"here ({_reason(exc)}): install its backend (gpuzarr[s3], [gcs], [http])",
+                                     None, exc) from exc
+            return self._fallback_fs
+
+
+def _forked_after_obstore() -> bool:
+    return _store_module.OBSTORE_FORKED
+
+
+class ObstoreStore(Store):
+    """A root (a bucket and path, or an HTTP URL, as fsspec names it) read through obstore."""
+
+    def __init__(self, fs: Remote, root: str):
+        self._fs = fs
+        self._forked = False
+        self.root = root.rstrip("/")
+        self.fallback: str | None = None  # why this store reads through fsspec, once it does
+        self._fsspec_store: Store | None = None  # a forked child's
+        self._http_lister: Store | None = None
+
+    @property
+    def fs(self) -> Remote:
+        return self._fs
+
+    def __reduce__(self) -> tuple:
+        return _unpickle, (self._fs.pickled, self.root)
+
+    def __repr__(self) -> str:
+        return f"ObstoreStore({self.url!r})"
+
+    @property
+    def url(self) -> str:
+        return self.root if "://" in self.root else f"{self._fs.protocol}://{self.root}"
+
+    def _object(self, key: str) -> str:
+        """The object's path inside the obstore store."""
+        return self.path(key)[len(self._fs.label):].lstrip("/")
+
+    def _via_fsspec(self) -> Store:
+        if self._fsspec_store is None:
+            why = "in a process forked after obstore ran (obstore hangs there; spawn/forkserver workers use it), reads"
+            self._fsspec_store = Store(self._fs.fallback_fs(why), self.root)
+            self.fallback = "fork: obstore's runtime does not survive fork(); read through fsspec"
+            log.debug("%s: read through fsspec (%s) in this forked child: obstore hangs after fork",
+                      self.url, type(self._fsspec_store.fs).__name__)
+        FALLBACKS["fork"] += 1
+        return self._fsspec_store
+
+    def read_ranges(self, ranges: Sequence[Range]) -> list[bytes | None]:
+        """Every range at once, at most $GPUZARR_REQUESTS in flight in the process: one GET per
+        range (a Range header for all but whole objects), missing objects None."""
+        if not ranges:
+            return []
+        if _forked_after_obstore():
+            return self._via_fsspec().read_ranges(ranges)
+        return _LOOP.run(self._read(list(ranges), requests_in_flight()))
+
+    async def _read(self, ranges: list[Range], limit: int) -> list[bytes | None]:
+        obs = _obs()
+        ostore = self._fs.obstore
+        semaphore = _LOOP.limit(limit)
+        whole: dict[str, asyncio.Future] = {}  # a server that ignores Range: each object read once
+
+        async def get_whole(path: str) -> Any:
+            response = await obs.get_async(ostore, path)
+            return await response.bytes_async()
+
+        async def whole_once(path: str) -> Any:
+            if path not in whole:
+                whole[path] = asyncio.ensure_future(get_whole(path))
+                FALLBACKS["ignored_range"] += 1
+            return await asyncio.shield(whole[path])
+
+        async def one(key: str, start: int, stop: int | None) -> bytes | None:
+            path = self._object(key)
+            if stop is not None and stop <= max(start, 0):
+                return b""
+            async with semaphore:
+                try:
+                    try:
+                        if self._fs.ignores_range:
+                            data = _slice(await whole_once(path), start, stop)
+                        elif start < 0:  # the last -start bytes (a shard index)
+                            response = await obs.get_async(ostore, path, options={"range": {"suffix": -start}})
+                            data = await response.bytes_async()
+                        else:  # whole objects too, as a range to past the end: one future, not two
+                            data = await obs.get_range_async(ostore, path, start=start,
+                                                             end=_TO_THE_END if stop is None else stop)
+                    except obs.exceptions.BaseError as exc:
+                        if not _ignored_range(exc):
+                            raise
+                        # the server sent the whole object for a ranged GET (obstore refuses it):
+                        # read the object whole, once per call, and slice
+                        if not self._fs.ignores_range:
+                            log.debug("%s: the server ignores Range headers (%s); whole objects are read and "
+                                      "sliced", self._fs.label, obstore_reason(exc))
+                        self._fs.ignores_range = True
+                        data = _slice(await whole_once(path), start, stop)
+                except FileNotFoundError:
+                    return None
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:
+                    if _416.search(str(exc)):  # the range starts past the end: nothing there
+                        return b""
+                    raise StoreError(f"{self.url}/{key}: read failed ({obstore_reason(exc)})", key, exc) from exc
+            if stop is not None and len(data) > stop - start:  # more than asked: only what was asked
+                data = memoryview(data)[:stop - start]
+            return bytes(data)
+
+        return await _all([one(*r) for r in ranges])
+
+    def list_dirs(self, key: str, marker: str) -> list[str]:
+        lister = self._fsspec_lister()
+        if lister is not None:
+            return lister.list_dirs(key, marker)
+        entries = self._listing(key, marker, lambda path: self._list(path, delimited=True))
+        return sorted(name for name, entry in entries.items() if entry.get("type") == "directory")
+
+    def find(self, key: str, marker: str) -> dict[str, int]:
+        lister = self._fsspec_lister()
+        if lister is not None:
+            return lister.find(key, marker)
+        entries = self._listing(key, marker, lambda path: self._list(path, delimited=False))
+        return {name: int(entry.get("size") or 0) for name, entry in entries.items()}
+
+    def _fsspec_lister(self) -> Store | None:
+        """Where listings go through fsspec: in a forked child, and for HTTP hosts (fsspec's
+        HTTPFileSystem lists the links of a directory page; obstore lists with WebDAV's
+        PROPFIND, which plain servers refuse, after its retries)."""
+        if _forked_after_obstore():
+            return self._via_fsspec()
+        if self._fs.protocol not in ("http", "https"):
+            return None
+        if self._http_lister is None:
+            self._http_lister = Store(self._fs.fallback_fs("listings of an HTTP host"), self.root)
+        return self._http_lister
+
+    def _list(self, path: str, delimited: bool) -> list[dict]:
+        """Objects (and, delimited, common prefixes) below `path`, in fsspec's form (name, type,
+        size) and named as `path` names them."""
+        obs = _obs()
+        label = self._fs.label
+        prefix = path[len(label):].strip("/")
+
+        async def listing() -> list[dict]:
+            ostore, where = self._fs.obstore, prefix + "/" if prefix else None
+            if delimited:
+                found = await obs.list_with_delimiter_async(ostore, prefix=where)
+                objects, dirs = found["objects"], found["common_prefixes"]
+            else:
+                objects, dirs = await obs.list(ostore, prefix=where).collect_async(), []
+            return ([{"name": f"{label}/{o['path']}", "type": "file", "size": o["size"]} for o in objects]
+                    + [{"name": f"{label}/{d.rstrip('/')}", "type": "directory", "size": 0} for d in dirs])
+
+        try:
+            return _LOOP.run(listing())
+        except obs.exceptions.NotSupportedError as exc:
+            raise NotImplementedError(obstore_reason(exc)) from exc
+        except obs.exceptions.BaseError as exc:  # said in a few words, not obstore's page of text
+            raise OSError(obstore_reason(exc)) from exc
+
+
+def _ignored_range(exc: BaseException) -> bool:
+    """obstore refused a whole object sent for a ranged GET (S3: NotPartial; HTTP: RangeNotSupported)."""
+    text = str(exc)
+    return "NotPartial" in text or "non-partial response" in text or "RangeNotSupported" in text
+
+
+def obstore_reason(exc: BaseException) -> str:
+    """An obstore error in a few words: what failed, the HTTP status or the kind of connection
+    failure, and the retries made (its text holds the URL, the response body and a Rust debug
+    dump); other errors as `_reason` says them."""
+    text = str(exc)
+    first = text.strip().splitlines()[0] if text.strip() else ""
+    if "Error performing" not in first:
+        return _reason(exc)
+    lead = re.split(r":? Error performing", first, maxsplit=1)[0].strip()
+    parts = [lead] if lead else []
+    status = re.search(r"status code: (\d{3}[^:]*)", first)
+    kind = re.search(r"HttpError \{\s*kind: (\w+)", text)
+    if status:
+        parts.append(f"HTTP {status.group(1).strip()}")
+    elif kind:
+        cause = re.search(r'message: "([^"]+)"', text)
+        parts.append(f"{kind.group(1).lower()} error" + (f" ({cause.group(1)})" if cause else ""))
+    timing = re.search(r" in (\d+(?:\.\d+)?)([a-zµ]+)(?:, after (\d+) retries)?", first)
+    if timing:
+        retries = f"after {timing.group(3)} retries, " if timing.group(3) else ""
+        parts.append(f"{retries}{float(timing.group(1)):.3g} {timing.group(2)}")
+    reason = "; ".join(parts)
+    if len(reason) > _REASON_CHARS:
+        reason = reason[:_REASON_CHARS] + "..."
+    return f"{type(exc).__name__}: {reason}"
+
+
+def _slice(data: Any, start: int, stop: int | None) -> memoryview:
+    """Bytes start..stop of a whole object, as a ranged GET would have answered."""
+    view = memoryview(data)
+    size = len(view)
+    begin = max(0, size + start) if start < 0 else min(start, size)
+    end = size if stop is None else min(max(stop, begin), size)
+    return view[begin:end]
+
+
+async def _all(coros: list) -> list:
+    """Run every coroutine; the first failure cancels the rest and is raised."""
+    tasks = [asyncio.ensure_future(c) for c in coros]
+    try:
+        _, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+    except BaseException:
+        for task in tasks:
+            task.cancel()
+        raise
+    for task in pending:
+        task.cancel()
+    for task in tasks:
+        if task.done() and not task.cancelled() and task.exception() is not None:
+            raise task.exception()
+    return [task.result() for task in tasks]
+
+
+def _unpickle(pickled: Any, root: str) -> Store:
+    """In another process: the same URL and options (a new obstore client; fsspec where obstore
+    is not installed), or the obstore store object a user passed (obstore pickles its stores)."""
+    if isinstance(pickled, tuple):
+        url, options = pickled
+        store = open_url(url, options)
+        if store is None:
+            fs, _ = fsspec.core.url_to_fs(url, **(options or {}))
+            return Store(fs, root)
+        return ObstoreStore(store.fs, root)
+    return ObstoreStore(_remote_of(pickled), root)
+
+
+# ---------------------------------------------------------------- opening
+
+
+def open_url(url: str, storage_options: dict | None) -> ObstoreStore | None:
+    """The ObstoreStore of a remote URL, or None where fsspec must open it: obstore is not
+    installed, the URL has a query or fragment, or an option has no obstore equivalent."""
+    parts = urlsplit(url)
+    scheme = parts.scheme.lower()
+    if scheme not in SCHEMES or parts.query or parts.fragment or not parts.netloc:
+        return None
+    try:
+        obs = _obs()
+    except ImportError:
+        return None
+    requests_in_flight()  # a bad $GPUZARR_REQUESTS fails at open, not at the first read
+    options = dict(storage_options or {})
+    try:
+        config, client, retry = _obstore_options(SCHEMES[scheme], dict(options))
+    except _NotMapped as exc:
+        log.debug("%s: opened through fsspec, not obstore (%s)", url, exc)
+        return None
+    kind = SCHEMES[scheme]
+    base = f"{scheme}://{parts.netloc}"  # the obstore client's root: a bucket, container or host
+    if kind in ("http", "https"):  # roots named as fsspec names them: the URL itself
+        label, root = base, url.rstrip("/")
+    else:  # the bucket (container) and the path
+        label = parts.netloc.split("@", 1)[0] if kind in ("az", "abfs", "abfss") else parts.netloc
+        root = (label + "/" + parts.path.strip("/")).rstrip("/")
+    client = {**CLIENT_OPTIONS, **client}
+    retry = {**RETRY_CONFIG, **retry}
+    if kind in ("http", "https") or str(config.get("endpoint", "")).startswith("http://"):
+        client.setdefault("allow_http", True)
+    try:
+        ostore = _construct(kind, base, config, client, retry)
+    except (obs.exceptions.UnknownConfigurationKeyError, TypeError) as exc:
+        log.debug("%s: opened through fsspec, not obstore (%s)", url, _reason(exc))
+        return None
+    except Exception as exc:
+        raise StoreError(f"{url}: cannot open this store ({_reason(exc)})", None, exc) from exc
+    return ObstoreStore(Remote(kind, label, options, ostore, (url, options)), root)
+
+
+def _construct(kind: str, base: str, config: dict, client: dict, retry: dict) -> Any:
+    from obstore.store import AzureStore, GCSStore, HTTPStore, S3Store
+
+    if kind in ("http", "https"):
+        return HTTPStore.from_url(base, client_options=client, retry_config=retry)
+    cls = {"s3": S3Store, "gs": GCSStore}.get(kind, AzureStore)
+    return cls.from_url(base, config=config, client_options=client, retry_config=retry)
+
+
+def from_object(obj: Any) -> ObstoreStore | None:
+    """An obstore store object, or zarr-python's ObjectStore (its `.store`), as a gpuzarr store
+    rooted at the obstore store's own prefix; None for anything else."""
+    module = type(obj).__module__
+    if module.startswith("zarr"):
+        from zarr.storage import ObjectStore
+
+        if not isinstance(obj, ObjectStore):
+            return None
+        obj = obj.store
+        module = type(obj).__module__
+    if not module.startswith("obstore"):
+        return None
+    remote = _remote_of(obj)
+    return ObstoreStore(remote, remote.label)
+
+
+def _remote_of(ostore: Any) -> Remote:
+    name = type(ostore).__name__
+    config = dict(getattr(ostore, "config", None) or {})
+    prefix = str(getattr(ostore, "prefix", None) or "").strip("/")
+    if name == "S3Store":
+        protocol, label = "s3", config.get("bucket", "")
+    elif name == "GCSStore":
+        protocol, label = "gs", config.get("bucket", "")
+    elif name == "AzureStore":
+        protocol, label = "az", config.get("container_name", "")
+    elif name == "HTTPStore":
+        url = str(getattr(ostore, "url", "")).rstrip("/")
+        protocol, label = urlsplit(url).scheme or "https", url
+        prefix = ""
+    else:
+        protocol, label = "obstore", repr(ostore)
+    label = "/".join(p for p in (label, prefix) if p)
+    return Remote(protocol, label, config, ostore, ostore)
+
+
+# ---------------------------------------------------------------- storage_options, both ways
+
+
+_IGNORED = {  # fsspec options that change nothing in how gpuzarr reads
+    "skip_instance_cache", "use_listings_cache", "listings_expiry_time", "max_paths", "default_block_size",
+    "default_fill_cache", "default_cache_type", "cache_regions", "max_concurrency", "fixed_upload_size",
+    "local_expiry_check", "block_size", "simple_links", "same_scheme", "size_policy", "cache_type",
+    "cache_options", "encoded", "project", "access", "consistency", "cache_timeout",
+}
+
+
+def _seconds(value: Any) -> timedelta:
+    if isinstance(value, timedelta):
+        return value
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0:
+        return timedelta(seconds=value)
+    raise _NotMapped(f"timeout {value!r}")
+
+
+def _obstore_options(kind: str, options: dict) -> tuple[dict, dict, dict]:
+    """fsspec's storage_options (as s3fs, gcsfs, adlfs or HTTPFileSystem take them), obstore's
+    own config keys, `client_options` and `retry_config` → obstore's (config, client, retry).
+    An option with no equivalent raises _NotMapped (the URL is opened through fsspec)."""
+    config: dict = {}
+    client: dict = dict(options.pop("client_options", None) or {})
+    retry: dict = dict(options.pop("retry_config", None) or {})
+    for name in _IGNORED:
+        options.pop(name, None)
+    if options.pop("asynchronous", False) or options.pop("version_aware", False):
+        raise _NotMapped("asynchronous or version_aware")
+    if kind == "s3":
+        _s3_options(options, config, client, retry)
+        if not _has_s3_credentials(config):
+            _check_no_aws_profile()
+    elif kind == "gs":
+        token = options.pop("token", None)
+        if token in (None, "google_default"):  # obstore too finds Google's default credentials
+            pass
+        elif token == "anon":
+            config["skip_signature"] = True
+        elif isinstance(token, str) and os.path.exists(token):
+            config["service_account"] = token
+        elif isinstance(token, dict):
+            config["service_account_key"] = json.dumps(token)
+        else:
+            raise _NotMapped(f"token {token!r}")
+        if "endpoint_url" in options:
+            config["base_url"] = options.pop("endpoint_url")
+    elif kind in ("az", "abfs", "abfss"):
+        if options.pop("anon", False):
+            config["skip_signature"] = True
+        if "connection_string" in options or "credential" in options:
+            raise _NotMapped("connection_string/credential")
+        if "sas_token" in options:
+            config["sas_key"] = options.pop("sas_token")
+    else:  # http(s)
+        kwargs = dict(options.pop("client_kwargs", None) or {})
+        headers = {**(kwargs.pop("headers", None) or {}), **(options.pop("headers", None) or {})}
+        if kwargs:
+            raise _NotMapped(f"client_kwargs {sorted(kwargs)}")
+        if headers:
+            client["default_headers"] = {str(k): str(v) for k, v in headers.items()}
+        if options:
+            raise _NotMapped(f"options {sorted(options)}")
+    for name, value in options.items():  # obstore's own keys: obstore checks them
+        if not isinstance(value, (str, bool, int, float)):
+            raise _NotMapped(f"{name}={type(value).__name__}")
+        config[name] = value
+    return config, client, retry
+
+
+def _s3_options(options: dict, config: dict, client: dict, retry: dict) -> None:
+    """s3fs's names → obstore's (what is left in `options` is passed on as obstore keys)."""
+    if options.pop("anon", False):
+        config["skip_signature"] = True
+    for ours, theirs in (("key", "access_key_id"), ("username", "access_key_id"), ("secret", "secret_access_key"),
+                         ("password", "secret_access_key"), ("token", "session_token"),
+                         ("endpoint_url", "endpoint")):
+        value = options.pop(ours, None)
+        if value is not None:
+            config[theirs] = value
+    if options.pop("requester_pays", False):
+        config["request_payer"] = True
+    options.pop("use_ssl", None)  # the endpoint's scheme says it
+    kwargs = dict(options.pop("client_kwargs", None) or {})
+    for ours, theirs in (("endpoint_url", "endpoint"), ("region_name", "region"), ("aws_access_key_id", "access_key_id"),
+                         ("aws_secret_access_key", "secret_access_key"), ("aws_session_token", "session_token")):
+        value = kwargs.pop(ours, None)
+        if value is not None:
+            config[theirs] = value
+    if kwargs.pop("verify", True) is False:
+        client["allow_invalid_certificates"] = True
+    if kwargs:
+        raise _NotMapped(f"client_kwargs {sorted(kwargs)}")
+    conf = dict(options.pop("config_kwargs", None) or {})
+    if conf.get("region_name"):
+        config["region"] = conf.pop("region_name")
+    conf.pop("region_name", None)
+    if "connect_timeout" in conf:
+        client["connect_timeout"] = _seconds(conf.pop("connect_timeout"))
+    if "read_timeout" in conf:
+        client["read_timeout"] = _seconds(conf.pop("read_timeout"))
+    retries = dict(conf.pop("retries", None) or {})
+    attempts = retries.pop("max_attempts", retries.pop("total_max_attempts", None))
+    retries.pop("mode", None)
+    if attempts is not None:
+        retry["max_retries"] = max(0, int(attempts) - 1)
+    if retries:
+        raise _NotMapped(f"config_kwargs retries {sorted(retries)}")
+    if str(conf.pop("signature_version", "")).upper() == "UNSIGNED":
+        config["skip_signature"] = True
+    style = (conf.pop("s3", None) or {}).get("addressing_style")
+    if style == "virtual":
+        config["virtual_hosted_style_request"] = True
+    conf.pop("max_pool_connections", None)
+    if conf:
+        raise _NotMapped(f"config_kwargs {sorted(conf)}")
+    for name in ("s3_additional_kwargs", "session", "profile", "loop"):
+        if options.get(name):
+            raise _NotMapped(name)
+        options.pop(name, None)
+
+
+def _has_s3_credentials(config: dict) -> bool:
+    keys = {k.lower().removeprefix("aws_") for k in config}
+    return bool(keys & {"skip_signature", "access_key_id", "secret_access_key", "session_token", "token"}) or \
+        bool(os.environ.get("AWS_ACCESS_KEY_ID") or os.environ.get("AWS_SKIP_SIGNATURE")
+             or os.environ.get("AWS_WEB_IDENTITY_TOKEN_FILE") or os.environ.get("AWS_CONTAINER_CREDENTIALS_RELATIVE_URI")
+             or os.environ.get("AWS_CONTAINER_CREDENTIALS_FULL_URI"))
+
+
+def _check_no_aws_profile() -> None:
+    """obstore takes credentials from the environment, a container or an instance role, not from
+    ~/.aws profiles (or SSO) as botocore does: with no credentials given, a profile means s3fs."""
+    home = os.path.expanduser("~")
+    files = (os.environ.get("AWS_SHARED_CREDENTIALS_FILE") or os.path.join(home, ".aws", "credentials"),
+             os.environ.get("AWS_CONFIG_FILE") or os.path.join(home, ".aws", "config"))
+    if os.environ.get("AWS_PROFILE") or any(os.path.exists(f) for f in files):
+        raise _NotMapped("credentials may come from an AWS profile, which only botocore reads")
+
+
+def fsspec_options(protocol: str, ostore: Any) -> dict:
+    """An obstore store's configuration as fsspec's storage_options for `protocol`."""
+    config = {k.lower(): v for k, v in dict(getattr(ostore, "config", None) or {}).items()}
+    client = dict(getattr(ostore, "client_options", None) or {})
+    retry = dict(getattr(ostore, "retry_config", None) or {})
+    out: dict = {}
+    if protocol == "s3":
+        for theirs, ours in (("access_key_id", "key"), ("secret_access_key", "secret"), ("session_token", "token"),
+                             ("token", "token"), ("endpoint", "endpoint_url")):
+            if config.get(theirs):
+                out[ours] = config[theirs]
+        if _true(config.get("skip_signature")):
+            out["anon"] = True
+        if _true(config.get("request_payer")):
+            out["requester_pays"] = True
+        kwargs: dict = {}
+        if config.get("region"):
+            kwargs["region_name"] = config["region"]
+        if _true(client.get("allow_invalid_certificates")):
+            kwargs["verify"] = False
+        if kwargs:
+            out["client_kwargs"] = kwargs
+        conf: dict = {}
+        for theirs, ours in (("connect_timeout", "connect_timeout"), ("timeout", "read_timeout"),
+                             ("read_timeout", "read_timeout")):
+            seconds = _duration(client.get(theirs))
+            if seconds:
+                conf[ours] = seconds
+        if retry.get("max_retries") is not None:
+            conf["retries"] = {"max_attempts": int(retry["max_retries"]) + 1}
+        if _true(config.get("virtual_hosted_style_request")):
+            conf["s3"] = {"addressing_style": "virtual"}
+        if conf:
+            out["config_kwargs"] = conf
+    elif protocol == "gs":
+        if _true(config.get("skip_signature")):
+            out["token"] = "anon"
+        elif config.get("service_account"):
+            out["token"] = config["service_account"]
+        elif config.get("service_account_key"):
+            out["token"] = json.loads(config["service_account_key"])
+        if config.get("base_url"):
+            out["endpoint_url"] = config["base_url"]
+    elif protocol in ("az", "abfs", "abfss"):
+        for theirs, ours in (("account_name", "account_name"), ("account_key", "account_key"),
+                             ("sas_key", "sas_token"), ("client_id", "client_id"),
+                             ("client_secret", "client_secret"), ("tenant_id", "tenant_id")):
+            if config.get(theirs):
+                out[ours] = config[theirs]
+        if _true(config.get("skip_signature")):
+            out["anon"] = True
+    elif protocol in ("http", "https"):
+        if client.get("default_headers"):
+            out["headers"] = dict(client["default_headers"])
+    else:
+        raise StoreError(f"{ostore!r}: no fsspec filesystem reads this obstore store in a forked child "
+                         f"(obstore hangs there): start workers with spawn/forkserver", None)
+    return out
+
+
+def _true(value: Any) -> bool:
+    return value is True or str(value).lower() == "true"
+
+
+def _duration(value: Any) -> float | None:
+    """Seconds of a timedelta or a simple duration string ("30s", "500ms", "2 minutes")."""
+    if value is None:
+        return None
+    if isinstance(value, timedelta):
+        return value.total_seconds()
+    units = {"ms": 1e-3, "msec": 1e-3, "s": 1, "sec": 1, "second": 1, "seconds": 1, "m": 60, "min": 60,
+             "minute": 60, "minutes": 60, "h": 3600, "hour": 3600, "hours": 3600}
+    total = 0.0
+    for number, unit in re.findall(r"(\d+(?:\.\d+)?)\s*([a-z]+)", str(value).lower()):
+        if unit not in units:
+            return None
+        total += float(number) * units[unit]
+    return total or None
+
+
+__all__ = ["ObstoreStore", "Remote", "FALLBACKS", "open_url", "from_object", "requests_in_flight"]

@@ -1,0 +1,542 @@
+"""Object storage through obstore (gpuzarr.store_obstore), against a local S3 server (moto): reads
+bit-identical to zarr-python's of the local copy, groups with and without consolidated
+metadata, spawn and fork workers, failures within a bounded time, the bound on requests in
+flight, and servers that ignore Range. `python tests/test_obstore.py` times a full read of 256
+chunk objects through obstore, s3fs and tensorstore."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import http.client
+import http.server
+import multiprocessing as mp
+import os
+import pickle
+import socket
+import subprocess
+import sys
+import threading
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+obstore = pytest.importorskip("obstore", reason="obstore is not installed (the [remote] extra)")
+moto_server = pytest.importorskip("moto.server", reason="moto[server] is not installed (a local S3 server)")
+zarr = pytest.importorskip("zarr")
+
+import gpuzarr  # noqa: E402
+from gpuzarr import store_obstore  # noqa: E402
+from gpuzarr.store import Store, open_store  # noqa: E402
+from gpuzarr.store_obstore import ObstoreStore  # noqa: E402
+
+BUCKET = "gpuzarr-test"
+TIMEOUT = 30  # seconds a forked or spawned child may take before the test fails (a hang)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def endpoint():
+    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=_free_port(), verbose=False)
+    server.start()
+    try:
+        host, port = server.get_host_and_port()
+        yield f"http://{host}:{port}"
+    finally:
+        server.stop()
+
+
+def _options(endpoint: str) -> dict:
+    """storage_options as s3fs takes them."""
+    return {"key": "testing", "secret": "testing", "client_kwargs": {"endpoint_url": endpoint, "region_name": "us-east-1"}}
+
+
+def _s3(endpoint: str) -> obstore.store.S3Store:
+    return obstore.store.S3Store(BUCKET, endpoint=endpoint, access_key_id="testing", secret_access_key="testing",
+                                 region="us-east-1", client_options={"allow_http": True})
+
+
+def _upload(s3, local: Path, name: str) -> None:
+    for root, _, files in os.walk(local):
+        for file in files:
+            path = Path(root, file)
+            obstore.put(s3, f"{name}/{path.relative_to(local).as_posix()}", path.read_bytes())
+
+
+def _image(shape, seed=0) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    data = (np.add.outer(np.arange(shape[0]), np.arange(shape[1])) % 4096).astype("u2")
+    data += rng.integers(0, 64, size=shape, dtype="u2")
+    return data
+
+
+@pytest.fixture(scope="module")
+def bucket(endpoint, tmp_path_factory):
+    """Arrays written by zarr-python locally, uploaded to the bucket: name → local path."""
+    import numcodecs
+
+    local = tmp_path_factory.mktemp("obstore")
+    s3 = _s3(endpoint)
+    _create_bucket(endpoint)
+    data = _image((512, 512))
+    data[256:, 256:] = 0  # a whole shard, and chunks, of fill: not written
+    sharded = zarr.create_array(local / "sharded.zarr", shape=data.shape, chunks=(64, 64), shards=(256, 256),
+                                dtype="u2", compressors=zarr.codecs.ZstdCodec(level=3), fill_value=0)
+    sharded[...] = data
+    chunked = zarr.create_array(local / "chunked.zarr", shape=(512, 512), chunks=(64, 64), dtype="u2",
+                                compressors=zarr.codecs.ZstdCodec(level=1), fill_value=7)
+    chunked[...] = _image((512, 512), 1)
+    v2 = zarr.create_array(local / "v2.zarr", shape=(300, 200), chunks=(64, 64), dtype="i4", zarr_format=2,
+                           compressors=numcodecs.Blosc("lz4", 5, numcodecs.Blosc.SHUFFLE), fill_value=-1)
+    v2[...] = _image((300, 200), 2).astype("i4") - 2000
+    for name in ("group_plain.zarr", "group_consolidated.zarr"):
+        group = zarr.open_group(local / name, mode="w")
+        group.attrs["title"] = name
+        a = group.create_array("a", shape=(100, 80), chunks=(32, 32), dtype="f4", fill_value=np.nan)
+        a[:50] = np.arange(50 * 80, dtype="f4").reshape(50, 80)
+        b = group.create_array("sub/b", shape=(64,), chunks=(16,), dtype="i2")
+        b[...] = np.arange(64, dtype="i2")
+        if name == "group_consolidated.zarr":
+            with warnings.catch_warnings():  # "not part of the v3 specification": gpuzarr reads it
+                warnings.simplefilter("ignore")
+                zarr.consolidate_metadata(local / name)
+    for name in ("sharded.zarr", "chunked.zarr", "v2.zarr", "group_plain.zarr", "group_consolidated.zarr"):
+        _upload(s3, local / name, name)
+    obstore.delete(s3, "chunked.zarr/c/3/4")  # a missing chunk object: the fill value
+    os.remove(local / "chunked.zarr" / "c" / "3" / "4")
+    return local
+
+
+def _create_bucket(endpoint: str) -> None:
+    conn = http.client.HTTPConnection(endpoint.removeprefix("http://"), timeout=10)
+    conn.request("PUT", f"/{BUCKET}")
+    response = conn.getresponse()
+    response.read()
+    assert response.status in (200, 409), response.status
+
+
+def _open(endpoint, name, **kw):
+    return gpuzarr.open(f"s3://{BUCKET}/{name}", storage_options=_options(endpoint), device="cpu", **kw)
+
+
+def _reference(local: Path, name: str):
+    return zarr.open_array(local / name, mode="r")
+
+
+# ---------------------------------------------------------------- reads
+
+
+@pytest.mark.parametrize("name", ["sharded.zarr", "chunked.zarr", "v2.zarr"])
+def test_reads_are_bit_identical_to_zarr_python(endpoint, bucket, name):
+    arr = _open(endpoint, name)
+    assert isinstance(arr.store, ObstoreStore) and arr.store.url == f"s3://{BUCKET}/{name}"
+    ref = _reference(bucket, name)
+    want = ref[...]
+    got = arr[...]
+    assert got.dtype == want.dtype and np.array_equal(got, want)
+    window = (slice(37, 211), slice(5, 190))
+    assert np.array_equal(arr[window], want[window])
+    rng = np.random.default_rng(5)
+    corners = rng.integers(0, np.array(arr.shape) - 32, size=(64, 2))
+    windows = [(slice(y, y + 32), slice(x, x + 32)) for y, x in corners.tolist()]
+    assert np.array_equal(arr.read_batch(windows), np.stack([want[w] for w in windows]))
+
+
+def test_missing_chunks_and_shards_read_as_the_fill_value(endpoint, bucket):
+    report = gpuzarr.ReadReport()
+    arr = _open(endpoint, "chunked.zarr")
+    got = arr.read((slice(192, 256), slice(256, 320)), report=report)
+    assert (got == 7).all() and report.missing_keys == ["c/3/4"]
+    sharded = _open(endpoint, "sharded.zarr")
+    report = gpuzarr.ReadReport()
+    assert (sharded.read((slice(256, 512), slice(256, 512)), report=report) == 0).all()
+    assert report.missing_keys == ["c/1/1"]
+
+
+@pytest.mark.parametrize("past", [0, 1000])
+def test_a_shard_index_pointing_past_the_end_is_corrupt_data_not_a_store_error(endpoint, bucket, tmp_path, past):
+    """A chunk range beyond the object's end: a short body (past=0: the range runs over the end)
+    or HTTP 416 (it starts past the end); either way fetch's length check names the shard."""
+    from corrupt import make_sharded, put_index, read_index
+
+    path = make_sharded(tmp_path / "a", index_crc=True, inner="raw")
+    shard = path / "c" / "0" / "0"
+    buf = shard.read_bytes()
+    idx = read_index(buf)
+    idx[3] = (len(buf) - 8 + past, 16)  # the last inner chunk now runs past the end of the shard
+    shard.write_bytes(put_index(buf, idx))
+    name = f"past-{past}.zarr"
+    _upload(_s3(endpoint), path, name)
+    arr = gpuzarr.open(f"s3://{BUCKET}/{name}", storage_options=_options(endpoint), device="cpu")
+    with pytest.raises(gpuzarr.CorruptDataError, match="c/0/0"):
+        arr[...]
+
+
+def test_the_same_storage_options_work_in_obstores_own_words(endpoint, bucket):
+    options = {"access_key_id": "testing", "secret_access_key": "testing", "endpoint": endpoint,
+               "region": "us-east-1", "client_options": {"timeout": "10s"}}
+    arr = gpuzarr.open(f"s3://{BUCKET}/v2.zarr", storage_options=options, device="cpu")
+    assert isinstance(arr.store, ObstoreStore)
+    assert np.array_equal(arr[...], _reference(bucket, "v2.zarr")[...])
+    # s3fs's endpoint_url at the top level; anonymous requests the private bucket refuses
+    top = gpuzarr.open(f"s3://{BUCKET}/v2.zarr", device="cpu",
+                       storage_options={"key": "testing", "secret": "testing", "endpoint_url": endpoint})
+    assert np.array_equal(top[...], _reference(bucket, "v2.zarr")[...])
+    with pytest.raises(gpuzarr.StoreError, match="403") as caught:
+        gpuzarr.open(f"s3://{BUCKET}/v2.zarr", storage_options={"anon": True, "endpoint_url": endpoint})
+    assert len(str(caught.value)) < 400, str(caught.value)
+
+
+def test_obstore_stores_and_zarr_object_stores_are_accepted(endpoint, bucket):
+    want = _reference(bucket, "sharded.zarr")[...]
+    s3 = _s3(endpoint)
+    for store in (s3, zarr.storage.ObjectStore(s3)):
+        arr = gpuzarr.open(store, "sharded.zarr", device="cpu")
+        assert isinstance(arr.store, ObstoreStore) and arr.store.url == f"s3://{BUCKET}/sharded.zarr"
+        assert np.array_equal(arr[...], want)
+    prefixed = obstore.store.S3Store(BUCKET, prefix="sharded.zarr", endpoint=endpoint, access_key_id="testing",
+                                     secret_access_key="testing", region="us-east-1",
+                                     client_options={"allow_http": True})
+    assert np.array_equal(gpuzarr.open(prefixed, device="cpu")[...], want)
+    assert np.array_equal(pickle.loads(pickle.dumps(gpuzarr.open(prefixed, device="cpu")))[...], want)
+
+
+def test_routing_obstore_fsspec_and_their_absence(endpoint, bucket, monkeypatch):
+    import fsspec
+
+    pytest.importorskip("s3fs", reason="fsspec reads S3 through s3fs")
+    url = f"s3://{BUCKET}/v2.zarr"
+    assert isinstance(open_store(url, storage_options=_options(endpoint)), ObstoreStore)
+    mapper = fsspec.get_mapper(url, **_options(endpoint))
+    assert type(open_store(mapper)) is Store  # an fsspec object stays fsspec
+    assert type(open_store("memory://x")) is Store
+    # an option obstore has no equivalent for: fsspec opens the URL, as before
+    assert type(open_store(url, storage_options={**_options(endpoint), "s3_additional_kwargs": {"x": 1}})) is Store
+    monkeypatch.setitem(sys.modules, "obstore", None)  # not installed
+    store = open_store(url, storage_options=_options(endpoint))
+    assert type(store) is Store
+    assert np.array_equal(gpuzarr.open(store, device="cpu")[...], _reference(bucket, "v2.zarr")[...])
+
+
+def test_reads_work_where_an_event_loop_already_runs(endpoint, bucket):
+    """A notebook's thread runs an asyncio loop: gpuzarr's requests run on a loop of its own."""
+    import asyncio
+
+    async def inside():
+        return _open(endpoint, "v2.zarr")[...]
+
+    assert np.array_equal(asyncio.run(inside()), _reference(bucket, "v2.zarr")[...])
+
+
+def test_import_gpuzarr_does_not_import_obstore():
+    code = ("import sys, gpuzarr; gpuzarr.open; from gpuzarr import store\n"
+            "assert 'obstore' not in sys.modules and 'gpuzarr.store_obstore' not in sys.modules")
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+def test_dask_blocks_read_concurrently_on_threads(endpoint, bucket):
+    pytest.importorskip("dask")
+    url = f"s3://{BUCKET}/chunked.zarr"
+    x = gpuzarr.to_dask(url, chunks=(128, 128), device="cpu", storage_options=_options(endpoint))
+    assert x.name == gpuzarr.to_dask(url, chunks=(128, 128), device="cpu", storage_options=_options(endpoint)).name
+    assert np.array_equal(x.compute(scheduler="threads", num_workers=8), _reference(bucket, "chunked.zarr")[...])
+
+
+# ---------------------------------------------------------------- groups and listing
+
+
+@pytest.mark.parametrize("name", ["group_plain.zarr", "group_consolidated.zarr"])
+def test_groups_with_and_without_consolidated_metadata(endpoint, bucket, name):
+    group = _open(endpoint, name)
+    assert isinstance(group, gpuzarr.Group) and group.attrs["title"] == name
+    assert group.keys() == ["a", "sub"]
+    assert group["sub"].keys() == ["b"]
+    ref = zarr.open_group(bucket / name, mode="r")
+    assert np.array_equal(group["a"][...], ref["a"][...], equal_nan=True)
+    assert np.array_equal(group["sub/b"][...], ref["sub/b"][...])
+
+
+def test_listing_finds_every_chunk_object(endpoint, bucket):
+    from gpuzarr.info import stored_chunks
+
+    arr = _open(endpoint, "chunked.zarr")
+    local = bucket / "chunked.zarr" / "c"
+    files = [p for p in local.rglob("*") if p.is_file()]
+    assert stored_chunks(arr) == (len(files), sum(p.stat().st_size for p in files))
+    with pytest.raises(gpuzarr.StoreError, match="cannot list"):  # no such node: its marker is not listed
+        _open(endpoint, "group_plain.zarr").store.list_dirs("nothing", "zarr.json")
+
+
+# ---------------------------------------------------------------- processes
+
+
+def _read_in_worker(blob: bytes, window) -> tuple:
+    arr = pickle.loads(blob)
+    return arr[window], type(arr.store).__name__, store_obstore.FALLBACKS["fork"]
+
+
+def test_a_spawned_worker_reads_a_pickled_array_through_its_own_obstore_client(endpoint, bucket):
+    arr = _open(endpoint, "sharded.zarr")
+    assert arr[:8, :8].shape == (8, 8)
+    window = (slice(100, 300), slice(50, 120))
+    with mp.get_context("spawn").Pool(1) as pool:
+        got, kind, fallbacks = pool.apply_async(_read_in_worker, (pickle.dumps(arr), window)).get(TIMEOUT * 2)
+    assert kind == "ObstoreStore" and fallbacks == 0
+    assert np.array_equal(got, _reference(bucket, "sharded.zarr")[window])
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="the platform has no fork()")
+def test_a_forked_child_reads_through_fsspec_and_never_hangs(endpoint, bucket):
+    pytest.importorskip("s3fs", reason="a forked child reads S3 through s3fs")
+    by_url = _open(endpoint, "sharded.zarr")
+    by_object = gpuzarr.open(_s3(endpoint), "v2.zarr", device="cpu")
+    assert by_url[:4, :4].shape == by_object[:4, :4].shape == (4, 4)  # obstore's runtime runs in the parent
+    want = _reference(bucket, "sharded.zarr")[...]
+    want_v2 = _reference(bucket, "v2.zarr")[...]
+
+    def child():
+        fresh = _open(endpoint, "chunked.zarr")  # opened in the child: fsspec too
+        return (np.array_equal(by_url[...], want), np.array_equal(by_object[...], want_v2),
+                np.array_equal(fresh[...], _reference(bucket, "chunked.zarr")[...]),
+                by_url.store.fallback is not None, store_obstore.FALLBACKS["fork"] > 0)
+
+    ctx = mp.get_context("fork")
+    parent_end, child_end = ctx.Pipe(duplex=False)
+
+    def run():
+        try:
+            child_end.send(("ok", child()))
+        except BaseException as exc:
+            child_end.send(("error", repr(exc)))
+
+    proc = ctx.Process(target=run)
+    proc.start()
+    try:
+        if not parent_end.poll(TIMEOUT):
+            pytest.fail(f"the forked child hung for {TIMEOUT} s")
+        status, value = parent_end.recv()
+    finally:
+        proc.join(5)
+        if proc.is_alive():
+            proc.kill()
+            proc.join()
+    assert status == "ok", value
+    assert value == (True, True, True, True, True)
+    assert by_url.store.fallback is None  # the parent still reads through obstore
+    assert np.array_equal(by_url[:64, :64], want[:64, :64])
+
+
+# ---------------------------------------------------------------- failures and bounds
+
+
+def test_an_unreachable_endpoint_is_a_store_error_within_seconds():
+    options = {"anon": True, "endpoint_url": "http://127.0.0.1:1",
+               "config_kwargs": {"connect_timeout": 1, "retries": {"max_attempts": 2}}}
+    start = time.monotonic()
+    with pytest.raises(gpuzarr.StoreError) as caught:
+        gpuzarr.open(f"s3://{BUCKET}/nothing.zarr", storage_options=options)
+    assert time.monotonic() - start < 10
+    message = str(caught.value)
+    assert "zarr.json" in message and len(message) < 400, message
+
+
+def test_a_server_that_never_answers_fails_within_the_request_timeout():
+    with socket.socket() as silent:  # accepts connections (the kernel's backlog), never answers
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(64)
+        options = {"anon": True, "endpoint_url": f"http://127.0.0.1:{silent.getsockname()[1]}",
+                   "client_options": {"timeout": "1s"}, "retry_config": {"max_retries": 0}}
+        start = time.monotonic()
+        with pytest.raises(gpuzarr.StoreError, match="zarr.json"):
+            gpuzarr.open(f"s3://{BUCKET}/hang.zarr", storage_options=options)
+        assert time.monotonic() - start < 10
+
+
+def test_a_bad_requests_setting_is_refused(monkeypatch, endpoint):
+    monkeypatch.setenv("GPUZARR_REQUESTS", "0")
+    with pytest.raises(gpuzarr.SettingsError, match="GPUZARR_REQUESTS"):
+        open_store(f"s3://{BUCKET}/v2.zarr", storage_options=_options(endpoint))
+
+
+class _QuietServer(http.server.ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request, client_address):  # clients hanging up mid-answer, on purpose
+        pass
+
+
+class _Proxy:
+    """An HTTP proxy in front of the S3 server, counting requests in flight (each held `delay`
+    seconds, so concurrent ones overlap); with `ignore_range`, it drops Range headers, as a server
+    that does not do ranges would answer."""
+
+    def __init__(self, target: str, delay: float = 0.0, ignore_range: bool = False):
+        self.target, self.delay, self.ignore_range = target.removeprefix("http://"), delay, ignore_range
+        self.active = self.peak = self.requests = 0
+        self.lock = threading.Lock()
+        proxy = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):
+                pass
+
+            def do_GET(self):
+                with proxy.lock:
+                    proxy.active += 1
+                    proxy.requests += 1
+                    proxy.peak = max(proxy.peak, proxy.active)
+                try:
+                    time.sleep(proxy.delay)
+                    conn = http.client.HTTPConnection(proxy.target, timeout=30)
+                    headers = {k: v for k, v in self.headers.items()
+                               if k.lower() not in ("connection",) and not (proxy.ignore_range and k.lower() == "range")}
+                    conn.request(self.command, self.path, headers=headers)
+                    response = conn.getresponse()
+                    body = response.read()
+                    conn.close()
+                finally:
+                    with proxy.lock:
+                        proxy.active -= 1
+                self.send_response(response.status)
+                for k, v in response.getheaders():
+                    if k.lower() not in ("transfer-encoding", "connection", "content-length"):
+                        self.send_header(k, v)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                with contextlib.suppress(OSError):  # a client that hung up (obstore, on a refused body)
+                    self.wfile.write(body)
+
+            do_HEAD = do_GET
+
+        self.server = _QuietServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@contextlib.contextmanager
+def _proxy(endpoint, **kw):
+    proxy = _Proxy(endpoint, **kw)
+    try:
+        yield proxy
+    finally:
+        proxy.close()
+
+
+@pytest.mark.parametrize("bound", [4, 16])
+def test_requests_in_flight_stay_within_the_bound(endpoint, bucket, monkeypatch, bound):
+    monkeypatch.setenv("GPUZARR_REQUESTS", str(bound))
+    with _proxy(endpoint, delay=0.01) as proxy:
+        arr = gpuzarr.open(f"s3://{BUCKET}/chunked.zarr", device="cpu",
+                           storage_options={**_options(endpoint), "client_kwargs": {"endpoint_url": proxy.url}})
+        proxy.peak = proxy.requests = 0
+        got = arr[...]  # 64 chunk objects in one call (one missing)
+        assert proxy.requests == 64
+        assert bound // 2 < proxy.peak <= bound, (proxy.peak, bound)  # concurrent, and never above the bound
+    assert np.array_equal(got, _reference(bucket, "chunked.zarr")[...])
+
+
+def test_a_server_that_ignores_range_is_read_whole_and_sliced(endpoint, bucket):
+    before = store_obstore.FALLBACKS["ignored_range"]
+    with _proxy(endpoint, ignore_range=True) as proxy:
+        arr = gpuzarr.open(f"s3://{BUCKET}/sharded.zarr", device="cpu",
+                           storage_options={**_options(endpoint), "client_kwargs": {"endpoint_url": proxy.url}})
+        want = _reference(bucket, "sharded.zarr")[...]
+        assert np.array_equal(arr[...], want)
+        assert np.array_equal(arr[70:90, 300:333], want[70:90, 300:333])
+    assert arr.store.fs.ignores_range and store_obstore.FALLBACKS["ignored_range"] > before
+
+
+def test_http_urls_read_through_obstore_and_list_through_fsspec(bucket):
+    pytest.importorskip("aiohttp", reason="HTTP listings go through fsspec's HTTPFileSystem (aiohttp)")
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):  # ignores Range: whole files, sliced
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=str(bucket)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        base = f"http://127.0.0.1:{server.server_address[1]}"
+        arr = gpuzarr.open(f"{base}/sharded.zarr", device="cpu")
+        assert isinstance(arr.store, ObstoreStore) and arr.store.url == f"{base}/sharded.zarr"
+        assert np.array_equal(arr[...], _reference(bucket, "sharded.zarr")[...])
+        group = gpuzarr.open(f"{base}/group_plain.zarr", device="cpu")
+        assert group.keys() == ["a", "sub"]
+        assert np.array_equal(group["sub/b"][...], np.arange(64, dtype="i2"))
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+# ---------------------------------------------------------------- a measurement, not a test
+
+
+def _bench(repeats: int = 5) -> None:
+    """Full read of 256 chunk objects of 64² uint16 from moto (in its own process), medians of
+    `repeats`: gpuzarr through obstore, through s3fs, and tensorstore."""
+    import statistics
+    import tempfile
+
+    import fsspec
+
+    port = _free_port()
+    server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    endpoint = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(100):
+            try:
+                _create_bucket(endpoint)
+                break
+            except OSError:
+                time.sleep(0.1)
+        local = Path(tempfile.mkdtemp())
+        data = _image((1024, 1024), 1)
+        a = zarr.create_array(local / "chunked.zarr", shape=data.shape, chunks=(64, 64), dtype="u2",
+                              compressors=zarr.codecs.ZstdCodec(level=1))
+        a[...] = data
+        _upload(_s3(endpoint), local / "chunked.zarr", "chunked.zarr")
+        url = f"s3://{BUCKET}/chunked.zarr"
+        readers = {"gpuzarr obstore": gpuzarr.open(url, storage_options=_options(endpoint), device="cpu"),
+                   "gpuzarr s3fs": gpuzarr.open(fsspec.get_mapper(url, **_options(endpoint)), device="cpu")}
+        try:
+            import tensorstore as ts
+
+            os.environ.update(AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing")
+            readers["tensorstore"] = ts.open({"driver": "zarr3", "kvstore": {
+                "driver": "s3", "bucket": BUCKET, "path": "chunked.zarr/", "endpoint": endpoint,
+                "aws_region": "us-east-1", "aws_credentials": {"type": "environment"}}}).result()
+        except Exception as exc:  # noqa: BLE001
+            print(f"tensorstore: {type(exc).__name__}: {exc}")
+        for name, reader in readers.items():
+            read = (lambda r=reader: r.read().result()) if name == "tensorstore" else (lambda r=reader: r[...])
+            assert np.array_equal(read(), data), name
+            walls, cpus = [], []
+            for _ in range(repeats):
+                wall, cpu = time.perf_counter(), time.process_time()
+                read()
+                walls.append(time.perf_counter() - wall)
+                cpus.append(time.process_time() - cpu)
+            print(f"{name:16s} wall {statistics.median(walls) * 1e3:7.1f} ms   "
+                  f"client CPU {statistics.median(cpus) * 1e3:7.1f} ms")
+    finally:
+        server.terminate()
+        server.wait()
+
+
+if __name__ == "__main__":
+    _bench()
