@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from .codecs.chain import CodecChain, build_chain_v2, build_chain_v3
+from .codecs.chain import CodecChain, build_chain_v2, build_chain_v3, check_fill
 from .dtypes import DataType, _name_and_config, parse_data_type_v3, parse_dtype_v2, parse_fill_value
 from .errors import MetadataError, UnsupportedFeatureError
 
@@ -186,6 +186,7 @@ def parse_v3(doc: dict, where: str) -> ArrayMetadata | GroupMetadata:
         names = tuple(names)
     fill = parse_fill_value(_require(doc, "fill_value", where), dt, where, 3)
     chain = build_chain_v3(_require(doc, "codecs", where), chunk_shape, dt, where)
+    check_fill(chain, fill, where)
     return ArrayMetadata(3, shape, chunk_shape, dt, fill, chain, KeyEncoding(key_name, separator),
                          attributes, names, "C", doc)
 

@@ -16,9 +16,11 @@ from . import bytes_to_bytes
 from .array_to_array import NumcodecsArray, Transpose
 from .array_to_bytes import Bytes, Vlen, held_order
 from .sharding import Sharding, check_index_codecs, check_shard_shape
+from .value_codecs import CastValue, ScaleOffset, Unrepresentable
 
 Shape = tuple[int, ...]
 _NUMCODECS_ARRAY = {"delta", "fixedscaleoffset", "quantize", "bitround", "astype", "packbits"}
+_VALUE_CODECS = {"scale_offset": ScaleOffset, "cast_value": CastValue}  # zarr-extensions, zarr-python 3.4
 
 
 @dataclass(frozen=True)
@@ -72,6 +74,15 @@ class CodecChain:
             encoded = codec.decode_batch(xp, encoded, shape, dtype)
         return encoded
 
+    def encode_fill(self, fill: Any) -> Any:
+        """The fill value as the array→bytes codec sees it, each array→array codec having encoded
+        it in turn (zarr-python's resolved fill value): a shard below value-changing codecs fills
+        its missing inner chunks with this, so they decode to decode(encode(fill)) as in
+        zarr-python, not to the fill value itself. Raises Unrepresentable."""
+        for codec, (_, dtype) in zip(self.array_to_array, self.stages[:-1]):
+            fill = codec.encode_fill(fill, dtype)
+        return fill
+
 
 def _describe(codec: Any) -> str:
     if isinstance(codec, Sharding):
@@ -107,11 +118,15 @@ def build_chain_v3(codecs: Any, shape: Shape, dt: DataType, where: str) -> Codec
     for spec in codecs:
         name, config = _name_and_config(spec, where)
         short = name.removeprefix("numcodecs.")
-        if name == "transpose" or (short in _NUMCODECS_ARRAY and name != short):
+        if name == "transpose" or name in _VALUE_CODECS or (short in _NUMCODECS_ARRAY and name != short):
             if ab is not None:
                 raise MetadataError(f"{where}: array→array codec {name!r} after the array→bytes codec")
-            codec = (Transpose.build(config, len(stage_shape), where) if name == "transpose"
-                     else NumcodecsArray.build(short, config, stage_dtype, where))
+            if name == "transpose":
+                codec = Transpose.build(config, len(stage_shape), where)
+            elif name in _VALUE_CODECS:
+                codec = _VALUE_CODECS[name].build(config, stage_dtype, where)
+            else:
+                codec = NumcodecsArray.build(short, config, stage_dtype, where)
             aa.append(codec)
             stage_shape, stage_dtype = codec.resolve(stage_shape, stage_dtype)
             continue
@@ -157,6 +172,22 @@ def _build_array_to_bytes(name: str, config: dict, shape: Shape, dtype: np.dtype
                                  (*cps, 2), parse_data_type_v3("uint64", where), where)
     check_index_codecs(index_chain, where)
     return Sharding(tuple(inner_shape), inner, location, index_chain)
+
+
+def check_fill(chain: CodecChain, fill: Any, where: str) -> None:
+    """Refuse at open a fill value the array→array codecs cannot encode, as zarr-python 3.4 does
+    (it resolves the fill value through every codec when it opens an array; a scale_offset or
+    cast_value that cannot represent it fails there). A shard's inner codecs are checked as
+    zarr-python checks them, with the shard type's zero, and with the fill value the shard gets
+    (zarr-python resolves that one before it decodes any present shard)."""
+    try:
+        encoded = chain.encode_fill(fill)
+    except Unrepresentable as exc:
+        raise MetadataError(f"{where}: the fill value {fill!r} does not pass through the codecs ({exc})") from None
+    ab = chain.array_to_bytes
+    if isinstance(ab, Sharding):
+        check_fill(ab.inner, np.zeros((), chain.encoded_dtype)[()], where)
+        check_fill(ab.inner, encoded, where)
 
 
 def build_chain_v2(compressor: Any, filters: Any, shape: Shape, dt: DataType, order: str, where: str) -> CodecChain:
@@ -205,5 +236,8 @@ def decode_chunk(chain: CodecChain, data: Any, fill: Any, key: str) -> np.ndarra
         except CorruptDataError as exc:
             raise CorruptDataError(f"{key}: {exc}") from None
     else:
-        encoded = ab.decode_shard(data, shape, dtype, fill, key)[None]
-    return chain.decode_arrays(np, encoded)[0, ...]  # stays an array for 0-d chunks
+        encoded = ab.decode_shard(data, shape, dtype, chain.encode_fill(fill), key)[None]
+    try:
+        return chain.decode_arrays(np, encoded)[0, ...]  # stays an array for 0-d chunks
+    except CorruptDataError as exc:
+        raise CorruptDataError(f"{key}: {exc}") from None

@@ -150,8 +150,9 @@ class CpuDevice:
                            decoded=live * (raw_nbytes or 0) if pending else 0)
             if grouped and zstd_checks is not None and part.n >= ZSTD_GROUP_MIN:
                 raws = _zstd_group(part, chain, zstd_checks, self._local)
-                place(out, [as_chunk(raw) if raw is not None else None for raw in raws], plan, first + lo,
-                      first + hi, part.present.tolist(), fill)
+                chunks = [_named(as_chunk, raw, part.labels[i]) if raw is not None else None
+                          for i, raw in enumerate(raws)]
+                place(out, chunks, plan, first + lo, first + hi, part.present.tolist(), fill)
             elif raw_nbytes is not None:
                 _decode_each_and_place(part, chain, as_chunk, out, plan, first + lo, fill, self._scratch(raw_nbytes))
             else:  # variable-length items, or sharding inside other codecs
@@ -195,12 +196,20 @@ def _decode_each_and_place(part: FetchedBatch, chain: CodecChain, as_chunk: Any,
     k, n = 0, len(sels)
     for i in range(part.n):
         if present[i]:
-            chunk = as_chunk(decode_bytes(chain, part.chunk(i), scratch, part.labels[i]))
+            chunk = _named(as_chunk, decode_bytes(chain, part.chunk(i), scratch, part.labels[i]), part.labels[i])
         while k < n and sels[k][0] == first + i:
             _, chunk_sel, out_sel = sels[k]
             # a Gather (see Plan.selections) or an index; no helper call per placement here
             out[out_sel] = (chunk_sel(chunk) if type(chunk_sel) is Gather else chunk[chunk_sel]) if present[i] else fill
             k += 1
+
+
+def _named(as_chunk: Any, raw: np.ndarray, label: str) -> np.ndarray:
+    """as_chunk(raw), an array→array codec's error naming the chunk (scale_offset's remainder)."""
+    try:
+        return as_chunk(raw)
+    except CorruptDataError as exc:
+        raise CorruptDataError(f"{label}: {exc}") from None
 
 
 def _pace(chain: CodecChain) -> float:
