@@ -26,6 +26,12 @@ from pathlib import Path
 import numpy as np
 
 GEN_VERSION = 1  # bump when the data or the layout written for a spec changes
+
+
+def cache_key(name: str, params: dict, gen_version: int) -> str:
+    """A generated dataset's folder name: its parameters and generator version, hashed."""
+    doc = json.dumps({**params, "gen_version": gen_version}, sort_keys=True)
+    return f"{name}-{hashlib.sha256(doc.encode()).hexdigest()[:12]}"
 NAMES = ("2d", "3d", "v2", "ml")
 
 
@@ -44,8 +50,7 @@ class DatasetSpec:
 
     @property
     def key(self) -> str:
-        doc = json.dumps({**asdict(self), "gen_version": GEN_VERSION}, sort_keys=True)
-        return f"{self.name}-{hashlib.sha256(doc.encode()).hexdigest()[:12]}"
+        return cache_key(self.name, asdict(self), GEN_VERSION)
 
     @property
     def nbytes(self) -> int:
@@ -144,16 +149,24 @@ def _log(msg: str) -> None:
     print(f"[bench] {msg}", file=sys.stderr, flush=True)
 
 
-def ensure(spec: DatasetSpec, cache: Path) -> tuple[Path, dict]:
-    """The dataset's path in the cache, generating it first if absent; plus its info document."""
+def cache_slot(cache: Path, key: str) -> tuple[Path, dict | None, Path]:
+    """(the dataset's path, its info document if it is there, else None, and an emptied
+    folder to write it into before moving it to the path)."""
     cache.mkdir(parents=True, exist_ok=True)
-    path = cache / f"{spec.key}.zarr"
-    marker = cache / f"{spec.key}.json"
+    path, marker = cache / f"{key}.zarr", cache / f"{key}.json"
     if path.is_dir() and marker.is_file():
-        return path, json.loads(marker.read_text())
-    tmp = cache / f"{spec.key}.tmp-{os.getpid()}.zarr"
+        return path, json.loads(marker.read_text()), path
+    tmp = cache / f"{key}.tmp-{os.getpid()}.zarr"
     shutil.rmtree(tmp, ignore_errors=True)
     shutil.rmtree(path, ignore_errors=True)
+    return path, None, tmp
+
+
+def ensure(spec: DatasetSpec, cache: Path) -> tuple[Path, dict]:
+    """The dataset's path in the cache, generating it first if absent; plus its info document."""
+    path, info, tmp = cache_slot(cache, spec.key)
+    if info is not None:
+        return path, info
     _log(f"generating {spec.name}: {spec.describe()} ({spec.nbytes / 2**20:.0f} MiB) -> {path}")
     t0 = time.perf_counter()
     _write(spec, tmp)
@@ -163,7 +176,7 @@ def ensure(spec: DatasetSpec, cache: Path) -> tuple[Path, dict]:
     info = {"spec": asdict(spec), "gen_version": GEN_VERSION, "path": str(path), "stored_bytes": stored,
             "ratio": spec.nbytes / stored, "written_by": "zarr-python " + _version("zarr"),
             "tensorstore_check": checked, "seconds": round(time.perf_counter() - t0, 1)}
-    marker.write_text(json.dumps(info, indent=2))
+    (cache / f"{spec.key}.json").write_text(json.dumps(info, indent=2))
     _log(f"  {spec.name}: {stored / 2**20:.1f} MiB stored, ratio {info['ratio']:.2f}, {info['seconds']} s")
     return path, info
 

@@ -25,12 +25,10 @@ from __future__ import annotations
 import argparse
 import contextlib
 import gc
-import hashlib
 import importlib.util
 import json
 import math
 import os
-import shutil
 import sys
 import threading
 import time
@@ -41,6 +39,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
+
+from .datasets import cache_key, cache_slot
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -147,8 +147,7 @@ class XSpec:
 
     @property
     def key(self) -> str:
-        doc = json.dumps({**asdict(self), "gen_version": GEN_VERSION}, sort_keys=True)
-        return f"xr-{self.fmt}-{hashlib.sha256(doc.encode()).hexdigest()[:12]}"
+        return cache_key(f"xr-{self.fmt}", asdict(self), GEN_VERSION)
 
     @property
     def decoded_nbytes(self) -> int:
@@ -234,13 +233,9 @@ def encoding(spec: XSpec, ds: Any) -> dict:
 
 def ensure(spec: XSpec, cache: Path) -> tuple[Path, dict]:
     """The dataset's path in the cache, written (and checked against the generator) if absent."""
-    cache.mkdir(parents=True, exist_ok=True)
-    path, marker = cache / f"{spec.key}.zarr", cache / f"{spec.key}.json"
-    if path.is_dir() and marker.is_file():
-        return path, json.loads(marker.read_text())
-    tmp = cache / f"{spec.key}.tmp-{os.getpid()}.zarr"
-    shutil.rmtree(tmp, ignore_errors=True)
-    shutil.rmtree(path, ignore_errors=True)
+    path, info, tmp = cache_slot(cache, spec.key)
+    if info is not None:
+        return path, info
     _log(f"generating {spec.describe()} -> {path}")
     t0 = time.perf_counter()
     ds = generate(spec)
@@ -255,7 +250,7 @@ def ensure(spec: XSpec, cache: Path) -> tuple[Path, dict]:
     info = {"spec": asdict(spec), "gen_version": GEN_VERSION, "path": str(path), "stored_bytes": stored,
             "written_by": f"xarray {version('xarray')}, zarr-python {version('zarr')}", "check": check,
             "seconds": round(time.perf_counter() - t0, 1)}
-    marker.write_text(json.dumps(info, indent=2))
+    (cache / f"{spec.key}.json").write_text(json.dumps(info, indent=2))
     _log(f"  {stored / 2**20:.1f} MiB stored, {info['seconds']} s")
     return path, info
 

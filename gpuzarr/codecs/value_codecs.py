@@ -440,12 +440,7 @@ def _float_to_float(cast: _Cast, arr: np.ndarray, unmapped: np.ndarray | None) -
         info = np.finfo(dst)
         limit = float(info.max) + (float(info.max) - float(np.nextafter(info.max, dst.type(0))))
         overflow = inexact & (np.isinf(result) | (np.isinf(nearest) & (np.abs(value) >= limit)))
-    if not overflow.any():
-        return result
-    if cast.out_of_range == "clamp":
-        return np.where(overflow, np.where(value < 0, -np.inf, np.inf).astype(dst), result)
-    cast.fail(overflow, arr, unmapped, f"is outside the finite range of {dst}")
-    return result
+    return _overflowed(cast, result, overflow, value < 0, arr, unmapped)
 
 
 def _int_to_float(cast: _Cast, arr: np.ndarray, unmapped: np.ndarray | None) -> np.ndarray:
@@ -465,12 +460,18 @@ def _int_to_float(cast: _Cast, arr: np.ndarray, unmapped: np.ndarray | None) -> 
         result = np.where(exact, nearest, directed)
     if dst != _F16:  # only float16's finite range ends below 2**64
         return result
-    overflow = np.isinf(result)
+    return _overflowed(cast, result, np.isinf(result), arr < 0, arr, unmapped)
+
+
+def _overflowed(cast: _Cast, result: np.ndarray, overflow: np.ndarray, negative: np.ndarray, arr: np.ndarray,
+                unmapped: np.ndarray | None) -> np.ndarray:
+    """Values beyond the target float's finite range: an infinity of their sign under `clamp`,
+    else the cast fails naming them."""
     if not overflow.any():
         return result
     if cast.out_of_range == "clamp":
-        return np.where(overflow, np.where(arr < 0, -np.inf, np.inf).astype(dst), result)
-    cast.fail(overflow, arr, unmapped, f"is outside the finite range of {dst}")
+        return np.where(overflow, np.where(negative, -np.inf, np.inf).astype(cast.dst), result)
+    cast.fail(overflow, arr, unmapped, f"is outside the finite range of {cast.dst}")
     return result
 
 
