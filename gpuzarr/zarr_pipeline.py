@@ -115,11 +115,11 @@ class CodecPipeline(_ZarrCodecPipeline):
         except Untranslatable as exc:
             return await self._fallback_read(str(exc), batch, out, drop_axes)
         array = self._array(batch[0][0].store, translated.prefix)
-        if isinstance(array.store, ZarrStore):
+        through_loop = isinstance(array.store, ZarrStore)  # its reads run on this loop: never block it
+        if through_loop:
             array.store.loop = asyncio.get_running_loop()
             array.store.coalesce = _coalesce_limits(batch[0][1])
-            missing = await asyncio.to_thread(_read_into, array, translated.query, target)
-        elif target.nbytes <= INLINE_BYTES:  # small local reads: the thread hop costs more than they do
+        if not through_loop and target.nbytes <= INLINE_BYTES:  # the thread hop would cost more
             missing = _read_into(array, translated.query, target)
         else:
             missing = await asyncio.to_thread(_read_into, array, translated.query, target)
