@@ -5,6 +5,7 @@ from .api import open
 from .array import Array
 from .errors import (
     CorruptDataError,
+    DeadlineError,
     DeviceMemoryError,
     GpuzarrError,
     MetadataError,
@@ -31,5 +32,5 @@ def __getattr__(name: str):
 
 
 __all__ = ["open", "Array", "Group", "ReadReport", "Settings", "GpuzarrError", "MetadataError", "CorruptDataError",
-           "UnsupportedFeatureError", "StoreError", "SettingsError", "DeviceMemoryError",
+           "UnsupportedFeatureError", "StoreError", "DeadlineError", "SettingsError", "DeviceMemoryError",
            "CodecPipeline", "to_dask", "__version__"]

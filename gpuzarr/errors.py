@@ -36,3 +36,9 @@ class StoreError(GpuzarrError, OSError):
         super().__init__(message)
         self.key = key
         self.cause = cause
+
+
+class DeadlineError(StoreError):
+    """A read was still fetching when its `Settings.deadline_seconds` ran out: it stopped waiting
+    for the store (a hung request) and issued nothing more; the message names the array and how
+    long the read ran."""

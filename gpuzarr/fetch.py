@@ -1,6 +1,12 @@
 """From chunk coordinates to compressed bytes: resolve where each chunk lives (its key, or its
 byte range through one or more shard indexes), then read whole batches of ranges at once,
-coalesced, into ONE staging buffer with an offsets/sizes table."""
+coalesced, into ONE staging buffer with an offsets/sizes table.
+
+A shard whose index is not cached and of which a read wants most of the chunks is read whole
+instead, in the same call that reads the other shards' indexes, on stores where a request costs
+far more than its bytes (object storage: a round trip is 20+ ms): its index is decoded from the
+bytes in hand and cached, and its chunks are served from them, so a cold read of it takes one
+request, not two round trips (index, then data). See WHOLE_SHARD_FRACTION and WHOLE_SHARD_BYTES."""
 
 from __future__ import annotations
 
@@ -8,7 +14,7 @@ import itertools
 import math
 import threading
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -23,6 +29,25 @@ from .store import LocalStore, Store
 Shape = tuple[int, ...]
 COALESCE_GAP = 1 << 16  # bytes of gap worth reading to save a request
 COALESCE_ARRAYS = 48  # from this many chunks a batch is coalesced with array operations
+# A shard is read whole (index included, one request) when its index is not cached and the read
+# wants at least this fraction of its chunks (of those inside the array: an edge shard read in
+# full qualifies). The shard's chunks are then usually stored back to back and coalescing would
+# read most of the shard anyway, in a second round trip after the index's; at 1/2 the whole read
+# fetches at most about twice the wanted bytes (less the gaps coalescing reads too), which at
+# object-storage bandwidth costs less than the 20+ ms round trip it saves for shards up to several
+# MiB, and the read never has more bytes in hand than WHOLE_SHARD_BYTES allows. Not for LocalStore,
+# whose requests cost a syscall: there each decoding task reads its own chunks (see pipeline.py).
+WHOLE_SHARD_FRACTION = 0.5
+# What one read may hold in whole shards: each is held from `locate` until the read returns (its
+# chunks may fall in any batch), so the whole shards of a read are taken, in plan order, while the
+# sum of their estimated sizes stays within this; the others are read as before (index, then their
+# chunks in batches, whose staging is bounded by Settings.batch_bytes). A shard's size is not known
+# before it is read (a HEAD would cost the round trip saved): the estimate is its decoded size
+# (its chunks inside the array × the innermost chunk's encoded bytes) plus its index, an upper
+# bound for compressed data; a shard stored larger (incompressible chunks plus codec framing, or
+# bytes no index entry points to) is read whole all the same. Chains whose chunk size is not
+# fixed (variable-length strings) are never read whole.
+WHOLE_SHARD_BYTES = 64 << 20
 
 
 @dataclass(frozen=True)
@@ -35,6 +60,9 @@ class Locations:
     present: np.ndarray  # (M,) bool: False = fill value (missing shard or empty inner chunk)
     key_ids: np.ndarray  # (M,) int64: chunks with the same key share an id
     missing: tuple = ()  # shard objects found absent (their chunks read as the fill value)
+    # whole shard objects read while locating (see WHOLE_SHARD_FRACTION): key → their bytes, which
+    # `fetch` slices instead of requesting that key's ranges
+    prefetched: dict = field(default_factory=dict)
 
     def storage_order(self) -> np.ndarray | None:
         """Order reading keys one after the other, each front to back; None if already so."""
@@ -45,7 +73,7 @@ class Locations:
 
     def take(self, order: np.ndarray) -> Locations:
         return Locations(self.keys[order], self.offsets[order], self.sizes[order], self.present[order],
-                         self.key_ids[order], self.missing)
+                         self.key_ids[order], self.missing, self.prefetched)
 
 
 @dataclass(frozen=True)
@@ -151,6 +179,13 @@ class Locator:
         self.leaf_chain: CodecChain = chain
         self._grid_strides = _strides(meta.grid_shape)
         self._level_strides = [_strides(sharding.chunks_per_shard(owner)) for owner, sharding in levels]
+        # reading shards whole (see WHOLE_SHARD_FRACTION): where, and what a shard is estimated at
+        self._whole = bool(levels) and store.reads_whole_shards and self.leaf_chain.raw_nbytes is not None
+        if self._whole:
+            self._leaf_per_shard = np.array(meta.chunk_shape, np.int64) // np.array(shape, np.int64)
+            self._leaf_grid = np.array([-(-s // c) for s, c in zip(meta.shape, shape)], dtype=np.int64)
+            self._index_bytes = sum(math.prod(meta.chunk_shape) // math.prod(owner) * sharding.index_nbytes(owner)
+                                    for owner, sharding in levels)  # every level's indexes in a shard
 
     def locate(self, coords: np.ndarray) -> Locations:
         n = coords.shape[0]
@@ -175,6 +210,10 @@ class Locator:
         # what each shard object is now (local files: inode, size, times): cached indexes of an
         # object that changed since are not used
         versions = {k: self.store.version(k) for k in keys[first].tolist()}
+        # shards the read wants most of, with their estimated sizes: read whole if their index is
+        # not cached; `blobs` gets the bytes of those read whole
+        whole = self._mostly_wanted(keys[first], shard_coords[first], np.bincount(inverse)) if self._whole else {}
+        blobs: dict = {}
         for level, ((owner_shape, sharding), strides) in enumerate(zip(self.levels, self._level_strides)):
             inner = np.array(sharding.chunk_shape, dtype=np.int64)
             within = (element - origin) // inner
@@ -184,7 +223,7 @@ class Locator:
             first, group_of = _group(owner[live])
             rows = live[first]
             tables = self._indexes(list(zip(keys[rows].tolist(), offsets[rows].tolist(), sizes[rows].tolist())),
-                                   owner_shape, sharding, level, versions)
+                                   owner_shape, sharding, level, versions, whole if level == 0 else {}, blobs)
             if level == 0:  # whole shard objects
                 missing = tuple(k for k, t in zip(keys[rows].tolist(), tables) if t is None)
             entry = np.full((n, 2), EMPTY, dtype=np.uint64)
@@ -197,33 +236,68 @@ class Locator:
             sizes = np.where(present, entry[:, 1].astype(np.int64), 0)
             origin = origin + within * inner
             owner = owner * math.prod(cps) + flat
-        return Locations(keys, offsets, sizes, present, inverse, missing)
+        return Locations(keys, offsets, sizes, present, inverse, missing, blobs)
+
+    def _mostly_wanted(self, keys: np.ndarray, shard_coords: np.ndarray, touched: np.ndarray) -> dict[str, int]:
+        """Of the shards `keys` (at `shard_coords`, with `touched` of their innermost chunks
+        wanted), those wanted at least WHOLE_SHARD_FRACTION (of their chunks inside the array),
+        each with its estimated stored size (see WHOLE_SHARD_BYTES)."""
+        per = self._leaf_per_shard
+        inside = np.minimum(per, self._leaf_grid - shard_coords * per).prod(axis=1)
+        mostly = touched >= WHOLE_SHARD_FRACTION * inside
+        estimate = inside * self.leaf_chain.raw_nbytes + self._index_bytes
+        return {k: e for k, e, m in zip(keys.tolist(), estimate.tolist(), mostly.tolist()) if m}
 
     def _indexes(self, owners: list[tuple[str, int, int]], owner_shape: Shape, sharding: Sharding,
-                 level: int, versions: dict) -> list:
+                 level: int, versions: dict, whole: dict | None = None, blobs: dict | None = None) -> list:
         """Decoded index of each owner (key, byte offset, byte size; size -1 for a whole shard
-        object), from the cache or read together in one call; None for a missing shard."""
+        object), from the cache or read together in one call; None for a missing shard.
+        `whole`: shard objects to read whole where their index is not cached (key → estimated
+        size), while their estimates fit WHOLE_SHARD_BYTES: their bytes go to `blobs`, where
+        the indexes of owners inside them (nested sharding) are then read from."""
         # the level too: a shard's first inner chunk, itself a shard of the same shape, has the
         # shard's key and offset
+        whole = whole or {}
+        blobs = {} if blobs is None else blobs
         names = [(key, base, level, versions[key]) for key, base, _ in owners]
         found = [self.cache.get(name) for name in names]
         wanted = [i for i, hit in enumerate(found) if hit is False]
         n_index = sharding.index_nbytes(owner_shape)
-        ranges, totals = [], []
+        budget = WHOLE_SHARD_BYTES
+        ranges: list = []
+        jobs = []  # (owner, its size if known, read whole, its raw index or the number of its range)
         for i in wanted:
             key, base, size = owners[i]
             if size < 0:  # a whole shard object: the index sits at a known end
+                estimate = whole.get(key)
+                if estimate is not None and estimate <= budget:  # read whole: index and chunks at once
+                    budget -= estimate
+                    jobs.append((i, None, True, len(ranges)))
+                    ranges.append((key, 0, None))
+                    continue
+                total = self.store.size(key, versions[key]) if isinstance(self.store, LocalStore) else None
+                jobs.append((i, total, False, len(ranges)))
                 ranges.append((key, 0, n_index) if sharding.index_location == "start" else (key, -n_index, None))
-                totals.append(self.store.size(key, versions[key]) if isinstance(self.store, LocalStore) else None)
                 continue
             if size < n_index:
                 raise CorruptDataError(f"{key}: nested shard at offset {base} is {size} bytes, "
                                        f"shorter than its {n_index}-byte index")
             start = base if sharding.index_location == "start" else base + size - n_index
+            if key in blobs:  # inside a shard read whole: no request (the outer index keeps it inside)
+                jobs.append((i, size, False, memoryview(blobs[key])[start:start + n_index]))
+                continue
+            jobs.append((i, size, False, len(ranges)))
             ranges.append((key, start, start + n_index))
-            totals.append(size)
-        for i, total, raw in zip(wanted, totals, self.store.read_indexes(ranges) if ranges else []):
+        got = self.store.read_indexes(ranges) if ranges else []
+        for i, total, read_whole, source in jobs:
             key, base, _ = owners[i]
+            raw = got[source] if isinstance(source, int) else source
+            if read_whole and raw is not None:
+                blobs[key] = raw
+                total = len(raw)
+                # a shard shorter than its index gives a short index: decode_index says "truncated"
+                raw = memoryview(raw)[:n_index] if sharding.index_location == "start" else \
+                    memoryview(raw)[max(total - n_index, 0):]
             index = None if raw is None else sharding.decode_index(raw, owner_shape, key, total)
             if index is not None and base:
                 index = index.copy()
@@ -303,8 +377,9 @@ def fetch(store: Store, loc: Locations, rows: np.ndarray, alloc: Any = _new_stag
                 sizes[idx[0]] = size or 0
                 ranges[r] = (key, 0, size or 0)
         return _fetch_bounded(store, ranges, members, offsets, sizes, present, key_list, alloc, align)
-    # other stores return what exists, so nothing is allocated from an unchecked index size
-    blobs = store.read_ranges(ranges)
+    # other stores return what exists, so nothing is allocated from an unchecked index size;
+    # the ranges of shards read whole while locating are slices of the bytes in hand
+    blobs = _read_or_slice(store, ranges, loc.prefetched)
     staging = np.empty(sum(len(b) for b in blobs if b is not None), dtype=np.uint8)
     out_off = np.zeros(n, np.int64)
     out_size = np.zeros(n, np.int64)
@@ -326,6 +401,17 @@ def fetch(store: Store, loc: Locations, rows: np.ndarray, alloc: Any = _new_stag
             out_size[i] = len(blob) if stop is None else int(sizes[i])
         pos += len(blob)
     return FetchedBatch(staging, out_off, out_size, present, list(keys))
+
+
+def _read_or_slice(store: Store, ranges: list, prefetched: dict) -> list:
+    """store.read_ranges(ranges), but the ranges of keys in `prefetched` (whole objects in hand)
+    are views of those bytes, not requests (cut short where the object is: fetch checks lengths)."""
+    if not prefetched:
+        return store.read_ranges(ranges) if ranges else []
+    asked = [r for r in ranges if r[0] not in prefetched]
+    read = iter(store.read_ranges(asked) if asked else ())
+    return [memoryview(prefetched[key])[start:stop] if key in prefetched else next(read)
+            for key, start, stop in ranges]
 
 
 def _coalesce_small(keys: list, offsets: list, sizes: list, present: np.ndarray) -> tuple[list, list]:

@@ -5,7 +5,9 @@ files, whose reads are syscalls best run on the core that decodes the bytes next
 
 from __future__ import annotations
 
+import math
 import threading
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,12 +25,12 @@ from .fetch import (
     fetch,
     thread_slot,
 )
-from .errors import SettingsError
+from .errors import CorruptDataError, SettingsError, StoreError
 from .metadata import ArrayMetadata
 from .plan import Boxes, Plan, make_plan
 from .report import ReadReport
 from .selection import DimSelection, out_shape
-from .store import LocalStore, Store
+from .store import LocalStore, ReadIO, Store, counted
 
 
 @dataclass(frozen=True)
@@ -39,8 +41,13 @@ class Settings:
     index_cache_bytes: int = 64 << 20  # decoded shard indexes kept per array
     threads: int | None = None  # the CPU device's pool; None: $GPUZARR_THREADS, else the CPU
     #                             affinity (a DataLoader worker's share of it)
+    deadline_seconds: float | None = None  # a read still fetching after this long raises DeadlineError
 
     def __post_init__(self) -> None:
+        seconds = self.deadline_seconds
+        if seconds is not None and (isinstance(seconds, bool) or not isinstance(seconds, (int, float))
+                                    or not math.isfinite(seconds) or seconds <= 0):
+            raise SettingsError(f"Settings.deadline_seconds must be a number of seconds > 0 or None, not {seconds!r}")
         for name, least, optional in (("batch_bytes", 1, True), ("batch_chunks", 1, False),
                                       ("batch_decoded_bytes", 1, False), ("index_cache_bytes", 0, False),
                                       ("threads", 1, True)):
@@ -64,9 +71,28 @@ class Reader:
 
     def read(self, windows: list[list[DimSelection]] | Boxes, batched: bool, device: Device, out: Any = None,
              report: ReadReport | None = None) -> Any:
+        try:
+            return self._read(windows, batched, device, out, report)
+        except (StoreError, CorruptDataError) as exc:
+            _name_array(exc, self.store)
+            raise
+
+    def _read(self, windows: list[list[DimSelection]] | Boxes, batched: bool, device: Device, out: Any,
+              report: ReadReport | None) -> Any:
+        """The read, through a counted view of the store (see gpuzarr.store.counted) when it is
+        reported or has a deadline; the bare store, at no cost, otherwise."""
         if device.name == "gpu":
             check_gpu_usable()
-        report = report if report is not None else ReadReport()
+        seconds = self.settings.deadline_seconds
+        io = None
+        store, locator = self.store, self.locator
+        if report is not None or seconds is not None:
+            report = report if report is not None else ReadReport()
+            io = ReadIO(report, self.store, seconds)
+            store = counted(self.store, io)
+            locator = _with_store(self.locator, store)
+        else:
+            report = ReadReport()
         dtype = self.meta.data_type.dtype
         if isinstance(windows, Boxes):
             shape = (windows.starts.shape[0],) + windows.out_shape
@@ -76,26 +102,30 @@ class Reader:
             report.device = device.name
             return _output(device, shape, dtype, out)
         with report.timed("plan"):
-            plan = make_plan(windows, self.locator.leaf_shape, batched)
+            plan = make_plan(windows, locator.leaf_shape, batched)
         with report.timed("locate"):
-            loc = self.locator.locate(plan.chunks)
+            loc = locator.locate(plan.chunks)
             order = loc.storage_order()
             if order is not None:
                 plan, loc = plan.reorder(order), loc.take(order)
-        chain = self.locator.leaf_chain
+        chain = locator.leaf_chain
         if isinstance(device, AutoDevice):
             estimate = _stored_bytes(loc, chain)
             chosen = device.choose(estimate)
             if chosen is not device.gpu:  # small: decode on the CPU, then one copy up
                 report.notes.append(f"auto: {estimate} compressed bytes is below {device.cpu_below}; "
                                     f"decoded on the CPU and copied to the GPU")
-                host = self._run(plan, loc, chain, chosen, _output(chosen, shape, dtype, None), report)
+                host = self._run(plan, loc, chain, chosen, _output(chosen, shape, dtype, None), report, store, io)
                 return device.upload(host, out)
             device = chosen
         out = _output(device, shape, dtype, out)
-        return self._run(plan, loc, chain, device, out, report)
+        return self._run(plan, loc, chain, device, out, report, store, io)
 
-    def _run(self, plan: Plan, loc: Locations, chain: Any, device: Device, out: Any, report: ReadReport) -> Any:
+    def _run(self, plan: Plan, loc: Locations, chain: Any, device: Device, out: Any, report: ReadReport,
+             store: Store, io: ReadIO | None) -> Any:
+        """`store`: the store or the read's counted view of it; `io` bounds the waits (a deadline).
+        On any failure, the deadline's included, every task queued is settled before the error
+        is raised: nothing writes into `out` after the read ends."""
         report.device = device.name
         report.chunks += plan.n_chunks
         report.chunks_absent += int((~loc.present).sum())
@@ -110,16 +140,16 @@ class Reader:
                 # local files: each task reads its own chunks just before decoding them, on every
                 # core at once; no staging slots, no I/O thread
                 for lo, hi in bounds:
-                    pending = PendingBatch(self.store, loc, np.arange(lo, hi), report.missing_keys)
+                    pending = PendingBatch(store, loc, np.arange(lo, hi), report.missing_keys)
                     started += self._decode(device, pending, chain, out, plan, lo, fill, report, sole=len(bounds) == 1)
             elif len(bounds) == 1:  # nothing to overlap with: no thread hand-off; small: one read
                 with report.timed("fetch"):
-                    batch = fetch(self.store, loc, np.arange(*bounds[0]), device.staging_alloc or _reused_staging,
+                    batch = fetch(store, loc, np.arange(*bounds[0]), device.staging_alloc or _reused_staging,
                                   device.staging_align, report.missing_keys)
                 started += self._decode(device, batch, chain, out, plan, 0, fill, report, sole=True)
             else:
-                self._staged(bounds, plan, loc, chain, device, out, fill, report, started)
-            _wait(started, report)
+                self._staged(bounds, plan, loc, chain, device, out, fill, report, started, store, io)
+            _wait(started, report, io)
             with report.timed("finish"):
                 device.finish()
         except BaseException:
@@ -129,27 +159,36 @@ class Reader:
         return out
 
     def _staged(self, bounds: list, plan: Plan, loc: Locations, chain: Any, device: Device, out: Any, fill: Any,
-                report: ReadReport, started: list) -> None:
+                report: ReadReport, started: list, store: Store, io: ReadIO | None) -> None:
         """Batch k starts decoding before the last tasks of batch k-1 end, so no core idles at a
         batch boundary; batch k+1 is fetched into batch k-1's slot once batch k-1 is done, while
         batch k decodes: two slots of staging per read. Tasks are appended to `started` as they
-        are queued, so a failure settles every one of them."""
+        are queued, so a failure settles every one of them. The fetch in flight is waited for
+        where it writes into the device's staging, which a later read reuses (a remote fetch ends
+        by the deadline, see ReadIO); this read's own slots it may fill after the read is over."""
         cost = np.where(loc.sizes >= 0, loc.sizes, 0)
         reserve = max(int(cost[lo:hi].sum()) for lo, hi in bounds)
         slots = (device.staging_alloc,) * 2 if device.staging_alloc else (Slot(reserve), Slot(reserve))
-        pending = _IO.submit(fetch, self.store, loc, np.arange(*bounds[0]), slots[0], device.staging_align,
+        pending = _IO.submit(fetch, store, loc, np.arange(*bounds[0]), slots[0], device.staging_align,
                              report.missing_keys)
         done = len(started)  # started[:done]: the tasks of batches before k-1
-        for k, (lo, _) in enumerate(bounds):
-            with report.timed("fetch"):
-                batch = pending.result()
-            before = len(started)
-            started += self._decode(device, batch, chain, out, plan, lo, fill, report)
-            _wait(started[done:before], report)
-            done = before
-            if k + 1 < len(bounds):
-                pending = _IO.submit(fetch, self.store, loc, np.arange(*bounds[k + 1]), slots[(k + 1) % 2],
-                                     device.staging_align, report.missing_keys)
+        try:
+            for k, (lo, _) in enumerate(bounds):
+                with report.timed("fetch"):
+                    batch = _result(pending, io)
+                before = len(started)
+                started += self._decode(device, batch, chain, out, plan, lo, fill, report)
+                _wait(started[done:before], report, io)
+                done = before
+                if k + 1 < len(bounds):
+                    pending = _IO.submit(fetch, store, loc, np.arange(*bounds[k + 1]), slots[(k + 1) % 2],
+                                         device.staging_align, report.missing_keys)
+        except BaseException:
+            if device.staging_alloc:
+                settle([pending])
+            else:
+                pending.cancel()
+            raise
 
     @staticmethod
     def _decode(device: Device, batch: Any, chain: Any, out: Any, plan: Plan, first: int, fill: Any,
@@ -184,10 +223,42 @@ def _stored_bytes(loc: Locations, chain: Any) -> int:
     return int(np.where(loc.sizes >= 0, loc.sizes, chain.raw_nbytes or 0)[loc.present].sum())
 
 
-def _wait(futures: list, report: ReadReport) -> None:
+def _wait(futures: list, report: ReadReport, io: ReadIO | None = None) -> None:
     with report.timed("decode"):
         for future in futures:
-            future.result()  # instant for those already waited for
+            _result(future, io)  # instant for those already waited for
+
+
+def _result(future: Any, io: ReadIO | None) -> Any:
+    """future.result(), waiting no longer than the read's deadline (DeadlineError past it)."""
+    if io is None or io.deadline is None:
+        return future.result()
+    try:
+        return future.result(io.remaining())
+    except FutureTimeout:
+        if future.done():  # the task's own TimeoutError
+            raise
+        raise io.expired() from None
+
+
+def _with_store(locator: Locator, store: Store) -> Locator:
+    """A shallow copy of `locator` reading through `store` (a read's counted view): everything
+    else, the index cache included, is shared. Not copy.copy: this is 5x cheaper (0.35 us)."""
+    view = object.__new__(type(locator))
+    view.__dict__.update(locator.__dict__)
+    view.store = store
+    return view
+
+
+def _name_array(exc: BaseException, store: Store) -> None:
+    """Put the array's URL in front of a store or data error's message, once: not where the
+    message names it already (a store's errors name the full path of the key)."""
+    if len(exc.args) != 1 or not isinstance(exc.args[0], str):
+        return
+    text, url, root = exc.args[0], store.url, getattr(store, "root", "")
+    if url in text or (root and f"{root}/" in text):
+        return
+    exc.args = (f"{url}: {text}",)
 
 
 _thread = threading.local()

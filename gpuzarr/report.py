@@ -25,6 +25,14 @@ class ReadReport:
     notes: list = field(default_factory=list)
     missing_keys: list = field(default_factory=list)  # chunk or shard objects found absent (read as fill)
     seconds: Counter = field(default_factory=Counter)  # plan, locate, fetch (waited for), decode, finish
+    # store I/O (see gpuzarr.store.ReadIO): one request per byte range asked of the store (a GET; a
+    # pread/preadv of a local file), shard indexes included; the bytes those ranges span (coalescing
+    # gaps included; a whole object counts as its size); retries the store reports (obstore: only
+    # those of a request that failed, as its error says; a request that succeeded after retries
+    # tells nothing) plus requests gpuzarr repeats itself (a ranged GET answered with the whole object)
+    requests: int = 0
+    bytes_requested: int = 0
+    retries: int = 0
     _lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     def add(self, codec: str | None = None, calls: int = 0, compressed: int = 0, decoded: int = 0) -> None:
@@ -35,6 +43,13 @@ class ReadReport:
             self.bytes_compressed += compressed
             self.bytes_decoded += decoded
 
+    def add_io(self, requests: int, nbytes: int, retries: int = 0) -> None:
+        """Counts from a store call, on whichever thread made it (pool threads, obstore's loop)."""
+        with self._lock:
+            self.requests += requests
+            self.bytes_requested += nbytes
+            self.retries += retries
+
     def timed(self, stage: str) -> _Timer:
         return _Timer(self.seconds, stage)
 
@@ -42,6 +57,8 @@ class ReadReport:
         lines = [f"read on {self.device}: {self.chunks} chunks ({self.chunks_absent} fill), "
                  f"{self.placements} placements, {self.batches} batches",
                  f"  bytes: {self.bytes_compressed} compressed, {self.bytes_decoded} decoded",
+                 f"  store: {self.requests} requests, {self.bytes_requested} bytes requested, "
+                 f"{self.retries} retries",
                  f"  codec calls: {dict(self.codec_calls)}; kernel launches: {self.kernel_launches}"]
         if self.cpu_fallback:
             lines.append(f"  decoded on the CPU (no GPU decoder): {len(self.cpu_fallback)} chunks, "

@@ -8,7 +8,9 @@ import os
 import re
 import stat
 import sys
+import time
 from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import TimeoutError as FutureTimeout
 from concurrent.futures import wait
 from typing import Any
 
@@ -16,7 +18,7 @@ import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
 from . import forksafe
-from .errors import SettingsError, StoreError
+from .errors import DeadlineError, SettingsError, StoreError
 from .metadata import node_path_problem
 
 _NOWAIT = getattr(os, "RWF_NOWAIT", 0)  # Linux: read only what the page cache holds, else EAGAIN
@@ -30,6 +32,139 @@ class CannotListError(StoreError):
     tells (a group's members without consolidated metadata, an array's stored chunks) is unknown."""
 
 
+class ReadIO:
+    """One read's store I/O: what it counts (into a ReadReport, through `add_io`) and its deadline.
+
+    Passed explicitly, never through a thread-local or a context variable: a read's store calls
+    run on the caller's thread (locating, single-batch fetches), on the I/O thread (staged
+    fetches), on the CPU pool (tasks reading their own local chunks) and on obstore's loop
+    thread, and two reads of one array may run at once. The Reader hands fetch and its Locator a
+    `counted` view of the store carrying this object; the stores themselves keep no per-read state."""
+
+    __slots__ = ("report", "store", "seconds", "started", "deadline")
+
+    def __init__(self, report: Any, store: Store, seconds: float | None = None):
+        self.report, self.store, self.seconds = report, store, seconds
+        self.started = time.monotonic()
+        self.deadline = None if seconds is None else self.started + seconds
+
+    def remaining(self) -> float | None:
+        """Seconds left before the deadline (0 once past it); None without one."""
+        return None if self.deadline is None else max(0.0, self.deadline - time.monotonic())
+
+    def expired(self) -> DeadlineError:
+        ran = time.monotonic() - self.started
+        return DeadlineError(f"{self.store.url}: the read was still fetching after {ran:.3g} s, past its "
+                             f"deadline of {self.seconds:g} s (Settings.deadline_seconds)")
+
+    def check(self) -> None:
+        """Raise DeadlineError once the deadline has passed: no request starts after it."""
+        if self.deadline is not None and time.monotonic() >= self.deadline:
+            raise self.expired()
+
+    def add(self, requests: int, nbytes: int, retries: int = 0) -> None:
+        self.report.add_io(requests, nbytes, retries)
+
+    def count(self, ranges: Sequence[Range], results: Sequence[Any] | None = None) -> None:
+        """One request per range that asks for bytes (an empty one asks nothing: obstore sends
+        none); its bytes: stop - start, a suffix's length, a whole object's size as read."""
+        requests = nbytes = 0
+        for i, (_, start, stop) in enumerate(ranges):
+            if stop is not None:
+                if stop > start:
+                    requests += 1
+                    nbytes += stop - start
+                continue
+            requests += 1
+            if start < 0:
+                nbytes -= start
+            elif results is not None and results[i] is not None:
+                nbytes += len(results[i])
+        self.add(requests, nbytes)
+
+    def call(self, read: Callable[[Sequence[Range]], list], ranges: Sequence[Range]) -> list:
+        """`read(ranges)`, counted; with a deadline, run on a helper thread and waited for no longer
+        than the time left: a store that cannot bound its own calls (fsspec, zarr-python stores)
+        never holds the read past its deadline. A call left behind returns new bytes objects that
+        nobody reads: it writes into no buffer of the read's."""
+        if self.deadline is None:
+            results = read(ranges)
+        else:
+            self.check()
+            future = _CALLS.submit(read, ranges)
+            try:
+                results = future.result(self.remaining())
+            except FutureTimeout:
+                if future.done():  # the store's own timeout, not the deadline
+                    raise
+                future.cancel()
+                raise self.expired() from None
+        self.count(ranges, results)
+        return results
+
+
+class _Counted:
+    """A per-read view of a store (see `counted`): the methods fetch and the Locator call go to
+    the store's `*_with` methods with the read's ReadIO; anything else is the store's own."""
+
+    _target: Store
+    _io: ReadIO
+
+    def __getattr__(self, name: str) -> Any:  # the store's data (root, client, flags)
+        if name in ("_target", "_io"):
+            raise AttributeError(name)
+        return getattr(self._target, name)
+
+    def read_ranges(self, ranges: Sequence[Range]) -> list[bytes | None]:
+        return self._target.read_ranges_with(ranges, self._io)
+
+    def read_indexes(self, ranges: Sequence[Range]) -> list[bytes | None]:
+        return self._target.read_ranges_with(ranges, self._io, indexes=True)
+
+    def read_ranges_into(self, ranges: Sequence[tuple[str, int, int]], pieces: Sequence[list]) -> list[int | None]:
+        return self._target.read_ranges_into_with(ranges, pieces, self._io)  # type: ignore[attr-defined]
+
+    def get(self, key: str) -> bytes | None:
+        return self.read_ranges([(key, 0, None)])[0]
+
+    def version(self, key: str) -> Any:
+        return self._target.version(key)
+
+    def size(self, key: str, version: Any = None) -> int | None:
+        return self._target.size(key, version)  # type: ignore[attr-defined]
+
+    @property
+    def url(self) -> str:
+        return self._target.url
+
+    @property
+    def fs(self) -> Any:
+        return self._target.fs
+
+    def __repr__(self) -> str:
+        return f"counted({self._target!r})"
+
+    def __reduce__(self) -> tuple:
+        return self._target.__reduce__()
+
+
+_VIEW_CLASSES: dict[type, type] = {}
+
+
+def counted(store: Store, io: ReadIO) -> Store:
+    """A view of `store` for one read, counting into `io` and bounded by its deadline. It is an
+    instance of a subclass of the store's own class, so `isinstance(view, LocalStore)` (fetch's
+    and the Locator's test for reading into staging) answers as for the store; its methods
+    run the store's, whose state (forked-child fallbacks, a server found to ignore Range) stays
+    on the store. Cheap: one object, no copy of the store."""
+    cls = _VIEW_CLASSES.get(type(store))
+    if cls is None:
+        cls = _VIEW_CLASSES.setdefault(type(store), type(f"Counted{type(store).__name__}", (_Counted, type(store)), {}))
+    view = object.__new__(cls)
+    view._target, view._io = store, io
+    return view
+
+
 class Store:
     """A root inside an fsspec filesystem; keys are '/'-separated paths below it."""
 
@@ -37,6 +172,9 @@ class Store:
     # (the read saw two states of the array), its chunks' fill values where zarr-python's
     # semantics rule (gpuzarr.CodecPipeline's stores)
     vanished_is_missing = False
+    # a shard a read wants most of is read whole, index included, in one request (see
+    # fetch.WHOLE_SHARD_FRACTION): where a request costs more than the bytes it brings
+    reads_whole_shards = True
 
     def __init__(self, fs: fsspec.AbstractFileSystem, root: str):
         self._fs = fs
@@ -116,6 +254,12 @@ class Store:
         indexes are used until evicted)."""
         return None
 
+    def read_ranges_with(self, ranges: Sequence[Range], io: ReadIO, indexes: bool = False) -> list[bytes | None]:
+        """`read_ranges` (`read_indexes` with `indexes`) for one read: counted in `io` and bounded
+        by its deadline (see ReadIO.call). A store that issues its requests itself overrides it
+        to count what it sends and to stop at the deadline on its own."""
+        return io.call(self.read_indexes if indexes else self.read_ranges, ranges)
+
     def read_indexes(self, ranges: Sequence[Range]) -> list[bytes | None]:
         """Shard indexes, one small range per shard: a store that reads chunk data by other means
         (zarr-python's get_ranges) reads these as single gets."""
@@ -157,6 +301,8 @@ class LocalStore(Store):
     """Local files through plain os calls: page-cache reads cost a syscall, not an event loop.
     Sizes are a stat away here, so ranges of known size are read straight into staging."""
 
+    reads_whole_shards = False  # a request is a syscall: the index, then just the chunks wanted
+
     _nowait = _NOWAIT  # set to 0 on a store whose filesystem refuses RWF_NOWAIT
 
     def read_ranges(self, ranges: Sequence[Range]) -> list[bytes | None]:
@@ -168,6 +314,24 @@ class LocalStore(Store):
         in a scratch buffer); the bytes read per range (fewer only at the end of the file)."""
         return self._per_file(ranges, lambda fd, i, start, stop, flags:
                               _preadv_all(fd, pieces[i], start, stop - start, flags))
+
+    def read_ranges_with(self, ranges: Sequence[Range], io: ReadIO, indexes: bool = False) -> list[bytes | None]:
+        """Local reads on the calling thread, as without a deadline: a pread is not left behind
+        on another thread (no hop costs a local read a thread hand-off); none starts after the
+        deadline, and the read's waits stop at it."""
+        io.check()
+        results = self.read_indexes(ranges) if indexes else self.read_ranges(ranges)
+        io.count(ranges, results)
+        return results
+
+    def read_ranges_into_with(self, ranges: Sequence[tuple[str, int, int]], pieces: Sequence[list],
+                              io: ReadIO) -> list[int | None]:
+        """`read_ranges_into`, counted: never left running behind a deadline, since it writes into
+        the read's staging (a buffer a later read may reuse)."""
+        io.check()
+        counts = self.read_ranges_into(ranges, pieces)
+        io.count(ranges)
+        return counts
 
     def _per_file(self, ranges: Sequence[Range], read: Any) -> list:
         """read(fd, i, start, stop, flags) for every range; None where there is no such file (a
@@ -261,6 +425,9 @@ def _io_depth() -> int:
 
 
 _DISK = forksafe.LazyPool(_io_depth, "gpuzarr-disk")  # threads waiting in preadv for the disk, the GIL released
+# store calls of reads with a deadline (ReadIO.call); a call hung past its deadline holds a thread
+# until the store's own timeout ends it
+_CALLS = forksafe.LazyPool(32, "gpuzarr-deadline")
 
 
 def _preadv_all(fd: int, buffers: list, offset: int, want: int, flags: int = 0) -> int:

@@ -17,6 +17,7 @@ obstore is imported only when a remote URL is opened; `import gpuzarr` never imp
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import json
 import logging
 import os
@@ -33,7 +34,7 @@ import fsspec
 from . import forksafe
 from . import store as _store_module
 from .errors import SettingsError, StoreError
-from .store import _REASON_CHARS, Range, Store, _reason
+from .store import _REASON_CHARS, Range, ReadIO, Store, _reason
 
 log = logging.getLogger("gpuzarr.store")
 
@@ -95,13 +96,15 @@ class _Loop:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._limit: tuple[int, Any] = (0, None)
 
-    def run(self, coro: Any) -> Any:
+    def run(self, coro: Any, timeout: float | None = None) -> Any:
+        """The coroutine's result; past `timeout` seconds concurrent.futures.TimeoutError, its
+        requests cancelled (a read's deadline)."""
         loop = self._loop or self._start()
         future = asyncio.run_coroutine_threadsafe(coro, loop)
         try:
-            return future.result()
+            return future.result(timeout)
         except BaseException:
-            future.cancel()  # KeyboardInterrupt: its requests stop too
+            future.cancel()  # KeyboardInterrupt or the deadline: its requests stop too
             raise
 
     def _start(self) -> asyncio.AbstractEventLoop:
@@ -211,17 +214,37 @@ class ObstoreStore(Store):
             return []
         if _forked_after_obstore():
             return self._via_fsspec().read_ranges(ranges)
-        return _LOOP.run(self._read(list(ranges), requests_in_flight()))
+        return _LOOP.run(self._read(list(ranges), requests_in_flight(), None))
 
-    async def _read(self, ranges: list[Range], limit: int) -> list[bytes | None]:
+    def read_ranges_with(self, ranges: Sequence[Range], io: ReadIO, indexes: bool = False) -> list[bytes | None]:
+        """read_ranges for one read: the GETs actually sent are counted (a server that ignores
+        Range gets one whole GET per object), and the deadline bounds the wait for obstore's
+        runtime, whose requests are then cancelled: no thread is left behind."""
+        if not ranges:
+            return []
+        if _forked_after_obstore():
+            return self._via_fsspec().read_ranges_with(ranges, io, indexes)
+        io.check()
+        try:
+            return _LOOP.run(self._read(list(ranges), requests_in_flight(), io), io.remaining())
+        except concurrent.futures.TimeoutError:
+            if io.deadline is None:
+                raise
+            raise io.expired() from None
+
+    async def _read(self, ranges: list[Range], limit: int, io: ReadIO | None) -> list[bytes | None]:
         obs = _obs()
         ostore = self._fs.obstore
         semaphore = _LOOP.limit(limit)
         whole: dict[str, asyncio.Future] = {}  # a server that ignores Range: each object read once
+        tally = [0, 0, 0]  # GETs sent, bytes they asked for, retries: into `io` once, at the end
 
         async def get_whole(path: str) -> Any:
+            tally[0] += 1
             response = await obs.get_async(ostore, path)
-            return await response.bytes_async()
+            data = await response.bytes_async()
+            tally[1] += len(data)
+            return data
 
         async def whole_once(path: str) -> Any:
             if path not in whole:
@@ -239,20 +262,27 @@ class ObstoreStore(Store):
                         if self._fs.ignores_range:
                             data = _slice(await whole_once(path), start, stop)
                         elif start < 0:  # the last -start bytes (a shard index)
+                            tally[0] += 1
+                            tally[1] -= start
                             response = await obs.get_async(ostore, path, options={"range": {"suffix": -start}})
                             data = await response.bytes_async()
                         else:  # whole objects too, as a range to past the end: one future, not two
+                            tally[0] += 1
+                            tally[1] += 0 if stop is None else stop - start
                             data = await obs.get_range_async(ostore, path, start=start,
                                                              end=_TO_THE_END if stop is None else stop)
+                            if stop is None:
+                                tally[1] += len(data)
                     except obs.exceptions.BaseError as exc:
                         if not _ignored_range(exc):
                             raise
                         # the server sent the whole object for a ranged GET (obstore refuses it):
-                        # read the object whole, once per call, and slice
+                        # read the object whole, once per call, and slice (a request repeated)
                         if not self._fs.ignores_range:
                             log.debug("%s: the server ignores Range headers (%s); whole objects are read and "
                                       "sliced", self._fs.label, obstore_reason(exc))
                         self._fs.ignores_range = True
+                        tally[2] += 1
                         data = _slice(await whole_once(path), start, stop)
                 except FileNotFoundError:
                     return None
@@ -261,12 +291,19 @@ class ObstoreStore(Store):
                 except Exception as exc:
                     if _416.search(str(exc)):  # the range starts past the end: nothing there
                         return b""
+                    tally[2] += _retries(exc)
                     raise StoreError(f"{self.url}/{key}: read failed ({obstore_reason(exc)})", key, exc) from exc
             if stop is not None and len(data) > stop - start:  # more than asked: only what was asked
                 data = memoryview(data)[:stop - start]
             return bytes(data)
 
-        return await _all([one(*r) for r in ranges])
+        try:
+            return await _all([one(*r) for r in ranges])
+        finally:
+            for future in whole.values():  # a failed or cancelled call leaves no whole read running
+                future.cancel()
+            if io is not None:
+                io.add(*tally)
 
     def list_dirs(self, key: str, marker: str) -> list[str]:
         lister = self._fsspec_lister()
@@ -342,14 +379,21 @@ def obstore_reason(exc: BaseException) -> str:
     elif kind:
         cause = re.search(r'message: "([^"]+)"', text)
         parts.append(f"{kind.group(1).lower()} error" + (f" ({cause.group(1)})" if cause else ""))
-    timing = re.search(r" in (\d+(?:\.\d+)?)([a-zµ]+)(?:, after (\d+) retries)?", first)
+    timing = re.search(r" in (\d+(?:\.\d+)?)([a-zµ]+)", first)
     if timing:
-        retries = f"after {timing.group(3)} retries, " if timing.group(3) else ""
-        parts.append(f"{retries}{float(timing.group(1)):.3g} {timing.group(2)}")
+        attempts = _retries(exc) + 1
+        parts.append(f"{attempts} attempt{'s' if attempts > 1 else ''} in {float(timing.group(1)):.3g} {timing.group(2)}")
     reason = "; ".join(parts)
     if len(reason) > _REASON_CHARS:
         reason = reason[:_REASON_CHARS] + "..."
     return f"{type(exc).__name__}: {reason}"
+
+
+def _retries(exc: BaseException) -> int:
+    """Retries obstore made before giving up on a request, as its error says them (obstore 0.12
+    exposes no count otherwise, nor any for a request that succeeded after retries)."""
+    found = re.search(r"\bretries: (\d+)", str(exc)) or re.search(r", after (\d+) retries", str(exc))
+    return int(found.group(1)) if found else 0
 
 
 def _slice(data: Any, start: int, stop: int | None) -> memoryview:

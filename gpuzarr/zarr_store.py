@@ -34,6 +34,7 @@ class ZarrStore(Store):
     array's get_ranges limits (its config's sharding_coalesce_* where zarr-python has them)."""
 
     vanished_is_missing = True  # as zarr-python's sharding codec reads a shard gone after its index
+    reads_whole_shards = False  # as zarr-python reads shards: the index, then the chunks' ranges
 
     def __init__(self, store: Any, prefix: str):
         self.store, self.root, self.loop = store, prefix, None

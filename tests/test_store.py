@@ -39,6 +39,8 @@ def test_a_read_goes_out_as_one_coalesced_request_per_shard(tmp_path, monkeypatc
         return real(self, ranges)
 
     monkeypatch.setattr(Store, "read_ranges", counting)
+    # the two-step read (index, then chunks); whole-shard reads are tests/test_whole_shard.py's
+    monkeypatch.setattr(gpuzarr.fetch, "WHOLE_SHARD_FRACTION", 2.0)
     arr = gpuzarr.open(url, device="cpu")
     calls.clear()
     np.testing.assert_array_equal(arr[...], a[...])
