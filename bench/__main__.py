@@ -67,6 +67,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="run the cold-read benchmark instead (bench/cold.py; page cache dropped, needs root)")
     p.add_argument("--xarray", action="store_true",
                    help="run the xarray benchmark instead (bench/xarray_bench.py; see python -m bench --xarray --help)")
+    p.add_argument("--remote", action="store_true",
+                   help="run the object-storage benchmark instead (bench/remote.py; see python -m bench --remote --help)")
     p.add_argument("--loader", action="store_true",
                    help="run the data-loader benchmark instead (bench/loader.py; see python -m bench --loader --help)")
     args = p.parse_args(argv)
@@ -127,6 +129,10 @@ def main(argv: list[str] | None = None) -> int:
         from .xarray_bench import main as xarray_main
 
         return xarray_main([a for a in argv if a != "--xarray"])
+    if "--remote" in argv:  # object storage at cloud latency (a local S3 server adding latency per request)
+        from .remote import main as remote_main
+
+        return remote_main([a for a in argv if a != "--remote"])
     if "--cold" in argv:  # small random reads from a cold page cache
         from .cold import main as cold_main
 
