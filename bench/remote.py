@@ -50,6 +50,8 @@ from xml.sax.saxutils import escape
 
 import numpy as np
 
+from .readers import zarr_gather
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 BUCKET = "bench"
@@ -569,14 +571,7 @@ class ZarrPython(Reader):
         return self.arr[sel]
 
     def read_many(self, sels: list[tuple]) -> Any:
-        from zarr.core.sync import sync
-
-        aarr = self.arr._async_array
-
-        async def gather() -> list:
-            return await asyncio.gather(*(aarr.getitem(s) for s in sels))
-
-        return sync(gather())
+        return zarr_gather(self.arr, sels)
 
     def info(self) -> dict:
         import zarr
