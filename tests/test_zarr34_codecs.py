@@ -426,7 +426,7 @@ def test_stored_values_scale_offset_cannot_decode_are_corrupt_data(tmp_path, sto
     (path / "c" / "0").write_bytes(np.array(stored, np.int8).tobytes())
     with pytest.raises(CorruptDataError, match=match) as caught:
         gpuzarr.open(str(path), device="cpu")[...]
-    assert str(caught.value).startswith("c/0: "), "the error names the chunk"
+    assert f"{path}: c/0: " in str(caught.value), "the error names the array and the chunk"
     with pytest.raises(ValueError, match=match):
         zarr_read(path)
 
