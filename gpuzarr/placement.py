@@ -26,3 +26,18 @@ def place(out: Any, decoded: Any, plan: Plan, first: int, stop: int, present: An
             out[out_sel] = chunk_sel(decoded[i]) if type(chunk_sel) is Gather else decoded[i][chunk_sel]
         else:
             out[out_sel] = fill
+
+
+def place_block(out: Any, chunks: Any, extent: tuple[int, ...], out_start: tuple[int, ...],
+                window: int | None) -> None:
+    """Place a box of whole chunks by one strided copy: `chunks` is (prod(extent), *chunk shape),
+    the box's chunks in C order; the output box (in read_batch window `window`) is seen as
+    (e0, c0, e1, c1, …) and the chunks as (e0, e1, …, c0, c1, …) transposed to match. One copy
+    instead of one per chunk: longer contiguous runs in the output, and no Python per chunk."""
+    ndim = len(extent)
+    chunk_shape = chunks.shape[1:]
+    region = out[window] if window is not None else out
+    region = region[tuple(slice(o, o + e * c) for o, e, c in zip(out_start, extent, chunk_shape))]
+    split = region.reshape(tuple(x for e, c in zip(extent, chunk_shape) for x in (e, c)))
+    order = tuple(x for d in range(ndim) for x in (d, ndim + d))
+    split[...] = chunks.reshape(tuple(extent) + chunk_shape).transpose(order)

@@ -7,6 +7,7 @@ placements. Chunks shared by several windows are fetched and decoded once."""
 
 from __future__ import annotations
 
+import bisect
 import functools
 import math
 from dataclasses import dataclass
@@ -140,10 +141,121 @@ class Plan:
         return Plan(self.chunks[order], new_chunk[by], self.place_runs[by], self.place_window[by],
                     self.dims, self.batched)
 
+    def blocks(self, chunk_shape: Shape) -> Blocks:
+        """Runs of chunks that form a box of the chunk grid, in C order, each chunk placed once
+        and whole (step 1, no integer axis) into one box of the output: such a run is placed by
+        ONE strided copy (see placement.place_block) instead of one per chunk. Boxes of one chunk
+        are left out. Computed once per plan (see block_pieces for a part of it).
+
+        Built per dimension from the last, with whole-array steps: adjacent boxes merge along
+        dimension d where they continue each other in chunk order, in the grid and in the output,
+        and agree everywhere else (in read_batch, the same window too)."""
+        cache = self._blocks_cache
+        if chunk_shape not in cache:
+            cache[chunk_shape] = self._find_blocks(chunk_shape)
+        return cache[chunk_shape]
+
+    @functools.cached_property
+    def _blocks_cache(self) -> dict:
+        return {}
+
+    def _find_blocks(self, chunk_shape: Shape) -> Blocks:
+        ndim, n = len(chunk_shape), self.n_chunks
+        # the common no: a dimension with no run as long as a chunk (an unaligned window), in one call each
+        if n < 2 or any(d.drop for d in self.dims) or \
+                not all((d.count == c).any() for d, c in zip(self.dims, chunk_shape)):
+            return Blocks.none(ndim)
+        whole_runs = [(d.local_start == 0) & (d.count == c) & (d.step == 1) for d, c in zip(self.dims, chunk_shape)]
+        rows, at = self.place_runs, self.place_chunk
+        full = np.bincount(at, minlength=n)[at] == 1
+        for d, whole in enumerate(whole_runs):
+            full &= whole[rows[:, d]]
+        if np.count_nonzero(full) < 2:
+            return Blocks.none(ndim)
+        pick, rows = at[full], rows[full]
+        start = self.chunks[pick]
+        out = np.stack([runs.out_start[rows[:, d]] for d, runs in enumerate(self.dims)], axis=1)
+        window, size = self.place_window[full], np.ones(pick.size, dtype=np.int64)
+        extent = np.ones_like(start)
+        step = np.asarray(chunk_shape, dtype=np.int64)
+        for d in reversed(range(ndim)):
+            unit = np.zeros(ndim, dtype=np.int64)
+            unit[d] = 1
+            joins = ((pick[1:] == pick[:-1] + size[:-1]) & (window[1:] == window[:-1])
+                     & (start[1:] == start[:-1] + unit).all(axis=1) & (extent[1:] == extent[:-1]).all(axis=1)
+                     & (out[1:] == out[:-1] + unit * step).all(axis=1))
+            heads = np.flatnonzero(np.concatenate(([True], ~joins)))
+            length = np.diff(np.append(heads, pick.size))
+            size = np.add.reduceat(size, heads)
+            pick, start, out, window, extent = pick[heads], start[heads], out[heads], window[heads], extent[heads]
+            extent[:, d] = length
+        keep = size > 1
+        return Blocks(pick[keep].tolist(), (pick[keep] + size[keep]).tolist(), extent[keep].tolist(),
+                      out[keep].tolist(), window[keep].tolist())
+
+    def block_pieces(self, first: int, stop: int, chunk_shape: Shape) -> list[tuple]:
+        """(lo, hi, extent, out start, window) of the boxes of whole chunks (see blocks) inside
+        chunks first..stop-1, lo and hi relative to `first`: a box that the range cuts is cut into
+        the boxes that make up the part inside (at most 2*ndim-1), in plain integers."""
+        found = self.blocks(chunk_shape)
+        pieces = []
+        i = bisect.bisect_right(found.hi, first)
+        while i < len(found.lo) and found.lo[i] < stop:
+            lo, extent, at = found.lo[i], found.extent[i], found.out_start[i]
+            for offset, part in _split_range(extent, max(lo, first) - lo, min(found.hi[i], stop) - lo):
+                count = math.prod(part)
+                if count > 1:
+                    corner, rest = [], offset
+                    for e in reversed(extent):
+                        rest, k = divmod(rest, e)
+                        corner.append(k)
+                    pieces.append((lo + offset - first, lo + offset + count - first, part,
+                                   tuple(o + k * c for o, k, c in zip(at, reversed(corner), chunk_shape)),
+                                   found.window[i]))
+            i += 1
+        return pieces
+
     def placements_of(self, first: int, stop: int) -> slice:
         """Placements reading chunks first..stop-1 (they are contiguous: place_chunk is sorted)."""
         a, b = np.searchsorted(self.place_chunk, [first, stop])
         return slice(int(a), int(b))
+
+
+@dataclass(frozen=True)
+class Blocks:
+    """Boxes of whole chunks (see Plan.blocks), as lists (they are read a few at a time): chunks
+    lo[b]..hi[b]-1, in C order, are the box of extent[b] chunks per dimension placed at
+    out_start[b] (in read_batch window window[b]; 0 for a plain read)."""
+
+    lo: list
+    hi: list
+    extent: list
+    out_start: list
+    window: list
+
+    @classmethod
+    def none(cls, ndim: int) -> Blocks:
+        return cls([], [], [], [], [])
+
+
+def _split_range(extent: list, a: int, b: int) -> list[tuple[int, tuple]]:
+    """C-order positions a..b-1 of a box of `extent` as boxes: (first position, extent) each,
+    at most 2*ndim-1 of them: up to ever coarser boundaries from a, then whole slabs down to b."""
+    ndim = len(extent)
+    stride = [math.prod(extent[d + 1:]) for d in range(ndim)]
+    pieces = []
+
+    def take(d: int, end: int) -> None:
+        nonlocal a
+        if end > a:
+            pieces.append((a, (1,) * d + ((end - a) // stride[d],) + tuple(extent[d + 1:])))
+            a = end
+
+    for d in reversed(range(1, ndim)):
+        take(d, min(-(-a // stride[d - 1]) * stride[d - 1], b // stride[d] * stride[d]))
+    for d in range(ndim):
+        take(d, b // stride[d] * stride[d])
+    return pieces
 
 
 class Gather:

@@ -1,0 +1,240 @@
+"""Placement by blocks (Plan.blocks, Plan.block_pieces, placement.place_block) and the CPU's
+batched blosc decode (Blosc.decode_rows): the box tables themselves, then reads through them
+against reads with blocks switched off (chunk by chunk) and against the NumPy source written
+by zarr-python."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import numcodecs
+import numpy as np
+import pytest
+import zarr
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import gpuzarr
+from gpuzarr.codecs import bytes_to_bytes
+from gpuzarr.codecs.bytes_to_bytes import Blosc
+from gpuzarr.devices import cpu
+from gpuzarr.devices.cpu import CpuDevice
+from gpuzarr.errors import CorruptDataError
+from gpuzarr.placement import place_block
+from gpuzarr.plan import Blocks, Plan, _split_range, make_plan
+from gpuzarr.selection import normalize
+
+SETTINGS = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+
+
+def _plan(sel, shape, chunks, batched=False):
+    windows = [normalize(s, shape) for s in sel] if batched else [normalize(sel, shape)]
+    return make_plan(windows, chunks, batched)
+
+
+@pytest.mark.parametrize("extent", [(7,), (2, 3), (3, 4, 5), (2, 1, 3, 2)])
+def test_split_range_tiles_the_range_with_boxes(extent):
+    """Every a..b-1 of every box: the pieces, in order, cover exactly a..b-1, each is a box of
+    the grid in C order, and there are at most 2*ndim-1 of them."""
+    grid = np.arange(math.prod(extent)).reshape(extent)
+    for a, b in itertools.combinations(range(grid.size + 1), 2):
+        pieces = _split_range(list(extent), a, b)
+        assert len(pieces) <= 2 * len(extent) - 1
+        covered = []
+        for offset, part in pieces:
+            corner = np.unravel_index(offset, extent)
+            box = grid[tuple(slice(c, c + e) for c, e in zip(corner, part))]
+            assert box.shape == part
+            assert box.reshape(-1).tolist() == list(range(offset, offset + box.size))
+            covered += box.reshape(-1).tolist()
+        assert covered == list(range(a, b))
+
+
+def test_full_read_is_one_box():
+    plan = _plan((slice(None),) * 2, (64, 96), (16, 32))
+    found = plan.blocks((16, 32))
+    assert (found.lo, found.hi, found.extent, found.out_start) == ([0], [12], [[4, 3]], [[0, 0]])
+
+
+def test_edge_chunks_and_partial_chunks_are_left_out():
+    """An edge chunk cropped by the array, or a window cutting chunks, is placed chunk by chunk."""
+    plan = _plan((slice(None),) * 2, (40, 40), (16, 16))  # 3x3 chunks, the last row and column cropped
+    found = plan.blocks((16, 16))
+    assert (found.lo, found.hi, found.extent) == ([0, 3], [2, 5], [[1, 2], [1, 2]])
+    plan = _plan((slice(8, 56), slice(16, 48)), (64, 64), (16, 16))  # rows cut at 8 and 56
+    found = plan.blocks((16, 16))
+    assert found.extent == [[2, 2]] and found.out_start == [[8, 0]]
+
+
+@pytest.mark.parametrize("sel", [(slice(None, None, 2), slice(None)), (3, slice(None)), (slice(None, None, -1),) * 2])
+def test_steps_integers_and_reversed_windows_make_no_boxes(sel):
+    assert _plan(sel, (8, 8), (2, 2)).blocks((2, 2)) == Blocks.none(2)
+
+
+def test_batch_windows_never_share_a_box():
+    """Two aligned windows side by side are two boxes: their chunks land in different windows."""
+    plan = _plan([(slice(0, 4), slice(0, 8)), (slice(0, 4), slice(8, 16))], (8, 16), (4, 4), batched=True)
+    found = plan.blocks((4, 4))
+    assert sorted(zip(found.window, map(tuple, found.extent))) == [(0, (1, 2)), (1, (1, 2))]
+
+
+def test_a_chunk_read_twice_is_not_in_a_box():
+    plan = _plan([(slice(0, 4), slice(0, 8)), (slice(0, 4), slice(4, 12))], (8, 16), (4, 4), batched=True)
+    found = plan.blocks((4, 4))
+    assert found.lo == [] or all(hi - lo > 1 for lo, hi in zip(found.lo, found.hi))
+    shared = int(np.flatnonzero((plan.chunks == [0, 1]).all(axis=1))[0])
+    assert not any(lo <= shared < hi for lo, hi in zip(found.lo, found.hi))
+
+
+def test_block_pieces_cut_a_box_at_a_range():
+    plan = _plan((slice(None),) * 2, (64, 64), (16, 16))  # one 4x4 box
+    assert plan.block_pieces(5, 14, (16, 16)) == [(0, 3, (1, 3), (16, 16), 0), (3, 7, (1, 4), (32, 0), 0),
+                                                  (7, 9, (1, 2), (48, 0), 0)]
+    assert plan.block_pieces(3, 5, (16, 16)) == []  # two single chunks: nothing to gain
+
+
+def test_place_block_matches_chunk_by_chunk_in_3d():
+    rng = np.random.default_rng(1)
+    chunks = rng.integers(0, 1000, size=(2 * 3 * 2, 2, 3, 4)).astype(np.int32)
+    out = np.zeros((3, 9, 12, 10), np.int32)
+    place_block(out, chunks, (2, 3, 2), (1, 2, 1), 1)
+    want = np.zeros_like(out)
+    for k, (a, b, c) in enumerate(itertools.product(range(2), range(3), range(2))):
+        want[1, 1 + 2 * a:3 + 2 * a, 2 + 3 * b:5 + 3 * b, 1 + 4 * c:5 + 4 * c] = chunks[k]
+    np.testing.assert_array_equal(out, want)
+
+
+def _no_blocks(monkeypatch):
+    monkeypatch.setattr(Plan, "blocks", lambda self, chunk_shape: Blocks.none(len(chunk_shape)))
+
+
+@st.composite
+def _aligned_cases(draw):
+    ndim = draw(st.integers(1, 3))
+    chunks = tuple(draw(st.integers(1, 4)) for _ in range(ndim))
+    shape = tuple(c * draw(st.integers(1, 4)) + draw(st.sampled_from([0, 0, 1])) for c in chunks)
+
+    def window():  # mostly chunk-aligned, sometimes cut
+        sel = []
+        for n, c in zip(shape, chunks):
+            a = draw(st.integers(0, n - 1))
+            a = a // c * c if draw(st.booleans()) else a
+            b = draw(st.integers(a + 1, n))
+            sel.append(slice(a, min(n, -(-b // c) * c) if draw(st.booleans()) else b))
+        return tuple(sel)
+    return shape, chunks, [window() for _ in range(draw(st.integers(1, 4)))], draw(st.sampled_from([2, 3]))
+
+
+@SETTINGS
+@given(case=_aligned_cases(), group_chunks=st.integers(1, 9), codec=st.sampled_from(["blosc", "zstd", "none"]))
+def test_reads_by_blocks_equal_chunk_by_chunk_and_the_source(tmp_path_factory, monkeypatch, case, group_chunks, codec):
+    """Whatever the boxes and however tasks cut them (GROUP_BYTES down to one chunk), a read and
+    a read_batch equal the source and the same read with blocks switched off."""
+    shape, chunks, windows, fmt = case
+    path = tmp_path_factory.mktemp("blocks") / "a.zarr"
+    data = np.arange(math.prod(shape), dtype="<u2").reshape(shape) * 7 + 3
+    compressors = {"none": None, "zstd": numcodecs.Zstd(level=1) if fmt == 2 else zarr.codecs.ZstdCodec(),
+                   "blosc": numcodecs.Blosc("lz4", shuffle=1) if fmt == 2 else zarr.codecs.BloscCodec(cname="lz4")}
+    z = zarr.create_array(str(path), shape=shape, chunks=chunks, dtype="<u2", zarr_format=fmt,
+                          compressors=compressors[codec], fill_value=0)
+    z[...] = data
+    monkeypatch.setattr(cpu, "GROUP_BYTES", group_chunks * math.prod(chunks) * 2)
+    monkeypatch.setattr(cpu, "INLINE_SECONDS", 0.0)  # through the pool's task split, not inline
+    got = {}
+    for mode in ("blocks", "each"):
+        if mode == "each":
+            _no_blocks(monkeypatch)
+        arr = gpuzarr.open(str(path), device=CpuDevice(2))
+        got[mode] = ([arr[w] for w in windows], arr.read_batch(windows) if len({_shape(w) for w in windows}) == 1
+                     else None, arr[...])
+    for mode, (each, batch, whole) in got.items():
+        for w, g in zip(windows, each):
+            np.testing.assert_array_equal(g, data[w], err_msg=f"{mode} {w}")
+        if batch is not None:
+            np.testing.assert_array_equal(batch, np.stack([data[w] for w in windows]), err_msg=mode)
+        np.testing.assert_array_equal(whole, data, err_msg=mode)
+
+
+def _shape(window):
+    return tuple(s.stop - s.start for s in window)
+
+
+def test_a_missing_chunk_inside_a_box_reads_as_fill(tmp_path):
+    path = tmp_path / "a.zarr"
+    z = zarr.create_array(str(path), shape=(8, 8), chunks=(2, 2), dtype="<u2", zarr_format=2,
+                          compressors=numcodecs.Blosc("lz4"), fill_value=9)
+    data = np.arange(64, dtype="<u2").reshape(8, 8)
+    z[...] = data
+    (path / "1.2").unlink()
+    data[2:4, 4:6] = 9
+    np.testing.assert_array_equal(gpuzarr.open(str(path), device=CpuDevice(1))[...], data)
+
+
+def _frames(n=6, nbytes=4096):
+    rng = np.random.default_rng(3)
+    codec = numcodecs.Blosc("lz4", shuffle=numcodecs.Blosc.SHUFFLE, blocksize=1024)
+    raws = [(rng.integers(0, 50, nbytes // 2).astype("<u2") + i).tobytes() for i in range(n)]
+    frames = [codec.encode(r) for r in raws]
+    staging = np.frombuffer(b"".join(frames), np.uint8).copy()
+    sizes = np.array([len(f) for f in frames], np.int64)
+    return staging, np.cumsum(sizes) - sizes, sizes, raws
+
+
+@pytest.mark.parametrize("direct", [True, False])
+def test_decode_rows_equals_numcodecs(monkeypatch, direct):
+    """c-blosc through ctypes and the numcodecs fallback give numcodecs' bytes."""
+    if not direct:
+        monkeypatch.setattr(bytes_to_bytes, "_blosc_ctx", lambda: None)
+    elif bytes_to_bytes._blosc_ctx() is None:
+        pytest.skip("this numcodecs build does not export blosc_decompress_ctx")
+    staging, offsets, sizes, raws = _frames()
+    rows = np.zeros((len(raws), 4096), np.uint8)
+    Blosc("blosc").decode_rows(staging, offsets, sizes, rows, [f"c{i}" for i in range(len(raws))])
+    assert [r.tobytes() for r in rows] == raws
+    one = np.zeros(4096, np.uint8)
+    Blosc("blosc").decode_into(memoryview(staging)[offsets[2]:offsets[2] + sizes[2]], one)
+    assert one.tobytes() == raws[2]
+
+
+@pytest.mark.parametrize("fault, message", [
+    ("cbytes", "c3: blosc header says"), ("nbytes", "c3: blosc frame decodes to 4098 bytes, the chunk needs 4096"),
+    ("short", "c3: blosc frame of 10 bytes is shorter"), ("payload", "c3: cannot decode blosc frame"),
+])
+def test_decode_rows_names_the_bad_frame(fault, message):
+    staging, offsets, sizes, raws = _frames()
+    at = int(offsets[3])
+    if fault == "cbytes":
+        staging[at + 12] ^= 1
+    elif fault == "nbytes":
+        staging[at + 4:at + 8] = np.frombuffer((4098).to_bytes(4, "little"), np.uint8)
+    elif fault == "short":
+        sizes[3] = 10
+    else:  # the first stream's compressed size made huge: c-blosc refuses the block
+        bstart = int.from_bytes(staging[at + 16:at + 20].tobytes(), "little")
+        staging[at + bstart:at + bstart + 4] = 0xFF
+    rows = np.zeros((len(raws), 4096), np.uint8)
+    with pytest.raises(CorruptDataError, match=message):
+        Blosc("blosc").decode_rows(staging, offsets, sizes, rows, [f"c{i}" for i in range(len(raws))])
+
+
+def test_a_full_read_is_placed_by_one_copy_per_task(tmp_path, monkeypatch):
+    """4x4 whole chunks, two tasks of 8: two strided copies, no chunk placed on its own."""
+    path = tmp_path / "a.zarr"
+    z = zarr.create_array(str(path), shape=(16, 16), chunks=(4, 4), dtype="<u2", zarr_format=2,
+                          compressors=numcodecs.Blosc("lz4"), fill_value=0)
+    data = np.arange(256, dtype="<u2").reshape(16, 16)
+    z[...] = data
+    calls = {"block": 0, "each": 0}
+
+    def counted(name, fn):
+        def wrapper(*args, **kwargs):
+            calls[name] += 1
+            return fn(*args, **kwargs)
+        return wrapper
+    monkeypatch.setattr(cpu, "place_block", counted("block", cpu.place_block))
+    monkeypatch.setattr(cpu, "_decode_each_and_place", counted("each", cpu._decode_each_and_place))
+    monkeypatch.setattr(cpu, "GROUP_BYTES", 8 * 32)
+    monkeypatch.setattr(cpu, "INLINE_SECONDS", 0.0)
+    np.testing.assert_array_equal(gpuzarr.open(str(path), device=CpuDevice(2))[...], data)
+    assert calls == {"block": 2, "each": 0}
