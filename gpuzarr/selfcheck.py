@@ -1,8 +1,9 @@
 """`gpuzarr selfcheck`: one command for the first machine with a GPU. It writes a small set of
-arrays (every codec the GPU decodes: zstd sharded with crc32c, v2 blosc lz4/zstd/zlib with byte
-and bit shuffle, zlib, gzip, lz4), reads each on the GPU and on the CPU (full, a window across
-chunks, a stepped selection, read_batch, points) and compares the bits, checks that a truncated
-stream fails the GPU read, prints a throughput line per codec and one verdict line. Without a
+arrays (every codec the GPU decodes: zstd sharded with a crc32c index, zstd with the crc32c
+codec, v2 blosc lz4/zstd/zlib with byte and bit shuffle, zlib, gzip, lz4), reads each on the GPU
+and on the CPU (full, a window across chunks, a stepped selection, read_batch, points) and
+compares the bits, checks that a truncated stream, a crc32c codec and a gzip CRC-32 that do not
+match fail the GPU read, prints a throughput line per codec and one verdict line. Without a
 usable GPU it says why and exits 1."""
 
 from __future__ import annotations
@@ -47,12 +48,37 @@ def write_v2(path: str, data: np.ndarray, chunks: tuple[int, ...], codec: Any) -
         json.dump(meta, f)
 
 
+def write_v3_crc32c(path: str, data: np.ndarray, chunks: tuple[int, ...]) -> None:
+    """A Zarr v3 array of codecs bytes, zstd, crc32c (what zarr-python writes for them)."""
+    import crc32c
+
+    codec = numcodecs.Zstd(1)
+    for coords in np.ndindex(*(-(-n // c) for n, c in zip(data.shape, chunks))):
+        block = np.zeros(chunks, data.dtype)
+        part = data[tuple(slice(i * c, (i + 1) * c) for i, c in zip(coords, chunks))]
+        block[tuple(slice(0, n) for n in part.shape)] = part
+        frame = codec.encode(block.tobytes())
+        os.makedirs(os.path.join(path, "c", *map(str, coords[:-1])), exist_ok=True)
+        with open(os.path.join(path, "c", *map(str, coords)), "wb") as f:
+            f.write(frame + crc32c.crc32c(frame).to_bytes(4, "little"))
+    meta = {"zarr_format": 3, "node_type": "array", "shape": list(data.shape), "data_type": data.dtype.name,
+            "chunk_grid": {"name": "regular", "configuration": {"chunk_shape": list(chunks)}},
+            "chunk_key_encoding": {"name": "default", "configuration": {"separator": "/"}}, "fill_value": 0,
+            "codecs": [{"name": "bytes", "configuration": {"endian": "little"}},
+                       {"name": "zstd", "configuration": {"level": 1, "checksum": False}}, {"name": "crc32c"}]}
+    with open(os.path.join(path, "zarr.json"), "w") as f:
+        json.dump(meta, f)
+
+
 def _cases(root: str, size: int) -> dict[str, tuple[str, np.ndarray]]:
     data = sample_data((size, size))
     cases = {}
     path = os.path.join(root, "zstd-sharded")
     write_sharded(path, data, (size // 2, size // 2), (size // 8, size // 8))
     cases["zstd-sharded"] = (path, data)
+    path = os.path.join(root, "zstd-crc32c")
+    write_v3_crc32c(path, data, (size // 4, size // 4))
+    cases["zstd-crc32c"] = (path, data)
     for name, codec in V2_CODECS.items():
         path = os.path.join(root, name)
         write_v2(path, data, (size // 4, size // 4), codec)
@@ -94,7 +120,7 @@ def check(gpu: Any, size: int = 512, out: Any = sys.stdout) -> list[str]:
             print(f"  {name:22s} bit-identical on {len(_selections(size))} selections; full read "
                   f"{data.nbytes / gpu_s / 1e9:6.2f} GB/s on the GPU, {data.nbytes / cpu_s / 1e9:6.2f} on the CPU",
                   file=out)
-        failures += _truncated_stream_fails(root, gpu)
+        failures += _truncated_stream_fails(root, gpu) + _checksum_mismatches_fail(root, gpu)
     return failures
 
 
@@ -127,6 +153,31 @@ def _truncated_stream_fails(root: str, gpu: Any) -> list[str]:
     except CorruptDataError:
         return []
     return ["a zstd stream that decodes short was not refused on the GPU"]
+
+
+def _checksum_mismatches_fail(root: str, gpu: Any) -> list[str]:
+    """Chunks that decode to the right size but fail their checksum, which the GPU verifies:
+    a crc32c codec's trailer and a gzip member's CRC-32, each with one bit flipped."""
+    import gpuzarr
+
+    data = np.arange(64 * 64, dtype=np.uint16).reshape(64, 64)
+    crc32c_path, gzip_path = os.path.join(root, "bad-crc32c"), os.path.join(root, "bad-gzip-crc")
+    write_v3_crc32c(crc32c_path, data, (32, 64))
+    write_v2(gzip_path, data, (32, 64), numcodecs.GZip(1))
+    failures = []
+    for path, key, at, what in ((crc32c_path, os.path.join("c", "1", "0"), -1, "crc32c codec"),
+                                (gzip_path, "1.0", -8, "gzip CRC-32")):
+        with open(os.path.join(path, key), "r+b") as f:
+            f.seek(at, os.SEEK_END)
+            byte = f.read(1)[0]
+            f.seek(at, os.SEEK_END)
+            f.write(bytes([byte ^ 1]))
+        try:
+            _host(gpuzarr.open(path, device=gpu)[...])
+            failures.append(f"a {what} that does not match was not refused on the GPU")
+        except CorruptDataError:
+            pass
+    return failures
 
 
 def main(gpu: Any = None, size: int = 512) -> int:

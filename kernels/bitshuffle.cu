@@ -1,6 +1,7 @@
 // Batched blosc 1.x unshuffle: one launch undoes the shuffle of many blocks of many chunks.
 // Launch: grid (G, 1, 1), block (T, 1, 1), any G >= 1 and T >= 1 (e.g. G = min(nblocks, 65535),
-// T = 256); CUDA block b handles blosc blocks b, b + G, ...; its threads stride inside each block.
+// T = 256); CUDA block b handles blosc blocks b, b + G, ..., through a static shared tile of
+// GPZ_TILE_BYTES.
 // Arguments (device pointers; every per-block array is int64 of length nblocks):
 //   src, dst       decoded-but-shuffled bytes, and where the unshuffled bytes go (must not overlap)
 //   src_offsets    byte offset of each blosc block in src
@@ -19,8 +20,10 @@
                                     const gpz_i64* __restrict__ nbytes,                               \
                                     const gpz_i64* __restrict__ typesizes, gpz_i64 nblocks)            \
     {                                                                                                 \
-        gpz_unshuffle_batch_thread(BIT, src, dst, src_offsets, dst_offsets, nbytes, typesizes, nblocks, \
-                                   blockIdx.x, gridDim.x, threadIdx.x, blockDim.x);                   \
+        __shared__ alignas(16) gpz_u8 tile[GPZ_TILE_BYTES];                                           \
+        gpz_cuda_block blk;                                                                           \
+        gpz_unshuffle_batch_block(blk, tile, BIT, src, dst, src_offsets, dst_offsets, nbytes, typesizes, \
+                                  nblocks, blockIdx.x, gridDim.x);                                    \
     }
 
 GPZ_UNSHUFFLE_ENTRY(gpz_bitunshuffle_batch, 1)

@@ -4,10 +4,18 @@ It runs the same GpuDevice orchestration and host half (gpu_layout) as a GPU wou
 the device calls with NumPy and CPU codecs, and checks the contracts the real calls rely on
 (nvCOMP's 16-byte alignment, the scatter kernel's record semantics, one nvCOMP call per algorithm
 per batch). Passing tests therefore show our orchestration is right; they say nothing about
-nvCOMP or the CUDA kernels themselves."""
+nvCOMP or the CUDA kernels themselves.
+
+Checksums run through `crc32`, a CRC of the Rocksoft model parameterised exactly as nvCOMP's
+nvcompCRC32Spec_t (crc32.h: poly unreflected, init, ref_in, ref_out applied before the XOR
+with xorout), fed the parameters gpuzarr passes (nvcomp_capi.CRC32_MODELS). Our belief that
+those parameters are the crc32c codec's and gzip's comes from crc32.h's presets (nvcompCRC32_C,
+"CRC-32/ISCSI"; nvcompCRC32, "CRC-32/PKZIP"); tests check this CRC against the crc32c package
+and zlib, and the parameters against the header."""
 
 from __future__ import annotations
 
+import functools
 import zlib
 from collections import Counter
 
@@ -18,13 +26,52 @@ from numpy.lib.stride_tricks import as_strided
 
 from gpuzarr.blosc_frames import SHUFFLE_BIT, bit_unshuffle, byte_unshuffle
 from gpuzarr.devices.gpu_layout import ALIGN, copy_records
-from gpuzarr.devices.nvcomp_batch import Decoded, check
+from gpuzarr.devices.nvcomp_batch import Decoded, check, compared
+from gpuzarr.devices.nvcomp_capi import CRC32_MODELS
 from gpuzarr.devices.kernels import (SCATTER_REC_COUNT, SCATTER_REC_DST, SCATTER_REC_DSTRIDE, SCATTER_REC_SHAPE,
                                      SCATTER_REC_SRC, SCATTER_REC_START, SCATTER_REC_STEP)
 
 
+def _reflect(value: int, bits: int) -> int:
+    return int(f"{value:0{bits}b}"[::-1], 2)
+
+
+@functools.cache
+def _crc_table(poly: int, reflected: bool) -> tuple[int, ...]:
+    """The 256-entry table of `poly`, for a register shifted right (reflected) or left."""
+    table = []
+    for byte in range(256):
+        if reflected:
+            reg, top = byte, _reflect(poly, 32)
+            for _ in range(8):
+                reg = (reg >> 1) ^ (top if reg & 1 else 0)
+        else:
+            reg = byte << 24
+            for _ in range(8):
+                reg = ((reg << 1) ^ (poly if reg & 0x80000000 else 0)) & 0xFFFFFFFF
+        table.append(reg)
+    return tuple(table)
+
+
+def crc32(data: bytes, poly: int, init: int, ref_in: bool, ref_out: bool, xorout: int) -> int:
+    """A CRC-32 of the Rocksoft model (nvcompCRC32Spec_t's fields), byte by byte."""
+    table = _crc_table(poly, ref_in)
+    if ref_in:  # the register holds the reflected CRC
+        reg = _reflect(init, 32)
+        for byte in data:
+            reg = table[(reg ^ byte) & 0xFF] ^ (reg >> 8)
+        unreflected = _reflect(reg, 32)
+    else:
+        reg = init
+        for byte in data:
+            reg = table[((reg >> 24) ^ byte) & 0xFF] ^ ((reg << 8) & 0xFFFFFFFF)
+        unreflected = reg
+    return (_reflect(unreflected, 32) if ref_out else unreflected) ^ xorout
+
+
 class StandinEngine:
     xp = np
+    sm_count = 2  # a small GPU: batches of at least STREAMS_PER_SM * 2 chunks where the bounds allow
 
     def __init__(self):
         self.calls: Counter = Counter()
@@ -61,6 +108,15 @@ class StandinEngine:
             work[dst:dst + n] = np.frombuffer(out, dtype=np.uint8)[:n]
         self.decoded.append(Decoded(got, status, table["dst_size"].astype(np.int64), np.asarray(table["chunk"]),
                                     layout.labels, ()))
+
+    def checksum(self, model, area, table, layout) -> None:
+        """nvcompBatchedCRC32Async with gpuzarr's parameters for `model`, then the engine's own
+        comparison with the stored values (nvcomp_batch.compared), checked at finish()."""
+        self.calls[f"checksum:{model}"] += 1
+        crcs = np.array([crc32(area[src:src + size].tobytes(), *CRC32_MODELS[model])
+                         for src, size in zip(table["src"].tolist(), table["size"].tolist())], np.uint32)
+        stored = np.asarray(table["expected"]).astype(np.uint64)
+        self.decoded.append(compared(np, crcs, np.zeros(crcs.size, np.int32), stored, table, layout.labels, model, ()))
 
     def _decode(self, algorithm: str, stream: bytes, dsize: int) -> bytes:
         if algorithm == "zstd":

@@ -46,8 +46,9 @@ def test_every_namespace_function_exists_in_cupy(name):
         except (TypeError, ValueError):
             return  # a builtin without a signature on one side: existence is what can be checked
         # positional parameters the shared code relies on keep their order in CuPy (concatenate's
-        # first is named differently, tup/arrays, and only ever passed by position)
-        assert cp_params[:2] == np_params[:2] or (name == "concatenate" and cp_params[1:2] == np_params[1:2]), \
+        # and stack's first is named differently, tup/arrays, and only ever passed by position)
+        assert cp_params[:2] == np_params[:2] or (name in ("concatenate", "stack")
+                                                  and cp_params[1:2] == np_params[1:2]), \
             f"{name}: numpy {np_params} vs cupy {cp_params}"
 
 

@@ -1,6 +1,7 @@
 """What the first real GPU run must prove (issue: "GPU path right on first contact"): big chunks
 of every codec, an LZ4 chunk over 16 MiB, zstd frames without a content size, short streams of
-each codec refused, a corrupt crc32c codec refused, device memory bounded over many batches,
+each codec refused, a corrupt crc32c codec and gzip CRC-32 refused (checked on the device), the
+crc32c codec over many batches, device memory bounded over many batches, the SM count,
 `out=` and a user's stream, DLPack to torch. Each test runs on the GPU orchestration's CPU
 stand-in in the default run (which checks the test itself and the host half) and, with
 `pytest -m gpu`, on the real device; there it is skipped, with the reason, where no GPU is usable."""
@@ -21,7 +22,7 @@ from gpu_standin import StandinEngine
 import gpuzarr
 from gpuzarr.devices.gpu import GpuDevice, usable_gpu
 from gpuzarr.sample import sample_data, write_sharded
-from gpuzarr.selfcheck import V2_CODECS, write_v2
+from gpuzarr.selfcheck import V2_CODECS, write_v2, write_v3_crc32c
 
 GPU_OK, WHY = usable_gpu()
 
@@ -117,6 +118,27 @@ def test_a_corrupt_crc32c_codec_is_refused(tmp_path, device):
         _host(gpuzarr.open(str(tmp_path / "a"), device=device)[...])
 
 
+def test_a_gzip_member_whose_crc_does_not_match_is_refused(tmp_path, device):
+    """It decodes to the right size; only its CRC-32, checked on the device, tells."""
+    data = sample_data((128, 128))
+    write_v2(str(tmp_path / "a"), data, (64, 128), numcodecs.GZip(1))
+    chunk = tmp_path / "a" / "1.0"
+    raw = bytearray(chunk.read_bytes())
+    raw[-8] ^= 1  # the CRC-32's first byte
+    chunk.write_bytes(bytes(raw))
+    with pytest.raises(gpuzarr.CorruptDataError, match=r"1\.0: bad gzip stream .CRC-32 mismatch"):
+        _host(gpuzarr.open(str(tmp_path / "a"), device=device)[...])
+
+
+def test_the_crc32c_codec_over_many_batches(tmp_path, device):
+    data = sample_data((512, 512))
+    write_v3_crc32c(str(tmp_path / "a"), data, (64, 64))
+    got = gpuzarr.open(str(tmp_path / "a"), device=device, settings=gpuzarr.Settings(batch_bytes=64 << 10))
+    report = gpuzarr.ReadReport()
+    np.testing.assert_array_equal(_host(got.read(..., report=report)), data)
+    assert report.batches > 2 and report.codec_calls["nvcomp:crc32c"] == report.batches
+
+
 @pytest.fixture
 def cupy():
     """CuPy on a usable GPU (the tests below need the device itself, not the stand-in)."""
@@ -149,6 +171,21 @@ def test_device_memory_stays_bounded_over_many_batches(tmp_path, cupy):
     decoded = report.bytes_decoded / report.batches
     assert peak < 4 * (batch + decoded), f"device memory {peak} for batches of {batch} + {decoded} decoded"
     np.testing.assert_array_equal(out.get(), data)
+
+
+@pytest.mark.gpu
+def test_the_sm_count_and_the_crc_kernel_configuration_come_from_the_device(cupy):
+    import ctypes
+
+    from gpuzarr.devices import nvcomp_capi
+    from gpuzarr.devices.gpu import STREAMS_PER_SM
+
+    device = gpuzarr.devices.get_device("gpu")
+    sms = cupy.cuda.Device().attributes["MultiProcessorCount"]
+    assert device.engine.sm_count == sms > 0 and device.batch_streams == STREAMS_PER_SM * sms
+    conf = nvcomp_capi.CRC32KernelConf()
+    status = nvcomp_capi.load()[("CRC32", "GetHeuristicConf")](None, 4 * sms, ctypes.byref(conf), 1 << 20, None)
+    assert status == 0 and conf.bytes_per_read > 0
 
 
 @pytest.mark.gpu

@@ -87,7 +87,8 @@ def _fake_cupy():
 
     cuda = SimpleNamespace(Event=_FakeEvent, alloc_pinned_memory=alloc_pinned_memory,
                            get_current_stream=lambda: SimpleNamespace(ptr=0))
-    return SimpleNamespace(cuda=cuda, empty=lambda n, dtype=None: _Dev(n), uint8=np.uint8, concatenate=np.concatenate)
+    return SimpleNamespace(cuda=cuda, empty=lambda n, dtype=None: _Dev(n), uint8=np.uint8, concatenate=np.concatenate,
+                           stack=np.stack, int64=np.int64)
 
 
 class _RecordingStandin(StandinEngine):
@@ -245,6 +246,7 @@ def _bare_engine(cupy_like) -> CupyEngine:
     engine = CupyEngine.__new__(CupyEngine)
     engine.xp = cupy_like
     engine._local = threading.local()
+    engine._states, engine._states_lock = [], threading.Lock()
     engine.device_id = 0
     return engine
 
@@ -446,7 +448,8 @@ def test_a_wrong_size_or_a_status_fails_the_read_naming_the_chunk():
 def _host_device_namespace():
     """NumPy as the "device" namespace: its arrays' addresses are real (host) addresses, so
     pointer arithmetic on them can be checked by a stand-in C function that follows them."""
-    names = ("asarray", "ascontiguousarray", "zeros", "empty", "concatenate", "uint64", "int32", "uint8")
+    names = ("asarray", "ascontiguousarray", "zeros", "empty", "concatenate", "stack", "uint64", "int64", "int32",
+             "uint8")
     return SimpleNamespace(**{n: getattr(np, n) for n in names},
                            cuda=SimpleNamespace(get_current_stream=lambda: SimpleNamespace(ptr=12345), Event=_FakeEvent))
 

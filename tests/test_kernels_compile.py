@@ -48,6 +48,40 @@ def test_compiles_without_warnings(source, arch):
     assert entries == EXPECTED_ENTRIES[source], entries
 
 
+def _entries(ptx: str) -> dict[str, str]:
+    """Each .entry of a PTX module with its body (up to the next .entry)."""
+    parts = re.split(r"\.entry\s+(\w+)\s*\(", ptx)
+    return dict(zip(parts[1::2], parts[2::2]))
+
+
+WORD16 = r"\.v(4\.u32|2\.u64|4\.b32|2\.b64)"  # a 16-byte vector access
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_scatter_ptx_has_the_efficient_paths(arch):
+    """What the CPU tests cannot see: each scatter/fill entry keeps its window in shared memory
+    behind barriers, moves 16-byte vectors, and has a 32-bit index path beside the 64-bit one."""
+    _nvrtc()
+    ptx, _ = kernels.compile_ptx("scatter.cu", arch)
+    for name, body in _entries(ptx).items():
+        assert re.search(r"\.shared \.align 16 .*gpz_window|\.shared \.align 16 \.b8 \w+\[\d+\]", body), name
+        assert "bar.sync" in body, name
+        assert re.search(r"st\.global" + WORD16, body), name
+        if name.startswith("gpz_scatter_"):
+            assert re.search(r"ld\.global(\.nc)?" + WORD16, body), name
+        assert re.search(r"(div|rem)\.[su]32", body) and re.search(r"(div|rem)\.[su]64", body), name
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_unshuffle_ptx_goes_through_a_shared_tile(arch):
+    _nvrtc()
+    ptx, _ = kernels.compile_ptx("bitshuffle.cu", arch)
+    for name, body in _entries(ptx).items():
+        assert re.search(r"\.shared \.align 16 \.b8 \w+tile\[4096\]", body), name
+        assert "bar.sync" in body and "st.shared" in body and "ld.shared" in body, name
+        assert re.search(r"st\.global" + WORD16, body), name  # the tile leaves in 16-byte words
+
+
 def test_includes_are_inlined_with_line_directives():
     code = kernels.kernel_source("bitshuffle.cu")
     assert code.startswith('#line 1 "bitshuffle.cu"\n')

@@ -29,18 +29,37 @@ def _compile(source: str, tmp_path) -> subprocess.CompletedProcess:
                           capture_output=True, text=True)
 
 
+# ctypes structures -> the C type each mirrors, field by field
+STRUCTS = {capi.CRC32Spec: "nvcompCRC32Spec_t", capi.CRC32KernelConf: "nvcompCRC32KernelConf_t",
+           capi.CRC32Opts: "nvcompBatchedCRC32Opts_t", capi.Alignments: "nvcompAlignmentRequirements_t"}
+
+
+def _layout_asserts(struct, c_name: str) -> list[str]:
+    """sizeof and every field's offset and size, as ctypes lays them out, asserted in C."""
+    lines = [f"_Static_assert(sizeof({c_name}) == {ctypes.sizeof(struct)}, \"sizeof {c_name}\");"]
+    for name, _ in struct._fields_:
+        field = getattr(struct, name)
+        lines.append(f"_Static_assert(offsetof({c_name}, {name}) == {field.offset} && "
+                     f"sizeof((({c_name} *)0)->{name}) == {field.size}, \"{c_name}.{name}\");")
+    return lines
+
+
 def _header_check(declarations: str) -> str:
     lines = ["#include <stddef.h>", "#include <nvcomp.h>", declarations]
-    for algorithm in capi.ALGORITHMS:
-        for suffix in capi.PROTOTYPES:
+    for algorithm, prototypes in capi._all_prototypes():
+        for suffix in prototypes:
             name = f"nvcompBatched{algorithm}{suffix}"
             lines.append(f"_Static_assert(__builtin_types_compatible_p(__typeof__({name}), "
                          f"gpz_{algorithm}_{suffix}_t), \"{name}\");")
+    for algorithm in capi.ALGORITHMS:
         lines.append(f"_Static_assert(sizeof(nvcompBatched{algorithm}DecompressOpts_t) == {capi.OPTS_BYTES}, "
                      f"\"{algorithm} options\");")
-    lines.append(f"_Static_assert(sizeof(nvcompAlignmentRequirements_t) == {ctypes.sizeof(capi.Alignments)}, "
-                 f"\"alignments\");")
+    for struct, c_name in STRUCTS.items():
+        lines += _layout_asserts(struct, c_name)
     lines.append("_Static_assert(sizeof(nvcompStatus_t) == sizeof(int), \"status\");")
+    lines.append("_Static_assert(sizeof(nvcompCRC32SegmentKind_t) == sizeof(int), \"segment kind\");")
+    lines.append("_Static_assert(sizeof(nvcompCRC32KernelKind_t) == sizeof(int), \"kernel kind\");")
+    lines.append(f"_Static_assert(nvcompCRC32OnlySegment == {capi.CRC32_ONLY_SEGMENT}, \"only segment\");")
     return "\n".join(lines) + "\n"
 
 
@@ -58,22 +77,69 @@ def test_the_header_check_catches_a_drifted_prototype(tmp_path):
     assert result.returncode != 0 and "nvcompBatchedZstdDecompressAsync" in result.stderr
 
 
+def test_the_header_check_catches_a_drifted_crc32_prototype(tmp_path):
+    drifted = capi.c_declarations().replace("nvcompBatchedCRC32Opts_t, nvcompCRC32SegmentKind_t,",
+                                            "nvcompBatchedCRC32Opts_t *, nvcompCRC32SegmentKind_t,", 1)
+    assert drifted != capi.c_declarations()
+    result = _compile(_header_check(drifted), tmp_path)
+    assert result.returncode != 0 and "nvcompBatchedCRC32Async" in result.stderr
+
+
+def test_the_header_check_catches_a_drifted_structure_layout(tmp_path):
+    class Shifted(ctypes.Structure):  # ref_in and ref_out as ints: every later offset moves
+        _fields_ = [("poly", ctypes.c_uint32), ("init", ctypes.c_uint32), ("ref_in", ctypes.c_int),
+                    ("ref_out", ctypes.c_int), ("xorout", ctypes.c_uint32), ("reserved", ctypes.c_char * 16)]
+
+    source = _header_check(capi.c_declarations()) + "\n".join(_layout_asserts(Shifted, "nvcompCRC32Spec_t")) + "\n"
+    result = _compile(source, tmp_path)
+    assert result.returncode != 0 and "nvcompCRC32Spec_t.ref_out" in result.stderr
+
+
 def test_the_ctypes_types_follow_the_c_declarations():
     assert ctypes.sizeof(capi.DecompressOpts) == capi.OPTS_BYTES
     assert ctypes.sizeof(capi.Alignments) == 3 * ctypes.sizeof(ctypes.c_size_t)
-    for params in capi.PROTOTYPES.values():
-        for c_type, ctype in params:
-            if c_type == "{opts}":
-                assert ctype is capi.DecompressOpts
-            elif "*" in c_type or c_type == "cudaStream_t":
-                assert ctype is ctypes.c_void_p, c_type
-            else:
-                assert (c_type, ctype) == ("size_t", ctypes.c_size_t)
+    by_value = {"{opts}": capi.DecompressOpts, "nvcompBatchedCRC32Opts_t": capi.CRC32Opts,
+                "nvcompCRC32SegmentKind_t": ctypes.c_int}
+    for _, prototypes in capi._all_prototypes():
+        for params in prototypes.values():
+            for c_type, ctype in params:
+                if c_type in by_value:
+                    assert ctype is by_value[c_type], c_type
+                elif "*" in c_type or c_type == "cudaStream_t":
+                    assert ctype is ctypes.c_void_p, c_type
+                else:
+                    assert (c_type, ctype) == ("size_t", ctypes.c_size_t)
+
+
+def test_the_crc_models_are_the_headers_presets(tmp_path):
+    """CRC32_MODELS against crc32.h's own preset values (static const structs, so printed by a
+    compiled program rather than asserted at compile time): nvcompCRC32_C and nvcompCRC32."""
+    if shutil.which("gcc") is None:
+        pytest.skip("no gcc to compile the header check with")
+    include = os.path.join(os.path.dirname(capi.library_path()), "..", "include")
+    source = tmp_path / "presets.c"
+    source.write_text("#include <stdio.h>\n#include <nvcomp.h>\n"
+                      "static void show(const char *n, nvcompCRC32Spec_t s) {\n"
+                      "  printf(\"%s %u %u %d %d %u\\n\", n, s.poly, s.init, s.ref_in, s.ref_out, s.xorout);\n}\n"
+                      "int main(void) { show(\"crc32c\", nvcompCRC32_C); show(\"crc32\", nvcompCRC32); return 0; }\n")
+    binary = tmp_path / "presets"
+    built = subprocess.run(["gcc", "-std=gnu11", "-I", include, str(source), "-o", str(binary)],
+                           capture_output=True, text=True)
+    assert built.returncode == 0, built.stderr
+    printed = subprocess.run([str(binary)], capture_output=True, text=True, check=True).stdout.split("\n")
+    presets = {name: tuple(int(v) for v in values)
+               for name, *values in (line.split() for line in printed if line)}
+    assert presets == {name: tuple(int(v) for v in model) for name, model in capi.CRC32_MODELS.items()}
+    opts = capi.crc32_opts("crc32c")
+    assert (opts.spec.poly, opts.spec.init, opts.spec.ref_in, opts.spec.ref_out, opts.spec.xorout) == \
+        capi.CRC32_MODELS["crc32c"]
+    reserved = capi.CRC32Spec.reserved.offset  # from here on: reserved bytes and the kernel conf, zero
+    assert bytes(opts)[reserved:] == bytes(ctypes.sizeof(opts) - reserved)
 
 
 def test_every_symbol_is_exported_by_the_wheels_library():
     functions = capi.load()
-    assert len(functions) == len(capi.ALGORITHMS) * len(capi.PROTOTYPES)
+    assert len(functions) == len(capi.ALGORITHMS) * len(capi.PROTOTYPES) + len(capi.CRC32_PROTOTYPES)
 
 
 # nvCOMP 6.0's answers, measured through this very call; a new answer must be looked at
@@ -92,3 +158,15 @@ def test_the_temporary_memory_query_answers_without_a_gpu():
     fn = capi.load()[("Zstd", "DecompressGetTempSize")]
     status = fn(64, 1 << 17, capi.DecompressOpts(), ctypes.byref(temp), 64 << 17, None)
     assert status == 0 and temp.value > 0
+
+
+def test_the_crc_kernel_configuration_needs_a_gpu():
+    """nvcompBatchedCRC32GetHeuristicConf asks the device (its answer depends on the GPU model):
+    without one it answers nvcompErrorCudaError, so gpuzarr asks it on the GPU, per batch."""
+    from gpuzarr.devices.gpu import usable_gpu
+
+    if usable_gpu()[0]:
+        pytest.skip("a GPU is usable here: the query answers (exercised by the -m gpu tests)")
+    conf = capi.CRC32KernelConf()
+    status = capi.load()[("CRC32", "GetHeuristicConf")](None, 64, ctypes.byref(conf), 1 << 17, None)
+    assert status == 1000  # nvcompErrorCudaError (shared_types.h)

@@ -28,7 +28,20 @@ def test_the_checks_pass_on_a_sound_device_and_print_a_line_per_codec():
     out = io.StringIO()
     assert check(GpuDevice(StandinEngine()), size=128, out=out) == []
     lines = out.getvalue().splitlines()
-    assert len(lines) == 7 and all("bit-identical on 5 selections" in line for line in lines)
+    assert len(lines) == 8 and all("bit-identical on 5 selections" in line for line in lines)
+
+
+class _NoChecksums(StandinEngine):
+    """A device that skips its checksum calls (what the GPU path did before it verified them)."""
+
+    def checksum(self, model, area, table, layout) -> None:
+        pass
+
+
+def test_the_checks_catch_a_device_that_does_not_verify_checksums():
+    failures = check(GpuDevice(_NoChecksums()), size=128, out=io.StringIO())
+    assert failures == ["a crc32c codec that does not match was not refused on the GPU",
+                        "a gzip CRC-32 that does not match was not refused on the GPU"]
 
 
 class _OneBitOff(StandinEngine):

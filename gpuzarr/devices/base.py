@@ -16,6 +16,7 @@ class Device(Protocol):
     name: str
     xp: Any  # the array namespace outputs live in
     batch_bytes: int  # preferred compressed bytes per batch
+    batch_streams: int  # and the fewest chunks a batch should hold where the read has them
     reads_in_tasks: bool  # local reads come as PendingBatch, read by the decoding tasks themselves
     staging_align: int  # where each chunk of a staged local read starts (a multiple of this)
     staging_alloc: Any  # None, or alloc(nbytes) -> (buffer, token): the staging the device consumes

@@ -1,14 +1,19 @@
 """The GPU device: the orchestration of one batch (shared with a CPU stand-in in the tests) and
 the thin engine that runs it with CuPy and nvCOMP.
 
-Per batch, whatever its number of chunks: one host→device copy, one nvCOMP call per algorithm,
-one launch per copy table, one per shuffle kind, the array-namespace decode (a fixed number of
-CuPy ops) and one scatter + one fill launch. No host synchronisation happens inside a read;
-`finish()` checks the decoded sizes nvCOMP reports once the output is complete."""
+Per batch, whatever its number of chunks: one host→device copy, one nvCOMP call per algorithm
+(and one per checksum kind), one launch per copy table, one per shuffle kind, the
+array-namespace decode (a fixed number of CuPy ops) and one scatter + one fill launch. No host
+synchronisation happens inside a read; the decoded sizes, statuses and checksums nvCOMP reports
+are read back two batches later, the rest by `finish()`. Everything runs on the caller's
+current CuPy stream."""
 
 from __future__ import annotations
 
+import atexit
+import functools
 import threading
+import weakref
 from typing import Any
 
 import numpy as np
@@ -23,9 +28,13 @@ from ..plan import Plan
 from .cpu import decode_bytes
 from .gpu_layout import ALIGN, GpuBatchLayout, build_layout, copy_records, scatter_records
 from .kernels import SCATTER_ITEMSIZES, get_function
-from .nvcomp_batch import check, decode_batch
+from .nvcomp_batch import check, checksum_batch, decode_batch
 
 THREADS = 256
+# nvCOMP's batched decoders work on the streams of a call in parallel, each on its own: a call of
+# fewer streams than this many per SM leaves SMs idle. 4 is issue 9's "a few", not a measurement
+# (no GPU has run it); the decoded-bytes and chunk bounds of Settings still cap a batch.
+STREAMS_PER_SM = 4
 _CUPY_ML_DTYPES = frozenset({"bfloat16"})  # cupy/_core/include/cupy/bfloat16.cuh
 
 
@@ -55,6 +64,12 @@ class GpuDevice:
         self.engine = engine
         self.xp = engine.xp
         self.staging_alloc = engine.host_buffer  # page-locked: uploaded as fetched
+
+    @property
+    def batch_streams(self) -> int:
+        """Chunks a batch should hold where the read has them and the byte bounds allow (the
+        pipeline lets this outweigh the device's preferred batch_bytes, not a Settings bound)."""
+        return STREAMS_PER_SM * self.engine.sm_count
 
     def __reduce__(self) -> tuple:
         from .base import get_device  # the receiving process makes its own (CUDA state is per process)
@@ -86,7 +101,7 @@ class GpuDevice:
         eng = self.engine
         if report is not None:
             report.cpu_fallback += [batch.labels[i] for i in layout.cpu_fallback]
-            report.codec_calls.update(f"nvcomp:{alg}" for alg in layout.streams)
+            report.codec_calls.update(f"nvcomp:{alg}" for alg in (*layout.streams, *layout.checksums))
             report.kernel_launches += (bool(layout.copies["size"].size) + bool(layout.moves["size"].size)
                                        + len(layout.unshuffles))
         decoded = None
@@ -109,8 +124,13 @@ class GpuDevice:
         eng = self.engine
         staging = eng.upload(layout.staging, layout.staging_token)
         work = eng.empty(layout.work_nbytes)
+        checks = layout.checksums
+        if "crc32c" in checks:  # queued (and so reported) before the decodes, as the CPU checks first
+            eng.checksum("crc32c", staging, checks["crc32c"], layout)
         for algorithm, table in layout.streams.items():
             eng.decompress(algorithm, staging, work, table, layout)
+        if "crc32" in checks:  # gzip members: over what nvCOMP wrote, before any move
+            eng.checksum("crc32", work, checks["crc32"], layout)
         if layout.copies["size"].size:
             eng.copy(staging, work, layout.copies)
         if layout.moves["size"].size:
@@ -131,10 +151,19 @@ def fill_bytes(fill: Any, dtype: np.dtype) -> bytes:
     return np.array(fill, dtype=dtype).tobytes().ljust(16, b"\0")
 
 
+class _ThreadState:
+    """One thread's: the (Decoded, layout) entries of its queued nvCOMP calls whose results are
+    not checked yet, and its page-locked staging slots."""
+
+    def __init__(self, pinned: PinnedPool):
+        self.pending: list = []
+        self.pinned: PinnedPool | None = pinned
+
+
 class CupyEngine:
     """CuPy + nvCOMP: every call is asynchronous on the calling thread's current CuPy stream.
-    State that must not be shared between threads (nvCOMP codecs, pinned slots, decoded sizes
-    awaiting their check) is kept per thread."""
+    State that must not be shared between threads (pinned slots, results awaiting their check)
+    is kept per thread."""
 
     def __init__(self, device_id: int | None = None):
         import cupy
@@ -142,13 +171,32 @@ class CupyEngine:
         self.xp = cupy
         self.device_id = cupy.cuda.runtime.getDevice() if device_id is None else int(device_id)
         self._local = threading.local()
+        self._states: list = []  # every thread's state, released at exit
+        self._states_lock = threading.Lock()
+        _ENGINES.add(self)
+        _close_engines_at_exit()
 
-    def _state(self) -> Any:
-        state = self._local
-        if not hasattr(state, "pending"):
-            state.pending = []  # (Decoded, layout) of the batches whose sizes are not checked yet
-            state.pinned = PinnedPool(self.xp, slots=2)
+    def _state(self) -> _ThreadState:
+        state = getattr(self._local, "state", None)
+        if state is None or state.pinned is None:  # a new thread, or one whose state close() released
+            state = self._local.state = _ThreadState(PinnedPool(self.xp, slots=2))
+            with self._states_lock:
+                self._states.append(state)
         return state
+
+    @functools.cached_property
+    def sm_count(self) -> int:
+        """The device's streaming multiprocessors (one attribute query, then cached)."""
+        runtime = self.xp.cuda.runtime
+        return int(runtime.deviceGetAttribute(runtime.cudaDevAttrMultiProcessorCount, self.device_id))
+
+    def close(self) -> None:
+        """Let go of every thread's pinned buffers, events and unchecked device buffers now, while
+        CUDA is still up (at exit, see _close_engines_at_exit); a later read starts afresh."""
+        with self._states_lock:
+            states, self._states = self._states, []
+        for state in states:
+            state.pending, state.pinned = [], None
 
     @property
     def stream(self) -> Any:
@@ -180,14 +228,33 @@ class CupyEngine:
             decoded = decode_batch(self.xp, load(), algorithm, staging, work, table, layout.labels, self.stream.ptr)
         except (MemoryError, RuntimeError, ValueError) as exc:
             raise decode_error(exc, algorithm, table, layout) from exc
+        self._queue(decoded, layout)
+
+    def _queue(self, result: Any, layout: GpuBatchLayout) -> None:
+        """Keep a queued nvCOMP call's results until checked; check those of batches before the
+        previous one now (one copy back), which lets go of their buffers."""
         state = self._state()
-        state.pending.append((decoded, layout))
+        state.pending.append((result, layout))
         old, state.pending = lagged(state.pending)
-        check(self.xp, [d for d, _ in old])  # batches before the previous one: their buffers go now
+        check(self.xp, [d for d, _ in old])
+
+    def checksum(self, model: str, area: Any, table: dict, layout: GpuBatchLayout) -> None:
+        """One batched nvCOMP CRC call over the messages of `table` in `area` (staging or work),
+        compared on the device; read back with the decode statuses (see `decompress`)."""
+        from .nvcomp_capi import load
+
+        try:
+            result = checksum_batch(self.xp, load(), model, area, table, layout.labels, self.stream.ptr)
+        except (MemoryError, RuntimeError) as exc:  # the call reads no data: never the data's fault
+            error = decode_error(exc, model, {"src_size": table["size"], "chunk": table["chunk"]}, layout)
+            raise (error if isinstance(error, DeviceMemoryError) else exc) from exc
+        self._queue(result, layout)
 
     def copy(self, src: Any, dst: Any, table: dict) -> None:
-        """Byte copies as 1-d windows of the scatter kernel (itemsize 1): one launch per table."""
-        self._launch_scatter(src, dst, copy_records(table), 1, 1, int(table["size"].max()))
+        """Byte copies as 1-d windows of the scatter kernel (itemsize 1): one launch per table, a
+        batched memcpy that moves 16-byte words where source and destination agree modulo 16
+        (threads sized for that; narrower words loop)."""
+        self._launch_scatter(src, dst, copy_records(table), 1, 1, -(-int(table["size"].max()) // 16))
 
     def unshuffle(self, kind: int, work: Any, table: dict) -> None:
         from ..blosc_frames import SHUFFLE_BIT
@@ -235,6 +302,22 @@ class CupyEngine:
     def discard(self) -> None:
         """A read failed: forget its unchecked results so the next read does not inherit them."""
         self._state().pending.clear()
+
+
+_ENGINES: weakref.WeakSet = weakref.WeakSet()  # every CupyEngine alive, closed at exit
+
+
+@functools.cache
+def _close_engines_at_exit() -> None:
+    """Registered when the first engine is made, after CuPy is imported, so it runs before CuPy's
+    own exit handlers (atexit runs the last registered first) and long before the interpreter's
+    teardown would free our buffers in any order, CUDA's runtime perhaps already unloaded."""
+    atexit.register(_close_engines)
+
+
+def _close_engines() -> None:
+    for engine in list(_ENGINES):
+        engine.close()
 
 
 def lagged(pending: list, keep: int = 2) -> tuple[list, list]:

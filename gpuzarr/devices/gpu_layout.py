@@ -4,13 +4,16 @@ device calls. Pure NumPy, so it is tested on machines without a GPU.
 Every present chunk's bytes→bytes chain is resolved on the host into *streams* that nvCOMP
 decodes raw (framing is stripped here: gzip/zlib headers and trailers, the numcodecs LZ4 size
 prefix, blosc headers and block tables) plus *copies* (stored bytes) and *unshuffles* (blosc
-blocks). Checksums (crc32c codecs) are verified here, where the bytes already are. A chunk whose
-codec has no GPU decoder is decoded on the CPU and uploaded as a copy. The device then runs:
+blocks). Checksums are verified on the device: the layout lists their messages and the values
+stored with them (`checksums`). A chunk whose codec has no GPU decoder is decoded on the CPU
+(checksums included) and uploaded as a copy. The device then runs:
 
 1. one host→device copy of `staging` (streams at `ALIGN`-byte offsets);
-2. one nvCOMP batched decode per algorithm in `streams`, into `work`;
-3. one copy launch staging→work (`copies`), one work→work (`moves`);
-4. one launch per shuffle kind (`unshuffles`, work→work);
+2. one nvCOMP CRC32C call over the stored bytes of every chunk with crc32c codecs (`checksums["crc32c"]`);
+3. one nvCOMP batched decode per algorithm in `streams`, into `work`;
+4. one nvCOMP CRC32 call over the decoded bytes of every gzip member (`checksums["crc32"]`);
+5. one copy launch staging→work (`copies`), one work→work (`moves`);
+6. one launch per shuffle kind (`unshuffles`, work→work);
 then the shared placement code views rows 0..n-1 of `work` (each `raw_nbytes`) as the chunks.
 `work` is `n * raw_nbytes` bytes of decoded chunks, then (aligned) `temp_nbytes` of scratch.
 """
@@ -24,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from ..blosc_frames import SHUFFLE_BIT, SHUFFLE_BYTE, SHUFFLE_NONE, parse_blosc_frame
-from ..codecs.bytes_to_bytes import Blosc, Gzip, Lz4, Zlib, Zstd, strip_crc32c, strip_crc32c_batch
+from ..codecs.bytes_to_bytes import Blosc, Gzip, Lz4, Zlib, Zstd, strip_crc32c
 from ..codecs.chain import CodecChain
 from ..errors import CorruptDataError
 from ..fetch import FetchedBatch
@@ -72,6 +75,10 @@ class GpuBatchLayout:
     temp_nbytes: int
     cpu_fallback: list[int] = field(default_factory=list)  # chunks decoded on the host
     labels: list = field(default_factory=list)
+    # "crc32c": messages in staging (the stored bytes before each crc32c trailer), checked before
+    # decoding; "crc32": gzip members' decoded bytes in work, checked after. Columns src, size,
+    # expected (the stored value), chunk; per chunk outermost codec first, as the CPU checks them.
+    checksums: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
 
     @property
     def work_nbytes(self) -> int:
@@ -83,14 +90,16 @@ class _NoGpuDecoder(Exception):
 
 
 class _Builder:
-    def __init__(self, batch: FetchedBatch, raw_nbytes: int):
-        self.batch, self.raw_nbytes = batch, raw_nbytes
+    def __init__(self, batch: FetchedBatch, raw_nbytes: int, n_checks: int):
+        self.batch, self.raw_nbytes, self.n_checks = batch, raw_nbytes, n_checks
         self.parts: list[Any] = []  # bytes-like pieces of staging, in order
         self.pos = 0
         self.temp = 0
         self.streams: dict[str, _Table] = {}
         self.copies = _Table("src", "dst", "size")
         self.moves = _Table("src", "dst", "size")
+        self.stored = _Table("src", "size", "chunk")  # chunks staged whole for their crc32c codecs
+        self.gzip_crcs = _Table("src", "size", "expected", "chunk")
         self.unshuffles = {SHUFFLE_BYTE: _Table("src", "dst", "size", "typesize"),
                            SHUFFLE_BIT: _Table("src", "dst", "size", "typesize")}
 
@@ -110,9 +119,9 @@ class _Builder:
         self.temp += _align(max(nbytes, 1))
         return start
 
-    def stream(self, algorithm: str, data: Any, dst: int, dst_size: int, chunk: int) -> None:
+    def stream(self, algorithm: str, data: Any, dst: int, dst_size: int, chunk: int) -> int:
         """nvCOMP decodes `data` (of chunk `chunk`) into work[dst:dst+dst_size]; unaligned
-        destinations go through temp."""
+        destinations go through temp. Returns where nvCOMP writes it."""
         if dst_size > MAX_DECODED[algorithm]:
             raise _NoGpuDecoder
         table = self.streams.setdefault(algorithm, _Table("src", "src_size", "dst", "dst_size", "chunk"))
@@ -121,11 +130,17 @@ class _Builder:
             slot = self.temp_slot(dst_size)
             table.add(src, len(data), slot, dst_size, chunk)
             self.moves.add(slot, dst, dst_size)
-        else:
-            table.add(src, len(data), dst, dst_size, chunk)
+            return slot
+        table.add(src, len(data), dst, dst_size, chunk)
+        return dst
 
     def copy(self, data: Any, dst: int) -> None:
         self.copies.add(self.stage(data), dst, len(data))
+
+    def store(self, data: Any, chunk: int) -> None:
+        """Stage a chunk's stored bytes whole, for the device to verify its crc32c codecs (its
+        streams are staged on their own: in general they are unaligned pieces of it)."""
+        self.stored.add(self.stage(data), len(data), chunk)
 
     def layout(self, present: np.ndarray, fallback: list[int], allocate: Callable[[int], tuple]) -> GpuBatchLayout:
         staging, token = allocate(self.pos)
@@ -134,11 +149,17 @@ class _Builder:
             size = len(part)
             staging[at:at + size] = np.frombuffer(part, dtype=np.uint8) if size else staging[at:at]
             at += size
+        checksums = {}
+        if len(self.stored):
+            t = self.stored.arrays()
+            checksums["crc32c"] = crc32c_messages(staging, t["src"], t["size"], self.n_checks, t["chunk"])
+        if len(self.gzip_crcs):
+            checksums["crc32"] = self.gzip_crcs.arrays()
         return GpuBatchLayout(
             self.batch.n, self.raw_nbytes, present, staging, token,
             {alg: t.arrays() for alg, t in self.streams.items()}, self.copies.arrays(), self.moves.arrays(),
             {kind: t.arrays() for kind, t in self.unshuffles.items() if len(t)}, self.temp, fallback,
-            self.batch.labels)
+            self.batch.labels, checksums)
 
 
 def build_layout(batch: FetchedBatch, chain: CodecChain, cpu_decode: Callable[[int], np.ndarray],
@@ -152,21 +173,44 @@ def build_layout(batch: FetchedBatch, chain: CodecChain, cpu_decode: Callable[[i
     codecs = chain.bytes_to_bytes
     n_checks = chain.trailing_crc32c
     inner = codecs[:len(codecs) - n_checks]  # decoded after the checksums are stripped
-    b = _Builder(batch, raw_nbytes)
+    b = _Builder(batch, raw_nbytes, n_checks)
     fallback: list[int] = []
     for i in np.flatnonzero(batch.present).tolist():
         label = batch.labels[i]
         data = batch.chunk(i)
         try:
-            for _ in range(n_checks):
-                data = strip_crc32c(data, f"{label} (crc32c codec)")
-            _add_chunk(b, inner, data, i, raw_nbytes)
+            if len(data) < 4 * n_checks:
+                verify_crc32c_on_host(data, n_checks, label)  # raises the CPU path's error
+            _add_chunk(b, inner, data[:len(data) - 4 * n_checks], i, raw_nbytes)
+            if n_checks:
+                b.store(data, i)
         except _NoGpuDecoder:
-            fallback.append(i)
+            fallback.append(i)  # cpu_decode verifies its checksums itself
             b.copy(np.ascontiguousarray(cpu_decode(i)).view(np.uint8).reshape(-1), i * raw_nbytes)
         except CorruptDataError as exc:
+            verify_crc32c_on_host(data, n_checks, label)
             raise CorruptDataError(f"{label}: {exc}" if label not in str(exc) else str(exc)) from None
     return b.layout(batch.present, fallback, allocate)
+
+
+def verify_crc32c_on_host(data: memoryview, n_checks: int, label: str) -> None:
+    """The chunk's crc32c codecs, checked here: on the error path only, so a chunk the host
+    refuses fails with a checksum mismatch first where it has one, as on the CPU path."""
+    for _ in range(n_checks):
+        data = strip_crc32c(data, f"{label} (crc32c codec)")
+
+
+def crc32c_messages(staging: np.ndarray, at: np.ndarray, stored: np.ndarray, n_checks: int,
+                    chunks: np.ndarray) -> dict[str, np.ndarray]:
+    """The messages of `n_checks` trailing crc32c codecs of the chunks stored whole at `at`
+    (sizes `stored`, each >= 4 * n_checks) in `staging`, the host copy of what is uploaded: the
+    k-th codec from the end covers the bytes before its trailer (the trailers of the codecs
+    after it included); the stored values are read here, whole-batch, and compared on the device."""
+    size = (stored[:, None] - 4 * np.arange(1, n_checks + 1)).reshape(-1)  # chunk-major, outermost first
+    src = np.repeat(at, n_checks)
+    trailers = staging[(src + size)[:, None] + np.arange(4)] if size.size else np.zeros((0, 4), np.uint8)
+    expected = np.ascontiguousarray(trailers).view("<u4").reshape(-1).astype(np.int64)
+    return {"src": src, "size": size, "expected": expected, "chunk": np.repeat(chunks, n_checks)}
 
 
 def _zstd_only(chain: CodecChain) -> bool:
@@ -178,25 +222,31 @@ def _zstd_only(chain: CodecChain) -> bool:
 
 
 def _zstd_layout(batch: FetchedBatch, chain: CodecChain, allocate: Callable[[int], tuple]) -> GpuBatchLayout:
-    """Streams of a zstd batch as whole-batch arrays: checksums verified, frame headers checked
-    (content sizes against the chunk size) for every chunk at once, frames where fetch put them
-    if that is ALIGN-ed (else each copied to such a place), decoded straight into its row of
-    work (through temp when the chunk size leaves rows unaligned)."""
-    raw = chain.raw_nbytes
+    """Streams of a zstd batch as whole-batch arrays: frame headers checked (content sizes
+    against the chunk size) for every chunk at once, crc32c codecs listed for the device, frames
+    where fetch put them if that is ALIGN-ed (else each copied, trailers included, to such a
+    place), decoded straight into its row of work (through temp when the chunk size leaves rows
+    unaligned)."""
+    raw, checks = chain.raw_nbytes, chain.trailing_crc32c
     live = np.flatnonzero(batch.present)
-    offsets, sizes = batch.offsets[live], batch.sizes[live]
+    offsets, stored = batch.offsets[live], batch.sizes[live]
     labels = [batch.labels[i] for i in live.tolist()]
-    sizes = strip_crc32c_batch(batch.staging, offsets, sizes, chain.trailing_crc32c, labels)
-    _check_zstd_headers(batch.staging, offsets, sizes, raw, labels)
+    short = np.flatnonzero(stored < 4 * checks)
+    if short.size:  # too short for its checksums: the host says so as the CPU path does
+        verify_crc32c_on_host(batch.chunk(int(live[short[0]])), checks, labels[short[0]])
+    sizes = stored - 4 * checks
+    _check_zstd_headers(batch.staging, offsets, sizes, raw, labels,
+                        lambda k: verify_crc32c_on_host(batch.chunk(int(live[k])), checks, labels[k]))
     if not (offsets % ALIGN).any():  # fetched in place (a local read): uploaded as it is
         staging, token, src = batch.staging, batch.token, offsets
     else:
-        padded = -(-sizes // ALIGN) * ALIGN
+        padded = -(-stored // ALIGN) * ALIGN
         src = np.cumsum(padded) - padded
-        staging, token = allocate(int(src[-1] + sizes[-1]) if live.size else 0)
+        staging, token = allocate(int(src[-1] + stored[-1]) if live.size else 0)
         into, source = memoryview(staging), memoryview(batch.staging)  # slices of memoryviews: ~5x cheaper
-        for a, b, n in zip(src.tolist(), offsets.tolist(), sizes.tolist()):
+        for a, b, n in zip(src.tolist(), offsets.tolist(), stored.tolist()):
             into[a:a + n] = source[b:b + n]
+    checksums = {"crc32c": crc32c_messages(staging, src, stored, checks, live)} if checks and live.size else {}
     dst = live * raw
     moves = {"src": np.zeros(0, np.int64), "dst": np.zeros(0, np.int64), "size": np.zeros(0, np.int64)}
     temp = 0
@@ -209,7 +259,7 @@ def _zstd_layout(batch: FetchedBatch, chain: CodecChain, allocate: Callable[[int
                         "chunk": live}} if live.size else {}
     empty = {"src": np.zeros(0, np.int64), "dst": np.zeros(0, np.int64), "size": np.zeros(0, np.int64)}
     return GpuBatchLayout(batch.n, raw, batch.present, staging, token, streams, empty, moves, {}, temp, [],
-                          batch.labels)
+                          batch.labels, checksums)
 
 
 _ZSTD_MAGIC = np.frombuffer(b"\x28\xb5\x2f\xfd", np.uint8)
@@ -217,10 +267,10 @@ _ZSTD_HEADER_MAX = 18  # magic 4, descriptor 1, window 1, dictionary id 4, conte
 
 
 def _check_zstd_headers(staging: np.ndarray, offsets: np.ndarray, sizes: np.ndarray, nbytes: int,
-                        labels: list) -> None:
+                        labels: list, before_raising: Callable[[int], None] = lambda k: None) -> None:
     """Every frame's magic number and Frame_Content_Size (RFC 8878 §3.1.1.1) at once: a frame that
     says it decodes to another size than the chunk's is corrupt (frames without one are checked
-    by nvCOMP's reported sizes)."""
+    by nvCOMP's reported sizes). `before_raising(k)` runs first for the refused frame k."""
     if not offsets.size:
         return
     at = np.minimum(offsets[:, None] + np.arange(_ZSTD_HEADER_MAX), max(staging.size - 1, 0))
@@ -241,6 +291,7 @@ def _check_zstd_headers(staging: np.ndarray, offsets: np.ndarray, sizes: np.ndar
                        (wrong, None)):
         if mask.any():
             k = int(np.flatnonzero(mask)[0])
+            before_raising(k)
             raise CorruptDataError(f"{labels[k]}: " + (what or f"zstd frame decodes to {int(value[k])} bytes, "
                                                                f"the chunk needs {nbytes}"))
 
@@ -262,8 +313,9 @@ def _add_chunk(b: _Builder, codecs: tuple, data: memoryview, chunk: int, nbytes:
         if size is not None and size != nbytes:
             raise CorruptDataError(f"zstd frame decodes to {size} bytes, the chunk needs {nbytes}")
         b.stream("zstd", data, dst, nbytes, chunk)
-    elif isinstance(codec, Gzip):
-        b.stream("deflate", gzip_to_deflate(data, nbytes), dst, nbytes, chunk)
+    elif isinstance(codec, Gzip):  # its CRC-32 (RFC 1952 §2.3.1) covers the decoded bytes: checked on the device
+        at = b.stream("deflate", gzip_to_deflate(data, nbytes), dst, nbytes, chunk)
+        b.gzip_crcs.add(at, nbytes, int.from_bytes(data[-8:-4], "little"), chunk)
     elif isinstance(codec, Zlib):
         b.stream("deflate", zlib_to_deflate(data), dst, nbytes, chunk)
     elif isinstance(codec, Lz4):

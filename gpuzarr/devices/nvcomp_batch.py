@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import CorruptDataError
-from .nvcomp_capi import DecompressOpts
+from .nvcomp_capi import CRC32_ONLY_SEGMENT, CRC32KernelConf, DecompressOpts, crc32_opts
 
 # nvCOMP's algorithm names, by the name gpu_layout gives each raw stream kind
 NVCOMP_ALGORITHMS = {"zstd": "Zstd", "deflate": "Deflate", "lz4": "LZ4", "snappy": "Snappy"}
@@ -24,6 +24,13 @@ STATUS_NAMES = {0: "nvcompSuccess", 10: "nvcompErrorInvalidValue", 11: "nvcompEr
                 16: "nvcompErrorWrongHeaderLength", 17: "nvcompErrorAlignment", 18: "nvcompErrorChunkSizeTooLarge",
                 19: "nvcompErrorCannotCompress", 20: "nvcompErrorWrongInputLength", 1000: "nvcompErrorCudaError",
                 10000: "nvcompErrorInternal"}
+
+
+BAD_CHECKSUM = 13  # nvcompErrorBadChecksum: the status a checksum that does not match is given
+# what a mismatch of each checksum says: the crc32c codec's as the CPU path's grouped zstd reads
+# word it (strip_crc32c); gzip's as "bad gzip stream", as the CPU path's zlib error begins
+MISMATCH = {"crc32c": "{label} (crc32c codec): checksum mismatch (stored {stored:#010x}, computed {got:#010x})",
+            "crc32": "{label}: bad gzip stream (CRC-32 mismatch: stored {stored:#010x}, computed {got:#010x})"}
 
 
 def status_name(code: int) -> str:
@@ -40,6 +47,7 @@ class Decoded:
     chunks: np.ndarray  # (n,) the batch chunk of each stream
     labels: list  # per batch chunk: its key
     keep: tuple  # device buffers nvCOMP reads until it is done
+    kind: str = "size"  # or a key of MISMATCH: `actual` holds computed checksums, `expected` stored ones
 
 
 def decode_batch(xp: Any, functions: dict, algorithm: str, staging: Any, work: Any, table: dict,
@@ -68,12 +76,44 @@ def decode_batch(xp: Any, functions: dict, algorithm: str, staging: Any, work: A
                    (columns, comp_ptrs, comp_bytes, out_ptrs, out_bytes, temp, staging))
 
 
+def checksum_batch(xp: Any, functions: dict, model: str, area: Any, table: dict, labels: list,
+                   stream_ptr: int) -> Decoded:
+    """Queue nvCOMP's CRC (crc32.h, `model` of nvcomp_capi.CRC32_MODELS) of every message of
+    `table` (src offsets into `area`, size) and its comparison with the stored values, on the
+    device: a mismatch becomes status BAD_CHECKSUM, read back with the decode statuses."""
+    n = int(table["src"].size)
+    columns = xp.asarray(np.stack([table["src"], table["size"], table["expected"]]).astype(np.uint64))
+    pointers = columns[0] + np.uint64(_address(area))
+    sizes = xp.ascontiguousarray(columns[1])
+    crcs = xp.zeros(n, dtype=xp.uint32)
+    statuses = xp.zeros(n, dtype=xp.int32)
+    opts = crc32_opts(model)
+    conf = CRC32KernelConf()  # a size given, not deduced: no synchronisation, stream ignored (crc32.h)
+    _ok(functions[("CRC32", "GetHeuristicConf")](None, n, ctypes.byref(conf), max(int(table["size"].max()), 1),
+                                                 stream_ptr), "CRC32", "GetHeuristicConf")
+    opts.kernel_conf = conf
+    _ok(functions[("CRC32", "Async")](_address(pointers), _address(sizes), n, _address(crcs), opts,
+                                      CRC32_ONLY_SEGMENT, _address(statuses), stream_ptr), "CRC32", "Async")
+    return compared(xp, crcs, statuses, columns[2], table, labels, model, (columns, pointers, sizes, area))
+
+
+def compared(xp: Any, crcs: Any, statuses: Any, stored: Any, table: dict, labels: list, model: str,
+             keep: tuple) -> Decoded:
+    """The checksums nvCOMP computed against the stored ones, on the device, as a Decoded whose
+    statuses say BAD_CHECKSUM where they differ (shared with the tests' stand-in)."""
+    computed = crcs.astype(xp.uint64)
+    statuses = xp.where((statuses == 0) & (computed != stored), BAD_CHECKSUM, statuses).astype(xp.int32)
+    return Decoded(computed, statuses, np.asarray(table["expected"], np.int64), np.asarray(table["chunk"]), labels,
+                   keep, model)
+
+
 def check(xp: Any, decoded: list[Decoded]) -> None:
-    """Every queued decode's sizes and statuses, with one copy back (waits for the stream)."""
+    """Every queued decode's sizes and statuses and every checksum's status, with one copy back
+    (waits for the stream); the first failure in queue order is raised, naming its chunk."""
     if not decoded:
         return
-    sizes = _host(xp, xp.concatenate([d.actual for d in decoded])).astype(np.int64)
-    statuses = _host(xp, xp.concatenate([d.statuses for d in decoded]))
+    sizes, statuses = _host(xp, xp.stack([xp.concatenate([d.actual for d in decoded]).astype(xp.int64),
+                                          xp.concatenate([d.statuses for d in decoded]).astype(xp.int64)]))
     at = 0
     for d in decoded:
         n = d.expected.size
@@ -83,6 +123,11 @@ def check(xp: Any, decoded: list[Decoded]) -> None:
         if bad.size:
             k = int(bad[0])
             label = d.labels[int(d.chunks[k])]
+            if d.kind in MISMATCH:
+                if status[k] == BAD_CHECKSUM:
+                    raise CorruptDataError(MISMATCH[d.kind].format(label=label, stored=int(d.expected[k]),
+                                                                   got=int(got[k])))
+                raise CorruptDataError(f"{label}: nvCOMP could not compute its {d.kind} ({status_name(status[k])})")
             if status[k] != 0:
                 raise CorruptDataError(f"{label}: nvCOMP could not decode it ({status_name(status[k])})")
             raise CorruptDataError(f"{label}: decodes to {int(got[k])} bytes, the chunk needs {int(d.expected[k])}")
