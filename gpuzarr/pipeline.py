@@ -7,7 +7,9 @@ from __future__ import annotations
 
 import math
 import threading
+from concurrent.futures import FIRST_COMPLETED
 from concurrent.futures import TimeoutError as FutureTimeout
+from concurrent.futures import wait as wait_futures
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,7 +32,7 @@ from .metadata import ArrayMetadata
 from .plan import Boxes, Plan, make_plan
 from .report import ReadReport
 from .selection import DimSelection, out_shape
-from .store import LocalStore, ReadIO, Store, counted
+from .store import ChangedError, LocalStore, ReadIO, Store, counted
 
 
 @dataclass(frozen=True)
@@ -42,6 +44,10 @@ class Settings:
     threads: int | None = None  # the CPU device's pool; None: $GPUZARR_THREADS, else the CPU
     #                             affinity (a DataLoader worker's share of it)
     deadline_seconds: float | None = None  # a read still fetching after this long raises DeadlineError
+    bytes_in_flight: int = 256 << 20  # a remote read's compressed bytes requested or held undecoded
+    #                                   (see Reader._run_pieces), about
+    requests_in_flight: int | None = None  # a read's requests to object storage at once (obstore);
+    #                                        None: $GPUZARR_REQUESTS, else 64, for the whole process
 
     def __post_init__(self) -> None:
         seconds = self.deadline_seconds
@@ -50,7 +56,8 @@ class Settings:
             raise SettingsError(f"Settings.deadline_seconds must be a number of seconds > 0 or None, not {seconds!r}")
         for name, least, optional in (("batch_bytes", 1, True), ("batch_chunks", 1, False),
                                       ("batch_decoded_bytes", 1, False), ("index_cache_bytes", 0, False),
-                                      ("threads", 1, True)):
+                                      ("threads", 1, True), ("bytes_in_flight", 1, False),
+                                      ("requests_in_flight", 1, True)):
             value = getattr(self, name)
             if value is None and optional:
                 continue
@@ -59,12 +66,19 @@ class Settings:
                                     f"{' or None' if optional else ''}, not {value!r}")
 
 
+CHANGED_RETRIES = 2  # reads made again when a shard changes under them (see Reader.read)
 _IO = forksafe.LazyPool(4, "gpuzarr-io")  # fetches ahead in staged reads
 # a batch from a store whose requests take a round trip: one batch's requests all go out at
 # once, the next batch's only when a slot frees, so a read of a few batches pays a few round
 # trips (a 4.4 MiB read in two 4 MiB batches at 20 ms: 17 GETs in two round trips, 1.3x
 # tensorstore's time); compressed bytes in hand stay bounded by two of these
 REMOTE_BATCH_BYTES = 64 << 20
+# a remote read of at least two of these (estimated as decoded bytes) runs in about PIECES
+# pieces whose requests are in flight together (see Reader._run_pieces), on threads that wait
+PIECE_BYTES = 16 << 20
+PIECES = 8
+PIECE_THREADS = 16
+_PIECES = forksafe.LazyPool(PIECE_THREADS, "gpuzarr-pieces")
 
 
 class Reader:
@@ -76,11 +90,24 @@ class Reader:
 
     def read(self, windows: list[list[DimSelection]] | Boxes, batched: bool, device: Device, out: Any = None,
              report: ReadReport | None = None) -> Any:
-        try:
-            return self._read(windows, batched, device, out, report)
-        except (StoreError, CorruptDataError) as exc:
-            _name_array(exc, self.store)
-            raise
+        """The read; made again, up to CHANGED_RETRIES times, where a shard changed under it (its
+        index had been read from an older version of the object: see ChangedError)."""
+        attempts = 0
+        while True:
+            try:
+                return self._read(windows, batched, device, out, report)
+            except ChangedError as exc:
+                attempts += 1
+                if attempts <= CHANGED_RETRIES:
+                    if report is not None:  # its counts add up every attempt's
+                        report.notes.append(f"read again: {exc}")
+                    continue
+                exc.args = (f"{exc.args[0]}; {attempts} reads in a row",)
+                _name_array(exc, self.store)
+                raise
+            except (StoreError, CorruptDataError) as exc:
+                _name_array(exc, self.store)
+                raise
 
     def _read(self, windows: list[list[DimSelection]] | Boxes, batched: bool, device: Device, out: Any,
               report: ReadReport | None) -> Any:
@@ -91,9 +118,10 @@ class Reader:
         seconds = self.settings.deadline_seconds
         io = None
         store, locator = self.store, self.locator
-        if report is not None or seconds is not None:
+        requests = self.settings.requests_in_flight
+        if report is not None or seconds is not None or requests is not None:
             report = report if report is not None else ReadReport()
-            io = ReadIO(report, self.store, seconds)
+            io = ReadIO(report, self.store, seconds, requests)
             store = counted(self.store, io)
             locator = _with_store(self.locator, store)
         else:
@@ -108,6 +136,11 @@ class Reader:
             return _output(device, shape, dtype, out)
         with report.timed("plan"):
             plan = make_plan(windows, locator.leaf_shape, batched)
+            pieces = None
+            if not isinstance(self.store, LocalStore) and not isinstance(device, AutoDevice):
+                pieces = _pieces(plan, locator)
+        if pieces is not None:
+            return self._run_pieces(*pieces, device, _output(device, shape, dtype, out), report, store, locator, io)
         with report.timed("locate"):
             loc = locator.locate(plan.chunks)
             order = loc.storage_order()
@@ -136,10 +169,7 @@ class Reader:
         report.chunks_absent += int((~loc.present).sum())
         report.missing_keys += loc.missing
         report.placements += plan.place_chunk.size
-        batch_bytes = self.settings.batch_bytes or device.batch_bytes
-        if not isinstance(self.store, LocalStore) and not self.settings.batch_bytes:
-            batch_bytes = max(batch_bytes, REMOTE_BATCH_BYTES)
-        bounds = self._batches(loc, chain.raw_nbytes, batch_bytes)
+        bounds = self._bounds(loc, chain.raw_nbytes, device)
         report.batches += len(bounds)
         fill = self.meta.fill_value
         started: list = []  # every task queued: none may still write into `out` once the read ends
@@ -167,10 +197,11 @@ class Reader:
         return out
 
     def _staged(self, bounds: list, plan: Plan, loc: Locations, chain: Any, device: Device, out: Any, fill: Any,
-                report: ReadReport, started: list, store: Store, io: ReadIO | None) -> None:
+                report: ReadReport, started: list, store: Store, io: ReadIO | None, base: int = 0) -> None:
         """Batch k starts decoding before the last tasks of batch k-1 end, so no core idles at a
         batch boundary; batch k+1 is fetched into batch k-1's slot once batch k-1 is done, while
-        batch k decodes: two slots of staging per read. Tasks are appended to `started` as they
+        batch k decodes: two slots of staging per read. `loc`'s row 0 is plan chunk `base` (a piece,
+        see _run_pieces). Tasks are appended to `started` as they
         are queued, so a failure settles every one of them. The fetch in flight is waited for
         where it writes into the device's staging, which a later read reuses (a remote fetch ends
         by the deadline, see ReadIO); this read's own slots it may fill after the read is over."""
@@ -185,7 +216,7 @@ class Reader:
                 with report.timed("fetch"):
                     batch = _result(pending, io)
                 before = len(started)
-                started += self._decode(device, batch, chain, out, plan, lo, fill, report)
+                started += self._decode(device, batch, chain, out, plan, base + lo, fill, report)
                 _wait(started[done:before], report, io)
                 done = before
                 if k + 1 < len(bounds):
@@ -198,6 +229,75 @@ class Reader:
                 pending.cancel()
             raise
 
+    def _run_pieces(self, plan: Plan, pieces: list[tuple[int, int]], device: Device, out: Any, report: ReadReport,
+                    store: Store, locator: Locator, io: ReadIO | None) -> Any:
+        """A remote read in pieces (see `_pieces`): each piece is located and fetched on its own
+        thread, several at once, so their requests (index, whole-shard and data GETs alike) are
+        in flight together, and a piece is decoded as soon as it lands, while later ones still
+        arrive. Pieces held (in flight, or fetched and not yet decoded) stay within
+        Settings.bytes_in_flight by their estimate (decoded size, a bound on compressed bytes),
+        and never fewer than two. On failure every decoding task is settled and pieces not
+        started are dropped; those under way end by the deadline, into buffers of their own."""
+        chain = locator.leaf_chain
+        report.device = device.name
+        report.chunks += plan.n_chunks
+        report.placements += plan.place_chunk.size
+        largest = max(hi - lo for lo, hi in pieces) * chain.raw_nbytes
+        depth = min(max(2, self.settings.bytes_in_flight // largest), PIECE_THREADS)
+        fill = self.meta.fill_value
+        queued = list(reversed(pieces))
+        running: dict = {}  # future of a piece → its first plan row
+        held: list[list] = []  # per piece handed to the device: its decoding tasks
+        started: list = []
+        try:
+            while queued or running:
+                held = [tasks for tasks in held if not all(t.done() for t in tasks)]
+                while queued and held and len(running) + len(held) >= depth:
+                    _wait(held.pop(0), report, io)
+                while queued and len(running) + len(held) < depth:
+                    lo, hi = queued.pop()
+                    running[_PIECES.submit(self._piece, plan, lo, hi, locator, store, device,
+                                           report.missing_keys)] = lo
+                with report.timed("fetch"):
+                    done = _first_done(list(running), io)
+                for future in done:
+                    lo = running.pop(future)
+                    piece_plan, loc, bounds, batch = future.result()
+                    report.chunks_absent += int((~loc.present).sum())
+                    report.missing_keys += loc.missing
+                    report.batches += len(bounds)
+                    tasks: list = []
+                    if batch is not None:
+                        tasks += self._decode(device, batch, chain, out, piece_plan, lo, fill, report)
+                    else:  # a piece of more than a batch (one large shard): its batches in turn
+                        self._staged(bounds, piece_plan, loc, chain, device, out, fill, report, tasks, store, io, lo)
+                    started += tasks
+                    held.append(tasks)
+            _wait(started, report, io)
+            with report.timed("finish"):
+                device.finish()
+        except BaseException:
+            for future in running:
+                future.cancel()
+            settle(started)
+            device.abort()
+            raise
+        return out
+
+    def _piece(self, plan: Plan, lo: int, hi: int, locator: Locator, store: Store, device: Device,
+               missing: list) -> tuple[Plan, Locations, list[tuple[int, int]], FetchedBatch | None]:
+        """Locate plan chunks lo..hi-1 and fetch them if they make one batch: (the plan with these
+        rows in storage order, their locations, their batches, the batch or None)."""
+        loc = locator.locate(plan.chunks[lo:hi])
+        order = loc.storage_order()
+        if order is not None:
+            perm = np.arange(plan.n_chunks)
+            perm[lo:hi] = lo + order
+            plan, loc = plan.reorder(perm), loc.take(order)
+        bounds = self._bounds(loc, locator.leaf_chain.raw_nbytes, device)
+        batch = fetch(store, loc, np.arange(*bounds[0]), missing=missing) if len(bounds) == 1 else None
+        return plan, loc, bounds, batch
+
     @staticmethod
     def _decode(device: Device, batch: Any, chain: Any, out: Any, plan: Plan, first: int, fill: Any,
                 report: ReadReport, sole: bool = False) -> list:
@@ -206,19 +306,67 @@ class Reader:
         with report.timed("decode"):
             return device.decode_and_place(batch, chain, out, plan, first, fill, report, sole)
 
-    def _batches(self, loc: Locations, raw_nbytes: int | None, batch_bytes: int) -> list[tuple[int, int]]:
-        """Split chunks (in storage order) into batches of bounded compressed size."""
+    def _bounds(self, loc: Locations, raw_nbytes: int | None, device: Device) -> list[tuple[int, int]]:
+        """The batches of a read on `device`: of its preferred compressed size (at least
+        REMOTE_BATCH_BYTES from a store whose requests take a round trip), each of at least its
+        batch_streams chunks (a GPU's parallelism is the streams of a call: that floor outweighs
+        its preferred size), unless Settings.batch_bytes says otherwise."""
+        batch_bytes = self.settings.batch_bytes or device.batch_bytes
+        if not isinstance(self.store, LocalStore) and not self.settings.batch_bytes:
+            batch_bytes = max(batch_bytes, REMOTE_BATCH_BYTES)
+        streams = 1 if self.settings.batch_bytes else device.batch_streams
+        return self._batches(loc, raw_nbytes, batch_bytes, streams)
+
+    def _batches(self, loc: Locations, raw_nbytes: int | None, batch_bytes: int,
+                 streams: int = 1) -> list[tuple[int, int]]:
+        """Split chunks (in storage order) into batches of bounded compressed size, each of at
+        least `streams` chunks where the chunk and decoded-bytes bounds allow."""
         guess = raw_nbytes or (1 << 20)  # whole objects: their size is known only once read
         cost = np.where(loc.sizes >= 0, loc.sizes, guess).cumsum()
         bounds, lo, n = [], 0, cost.size
         while lo < n:
             base = cost[lo - 1] if lo else 0
-            hi = int(np.searchsorted(cost, base + batch_bytes, side="right"))
+            hi = max(int(np.searchsorted(cost, base + batch_bytes, side="right")), lo + streams)
             by_decoded = self.settings.batch_decoded_bytes // max(raw_nbytes or 1, 1)
             hi = min(max(hi, lo + 1), lo + self.settings.batch_chunks, lo + max(1, by_decoded), n)
             bounds.append((lo, hi))
             lo = hi
         return bounds
+
+
+def _pieces(plan: Plan, locator: Locator) -> tuple[Plan, list[tuple[int, int]]] | None:
+    """A remote read large enough to gain from pipelining (see Reader._run_pieces), cut into
+    about PIECES pieces of at least PIECE_BYTES (estimated as decoded sizes), each made of whole
+    shards (the plan reordered shard by shard) or of runs of chunk objects: (that plan, the
+    pieces' row ranges). None for a smaller read, or where chunk sizes vary (strings). Cutting on
+    shard boundaries keeps every request as it was: a shard's index and whole-shard GETs, and
+    the coalescing of its chunks, all fall in one piece."""
+    raw, n = locator.leaf_chain.raw_nbytes, plan.n_chunks
+    if raw is None or n * raw < 2 * PIECE_BYTES:
+        return None
+    per_piece = max(-(-PIECE_BYTES // raw), -(-n // PIECES))
+    cuts = np.arange(per_piece, n, per_piece)
+    if locator.levels:
+        shard = locator.shard_ids(plan.chunks)
+        order = np.argsort(shard, kind="stable")
+        if (np.diff(order) != 1).any():
+            plan, shard = plan.reorder(order), shard[order]
+        firsts = np.flatnonzero(np.diff(shard)) + 1  # each shard's first row
+        if not firsts.size:
+            return None
+        cuts = np.unique(firsts[np.minimum(np.searchsorted(firsts, cuts), firsts.size - 1)])
+    if not cuts.size:
+        return None
+    edges = [0, *cuts.tolist(), n]
+    return plan, list(zip(edges[:-1], edges[1:]))
+
+
+def _first_done(futures: list, io: ReadIO | None) -> set:
+    """The futures done once the first is, waiting no longer than the read's deadline."""
+    done, _ = wait_futures(futures, None if io is None else io.remaining(), return_when=FIRST_COMPLETED)
+    if not done:
+        raise io.expired()
+    return done
 
 
 def _large(loc: Locations, chain: Any) -> bool:

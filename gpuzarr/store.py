@@ -27,9 +27,38 @@ _MISSING = (FileNotFoundError, KeyError, NotADirectoryError, IsADirectoryError)
 _REASON_CHARS = 200  # of an underlying error's text in a StoreError message
 
 
+class ChangedError(StoreError):
+    """A shard changed between the read of its index and the read of its chunks (its ETag or
+    generation differs): the read is made again from fresh indexes (see pipeline.Reader.read)."""
+
+
 class CannotListError(StoreError):
     """The store cannot list a directory (an HTTP server, most often), so what only a listing
     tells (a group's members without consolidated metadata, an array's stored chunks) is unknown."""
+
+
+REQUESTS_ENV = "GPUZARR_REQUESTS"
+DEFAULT_REQUESTS = 64
+
+
+def requests_in_flight() -> int:
+    """Requests in flight at once to object storage, process-wide: $GPUZARR_REQUESTS, else 64
+    (a read's Settings.requests_in_flight bounds its own)."""
+    value = os.environ.get(REQUESTS_ENV, str(DEFAULT_REQUESTS)).strip()
+    if not value.isdigit() or int(value) < 1:
+        raise SettingsError(f"{REQUESTS_ENV}={value!r}: expected a positive integer")
+    return int(value)
+
+
+def pooled(protocol: str, options: dict | None) -> dict:
+    """storage_options for fsspec with s3fs's connection pool (botocore's: 10 by default) sized to
+    the requests gpuzarr keeps in flight, unless the options size it."""
+    options = dict(options or {})
+    if protocol.lower() in ("s3", "s3a"):
+        conf = dict(options.get("config_kwargs") or {})
+        conf.setdefault("max_pool_connections", requests_in_flight())
+        options["config_kwargs"] = conf
+    return options
 
 
 class ReadIO:
@@ -41,10 +70,11 @@ class ReadIO:
     thread, and two reads of one array may run at once. The Reader hands fetch and its Locator a
     `counted` view of the store carrying this object; the stores themselves keep no per-read state."""
 
-    __slots__ = ("report", "store", "seconds", "started", "deadline")
+    __slots__ = ("report", "store", "seconds", "started", "deadline", "requests")
 
-    def __init__(self, report: Any, store: Store, seconds: float | None = None):
+    def __init__(self, report: Any, store: Store, seconds: float | None = None, requests: int | None = None):
         self.report, self.store, self.seconds = report, store, seconds
+        self.requests = requests  # Settings.requests_in_flight: None, the process's bound
         self.started = time.monotonic()
         self.deadline = None if seconds is None else self.started + seconds
 
@@ -513,7 +543,7 @@ def open_store(store: Any, path: str | None = None, storage_options: dict | None
             result = remote
         else:
             try:
-                fs, root = fsspec.core.url_to_fs(url, **(storage_options or {}))
+                fs, root = fsspec.core.url_to_fs(url, **pooled(url.split("://", 1)[0], storage_options))
             except (ValueError, ImportError) as exc:
                 raise StoreError(f"{store}: cannot open this store ({_reason(exc)})", None, exc) from exc
             result = _make(fs, root)

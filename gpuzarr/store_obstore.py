@@ -23,7 +23,7 @@ import logging
 import os
 import re
 import threading
-from collections import Counter
+from collections import Counter, OrderedDict
 from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any
@@ -33,13 +33,11 @@ import fsspec
 
 from . import forksafe
 from . import store as _store_module
-from .errors import SettingsError, StoreError
-from .store import _REASON_CHARS, Range, ReadIO, Store, _reason
+from .errors import StoreError
+from .store import _REASON_CHARS, ChangedError, Range, ReadIO, Store, _reason, pooled, requests_in_flight
 
 log = logging.getLogger("gpuzarr.store")
 
-REQUESTS_ENV = "GPUZARR_REQUESTS"
-DEFAULT_REQUESTS = 64
 # what gpuzarr sets on obstore's client unless storage_options say otherwise: a request (connect
 # to last body byte) may take 30 s; a failed one (5xx, 429, reset, timeout) is retried with
 # exponential backoff and jitter (100 ms doubling to 5 s), no new attempt starting more than 30 s
@@ -48,6 +46,9 @@ CLIENT_OPTIONS: dict[str, Any] = {"timeout": timedelta(seconds=30), "connect_tim
 RETRY_CONFIG: dict[str, Any] = {"max_retries": 10, "retry_timeout": timedelta(seconds=30),
                                 "backoff": {"init_backoff": timedelta(milliseconds=100),
                                             "max_backoff": timedelta(seconds=5), "base": 2}}
+
+VERSIONS_KEPT = 1 << 16  # object versions a store keeps (see ObstoreStore.version): a shard
+# past them is a cache miss, its index read again
 
 # why reads went through another path than one GET per range: "fork" (a read_ranges call in a
 # forked child, through fsspec), "ignored_range" (a whole object read and sliced: the server
@@ -75,14 +76,6 @@ def _obs() -> Any:
 # ---------------------------------------------------------------- the loop and its bound
 
 
-def requests_in_flight() -> int:
-    """Requests in flight at once, process-wide: $GPUZARR_REQUESTS, else 64."""
-    value = os.environ.get(REQUESTS_ENV, str(DEFAULT_REQUESTS)).strip()
-    if not value.isdigit() or int(value) < 1:
-        raise SettingsError(f"{REQUESTS_ENV}={value!r}: expected a positive integer")
-    return int(value)
-
-
 class _Loop:
     """An asyncio loop on a daemon thread, started at first use (and anew in a forked child,
     which never uses it for obstore: see ObstoreStore)."""
@@ -94,7 +87,7 @@ class _Loop:
     def _after_fork(self) -> None:
         self._lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._limit: tuple[int, Any] = (0, None)
+        self._limits: dict[int, asyncio.Semaphore] = {}
 
     def run(self, coro: Any, timeout: float | None = None) -> Any:
         """The coroutine's result; past `timeout` seconds concurrent.futures.TimeoutError, its
@@ -116,11 +109,11 @@ class _Loop:
             return self._loop
 
     def limit(self, n: int) -> asyncio.Semaphore:
-        """The process's semaphore of `n` requests (on the loop's thread; a new bound from the
-        environment applies to calls made after it changed)."""
-        if self._limit[0] != n:
-            self._limit = (n, asyncio.Semaphore(n))
-        return self._limit[1]
+        """The semaphore of `n` requests, shared by every call with that bound (on the loop's
+        thread: the process's bound, and each Settings.requests_in_flight a read gives)."""
+        if n not in self._limits:
+            self._limits[n] = asyncio.Semaphore(n)
+        return self._limits[n]
 
 
 _LOOP = _Loop()
@@ -154,7 +147,7 @@ class Remote:
         reads, an HTTP host's listings)."""
         with self._fallback_lock:
             if self._fallback_fs is None:
-                options = fsspec_options(self.protocol, self.obstore)
+                options = pooled(self.protocol, fsspec_options(self.protocol, self.obstore))
                 try:
                     self._fallback_fs = fsspec.filesystem(self.protocol, skip_instance_cache=True, **options)
                 except (ImportError, ValueError) as exc:
@@ -178,6 +171,9 @@ class ObstoreStore(Store):
         self.fallback: str | None = None  # why this store reads through fsspec, once it does
         self._fsspec_store: Store | None = None  # a forked child's
         self._http_lister: Store | None = None
+        # key → the ETag (or generation) its last GET answered with, for the shards whose indexes
+        # were read: see `version`; written on the loop thread only
+        self._versions: OrderedDict[str, str] = OrderedDict()
 
     @property
     def fs(self) -> Remote:
@@ -207,6 +203,13 @@ class ObstoreStore(Store):
         FALLBACKS["fork"] += 1
         return self._fsspec_store
 
+    def version(self, key: str) -> str | None:
+        """The ETag (GCS: generation) that the last GET of `key` answered with, for objects read
+        as shards (their indexes: `read_indexes`); None for others. Not a request: a cached index
+        is used under the version it was read at, and the GETs of its chunks check that the
+        object still has it (see `_read`), so a changed shard is read again, not misread."""
+        return self._versions.get(key)
+
     def read_ranges(self, ranges: Sequence[Range]) -> list[bytes | None]:
         """Every range at once, at most $GPUZARR_REQUESTS in flight in the process: one GET per
         range (a Range header for all but whole objects), missing objects None."""
@@ -215,6 +218,13 @@ class ObstoreStore(Store):
         if _forked_after_obstore():
             return self._via_fsspec().read_ranges(ranges)
         return _LOOP.run(self._read(list(ranges), requests_in_flight(), None))
+
+    def read_indexes(self, ranges: Sequence[Range]) -> list[bytes | None]:
+        if not ranges:
+            return []
+        if _forked_after_obstore():
+            return self._via_fsspec().read_indexes(ranges)
+        return _LOOP.run(self._read(list(ranges), requests_in_flight(), None, indexes=True))
 
     def read_ranges_with(self, ranges: Sequence[Range], io: ReadIO, indexes: bool = False) -> list[bytes | None]:
         """read_ranges for one read: the GETs actually sent are counted (a server that ignores
@@ -226,18 +236,52 @@ class ObstoreStore(Store):
             return self._via_fsspec().read_ranges_with(ranges, io, indexes)
         io.check()
         try:
-            return _LOOP.run(self._read(list(ranges), requests_in_flight(), io), io.remaining())
+            return _LOOP.run(self._read(list(ranges), io.requests or requests_in_flight(), io, indexes),
+                             io.remaining())
         except concurrent.futures.TimeoutError:
             if io.deadline is None:
                 raise
             raise io.expired() from None
 
-    async def _read(self, ranges: list[Range], limit: int, io: ReadIO | None) -> list[bytes | None]:
+    async def _read(self, ranges: list[Range], limit: int, io: ReadIO | None,
+                    indexes: bool = False) -> list[bytes | None]:
+        """`indexes`: shard indexes and whole shards, whose versions are kept (see `version`);
+        every range of an object with a kept version is checked against it: a read whose shard
+        changed since its index was read raises ChangedError once every range is in."""
         obs = _obs()
         ostore = self._fs.obstore
         semaphore = _LOOP.limit(limit)
         whole: dict[str, asyncio.Future] = {}  # a server that ignores Range: each object read once
         tally = [0, 0, 0]  # GETs sent, bytes they asked for, retries: into `io` once, at the end
+        changed: list[str] = []
+
+        async def versioned(key: str, path: str, start: int, stop: int | None) -> Any:
+            """The GET with its response's metadata (two hand-overs from obstore's runtime, not
+            one): the object's version is kept, or checked against the one kept."""
+            tally[0] += 1
+            tally[1] += -start if start < 0 else 0 if stop is None else stop - start
+            options: dict = {}
+            if start < 0:
+                options["range"] = {"suffix": -start}
+            elif stop is not None:
+                options["range"] = (start, stop)
+            elif start:
+                options["range"] = {"offset": start}
+            response = await obs.get_async(ostore, path, options=options)
+            data = await response.bytes_async()
+            if stop is None and start >= 0:
+                tally[1] += len(data)
+            meta = response.meta
+            now = meta.get("version") or meta.get("e_tag")
+            kept = self._versions.get(key)
+            if kept is not None and now != kept:  # a nested index, or chunks, under a stale index;
+                changed.append(key)  # or an index read anew after its entry was evicted: read again
+            if now is not None:
+                self._versions[key] = now
+                self._versions.move_to_end(key)
+                while len(self._versions) > VERSIONS_KEPT:
+                    self._versions.popitem(last=False)
+            return data
 
         async def get_whole(path: str) -> Any:
             tally[0] += 1
@@ -261,6 +305,8 @@ class ObstoreStore(Store):
                     try:
                         if self._fs.ignores_range:
                             data = _slice(await whole_once(path), start, stop)
+                        elif indexes or key in self._versions:
+                            data = await versioned(key, path, start, stop)
                         elif start < 0:  # the last -start bytes (a shard index)
                             tally[0] += 1
                             tally[1] -= start
@@ -298,7 +344,12 @@ class ObstoreStore(Store):
             return bytes(data)
 
         try:
-            return await _all([one(*r) for r in ranges])
+            results = await _all([one(*r) for r in ranges])
+            if changed:
+                raise ChangedError(f"{self.url}/{changed[0]}: the object changed since its shard index was read "
+                                   f"({len(changed)} object{'s' if len(changed) > 1 else ''} of this read)",
+                                   changed[0])
+            return results
         finally:
             for future in whole.values():  # a failed or cancelled call leaves no whole read running
                 future.cancel()

@@ -30,7 +30,7 @@ zarr = pytest.importorskip("zarr")
 
 import gpuzarr  # noqa: E402
 from gpuzarr import store_obstore  # noqa: E402
-from gpuzarr.store import Store, open_store  # noqa: E402
+from gpuzarr.store import Store, open_store, pooled  # noqa: E402
 from gpuzarr.store_obstore import ObstoreStore  # noqa: E402
 
 BUCKET = "gpuzarr-test"
@@ -250,6 +250,65 @@ def test_dask_blocks_read_concurrently_on_threads(endpoint, bucket):
     assert np.array_equal(x.compute(scheduler="threads", num_workers=8), _reference(bucket, "chunked.zarr")[...])
 
 
+# ---------------------------------------------------------------- freshness
+
+
+def _write_sharded(local: Path, data: np.ndarray) -> None:
+    a = zarr.create_array(local, shape=data.shape, chunks=(32, 32), shards=(128, 128), dtype=data.dtype,
+                          compressors=zarr.codecs.ZstdCodec(level=3), fill_value=0, overwrite=True)
+    a[...] = data
+
+
+@pytest.mark.parametrize("what", ["window", "full"])
+def test_a_shard_rewritten_after_its_index_was_cached_is_read_fresh(endpoint, bucket, tmp_path, what):
+    """The cached index of a rewritten shard would point into the new object at old offsets; the
+    chunks' GETs see the object's new ETag, and the read is made again from a fresh index."""
+    name = f"fresh-{what}.zarr"
+    old, new = _image((256, 256), 10), _image((256, 256), 11)
+    new[:, :100] = 3  # compresses far better: every offset after it moves
+    _write_sharded(tmp_path / "old", old)
+    _write_sharded(tmp_path / "new", new)
+    s3 = _s3(endpoint)
+    _upload(s3, tmp_path / "old", name)
+    arr = _open(endpoint, name)
+    sel = (slice(10, 200), slice(20, 240)) if what == "window" else (slice(None), slice(None))
+    assert np.array_equal(arr[sel], old[sel])  # the shards' indexes and versions are kept
+    before = {k: arr.store.version(k) for k in ("c/0/0", "c/1/1")}
+    assert all(v for v in before.values())
+    _upload(s3, tmp_path / "new", name)
+    report = gpuzarr.ReadReport()
+    got = arr.read(sel, report=report)
+    assert np.array_equal(got, new[sel])
+    assert any("read again" in n and "changed since its shard index was read" in n for n in report.notes)
+    assert all(arr.store.version(k) != v for k, v in before.items())
+    report = gpuzarr.ReadReport()
+    assert np.array_equal(arr.read(sel, report=report), new[sel]) and not report.notes  # fresh indexes cached
+
+
+def test_a_shard_changing_under_every_read_is_a_changed_error(endpoint, bucket):
+    from gpuzarr.store import ChangedError
+
+    class Moving(dict):
+        """Every version the store kept is one the object no longer has."""
+
+        def get(self, key, default=None):
+            return '"gone"'
+
+        def __contains__(self, key):
+            return True
+
+        def __setitem__(self, key, value):
+            pass
+
+        def move_to_end(self, key):
+            pass
+
+    arr = _open(endpoint, "sharded.zarr")
+    arr.store._versions = Moving()
+    with pytest.raises(ChangedError, match=r"sharded\.zarr/c/\d/\d: the object changed .*; 3 reads in a row"):
+        arr[:100, :100]
+
+
 # ---------------------------------------------------------------- groups and listing
 
 
@@ -447,6 +506,28 @@ def test_requests_in_flight_stay_within_the_bound(endpoint, bucket, monkeypatch,
         assert proxy.requests == 64
         assert bound // 2 < proxy.peak <= bound, (proxy.peak, bound)  # concurrent, and never above the bound
     assert np.array_equal(got, _reference(bucket, "chunked.zarr")[...])
+
+
+def test_settings_bound_a_reads_requests_in_flight(endpoint, bucket):
+    with _proxy(endpoint, delay=0.01) as proxy:
+        arr = gpuzarr.open(f"s3://{BUCKET}/chunked.zarr", device="cpu",
+                           settings=gpuzarr.Settings(requests_in_flight=3),
+                           storage_options={**_options(endpoint), "client_kwargs": {"endpoint_url": proxy.url}})
+        proxy.peak = proxy.requests = 0
+        got = arr[...]
+        assert proxy.requests == 64 and 1 < proxy.peak <= 3, proxy.peak
+    assert np.array_equal(got, _reference(bucket, "chunked.zarr")[...])
+
+
+def test_s3fs_pools_are_sized_to_the_requests_in_flight(monkeypatch):
+    monkeypatch.setenv("GPUZARR_REQUESTS", "48")
+    assert pooled("s3", {"anon": True}) == {"anon": True, "config_kwargs": {"max_pool_connections": 48}}
+    mine = {"config_kwargs": {"max_pool_connections": 7, "read_timeout": 3}}
+    assert pooled("s3", mine) == mine, "the caller's own size stays"
+    assert pooled("gs", {"token": "anon"}) == {"token": "anon"}
+    # an option obstore has no equivalent for: the URL is opened by s3fs
+    store = open_store("s3://bucket/a.zarr", storage_options={"anon": True, "s3_additional_kwargs": {"A": "b"}})
+    assert type(store) is Store and store.fs.config_kwargs["max_pool_connections"] == 48
 
 
 def test_a_server_that_ignores_range_is_read_whole_and_sliced(endpoint, bucket):
