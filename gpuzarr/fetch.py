@@ -271,7 +271,8 @@ class Locator:
         whole = whole or {}
         blobs = {} if blobs is None else blobs
         names = [(key, base, level, versions[key]) for key, base, _ in owners]
-        found = [self.cache.get(name) for name in names]
+        keep = self.store.keeps_indexes
+        found = [self.cache.get(name) for name in names] if keep else [False] * len(names)
         wanted = [i for i, hit in enumerate(found) if hit is False]
         n_index = sharding.index_nbytes(owner_shape)
         budget = WHOLE_SHARD_BYTES
@@ -316,7 +317,8 @@ class Locator:
                 index = index.copy()
                 live = index[:, 1] != EMPTY
                 index[live, 0] += np.uint64(base)  # make nested offsets absolute within the key
-            self.cache.put(names[i], index)
+            if keep:
+                self.cache.put(names[i], index)
             found[i] = index
         return found
 

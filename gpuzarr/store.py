@@ -278,11 +278,25 @@ class Store:
                 out.append(result)
         return out
 
+    @property
+    def keeps_indexes(self) -> bool:
+        """Whether shard indexes are cached across reads: where `version` tells, for the cost of
+        a call in this process, whether a shard changed (memory, local files through fsspec).
+        Not for filesystems whose calls are requests (s3fs, gcsfs, HTTP: async in fsspec), where
+        asking costs the round trip the cache would save: their indexes are read anew each read,
+        as zarr-python reads them (gpuzarr's obstore stores check ETags instead)."""
+        return not getattr(self.fs, "async_impl", False)
+
     def version(self, key: str) -> Any:
         """What the object at `key` is now, for telling a changed object from the one a cached
-        shard index came from; None where that costs a round trip (remote stores: cached
-        indexes are used until evicted)."""
-        return None
+        shard index came from: its size and times as fsspec's info gives them; None if absent."""
+        if not self.keeps_indexes:
+            return None
+        try:
+            info = self.fs.info(self.path(key))
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        return tuple(info.get(k) for k in ("size", "mtime", "created", "LastModified", "ino"))
 
     def read_ranges_with(self, ranges: Sequence[Range], io: ReadIO, indexes: bool = False) -> list[bytes | None]:
         """`read_ranges` (`read_indexes` with `indexes`) for one read: counted in `io` and bounded

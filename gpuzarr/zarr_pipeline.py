@@ -148,10 +148,8 @@ def _read_into(array: Array, query: Any, target: Any) -> set[str]:
     """Run on a worker thread: the read, straight into zarr-python's output where its layout
     allows (C order, the array's dtype), else into a new array then copied in (NumPy casts as
     zarr-python's own placement does: another byte order, an `out=` of another dtype). Shard
-    indexes of other stores are re-read each read, as zarr-python's own pipeline does: another writer may
-    have changed them since (local files: a changed file's version tells, see Store.version)."""
-    if isinstance(array.store, ZarrStore):
-        array._reader.locator.cache.clear()
+    indexes of zarr-python's stores are re-read each read (ZarrStore.keeps_indexes), local files'
+    kept while their version holds (see Store.version)."""
     report = ReadReport()
     device = "cpu" if isinstance(target, np.ndarray) else "gpu"
     direct = target.flags.c_contiguous and target.dtype == array.dtype

@@ -35,6 +35,8 @@ class ZarrStore(Store):
 
     vanished_is_missing = True  # as zarr-python's sharding codec reads a shard gone after its index
     reads_whole_shards = False  # as zarr-python reads shards: the index, then the chunks' ranges
+    keeps_indexes = False  # read anew each read, as zarr-python's own pipeline does: another
+    #                        writer may have changed them since
 
     def __init__(self, store: Any, prefix: str):
         self.store, self.root, self.loop = store, prefix, None

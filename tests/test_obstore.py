@@ -435,10 +435,14 @@ class _QuietServer(http.server.ThreadingHTTPServer):
 class _Proxy:
     """An HTTP proxy in front of the S3 server, counting requests in flight (each held `delay`
     seconds, so concurrent ones overlap); with `ignore_range`, it drops Range headers, as a server
-    that does not do ranges would answer."""
+    that does not do ranges would answer. `faults`: what the next GETs of chunk or shard objects
+    (keys under c/) meet, one each: "503" (SlowDown), "reset" (the connection closed unanswered),
+    "cut" (the full Content-Length, half the body, then closed), "stall" (no answer for 3 s)."""
 
-    def __init__(self, target: str, delay: float = 0.0, ignore_range: bool = False):
+    def __init__(self, target: str, delay: float = 0.0, ignore_range: bool = False, faults: tuple = ()):
         self.target, self.delay, self.ignore_range = target.removeprefix("http://"), delay, ignore_range
+        self.faults = list(faults)
+        self.met: list = []  # (fault, path) as they happened
         self.active = self.peak = self.requests = 0
         self.lock = threading.Lock()
         proxy = self
@@ -454,6 +458,26 @@ class _Proxy:
                     proxy.active += 1
                     proxy.requests += 1
                     proxy.peak = max(proxy.peak, proxy.active)
+                fault = None
+                with proxy.lock:
+                    if proxy.faults and "/c/" in self.path and self.command == "GET":
+                        fault = proxy.faults.pop(0)
+                        proxy.met.append((fault, self.path))
+                if fault in ("503", "reset", "stall"):
+                    with proxy.lock:
+                        proxy.active -= 1
+                    if fault == "stall":
+                        time.sleep(3)
+                    if fault == "503":
+                        body = b"<Error><Code>SlowDown</Code><Message>Reduce your request rate.</Message></Error>"
+                        self.send_response(503)
+                        self.send_header("Content-Length", str(len(body)))
+                        self.end_headers()
+                        self.wfile.write(body)
+                    else:
+                        self.close_connection = True
+                        self.connection.shutdown(socket.SHUT_RDWR)
+                    return
                 try:
                     time.sleep(proxy.delay)
                     conn = http.client.HTTPConnection(proxy.target, timeout=30)
@@ -466,6 +490,11 @@ class _Proxy:
                 finally:
                     with proxy.lock:
                         proxy.active -= 1
+                if fault == "cut" and response.status >= 300:  # cut only data: put it back for the next GET
+                    with proxy.lock:
+                        proxy.met.remove((fault, self.path))
+                        proxy.faults.insert(0, fault)
+                    fault = None
                 self.send_response(response.status)
                 for k, v in response.getheaders():
                     if k.lower() not in ("transfer-encoding", "connection", "content-length"):
@@ -473,6 +502,12 @@ class _Proxy:
                 self.send_header("Content-Length", str(len(body)))
                 self.end_headers()
                 with contextlib.suppress(OSError):  # a client that hung up (obstore, on a refused body)
+                    if fault == "cut" and len(body) > 1:
+                        self.wfile.write(body[:len(body) // 2])
+                        self.wfile.flush()
+                        self.close_connection = True
+                        self.connection.shutdown(socket.SHUT_RDWR)
+                        return
                     self.wfile.write(body)
 
             do_HEAD = do_GET
@@ -528,6 +563,30 @@ def test_s3fs_pools_are_sized_to_the_requests_in_flight(monkeypatch):
     # an option obstore has no equivalent for: the URL is opened by s3fs
     store = open_store("s3://bucket/a.zarr", storage_options={"anon": True, "s3_additional_kwargs": {"A": "b"}})
     assert type(store) is Store and store.fs.config_kwargs["max_pool_connections"] == 48
+
+
+@pytest.mark.parametrize("name", ["sharded.zarr", "chunked.zarr"])
+@pytest.mark.parametrize("fault", ["503", "reset", "cut"])
+def test_failed_requests_are_retried_and_the_data_is_right(endpoint, bucket, name, fault):
+    """Each GET of the read's first few chunk or shard objects fails once: obstore's retries
+    (with backoff) bring the right bytes, never a short or wrong chunk."""
+    with _proxy(endpoint, faults=(fault,) * 3) as proxy:
+        arr = gpuzarr.open(f"s3://{BUCKET}/{name}", device="cpu",
+                           storage_options={**_options(endpoint), "client_kwargs": {"endpoint_url": proxy.url}})
+        got = arr[...]
+        assert [f for f, _ in proxy.met] == [fault] * 3, "every fault was met"
+    assert np.array_equal(got, _reference(bucket, name)[...])
+
+
+def test_a_stalled_request_ends_at_the_deadline(endpoint, bucket):
+    with _proxy(endpoint, faults=("stall",) * 64) as proxy:
+        arr = gpuzarr.open(f"s3://{BUCKET}/chunked.zarr", device="cpu",
+                           settings=gpuzarr.Settings(deadline_seconds=0.5),
+                           storage_options={**_options(endpoint), "client_kwargs": {"endpoint_url": proxy.url}})
+        start = time.monotonic()
+        with pytest.raises(gpuzarr.DeadlineError, match="chunked.zarr: the read was still fetching"):
+            arr[...]
+        assert time.monotonic() - start < 2.5
 
 
 def test_a_server_that_ignores_range_is_read_whole_and_sliced(endpoint, bucket):
