@@ -13,7 +13,9 @@ bench/results/remote-<timestamp>.json. See bench/README.md, "Object storage".
 Three data sets (issue 13's), written with zarr-python into the cache and served from there:
 `sharded` (v3, 2048^2 uint16, shards 512^2, inner chunks 64^2, zstd 3), `chunked` (v3, 1024^2,
 256 chunk objects of 64^2, zstd 3), `v2` (Zarr v2, 1024^2, 256 chunk files of 64^2, blosc-lz4 5 +
-shuffle). Workloads: `full` (the whole array), `window` (one unaligned 256^2 window), `batch`
+shuffle); on request, `large` (v3 512^3 uint16, shards 256^3, chunks 64^3, zstd 3: ~155 MiB in
+eight shard objects, where parts and pieces matter). Workloads: `full` (the whole array),
+`window` (one unaligned 256^2 window; 256^3 in 3-D), `batch`
 (`--patches` random unaligned 256^2 patches: gpuzarr `read_batch`, tensorstore `ts.Batch`,
 zarr-python `asyncio.gather`).
 
@@ -353,10 +355,14 @@ def make_specs() -> dict:
                                None, "zstd", 3, (256, 256)),
         "v2": DatasetSpec("remote-v2", "v2, 256 chunk files, blosc-lz4 + shuffle", (1024, 1024), "uint16", 2,
                           (64, 64), None, "blosc-lz4", 5, (256, 256)),
+        # a read of hundreds of MiB: eight ~19 MiB shard objects (the main bench's 3-D volume)
+        "large": DatasetSpec("remote-large", "v3 sharded zstd, 3-D", (512, 512, 512), "uint16", 3, (64, 64, 64),
+                             (256, 256, 256), "zstd", 3, (64, 64, 64)),
     }
 
 
-SETS = ("sharded", "chunked", "v2")
+SETS = ("sharded", "chunked", "v2")  # run by default; `large` on request (--datasets large)
+ALL_SETS = (*SETS, "large")
 
 
 class Layout:
@@ -836,7 +842,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--repeats", type=int, default=None, help="timed rounds (default 5, --quick 3)")
     p.add_argument("--patches", type=int, default=None, help="random 256x256 patches in batch (default 64, --quick 16)")
     p.add_argument("--readers", default=",".join(READER_NAMES), help=f"subset of {','.join(READER_NAMES)}")
-    p.add_argument("--datasets", default=",".join(SETS), help=f"subset of {','.join(SETS)}")
+    p.add_argument("--datasets", default=",".join(SETS),
+                   help=f"subset of {','.join(ALL_SETS)} (default {','.join(SETS)})")
     p.add_argument("--workloads", default=",".join(WORKLOADS), help=f"subset of {','.join(WORKLOADS)}")
     p.add_argument("--no-floor", action="store_true", help="skip the floor")
     p.add_argument("--seed", type=int, default=0, help="seed of the window and patch positions (default 0)")
@@ -855,7 +862,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         assert args.latency_ms and min(args.latency_ms) >= 0
     except (ValueError, AssertionError):
         p.error("--latency-ms takes non-negative numbers, comma separated")
-    for what, allowed in (("readers", READER_NAMES), ("datasets", SETS), ("workloads", WORKLOADS)):
+    for what, allowed in (("readers", READER_NAMES), ("datasets", ALL_SETS), ("workloads", WORKLOADS)):
         got = [v for v in getattr(args, what).split(",") if v]
         bad = [g for g in got if g not in allowed]
         if bad or not got:
