@@ -528,7 +528,24 @@ def open_url(url: str, storage_options: dict | None) -> ObstoreStore | None:
     return ObstoreStore(Remote(kind, label, options, ostore, (url, options)), root)
 
 
+_CLIENTS: OrderedDict[str, Any] = OrderedDict()  # obstore clients by what made them, see _construct
+CLIENTS_KEPT = 64
+
+
 def _construct(kind: str, base: str, config: dict, client: dict, retry: dict) -> Any:
+    """The obstore client of these arguments, made once per process: making one costs ~10 ms
+    of CPU (its TLS roots), every `gpuzarr.open` of a URL would pay it, and one client shared
+    also shares its connection pool. Clients are thread-safe; a forked child never uses them."""
+    key = repr((kind, base, sorted(config.items()), sorted(client.items()), sorted(retry.items())))
+    ostore = _CLIENTS.get(key)
+    if ostore is None:
+        ostore = _CLIENTS[key] = _make_client(kind, base, config, client, retry)
+        while len(_CLIENTS) > CLIENTS_KEPT:
+            _CLIENTS.popitem(last=False)
+    return ostore
+
+
+def _make_client(kind: str, base: str, config: dict, client: dict, retry: dict) -> Any:
     from obstore.store import AzureStore, GCSStore, HTTPStore, S3Store
 
     if kind in ("http", "https"):

@@ -209,6 +209,15 @@ def test_obstore_stores_and_zarr_object_stores_are_accepted(endpoint, bucket):
     assert np.array_equal(pickle.loads(pickle.dumps(gpuzarr.open(prefixed, device="cpu")))[...], want)
 
 
+def test_opening_a_url_again_reuses_its_obstore_client(endpoint, bucket):
+    a, b = _open(endpoint, "sharded.zarr"), _open(endpoint, "chunked.zarr")
+    assert a.store.fs.obstore is b.store.fs.obstore, "one client (and connection pool) per bucket and options"
+    other = gpuzarr.open(f"s3://{BUCKET}/sharded.zarr", device="cpu",
+                         storage_options={**_options(endpoint), "config_kwargs": {"read_timeout": 7}})
+    assert other.store.fs.obstore is not a.store.fs.obstore
+    assert np.array_equal(other[...], a[...])
+
+
 def test_routing_obstore_fsspec_and_their_absence(endpoint, bucket, monkeypatch):
     import fsspec
 
