@@ -15,6 +15,7 @@ import subprocess
 import sys
 import threading
 import zlib
+from contextlib import nullcontext
 from pathlib import Path
 from types import ModuleType, SimpleNamespace
 
@@ -144,7 +145,8 @@ def _numpy_device(stream_ptr: int) -> ModuleType:
     stand-ins follow; the current stream is `stream_ptr`."""
     xp = ModuleType("numpy_as_device")
     xp.__dict__.update(vars(np))
-    xp.cuda = SimpleNamespace(get_current_stream=lambda: SimpleNamespace(ptr=stream_ptr), Event=_FakeEvent)
+    xp.cuda = SimpleNamespace(get_current_stream=lambda: SimpleNamespace(ptr=stream_ptr), Event=_FakeEvent,
+                              Device=lambda i: nullcontext())
     return xp
 
 
@@ -180,7 +182,7 @@ def test_the_engine_checks_crc32c_through_the_c_api(tmp_path, monkeypatch, crc_l
     """CupyEngine.checksum end to end but for nvCOMP: the message table goes up, pointers are
     base + offsets, the C stand-in computes with the spec it is passed by value, the comparison
     with the stored trailers happens in the namespace, finish() reads it back; the caller's
-    stream (CuPy's null stream too, ptr 0: CUDA's legacy default stream in the C API) is passed."""
+    stream is passed, CuPy's null stream (ptr 0) as cudaStreamLegacy (1)."""
     lib, functions = crc_library
     monkeypatch.setattr(nvcomp_capi, "load", lambda: functions)
     chain = _chain(tmp_path, [LE, ZSTD, CRC32C])
@@ -189,7 +191,7 @@ def test_the_engine_checks_crc32c_through_the_c_api(tmp_path, monkeypatch, crc_l
     layout = build_layout(_batch(good, align), chain, lambda i: None)
     engine.checksum("crc32c", layout.staging, layout.checksums["crc32c"], layout)
     engine.finish()
-    assert lib.gpz_last_stream() == (stream_ptr or None)
+    assert lib.gpz_last_stream() == (stream_ptr or 1), "the null stream as cudaStreamLegacy"
     bad = bytearray(good[1])
     bad[20] ^= 1
     layout = build_layout(_batch([good[0], bytes(bad), good[2]], align), chain, lambda i: None)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import re
 import threading
+from contextlib import nullcontext
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -86,7 +87,7 @@ def _fake_cupy():
             assert host.nbytes == self.n
 
     cuda = SimpleNamespace(Event=_FakeEvent, alloc_pinned_memory=alloc_pinned_memory,
-                           get_current_stream=lambda: SimpleNamespace(ptr=0))
+                           get_current_stream=lambda: SimpleNamespace(ptr=0), Device=lambda i: nullcontext())
     return SimpleNamespace(cuda=cuda, empty=lambda n, dtype=None: _Dev(n), uint8=np.uint8, concatenate=np.concatenate,
                            stack=np.stack, int64=np.int64)
 
@@ -451,7 +452,8 @@ def _host_device_namespace():
     names = ("asarray", "ascontiguousarray", "zeros", "empty", "concatenate", "stack", "uint64", "int64", "int32",
              "uint8")
     return SimpleNamespace(**{n: getattr(np, n) for n in names},
-                           cuda=SimpleNamespace(get_current_stream=lambda: SimpleNamespace(ptr=12345), Event=_FakeEvent))
+                           cuda=SimpleNamespace(get_current_stream=lambda: SimpleNamespace(ptr=12345), Event=_FakeEvent,
+                                                Device=lambda i: nullcontext()))
 
 
 def _standin_capi(calls):

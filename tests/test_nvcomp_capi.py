@@ -52,8 +52,11 @@ def _header_check(declarations: str) -> str:
             lines.append(f"_Static_assert(__builtin_types_compatible_p(__typeof__({name}), "
                          f"gpz_{algorithm}_{suffix}_t), \"{name}\");")
     for algorithm in capi.ALGORITHMS:
-        lines.append(f"_Static_assert(sizeof(nvcompBatched{algorithm}DecompressOpts_t) == {capi.OPTS_BYTES}, "
-                     f"\"{algorithm} options\");")
+        opts = f"nvcompBatched{algorithm}DecompressOpts_t"
+        lines.append(f"_Static_assert(sizeof({opts}) == {capi.OPTS_BYTES}, \"{algorithm} options\");")
+        lines.append(f"_Static_assert(offsetof({opts}, backend) == 0 && sizeof((({opts} *)0)->backend) == "
+                     f"sizeof(int), \"{algorithm} backend first\");")
+    lines.append(f"_Static_assert(NVCOMP_DECOMPRESS_BACKEND_CUDA == {capi.BACKEND_CUDA}, \"CUDA backend\");")
     for struct, c_name in STRUCTS.items():
         lines += _layout_asserts(struct, c_name)
     lines.append("_Static_assert(sizeof(nvcompStatus_t) == sizeof(int), \"status\");")

@@ -28,13 +28,14 @@ from ..plan import Plan
 from .cpu import decode_bytes
 from .gpu_layout import ALIGN, GpuBatchLayout, build_layout, copy_records, scatter_records
 from .kernels import SCATTER_ITEMSIZES, get_function
-from .nvcomp_batch import check, checksum_batch, decode_batch
+from .nvcomp_batch import check, checksum_batch, copy_back, decode_batch
 
 THREADS = 256
 # nvCOMP's batched decoders work on the streams of a call in parallel, each on its own: a call of
 # fewer streams than this many per SM leaves SMs idle. 4 is issue 9's "a few", not a measurement
 # (no GPU has run it); the decoded-bytes and chunk bounds of Settings still cap a batch.
 STREAMS_PER_SM = 4
+CUDA_STREAM_LEGACY = 1  # cudaStreamLegacy (driver_types.h)
 _CUPY_ML_DTYPES = frozenset({"bfloat16"})  # cupy/_core/include/cupy/bfloat16.cuh
 
 
@@ -105,17 +106,25 @@ class GpuDevice:
             report.kernel_launches += (bool(layout.copies["size"].size) + bool(layout.moves["size"].size)
                                        + len(layout.unshuffles))
         decoded = None
-        if layout.present.any():
-            work = self._decode(layout)
-            rows = work[:layout.n * raw_nbytes].reshape(layout.n, raw_nbytes)
-            decoded = self.xp.ascontiguousarray(decode_raw(self.xp, rows, chain, native=True))
         itemsize = out.dtype.itemsize
         scatter, fills = scatter_records(plan, first, first + batch.n, batch.present, chain.shape, itemsize,
                                          out.strides)
-        if len(scatter):
-            eng.scatter(decoded, out, scatter, itemsize, len(chain.shape))
-        if len(fills):
-            eng.fill(out, fills, fill_bytes(fill, out.dtype), itemsize, len(chain.shape))
+        try:
+            if layout.present.any():
+                work = self._decode(layout)
+                rows = work[:layout.n * raw_nbytes].reshape(layout.n, raw_nbytes)
+                decoded = self.xp.ascontiguousarray(decode_raw(self.xp, rows, chain, native=True))
+            if len(scatter):
+                eng.scatter(decoded, out, scatter, itemsize, len(chain.shape))
+            if len(fills):
+                eng.fill(out, fills, fill_bytes(fill, out.dtype), itemsize, len(chain.shape))
+        except MemoryError as exc:  # CuPy's OutOfMemoryError: the batch's device buffers did not fit
+            if isinstance(exc, DeviceMemoryError):
+                raise
+            raise DeviceMemoryError(
+                f"the GPU ran out of memory for a batch of {batch.n} chunks ({layout.staging.nbytes} bytes staged, "
+                f"{layout.n * raw_nbytes} decoded): lower gpuzarr.Settings(batch_bytes=..., batch_decoded_bytes=...) "
+                f"({exc})") from exc
         if report is not None:
             report.kernel_launches += bool(len(scatter)) + bool(len(fills))
         return []  # the work is queued on the stream; finish() checks it
@@ -179,7 +188,9 @@ class CupyEngine:
     def _state(self) -> _ThreadState:
         state = getattr(self._local, "state", None)
         if state is None or state.pinned is None:  # a new thread, or one whose state close() released
-            state = self._local.state = _ThreadState(PinnedPool(self.xp, slots=2))
+            with self.xp.cuda.Device(self.device_id):  # its events belong to the engine's device, whatever
+                pinned = PinnedPool(self.xp, slots=2)  # this thread's current one (an I/O thread's is device 0)
+            state = self._local.state = _ThreadState(pinned)
             with self._states_lock:
                 self._states.append(state)
         return state
@@ -201,6 +212,14 @@ class CupyEngine:
     @property
     def stream(self) -> Any:
         return self.xp.cuda.get_current_stream()
+
+    @property
+    def stream_handle(self) -> int:
+        """The current stream as nvCOMP's C API is handed it: CuPy's null stream (ptr 0) as
+        cudaStreamLegacy, which is what it is in CuPy; 0 itself would mean the per-thread
+        default stream to a library built with per-thread default streams, and nvCOMP links
+        its CUDA runtime statically, so its build cannot be told from outside."""
+        return self.stream.ptr or CUDA_STREAM_LEGACY
 
     def empty(self, nbytes: int) -> Any:
         return self.xp.empty(nbytes, dtype=self.xp.uint8)
@@ -225,15 +244,17 @@ class CupyEngine:
         from .nvcomp_capi import load
 
         try:
-            decoded = decode_batch(self.xp, load(), algorithm, staging, work, table, layout.labels, self.stream.ptr)
+            decoded = decode_batch(self.xp, load(), algorithm, staging, work, table, layout.labels, self.stream_handle)
         except (MemoryError, RuntimeError, ValueError) as exc:
             raise decode_error(exc, algorithm, table, layout) from exc
         self._queue(decoded, layout)
 
     def _queue(self, result: Any, layout: GpuBatchLayout) -> None:
-        """Keep a queued nvCOMP call's results until checked; check those of batches before the
-        previous one now (one copy back), which lets go of their buffers."""
+        """Keep a queued nvCOMP call's results until checked, their copy to the host queued right
+        behind the call; check those of batches before the previous one now (waiting for their
+        copies alone, not for the stream), which lets go of their buffers."""
         state = self._state()
+        copy_back(self.xp, result)
         state.pending.append((result, layout))
         old, state.pending = lagged(state.pending)
         check(self.xp, [d for d, _ in old])
@@ -244,7 +265,7 @@ class CupyEngine:
         from .nvcomp_capi import load
 
         try:
-            result = checksum_batch(self.xp, load(), model, area, table, layout.labels, self.stream.ptr)
+            result = checksum_batch(self.xp, load(), model, area, table, layout.labels, self.stream_handle)
         except (MemoryError, RuntimeError) as exc:  # the call reads no data: never the data's fault
             error = decode_error(exc, model, {"src_size": table["size"], "chunk": table["chunk"]}, layout)
             raise (error if isinstance(error, DeviceMemoryError) else exc) from exc
@@ -293,15 +314,22 @@ class CupyEngine:
             fn(_grid(len(records), largest), (THREADS,), (src, dst, recs, np.int64(len(records)), np.int32(ndim)))
 
     def finish(self) -> None:
-        """Check every decoded size and status nvCOMP reported for this thread's read, with one
-        copy back (waits for the stream)."""
+        """Check every decoded size and status nvCOMP reported for this thread's read (waits for
+        the copies queued behind its calls; the read's last launches may still run after)."""
         state = self._state()
         pending, state.pending = state.pending, []
         check(self.xp, [d for d, _ in pending])
 
     def discard(self) -> None:
-        """A read failed: forget its unchecked results so the next read does not inherit them."""
-        self._state().pending.clear()
+        """A read failed: wait for what it queued on the stream (nothing of it may write into
+        `out`, or copy into host memory freed here, once the read has raised), then forget its
+        unchecked results so the next read does not inherit them."""
+        state = self._state()
+        try:
+            self.stream.synchronize()
+        except Exception:  # noqa: BLE001 - a CUDA error that failed the read is being raised already
+            pass
+        state.pending = []
 
 
 _ENGINES: weakref.WeakSet = weakref.WeakSet()  # every CupyEngine alive, closed at exit
@@ -350,9 +378,17 @@ def decode_error(exc: BaseException, algorithm: str, table: dict, layout: GpuBat
                                  f"lower gpuzarr.Settings(batch_bytes=..., batch_decoded_bytes=...) ({exc})")
     if "cudaerror" in text.lower() or "cuda_error" in text.lower():
         return exc
+    if isinstance(exc, RuntimeError) and text.startswith("nvcompBatched") and not any(s in text for s in DATA_STATUSES):
+        return exc  # the C API refused the call itself (invalid value, not supported, ...): no data error
     chunk = int(table["chunk"][0])
     return CorruptDataError(f"{layout.labels[chunk]}…: nvCOMP could not decode a batch of {streams} {algorithm} "
                             f"streams ({exc})")
+
+
+# statuses of a whole nvCOMP call that the streams' bytes can cause; any other (nvcompErrorInvalidValue,
+# nvcompErrorNotSupported on a GPU nvCOMP does not support, nvcompErrorAlignment, ...) is no data error
+DATA_STATUSES = ("nvcompErrorCannotDecompress", "nvcompErrorBadChecksum", "nvcompErrorWrongHeaderLength",
+                 "nvcompErrorWrongInputLength", "nvcompErrorOutputBufferTooSmall", "nvcompErrorChunkSizeTooLarge")
 
 
 def _check_itemsize(itemsize: int) -> None:

@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import CorruptDataError
-from .nvcomp_capi import CRC32_ONLY_SEGMENT, CRC32KernelConf, DecompressOpts, crc32_opts
+from .nvcomp_capi import BACKEND_CUDA, CRC32_ONLY_SEGMENT, CRC32KernelConf, DecompressOpts, crc32_opts
 
 # nvCOMP's algorithm names, by the name gpu_layout gives each raw stream kind
 NVCOMP_ALGORITHMS = {"zstd": "Zstd", "deflate": "Deflate", "lz4": "LZ4", "snappy": "Snappy"}
@@ -22,8 +22,10 @@ STATUS_NAMES = {0: "nvcompSuccess", 10: "nvcompErrorInvalidValue", 11: "nvcompEr
                 12: "nvcompErrorCannotDecompress", 13: "nvcompErrorBadChecksum",
                 14: "nvcompErrorCannotVerifyChecksums", 15: "nvcompErrorOutputBufferTooSmall",
                 16: "nvcompErrorWrongHeaderLength", 17: "nvcompErrorAlignment", 18: "nvcompErrorChunkSizeTooLarge",
-                19: "nvcompErrorCannotCompress", 20: "nvcompErrorWrongInputLength", 1000: "nvcompErrorCudaError",
-                10000: "nvcompErrorInternal"}
+                19: "nvcompErrorCannotCompress", 20: "nvcompErrorWrongInputLength", 21: "nvcompErrorBatchSizeTooLarge",
+                22: "nvcompErrorSubChunkCountTooLarge", 23: "nvcompErrorSubChunkCountTooSmall",
+                24: "nvcompErrorOutputBufferAlignmentTooSmall", 1000: "nvcompErrorCudaError",
+                10000: "nvcompErrorInternal"}  # every nvcompStatus_t of shared_types.h (a test compares)
 
 
 BAD_CHECKSUM = 13  # nvcompErrorBadChecksum: the status a checksum that does not match is given
@@ -48,6 +50,7 @@ class Decoded:
     labels: list  # per batch chunk: its key
     keep: tuple  # device buffers nvCOMP reads until it is done
     kind: str = "size"  # or a key of MISMATCH: `actual` holds computed checksums, `expected` stored ones
+    host: Any = None  # (2, n) int64 host copy of (actual, statuses) and the event after its copy (copy_back)
 
 
 def decode_batch(xp: Any, functions: dict, algorithm: str, staging: Any, work: Any, table: dict,
@@ -65,7 +68,7 @@ def decode_batch(xp: Any, functions: dict, algorithm: str, staging: Any, work: A
     actual = xp.zeros(n, dtype=xp.uint64)
     statuses = xp.zeros(n, dtype=xp.int32)
     temp_bytes = ctypes.c_size_t()
-    opts = DecompressOpts()
+    opts = DecompressOpts(backend=BACKEND_CUDA)
     _ok(functions[(name, "DecompressGetTempSize")](n, int(dst_size.max()), opts, ctypes.byref(temp_bytes),
                                                     int(dst_size.sum()), stream_ptr), name, "GetTempSize")
     temp = xp.empty(max(temp_bytes.value, 1), dtype=xp.uint8)
@@ -107,18 +110,42 @@ def compared(xp: Any, crcs: Any, statuses: Any, stored: Any, table: dict, labels
                    keep, model)
 
 
+def copy_back(xp: Any, d: Decoded) -> None:
+    """Queue the copy of `d`'s sizes and statuses into page-locked host memory right behind the
+    call that writes them, and an event after it: checking `d` later waits for that event alone,
+    not for the work queued on the stream since (a blocking copy then would wait for all of it,
+    and the host could prepare no later batch while the GPU decodes). NumPy (the tests): the
+    values are there already."""
+    both = xp.stack([d.actual.astype(xp.int64), d.statuses.astype(xp.int64)])
+    if not hasattr(both, "get"):
+        d.host = (np.array(both), None)
+        return
+    memory = xp.cuda.alloc_pinned_memory(max(both.nbytes, 1))
+    host = np.frombuffer(memory, np.int64, both.size).reshape(both.shape)  # keeps `memory` alive
+    both.get(out=host, blocking=False)  # on the current stream, as the call
+    event = xp.cuda.Event(block=True, disable_timing=True)
+    event.record()
+    d.host = (host, event)
+
+
 def check(xp: Any, decoded: list[Decoded]) -> None:
-    """Every queued decode's sizes and statuses and every checksum's status, with one copy back
-    (waits for the stream); the first failure in queue order is raised, naming its chunk."""
+    """Every queued decode's sizes and statuses and every checksum's status: those copied back
+    already (copy_back) once their events are done, the others with one copy back (which waits
+    for the stream); the first failure in queue order is raised, naming its chunk."""
     if not decoded:
         return
-    sizes, statuses = _host(xp, xp.stack([xp.concatenate([d.actual for d in decoded]).astype(xp.int64),
-                                          xp.concatenate([d.statuses for d in decoded]).astype(xp.int64)]))
-    at = 0
+    waiting = [d for d in decoded if d.host is None]
+    if waiting:
+        both = _host(xp, xp.stack([xp.concatenate([d.actual for d in waiting]).astype(xp.int64),
+                                   xp.concatenate([d.statuses for d in waiting]).astype(xp.int64)]))
+        at = 0
+        for d in waiting:
+            d.host, at = (both[:, at:at + d.expected.size], None), at + d.expected.size
     for d in decoded:
-        n = d.expected.size
-        got, status = sizes[at:at + n], statuses[at:at + n]
-        at += n
+        if d.host[1] is not None:
+            d.host[1].synchronize()
+    for d in decoded:
+        got, status = d.host[0][0], d.host[0][1]
         bad = np.flatnonzero((status != 0) | (got != d.expected))
         if bad.size:
             k = int(bad[0])

@@ -31,11 +31,19 @@ class Alignments(ctypes.Structure):
     _fields_ = [("input", ctypes.c_size_t), ("output", ctypes.c_size_t), ("temp", ctypes.c_size_t)]
 
 
-class DecompressOpts(ctypes.Structure):
-    """Any algorithm's nvcompBatched*DecompressOpts_t, all zero: its defaults (an int first,
-    then fields and reserved bytes to 64; passed by value, in memory, whatever the fields)."""
+# nvcompDecompressBackend_t (shared_types.h): the CUDA decoders. The default lets nvCOMP pick a
+# GPU's hardware decode engine where it has one, of which lz4.h says its statuses report success
+# on corrupt input, and which fails asynchronously past 4 MiB buffers: a corrupt chunk must fail
+# on every GPU, so gpuzarr asks for the CUDA implementation on all of them
+BACKEND_CUDA = 2
 
-    _fields_ = [("first", ctypes.c_int), ("rest", ctypes.c_char * (OPTS_BYTES - 4))]
+
+class DecompressOpts(ctypes.Structure):
+    """Any algorithm's nvcompBatched*DecompressOpts_t: each starts with its
+    nvcompDecompressBackend_t `backend`, then fields and reserved bytes to 64, zero for their
+    defaults (passed by value, in memory, whatever the fields)."""
+
+    _fields_ = [("backend", ctypes.c_int), ("rest", ctypes.c_char * (OPTS_BYTES - 4))]
 
 
 class CRC32Spec(ctypes.Structure):
