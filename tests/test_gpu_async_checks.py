@@ -16,11 +16,11 @@ import zstandard
 import gpuzarr
 from gpu_standin import StandinEngine
 from gpuzarr.devices import nvcomp_capi
-from gpuzarr.devices.gpu import CupyEngine, GpuDevice
+from gpuzarr.devices.gpu import GpuDevice
 from gpuzarr.devices.gpu_layout import build_layout
 from gpuzarr.devices.nvcomp_batch import Decoded
 from gpuzarr.errors import CorruptDataError, DeviceMemoryError
-from test_gpu_review import LE, ZSTD, _write_v3, _zstd_array_path, _zstd_batch
+from test_gpu_review import LE, ZSTD, _bare_engine, _write_v3, _zstd_array_path, _zstd_batch
 
 
 class _DeviceArray(np.ndarray):
@@ -99,15 +99,6 @@ class _Device:
         return getattr(_Device.local, "current", 0)
 
 
-def _engine(xp) -> CupyEngine:
-    engine = CupyEngine.__new__(CupyEngine)
-    engine.xp = xp
-    engine._local = threading.local()
-    engine._states, engine._states_lock = [], threading.Lock()
-    engine.device_id = 0
-    return engine
-
-
 def _decoded(got, want, label) -> Decoded:
     return Decoded(np.array(got, np.uint64).view(_DeviceArray), np.zeros(len(got), np.int32).view(_DeviceArray),
                    np.array(want, np.int64), np.arange(len(got)), [f"{label}/{k}" for k in range(len(got))], ())
@@ -120,7 +111,7 @@ def test_the_lagged_check_waits_for_its_own_results_not_for_the_stream():
     asynchronous copy queued behind it, and a check waits only for that copy's event."""
     stream = _Stream()
     xp = _device_namespace(stream)
-    engine = _engine(xp)
+    engine = _bare_engine(xp)
     engine._state()  # its staging slots' events made
     _DeviceArray.blocking_gets, _DeviceArray.outs, _Event.made = 0, [], []
     layouts = [SimpleNamespace(labels=[]) for _ in range(5)]
@@ -137,7 +128,7 @@ def test_the_lagged_check_waits_for_its_own_results_not_for_the_stream():
 
 
 def test_a_lagged_check_still_fails_the_read_naming_the_chunk():
-    engine = _engine(_device_namespace(_Stream()))
+    engine = _bare_engine(_device_namespace(_Stream()))
     layouts = [SimpleNamespace(labels=[]) for _ in range(3)]
     engine._queue(_decoded([8, 7], [8, 8], "b0"), layouts[0])
     engine._queue(_decoded([8], [8], "b1"), layouts[1])
@@ -161,7 +152,7 @@ def test_a_failed_read_waits_for_what_it_queued():
     queued went on writing into `out` after the read had raised (and the results' copies into
     host memory freed by then). Now discard() waits for the stream first."""
     stream = _Stream()
-    engine = _engine(_device_namespace(stream))
+    engine = _bare_engine(_device_namespace(stream))
     engine._queue(_decoded([8], [8], "b0"), SimpleNamespace(labels=[]))
     engine.discard()
     assert stream.syncs == 1 and engine._state().pending == []
@@ -169,7 +160,7 @@ def test_a_failed_read_waits_for_what_it_queued():
 
 def test_a_cuda_error_at_the_wait_does_not_hide_the_reads_own_error():
     stream = _Stream(fail=RuntimeError("cudaErrorIllegalAddress: an illegal memory access was encountered"))
-    engine = _engine(_device_namespace(stream))
+    engine = _bare_engine(_device_namespace(stream))
     engine._queue(_decoded([8], [8], "b0"), SimpleNamespace(labels=[]))
     engine.discard()  # does not raise: the read's own error is the one on its way out
     assert stream.syncs == 1 and engine._state().pending == []
@@ -198,7 +189,7 @@ def test_only_a_data_status_of_a_refused_call_is_corrupt_data(tmp_path, monkeypa
     chain = gpuzarr.open(_zstd_array_path(tmp_path, 4096), device="cpu")._reader.locator.leaf_chain
     layout = build_layout(_zstd_batch([frame]), chain, lambda i: None)
     monkeypatch.setattr(nvcomp_capi, "load", lambda: _refusing_capi(status))
-    engine = _engine(_device_namespace(_Stream()))
+    engine = _bare_engine(_device_namespace(_Stream()))
     with pytest.raises(Exception) as error:
         engine.decompress("zstd", layout.staging, np.zeros(layout.work_nbytes, np.uint8), layout.streams["zstd"],
                           layout)
@@ -279,7 +270,7 @@ def test_an_io_threads_staging_events_belong_to_the_engines_device():
     """Before: a thread's staging slots (and their events) were made under that thread's current
     device; the fetch threads of a staged read never set one (device 0), so on device 1 the
     upload recorded a device-0 event on a device-1 stream (cudaErrorInvalidResourceHandle)."""
-    engine = _engine(_device_namespace(_Stream()))
+    engine = _bare_engine(_device_namespace(_Stream()))
     engine.device_id = 1
     _Event.made = []
     done = []
