@@ -32,6 +32,9 @@ def main(argv: list[str] | None = None) -> int:
     check = sub.add_parser("selfcheck", help="prove the GPU path on this machine: bit-identity with the CPU for "
                                              "every GPU codec, a corrupt stream refused, throughput; one verdict")
     check.add_argument("--size", type=_positive_int, default=512, help="side of the square test images (>= 64)")
+    check.add_argument("--corpus", metavar="DIR", help="also read every array below DIR on the GPU and the CPU and "
+                                                       "compare the bits (a source checkout writes the conformance "
+                                                       "corpus with `python tests/corpus.py DIR`)")
     args = parser.parse_args(argv)
     try:
         if args.command == "info":
@@ -43,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "selfcheck":
             from .selfcheck import main as selfcheck
 
-            return selfcheck(size=max(64, args.size // 64 * 64))
+            return selfcheck(size=max(64, args.size // 64 * 64), corpus=args.corpus)
         from .demo import run
 
         return run(args.size, args.repeats, args.device)

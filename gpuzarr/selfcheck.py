@@ -99,6 +99,10 @@ def _selections(size: int) -> dict[str, Callable[[Any], Any]]:
     }
 
 
+def _native(x: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(x.astype(x.dtype.newbyteorder("="), copy=False))
+
+
 def _host(x: Any) -> np.ndarray:
     return x.get() if hasattr(x, "get") else np.asarray(x)
 
@@ -180,7 +184,58 @@ def _checksum_mismatches_fail(root: str, gpu: Any) -> list[str]:
     return failures
 
 
-def main(gpu: Any = None, size: int = 512) -> int:
+def sweep(gpu: Any, root: str, out: Any = sys.stdout) -> list[str]:
+    """Every array below `root` (a conformance corpus: `python tests/corpus.py DIR` in a source
+    checkout writes one) read whole on the GPU and on the CPU, compared bit for bit; the failures.
+    An array the GPU path does not take (a dtype without a CuPy type, strings) is counted as
+    skipped with its reason, never as passed."""
+    import gpuzarr
+
+    from .errors import GpuzarrError, UnsupportedFeatureError
+
+    failures, same, skipped = [], 0, []
+    for path in _arrays(root):
+        name = os.path.relpath(path, root)
+        try:
+            want = gpuzarr.open(path, device="cpu")[...]
+        except GpuzarrError as exc:  # the corpus holds arrays the CPU refuses too: not a GPU matter
+            skipped.append(f"{name} (the CPU refuses it too: {type(exc).__name__})")
+            continue
+        try:
+            got = _host(gpuzarr.open(path, device=gpu)[...])
+        except UnsupportedFeatureError as exc:
+            skipped.append(f"{name} ({exc})")
+            continue
+        except Exception as exc:  # noqa: BLE001 - every other outcome is a failure to report
+            failures.append(f"{name}: the GPU read failed: {type(exc).__name__}: {exc}")
+            continue
+        got, want = _native(got), _native(want)  # CuPy has native byte order only: the GPU's is
+        if got.dtype != want.dtype or got.shape != want.shape or got.tobytes() != want.tobytes():
+            failures.append(f"{name}: the GPU read differs from the CPU read")
+        else:
+            same += 1
+    print(f"  corpus {root}: {same} arrays bit-identical, {len(failures)} failed, {len(skipped)} skipped",
+          file=out)
+    for line in skipped:
+        print(f"    skipped: {line}", file=out)
+    return failures
+
+
+def _arrays(root: str) -> list[str]:
+    """Directories below `root` holding an array's metadata (v3 zarr.json of an array, v2 .zarray)."""
+    found = []
+    for folder, dirs, files in os.walk(root):
+        dirs.sort()
+        if ".zarray" in files:
+            found.append(folder)
+        elif "zarr.json" in files:
+            with open(os.path.join(folder, "zarr.json"), "rb") as f:
+                if json.loads(f.read() or b"{}").get("node_type") == "array":
+                    found.append(folder)
+    return found
+
+
+def main(gpu: Any = None, size: int = 512, corpus: str | None = None) -> int:
     from .devices.base import get_device
     from .devices.gpu import usable_gpu
 
@@ -192,6 +247,8 @@ def main(gpu: Any = None, size: int = 512) -> int:
         gpu = get_device("gpu")
     print(f"gpuzarr selfcheck on {gpu.name}:")
     failures = check(gpu, size)
+    if corpus is not None:
+        failures += sweep(gpu, corpus)
     for failure in failures:
         print(f"  FAILED: {failure}")
     print("gpuzarr selfcheck: " + ("PASSED" if not failures else f"FAILED ({len(failures)} problems)"))

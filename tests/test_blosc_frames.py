@@ -353,3 +353,124 @@ def test_random_damage_never_escapes_as_another_error(walk):
         assert (info.stream_offsets >= 16).all() and (ends <= info.cbytes).all() and info.cbytes <= len(f)
         assert int(info.stream_dsizes.sum()) == info.nbytes
     assert outcomes["ok"] > 0 and outcomes["corrupt"] > 0, outcomes
+
+
+# ------------------------------------------------------------ parse_blosc_batch: every frame at once
+
+def _batch(frames: list[bytes], gaps: list[int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The frames in one buffer, `gaps[k]` bytes before frame k, bytes after the last one."""
+    buf, offsets = bytearray(), []
+    for frame, gap in zip(frames, gaps):
+        buf += b"\xee" * gap
+        offsets.append(len(buf))
+        buf += frame
+    buf += b"\xff" * 7  # must never be read as part of the last frame
+    return np.frombuffer(bytes(buf), np.uint8), np.array(offsets, np.int64), np.array([len(f) for f in frames], np.int64)
+
+
+def _assert_batch_matches_frames(frames: list[bytes], nbytes: int, gaps: list[int] | None = None) -> int:
+    """parse_blosc_batch parses exactly the frames parse_blosc_frame accepts (decoded size > 0),
+    into the same streams and blocks; returns how many it refused."""
+    buf, offsets, sizes = _batch(frames, gaps or [3 * k % 5 for k in range(len(frames))])
+    got = bf.parse_blosc_batch(buf, offsets, sizes, nbytes)
+    refused = 0
+    for k, frame in enumerate(frames):
+        try:
+            one = bf.parse_blosc_frame(frame, nbytes)
+        except CorruptDataError:
+            one = None
+        assert got.parsed[k] == (one is not None and one.nbytes > 0), k
+        if not got.parsed[k]:
+            refused += 1
+            assert not (got.stream_frame == k).any() and not (got.block_frame == k).any()
+            continue
+        s, b = got.stream_frame == k, got.block_frame == k
+        assert (got.stream_src[s] - offsets[k]).tolist() == one.stream_offsets.tolist()
+        assert got.stream_csize[s].tolist() == one.stream_csizes.tolist()
+        assert got.stream_dsize[s].tolist() == one.stream_dsizes.tolist()
+        assert got.stream_dst[s].tolist() == one.stream_dst_offsets.tolist()
+        assert got.block_offset[b].tolist() == one.block_offsets.tolist()
+        assert got.block_size[b].tolist() == one.block_sizes.tolist()
+        assert got.block_shuffle[b].tolist() == one.block_shuffle.tolist()
+        assert (got.block_typesize[b] == one.typesize).all()
+        block_of = np.searchsorted(one.block_offsets, one.stream_dst_offsets, side="right") - 1
+        assert (got.stream_block[s] - np.flatnonzero(b)[0]).tolist() == block_of.tolist()
+    assert np.all(np.diff(got.stream_frame) >= 0) and np.all(np.diff(got.block_frame) >= 0)  # frame order
+    return refused
+
+
+@pytest.mark.parametrize("nbytes, blocksize", [(n, b) for n, b in SIZES if n] + [(4096 * 3, 4096)])
+def test_the_batch_parser_equals_the_frame_parser_on_real_frames(nbytes, blocksize):
+    """Every compressor, shuffle and typesize in one batch: several block shapes walked together,
+    memcpyed frames (random data, tiny sizes) among them."""
+    rng = np.random.default_rng(nbytes + blocksize)
+    frames = [bytes(Blosc(cname, 5, SHUFFLES[shuffle], blocksize=blocksize, typesize=typesize)
+                    .encode(_data(kind, nbytes, typesize, rng)))
+              for cname in CNAMES for shuffle in SHUFFLES for typesize in TYPESIZES
+              for kind in ("compressible", "random")]
+    assert _assert_batch_matches_frames(frames, nbytes) == 0
+    assert _assert_batch_matches_frames(frames, nbytes + 1) == len(frames)  # another chunk size: all refused
+
+
+def test_the_batch_parser_refuses_exactly_the_damaged_frames_the_frame_parser_refuses():
+    rng = np.random.default_rng(5)
+    base = [bytes(_frame(cname, 4099, typesize, blocksize, shuffle)) for cname in ("lz4", "zstd", "zlib")
+            for typesize in (1, 2, 4) for blocksize in (0, 256, 1024) for shuffle in SHUFFLES.values()]
+    base.append(bytes(Blosc("lz4", 0, typesize=2).encode(bytes(4099))))  # memcpyed
+    refused = 0
+    for _ in range(400):
+        frames = []
+        for _ in range(int(rng.integers(1, 6))):
+            f = bytearray(base[int(rng.integers(len(base)))])
+            for _ in range(int(rng.integers(0, 3))):
+                kind = int(rng.integers(4))
+                if kind == 0:
+                    f[int(rng.integers(len(f)))] = int(rng.integers(256))
+                elif kind == 1:  # header, block starts and first size prefixes
+                    f[int(rng.integers(min(len(f), 40)))] = int(rng.integers(256))
+                elif kind == 2:
+                    f = f[:int(rng.integers(len(f) + 1))]
+                else:
+                    f += bytes(int(rng.integers(1, 5)))
+            frames.append(bytes(f))
+        refused += _assert_batch_matches_frames(frames, 4099, [int(rng.integers(0, 4)) for _ in frames])
+    assert refused > 100
+
+
+@pytest.mark.parametrize("edit", [
+    lambda f: _set_i32(f, 16, 8),  # block 0 starts inside the start table
+    lambda f: _set_i32(f, 16, len(f) - 3),  # block 0 starts too near the end for a size prefix
+    lambda f: _set_i32(f, int.from_bytes(f[16:20], "little"), len(f)),  # its first stream runs past the end
+    lambda f: _set_i32(f, int.from_bytes(f[16:20], "little"), 0),  # an empty stream
+    lambda f: _set_i32(f, int.from_bytes(f[16:20], "little"), -5),
+    lambda f: f[:-1],  # truncated
+    lambda f: _set_i32(f, 4, 4098),  # another decoded size
+    lambda f: f[:3] + bytes([3]) + f[4:],  # typesize 3: 1024-byte blocks do not split into 3 streams
+], ids=["start-in-table", "start-at-end", "csize-past-end", "csize-0", "csize-negative", "truncated", "nbytes",
+        "splits"])
+def test_the_batch_parser_refuses_each_corruption_the_frame_parser_refuses(edit):
+    good = bytes(_frame("lz4", 4099, 4, 1024))
+    bad = bytes(edit(bytearray(good)))
+    with pytest.raises(CorruptDataError):
+        bf.parse_blosc_frame(bad, 4099)
+    buf, offsets, sizes = _batch([good, bad, good], [0, 1, 2])
+    assert bf.parse_blosc_batch(buf, offsets, sizes, 4099).parsed.tolist() == [True, False, True]
+
+
+def test_the_batch_parser_takes_an_empty_batch():
+    got = bf.parse_blosc_batch(np.zeros(0, np.uint8), np.zeros(0, np.int64), np.zeros(0, np.int64), 100)
+    assert got.parsed.size == 0 and got.stream_frame.size == 0 and got.groups == 0
+
+
+def test_a_size_prefix_past_the_frame_is_refused_without_reading_past_the_buffer():
+    """Stream 0 claims all but 2 bytes of the frame: stream 1's size prefix would start 2 bytes
+    before the end. The frame is last in the buffer, with nothing after it."""
+    frame = bytearray(Blosc("lz4", 5, Blosc.SHUFFLE, blocksize=4096, typesize=2).encode(bytes(4096)))
+    assert bf.parse_blosc_frame(bytes(frame)).nstreams == 2  # one block, two split streams
+    start = int.from_bytes(frame[16:20], "little")
+    frame = _set_i32(frame, start, len(frame) - start - 4 - 2)
+    with pytest.raises(CorruptDataError, match="stream 1 of block 0 starts at byte"):
+        bf.parse_blosc_frame(bytes(frame), 4096)
+    buf = np.frombuffer(bytes(frame), np.uint8)
+    got = bf.parse_blosc_batch(buf, np.array([0]), np.array([len(frame)]), 4096)
+    assert got.parsed.tolist() == [False]

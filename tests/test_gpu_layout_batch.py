@@ -1,6 +1,8 @@
-"""The GPU host half's whole-batch path for zstd chains: frame headers checked for every chunk at
-once (against the per-frame reference the CPU path uses), checksums verified, streams laid out
-without a Python step per chunk but the copy; run through the GPU orchestration's CPU stand-in."""
+"""The GPU host half's whole-batch paths: zstd frame headers checked for every chunk at once
+(against the per-frame reference the CPU path uses), and blosc, gzip, zlib, LZ4 and stored chunks
+laid out as whole-batch arrays, checked against the per-chunk layout (the same streams, copies,
+unshuffles and checksums; the same error, naming the same chunk, for a corrupt frame); run through
+the GPU orchestration's CPU stand-in."""
 
 from __future__ import annotations
 
@@ -227,3 +229,273 @@ def test_the_gpu_device_decodes_a_local_zstd_batch_where_fetch_put_it(tmp_path):
     finally:
         gpuzarr.devices.gpu.build_layout = real_build
     assert seen == [True]  # no repack: the staging fetched is the one uploaded
+
+
+# ------------------------------------------------ blosc, gzip, zlib, LZ4, stored: whole batch vs per chunk
+
+def _canonical(layout) -> dict:
+    """What a layout asks of the device, free of where it put things in staging and temp: each
+    stream, copy and checksum by its bytes, each write by where it finally lands (a chunk's row,
+    or the unshuffle that moves it there)."""
+    rows = layout.n * layout.raw_nbytes
+    moved = dict(zip(layout.moves["src"].tolist(), layout.moves["dst"].tolist()))
+    unshuffles = [(s, d, n, kind) for kind, t in layout.unshuffles.items()
+                  for s, d, n in zip(t["src"].tolist(), t["dst"].tolist(), t["size"].tolist())]
+
+    def lands(addr: int) -> tuple:
+        addr = moved.get(addr, addr)
+        if addr < rows:
+            return ("row", addr)
+        inside = [(kind, d + addr - s) for s, d, n, kind in unshuffles if s <= addr < s + n]
+        assert len(inside) == 1, f"a write to temp byte {addr} that no move or unshuffle takes to a row"
+        return ("unshuffled", *inside[0])
+
+    def piece(src, size) -> bytes:
+        return layout.staging[src:src + size].tobytes()
+
+    streams = sorted((alg, piece(s, n), lands(d), ds, c) for alg, t in layout.streams.items()
+                     for s, n, d, ds, c in zip(*(t[k].tolist() for k in ("src", "src_size", "dst", "dst_size", "chunk"))))
+    copies = sorted((piece(s, n), lands(d)) for s, d, n in zip(*(layout.copies[k].tolist() for k in ("src", "dst", "size"))))
+    unshuffled = sorted((kind, d, n, ts) for kind, t in layout.unshuffles.items()
+                        for d, n, ts in zip(*(t[k].tolist() for k in ("dst", "size", "typesize"))))
+    checks = layout.checksums
+    crc32c = sorted((piece(s, n), e, c) for s, n, e, c in zip(*(checks["crc32c"][k].tolist()
+                                                             for k in ("src", "size", "expected", "chunk")))
+                    ) if "crc32c" in checks else []
+    crc32 = sorted((lands(s), n, e, c) for s, n, e, c in zip(*(checks["crc32"][k].tolist()
+                                                             for k in ("src", "size", "expected", "chunk")))
+                   ) if "crc32" in checks else []
+    return {"streams": streams, "copies": copies, "unshuffles": unshuffled, "crc32c": crc32c, "crc32": crc32,
+            "fallback": sorted(layout.cpu_fallback)}
+
+
+def _per_chunk_layout(monkeypatch, batch, chain, cpu_decode):
+    """The reference: every chunk through the per-chunk path."""
+    from gpuzarr.devices import gpu_layout
+
+    with monkeypatch.context() as m:
+        m.setattr(gpu_layout, "_add_whole_batch", lambda b, inner, live: np.zeros(live.size, bool))
+        return build_layout(batch, chain, cpu_decode)
+
+
+def _both(monkeypatch, batch, chain, cpu_decode=lambda i: np.zeros(0, np.uint8)):
+    """(whole-batch layout or its error message, per-chunk layout or its error message)."""
+    results = []
+    for make in (lambda: build_layout(batch, chain, cpu_decode),
+                 lambda: _per_chunk_layout(monkeypatch, batch, chain, cpu_decode)):
+        try:
+            results.append(make())
+        except CorruptDataError as exc:
+            results.append(str(exc))
+    return results
+
+
+def _whole_read(arr):
+    from gpuzarr.fetch import fetch
+    from gpuzarr.plan import make_plan
+    from gpuzarr.selection import normalize
+
+    reader = arr._reader
+    plan = make_plan([normalize((slice(None),) * arr.ndim, arr.shape)], reader.locator.leaf_shape, False)
+    loc = reader.locator.locate(plan.chunks)
+    return fetch(arr.store, loc, np.arange(plan.n_chunks), align=ALIGN)
+
+
+_SINGLE = ("blosc", "gzip", "zlib", "lz4")
+
+
+def _whole_batch_cases():
+    from corpus import ARRAY_CASES
+
+    return [c.name for c in ARRAY_CASES if any(k in c.name for k in _SINGLE + ("raw", "bytes", "none"))]
+
+
+@pytest.mark.parametrize("target", _whole_batch_cases())
+def test_the_whole_batch_layout_equals_the_per_chunk_one_on_the_corpus(corpus, target, monkeypatch):
+    from gpuzarr.codecs.bytes_to_bytes import Blosc, Gzip, Lz4, Zlib
+    from gpuzarr.devices.gpu import decode_bytes
+
+    arr = gpuzarr.open(str(corpus.path(target)), device="cpu")
+    chain = arr._reader.locator.leaf_chain
+    inner = chain.bytes_to_bytes[:len(chain.bytes_to_bytes) - chain.trailing_crc32c]
+    if chain.raw_nbytes is None or len(inner) > 1 or (inner and not isinstance(inner[0], (Blosc, Gzip, Lz4, Zlib))):
+        pytest.skip(f"{chain.describe()}: not a chain the whole-batch framings take")
+    batch = _whole_read(arr)
+    raw = chain.raw_nbytes
+    whole, per_chunk = _both(monkeypatch, batch, chain,
+                             lambda i: decode_bytes(chain, batch.chunk(i), np.empty(raw, np.uint8), batch.labels[i]))
+    assert _canonical(whole) == _canonical(per_chunk)
+    assert whole.per_frame == len(whole.cpu_fallback)  # only frames nvCOMP cannot decode (blosclz) go one by one
+    assert per_chunk.per_frame == int(batch.present.sum())
+
+
+def _chain(kind: str, nbytes: int, checks: int = 0):
+    """The leaf chain of a 1-d uint8 array of one `nbytes` chunk compressed by `kind`."""
+    import tempfile
+
+    compressor = {"blosc": numcodecs.Blosc("lz4"), "gzip": numcodecs.GZip(), "zlib": numcodecs.Zlib(),
+                  "lz4": numcodecs.LZ4(), "raw": None}[kind]
+    path = tempfile.mkdtemp() + "/a"
+    if checks:
+        z = zarr.create_array(path, shape=(nbytes,), chunks=(nbytes,), dtype="u1", zarr_format=3,
+                              compressors=[zarr.codecs.numcodecs.Blosc(cname="lz4")] + [zarr.codecs.Crc32cCodec()] * checks
+                              if kind == "blosc" else [zarr.codecs.Crc32cCodec()] * checks)
+    else:
+        z = zarr.create_array(path, shape=(nbytes,), chunks=(nbytes,), dtype="u1", zarr_format=2, compressors=compressor)
+    z[...] = 1
+    return gpuzarr.open(path, device="cpu")._reader.locator.leaf_chain
+
+
+_CHAINS: dict = {}
+
+
+def _cached_chain(kind, nbytes, checks=0):
+    key = (kind, nbytes, checks)
+    if key not in _CHAINS:
+        _CHAINS[key] = _chain(kind, nbytes, checks)
+    return _CHAINS[key]
+
+
+def _with_crc32c(frame: bytes, checks: int) -> bytes:
+    import crc32c
+
+    for _ in range(checks):
+        frame += crc32c.crc32c(frame).to_bytes(4, "little")
+    return frame
+
+
+@st.composite
+def _blosc_frame(draw, nbytes):
+    cname = draw(st.sampled_from(["lz4", "zstd", "zlib", "blosclz"]))
+    typesize = draw(st.sampled_from([1, 2, 3, 4, 8, 16, 17]))
+    shuffle = draw(st.sampled_from([numcodecs.Blosc.NOSHUFFLE, numcodecs.Blosc.SHUFFLE, numcodecs.Blosc.BITSHUFFLE]))
+    blocksize = draw(st.sampled_from([0, 128, 256, 1000, 4096]))
+    clevel = draw(st.sampled_from([0, 5]))  # 0: memcpyed
+    seed = draw(st.integers(0, 3))
+    data = np.random.default_rng(seed).integers(0, 4 if seed else 256, nbytes).astype(np.uint8).tobytes()
+    return numcodecs.Blosc(cname, clevel, shuffle, blocksize=blocksize, typesize=typesize).encode(data)
+
+
+def _frame_of(kind: str, nbytes: int, seed: int) -> bytes:
+    data = np.random.default_rng(seed).integers(0, 4 if seed else 256, nbytes).astype(np.uint8).tobytes()
+    if kind == "gzip":
+        import gzip
+        return gzip.compress(data, mtime=0) if seed < 2 else _gzip_with_extras(data, named=seed == 3)
+    return bytes({"zlib": numcodecs.Zlib(), "lz4": numcodecs.LZ4(), "raw": None}[kind].encode(data)
+                 if kind != "raw" else data)
+
+
+def _gzip_with_extras(data: bytes, named: bool) -> bytes:
+    """A gzip member with FEXTRA and FHCRC set, and FNAME if `named` (the whole-batch framing
+    leaves that one to the per-chunk path); Python's gzip writes none of them."""
+    import struct
+    import zlib
+
+    body = zlib.compressobj(6, zlib.DEFLATED, -15)
+    deflated = body.compress(data) + body.flush()
+    head = bytes([0x1F, 0x8B, 8, 4 | 2 | (8 if named else 0)]) + bytes(6) + struct.pack("<H", 3) + b"xyz"
+    head += (b"name\0" if named else b"") + b"\x12\x34"
+    return head + deflated + struct.pack("<II", zlib.crc32(data), len(data))
+
+
+def _damage(draw, frame: bytes) -> bytes:
+    f = bytearray(frame)
+    for _ in range(draw(st.integers(0, 2))):
+        what = draw(st.sampled_from(["byte", "header", "truncate", "extend"]))
+        if what == "byte" and f:
+            f[draw(st.integers(0, len(f) - 1))] = draw(st.integers(0, 255))
+        elif what == "header" and f:
+            f[draw(st.integers(0, min(len(f), 40) - 1))] = draw(st.integers(0, 255))
+        elif what == "truncate":
+            f = f[:draw(st.integers(0, len(f)))]
+        elif what == "extend":
+            f += bytes(draw(st.integers(1, 4)))
+    return bytes(f)
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=st.data(), kind=st.sampled_from(["blosc", "gzip", "zlib", "lz4", "raw"]),
+       nbytes=st.sampled_from([100, 1000, 4099]), checks=st.sampled_from([0, 0, 1]))
+def test_whole_batch_and_per_chunk_layouts_agree_on_any_frames(data, kind, nbytes, checks):
+    """Good frames of every form (blosc typesizes, blocksizes, shuffles, memcpyed, compressors;
+    gzip with header extras) and damaged ones: the same layout, or the same error naming the
+    same chunk."""
+    chain = _cached_chain(kind, nbytes, checks)
+    frames = []
+    for _ in range(data.draw(st.integers(1, 6))):
+        frame = (data.draw(_blosc_frame(nbytes)) if kind == "blosc"
+                 else _frame_of(kind, nbytes, data.draw(st.integers(0, 3))))
+        if data.draw(st.booleans()):
+            frame = _damage(data.draw, frame)
+        frames.append(_with_crc32c(frame, checks))
+    batch = _batch_of(frames)
+    present = np.array([data.draw(st.booleans()) or k == 0 for k in range(len(frames))])
+    batch.present[:] = present
+    batch.sizes[~present] = 0
+    with pytest.MonkeyPatch.context() as mp:
+        whole, per_chunk = _both(mp, batch, chain, lambda i: np.zeros(nbytes, np.uint8))
+    if isinstance(per_chunk, str):
+        assert whole == per_chunk
+    else:
+        assert not isinstance(whole, str), whole
+        assert _canonical(whole) == _canonical(per_chunk)
+
+
+def test_mixed_blosc_frames_decode_through_the_standin(tmp_path):
+    """A v2 blosc array whose chunks are compressed (split streams, byte shuffle)
+    or memcpyed (random data): whole-batch layout, stand-in decode: the CPU read's bits; one
+    nvCOMP call, one unshuffle launch, no frame laid out alone."""
+    data = np.zeros((64, 64), "<u4")
+    data[:32] = np.arange(32 * 64).reshape(32, 64) % 97
+    data[32:] = np.random.default_rng(0).integers(0, 2**32, (32, 64), dtype=np.uint32)  # incompressible
+    z = zarr.create_array(str(tmp_path / "a"), shape=data.shape, chunks=(16, 64), dtype="<u4", zarr_format=2,
+                          compressors=numcodecs.Blosc("lz4", 5, numcodecs.Blosc.SHUFFLE, blocksize=1024))
+    z[...] = data
+    engine = StandinEngine()
+    seen = []
+    real = gpuzarr.devices.gpu.build_layout
+
+    def spy(*args, **kw):
+        seen.append(real(*args, **kw))
+        return seen[-1]
+
+    gpuzarr.devices.gpu.build_layout = spy
+    try:
+        got = gpuzarr.open(str(tmp_path / "a"), device=GpuDevice(engine)).read()
+    finally:
+        gpuzarr.devices.gpu.build_layout = real
+    np.testing.assert_array_equal(got, data)
+    assert [layout.per_frame for layout in seen] == [0]
+    assert engine.calls["decompress:lz4"] == 1 and engine.calls["unshuffle:1"] == 1
+
+
+def test_a_corrupt_blosc_frame_fails_the_gpu_read_naming_its_chunk(tmp_path):
+    data = np.arange(64 * 64, dtype="<u2").reshape(64, 64)
+    z = zarr.create_array(str(tmp_path / "a"), shape=data.shape, chunks=(16, 64), dtype="<u2", zarr_format=2,
+                          compressors=numcodecs.Blosc("lz4", 5, numcodecs.Blosc.SHUFFLE))
+    z[...] = data
+    chunk = tmp_path / "a" / "2.0"
+    frame = bytearray(chunk.read_bytes())
+    frame[12:16] = (len(frame) + 1).to_bytes(4, "little")  # cbytes past the end
+    chunk.write_bytes(bytes(frame))
+    with pytest.raises(CorruptDataError, match="2.0.*blosc frame is truncated"):
+        gpuzarr.open(str(tmp_path / "a"), device=GpuDevice(StandinEngine())).read()
+
+
+def test_gzip_members_with_header_extras_are_laid_out_whole_batch_or_per_chunk(monkeypatch):
+    chain = _cached_chain("gzip", 1000)
+    frames = [_frame_of("gzip", 1000, 2), _frame_of("gzip", 1000, 3), _frame_of("gzip", 1000, 1)]
+    whole, per_chunk = _both(monkeypatch, _batch_of(frames), chain)
+    assert _canonical(whole) == _canonical(per_chunk)
+    assert whole.per_frame == 1  # the member with a file name
+
+
+def test_a_blosc_zlib_stream_with_a_bad_header_is_refused_like_the_per_chunk_path(monkeypatch):
+    chain = _cached_chain("blosc", 4099)
+    data = np.arange(4099, dtype=np.uint8).tobytes()
+    frame = bytearray(numcodecs.Blosc("zlib", 5, numcodecs.Blosc.NOSHUFFLE, blocksize=1024).encode(data))
+    first = int.from_bytes(frame[16:20], "little")  # block 0; its first stream's bytes start 4 later
+    frame[first + 5] ^= 0x20  # FDICT: a preset dictionary, which zlib_to_deflate refuses
+    good = numcodecs.Blosc("lz4").encode(data)
+    whole, per_chunk = _both(monkeypatch, _batch_of([good, bytes(frame)]), chain)
+    assert whole == per_chunk == "c/1: not a zlib stream (bad header, or a preset dictionary)"

@@ -12,7 +12,7 @@ import pytest
 from gpu_standin import StandinEngine
 
 from gpuzarr.devices.gpu import GpuDevice, usable_gpu
-from gpuzarr.selfcheck import check
+from gpuzarr.selfcheck import check, sweep
 
 
 def test_without_a_gpu_it_says_why_and_exits_non_zero():
@@ -56,3 +56,21 @@ class _OneBitOff(StandinEngine):
 def test_the_checks_catch_a_device_that_gets_the_bits_wrong():
     failures = check(GpuDevice(_OneBitOff()), size=128, out=io.StringIO())
     assert failures and all("differs from the CPU read" in f for f in failures)
+
+
+def test_the_corpus_sweep_reads_every_array_on_both_devices(corpus):
+    """`selfcheck --corpus DIR` on the conformance corpus, through the stand-in: every array is
+    bit-identical or skipped with its reason; a device that gets data wrong is caught."""
+    out = io.StringIO()
+    assert sweep(GpuDevice(StandinEngine()), str(corpus.root), out=out) == []
+    text = out.getvalue()
+    same = int(text.split("arrays bit-identical")[0].rsplit(":", 1)[1])
+    assert same > 100 and ", 0 failed," in text
+
+    class _Wrong(StandinEngine):
+        def scatter(self, decoded, out, records, itemsize, ndim) -> None:
+            super().scatter(decoded, out, records, itemsize, ndim)
+            out.reshape(-1).view(np.uint8)[:1] ^= 1  # one bit of every batch's output
+
+    failures = sweep(GpuDevice(_Wrong()), str(corpus.root), out=io.StringIO())
+    assert failures and all("the GPU read differs from the CPU read" in f or "failed" in f for f in failures)
