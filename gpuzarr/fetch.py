@@ -29,6 +29,7 @@ from .store import LocalStore, Store
 Shape = tuple[int, ...]
 COALESCE_GAP = 1 << 16  # bytes of gap worth reading to save a request
 COALESCE_ARRAYS = 48  # from this many chunks a batch is coalesced with array operations
+LOCATE_ARRAYS = 64  # up to this many chunks are located with Python integers (see _locate_small)
 # A shard is read whole (index included, one request) when its index is not cached and the read
 # wants at least this fraction of its chunks (of those inside the array: an edge shard read in
 # full qualifies). The shard's chunks are then usually stored back to back and coalescing would
@@ -73,7 +74,12 @@ class Locations:
     def storage_order(self) -> np.ndarray | None:
         """Order reading keys one after the other, each front to back; None if already so."""
         ids, offsets = self.key_ids, self.offsets
-        if ids.size < 2 or ((np.diff(ids) >= 0).all() and ((np.diff(offsets) > 0) | (np.diff(ids) > 0)).all()):
+        if ids.size <= LOCATE_ARRAYS:  # plain integers: cheaper than array calls for a few
+            pairs = list(zip(ids.tolist(), offsets.tolist()))
+            if all(a < b for a, b in zip(pairs, pairs[1:])):
+                return None
+            return np.array(sorted(range(len(pairs)), key=pairs.__getitem__), dtype=np.int64)
+        if ((np.diff(ids) >= 0).all() and ((np.diff(offsets) > 0) | (np.diff(ids) > 0)).all()):
             return None
         return np.lexsort((offsets, ids))
 
@@ -185,6 +191,7 @@ class Locator:
         self.leaf_chain: CodecChain = chain
         self._grid_strides = _strides(meta.grid_shape)
         self._level_strides = [_strides(sharding.chunks_per_shard(owner)) for owner, sharding in levels]
+        self._per_shard = np.array(meta.chunk_shape, np.int64) // np.array(shape, np.int64)  # leaf chunks
         # reading shards whole (see WHOLE_SHARD_FRACTION): where, and what a shard is estimated at
         self._whole = bool(levels) and store.reads_whole_shards and self.leaf_chain.raw_nbytes is not None
         if self._whole:
@@ -200,6 +207,8 @@ class Locator:
 
     def locate(self, coords: np.ndarray) -> Locations:
         n = coords.shape[0]
+        if n <= LOCATE_ARRAYS and len(self.levels) == 1 and not self._whole:
+            return self._locate_small(coords)
         if not self.levels:
             encode = self.meta.key_encoding.key
             keys = np.array([encode(tuple(c)) for c in coords.tolist()], dtype=object)
@@ -248,6 +257,37 @@ class Locator:
             origin = origin + within * inner
             owner = owner * math.prod(cps) + flat
         return Locations(keys, offsets, sizes, present, inverse, missing, blobs)
+
+    def _locate_small(self, coords: np.ndarray) -> Locations:
+        """locate() of a handful of chunks under one level of sharding, in plain integers: the
+        same Locations (shards numbered in grid order, as `_group` numbers them), without the
+        dozens of array calls on tiny arrays the general path makes."""
+        (shard_shape, sharding), = self.levels
+        shard, inner = np.divmod(coords, self._per_shard)
+        linears = (shard @ self._grid_strides).tolist()
+        rows = list(zip(linears, (inner @ self._level_strides[0]).tolist()))  # (shard, index entry) per chunk
+        shards = dict(zip(linears, shard.tolist()))  # linear shard number → its grid coordinates
+        rank = {linear: i for i, linear in enumerate(sorted(shards))}
+        encode = self.meta.key_encoding.key
+        keys = [encode(tuple(shards[linear])) for linear in sorted(shards)]
+        versions = {key: self.store.version(key) for key in keys}
+        tables = self._indexes([(key, 0, -1) for key in keys], shard_shape, sharding, 0, versions)
+        wanted: list[list[int]] = [[] for _ in keys]
+        for linear, entry in rows:
+            wanted[rank[linear]].append(entry)
+        found = [iter(t[w].tolist()) if t is not None else None for t, w in zip(tables, wanted)]
+        empty = int(EMPTY)
+        offsets, sizes, present = [], [], []
+        for linear, _ in rows:
+            entries = found[rank[linear]]
+            offset, size = next(entries) if entries is not None else (0, empty)
+            present.append(size != empty)
+            offsets.append(offset if size != empty else 0)
+            sizes.append(size if size != empty else 0)
+        ids = [rank[linear] for linear, _ in rows]
+        return Locations(np.array([keys[i] for i in ids], dtype=object), np.array(offsets, dtype=np.int64),
+                         np.array(sizes, dtype=np.int64), np.array(present, dtype=bool),
+                         np.array(ids, dtype=np.int64), tuple(k for k, t in zip(keys, tables) if t is None))
 
     def _mostly_wanted(self, keys: np.ndarray, shard_coords: np.ndarray, touched: np.ndarray) -> dict[str, int]:
         """Of the shards `keys` (at `shard_coords`, with `touched` of their innermost chunks
@@ -373,24 +413,16 @@ def fetch(store: Store, loc: Locations, rows: np.ndarray, alloc: Any = _new_stag
     `alloc(nbytes)` gives the staging buffer of a local read (default: a new one), or (it, a
     token); `align`: where chunks of a local read start (see `_fetch_bounded`); `missing`, if
     given, gets the key of every chunk object found absent (zarr-python's read results)."""
-    keys, offsets, sizes, present = loc.keys[rows], loc.offsets[rows], loc.sizes[rows], loc.present[rows].copy()
     n = rows.size
+    if isinstance(store, LocalStore) and n and loc.sizes[rows[0]] < 0:  # chunk files (all or none of a read's)
+        return _fetch_files(store, loc.keys[rows].tolist(), alloc, align, missing)
+    keys, offsets, sizes, present = loc.keys[rows], loc.offsets[rows], loc.sizes[rows], loc.present[rows].copy()
     key_list = keys.tolist()
     if np.count_nonzero(present) < COALESCE_ARRAYS:
         ranges, members = _coalesce_small(key_list, offsets.tolist(), sizes.tolist(), present)
     else:
         ranges, members = _coalesce(keys, loc.key_ids[rows], offsets, sizes, present)
     if ranges and isinstance(store, LocalStore):
-        # whole chunk files: their sizes cost a stat, then they are read straight into staging too
-        sizes = sizes.copy()
-        for r, ((key, _, stop), idx) in enumerate(zip(ranges, members)):
-            if stop is None:
-                size = store.size(key)
-                present[idx[0]] = size is not None
-                if size is None and missing is not None:
-                    missing.append(key)
-                sizes[idx[0]] = size or 0
-                ranges[r] = (key, 0, size or 0)
         return _fetch_bounded(store, ranges, members, offsets, sizes, present, key_list, alloc, align)
     # other stores return what exists, so nothing is allocated from an unchecked index size;
     # the ranges of shards read whole while locating are slices of the bytes in hand
@@ -497,6 +529,34 @@ def _coalesce(keys: np.ndarray, key_ids: np.ndarray, offsets: np.ndarray, sizes:
     ranges = [(k, 0, None) if w else (k, a, b) for k, a, b, w in
               zip(keys[live[firsts]].tolist(), off[firsts].tolist(), end[lasts].tolist(), whole[firsts].tolist())]
     return ranges, [m.tolist() for m in np.split(live, firsts[1:])]
+
+
+def _fetch_files(store: LocalStore, keys: list, alloc: Any, align: int, missing: list | None) -> FetchedBatch:
+    """Whole chunk files, each sized on its open descriptor and read straight into its place in
+    one staging buffer (at `align`-ed offsets); a file that is not there reads as the fill value."""
+    layout: list = []
+
+    def place(sizes: list) -> list:
+        stored = [size or 0 for size in sizes]
+        padded = stored if align <= 1 else [-(-size // align) * align for size in stored]
+        positions = list(itertools.accumulate(padded, initial=0))
+        staging, token = _allocated(alloc, positions[-2] + stored[-1] if stored else 0)
+        layout.extend((staging, token, positions[:-1], sizes))
+        view = memoryview(staging)
+        return [view[pos:pos + size] for pos, size in zip(positions, stored)]
+
+    counts = store.read_files_into(keys, place)
+    staging, token, positions, sizes = layout
+    for key, size, count in zip(keys, sizes, counts):
+        if size is None:
+            if missing is not None:
+                missing.append(key)
+        elif count is None:
+            raise CorruptDataError(f"{key}: disappeared while being read")
+        elif count != size:
+            raise CorruptDataError(f"{key}: bytes 0..{size} were expected (the file's size), {count} exist")
+    return FetchedBatch(staging, np.array(positions, np.int64), np.array([size or 0 for size in sizes], np.int64),
+                        np.array([size is not None for size in sizes], dtype=bool), keys, token)
 
 
 def _fetch_bounded(store: LocalStore, ranges: list, members: list, offsets: np.ndarray, sizes: np.ndarray,

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import bisect
 import functools
+import itertools
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -18,6 +19,10 @@ import numpy as np
 from .selection import DimSelection
 
 Shape = tuple[int, ...]
+# Placements up to which a window's plan and its selections are built with Python integers: for
+# a handful of chunks that is cheaper than array calls (a 256^2 window over 9 chunks: make_plan
+# MAKE_US, selections SEL_US)
+SMALL = 64
 
 
 @dataclass(frozen=True)
@@ -47,13 +52,23 @@ class Plan:
 
     def selections(self, first: int, stop: int) -> list[tuple[int, tuple, tuple]]:
         """(chunk row, selection inside the decoded chunk, selection in the output) of every
-        placement of chunks first..stop-1, built from whole columns at once. Where chunks have
-        many placements (index arrays, points), one fancy-indexed copy per chunk replaces them."""
-        span = self.placements_of(first, stop)
+        placement of chunks first..stop-1, built from whole columns at once (plain integers for
+        a small plan). Where chunks have many placements (index arrays, points), one
+        fancy-indexed copy per chunk replaces them."""
+        small = self.place_chunk.size <= SMALL
+        if small:
+            chunk_of = self._lists[0]
+            span = slice(bisect.bisect_left(chunk_of, first), bisect.bisect_left(chunk_of, stop))
+        else:
+            span = self.placements_of(first, stop)
         if span.stop - span.start > stop - first:
             merged = self._merged(span)
             if merged is not None:
                 return merged
+        return self._selections_small(span) if small else self._selections_arrays(span)
+
+    def _selections_arrays(self, span: slice) -> list[tuple[int, tuple, tuple]]:
+        """The placements `span` as selections, from whole columns at once."""
         rows = self.place_runs[span]
         per_dim = []
         for d, runs in enumerate(self.dims):
@@ -74,6 +89,31 @@ class Plan:
             out_parts.insert(0, self.place_window[span].tolist())
         out_sels = list(zip(*out_parts)) if out_parts else [()] * rows.shape[0]
         return list(zip(self.place_chunk[span].tolist(), chunk_sels, out_sels))
+
+    def _selections_small(self, span: slice) -> list[tuple[int, tuple, tuple]]:
+        """The same selections, placement by placement in plain integers (a small plan)."""
+        chunk_of, runs_of, window_of, dims = self._lists
+        sels = []
+        for p in range(span.start, span.stop):
+            chunk_sel, out_sel = [], [window_of[p]] if self.batched else []
+            for r, (start, step, count, out0, drop) in zip(runs_of[p], dims):
+                a = start[r]
+                if drop:
+                    chunk_sel.append(a)
+                    continue
+                b = a + step[r] * count[r]
+                chunk_sel.append(slice(a, b if b >= 0 else None, step[r]))
+                out_sel.append(slice(out0[r], out0[r] + count[r]))
+            sels.append((chunk_of[p], tuple(chunk_sel), tuple(out_sel)))
+        return sels
+
+    @functools.cached_property
+    def _lists(self) -> tuple[list, list, list, list]:
+        """The tables of a small plan as lists: placement chunks, runs and windows, and per
+        dimension (local starts, steps, counts, output starts, drop)."""
+        dims = [(d.local_start.tolist(), d.step.tolist(), d.count.tolist(), d.out_start.tolist(), d.drop)
+                for d in self.dims]
+        return self.place_chunk.tolist(), self.place_runs.tolist(), self.place_window.tolist(), dims
 
     def _merged(self, span: slice) -> list[tuple[int, tuple, tuple]] | None:
         """One (chunk, chunk selection, output selection) per chunk, with index arrays: for one
@@ -134,6 +174,9 @@ class Plan:
 
     def reorder(self, order: np.ndarray) -> Plan:
         """Renumber chunks so that row i of the result is row order[i] now (e.g. storage order)."""
+        if self.place_chunk.size == order.size:  # one placement per chunk (place_chunk is 0..n-1)
+            return Plan(self.chunks[order], self.place_chunk, self.place_runs[order], self.place_window[order],
+                        self.dims, self.batched)
         rank = np.empty_like(order)
         rank[order] = np.arange(order.size)
         new_chunk = rank[self.place_chunk]
@@ -330,6 +373,13 @@ def _index_runs(idx: np.ndarray, chunk: int) -> tuple[np.ndarray, ...]:
 
 def _dim_runs_small(sel: DimSelection, chunk: int) -> tuple[np.ndarray, ...]:
     """The same runs with Python integers: cheaper than array calls for a handful of chunks."""
+    table = np.array(_run_list(sel, chunk), dtype=np.int64)
+    return table[:, 0], table[:, 1], table[:, 2], table[:, 3]
+
+
+def _run_list(sel: DimSelection, chunk: int) -> list[tuple[int, int, int, int]]:
+    """(chunk index, first element inside the chunk, element count, output start) per run of a
+    non-empty selection of slices, as Python integers."""
     start, step, n = sel.start, sel.step, sel.count
     rows, j = [], 0
     while j < n:
@@ -339,8 +389,7 @@ def _dim_runs_small(sel: DimSelection, chunk: int) -> tuple[np.ndarray, ...]:
         last = min(n - 1, last)
         rows.append((k, index - k * chunk, last - j + 1, j))
         j = last + 1
-    table = np.array(rows, dtype=np.int64)
-    return table[:, 0], table[:, 1], table[:, 2], table[:, 3]
+    return rows
 
 
 def _product(sizes: list[int]) -> np.ndarray:
@@ -440,6 +489,15 @@ def _tables_boxes(boxes: Boxes, chunk_shape: Shape) -> tuple[list, np.ndarray, n
 
 
 def make_plan(windows: list[list[DimSelection]] | Boxes, chunk_shape: Shape, batched: bool) -> Plan:
+    if not isinstance(windows, Boxes) and len(windows) == 1:
+        plan = _plan_small(windows[0], chunk_shape, batched)
+        if plan is not None:
+            return plan
+    return _plan_tables(windows, chunk_shape, batched)
+
+
+def _plan_tables(windows: list[list[DimSelection]] | Boxes, chunk_shape: Shape, batched: bool) -> Plan:
+    """make_plan with whole-array operations over windows and runs."""
     ndim = len(chunk_shape)
     if isinstance(windows, Boxes):  # an ML loader's patches, vindex's points
         tables, rows, window = _tables_boxes(windows, chunk_shape)
@@ -459,6 +517,33 @@ def make_plan(windows: list[list[DimSelection]] | Boxes, chunk_shape: Shape, bat
         return Plan(coords, np.arange(coords.shape[0], dtype=np.int64), rows, window, dims, batched)
     by, place_chunk, firsts = _group_rows(coords)
     return Plan(coords[firsts], place_chunk, rows[by], window[by], dims, batched)
+
+
+def _plan_small(window: list[DimSelection], chunk_shape: Shape, batched: bool) -> Plan | None:
+    """make_plan of one window of slices that touches at most SMALL chunks, in plain integers
+    (the same tables as the array path); None for any other selection."""
+    total = 1
+    for sel, c in zip(window, chunk_shape):
+        if sel.indices is not None or sel.count == 0:
+            return None
+        total *= abs((sel.start + sel.step * (sel.count - 1)) // c - sel.start // c) + 1  # chunks spanned
+        if total > SMALL:
+            return None
+    runs = [_run_list(sel, c) for sel, c in zip(window, chunk_shape)]
+    dims = tuple(DimRuns(*np.array([*zip(*r), [sel.step] * len(r)], dtype=np.int64), drop=sel.drop)
+                 for r, sel in zip(runs, window))
+    n, ndim = math.prod(len(r) for r in runs), len(chunk_shape)
+    place_runs = list(itertools.product(*(range(len(r)) for r in runs)))
+    rows = np.array(place_runs, dtype=np.int64).reshape(n, ndim)
+    coords = np.array(list(itertools.product(*([k for k, _, _, _ in r] for r in runs))),
+                      dtype=np.int64).reshape(n, ndim)
+    # chunks of one window of slices are distinct, in C order already
+    plan = Plan(coords, np.arange(n, dtype=np.int64), rows, np.zeros(n, dtype=np.int64), dims, batched)
+    # its tables as Plan._lists would list them, from the integers in hand (seeding the cached property)
+    plan.__dict__["_lists"] = (list(range(n)), place_runs, [0] * n,
+                               [([a for _, a, _, _ in r], [sel.step] * len(r), [c for _, _, c, _ in r],
+                                 [o for _, _, _, o in r], sel.drop) for r, sel in zip(runs, window)])
+    return plan
 
 
 def _group_rows(coords: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

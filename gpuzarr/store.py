@@ -154,6 +154,9 @@ class _Counted:
     def read_ranges_into(self, ranges: Sequence[tuple[str, int, int]], pieces: Sequence[list]) -> list[int | None]:
         return self._target.read_ranges_into_with(ranges, pieces, self._io)  # type: ignore[attr-defined]
 
+    def read_files_into(self, keys: Sequence[str], place: Callable[[list], list]) -> list[int | None]:
+        return self._target.read_files_into_with(keys, place, self._io)  # type: ignore[attr-defined]
+
     def get(self, key: str) -> bytes | None:
         return self.read_ranges([(key, 0, None)])[0]
 
@@ -377,18 +380,73 @@ class LocalStore(Store):
         io.count(ranges)
         return counts
 
-    def _per_file(self, ranges: Sequence[Range], read: Any) -> list:
+    def read_files_into(self, keys: Sequence[str], place: Callable[[list], list]) -> list[int | None]:
+        """Whole files, each read by one preadv straight into the buffer `place(sizes)` gives it
+        (sizes: None where there is no file, a directory included); the bytes read per file
+        (None where there is none). Each file is opened once and sized by fstat on that
+        descriptor: no second lookup of its path, and its size and its bytes are of one file
+        even if it is replaced meanwhile. At most FILES_OPEN are held open; files beyond them
+        are sized by a stat of their path and opened when read."""
+        fds: list[int | None] = []
+        sizes: list[int | None] = []
+        try:
+            for key in keys:
+                held = len(fds) < FILES_OPEN
+                fd = self._open(key) if held else None
+                fds.append(fd)
+                if fd is None:  # no such file, or one past FILES_OPEN: sized by its path
+                    sizes.append(None if held else self.size(key))
+                    continue
+                info = os.fstat(fd)
+                sizes.append(info.st_size if stat.S_ISREG(info.st_mode) else None)
+            buffers = place(sizes)
+            live = [k for k, size in enumerate(sizes) if size is not None]
+            got = self._per_file([(keys[k], 0, sizes[k]) for k in live],
+                                 lambda fd, i, start, stop, flags: _preadv_all(fd, [buffers[live[i]]], start,
+                                                                                stop - start, flags),
+                                 [fds[k] for k in live])
+        finally:
+            for fd in fds:
+                if fd is not None:
+                    os.close(fd)
+        counts: list[int | None] = [None] * len(keys)
+        for k, count in zip(live, got):
+            counts[k] = count
+        return counts
+
+    def read_files_into_with(self, keys: Sequence[str], place: Callable[[list], list],
+                             io: ReadIO) -> list[int | None]:
+        """`read_files_into`, counted as one request per file that has bytes (as its range
+        (key, 0, size) would be); never left running behind a deadline (see read_ranges_into_with)."""
+        io.check()
+        counts = self.read_files_into(keys, place)
+        io.count([(key, 0, count or 0) for key, count in zip(keys, counts)])
+        return counts
+
+    def _open(self, key: str) -> int | None:
+        """A read-only descriptor of the file at `key` (close-on-exec, as Python opens every
+        file); None where there is no such file."""
+        path = self.path(key)
+        try:
+            return os.open(path, os.O_RDONLY)
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+            return None
+        except OSError as exc:
+            raise StoreError(f"{path}: open failed ({_reason(exc)})", key, exc) from exc
+
+    def _per_file(self, ranges: Sequence[Range], read: Any, fds: Sequence[int | None] | None = None) -> list:
         """read(fd, i, start, stop, flags) for every range; None where there is no such file (a
-        directory included). Ranges are first read on this thread from the page cache only
-        (RWF_NOWAIT: a warm read costs what it always did); those that would wait for the disk
-        are then read at once by the I/O pool, up to IO_DEPTH in flight, since a disk serves
-        many queued reads far faster than one at a time."""
+        directory included). `fds`: a descriptor already open per range (None: open its path).
+        Ranges are first read on this thread from the page cache only (RWF_NOWAIT: a warm read
+        costs what it always did); those that would wait for the disk are then read at once by
+        the I/O pool, up to IO_DEPTH in flight, since a disk serves many queued reads far faster
+        than one at a time."""
         results: list = [None] * len(ranges)
-        deferred = self._read_each(ranges, range(len(ranges)), read, results, self._nowait)
+        deferred = self._read_each(ranges, range(len(ranges)), read, results, self._nowait, fds)
         if deferred:  # the last one read here: a lone read waits for no thread hand-over
-            futures = [_DISK.submit(self._read_each, ranges, (k,), read, results, 0) for k in deferred[:-1]]
+            futures = [_DISK.submit(self._read_each, ranges, (k,), read, results, 0, fds) for k in deferred[:-1]]
             try:
-                self._read_each(ranges, deferred[-1:], read, results, 0)
+                self._read_each(ranges, deferred[-1:], read, results, 0, fds)
             except BaseException:
                 wait(futures)  # none may still write into the caller's buffers
                 raise
@@ -397,9 +455,10 @@ class LocalStore(Store):
         return results
 
     def _read_each(self, ranges: Sequence[Range], which: Sequence[int], read: Any, results: list,
-                   flags: int) -> list[int]:
-        """Read the ranges `which` (opening each file once for a run of ranges with the same key)
-        into `results`; with RWF_NOWAIT, the ones not (wholly) in the page cache are returned."""
+                   flags: int, fds: Sequence[int | None] | None = None) -> list[int]:
+        """Read the ranges `which` (opening each file once for a run of ranges with the same key,
+        unless `fds` holds it open) into `results`; with RWF_NOWAIT, the ones not (wholly) in the
+        page cache are returned."""
         deferred: list[int] = []
         i = 0
         while i < len(which):
@@ -407,14 +466,11 @@ class LocalStore(Store):
             j = i + 1
             while j < len(which) and ranges[which[j]][0] == key:
                 j += 1
-            path = self.path(key)
-            try:
-                fd = os.open(path, os.O_RDONLY)
-            except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+            given = fds[which[i]] if fds is not None else None
+            fd = self._open(key) if given is None else given
+            if fd is None:
                 i = j
                 continue
-            except OSError as exc:
-                raise StoreError(f"{path}: open failed ({_reason(exc)})", key, exc) from exc
             try:
                 for k in which[i:j]:
                     try:
@@ -430,9 +486,10 @@ class LocalStore(Store):
             except IsADirectoryError:  # opening a directory read-only succeeds; reading it does not
                 pass
             except OSError as exc:
-                raise StoreError(f"{path}: read failed ({_reason(exc)})", key, exc) from exc
+                raise StoreError(f"{self.path(key)}: read failed ({_reason(exc)})", key, exc) from exc
             finally:
-                os.close(fd)
+                if given is None:
+                    os.close(fd)
             i = j
         return deferred
 
@@ -455,6 +512,10 @@ class LocalStore(Store):
 
 
 IOV_MAX = os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 1024  # buffers one preadv takes
+# whole files one read_files_into call holds open at once: the files of a small read (where the
+# stat a descriptor saves counts), while a dozen threads reading at once stay well inside the
+# usual limit of 1024 descriptors per process
+FILES_OPEN = 64
 
 
 IO_DEPTH_ENV = "GPUZARR_IO_DEPTH"

@@ -1,0 +1,298 @@
+"""Small reads take plain-integer paths (planning, selections, locating, storage order) and read
+whole chunk files sized on their open descriptors: each path is checked against the array path
+it stands in for, and the file reads against what is on disk, missing and odd files included."""
+
+from __future__ import annotations
+
+import os
+import threading
+
+import numpy as np
+import pytest
+import zarr
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import gpuzarr
+from gpuzarr import fetch as fetch_module
+from gpuzarr import store as store_module
+from gpuzarr.errors import CorruptDataError
+from gpuzarr.fetch import LOCATE_ARRAYS, Locations, fetch
+from gpuzarr.plan import SMALL, _plan_small, _plan_tables, make_plan
+from gpuzarr.selection import normalize
+
+# ---------------------------------------------------------------- planning
+
+
+def _window(data: st.DataObject, shape: tuple[int, ...]) -> tuple:
+    """A selection of ints and slices (any step, bounds past the ends) over `shape`."""
+    sel = []
+    for n in shape:
+        if data.draw(st.booleans()) and data.draw(st.booleans()):
+            sel.append(data.draw(st.integers(-n, n - 1)))
+        else:
+            bound = st.none() | st.integers(-n - 2, n + 2)
+            step = data.draw(st.sampled_from([1, 1, 1, 2, 3, -1, -2, 7, 40]))
+            sel.append(slice(data.draw(bound), data.draw(bound), step))
+    return tuple(sel)
+
+
+def _assert_same_plan(a, b) -> None:
+    for name in ("chunks", "place_chunk", "place_runs", "place_window"):
+        x, y = getattr(a, name), getattr(b, name)
+        assert x.dtype == y.dtype and x.shape == y.shape and np.array_equal(x, y), name
+    assert a.batched == b.batched and len(a.dims) == len(b.dims)
+    for da, db in zip(a.dims, b.dims):
+        assert da.drop == db.drop
+        for name in ("chunk", "local_start", "count", "out_start", "step"):
+            assert np.array_equal(getattr(da, name), getattr(db, name)), name
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=st.data())
+def test_a_small_window_plans_as_the_array_path_does(data):
+    ndim = data.draw(st.integers(0, 3))
+    shape = tuple(data.draw(st.integers(1, 50)) for _ in range(ndim))
+    chunks = tuple(data.draw(st.integers(1, 12)) for _ in range(ndim))
+    window = normalize(_window(data, shape), shape)
+    batched = data.draw(st.booleans())
+    small = _plan_small(window, chunks, batched)
+    if any(d.count == 0 for d in window):
+        assert small is None  # nothing to plan: the array path's business
+        return
+    spanned = np.prod([abs((d.start + d.step * (d.count - 1)) // c - d.start // c) + 1
+                       for d, c in zip(window, chunks)])
+    assert (small is None) == (spanned > SMALL)
+    if small is not None:
+        tables = _plan_tables([window], chunks, batched)
+        _assert_same_plan(small, tables)
+        for first in range(small.n_chunks + 1):  # its selections come from lists it made itself
+            for stop in range(first, small.n_chunks + 1):
+                assert small.selections(first, stop) == tables._selections_arrays(tables.placements_of(first, stop))
+
+
+def test_a_large_window_takes_the_array_path():
+    window = normalize((slice(0, 100), slice(0, 100)), (100, 100))
+    assert _plan_small(window, (10, 10), False) is None  # 100 chunks
+    assert make_plan([window], (10, 10), False).n_chunks == 100
+
+
+@settings(max_examples=200, deadline=None)
+@given(data=st.data())
+def test_small_selections_equal_the_array_ones_for_every_span(data):
+    """Plans of every kind (one window, read_batch windows, index arrays) with at most SMALL
+    placements: the plain-integer selections equal the column-wise ones for every chunk range."""
+    ndim = data.draw(st.integers(1, 3))
+    shape = tuple(data.draw(st.integers(1, 30)) for _ in range(ndim))
+    chunks = tuple(data.draw(st.integers(1, 10)) for _ in range(ndim))
+    kind = data.draw(st.sampled_from(["window", "batch", "indices"]))
+    if kind == "indices":
+        dims = normalize(_window(data, shape), shape)
+        axis = data.draw(st.integers(0, ndim - 1))
+        picks = data.draw(st.lists(st.integers(0, shape[axis] - 1), min_size=1, max_size=6))
+        dims[axis] = gpuzarr.selection.index_array(np.array(picks), shape[axis], axis)
+        windows, batched = [dims], False
+    else:
+        count = 1 if kind == "window" else data.draw(st.integers(2, 5))
+        sizes = [data.draw(st.integers(1, n)) for n in shape]
+        windows = []
+        for _ in range(count):
+            starts = [data.draw(st.integers(0, n - k)) for n, k in zip(shape, sizes)]
+            windows.append(normalize(tuple(slice(a, a + k) for a, k in zip(starts, sizes)), shape))
+        batched = kind == "batch"
+    plan = _plan_tables(windows, chunks, batched)
+    if plan.place_chunk.size > SMALL or plan.place_chunk.size == 0:
+        return
+    for first in range(plan.n_chunks + 1):
+        for stop in range(first, plan.n_chunks + 1):
+            span = plan.placements_of(first, stop)
+            assert plan._selections_small(span) == plan._selections_arrays(span)
+
+
+@settings(max_examples=150, deadline=None)
+@given(data=st.data())
+def test_reorder_moves_each_chunk_with_its_placements(data):
+    """Plans with one placement per chunk (one window) take the short path of reorder, plans with
+    shared chunks (read_batch) the grouped one: both keep every placement with its chunk."""
+    shape = (data.draw(st.integers(1, 30)), data.draw(st.integers(1, 30)))
+    chunks = (data.draw(st.integers(1, 8)), data.draw(st.integers(1, 8)))
+    size = [data.draw(st.integers(1, n)) for n in shape]
+    windows = []
+    for _ in range(data.draw(st.integers(1, 3))):
+        starts = [data.draw(st.integers(0, n - k)) for n, k in zip(shape, size)]
+        windows.append(normalize(tuple(slice(a, a + k) for a, k in zip(starts, size)), shape))
+    plan = make_plan(windows, chunks, len(windows) > 1)
+    order = np.array(data.draw(st.permutations(range(plan.n_chunks))), dtype=np.int64)
+    moved = plan.reorder(order)
+    np.testing.assert_array_equal(moved.chunks, plan.chunks[order])
+    assert (np.diff(moved.place_chunk) >= 0).all()
+
+    def placements(p):
+        return sorted(map(tuple, np.column_stack([p.chunks[p.place_chunk], p.place_runs, p.place_window]).tolist()))
+
+    assert placements(moved) == placements(plan)
+
+
+def test_a_small_window_reads_what_numpy_slices(tmp_path):
+    data = np.arange(60 * 50, dtype="u2").reshape(60, 50)
+    z = zarr.create_array(tmp_path / "a.zarr", shape=data.shape, chunks=(7, 9), dtype="u2")
+    z[:] = data
+    arr = gpuzarr.open(str(tmp_path / "a.zarr"), device="cpu")
+    for sel in [(slice(3, 20), slice(5, 30)), (slice(None, None, -3), 4), (slice(55, 2, -2), slice(1, 49, 5)),
+                (5, slice(None)), (slice(10, 11), slice(48, 50))]:
+        np.testing.assert_array_equal(arr[sel], data[sel])
+
+
+# ---------------------------------------------------------------- locating
+
+
+@pytest.fixture(scope="module")
+def sparse_sharded(tmp_path_factory):
+    """A sharded array with missing shards and empty inner chunks (fill value), and its data."""
+    path = tmp_path_factory.mktemp("small") / "a.zarr"
+    z = zarr.create_array(path, shape=(90, 70), chunks=(5, 7), shards=(20, 21), dtype="i4", fill_value=-3)
+    data = np.full((90, 70), -3, dtype="i4")
+    rng = np.random.default_rng(5)
+    for i in range(18):
+        for j in range(10):
+            if i < 15 and rng.random() < 0.6:  # rows 80.. (a row of shards) stay missing
+                block = rng.integers(0, 1000, (5, 7), dtype="i4")
+                z[i * 5:(i + 1) * 5, j * 7:(j + 1) * 7] = block
+                data[i * 5:(i + 1) * 5, j * 7:(j + 1) * 7] = block
+    return path, data
+
+
+def _assert_same_locations(a: Locations, b: Locations) -> None:
+    for name in ("keys", "offsets", "sizes", "present", "key_ids"):
+        x, y = getattr(a, name), getattr(b, name)
+        assert x.dtype == y.dtype and np.array_equal(x, y), name
+    assert a.missing == b.missing and a.prefetched == b.prefetched
+
+
+def test_small_locations_equal_the_array_path(sparse_sharded, monkeypatch):
+    path, _ = sparse_sharded
+    locator = gpuzarr.open(str(path), device="cpu")._reader.locator
+    grid = np.array([18, 10])
+    rng = np.random.default_rng(0)
+    seen_missing = seen_empty = 0
+    for _ in range(300):
+        n = int(rng.integers(1, LOCATE_ARRAYS + 1))
+        coords = rng.integers(0, grid, size=(n, 2))
+        small = locator._locate_small(coords)
+        with monkeypatch.context() as m:
+            m.setattr(fetch_module, "LOCATE_ARRAYS", 0)
+            general = locator.locate(coords)
+        _assert_same_locations(small, general)
+        seen_missing += bool(small.missing)
+        seen_empty += bool((~small.present).any())
+    assert seen_missing and seen_empty  # both kinds of absence were exercised
+
+
+def test_small_windows_of_a_sparse_sharded_array_read_right(sparse_sharded):
+    path, data = sparse_sharded
+    arr = gpuzarr.open(str(path), device="cpu")
+    for sel in [(slice(0, 20), slice(0, 21)), (slice(17, 43), slice(19, 44)), (slice(75, 90), slice(60, 70)),
+                (slice(None, None, -7), slice(3, 70, 11)), (81, slice(None))]:
+        report = gpuzarr.ReadReport()
+        np.testing.assert_array_equal(arr.read(sel, report=report), data[sel])
+    assert report.missing_keys  # row 81 lies in the missing row of shards
+
+
+@settings(max_examples=300, deadline=None)
+@given(pairs=st.lists(st.tuples(st.integers(0, 3), st.integers(0, 50)), min_size=1, max_size=LOCATE_ARRAYS * 2,
+                      unique=True))
+def test_small_storage_order_equals_the_array_one(pairs):
+    ids = np.array([p[0] for p in pairs], dtype=np.int64)
+    offsets = np.array([p[1] for p in pairs], dtype=np.int64)
+    n = ids.size
+    loc = Locations(np.array(["k"] * n, dtype=object), offsets, np.ones(n, np.int64), np.ones(n, bool), ids)
+    order = loc.storage_order()
+    expected = np.lexsort((offsets, ids))
+    if (expected == np.arange(n)).all():
+        assert order is None
+    else:
+        assert order is not None and order.dtype == np.int64 and np.array_equal(order, expected)
+
+
+# ---------------------------------------------------------------- whole chunk files
+
+
+@pytest.fixture
+def chunked(tmp_path):
+    """A v2 array of 16 chunk files (blosc), one removed, one replaced by a directory."""
+    data = np.arange(32 * 32, dtype="u2").reshape(32, 32)
+    z = zarr.create_array(tmp_path / "v2.zarr", shape=(32, 32), chunks=(8, 8), dtype="u2", zarr_format=2,
+                          fill_value=9)
+    z[:] = data
+    os.remove(tmp_path / "v2.zarr" / "1.2")
+    os.remove(tmp_path / "v2.zarr" / "3.3")
+    os.mkdir(tmp_path / "v2.zarr" / "3.3")
+    expected = data.copy()
+    expected[8:16, 16:24] = 9
+    expected[24:32, 24:32] = 9
+    return tmp_path / "v2.zarr", expected
+
+
+def _open_fds() -> int:
+    return len(os.listdir("/proc/self/fd"))
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="counts descriptors through /proc")
+@pytest.mark.parametrize("files_open", [256, 3], ids=["all-held-open", "most-sized-by-stat"])
+def test_chunk_files_read_whole_missing_ones_as_fill(chunked, monkeypatch, files_open):
+    path, expected = chunked
+    monkeypatch.setattr(store_module, "FILES_OPEN", files_open)
+    arr = gpuzarr.open(str(path), device="cpu")
+    before = _open_fds()
+    report = gpuzarr.ReadReport()
+    np.testing.assert_array_equal(arr.read(report=report), expected)
+    assert sorted(report.missing_keys) == ["1.2", "3.3"]
+    stored = sum(p.stat().st_size for p in path.iterdir() if p.is_file() and not p.name.startswith("."))
+    assert report.requests == 14 and report.bytes_requested == stored == report.bytes_compressed
+    np.testing.assert_array_equal(arr[5:20, 3:30], expected[5:20, 3:30])
+    assert _open_fds() == before  # every descriptor closed
+
+
+def test_fetched_chunk_files_land_aligned_with_their_bytes(chunked):
+    path, _ = chunked
+    arr = gpuzarr.open(str(path), device="cpu")
+    loc = arr._reader.locator.locate(np.array([[0, 0], [1, 2], [2, 1], [3, 3], [0, 1]]))
+    missing: list = []
+    batch = fetch(arr.store, loc, np.arange(5), align=64, missing=missing)
+    assert batch.present.tolist() == [True, False, True, False, True] and missing == ["1.2", "3.3"]
+    assert (batch.offsets % 64 == 0).all() and batch.sizes[~batch.present].tolist() == [0, 0]
+    for i, key in enumerate(loc.keys.tolist()):
+        if batch.present[i]:
+            assert bytes(batch.chunk(i)) == (path / key).read_bytes()
+
+
+def test_a_chunk_file_shorter_than_its_size_is_refused_naming_it(chunked, monkeypatch):
+    """A file that shrinks between its fstat and its read: never a silently cut chunk."""
+    path, _ = chunked
+    real = os.fstat
+
+    class Grown:
+        def __init__(self, info):
+            self.st_mode, self.st_size = info.st_mode, info.st_size + 5
+
+    arr = gpuzarr.open(str(path), device="cpu")
+    monkeypatch.setattr(store_module.os, "fstat", lambda fd: Grown(real(fd)))
+    with pytest.raises(CorruptDataError, match=r"0\.0: bytes 0\.\.\d+ were expected \(the file's size\)"):
+        arr[0:4, 0:4]
+
+
+def test_chunk_files_the_page_cache_lacks_are_read_by_the_disk_pool(chunked, monkeypatch):
+    path, expected = chunked
+    real = store_module.os.preadv
+    threads = set()
+
+    def cold(fd, buffers, offset, flags=0):
+        if flags:
+            raise BlockingIOError
+        threads.add(threading.current_thread().name)
+        return real(fd, buffers, offset)
+
+    monkeypatch.setattr(store_module.os, "preadv", cold)
+    arr = gpuzarr.open(str(path), device="cpu")
+    np.testing.assert_array_equal(arr[0:20, 0:32], expected[0:20, 0:32])
+    assert any(name.startswith("gpuzarr-disk") for name in threads)
