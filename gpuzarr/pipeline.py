@@ -324,11 +324,13 @@ class Reader:
         guess = raw_nbytes or (1 << 20)  # whole objects: their size is known only once read
         cost = np.where(loc.sizes >= 0, loc.sizes, guess).cumsum()
         bounds, lo, n = [], 0, cost.size
+        most = min(self.settings.batch_chunks, max(1, self.settings.batch_decoded_bytes // max(raw_nbytes or 1, 1)))
+        if n <= most and int(cost[-1]) <= batch_bytes:  # one batch, the common small read
+            return [(0, n)]
         while lo < n:
             base = cost[lo - 1] if lo else 0
             hi = max(int(np.searchsorted(cost, base + batch_bytes, side="right")), lo + streams)
-            by_decoded = self.settings.batch_decoded_bytes // max(raw_nbytes or 1, 1)
-            hi = min(max(hi, lo + 1), lo + self.settings.batch_chunks, lo + max(1, by_decoded), n)
+            hi = min(max(hi, lo + 1), lo + most, n)
             bounds.append((lo, hi))
             lo = hi
         return bounds
