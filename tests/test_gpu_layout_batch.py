@@ -79,7 +79,7 @@ def zstd_array(tmp_path):
 
 def test_a_zstd_batch_is_one_nvcomp_call_with_aligned_streams(zstd_array):
     path, data = zstd_array
-    engine = StandinEngine()  # asserts ALIGN-ed nvCOMP buffers
+    engine = StandinEngine()  # asserts the alignments nvCOMP's query states
     got = gpuzarr.open(str(path), device=GpuDevice(engine)).read()
     np.testing.assert_array_equal(got, data)
     assert engine.calls["decompress:zstd"] == 1 and engine.calls["upload"] == 1
@@ -122,18 +122,43 @@ def _zstd_chain(tmp_path, nbytes: int):
     return gpuzarr.open(str(tmp_path / "z"), device="cpu")._reader.locator.leaf_chain
 
 
-def test_the_layout_copies_each_frame_to_an_aligned_place(tmp_path):
+def test_the_layout_reads_each_frame_where_fetch_put_it(tmp_path):
+    """nvCOMP asks 1-byte alignment of zstd inputs and outputs: frames at any offset are read in
+    place (the fetched buffer is the one uploaded) and decode straight into unaligned rows."""
+    from gpuzarr.devices.gpu_layout import decode_alignments
+
+    if decode_alignments()["zstd"] != (1, 1):
+        pytest.skip(f"nvCOMP's zstd alignments here: {decode_alignments()['zstd']} (its library missing?)")
     chain = _zstd_chain(tmp_path, 100)  # 100-byte chunks: rows of work are not ALIGN-ed
     codec = numcodecs.Zstd(level=1)
     frames = [codec.encode(bytes([k]) * 100) for k in range(5)]
-    layout = build_layout(_batch_of(frames), chain, lambda i: None)
+    batch = _batch_of(frames)
+    layout = build_layout(batch, chain, lambda i: None)
+    table = layout.streams["zstd"]
+    assert layout.staging is batch.staging and table["src"].tolist() == batch.offsets.tolist()
+    assert table["dst"].tolist() == [k * 100 for k in range(5)] and not layout.moves["size"].size
+    assert table["chunk"].tolist() == list(range(5))
+
+
+def test_frames_an_algorithm_cannot_read_in_place_are_moved(tmp_path, monkeypatch):
+    """Were nvCOMP to ask 16-byte inputs and outputs (what gpu_layout assumes without nvCOMP's
+    library): frames not at such offsets are copied to aligned places, rows decode through temp."""
+    from gpuzarr.devices import gpu_layout
+
+    monkeypatch.setattr(gpu_layout, "decode_alignments", lambda: {"zstd": (ALIGN, ALIGN)})
+    chain = _zstd_chain(tmp_path, 100)
+    codec = numcodecs.Zstd(level=1)
+    frames = [codec.encode(bytes([k]) * 100) for k in range(5)]
+    batch = _batch_of([b"-"] + frames).part(1, 6)  # no frame at a multiple of 16
+    assert (batch.offsets % ALIGN).all()
+    layout = build_layout(batch, chain, lambda n: (np.zeros(n, np.uint8), None))
     table = layout.streams["zstd"]
     assert (table["src"] % ALIGN == 0).all() and (table["dst"] % ALIGN == 0).all()
     for k, frame in enumerate(frames):
         src, size = int(table["src"][k]), int(table["src_size"][k])
         assert layout.staging[src:src + size].tobytes() == frame
-    assert table["chunk"].tolist() == list(range(5))
-    assert layout.moves["dst"].tolist() == [k * 100 for k in range(5)]  # temp -> each row
+    assert layout.moves["dst"].tolist() == [100, 200, 300]  # temp -> the rows not at multiples of 16
+    assert layout.staging.size < sum(map(len, frames)) + 5 * ALIGN  # nothing read in place: the moved frames alone
 
 
 def test_wrong_content_sizes_and_bad_magic_are_corrupt(tmp_path):

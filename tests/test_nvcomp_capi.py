@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import re
 import shutil
 import subprocess
 
@@ -150,7 +151,83 @@ ALIGNMENTS = {"Zstd": (1, 1, 8), "LZ4": (1, 1, 1), "Snappy": (1, 1, 1), "Deflate
 def test_nvcomp_states_the_alignments_gpuzarr_stages_for(algorithm):
     got = capi.required_alignments(algorithm)
     assert (got.input, got.output, got.temp) == ALIGNMENTS[algorithm]
-    assert ALIGN % got.input == 0 and ALIGN % got.output == 0  # staging and work rows satisfy them
+    assert ALIGN % got.input == 0 and ALIGN % got.output == 0  # fetch's chunk starts and temp slots satisfy them
+
+
+def _query(algorithm: str, backend: int) -> tuple[int, int, int]:
+    got = capi.Alignments()
+    status = capi.load()[(algorithm, "DecompressGetRequiredAlignments")](capi.DecompressOpts(backend=backend),
+                                                                         ctypes.byref(got))
+    assert status == 0
+    return got.input, got.output, got.temp
+
+
+def test_gpu_layout_follows_nvcomps_answer_for_the_options_it_decodes_with():
+    """gpu_layout reads streams in place by decode_alignments(): nvCOMP's answer for the CUDA
+    backend gpuzarr decodes with (nvcomp_batch), the same as the default options' above."""
+    from gpuzarr.devices.gpu_layout import decode_alignments
+    from gpuzarr.devices.nvcomp_batch import NVCOMP_ALGORITHMS
+
+    asked = {kind: _query(name, capi.BACKEND_CUDA)[:2] for kind, name in NVCOMP_ALGORITHMS.items()}
+    assert decode_alignments() == asked
+    for kind, name in NVCOMP_ALGORITHMS.items():
+        assert _query(name, capi.BACKEND_CUDA) == ALIGNMENTS[name]
+    # what issue 10 rests on: zstd, LZ4 and Snappy streams are read at any byte, deflate's at a multiple of 4,
+    # and every output is written at any byte (blosc blocks at their offsets in a chunk, unaligned rows)
+    assert decode_alignments() == {"zstd": (1, 1), "lz4": (1, 1), "snappy": (1, 1), "deflate": (4, 1)}
+
+
+def _header(name: str) -> str:
+    include = os.path.join(os.path.dirname(capi.library_path()), "..", "include", "nvcomp")
+    with open(os.path.join(include, name)) as f:  # doc comments as running text: no line breaks, no " * "
+        return " ".join(" ".join(re.sub(r"^\s*\*(?!/)", "", line) for line in f).split())
+
+
+def _doc_of(text: str, function: str) -> str:
+    """The doc comment right before `function`'s declaration."""
+    end = text.index(f"nvcompStatus_t {function}(")
+    return text[text.rindex("/**", 0, end):end]
+
+
+HEADERS = {"Zstd": "zstd.h", "LZ4": "lz4.h", "Deflate": "deflate.h", "Snappy": "snappy.h"}
+
+
+@pytest.mark.parametrize("algorithm", sorted(HEADERS))
+def test_the_headers_make_the_query_the_contract_of_decompression_buffers(algorithm):
+    """Which alignment binds the buffers gpuzarr hands nvCOMP: DecompressAsync's own parameters name
+    the query's `input` member for each compressed chunk and its `output` member for each output."""
+    text = _header(HEADERS[algorithm])
+    doc = _doc_of(text, f"nvcompBatched{algorithm}DecompressAsync")
+    query = f"`nvcompBatched{algorithm}DecompressGetRequiredAlignments`"
+    inputs = doc[doc.index("@param[in] device_compressed_chunk_ptrs"):
+                 doc.index("@param[in] device_compressed_chunk_bytes")]
+    assert "Each chunk must be aligned to the value in the `input` member" in inputs and query in inputs
+    outputs = doc[doc.index("@param[out] device_uncompressed_chunk_ptrs"):doc.index("@param[in] decompress_opts")]
+    assert "aligned to the value in the `output` member" in outputs and query in outputs
+
+
+@pytest.mark.parametrize("algorithm", sorted(HEADERS) + ["Gzip"])
+def test_the_higher_header_constants_bound_input_output_and_temp_together(algorithm):
+    """nvcomp<Alg>RequiredDecompressionAlignment (Zstd 8, LZ4 4, Deflate 4, Gzip 8) is not the
+    inputs' requirement: its doc calls it "the most restrictive" over input, output AND temporary
+    buffers (zstd's 8 is its temp buffer's), and where it exceeds every query field (LZ4, Gzip) it
+    is a looser bound than the query, which DecompressAsync names (above)."""
+    text = _header(HEADERS.get(algorithm, "gzip.h"))
+    name = f"nvcomp{algorithm}RequiredDecompressionAlignment"
+    at = text.index(f"static const size_t {name} = ")
+    doc = text[text.rindex("/**", 0, at):at]
+    assert ("The most restrictive of the minimum alignment requirements for void-type CUDA memory buffers used "
+            "for input, output, or temporary memory, passed to decompression functions") in doc
+    assert "typed memory buffers must still be aligned to their type's size" in doc  # the pointer and size arrays
+    constant = int(text[at:].split("=", 1)[1].split(";", 1)[0])
+    assert constant >= max(_query(algorithm, capi.BACKEND_CUDA))
+
+
+def test_the_crc32_inputs_have_no_alignment_requirement():
+    """crc32c messages (whole stored chunks) are checked where fetch put them."""
+    doc = _doc_of(_header("crc32.h"), "nvcompBatchedCRC32Async")
+    inputs = doc[doc.index("@param[in] device_input_chunk_ptrs"):doc.index("@param[in] device_input_chunk_bytes")]
+    assert "The data chunks do not have any alignment requirements." in inputs
 
 
 def test_the_temporary_memory_query_answers_without_a_gpu():

@@ -11,7 +11,9 @@ says what is wrong, or decodes it on the CPU. Checksums are verified on the devi
 stored with them (`checksums`). A chunk whose codec has no GPU decoder is decoded on the CPU
 (checksums included) and uploaded as a copy. The device then runs:
 
-1. one host→device copy of `staging` (streams at `ALIGN`-byte offsets);
+1. one host→device copy of `staging`: the fetched buffer itself wherever every stream, copy and
+   checksum can be read where fetch put it (nvCOMP's own alignment query says where it can,
+   `decode_alignments`); else a copy of it with the moved bytes after it (or those alone);
 2. one nvCOMP CRC32C call over the stored bytes of every chunk with crc32c codecs (`checksums["crc32c"]`);
 3. one nvCOMP batched decode per algorithm in `streams`, into `work`;
 4. one nvCOMP CRC32 call over the decoded bytes of every gzip member (`checksums["crc32"]`);
@@ -23,6 +25,9 @@ then the shared placement code views rows 0..n-1 of `work` (each `raw_nbytes`) a
 
 from __future__ import annotations
 
+import ctypes
+import functools
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -36,7 +41,12 @@ from ..codecs.chain import CodecChain
 from ..errors import CorruptDataError
 from ..fetch import FetchedBatch
 
-ALIGN = 16  # nvCOMP's most restrictive input/output alignment
+# Where fetch starts each chunk of a local read (GpuDevice.staging_align), and the granule of
+# work's temp area and of bytes moved in staging: above every minimum nvCOMP states
+# (decode_alignments), as its headers advise ("Providing buffers with alignments above the
+# minimum requirements (e.g., 16- or 32-byte alignment) may help improve performance", at each
+# *DecompressGetRequiredAlignments), but no stream is moved to meet it.
+ALIGN = 16
 # nvCOMP's per-chunk decompression limits (nvcomp*DecompressionMaxAllowedChunkSize, nvCOMP 6)
 MAX_DECODED = {"zstd": (1 << 31) - 1, "snappy": (1 << 31) - 1, "deflate": (1 << 32) - 1, "lz4": (1 << 32) - 1}
 # blosc compressor → nvCOMP algorithm; blosclz has no GPU decoder
@@ -44,8 +54,54 @@ _BLOSC_ALGORITHMS = {"lz4": "lz4", "zstd": "zstd", "zlib": "deflate", "snappy": 
 _BLOSC_CODES = np.array([_BLOSC_ALGORITHMS.get(COMPRESSORS[c], "") for c in sorted(COMPRESSORS)])  # by flags >> 5
 
 
-def _align(n: int) -> int:
-    return -(-n // ALIGN) * ALIGN
+def _align(n: Any, to: int = ALIGN) -> Any:
+    return -(-n // to) * to
+
+
+@functools.cache
+def decode_alignments() -> dict[str, tuple[int, int]]:
+    """Per stream kind (zstd, deflate, lz4, snappy): the alignment nvCOMP needs of each
+    compressed input and of each decoded output, nvCOMP's own answer for the options gpuzarr
+    decodes with (nvcompBatched*DecompressGetRequiredAlignments with the CUDA backend, which
+    answers without a GPU), asked once per process. nvCOMP 6.0 answers 1 everywhere but deflate's
+    input (4); tests/test_nvcomp_capi.py pins that, and the CPU stand-in asserts it of every call.
+
+    That query is the contract for decompression buffers: each DecompressAsync says of
+    device_compressed_chunk_ptrs "Each chunk must be aligned to the value in the `input` member of
+    the nvcompAlignmentRequirements_t object output by
+    `nvcompBatched<Alg>DecompressGetRequiredAlignments`" and of device_uncompressed_chunk_ptrs
+    "be aligned to the value in the `output` member" (zstd.h, lz4.h, deflate.h, snappy.h). The
+    higher constants beside it (nvcompZstdRequiredDecompressionAlignment = 8, LZ4 4, Deflate 4,
+    Gzip 8) are documented as "The most restrictive of the minimum alignment requirements for
+    void-type CUDA memory buffers used for input, output, or temporary memory, passed to
+    decompression functions": one bound over the three kinds of buffer, whatever the options
+    (zstd's 8 is its temp buffer's, `temp` of the query), not the inputs' requirement. The temp
+    buffer (nvcomp_batch's CuPy allocation, 256-byte aligned) and the typed pointer and size
+    arrays (aligned to their type, as the constants' @note asks: CuPy allocations and rows of
+    them) meet any of these. Without nvCOMP's library (no GPU path then: the stand-in's tests
+    elsewhere) every buffer is ALIGN-ed, more than nvCOMP 6 asks of any."""
+    from .nvcomp_batch import NVCOMP_ALGORITHMS
+
+    try:
+        from .nvcomp_capi import BACKEND_CUDA, Alignments, DecompressOpts, load
+
+        functions = load()
+    except (ImportError, OSError, AttributeError):
+        return {kind: (ALIGN, ALIGN) for kind in NVCOMP_ALGORITHMS}
+    found = {}
+    for kind, name in NVCOMP_ALGORITHMS.items():
+        got = Alignments()
+        status = functions[(name, "DecompressGetRequiredAlignments")](DecompressOpts(backend=BACKEND_CUDA),
+                                                                      ctypes.byref(got))
+        if status != 0:
+            raise RuntimeError(f"nvcompBatched{name}DecompressGetRequiredAlignments returned status {status}")
+        found[kind] = (int(got.input), int(got.output))
+    return found
+
+
+def _granule(alignments: dict[str, tuple[int, int]]) -> int:
+    """ALIGN, or more if nvCOMP ever asks for more: what temp slots and moved bytes start at."""
+    return math.lcm(ALIGN, *(a for pair in alignments.values() for a in pair))
 
 
 class _Table:
@@ -102,12 +158,22 @@ class _NoGpuDecoder(Exception):
 
 
 class _Builder:
+    """Tables of one batch, their staging offsets into the fetched buffer (`batch.staging`) where
+    nvCOMP may read the bytes there, else into a moved area after it (from `base`): pieces of
+    the fetched buffer that miss their algorithm's input alignment, and bytes made on the host
+    (the per-chunk path's, CPU-decoded chunks)."""
+
     def __init__(self, batch: FetchedBatch, raw_nbytes: int, n_checks: int):
         self.batch, self.raw_nbytes, self.n_checks = batch, raw_nbytes, n_checks
+        self.alignments = decode_alignments()
+        self.granule = _granule(self.alignments)
+        self.base = _align(batch.staging.size, self.granule)  # where moved bytes go
+        self.pos = self.base
+        self.in_place = False  # whether any table points into the fetched bytes
         self.parts: list[tuple[int, Any]] = []  # (offset in staging, a bytes-like piece of it)
         self.pieces: list[tuple[np.ndarray, ...]] = []  # (offsets in staging, in batch.staging, sizes)
-        self.pos = 0
         self.temp = 0
+        self.temp_base = _align(batch.n * raw_nbytes, self.granule)
         self.streams: dict[str, _Table] = {}
         self.copies = _Table("src", "dst", "size")
         self.moves = _Table("src", "dst", "size")
@@ -116,44 +182,49 @@ class _Builder:
         self.unshuffles = {SHUFFLE_BYTE: _Table("src", "dst", "size", "typesize"),
                            SHUFFLE_BIT: _Table("src", "dst", "size", "typesize")}
 
-    def stage(self, data: Any) -> int:
-        """Append bytes to staging at an aligned offset; returns the offset."""
-        start = _align(self.pos)
+    def stage(self, data: Any, align: int = 1) -> int:
+        """Host bytes into the moved area, at a multiple of `align`; returns the offset."""
+        start = _align(self.pos, align)
         self.parts.append((start, data))
         self.pos = start + len(data)
         return start
 
-    def stage_many(self, at: np.ndarray, size: np.ndarray) -> np.ndarray:
-        """Append the pieces batch.staging[at[k]:at[k] + size[k]] to staging, each at an aligned
-        offset; returns the offsets."""
-        padded = -(-size // ALIGN) * ALIGN
-        start = _align(self.pos) + np.cumsum(padded) - padded
-        if size.size:
-            self.pieces.append((start, at, size))
-            self.pos = int(start[-1] + size[-1])
+    def stage_many(self, at: np.ndarray, size: np.ndarray, align: int = 1) -> np.ndarray:
+        """Offsets in staging of the pieces batch.staging[at[k]:at[k] + size[k]], each at a
+        multiple of `align`: where fetch put it if it is one, else moved."""
+        moved = at % align != 0
+        self.in_place |= bool(size.size) and not moved.all()
+        if not moved.any():
+            return at
+        size_moved = size[moved]
+        padded = _align(size_moved, align)
+        start = at.copy()
+        start[moved] = _align(self.pos, align) + np.cumsum(padded) - padded
+        self.pieces.append((start[moved], at[moved], size_moved))
+        self.pos = int(start[moved][-1] + size_moved[-1])
         return start
 
     def temp_slots(self, nbytes: np.ndarray) -> np.ndarray:
         """temp_slot for each size at once."""
-        padded = -(-np.maximum(nbytes, 1) // ALIGN) * ALIGN
-        start = _align(self.batch.n * self.raw_nbytes) + self.temp + np.cumsum(padded) - padded
+        padded = _align(np.maximum(nbytes, 1), self.granule)
+        start = self.temp_base + self.temp + np.cumsum(padded) - padded
         self.temp += int(padded.sum())
         return start
 
     def temp_slot(self, nbytes: int) -> int:
         """An aligned slot of the temp area, as an offset into work."""
-        start = _align(self.batch.n * self.raw_nbytes) + self.temp
-        self.temp += _align(max(nbytes, 1))
+        start = self.temp_base + self.temp
+        self.temp += _align(max(nbytes, 1), self.granule)
         return start
 
     def stream(self, algorithm: str, data: Any, dst: int, dst_size: int, chunk: int) -> int:
-        """nvCOMP decodes `data` (of chunk `chunk`) into work[dst:dst+dst_size]; unaligned
-        destinations go through temp. Returns where nvCOMP writes it."""
+        """nvCOMP decodes `data` (host bytes of chunk `chunk`) into work[dst:dst+dst_size];
+        destinations it cannot write to go through temp. Returns where nvCOMP writes it."""
         if dst_size > MAX_DECODED[algorithm]:
             raise _NoGpuDecoder
         table = self.streams.setdefault(algorithm, _Table("src", "src_size", "dst", "dst_size", "chunk"))
-        src = self.stage(data)
-        if dst % ALIGN:
+        src = self.stage(data, self.alignments[algorithm][0])
+        if dst % self.alignments[algorithm][1]:
             slot = self.temp_slot(dst_size)
             table.add(src, len(data), slot, dst_size, chunk)
             self.moves.add(slot, dst, dst_size)
@@ -161,10 +232,14 @@ class _Builder:
         table.add(src, len(data), dst, dst_size, chunk)
         return dst
 
-    def streams_many(self, algorithm: str, src: np.ndarray, src_size: np.ndarray, dst: np.ndarray,
+    def streams_many(self, algorithm: str, at: np.ndarray, src_size: np.ndarray, dst: np.ndarray,
                      dst_size: np.ndarray, chunk: np.ndarray) -> np.ndarray:
-        """`stream` for many staged streams at once (each dst_size within MAX_DECODED)."""
-        unaligned = np.flatnonzero(dst % ALIGN)
+        """`stream` for many streams batch.staging[at[k]:at[k] + src_size[k]] at once (each
+        dst_size within MAX_DECODED), read where fetch put them where nvCOMP may; returns where
+        each is written."""
+        align_in, align_out = self.alignments[algorithm]
+        src = self.stage_many(at, src_size, align_in)
+        unaligned = np.flatnonzero(dst % align_out)
         if unaligned.size:
             slots = self.temp_slots(dst_size[unaligned])
             self.moves.extend(slots, dst[unaligned], dst_size[unaligned])
@@ -175,32 +250,45 @@ class _Builder:
         return dst
 
     def copy(self, data: Any, dst: int) -> None:
+        """Host bytes, copied into work by the copy kernel (any alignment: scatter_core.cuh)."""
         self.copies.add(self.stage(data), dst, len(data))
 
-    def store(self, data: Any, chunk: int) -> None:
-        """Stage a chunk's stored bytes whole, for the device to verify its crc32c codecs (its
-        streams are staged on their own: in general they are unaligned pieces of it)."""
-        self.stored.add(self.stage(data), len(data), chunk)
+    def store(self, chunk: int) -> None:
+        """A chunk's stored bytes, whole, where fetch put them, for the device to verify its
+        crc32c codecs (nvCOMP's CRC32 inputs "do not have any alignment requirements", crc32.h)."""
+        self.stored.add(int(self.batch.offsets[chunk]), int(self.batch.sizes[chunk]), chunk)
+        self.in_place = True
 
     def layout(self, present: np.ndarray, fallback: list[int], allocate: Callable[[int], tuple]) -> GpuBatchLayout:
-        staging, token = allocate(self.pos)
-        into, source = memoryview(staging), memoryview(self.batch.staging)  # slices of memoryviews: ~5x cheaper
-        for at, part in self.parts:
-            into[at:at + len(part)] = part
-        for start, at, size in self.pieces:
-            for a, b, n in zip(start.tolist(), at.tolist(), size.tolist()):
-                into[a:a + n] = source[b:b + n]
+        streams = {alg: t.arrays() for alg, t in self.streams.items()}
+        copies, stored = self.copies.arrays(), self.stored.arrays()
+        if self.pos == self.base:  # every byte where fetch put it: uploaded as it is
+            staging, token = self.batch.staging, self.batch.token
+        else:
+            # the fetched bytes, when a table points into them, then the moved ones; else those alone
+            shift = 0 if self.in_place else self.base
+            staging, token = allocate(self.pos - shift)
+            into, source = memoryview(staging), memoryview(self.batch.staging)  # slices of memoryviews: ~5x cheaper
+            if self.in_place:
+                into[:len(source)] = source
+            for at, part in self.parts:
+                into[at - shift:at - shift + len(part)] = part
+            for start, at, size in self.pieces:
+                for a, b, n in zip((start - shift).tolist(), at.tolist(), size.tolist()):
+                    into[a:a + n] = source[b:b + n]
+            for table in (*streams.values(), copies, stored):
+                table["src"] -= shift
         checksums = {}
-        if len(self.stored):
-            t = self.stored.arrays()
-            checksums["crc32c"] = crc32c_messages(staging, t["src"], t["size"], self.n_checks, t["chunk"])
+        if stored["size"].size:
+            checksums["crc32c"] = crc32c_messages(staging, stored["src"], stored["size"], self.n_checks,
+                                                  stored["chunk"])
         if len(self.gzip_crcs):
             checksums["crc32"] = self.gzip_crcs.arrays()
         return GpuBatchLayout(
-            self.batch.n, self.raw_nbytes, present, staging, token,
-            {alg: t.arrays() for alg, t in self.streams.items()}, self.copies.arrays(), self.moves.arrays(),
-            {kind: t.arrays() for kind, t in self.unshuffles.items() if len(t)}, self.temp, fallback,
-            self.batch.labels, checksums)
+            self.batch.n, self.raw_nbytes, present, staging, token, streams, copies, self.moves.arrays(),
+            {kind: t.arrays() for kind, t in self.unshuffles.items() if len(t)},
+            self.temp_base - _align(self.batch.n * self.raw_nbytes) + self.temp, fallback, self.batch.labels,
+            checksums)
 
 
 def build_layout(batch: FetchedBatch, chain: CodecChain, cpu_decode: Callable[[int], np.ndarray],
@@ -226,7 +314,7 @@ def build_layout(batch: FetchedBatch, chain: CodecChain, cpu_decode: Callable[[i
                 verify_crc32c_on_host(data, n_checks, label)  # raises the CPU path's error
             _add_chunk(b, inner, data[:len(data) - 4 * n_checks], i, raw_nbytes)
             if n_checks:
-                b.store(data, i)
+                b.store(i)
         except _NoGpuDecoder:
             fallback.append(i)  # cpu_decode verifies its checksums itself
             b.copy(np.ascontiguousarray(cpu_decode(i)).view(np.uint8).reshape(-1), i * raw_nbytes)
@@ -265,7 +353,7 @@ def _copies(b: _Builder, chunks: np.ndarray, at: np.ndarray, size: np.ndarray, o
 def _single_streams(b: _Builder, algorithm: str, chunks: np.ndarray, src: np.ndarray, size: np.ndarray) -> np.ndarray:
     """One nvCOMP stream per chunk, each decoding to the whole chunk; returns where each is written."""
     raw = np.full(chunks.size, b.raw_nbytes, np.int64)
-    return b.streams_many(algorithm, b.stage_many(src, size), size, chunks * b.raw_nbytes, raw, chunks)
+    return b.streams_many(algorithm, src, size, chunks * b.raw_nbytes, raw, chunks)
 
 
 def _lz4_streams(b: _Builder, chunks: np.ndarray, at: np.ndarray, size: np.ndarray, ok: np.ndarray) -> np.ndarray:
@@ -340,7 +428,7 @@ def _blosc_streams(b: _Builder, chunks: np.ndarray, at: np.ndarray, size: np.nda
         src, csize = p.stream_src[k], p.stream_csize[k]
         if name == "deflate":  # blosc's zlib streams are RFC 1950 streams
             src, csize = src + 2, csize - 6
-        b.streams_many(name, b.stage_many(src, csize), csize, target[k], p.stream_dsize[k], chunks[frame[k]])
+        b.streams_many(name, src, csize, target[k], p.stream_dsize[k], chunks[frame[k]])
     for kind in (SHUFFLE_BYTE, SHUFFLE_BIT):
         k = blocks & (p.block_shuffle == kind)
         off, of = p.block_offset[k], p.block_frame[k]
@@ -397,9 +485,9 @@ def _zstd_only(chain: CodecChain) -> bool:
 def _zstd_layout(batch: FetchedBatch, chain: CodecChain, allocate: Callable[[int], tuple]) -> GpuBatchLayout:
     """Streams of a zstd batch as whole-batch arrays: frame headers checked (content sizes
     against the chunk size) for every chunk at once, crc32c codecs listed for the device, frames
-    where fetch put them if that is ALIGN-ed (else each copied, trailers included, to such a
-    place), decoded straight into its row of work (through temp when the chunk size leaves rows
-    unaligned)."""
+    read where fetch put them (where nvCOMP's input alignment allows, which for zstd is
+    everywhere), decoded straight into its row of work (through temp where its output alignment
+    does not allow that)."""
     raw, checks = chain.raw_nbytes, chain.trailing_crc32c
     live = np.flatnonzero(batch.present)
     offsets, stored = batch.offsets[live], batch.sizes[live]
@@ -410,29 +498,12 @@ def _zstd_layout(batch: FetchedBatch, chain: CodecChain, allocate: Callable[[int
     sizes = stored - 4 * checks
     _check_zstd_headers(batch.staging, offsets, sizes, raw, labels,
                         lambda k: verify_crc32c_on_host(batch.chunk(int(live[k])), checks, labels[k]))
-    if not (offsets % ALIGN).any():  # fetched in place (a local read): uploaded as it is
-        staging, token, src = batch.staging, batch.token, offsets
-    else:
-        padded = -(-stored // ALIGN) * ALIGN
-        src = np.cumsum(padded) - padded
-        staging, token = allocate(int(src[-1] + stored[-1]) if live.size else 0)
-        into, source = memoryview(staging), memoryview(batch.staging)  # slices of memoryviews: ~5x cheaper
-        for a, b, n in zip(src.tolist(), offsets.tolist(), stored.tolist()):
-            into[a:a + n] = source[b:b + n]
-    checksums = {"crc32c": crc32c_messages(staging, src, stored, checks, live)} if checks and live.size else {}
-    dst = live * raw
-    moves = {"src": np.zeros(0, np.int64), "dst": np.zeros(0, np.int64), "size": np.zeros(0, np.int64)}
-    temp = 0
-    if raw % ALIGN:  # rows of work start unaligned: decode to temp slots, then move
-        slot = _align(raw)
-        temps = _align(batch.n * raw) + slot * np.arange(live.size, dtype=np.int64)
-        moves = {"src": temps, "dst": dst, "size": np.full(live.size, raw, np.int64)}
-        dst, temp = temps, slot * live.size
-    streams = {"zstd": {"src": src, "src_size": sizes, "dst": dst, "dst_size": np.full(live.size, raw, np.int64),
-                        "chunk": live}} if live.size else {}
-    empty = {"src": np.zeros(0, np.int64), "dst": np.zeros(0, np.int64), "size": np.zeros(0, np.int64)}
-    return GpuBatchLayout(batch.n, raw, batch.present, staging, token, streams, empty, moves, {}, temp, [],
-                          batch.labels, checksums)
+    b = _Builder(batch, raw, checks)
+    if live.size:
+        b.streams_many("zstd", offsets, sizes, live * raw, np.full(live.size, raw, np.int64), live)
+        if checks:
+            b.stored.extend(b.stage_many(offsets, stored), stored, live)
+    return b.layout(batch.present, [], allocate)
 
 
 _ZSTD_MAGIC = np.frombuffer(b"\x28\xb5\x2f\xfd", np.uint8)
