@@ -225,10 +225,11 @@ def test_a_hung_piece_ends_at_the_deadline(tmp_path, monkeypatch):
     assert time.monotonic() - t0 < 3
 
 
+@pytest.mark.parametrize("name", ["bytes_in_flight", "requests_in_flight"])
 @pytest.mark.parametrize("value", [0, -1, 1.5, "1", True])
-def test_bytes_in_flight_is_validated(value):
-    with pytest.raises(SettingsError, match="bytes_in_flight"):
-        gpuzarr.Settings(bytes_in_flight=value)
+def test_the_bounds_in_flight_are_validated(name, value):
+    with pytest.raises(SettingsError, match=name):
+        gpuzarr.Settings(**{name: value})
 
 
 # ---------------------------------------------------------------- long ranges in parts
