@@ -3,7 +3,11 @@ Written against the array namespace `xp` (NumPy or CuPy), so both devices run th
 
 from __future__ import annotations
 
-from typing import Any
+import bisect
+import math
+from typing import Any, NamedTuple
+
+import numpy as np
 
 from .codecs.chain import CodecChain
 from .plan import Gather, Plan
@@ -29,15 +33,79 @@ def place(out: Any, decoded: Any, plan: Plan, first: int, stop: int, present: An
 
 
 def place_block(out: Any, chunks: Any, extent: tuple[int, ...], out_start: tuple[int, ...],
-                window: int | None) -> None:
-    """Place a box of whole chunks by one strided copy: `chunks` is (prod(extent), *chunk shape),
-    the box's chunks in C order; the output box (in read_batch window `window`) is seen as
-    (e0, c0, e1, c1, …) and the chunks as (e0, e1, …, c0, c1, …) transposed to match. One copy
-    instead of one per chunk: longer contiguous runs in the output, and no Python per chunk."""
+                window: int | None, tiles: tuple | None = None) -> None:
+    """Place a box of whole chunks by one strided copy: `chunks` is (k, *chunk shape); the output
+    box (in read_batch window `window`) is seen as (e0, c0, e1, c1, …) and transposed to
+    (e0, e1, …, c0, c1, …), one tile per chunk. `tiles` None: the chunks fill the box in C order
+    (k = prod(extent)); else tiles[d][i] is chunk i's position along dimension d (any order, any
+    subset: one indexed assignment). One copy instead of one per chunk: no Python per chunk."""
     ndim = len(extent)
     chunk_shape = chunks.shape[1:]
     region = out[window] if window is not None else out
     region = region[tuple(slice(o, o + e * c) for o, e, c in zip(out_start, extent, chunk_shape))]
     split = region.reshape(tuple(x for e, c in zip(extent, chunk_shape) for x in (e, c)))
-    order = tuple(x for d in range(ndim) for x in (d, ndim + d))
-    split[...] = chunks.reshape(tuple(extent) + chunk_shape).transpose(order)
+    if tiles is None:
+        split[...] = chunks.reshape(tuple(extent) + chunk_shape).transpose(
+            tuple(x for d in range(ndim) for x in (d, ndim + d)))
+    else:
+        split.transpose(tuple(range(0, 2 * ndim, 2)) + tuple(range(1, 2 * ndim, 2)))[tiles] = chunks
+
+
+class Box(NamedTuple):
+    """Whole chunks of a part of a plan placed by one place_block call: part chunks `members`
+    (in C order of the box; a range where they lie in that order in the part) are the box's
+    tiles `tiles` (None: all of them, in C order)."""
+
+    members: np.ndarray | range
+    tiles: tuple | None
+    extent: tuple[int, ...]
+    out_start: tuple[int, ...]
+    window: int | None
+
+
+def part_boxes(plan: Plan, first: int, stop: int, chunk_shape: tuple[int, ...], present: np.ndarray) -> list[Box]:
+    """Boxes of whole chunks among first..stop-1 (present[i]: chunk first+i has data), each
+    placed by one place_block call. A part inside one box of Plan.blocks (chunks in C order,
+    as unsharded arrays list them) is cut into the boxes of Plan.block_pieces, ~4 us; any other
+    part is looked at whole (whole_box, ~20 array operations)."""
+    if present.all():
+        found = plan.blocks(chunk_shape)  # computed once per plan
+        i = bisect.bisect_right(found.hi, first)
+        if i < len(found.lo) and found.lo[i] <= first and stop <= found.hi[i]:
+            return [Box(range(lo, hi), None, tuple(extent), tuple(corner), window if plan.batched else None)
+                    for lo, hi, extent, corner, window in plan.block_pieces(first, stop, chunk_shape)]
+    box = whole_box(plan, first, stop, chunk_shape, present)
+    return [] if box is None else [box]
+
+
+def whole_box(plan: Plan, first: int, stop: int, chunk_shape: tuple[int, ...], present: np.ndarray) -> Box | None:
+    """The chunks among first..stop-1 placed whole into one window, whatever their order
+    (shards store their chunks in Morton order, where Plan.blocks finds boxes of two): tiles
+    of the box they span in the grid. None when fewer than two, or where the read has a step
+    or an integer axis. With step 1 a run is whole exactly when it is as long as the chunk,
+    and the runs of one window all lie at the same offset from their chunk's grid position,
+    so one box holds them all."""
+    dims = plan.dims
+    if any(d.drop or (d.step != 1).any() for d in dims):
+        return None
+    span = plan.placements_of(first, stop)
+    at, runs = plan.place_chunk[span] - first, plan.place_runs[span]
+    whole = present[at]
+    for k, (d, c) in enumerate(zip(dims, chunk_shape)):
+        whole &= d.count[runs[:, k]] == c
+    if plan.batched:  # the first whole chunk's window, chunks placed there only
+        window = plan.place_window[span]
+        whole &= (window == window[np.argmax(whole)]) & (np.bincount(at, minlength=stop - first)[at] == 1)
+    picked = np.flatnonzero(whole)
+    if picked.size < 2:
+        return None
+    grid = plan.chunks[at[picked] + first]
+    low = grid.min(axis=0)
+    extent = tuple((grid.max(axis=0) - low + 1).tolist())
+    order = np.argsort(np.ravel_multi_index(tuple((grid - low).T), extent))
+    head = int(picked[0])  # where its runs start in the output, less its distance from the box's corner
+    corner = [int(d.out_start[runs[head, k]]) - (g - lo) * c
+              for k, (d, c, g, lo) in enumerate(zip(dims, chunk_shape, grid[0].tolist(), low.tolist()))]
+    full = picked.size == math.prod(extent)
+    return Box(at[picked[order]], None if full else tuple((grid - low)[order].T), extent, tuple(corner),
+               int(plan.place_window[span][head]) if plan.batched else None)

@@ -8,23 +8,22 @@ from __future__ import annotations
 import os
 import sys
 import threading
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
-import zstandard
 
 from .. import forksafe
 from ..codecs.array_to_bytes import Bytes
-from ..codecs.bytes_to_bytes import Blosc, Zstd, strip_crc32c_batch
+from ..codecs.bytes_to_bytes import Blosc, Lz4, Zstd, strip_crc32c_batch
 from ..codecs.chain import CodecChain, decode_chunk
 from ..errors import CorruptDataError, DeviceMemoryError, SettingsError
 from ..fetch import FetchedBatch, PendingBatch, thread_slot
-from ..placement import decode_raw, place, place_block
+from ..placement import decode_raw, place, place_block, part_boxes
 from ..plan import Gather, Plan
 from .base import settle
 
 GROUP_BYTES = 2 << 20  # decoded bytes per task: enough to amortise a task, small enough for L2
-ZSTD_GROUP_MIN = 8  # from this many chunks one libzstd call per group beats a call per chunk
 INLINE_SECONDS = 500e-6  # batches predicted to take less decode on the calling thread: a hand-off
 #                          to the pool costs ~100-150 us here, more than splitting such a batch saves
 # Rough single-core decode pace, ns per decoded byte, measured on the benchmark data (an unknown
@@ -38,8 +37,7 @@ STAGING_KEPT = 4 << 20  # a thread keeps its staging buffer between reads up to 
 # them outgrows L2 between its decode and its copy (3-D 64^3 uint16, 512 KiB chunks: boxes
 # measured 2-17% slower; 2-D 256^2 uint16, 128 KiB: 12-22% faster)
 BLOCK_CHUNK_MAX = 256 << 10
-BLOCK_KEPT = 2 * GROUP_BYTES  # and its buffer of decoded boxes (a task's are at most GROUP_BYTES, but
-#                               a read small enough to run inline may make one box of up to ~1 MiB)
+BLOCK_KEPT = GROUP_BYTES  # and its buffer of a part's decoded chunks (a task's part is at most that)
 THREADS_ENV = "GPUZARR_THREADS"
 
 
@@ -147,7 +145,6 @@ class CpuDevice:
             label = "cpu:" + ("+".join(c.name for c in reversed(chain.bytes_to_bytes)) or "none")
         pending = isinstance(batch, PendingBatch)
         as_chunk = _ChunkView(chain)
-        zstd_checks = _zstd_only(chain)
 
         def task(lo: int, hi: int, grouped: bool = True) -> None:
             part = batch.part(lo, hi, self._staging)
@@ -155,12 +152,7 @@ class CpuDevice:
                 live = int(part.present.sum())
                 report.add(label, live, compressed=part.staging.nbytes if pending else 0,
                            decoded=live * (raw_nbytes or 0) if pending else 0)
-            if grouped and zstd_checks is not None and part.n >= ZSTD_GROUP_MIN:
-                raws = _zstd_group(part, chain, zstd_checks, self._local)
-                chunks = [_named(as_chunk, raw, part.labels[i]) if raw is not None else None
-                          for i, raw in enumerate(raws)]
-                place(out, chunks, plan, first + lo, first + hi, part.present.tolist(), fill)
-            elif raw_nbytes is not None:
+            if raw_nbytes is not None:
                 self._decode_by_blocks(part, chain, as_chunk, out, plan, first + lo, fill, boxes=grouped)
             else:  # variable-length items, or sharding inside other codecs
                 present = part.present.tolist()
@@ -194,45 +186,97 @@ class CpuDevice:
 
     def _decode_by_blocks(self, part: FetchedBatch, chain: CodecChain, as_chunk: Any, out: Any, plan: Plan,
                           first: int, fill: Any, boxes: bool) -> None:
-        """Runs of whole chunks forming a box of the grid (Plan.blocks: full reads, aligned windows)
-        are decoded into one reused buffer and placed by one strided copy each; the other chunks
-        one by one (_decode_each_and_place). The part's chunk 0 is plan chunk `first`. Not for
-        reads small enough to run inline (`boxes` False): looking for boxes costs them ~10-15 us
-        (3% of a 4-chunk window of the v2 set) and saves them little."""
+        """The part's chunks are decoded into one reused buffer, one row each (lone zstd, blosc or
+        lz4 codecs: headers checked at once, then one library call per frame, straight into its
+        row); the whole chunks among them, in any order, are placed by one copy as tiles of the
+        box they span (placement.part_boxes), the others one by one. The part's chunk 0 is plan
+        chunk `first`. Reads small enough to run inline (`boxes` False) go chunk by chunk
+        (_decode_each_and_place: a 256^2 window of 9 chunks measured 743 us so, 824 us through
+        rows), and so do chunks too large for a box to stay in L2 between decode and copy, and
+        chains without a rows decoder (gzip, zlib…: slow enough that placement hardly counts;
+        so a thread holds one decoded chunk of theirs, not a part)."""
         raw_nbytes = chain.raw_nbytes
-        boxes = boxes and as_chunk.plain and part.n > 1 and raw_nbytes <= BLOCK_CHUNK_MAX
-        pieces = plan.block_pieces(first, first + part.n, chain.shape) if boxes else ()
-        done = 0
-        for lo, hi, extent, at, window in pieces:
-            if not part.present[lo:hi].all():  # a chunk found missing: its box goes chunk by chunk
-                continue
-            if done < lo:
-                _decode_each_and_place(part.part(done, lo), chain, as_chunk, out, plan, first + done, fill,
-                                       self._scratch(raw_nbytes))
-            rows = self._block((hi - lo) * raw_nbytes).reshape(hi - lo, raw_nbytes)
-            _decode_rows(chain, part, lo, hi, rows)
-            place_block(out, rows.view(chain.encoded_dtype).reshape((hi - lo,) + chain.shape), extent, at,
-                        window if plan.batched else None)
-            done = hi
-        if done < part.n:
-            _decode_each_and_place(part.part(done, part.n), chain, as_chunk, out, plan, first + done, fill,
-                                   self._scratch(raw_nbytes))
+        if not boxes or part.n < 2 or raw_nbytes > BLOCK_CHUNK_MAX or _rows_decoder(chain) is None:
+            _decode_each_and_place(part, chain, as_chunk, out, plan, first, fill, self._scratch(raw_nbytes))
+            return
+        found = part_boxes(plan, first, first + part.n, chain.shape, part.present) if as_chunk.plain else []
+        if all(type(box.members) is range for box in found) and sum(len(box.members) for box in found) == part.n:
+            # the boxes are the part, in order (C-ordered chunks): row i is chunk i
+            rows = self._block(part.n * raw_nbytes).reshape(part.n, raw_nbytes)
+            _decode_rows(chain, part, slice(0, part.n), rows)
+            chunks = rows.view(chain.encoded_dtype).reshape((part.n,) + chain.shape)
+            for box in found:
+                place_block(out, chunks[box.members.start:box.members.stop], box.extent, box.out_start, box.window)
+            return
+        boxed = np.concatenate([box.members for box in found]) if found else np.zeros(0, dtype=np.int64)
+        rest = part.present.copy()
+        rest[boxed] = False
+        order = np.concatenate([boxed, np.flatnonzero(rest)])  # the chunk decoded into each row
+        rows = self._block(order.size * raw_nbytes).reshape(order.size, raw_nbytes)
+        _decode_rows(chain, part, order, rows)
+        chunks = rows[:boxed.size].view(chain.encoded_dtype).reshape((boxed.size,) + chain.shape)
+        at = 0
+        for box in found:
+            k = len(box.members)
+            place_block(out, chunks[at:at + k], box.extent, box.out_start, box.window, box.tiles)
+            at += k
+        if boxed.size < part.n:
+            row_of = np.full(part.n, -1, dtype=np.int64)
+            row_of[order] = np.arange(order.size)
+            row_of[boxed] = -2  # placed already
+            _place_rows(rows, row_of.tolist(), part.labels, as_chunk, out, plan, first, fill)
 
     def _block(self, nbytes: int) -> np.ndarray:
-        """This thread's buffer for the decoded chunks of one box (kept up to BLOCK_KEPT bytes)."""
+        """This thread's buffer for the decoded chunks of one part (kept up to BLOCK_KEPT bytes)."""
         return thread_slot(self._local, "block", nbytes, BLOCK_KEPT)
 
 
-def _decode_rows(chain: CodecChain, part: FetchedBatch, lo: int, hi: int, rows: np.ndarray) -> None:
-    """Decode the part's chunks lo..hi-1 (all present) into rows 0..hi-lo-1 of `rows`: a lone
-    blosc codec checks every header at once and calls c-blosc per frame; other chains go frame
-    by frame through decode_bytes."""
+def _rows_decoder(chain: CodecChain) -> Callable | None:
+    """How the chain decodes a batch of frames into rows at once (decode_rows' signature): its
+    lone zstd, blosc or lz4 (numcodecs' framing) codec, crc32c codecs after it allowed, checks
+    every header at once, then makes one GIL-free library call per frame, straight into its
+    row; stored chunks (no codec) are copied. None for other chains."""
     codecs = chain.bytes_to_bytes
-    if len(codecs) == 1 and isinstance(codecs[0], Blosc):
-        codecs[0].decode_rows(part.staging, part.offsets[lo:hi], part.sizes[lo:hi], rows, part.labels[lo:hi])
-        return
-    for k, i in enumerate(range(lo, hi)):
-        decode_bytes(chain, part.chunk(i), rows[k], part.labels[i])
+    if not codecs:
+        return _copy_rows
+    if len(codecs) - chain.trailing_crc32c == 1 and isinstance(codecs[0], (Zstd, Blosc, Lz4)):
+        return codecs[0].decode_rows
+    return None
+
+
+def _copy_rows(staging: np.ndarray, offsets: np.ndarray, sizes: np.ndarray, rows: np.ndarray, labels: list) -> None:
+    """Stored chunks into their rows, every size checked first."""
+    nbytes = rows.shape[1]
+    wrong = np.flatnonzero(sizes != nbytes)
+    if wrong.size:
+        i = int(wrong[0])
+        raise CorruptDataError(f"{labels[i]}: chunk is {sizes[i]} bytes, expected {nbytes}")
+    for k, start in enumerate(offsets.tolist()):
+        rows[k] = staging[start:start + nbytes]
+
+
+def _decode_rows(chain: CodecChain, part: FetchedBatch, order: np.ndarray | slice, rows: np.ndarray) -> None:
+    """Decode the part's chunks `order` (indices, or a slice: no gathers; all present) into rows
+    0, 1… of `rows` (see _rows_decoder), crc32c codecs verified first."""
+    labels = part.labels[order] if type(order) is slice else [part.labels[i] for i in order.tolist()]
+    offsets = part.offsets[order]
+    sizes = strip_crc32c_batch(part.staging, offsets, part.sizes[order], chain.trailing_crc32c, labels)
+    _rows_decoder(chain)(part.staging, offsets, sizes, rows, labels)
+
+
+def _place_rows(rows: np.ndarray, row_of: list, labels: list, as_chunk: Any, out: Any, plan: Plan, first: int,
+                fill: Any) -> None:
+    """Place the part's chunks one by one: chunk i (plan chunk first+i) is row row_of[i] of
+    `rows`, or absent (-1: the fill value), or placed already (-2)."""
+    last, chunk = -1, None
+    for c, chunk_sel, out_sel in plan.selections(first, first + len(row_of)):
+        r = row_of[c - first]
+        if r == -1:
+            out[out_sel] = fill
+        elif r >= 0:
+            if c != last:
+                last, chunk = c, _named(as_chunk, rows[r], labels[c - first])
+            out[out_sel] = chunk_sel(chunk) if type(chunk_sel) is Gather else chunk[chunk_sel]
 
 
 def _decode_each_and_place(part: FetchedBatch, chain: CodecChain, as_chunk: Any, out: Any, plan: Plan, first: int,
@@ -265,45 +309,6 @@ def _pace(chain: CodecChain) -> float:
     """Predicted seconds per decoded byte to decode and place a chunk of this chain on one core."""
     names = (f"blosc:{c.config.get('cname')}" if c.name == "blosc" else c.name for c in chain.bytes_to_bytes)
     return (sum(PACE_NS.get(name, PACE_NS["zstd"]) for name in names) + PLACE_NS) * 1e-9
-
-
-def _zstd_only(chain: CodecChain) -> int | None:
-    """Number of crc32c codecs after a lone zstd codec (0 or more), or None for other chains."""
-    codecs, checks = chain.bytes_to_bytes, chain.trailing_crc32c
-    if chain.raw_nbytes is None or len(codecs) - checks != 1 or not isinstance(codecs[0], Zstd):
-        return None
-    return checks
-
-
-def _zstd_group(batch: FetchedBatch, chain: CodecChain, checks: int, local: Any) -> list:
-    """Decode the zstd frames of the batch's chunks in ONE libzstd call (the GIL is released for
-    the whole group); checksums are verified first. On a failure each frame is decoded alone,
-    so the error names the chunk."""
-    raw_nbytes = chain.raw_nbytes
-    live = np.flatnonzero(batch.present).tolist()
-    raws: list = [None] * batch.n
-    if not live:
-        return raws
-    sizes = strip_crc32c_batch(batch.staging, batch.offsets[live], batch.sizes[live], checks,
-                               [batch.labels[i] for i in live] if checks else [])
-    segments = np.stack([batch.offsets[live], sizes], axis=1).astype("<u8")
-    dctx = getattr(local, "zstd", None)
-    if dctx is None:
-        dctx = local.zstd = zstandard.ZstdDecompressor()
-    try:
-        result = dctx.multi_decompress_to_buffer(
-            zstandard.BufferWithSegments(batch.staging, segments.tobytes()),
-            decompressed_sizes=np.full(len(live), raw_nbytes, dtype="<u8").tobytes(), threads=1)
-    except (zstandard.ZstdError, ValueError):
-        for i in live:  # find and name the bad frame
-            decode_bytes(chain, batch.chunk(i), np.empty(raw_nbytes, np.uint8), batch.labels[i])
-        raise
-    for k, i in enumerate(live):
-        raw = np.frombuffer(result[k], dtype=np.uint8)
-        if raw.size != raw_nbytes:
-            raise CorruptDataError(f"{batch.labels[i]}: zstd frame decodes to {raw.size} bytes, expected {raw_nbytes}")
-        raws[i] = raw
-    return raws
 
 
 class _ChunkView:
