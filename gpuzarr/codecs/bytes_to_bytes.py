@@ -299,7 +299,15 @@ def _thread_dctx() -> _DCtx | None:
 
 class Gzip(BytesBytesCodec):
     def decode(self, data: Buffer) -> Buffer:
-        return _zlib_decompress(data, 31, "gzip")
+        """Every member, as numcodecs' GZip reads them (Python's gzip module): members may
+        follow one another, zero bytes may pad them; anything else after one is an error."""
+        parts, rest = [], data
+        while True:
+            obj = zlib.decompressobj(31)
+            parts.append(_zlib_decompress(rest, 31, "gzip", obj))
+            rest = obj.unused_data.lstrip(b"\0")
+            if not rest:
+                return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
 class Zlib(BytesBytesCodec):
@@ -307,8 +315,8 @@ class Zlib(BytesBytesCodec):
         return _zlib_decompress(data, 15, "zlib")
 
 
-def _zlib_decompress(data: Buffer, wbits: int, what: str) -> bytes:
-    obj = zlib.decompressobj(wbits)
+def _zlib_decompress(data: Buffer, wbits: int, what: str, obj: Any = None) -> bytes:
+    obj = obj or zlib.decompressobj(wbits)
     try:
         out = obj.decompress(data)
     except zlib.error as exc:
