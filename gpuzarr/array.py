@@ -9,12 +9,11 @@ from typing import Any
 import numpy as np
 
 from .devices.base import Device, get_device
-from .indexing import Query, parse
+from .indexing import Query, parse, parse_batch
 from .metadata import ArrayMetadata
 from .pipeline import Reader, Settings
 from .plan import Boxes
 from .report import ReadReport
-from .selection import normalize
 from .store import Store
 
 
@@ -151,13 +150,7 @@ class Array:
             raise TypeError(f"read_batch takes a list of windows, not a {type(selections).__name__}: for one "
                             f"window pass [window], e.g. [(slice(0, 4), slice(0, 4))]")
         dev = self._device_for(device)
-        windows = [normalize(s, self.shape) for s in selections]
-        if not windows:
-            raise ValueError("read_batch needs at least one selection")
-        shapes = {tuple(d.count for d in w if not d.drop) for w in windows}
-        if len(shapes) > 1:
-            raise ValueError(f"read_batch windows must all have the same shape, got {sorted(shapes)}")
-        return self._reader.read(windows, True, dev, out, report)
+        return self._reader.read(parse_batch(selections, self.shape), True, dev, out, report)
 
     def read_windows(self, starts: Any, shape: Any, device: str | Device | None = None, out: Any = None,
                      report: ReadReport | None = None) -> Any:

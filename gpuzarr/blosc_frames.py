@@ -428,6 +428,14 @@ def read_le(buf: np.ndarray, at: np.ndarray, dtype: str) -> np.ndarray:
     return words[at].astype(np.int64)
 
 
+def read_le_where(buf: np.ndarray, at: np.ndarray, width: int, inside: np.ndarray) -> np.ndarray:
+    """read_le of the unsigned `width`-byte integer at each offset where `inside`, 0 elsewhere
+    (offsets outside the buffer are never read)."""
+    if buf.size < width:
+        return np.zeros(at.size, np.int64)
+    return np.where(inside, read_le(buf, np.where(inside, at, 0), f"<u{width}"), 0)
+
+
 def _u8(buf) -> np.ndarray:
     """A flat uint8 view of a bytes-like object or an array (copied only if not contiguous)."""
     a = buf if isinstance(buf, np.ndarray) else np.frombuffer(buf, dtype=np.uint8)

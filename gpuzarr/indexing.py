@@ -11,13 +11,15 @@ several arrays among slices, an N-d integer array, Ellipsis or np.newaxis with a
 
 from __future__ import annotations
 
+import itertools
 import math
+import operator
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from .plan import Boxes
+from .plan import BOXES_FROM, Boxes
 from .selection import DimSelection, index_array, normalize, normalize_item
 
 Shape = tuple[int, ...]
@@ -70,6 +72,54 @@ def parse(selection: Any, shape: Shape, mode: str = "getitem") -> Query:
     if vectorized:
         return _pointwise(items, shape)
     return _orthogonal(items, shape, single_nd=mode == "getitem" and len(arrays) == 1)
+
+
+def parse_batch(selections: list, shape: Shape) -> list[list[DimSelection]] | Boxes:
+    """read_batch's windows, checked to share one shape: Boxes made straight from the slices where
+    they are patches (see _patch_boxes), else normalised one by one."""
+    selections = list(selections)
+    boxes = _patch_boxes(selections, shape) if len(selections) >= BOXES_FROM else None
+    if boxes is not None:
+        return boxes
+    windows = [normalize(s, shape) for s in selections]
+    if not windows:
+        raise ValueError("read_batch needs at least one selection")
+    shapes = {tuple(d.count for d in w if not d.drop) for w in windows}
+    if len(shapes) > 1:
+        raise ValueError(f"read_batch windows must all have the same shape, got {sorted(shapes)}")
+    return windows
+
+
+_STEP, _ENDS = operator.attrgetter("step"), operator.attrgetter("start", "stop")
+
+
+def _steps_are_one(items: list) -> bool:
+    try:
+        return set(map(_STEP, items)) <= {None, 1}
+    except TypeError:  # an unhashable step: the general path says what is wrong with it
+        return False
+
+
+def _patch_boxes(selections: list, shape: Shape) -> Boxes | None:
+    """Windows that are each a tuple of one slice per axis, of step 1 with integer ends, all of one
+    shape (a loader's patches), as the Boxes that planning would make of them (Boxes.of), in
+    one array program over the ends (slice.indices' rules): no DimSelection per window (256
+    patches: ~1.6 -> ~0.2 ms). None for anything else, which the general path plans or refuses."""
+    ndim = len(shape)  # below: map() and sets, C loops (a generator in all() costs 4x more)
+    if not ndim or set(map(type, selections)) != {tuple} or set(map(len, selections)) != {ndim}:
+        return None
+    items = list(itertools.chain.from_iterable(selections))
+    if set(map(type, items)) != {slice} or not _steps_are_one(items):
+        return None
+    ends = np.array(list(map(_ENDS, items)))
+    if ends.dtype.kind != "i":  # open ends (None), floats, integers beyond int64: the general path
+        return None
+    size = np.tile(np.asarray(shape, dtype=np.int64), len(selections))
+    lo, hi = (np.clip(np.where(e < 0, e + size, e), 0, size) for e in (ends[:, 0], ends[:, 1]))
+    counts = np.maximum(hi - lo, 0).reshape(len(selections), ndim)
+    if (counts != counts[0]).any():
+        return None
+    return Boxes(lo.reshape(len(selections), ndim), tuple(counts[0].tolist()), (False,) * ndim)
 
 
 def _as_index(item: Any) -> Any:

@@ -23,6 +23,7 @@ Shape = tuple[int, ...]
 # a handful of chunks that is cheaper than array calls (a 256^2 window over 9 chunks: make_plan
 # MAKE_US, selections SEL_US)
 SMALL = 64
+BOXES_FROM = 8  # read_batch windows planned as Boxes (whole-array steps over windows) from this many on
 
 
 @dataclass(frozen=True)
@@ -174,14 +175,15 @@ class Plan:
 
     def reorder(self, order: np.ndarray) -> Plan:
         """Renumber chunks so that row i of the result is row order[i] now (e.g. storage order)."""
+        chunks = np.take(self.chunks, order, axis=0)  # rows by take: 2x cheaper than fancy indexing
         if self.place_chunk.size == order.size:  # one placement per chunk (place_chunk is 0..n-1)
-            return Plan(self.chunks[order], self.place_chunk, self.place_runs[order], self.place_window[order],
+            return Plan(chunks, self.place_chunk, np.take(self.place_runs, order, axis=0), self.place_window[order],
                         self.dims, self.batched)
         rank = np.empty_like(order)
         rank[order] = np.arange(order.size)
         new_chunk = rank[self.place_chunk]
-        by = np.argsort(new_chunk, kind="stable")
-        return Plan(self.chunks[order], new_chunk[by], self.place_runs[by], self.place_window[by],
+        by = _stable_order(new_chunk, order.size)
+        return Plan(chunks, new_chunk[by], np.take(self.place_runs, by, axis=0), self.place_window[by],
                     self.dims, self.batched)
 
     def blocks(self, chunk_shape: Shape) -> Blocks:
@@ -505,7 +507,7 @@ def _plan_tables(windows: list[list[DimSelection]] | Boxes, chunk_shape: Shape, 
     else:
         if batched and len({tuple(d.drop for d in w) for w in windows}) > 1:
             raise IndexError("read_batch windows must index the same dimensions with integers")
-        boxes = Boxes.of(windows) if batched and len(windows) >= 8 else None
+        boxes = Boxes.of(windows) if batched and len(windows) >= BOXES_FROM else None
         tables, rows, window = _tables_boxes(boxes, chunk_shape) if boxes else _tables_each(windows, chunk_shape)
         drop = tuple(d.drop for d in windows[0])
     dims = tuple(DimRuns(*tables[d][:4], step=tables[d][4], drop=drop[d]) for d in range(ndim))
@@ -516,7 +518,7 @@ def _plan_tables(windows: list[list[DimSelection]] | Boxes, chunk_shape: Shape, 
         # chunks of one window of slices are distinct, in C order already
         return Plan(coords, np.arange(coords.shape[0], dtype=np.int64), rows, window, dims, batched)
     by, place_chunk, firsts = _group_rows(coords)
-    return Plan(coords[firsts], place_chunk, rows[by], window[by], dims, batched)
+    return Plan(np.take(coords, firsts, axis=0), place_chunk, np.take(rows, by, axis=0), window[by], dims, batched)
 
 
 def _plan_small(window: list[DimSelection], chunk_shape: Shape, batched: bool) -> Plan | None:
@@ -551,14 +553,22 @@ def _group_rows(coords: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]
     each in that order, row of each chunk's first placement). One sort of linear chunk ids, not
     np.unique(axis=0)'s sort of rows (10x slower for 10^5-10^6 placements)."""
     n = coords.shape[0]
-    extent = coords.max(axis=0) + 1 if n else np.ones(coords.shape[1], np.int64)
-    if math.prod(extent.tolist()) >= 1 << 62:  # a linear id would overflow
+    # per column: a reduction along axis 0 of an (n, ndim) array is ~15x slower
+    extent = [int(coords[:, d].max()) + 1 if n else 1 for d in range(coords.shape[1])]
+    bound = math.prod(extent)
+    if bound >= 1 << 62:  # a linear id would overflow
         _, inverse = np.unique(coords, axis=0, return_inverse=True)
-        ids = inverse.reshape(-1)
+        ids, bound = inverse.reshape(-1), n
     else:
-        ids = coords @ np.array([math.prod(extent[d + 1:].tolist()) for d in range(extent.size)], dtype=np.int64)
-    by = np.argsort(ids, kind="stable")
+        ids = coords @ np.array([math.prod(extent[d + 1:]) for d in range(len(extent))], dtype=np.int64)
+    by = _stable_order(ids, bound)
     ordered = ids[by]
     new = np.ones(n, dtype=bool)
     new[1:] = ordered[1:] != ordered[:-1]
     return by, np.cumsum(new) - 1, by[new]
+
+
+def _stable_order(keys: np.ndarray, bound: int) -> np.ndarray:
+    """np.argsort(keys, kind="stable") of keys in 0..bound-1: as uint16 where they fit, which
+    NumPy sorts by radix (6,000 keys: 0.11 -> 0.035 ms)."""
+    return np.argsort(keys.astype(np.uint16) if bound <= 1 << 16 else keys, kind="stable")

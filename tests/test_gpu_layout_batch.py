@@ -17,7 +17,8 @@ from hypothesis import strategies as st
 import gpuzarr
 from gpuzarr.codecs.bytes_to_bytes import _zstd_content_size
 from gpuzarr.devices.gpu import GpuDevice
-from gpuzarr.devices.gpu_layout import ALIGN, _check_zstd_headers, build_layout
+from gpuzarr.codecs.bytes_to_bytes import check_zstd_frames
+from gpuzarr.devices.gpu_layout import ALIGN, build_layout
 from gpuzarr.errors import CorruptDataError
 
 
@@ -58,10 +59,10 @@ def test_batch_header_check_agrees_with_the_per_frame_reference(frames, nbytes, 
     arr = np.frombuffer(bytes(staging), np.uint8)
     sizes = np.array([len(f) for f in frames], np.int64)
     if first_bad is None:
-        _check_zstd_headers(arr, np.array(offsets, np.int64), sizes, nbytes, labels)
+        check_zstd_frames(arr, np.array(offsets, np.int64), sizes, nbytes, labels.__getitem__)
         return
     with pytest.raises(CorruptDataError) as info:
-        _check_zstd_headers(arr, np.array(offsets, np.int64), sizes, nbytes, labels)
+        check_zstd_frames(arr, np.array(offsets, np.int64), sizes, nbytes, labels.__getitem__)
     # the batch names a bad chunk with the reference's message for it (maybe a later one first
     # by kind: magic, then truncation, then size), never a good one
     message = str(info.value)

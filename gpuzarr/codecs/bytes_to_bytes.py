@@ -23,6 +23,7 @@ from numcodecs import blosc as _blosc
 from numcodecs import lz4 as _numcodecs_lz4
 from numcodecs import zstd as _numcodecs_zstd
 
+from ..blosc_frames import read_le_where
 from ..errors import CorruptDataError, MetadataError, UnsupportedFeatureError
 
 Buffer = Any  # bytes, memoryview or a 1-D uint8 ndarray
@@ -104,39 +105,41 @@ def _zstd_content_size(view: memoryview) -> int | None:
     return value + 256 if size == 2 else value
 
 
-_ZSTD_MAGIC = np.frombuffer(b"\x28\xb5\x2f\xfd", np.uint8)
-_ZSTD_HEAD = np.arange(18)  # the longest frame header: magic 4, descriptor 1, window 1, dictionary 4, size 8
+_ZSTD_MAGIC = 0xFD2FB528  # 28 b5 2f fd, read little-endian
 _ZSTD_DICT_BYTES = np.array([0, 1, 2, 4])  # Dictionary_ID field size by Dictionary_ID_Flag
 _ZSTD_FCS_BYTES = np.array([0, 2, 4, 8])  # Frame_Content_Size field size by FCS_Field_Size flag
-_BYTE_SHIFTS = np.arange(0, 64, 8, dtype=np.uint64)
 
 
 def check_zstd_frames(staging: np.ndarray, offsets: np.ndarray, sizes: np.ndarray, nbytes: int,
-                      labels: list, before_raising: Callable[[int], None] = lambda i: None) -> np.ndarray:
-    """Every frame's header at once (RFC 8878 §3.1.1.1), as _zstd_content_size one by one: a bad
-    magic number, a truncated header, or a Frame_Content_Size other than `nbytes` raises naming
-    the chunk (`before_raising(i)` runs first for the refused frame i). Returns which frames
-    state their content size. ~15 array operations whatever the count (~20 us), no Python per
-    frame (the GPU layout's _check_zstd_headers: ~200 us, np.pad and sliding windows)."""
-    at = np.minimum(offsets[:, None] + _ZSTD_HEAD, max(staging.size - 1, 0))
-    head = staging[at] if staging.size else np.zeros(at.shape, np.uint8)  # (all frames empty)
-    fhd = head[:, 4].astype(np.int64)
+                      label: Callable[[int], str], before_raising: Callable[[int], None] = lambda i: None) -> np.ndarray:
+    """Every frame's header at once (RFC 8878 §3.1.1.1), as _zstd_content_size one by one, for
+    both devices: a bad magic number, a truncated header, or a Frame_Content_Size other than
+    `nbytes` raises naming the chunk (`label(i)`; `before_raising(i)` runs first for the refused
+    frame i). Returns which frames state their content size (the others are checked by what
+    their decoder writes). Three gathers of one integer per frame, one more per field width the
+    frames use: 4096 frames ~0.3 ms, against ~0.7 for 18 header bytes per frame."""
+    framed = sizes >= 5
+    magic = read_le_where(staging, offsets, 4, framed)
+    fhd = read_le_where(staging, offsets + 4, 1, framed)
     single = (fhd >> 5) & 1
     pos = 6 - single + _ZSTD_DICT_BYTES[fhd & 3]
     width = np.where(fhd >> 6 == 0, single, _ZSTD_FCS_BYTES[fhd >> 6])
-    field = head[np.arange(len(offsets))[:, None], pos[:, None] + np.arange(8)].astype(np.uint64)
-    value = np.where(np.arange(8) < width[:, None], field << _BYTE_SHIFTS, np.uint64(0)).sum(axis=1, dtype=np.uint64)
-    value += np.where(width == 2, np.uint64(256), np.uint64(0))
-    bad_magic = (sizes < 5) | (head[:, :4] != _ZSTD_MAGIC).any(axis=1)
+    bad_magic = ~framed | (magic != _ZSTD_MAGIC)
     truncated = ~bad_magic & (width > 0) & (sizes < pos + width)
-    wrong = ~bad_magic & ~truncated & (width > 0) & (value != np.uint64(nbytes))
+    stated = ~bad_magic & ~truncated & (width > 0)
+    value = np.zeros(offsets.size, np.uint64)
+    for w in np.unique(width[stated]).tolist():  # one width, mostly
+        k = stated & (width == w)
+        value[k] = read_le_where(staging, offsets + pos, w, k)[k]  # 8-byte sizes past 2**63: wrapped, as bits
+    value += np.where(width == 2, np.uint64(256), np.uint64(0))
+    wrong = stated & (value != np.uint64(nbytes))
     for mask, what in ((bad_magic, "not a zstd frame (bad magic number)"), (truncated, "truncated zstd frame header"),
                        (wrong, None)):
         if mask.any():
             i = int(np.flatnonzero(mask)[0])
             before_raising(i)
-            raise CorruptDataError(f"{labels[i]}: " + (what or f"zstd frame decodes to {int(value[i])} bytes, "
-                                                               f"the chunk needs {nbytes}"))
+            raise CorruptDataError(f"{label(i)}: " + (what or f"zstd frame decodes to {int(value[i])} bytes, "
+                                                              f"the chunk needs {nbytes}"))
     return width > 0
 
 
@@ -174,7 +177,7 @@ class Zstd(BytesBytesCodec):
         k, nbytes = out.shape
         if k == 0:
             return
-        sized = check_zstd_frames(staging, offsets, sizes, nbytes, labels)
+        sized = check_zstd_frames(staging, offsets, sizes, nbytes, labels.__getitem__)
         dctx = _thread_dctx()
         rest = np.arange(k)
         if dctx is not None:

@@ -35,8 +35,8 @@ from typing import Any
 import numpy as np
 
 from ..blosc_frames import (COMPRESSORS, FLAG_MEMCPYED, SHUFFLE_BIT, SHUFFLE_BYTE, SHUFFLE_NONE, BloscBatch,
-                            parse_blosc_batch, parse_blosc_frame, read_le)
-from ..codecs.bytes_to_bytes import Blosc, Gzip, Lz4, Zlib, Zstd, strip_crc32c
+                            parse_blosc_batch, parse_blosc_frame, read_le_where)
+from ..codecs.bytes_to_bytes import Blosc, Gzip, Lz4, Zlib, Zstd, check_zstd_frames, strip_crc32c
 from ..codecs.chain import CodecChain
 from ..errors import CorruptDataError
 from ..fetch import FetchedBatch
@@ -358,7 +358,7 @@ def _single_streams(b: _Builder, algorithm: str, chunks: np.ndarray, src: np.nda
 
 def _lz4_streams(b: _Builder, chunks: np.ndarray, at: np.ndarray, size: np.ndarray, ok: np.ndarray) -> np.ndarray:
     """numcodecs LZ4: a 4-byte LE decoded size, which must be the chunk's, then the block."""
-    prefix = _read_le(b.batch.staging, at, 4, ok & (size >= 4))
+    prefix = read_le_where(b.batch.staging, at, 4, ok & (size >= 4))
     ok = ok & (size >= 4) & (prefix == b.raw_nbytes)
     _single_streams(b, "lz4", chunks[ok], at[ok] + 4, size[ok] - 4)
     return ok
@@ -373,7 +373,7 @@ def _zlib_streams(b: _Builder, chunks: np.ndarray, at: np.ndarray, size: np.ndar
 
 
 def _zlib_header_ok(staging: np.ndarray, at: np.ndarray, inside: np.ndarray) -> np.ndarray:
-    cmf, flg = (_read_le(staging, at + k, 1, inside) for k in (0, 1))
+    cmf, flg = (read_le_where(staging, at + k, 1, inside) for k in (0, 1))
     return (cmf & 0x0F == 8) & ((cmf << 8 | flg) % 31 == 0) & (flg & 0x20 == 0)
 
 
@@ -383,24 +383,17 @@ def _gzip_streams(b: _Builder, chunks: np.ndarray, at: np.ndarray, size: np.ndar
     CRC-32 in the trailer is listed for the device, over the decoded bytes."""
     staging, raw = b.batch.staging, b.raw_nbytes
     inside = ok & (size >= 18)
-    head = _read_le(staging, at, 4, inside)
+    head = read_le_where(staging, at, 4, inside)
     flags = head >> 24
-    extra = np.where(flags & 4, 2 + _read_le(staging, at + 10, 2, inside), 0)
+    extra = np.where(flags & 4, 2 + read_le_where(staging, at + 10, 2, inside), 0)
     start = 10 + extra + np.where(flags & 2, 2, 0)
     fits = inside & (size >= start + 8)
-    isize = _read_le(staging, at + size - 4, 4, fits)
+    isize = read_le_where(staging, at + size - 4, 4, fits)
     ok = fits & (head & 0xFFFFFF == 0x088B1F) & (flags & 0xF8 == 0) & (isize == raw % (1 << 32))
     dst = _single_streams(b, "deflate", chunks[ok], at[ok] + start[ok], size[ok] - start[ok] - 8)
-    crc = _read_le(staging, at[ok] + size[ok] - 8, 4, np.ones(dst.size, bool))
+    crc = read_le_where(staging, at[ok] + size[ok] - 8, 4, np.ones(dst.size, bool))
     b.gzip_crcs.extend(dst, np.full(dst.size, raw, np.int64), crc, chunks[ok])
     return ok
-
-
-def _read_le(staging: np.ndarray, at: np.ndarray, width: int, inside: np.ndarray) -> np.ndarray:
-    """The unsigned little-endian `width`-byte integer at each offset (0 where not `inside`)."""
-    if staging.size < width:
-        return np.zeros(at.size, np.int64)
-    return np.where(inside, read_le(staging, np.where(inside, at, 0), f"<u{width}"), 0)
 
 
 def _blosc_streams(b: _Builder, chunks: np.ndarray, at: np.ndarray, size: np.ndarray, ok: np.ndarray) -> np.ndarray:
@@ -440,7 +433,7 @@ def _blosc_accepted(staging: np.ndarray, p: BloscBatch, at: np.ndarray, size: np
                     codes: np.ndarray) -> np.ndarray:
     """Per frame: parsed, its header's size is the frame's (as _add_blosc), memcpyed or compressed
     with a codec nvCOMP decodes, and its zlib streams' headers pass zlib_to_deflate's check."""
-    ok = p.parsed & (_read_le(staging, at + 12, 4, p.parsed) == size) & ((codes != "") | (p.flags & FLAG_MEMCPYED != 0))
+    ok = p.parsed & (read_le_where(staging, at + 12, 4, p.parsed) == size) & ((codes != "") | (p.flags & FLAG_MEMCPYED != 0))
     zlib = np.flatnonzero((p.stream_csize != p.stream_dsize) & (codes[p.stream_frame] == "deflate"))
     csize = p.stream_csize[zlib]
     bad = zlib[~(_zlib_header_ok(staging, p.stream_src[zlib], csize >= 6) & (csize >= 6))]
@@ -491,53 +484,21 @@ def _zstd_layout(batch: FetchedBatch, chain: CodecChain, allocate: Callable[[int
     raw, checks = chain.raw_nbytes, chain.trailing_crc32c
     live = np.flatnonzero(batch.present)
     offsets, stored = batch.offsets[live], batch.sizes[live]
-    labels = [batch.labels[i] for i in live.tolist()]
+    def label(k: int) -> str:  # of live chunk k: looked up on the error path only
+        return batch.labels[int(live[k])]
+
     short = np.flatnonzero(stored < 4 * checks)
     if short.size:  # too short for its checksums: the host says so as the CPU path does
-        verify_crc32c_on_host(batch.chunk(int(live[short[0]])), checks, labels[short[0]])
+        verify_crc32c_on_host(batch.chunk(int(live[short[0]])), checks, label(int(short[0])))
     sizes = stored - 4 * checks
-    _check_zstd_headers(batch.staging, offsets, sizes, raw, labels,
-                        lambda k: verify_crc32c_on_host(batch.chunk(int(live[k])), checks, labels[k]))
+    check_zstd_frames(batch.staging, offsets, sizes, raw, label,
+                      lambda k: verify_crc32c_on_host(batch.chunk(int(live[k])), checks, label(k)))
     b = _Builder(batch, raw, checks)
     if live.size:
         b.streams_many("zstd", offsets, sizes, live * raw, np.full(live.size, raw, np.int64), live)
         if checks:
             b.stored.extend(b.stage_many(offsets, stored), stored, live)
     return b.layout(batch.present, [], allocate)
-
-
-_ZSTD_MAGIC = np.frombuffer(b"\x28\xb5\x2f\xfd", np.uint8)
-_ZSTD_HEADER_MAX = 18  # magic 4, descriptor 1, window 1, dictionary id 4, content size 8
-
-
-def _check_zstd_headers(staging: np.ndarray, offsets: np.ndarray, sizes: np.ndarray, nbytes: int,
-                        labels: list, before_raising: Callable[[int], None] = lambda k: None) -> None:
-    """Every frame's magic number and Frame_Content_Size (RFC 8878 §3.1.1.1) at once: a frame that
-    says it decodes to another size than the chunk's is corrupt (frames without one are checked
-    by nvCOMP's reported sizes). `before_raising(k)` runs first for the refused frame k."""
-    if not offsets.size:
-        return
-    at = np.minimum(offsets[:, None] + np.arange(_ZSTD_HEADER_MAX), max(staging.size - 1, 0))
-    head = staging[at] if staging.size else np.zeros(at.shape, np.uint8)
-    fhd = head[:, 4].astype(np.int64)
-    fcs_flag, single, dict_flag = fhd >> 6, (fhd >> 5) & 1, fhd & 3
-    pos = 5 + (1 - single) + np.array([0, 1, 2, 4])[dict_flag]
-    width = np.where(fcs_flag == 0, single, np.array([0, 2, 4, 8])[fcs_flag])
-    field = np.lib.stride_tricks.sliding_window_view(np.pad(head, ((0, 0), (0, 8))), 8, axis=1)
-    value = np.ascontiguousarray(field[np.arange(offsets.size), pos]).view("<u8").reshape(-1)  # 8 bytes at pos
-    value = value & (np.left_shift(np.uint64(1), (8 * width).astype(np.uint64) % np.uint64(64)) - np.uint64(1)
-                     | np.where(width == 8, np.uint64(2**64 - 1), np.uint64(0)))  # its first `width` bytes
-    value += np.where(width == 2, np.uint64(256), np.uint64(0))
-    bad_magic = (sizes < 5) | ~(head[:, :4] == _ZSTD_MAGIC).all(axis=1)
-    truncated = ~bad_magic & (width > 0) & (sizes < pos + width)
-    wrong = ~bad_magic & ~truncated & (width > 0) & (value != np.uint64(nbytes))
-    for mask, what in ((bad_magic, "not a zstd frame (bad magic number)"), (truncated, "truncated zstd frame header"),
-                       (wrong, None)):
-        if mask.any():
-            k = int(np.flatnonzero(mask)[0])
-            before_raising(k)
-            raise CorruptDataError(f"{labels[k]}: " + (what or f"zstd frame decodes to {int(value[k])} bytes, "
-                                                               f"the chunk needs {nbytes}"))
 
 
 def _add_chunk(b: _Builder, codecs: tuple, data: memoryview, chunk: int, nbytes: int) -> None:
@@ -666,8 +627,10 @@ def copy_records(table: dict) -> np.ndarray:
 def scatter_records(plan: Any, first: int, stop: int, present: np.ndarray, chunk_shape: tuple,
                     itemsize: int, out_strides: tuple) -> tuple[np.ndarray, np.ndarray]:
     """Records for the placement kernels: (scatter records of present chunks, fill records of
-    absent ones), one int64 row per placement of chunks first..stop-1, built without a Python
-    loop over placements. Negative steps read the source forwards and write backwards."""
+    absent ones), one int64 row per placement of chunks first..stop-1. The fields of each
+    dimension are computed once per run (runs are few: a dimension's chunks, a few per window)
+    and gathered per placement with one take, not recomputed per placement (2d-64 full read,
+    4096 placements: 1.5 -> 0.2 ms). Negative steps read the source forwards and write backwards."""
     span = plan.placements_of(first, stop)
     rows = plan.place_runs[span]
     local = plan.place_chunk[span] - first
@@ -675,31 +638,44 @@ def scatter_records(plan: Any, first: int, stop: int, present: np.ndarray, chunk
     if ndim > SCATTER_MAX_NDIM:
         raise ValueError(f"the placement kernel handles at most {SCATTER_MAX_NDIM} dimensions")
     rec = np.zeros((n, SCATTER_REC_LEN), dtype=np.int64)
-    rec[:, SCATTER_REC_SRC] = local * (int(np.prod(chunk_shape)) * itemsize)
-    dst = np.zeros(n, dtype=np.int64)
-    axis = 0
-    if plan.batched:
-        dst += plan.place_window[span] * out_strides[0]
-        axis = 1
+    rec[:, SCATTER_REC_SRC] = local * (math.prod(chunk_shape) * itemsize)
+    fields = rec[:, SCATTER_REC_SHAPE:].reshape(n, len(_RUN_FIELDS), SCATTER_MAX_NDIM)  # a view
+    dst = plan.place_window[span] * out_strides[0] if plan.batched else np.zeros(n, dtype=np.int64)
+    axis = int(plan.batched)
     for d, runs in enumerate(plan.dims):
-        r = rows[:, d]
-        start, step, count = runs.local_start[r], runs.step[r], runs.count[r]
-        rec[:, SCATTER_REC_SHAPE + d] = chunk_shape[d]
-        if runs.drop:
-            rec[:, SCATTER_REC_START + d] = start
-            rec[:, SCATTER_REC_STEP + d] = 1
-            rec[:, SCATTER_REC_COUNT + d] = 1
-            continue
-        stride = out_strides[axis]
-        axis += 1
-        out0 = runs.out_start[r]
-        backwards = step < 0
-        last = start + step * (count - 1)
-        rec[:, SCATTER_REC_START + d] = np.where(backwards, last, start)
-        rec[:, SCATTER_REC_STEP + d] = np.abs(step)
-        rec[:, SCATTER_REC_COUNT + d] = count
-        rec[:, SCATTER_REC_DSTRIDE + d] = np.where(backwards, -stride, stride)
-        dst += np.where(backwards, (out0 + count - 1) * stride, out0 * stride)
+        table = _run_fields(runs, chunk_shape[d], 0 if runs.drop else out_strides[axis])
+        axis += not runs.drop
+        picked = np.take(table, rows[:, d], axis=0)  # 2x cheaper than table[rows[:, d]]
+        fields[:, :, d] = picked[:, :-1]
+        dst += picked[:, -1]
     rec[:, SCATTER_REC_DST] = dst
     live = present[local]
+    if live.all():
+        return rec, rec[:0]
     return rec[live], rec[~live]
+
+
+# the record's per-dimension fields, in record order, each a group of SCATTER_MAX_NDIM slots
+# from SCATTER_REC_SHAPE on (scatter_core.cuh)
+_RUN_FIELDS = (SCATTER_REC_SHAPE, SCATTER_REC_START, SCATTER_REC_STEP, SCATTER_REC_COUNT, SCATTER_REC_DSTRIDE)
+
+
+def _run_fields(runs: Any, extent: int, stride: int) -> np.ndarray:
+    """Per run of one dimension (a plan's DimRuns): its record fields (chunk extent, first source
+    index, step, count, output stride in bytes) and then its share of the output byte offset, as
+    an (n_runs, 6) table. A dropped dimension reads one element and has no output axis."""
+    table = np.empty((runs.step.size, len(_RUN_FIELDS) + 1), dtype=np.int64)
+    table[:, 0] = extent
+    if runs.drop:
+        table[:, 1] = runs.local_start
+        table[:, 2:4] = 1
+        table[:, 4:] = 0
+        return table
+    start, step, count = runs.local_start, runs.step, runs.count
+    backwards = step < 0
+    table[:, 1] = np.where(backwards, start + step * (count - 1), start)
+    table[:, 2] = np.abs(step)
+    table[:, 3] = count
+    table[:, 4] = np.where(backwards, -stride, stride)
+    table[:, 5] = (runs.out_start + np.where(backwards, count - 1, 0)) * stride
+    return table
