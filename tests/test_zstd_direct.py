@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import zarr
 import zstandard
-from hypothesis import HealthCheck, given, settings
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import gpuzarr

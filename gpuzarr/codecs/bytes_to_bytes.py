@@ -143,6 +143,18 @@ def check_zstd_frames(staging: np.ndarray, offsets: np.ndarray, sizes: np.ndarra
     return width > 0
 
 
+def _each_named(decode: Callable[[memoryview, np.ndarray], None], staging: np.ndarray, rows: np.ndarray,
+                offsets: np.ndarray, sizes: np.ndarray, out: np.ndarray, labels: list) -> None:
+    """decode(frame, out[i]) frame by frame for the rows the batched call left, an error naming
+    the chunk."""
+    view = memoryview(staging)
+    for i, start, size in zip(rows.tolist(), offsets[rows].tolist(), sizes[rows].tolist()):
+        try:
+            decode(view[start:start + size], out[i])
+        except CorruptDataError as exc:
+            raise CorruptDataError(f"{labels[i]}: {exc}") from None
+
+
 class Zstd(BytesBytesCodec):
     """libzstd: into a given buffer by one ZSTD_decompressDCtx call (ctypes, GIL released) where
     the frame states its size; otherwise, and where numcodecs' extension does not export libzstd,
@@ -187,12 +199,7 @@ class Zstd(BytesBytesCodec):
             decode = dctx.decode
             done = [decode(s, n, d, nbytes) for s, n, d in zip(src, sizes[sized].tolist(), dst)]
             rest = np.setdiff1d(rest, sized[np.asarray(done, dtype=bool)], assume_unique=True)
-        view = memoryview(staging)
-        for i, start, size in zip(rest.tolist(), offsets[rest].tolist(), sizes[rest].tolist()):
-            try:
-                self.decode_into(view[start:start + size], out[i])
-            except CorruptDataError as exc:
-                raise CorruptDataError(f"{labels[i]}: {exc}") from None
+        _each_named(self.decode_into, staging, rest, offsets, sizes, out, labels)
 
     @classmethod
     def _decode_stream(cls, view: memoryview, out: np.ndarray, reason: str) -> None:
@@ -502,12 +509,7 @@ class Lz4(BytesBytesCodec):
             dst = (out.ctypes.data + nbytes * rest).tolist()
             got = [decompress(s, d, n, nbytes) for s, d, n in zip(src, dst, (sizes - 4).tolist())]
             rest = np.flatnonzero(np.asarray(got) != nbytes)
-        view = memoryview(staging)
-        for i, start, size in zip(rest.tolist(), offsets[rest].tolist(), sizes[rest].tolist()):
-            try:
-                self._decode_numcodecs(view[start:start + size], out[i])
-            except CorruptDataError as exc:
-                raise CorruptDataError(f"{labels[i]}: {exc}") from None
+        _each_named(self._decode_numcodecs, staging, rest, offsets, sizes, out, labels)
 
     def _decode_numcodecs(self, view: memoryview, out: np.ndarray) -> None:
         _count_fallback("lz4:refused" if _lz4_safe() is not None else "lz4:no-liblz4")
