@@ -84,18 +84,38 @@ def _readers(path: Path) -> dict[str, dict[str, Any]]:
     }
 
 
-def measure(path: Path, windows: list, repeats: int) -> dict[str, dict[str, list[float]]]:
+def disk_bytes(path: Path) -> int | None:
+    """Bytes read so far from the block device holding `path` (/proc/diskstats; None where it
+    cannot be told): what a cold read really asked of the disk, readahead included."""
+    dev = os.stat(path).st_dev
+    try:
+        with open("/proc/diskstats") as f:
+            for line in f:
+                fields = line.split()
+                if (int(fields[0]), int(fields[1])) == (os.major(dev), os.minor(dev)):
+                    return int(fields[5]) * 512  # sectors read
+    except OSError:
+        pass
+    return None
+
+
+def measure(path: Path, windows: list, repeats: int) -> tuple[dict, dict]:
+    """Seconds and bytes read from the disk (None: unknown) per reader and workload, per round."""
     readers = _readers(path)
     times: dict = {name: {"one": [], "batch": []} for name in readers}
+    disk: dict = {name: {"one": [], "batch": []} for name in readers}
     for _ in range(repeats):
         for workload in ("one", "batch"):
             for name, reader in readers.items():
                 handle = reader["open"]()
                 drop_page_cache()
+                before = disk_bytes(path)
                 start = time.perf_counter()
                 reader[workload](handle, windows)
                 times[name][workload].append(time.perf_counter() - start)
-    return times
+                after = disk_bytes(path)
+                disk[name][workload].append(None if before is None or after is None else after - before)
+    return times, disk
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -121,15 +141,18 @@ def main(argv: list[str] | None = None) -> int:
     spec = make_specs(args.size_2d)["2d"]
     path, _ = ensure(spec, args.cache)
     windows = _windows(spec.shape, args.windows, args.seed)
-    times = measure(path, windows, args.repeats)
+    times, disk = measure(path, windows, args.repeats)
     floor = fio_floor(sorted(p for p in (path / "c").rglob("*") if p.is_file()))
     med = {name: {w: float(np.median(v)) for w, v in work.items()} for name, work in times.items()}
     print(f"cold reads: {spec.describe()}; {args.windows} random 256x256 windows; page cache dropped before each "
           f"timed read; medians of {args.repeats} rounds, ms")
-    print(f"{'workload':10s} {'gpuzarr':>9s} {'tensorstore':>12s} {'gz/ts':>6s}")
+    print(f"{'workload':10s} {'gpuzarr':>9s} {'tensorstore':>12s} {'gz/ts':>6s}   MB from the disk (gz / ts)")
     for workload in ("one", "batch"):
         g, t = med["gpuzarr"][workload], med["tensorstore"][workload]
-        print(f"{'one by one' if workload == 'one' else 'one batch':10s} {g * 1e3:9.1f} {t * 1e3:12.1f} {g / t:6.2f}")
+        mb = [np.median(disk[name][workload]) / 1e6 if None not in disk[name][workload] else float("nan")
+              for name in ("gpuzarr", "tensorstore")]
+        print(f"{'one by one' if workload == 'one' else 'one batch':10s} {g * 1e3:9.1f} {t * 1e3:12.1f} {g / t:6.2f}"
+              f"   {mb[0]:.1f} / {mb[1]:.1f}")
     if floor is None:
         print("disk floor: fio is not installed (apt-get install fio): no floor measured")
     elif "error" in floor:
@@ -139,8 +162,8 @@ def main(argv: list[str] | None = None) -> int:
               f"{floor['qd1_iops']:.0f} IOPS ({1e6 / floor['qd1_iops']:.0f} us a read), depth 32 {floor['qd32_iops']:.0f} IOPS")
     args.out.mkdir(parents=True, exist_ok=True)
     out = args.out / f"cold-{time.strftime('%Y%m%d-%H%M%S')}.json"
-    out.write_text(json.dumps({"spec": spec.describe(), "windows": args.windows, "seconds": times, "fio": floor},
-                              indent=1))
+    out.write_text(json.dumps({"spec": spec.describe(), "windows": args.windows, "seconds": times,
+                               "disk_bytes": disk, "fio": floor}, indent=1))
     print(f"wrote {out}")
     return 0
 

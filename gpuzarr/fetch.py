@@ -450,6 +450,25 @@ def fetch(store: Store, loc: Locations, rows: np.ndarray, alloc: Any = _new_stag
     return FetchedBatch(staging, out_off, out_size, present, list(keys))
 
 
+def on_disk(store: LocalStore, loc: Locations, rows: np.ndarray) -> bool:
+    """Whether the last chunk of `rows` (in storage order) is missing from the page cache: one
+    probe (see LocalStore.cached), a guess at whether the read of them will wait for the disk."""
+    live = rows[loc.present[rows]]
+    if not live.size:
+        return False
+    last = live[-1]
+    start, size = int(loc.offsets[last]), int(loc.sizes[last])
+    return not store.cached(loc.keys[last], start, start + size if size >= 0 else None)
+
+
+def prefetch(store: LocalStore, loc: Locations, rows: np.ndarray) -> None:
+    """Hand the coalesced ranges of chunks `rows` (in storage order) to the kernel to read ahead,
+    all at once (see LocalStore.prefetch)."""
+    live = rows[loc.present[rows]]
+    ranges, _ = _coalesce(loc.keys[live], loc.key_ids[live], loc.offsets[live], loc.sizes[live], loc.present[live])
+    store.prefetch(ranges)
+
+
 def _read_or_slice(store: Store, ranges: list, prefetched: dict) -> list:
     """store.read_ranges(ranges), but the ranges of keys in `prefetched` (whole objects in hand)
     are views of those bytes, not requests (cut short where the object is: fetch checks lengths)."""

@@ -25,6 +25,8 @@ from .fetch import (
     PendingBatch,
     Slot,
     fetch,
+    on_disk,
+    prefetch,
     thread_slot,
 )
 from .errors import CorruptDataError, SettingsError, StoreError
@@ -78,6 +80,7 @@ REMOTE_BATCH_BYTES = 64 << 20
 PIECE_BYTES = 16 << 20
 PIECES = 8
 PIECE_THREADS = 16
+AHEAD = 2  # batches of a cold local read handed to the kernel at once (see _Ahead)
 _PIECES = forksafe.LazyPool(PIECE_THREADS, "gpuzarr-pieces")
 
 
@@ -177,9 +180,21 @@ class Reader:
             if device.reads_in_tasks and isinstance(self.store, LocalStore) and (len(bounds) > 1 or _large(loc, chain)):
                 # local files: each task reads its own chunks just before decoding them, on every
                 # core at once; no staging slots, no I/O thread
+                sole = len(bounds) == 1
+                ahead = _Ahead(store, loc, bounds)  # probed here, before any task competes for the GIL
+                if sole:  # its first task runs on this thread before decode_and_place returns
+                    ahead.advance(0)
+                marks = []  # where each batch's tasks end in `started`
                 for lo, hi in bounds:
                     pending = PendingBatch(store, loc, np.arange(lo, hi), report.missing_keys)
-                    started += self._decode(device, pending, chain, out, plan, lo, fill, report, sole=len(bounds) == 1)
+                    started += self._decode(device, pending, chain, out, plan, lo, fill, report, sole=sole)
+                    marks.append(len(started))
+                ahead.advance(0)  # after: the first tasks start their own reads meanwhile
+                for k, mark in enumerate(marks[:-1]):
+                    if not ahead.pending:
+                        break
+                    _wait(started[:mark], report, io)
+                    ahead.advance(k + 1)
             elif len(bounds) == 1:  # nothing to overlap with: no thread hand-off; small: one read
                 with report.timed("fetch"):
                     batch = fetch(store, loc, np.arange(*bounds[0]), device.staging_alloc or _reused_staging,
@@ -334,6 +349,30 @@ class Reader:
             bounds.append((lo, hi))
             lo = hi
         return bounds
+
+
+class _Ahead:
+    """A cold local read's batches handed to the kernel ahead of the tasks that read them
+    (fetch.prefetch): the one being decoded and the next AHEAD - 1, so the disk has every read
+    of them in flight at once, not two tasks' at a time. A warm read (the last chunk of its
+    first AHEAD batches in the page cache: one probe, ~36 us) hands nothing over. Cold 2-D
+    reads, time against the I/O pool this replaced (interleaved runs): 64 windows in one
+    read_batch 0.84-0.98x, a full read 0.80-0.87x; the whole read handed over at once instead
+    made the full read 1.04x (its first batch waits behind every other)."""
+
+    def __init__(self, store: Store, loc: Locations, bounds: list[tuple[int, int]]):
+        self.store, self.loc, self.bounds = store, loc, bounds
+        self.next = 0  # the first batch not handed over
+        first = min(AHEAD, len(bounds)) - 1
+        self.pending = on_disk(store, loc, np.arange(bounds[0][0], bounds[first][1]))  # batches to hand over
+
+    def advance(self, k: int) -> None:
+        """Batch k is next to be read: hand over the batches of its window not handed over yet."""
+        last = min(k + AHEAD, len(self.bounds))
+        if self.pending and last > self.next:
+            prefetch(self.store, self.loc, np.arange(self.bounds[self.next][0], self.bounds[last - 1][1]))
+            self.next = last
+        self.pending = self.pending and self.next < len(self.bounds)
 
 
 def _pieces(plan: Plan, locator: Locator) -> tuple[Plan, list[tuple[int, int]]] | None:

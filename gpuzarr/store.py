@@ -11,7 +11,6 @@ import sys
 import time
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import TimeoutError as FutureTimeout
-from concurrent.futures import wait
 from typing import Any
 
 import fsspec
@@ -425,33 +424,58 @@ class LocalStore(Store):
 
     def _open(self, key: str) -> int | None:
         """A read-only descriptor of the file at `key` (close-on-exec, as Python opens every
-        file); None where there is no such file."""
+        file; no readahead: see _RANDOM); None where there is no such file."""
         path = self.path(key)
         try:
-            return os.open(path, os.O_RDONLY)
+            fd = os.open(path, os.O_RDONLY)
         except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
             return None
         except OSError as exc:
             raise StoreError(f"{path}: open failed ({_reason(exc)})", key, exc) from exc
+        if _RANDOM is not None:
+            try:
+                os.posix_fadvise(fd, 0, 0, _RANDOM)
+            except OSError:
+                pass  # a hint only
+        return fd
+
+    def cached(self, key: str, start: int, stop: int | None) -> bool:
+        """Whether the range's last byte is in the page cache (one RWF_NOWAIT read of it): a
+        cheap guess at a whole read's, for hinting reads ahead only where the disk is read."""
+        fd = self._open(key) if self._nowait else None
+        if fd is None:
+            return True  # no way to tell, or nothing to read ahead
+        try:
+            start, stop = _absolute(fd, start, stop)
+            if stop > start:
+                os.preadv(fd, [bytearray(1)], stop - 1, self._nowait)
+        except BlockingIOError:
+            return False
+        except OSError:
+            pass  # a hint only: the reads that follow say what is wrong
+        finally:
+            os.close(fd)
+        return True
+
+    def prefetch(self, ranges: Sequence[Range]) -> None:
+        """Hand `ranges` to the kernel to read into the page cache, all at once and without
+        waiting (see _willneed)."""
+        self._read_each(ranges, range(len(ranges)), lambda fd, i, start, stop, flags: _willneed(fd, start, stop),
+                        [None] * len(ranges), 0)
 
     def _per_file(self, ranges: Sequence[Range], read: Any, fds: Sequence[int | None] | None = None) -> list:
         """read(fd, i, start, stop, flags) for every range; None where there is no such file (a
         directory included). `fds`: a descriptor already open per range (None: open its path).
         Ranges are first read on this thread from the page cache only (RWF_NOWAIT: a warm read
-        costs what it always did); those that would wait for the disk are then read at once by
-        the I/O pool, up to IO_DEPTH in flight, since a disk serves many queued reads far faster
-        than one at a time."""
+        costs what it always did); each that would wait for the disk is handed to the kernel
+        there and then (_willneed), so all of them are in flight at once, then read in order on
+        this thread, each waiting only for its own bytes: the disk's queue depth without a
+        thread hand-off per read (64 cold 2-D windows in one read_batch: 59.6 ms, 69.4 with an
+        I/O pool of 32 threads reading them, one by one unchanged; same runs)."""
         results: list = [None] * len(ranges)
         deferred = self._read_each(ranges, range(len(ranges)), read, results, self._nowait, fds)
-        if deferred:  # the last one read here: a lone read waits for no thread hand-over
-            futures = [_DISK.submit(self._read_each, ranges, (k,), read, results, 0, fds) for k in deferred[:-1]]
-            try:
-                self._read_each(ranges, deferred[-1:], read, results, 0, fds)
-            except BaseException:
-                wait(futures)  # none may still write into the caller's buffers
-                raise
-            for future in futures:
-                future.result()
+        if deferred:
+            self._read_each(ranges, deferred, read, results, 0, fds)
         return results
 
     def _read_each(self, ranges: Sequence[Range], which: Sequence[int], read: Any, results: list,
@@ -477,6 +501,7 @@ class LocalStore(Store):
                         results[k] = read(fd, k, ranges[k][1], ranges[k][2], flags)
                     except BlockingIOError:
                         deferred.append(k)
+                        _willneed(fd, ranges[k][1], ranges[k][2])
                     except OSError as exc:
                         if not flags or exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
                             raise
@@ -518,18 +543,33 @@ IOV_MAX = os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 1024  # buffer
 FILES_OPEN = 64
 
 
-IO_DEPTH_ENV = "GPUZARR_IO_DEPTH"
+# Files are opened for random access (no readahead): gpuzarr reads just the ranges it wants, and
+# hands the kernel at once those that must come from the disk (_willneed); readahead only added
+# bytes around them (64 cold 2-D windows one by one: 13.1 MB from the disk, 9.8 without, 1.39x
+# -> 1.31x tensorstore's time; warm reads unchanged)
+_RANDOM = getattr(os, "POSIX_FADV_RANDOM", None)
 
 
-def _io_depth() -> int:
-    """Reads in flight from the disk: $GPUZARR_IO_DEPTH, else 32."""
-    depth = os.environ.get(IO_DEPTH_ENV, "32").strip()
-    if not depth.isdigit() or int(depth) < 1:
-        raise SettingsError(f"{IO_DEPTH_ENV}={depth!r}: expected a positive integer")
-    return int(depth)
+def _willneed(fd: int, start: int, stop: int | None) -> None:
+    """Ask the kernel to read bytes start..stop of the file into the page cache, without
+    waiting: every range handed over so is in flight at once (the disk's queue depth)."""
+    try:
+        start, stop = _absolute(fd, start, stop)
+        if stop > start:
+            os.posix_fadvise(fd, start, stop - start, os.POSIX_FADV_WILLNEED)
+    except OSError:
+        pass  # a hint only: the read that follows says what is wrong
 
 
-_DISK = forksafe.LazyPool(_io_depth, "gpuzarr-disk")  # threads waiting in preadv for the disk, the GIL released
+def _absolute(fd: int, start: int, stop: int | None) -> tuple[int, int]:
+    """A range's bytes (start < 0: from the end; stop None: to the end) as offsets in the file."""
+    if start < 0 or stop is None:
+        size = os.fstat(fd).st_size
+        start = max(0, size + start) if start < 0 else start
+        stop = size if stop is None else stop
+    return start, stop
+
+
 # store calls of reads with a deadline (ReadIO.call); a call hung past its deadline holds a thread
 # until the store's own timeout ends it
 _CALLS = forksafe.LazyPool(32, "gpuzarr-deadline")

@@ -5,7 +5,6 @@ it stands in for, and the file reads against what is on disk, missing and odd fi
 from __future__ import annotations
 
 import os
-import threading
 
 import numpy as np
 import pytest
@@ -281,18 +280,20 @@ def test_a_chunk_file_shorter_than_its_size_is_refused_naming_it(chunked, monkey
         arr[0:4, 0:4]
 
 
-def test_chunk_files_the_page_cache_lacks_are_read_by_the_disk_pool(chunked, monkeypatch):
+def test_chunk_files_the_page_cache_lacks_are_handed_to_the_kernel_then_read(chunked, monkeypatch):
     path, expected = chunked
     real = store_module.os.preadv
-    threads = set()
+    advised, read = [], []
 
     def cold(fd, buffers, offset, flags=0):
         if flags:
             raise BlockingIOError
-        threads.add(threading.current_thread().name)
+        read.append(offset)
         return real(fd, buffers, offset)
 
     monkeypatch.setattr(store_module.os, "preadv", cold)
+    monkeypatch.setattr(store_module.os, "posix_fadvise", lambda fd, offset, length, advice:
+                        advised.append(length) if advice == store_module.os.POSIX_FADV_WILLNEED else None)
     arr = gpuzarr.open(str(path), device="cpu")
     np.testing.assert_array_equal(arr[0:20, 0:32], expected[0:20, 0:32])
-    assert any(name.startswith("gpuzarr-disk") for name in threads)
+    assert read and len(advised) == len(read)  # every file, whole, before it is read

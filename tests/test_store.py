@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import threading
 
 import fsspec
 import numpy as np
@@ -79,10 +78,11 @@ def test_index_entries_are_read_where_they_point(tmp_path, where):
     np.testing.assert_array_equal(arr[1:3, 1:4], want[1:3, 1:4])
 
 
-def test_reads_the_page_cache_lacks_go_to_the_disk_pool_and_land_where_they_belong(tmp_path, monkeypatch):
-    """Cold data: every read with RWF_NOWAIT 'would block', so each range is read again, blocking,
-    on the I/O pool (all but one) and on the calling thread (the last); the results are those of
-    a warm read, a missing file still reads as None and a short file is still seen as short."""
+def test_reads_the_page_cache_lacks_are_handed_to_the_kernel_then_land_where_they_belong(tmp_path, monkeypatch):
+    """Cold data: every read with RWF_NOWAIT 'would block', so each range is handed to the kernel
+    at once (POSIX_FADV_WILLNEED: all of them in flight together), then read again, blocking, on
+    the calling thread; the results are those of a warm read, a missing file still reads as None
+    and a short file is still seen as short."""
     from gpuzarr import store as store_module
 
     data = sample_data((256, 256))
@@ -90,20 +90,25 @@ def test_reads_the_page_cache_lacks_go_to_the_disk_pool_and_land_where_they_belo
     warm = gpuzarr.open(str(tmp_path / "a"), device="cpu")
     expected = warm[...]
     real = store_module.os.preadv
-    nowait_calls, pool_threads = [], set()
+    events = []
 
     def cold(fd, buffers, offset, flags=0):
         if flags:
-            nowait_calls.append(offset)
+            events.append(("nowait", offset))
             raise BlockingIOError
-        pool_threads.add(threading.current_thread().name)
+        events.append(("read", offset))
         return real(fd, buffers, offset)
 
+    def advise(fd, offset, length, advice):
+        if advice == store_module.os.POSIX_FADV_WILLNEED:
+            events.append(("advise", offset))
+
     monkeypatch.setattr(store_module.os, "preadv", cold)
+    monkeypatch.setattr(store_module.os, "posix_fadvise", advise)
     arr = gpuzarr.open(str(tmp_path / "a"), device="cpu")
     np.testing.assert_array_equal(arr[...], expected)
-    assert nowait_calls and any(name.startswith("gpuzarr-disk") for name in pool_threads)
-    assert len(pool_threads) > 1  # the calling thread read one range itself
+    reads = [i for i, (kind, _) in enumerate(events) if kind == "read"]
+    assert reads and all(("advise", events[i][1]) in events[:i] for i in reads)  # each advised first
     got = arr.store.read_ranges([("c/0/0", 0, 10), ("c/9/9", 0, 10), ("c/1/0", -4, None)])
     assert got[1] is None and len(got[0]) == 10 and len(got[2]) == 4
 

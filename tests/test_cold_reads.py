@@ -1,0 +1,83 @@
+"""Cold local reads: the ranges of several batches are handed to the kernel (WILLNEED) ahead of
+the decoding tasks that read them (pipeline.AHEAD at a time), a warm read hands nothing; files
+are opened without readahead."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import gpuzarr
+from gpuzarr import pipeline
+from gpuzarr import store as store_module
+from gpuzarr.sample import sample_data, write_sharded
+
+
+@pytest.fixture
+def sharded(tmp_path):
+    data = sample_data((256, 256))
+    write_sharded(str(tmp_path / "a"), data, (64, 256), (16, 16))
+    return str(tmp_path / "a"), data
+
+
+def _advice(monkeypatch, cold: bool) -> list:
+    """(offset, length) of every WILLNEED; with `cold`, every RWF_NOWAIT read would block."""
+    advised = []
+    real = store_module.os.preadv
+
+    def preadv(fd, buffers, offset, flags=0):
+        if flags and cold:
+            raise BlockingIOError
+        return real(fd, buffers, offset, flags)
+
+    monkeypatch.setattr(store_module.os, "preadv", preadv)
+    monkeypatch.setattr(store_module.os, "posix_fadvise", lambda fd, offset, length, advice:
+                        advised.append((offset, length)) if advice == store_module.os.POSIX_FADV_WILLNEED else None)
+    return advised
+
+
+@pytest.mark.parametrize("ahead", [1, 2, 1000])
+def test_a_cold_read_of_many_batches_hands_its_ranges_over_ahead_and_reads_right(sharded, monkeypatch, ahead):
+    """Batches of ~4 KiB, handed over `ahead` at a time (one, two, all); each range is advised
+    twice, ahead and again by the task that finds it missing from the page cache. The output is
+    the warm read's."""
+    path, data = sharded
+    monkeypatch.setattr(pipeline, "AHEAD", ahead)
+    settings = gpuzarr.Settings(batch_bytes=4096, threads=2)
+    arr = gpuzarr.open(path, device="cpu", settings=settings)
+    report = gpuzarr.ReadReport()
+    arr.read(..., report=report)  # indexes cached: only chunk ranges are advised below
+    assert report.batches > 4
+    advised = _advice(monkeypatch, cold=True)
+    np.testing.assert_array_equal(arr[...], data)
+    assert sum(length for _, length in advised) == 2 * report.bytes_compressed
+
+
+def test_a_warm_read_of_many_batches_hands_nothing_over(sharded, monkeypatch):
+    path, data = sharded
+    arr = gpuzarr.open(path, device="cpu", settings=gpuzarr.Settings(batch_bytes=4096, threads=2))
+    arr[...]
+    advised = _advice(monkeypatch, cold=False)
+    np.testing.assert_array_equal(arr[...], data)
+    assert advised == []
+
+
+def test_files_are_opened_for_random_access(sharded, monkeypatch):
+    """No readahead around the ranges read (see store._RANDOM): one POSIX_FADV_RANDOM per file opened."""
+    path, data = sharded
+    opened, advised = [], []
+    real_open = store_module.os.open
+    monkeypatch.setattr(store_module.os, "open", lambda *a, **k: opened.append(a[0]) or real_open(*a, **k))
+    monkeypatch.setattr(store_module.os, "posix_fadvise", lambda fd, offset, length, advice:
+                        advised.append(advice) if advice == store_module.os.POSIX_FADV_RANDOM else None)
+    np.testing.assert_array_equal(gpuzarr.open(path, device="cpu")[...], data)
+    assert opened and len(advised) == len(opened)
+
+
+def test_the_cold_benchmark_counts_what_a_read_asks_of_the_disk(tmp_path, monkeypatch):
+    """bench --cold reports the bytes each reader had read from the disk (readahead included)."""
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1]))
+    from bench.cold import disk_bytes
+
+    before = disk_bytes(tmp_path)
+    assert before is None or (isinstance(before, int) and before >= 0)
