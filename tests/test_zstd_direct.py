@@ -10,6 +10,7 @@ import math
 import numpy as np
 import pytest
 import zarr
+import numcodecs.zstd
 import zstandard
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -169,7 +170,9 @@ def test_without_libzstd_python_zstandard_decodes_and_is_counted(monkeypatch):
     one = np.zeros(NBYTES, np.uint8)
     Zstd("zstd").decode_into(_frame(raws[0]), one)
     assert one.tobytes() == raws[0]
-    assert bytes_to_bytes.FALLBACKS["zstd:no-libzstd"] == before + 5
+    # the rows, whole frames that state their size, went in one python-zstandard group call,
+    # libzstd or not: only the lone frame is a fallback
+    assert bytes_to_bytes.FALLBACKS["zstd:no-libzstd"] == before + 1
     with pytest.raises(CorruptDataError, match="c1: cannot decode zstd frame"):
         _rows([_frame(raws[0]), _corrupt_payload(_frame(raws[1]))])
 
@@ -251,6 +254,7 @@ def test_reads_equal_without_boxes(tmp_path, monkeypatch, pooled):
 def test_a_read_without_libzstd_equals_the_source_and_counts_every_frame(tmp_path, monkeypatch, pooled):
     data = _sharded(tmp_path / "a.zarr", (32, 32), (8, 8), (16, 16), crc=True)
     monkeypatch.setattr(bytes_to_bytes, "_libzstd", lambda: None)
+    monkeypatch.setattr(bytes_to_bytes, "zstd_single_frames", lambda *a: False)  # frame by frame, no group call
     before = bytes_to_bytes.FALLBACKS["zstd:no-libzstd"]
     np.testing.assert_array_equal(gpuzarr.open(str(tmp_path / "a.zarr"), device=CpuDevice(1))[...], data)
     assert bytes_to_bytes.FALLBACKS["zstd:no-libzstd"] == before + 16
@@ -343,3 +347,31 @@ def test_part_boxes_of_c_ordered_chunks_are_plan_block_pieces():
         ([0, 1], (1, 2), (0, 16), None), ([2, 3, 4, 5], (1, 4), (8, 0), None), ([6, 7, 8], (1, 3), (16, 0), None)]
     [box] = part_boxes(_morton(plan, (4, 4)), 2, 11, (8, 8), np.ones(9, bool))
     assert box.tiles is not None and box.members.size == 9
+
+
+def _frame_ends_by_libzstd(frame: bytes) -> int:
+    """libzstd's own ZSTD_findFrameCompressedSize: the reference for where a frame ends."""
+    import ctypes
+
+    lib = ctypes.CDLL(numcodecs.zstd.__file__)
+    lib.ZSTD_findFrameCompressedSize.argtypes = [ctypes.c_char_p, ctypes.c_size_t]
+    lib.ZSTD_findFrameCompressedSize.restype = ctypes.c_size_t
+    return lib.ZSTD_findFrameCompressedSize(frame, len(frame))
+
+
+@pytest.mark.parametrize("kind", ["text", "zeros", "random", "mixed"])
+@pytest.mark.parametrize("checksum", [False, True])
+@pytest.mark.parametrize("size", [100, 40_000, 300_000, 600_000])
+def test_single_frames_are_told_as_libzstd_ends_them(kind, checksum, size):
+    """zstd_single_frames walks blocks (raw, RLE, compressed; one or many; a content checksum
+    or none) to exactly where libzstd says each frame ends; a second frame, trailing bytes or a
+    frame cut short are not single frames."""
+    rng = np.random.default_rng(size)
+    raw = {"text": (b"gpuzarr reads zarr " * size)[:size], "zeros": bytes(size),
+           "random": rng.integers(0, 256, size, dtype=np.uint8).tobytes(),
+           "mixed": (bytes(size // 2) + rng.integers(0, 256, size, dtype=np.uint8).tobytes())[:size]}[kind]
+    frame = zstandard.ZstdCompressor(level=1, write_checksum=checksum).compress(raw)
+    assert _frame_ends_by_libzstd(frame) == len(frame)
+    for chunk, single in ((frame, True), (frame + frame, False), (frame + b"x", False), (frame[:-1], False)):
+        staging, offsets, sizes, _ = _batch([_frame(_raw(0)), chunk])
+        assert bytes_to_bytes.zstd_single_frames(staging, offsets, sizes) is single

@@ -155,6 +155,34 @@ def _each_named(decode: Callable[[memoryview, np.ndarray], None], staging: np.nd
             raise CorruptDataError(f"{labels[i]}: {exc}") from None
 
 
+_ZSTD_BLOCK_STEPS = 64  # blocks walked per frame at most (a chunk of up to 8 MiB; more: frame by frame)
+
+
+def zstd_single_frames(staging: np.ndarray, offsets: np.ndarray, sizes: np.ndarray) -> bool:
+    """Whether every segment is exactly one zstd frame, nothing after it (no second frame, no
+    trailing bytes), its blocks walked (RFC 8878 §3.1.1.2) for all frames at once; headers
+    already checked (check_zstd_frames). False where a frame has more than _ZSTD_BLOCK_STEPS
+    blocks, a reserved block type, or runs past its segment: the caller then decodes frame by
+    frame, which says what is wrong."""
+    fhd = read_le_where(staging, offsets + 4, 1, sizes >= 5)
+    single = (fhd >> 5) & 1
+    pos = offsets + 6 - single + _ZSTD_DICT_BYTES[fhd & 3] + np.where(fhd >> 6 == 0, single, _ZSTD_FCS_BYTES[fhd >> 6])
+    end = offsets + sizes
+    walking = np.ones(offsets.size, bool)
+    for _ in range(_ZSTD_BLOCK_STEPS):
+        if not (walking & (pos + 3 <= end)).all() and (walking & (pos + 3 > end)).any():
+            return False  # a block header past the segment
+        head = read_le_where(staging, pos, 2, walking) | read_le_where(staging, pos + 2, 1, walking) << 16
+        kind = (head >> 1) & 3
+        if (walking & (kind == 3)).any():
+            return False
+        pos = np.where(walking, pos + 3 + np.where(kind == 1, 1, head >> 3), pos)  # RLE: one byte
+        walking &= (head & 1) == 0  # Last_Block
+        if not walking.any():
+            return bool((pos + 4 * ((fhd >> 2) & 1) == end).all())  # then the content checksum, if any
+    return False
+
+
 class Zstd(BytesBytesCodec):
     """libzstd: into a given buffer by one ZSTD_decompressDCtx call (ctypes, GIL released) where
     the frame states its size; otherwise, and where numcodecs' extension does not export libzstd,
@@ -183,13 +211,21 @@ class Zstd(BytesBytesCodec):
     def decode_rows(self, staging: np.ndarray, offsets: np.ndarray, sizes: np.ndarray, out: np.ndarray,
                     labels: list) -> None:
         """Decode frame i (`sizes[i]` bytes at `offsets[i]` of `staging`) into row i of `out`
-        (k, decoded size) uint8. Every header is checked at once (check_zstd_frames); then one
-        libzstd call per frame, straight into its row. A frame with no content size, or one that
-        call refuses, goes through decode_into (which names it)."""
+        (k, decoded size) uint8. Every header is checked at once (check_zstd_frames). Where every
+        frame states its size and is its segment whole (zstd_single_frames), the group goes in
+        ONE call that releases the GIL once (python-zstandard's multi_decompress_to_buffer), each
+        result copied into its row: a ctypes call per frame re-takes the GIL per frame, and with
+        two threads a full 2-D read (128^2 chunks) took 68-85 ms against 62-67 so (medians of 5
+        and 8 alternated runs). Otherwise one libzstd call per frame, straight into its row; a
+        frame with no content size, or one that call refuses, goes through decode_into (which
+        names it)."""
         k, nbytes = out.shape
         if k == 0:
             return
         sized = check_zstd_frames(staging, offsets, sizes, nbytes, labels.__getitem__)
+        if sized.all() and zstd_single_frames(staging, offsets, sizes) and self._decode_group(staging, offsets,
+                                                                                             sizes, out):
+            return
         dctx = _thread_dctx()
         rest = np.arange(k)
         if dctx is not None:
@@ -200,6 +236,26 @@ class Zstd(BytesBytesCodec):
             done = [decode(s, n, d, nbytes) for s, n, d in zip(src, sizes[sized].tolist(), dst)]
             rest = np.setdiff1d(rest, sized[np.asarray(done, dtype=bool)], assume_unique=True)
         _each_named(self.decode_into, staging, rest, offsets, sizes, out, labels)
+
+    @classmethod
+    def _decode_group(cls, staging: np.ndarray, offsets: np.ndarray, sizes: np.ndarray, out: np.ndarray) -> bool:
+        """Every frame into its row through one multi_decompress_to_buffer call; False (rows
+        unusable) where it refuses the group or a frame decodes to another size: the caller then
+        decodes frame by frame and names the bad one."""
+        k, nbytes = out.shape
+        segments = np.stack([offsets, sizes], axis=1).astype("<u8")
+        try:
+            result = cls._dctx().multi_decompress_to_buffer(
+                zstandard.BufferWithSegments(staging, segments.tobytes()),
+                decompressed_sizes=np.full(k, nbytes, dtype="<u8").tobytes(), threads=1)
+        except (zstandard.ZstdError, ValueError):
+            return False
+        frames = [result[i] for i in range(k)]
+        if any(len(frame) != nbytes for frame in frames):
+            return False
+        for row, frame in zip(out, frames):
+            row[:] = np.frombuffer(frame, dtype=np.uint8)
+        return True
 
     @classmethod
     def _decode_stream(cls, view: memoryview, out: np.ndarray, reason: str) -> None:
