@@ -110,6 +110,14 @@ _ZSTD_DICT_BYTES = np.array([0, 1, 2, 4])  # Dictionary_ID field size by Diction
 _ZSTD_FCS_BYTES = np.array([0, 2, 4, 8])  # Frame_Content_Size field size by FCS_Field_Size flag
 
 
+def _zstd_header(staging: np.ndarray, offsets: np.ndarray, framed: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Each frame's Frame_Header_Descriptor, where its Frame_Content_Size field starts (from the
+    frame's start) and that field's width in bytes (0: no content size), RFC 8878 §3.1.1.1."""
+    fhd = read_le_where(staging, offsets + 4, 1, framed)
+    single = (fhd >> 5) & 1
+    return fhd, 6 - single + _ZSTD_DICT_BYTES[fhd & 3], np.where(fhd >> 6 == 0, single, _ZSTD_FCS_BYTES[fhd >> 6])
+
+
 def check_zstd_frames(staging: np.ndarray, offsets: np.ndarray, sizes: np.ndarray, nbytes: int,
                       label: Callable[[int], str], before_raising: Callable[[int], None] = lambda i: None) -> np.ndarray:
     """Every frame's header at once (RFC 8878 §3.1.1.1), as _zstd_content_size one by one, for
@@ -120,10 +128,7 @@ def check_zstd_frames(staging: np.ndarray, offsets: np.ndarray, sizes: np.ndarra
     frames use: 4096 frames ~0.3 ms, against ~0.7 for 18 header bytes per frame."""
     framed = sizes >= 5
     magic = read_le_where(staging, offsets, 4, framed)
-    fhd = read_le_where(staging, offsets + 4, 1, framed)
-    single = (fhd >> 5) & 1
-    pos = 6 - single + _ZSTD_DICT_BYTES[fhd & 3]
-    width = np.where(fhd >> 6 == 0, single, _ZSTD_FCS_BYTES[fhd >> 6])
+    fhd, pos, width = _zstd_header(staging, offsets, framed)
     bad_magic = ~framed | (magic != _ZSTD_MAGIC)
     truncated = ~bad_magic & (width > 0) & (sizes < pos + width)
     stated = ~bad_magic & ~truncated & (width > 0)
@@ -164,9 +169,8 @@ def zstd_single_frames(staging: np.ndarray, offsets: np.ndarray, sizes: np.ndarr
     already checked (check_zstd_frames). False where a frame has more than _ZSTD_BLOCK_STEPS
     blocks, a reserved block type, or runs past its segment: the caller then decodes frame by
     frame, which says what is wrong."""
-    fhd = read_le_where(staging, offsets + 4, 1, sizes >= 5)
-    single = (fhd >> 5) & 1
-    pos = offsets + 6 - single + _ZSTD_DICT_BYTES[fhd & 3] + np.where(fhd >> 6 == 0, single, _ZSTD_FCS_BYTES[fhd >> 6])
+    fhd, fcs_at, width = _zstd_header(staging, offsets, sizes >= 5)
+    pos = offsets + fcs_at + width  # the first block header
     end = offsets + sizes
     walking = np.ones(offsets.size, bool)
     for _ in range(_ZSTD_BLOCK_STEPS):
