@@ -198,7 +198,7 @@ class Reader:
             elif len(bounds) == 1:  # nothing to overlap with: no thread hand-off; small: one read
                 with report.timed("fetch"):
                     batch = fetch(store, loc, np.arange(*bounds[0]), device.staging_alloc or _reused_staging,
-                                  device.staging_align, report.missing_keys)
+                                  device.staging_align(chain), report.missing_keys)
                 started += self._decode(device, batch, chain, out, plan, 0, fill, report, sole=True)
             else:
                 self._staged(bounds, plan, loc, chain, device, out, fill, report, started, store, io)
@@ -223,7 +223,7 @@ class Reader:
         cost = np.where(loc.sizes >= 0, loc.sizes, 0)
         reserve = max(int(cost[lo:hi].sum()) for lo, hi in bounds)
         slots = (device.staging_alloc,) * 2 if device.staging_alloc else (Slot(reserve), Slot(reserve))
-        pending = _IO.submit(fetch, store, loc, np.arange(*bounds[0]), slots[0], device.staging_align,
+        pending = _IO.submit(fetch, store, loc, np.arange(*bounds[0]), slots[0], device.staging_align(chain),
                              report.missing_keys)
         done = len(started)  # started[:done]: the tasks of batches before k-1
         try:
@@ -236,7 +236,7 @@ class Reader:
                 done = before
                 if k + 1 < len(bounds):
                     pending = _IO.submit(fetch, store, loc, np.arange(*bounds[k + 1]), slots[(k + 1) % 2],
-                                         device.staging_align, report.missing_keys)
+                                         device.staging_align(chain), report.missing_keys)
         except BaseException:
             if device.staging_alloc:
                 settle([pending])

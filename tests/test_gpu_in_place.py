@@ -189,3 +189,35 @@ def test_the_standin_refuses_a_stream_nvcomp_could_not_read_there(tmp_path):
     staging = np.concatenate([layout.staging, np.zeros(2, np.uint8)])
     with pytest.raises(AssertionError, match="deflate inputs not at multiples of 4"):
         StandinEngine().decompress("deflate", staging, np.zeros(layout.work_nbytes, np.uint8), table, layout)
+
+
+@needs_nvcomp
+def test_sharded_zstd_chunks_land_back_to_back_and_are_read_there(tmp_path, monkeypatch):
+    """nvCOMP reads zstd frames at any byte: fetch reads each coalesced range of a shard into one
+    buffer (no per-chunk padding), and that buffer is uploaded as is (fetch_align)."""
+    data = (np.arange(96 * 80, dtype="<u2").reshape(96, 80) * 7 % 1009).astype("<u2")
+    path = str(tmp_path / "sharded.zarr")
+    z = zarr.create_array(path, shape=data.shape, chunks=(8, 16), shards=(32, 80), dtype=data.dtype,
+                          compressors=zarr.codecs.ZstdCodec(level=1), zarr_format=3)
+    z[...] = data
+    chain = gpuzarr.open(path, device="cpu")._reader.locator.leaf_chain
+    assert gpu_layout.fetch_align(chain) == nvcomp_alignments()["zstd"][0] == 1
+    got, seen, _ = _read_spied(path, monkeypatch)
+    np.testing.assert_array_equal(got, data)
+    for batch, layout in seen:
+        assert layout.staging is batch.staging
+        assert batch.staging.size == int(batch.sizes.sum())  # no padding between chunks
+        assert (batch.offsets % 16 != 0).any()  # frames at odd offsets, read there
+
+
+def test_fetch_align_pads_only_stored_chunks(tmp_path):
+    """Chunks with no compressor start at ALIGN (the copy kernel's 16-byte words); streams behind
+    a header (blosc, gzip, zlib, LZ4's size prefix) are not aligned by their chunk's start: 1."""
+    def chain_of(compressor):
+        path = str(tmp_path / f"{compressor}.zarr")
+        zarr.create_array(path, shape=(8,), chunks=(4,), dtype="<u2", zarr_format=2, compressors=compressor)
+        return gpuzarr.open(path, device="cpu")._reader.locator.leaf_chain
+
+    assert gpu_layout.fetch_align(chain_of(None)) == gpu_layout.ALIGN
+    for name in ("blosc-lz4", "gzip", "zlib", "lz4"):
+        assert gpu_layout.fetch_align(chain_of(COMPRESSORS[name])) == 1

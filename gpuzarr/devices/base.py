@@ -18,11 +18,13 @@ class Device(Protocol):
     batch_bytes: int  # preferred compressed bytes per batch
     batch_streams: int  # and the fewest chunks a batch should hold where the read has them
     reads_in_tasks: bool  # local reads come as PendingBatch, read by the decoding tasks themselves
-    staging_align: int  # where each chunk of a staged local read starts (a multiple of this)
     staging_alloc: Any  # None, or alloc(nbytes) -> (buffer, token): the staging the device consumes
 
     def empty(self, shape: tuple[int, ...], dtype: Any) -> Any:
         """An uninitialised output array on this device."""
+
+    def staging_align(self, chain: CodecChain) -> int:
+        """Where each chunk of a staged local read of this chain starts (a multiple of this)."""
 
     def check_output(self, out: Any, shape: tuple[int, ...], dtype: Any) -> None:
         """Raise ValueError/TypeError unless `out` can receive a read of this shape and dtype."""
@@ -118,7 +120,10 @@ class AutoDevice:
 
     name = "gpu"
     reads_in_tasks = False  # resolved to the GPU or the CPU device before any batch is read
-    staging_align, staging_alloc = 1, None  # likewise
+    staging_alloc = None  # likewise
+
+    def staging_align(self, chain: CodecChain) -> int:
+        return 1
 
     def __init__(self, gpu: Device, cpu: Device, cpu_below: int = 1 << 20):
         self.gpu, self.cpu, self.cpu_below = gpu, cpu, cpu_below

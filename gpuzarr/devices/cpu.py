@@ -72,7 +72,7 @@ class CpuDevice:
     batch_bytes = 4 << 20  # small batches keep fetching and decoding overlapped, and memory low
     batch_streams = 1  # each task decodes its own chunks: no floor
     reads_in_tasks = True  # local files: each task reads the chunks it decodes (see decode_and_place)
-    staging_align, staging_alloc = 1, None  # chunks as they lie; the pipeline's own staging slots
+    staging_alloc = None  # the pipeline's own staging slots
     _shared: dict[int | None, CpuDevice] = {}
     _shared_lock = threading.Lock()
 
@@ -110,6 +110,10 @@ class CpuDevice:
 
     def empty(self, shape: tuple[int, ...], dtype: Any) -> np.ndarray:
         return np.empty(shape, dtype=dtype)
+
+    def staging_align(self, chain: CodecChain) -> int:
+        """Chunks as they lie: every decoder reads from any byte."""
+        return 1
 
     def check_output(self, out: Any, shape: tuple[int, ...], dtype: Any) -> None:
         if not isinstance(out, np.ndarray):

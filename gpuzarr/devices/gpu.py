@@ -26,7 +26,7 @@ from ..fetch import FetchedBatch
 from ..placement import decode_raw
 from ..plan import Plan
 from .cpu import decode_bytes
-from .gpu_layout import ALIGN, GpuBatchLayout, build_layout, copy_records, scatter_records
+from .gpu_layout import GpuBatchLayout, build_layout, copy_records, fetch_align, scatter_records
 from .kernels import SCATTER_ITEMSIZES, get_function
 from .nvcomp_batch import check, checksum_batch, copy_back, decode_batch
 
@@ -59,8 +59,6 @@ class GpuDevice:
     batch_bytes = 256 << 20  # big batches keep nvCOMP busy; bounded by this setting
     reads_in_tasks = False  # every batch arrives staged: one copy to the device
 
-    staging_align = ALIGN  # local reads land each chunk where nvCOMP may read it: no repack
-
     def __init__(self, engine: Any):
         self.engine = engine
         self.xp = engine.xp
@@ -76,6 +74,10 @@ class GpuDevice:
         from .base import get_device  # the receiving process makes its own (CUDA state is per process)
 
         return get_device, ("gpu",)
+
+    def staging_align(self, chain: CodecChain) -> int:
+        """Local reads land each chunk where the device may read it: no repack (see fetch_align)."""
+        return fetch_align(chain)
 
     def empty(self, shape: tuple[int, ...], dtype: Any) -> Any:
         return self.xp.empty(shape, dtype=gpu_dtype(np.dtype(dtype)))
