@@ -11,11 +11,13 @@ import bisect
 import functools
 import itertools
 import math
+import threading
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
+from . import forksafe
 from .selection import DimSelection
 
 Shape = tuple[int, ...]
@@ -36,6 +38,15 @@ class DimRuns:
     out_start: np.ndarray  # where the run starts along the output dimension
     step: np.ndarray  # step of the window the run belongs to
     drop: bool
+
+
+_blocks_lock = threading.Lock()  # see Plan.blocks
+
+
+@forksafe.call_in_child
+def _new_blocks_lock() -> None:
+    global _blocks_lock
+    _blocks_lock = threading.Lock()  # another thread may have held it at the fork
 
 
 @dataclass(frozen=True)
@@ -195,14 +206,14 @@ class Plan:
         Built per dimension from the last, with whole-array steps: adjacent boxes merge along
         dimension d where they continue each other in chunk order, in the grid and in the output,
         and agree everywhere else (in read_batch, the same window too)."""
-        cache = self._blocks_cache
-        if chunk_shape not in cache:
-            cache[chunk_shape] = self._find_blocks(chunk_shape)
-        return cache[chunk_shape]
-
-    @functools.cached_property
-    def _blocks_cache(self) -> dict:
-        return {}
+        found = self.__dict__.get("_blocks", {}).get(chunk_shape)
+        if found is None:
+            with _blocks_lock:  # the tasks of a read ask at once: one computes, the others wait
+                cache = self.__dict__.setdefault("_blocks", {})
+                found = cache.get(chunk_shape)
+                if found is None:
+                    found = cache[chunk_shape] = self._find_blocks(chunk_shape)
+        return found
 
     def _find_blocks(self, chunk_shape: Shape) -> Blocks:
         ndim, n = len(chunk_shape), self.n_chunks

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -187,3 +188,74 @@ def test_a_large_single_batch_is_read_by_its_tasks(tmp_path, monkeypatch, corrup
         assert report.bytes_compressed > 1 << 20
     assert report.batches == 1
     assert len(parts) >= (1 if corrupt else 2)  # a failed half may cancel the other before it starts
+
+
+def test_a_sole_read_runs_as_many_workers_as_threads_each_taking_the_next_group(tmp_path, monkeypatch):
+    """A single-batch read of many groups: the calling thread and threads - 1 pool workers take
+    groups as they come free (never more groups at once than threads); each group once; the
+    data right."""
+    from gpuzarr.devices import cpu
+
+    data = sample_data((512, 512))
+    path = str(tmp_path / "a")
+    write_sharded(path, data, (512, 512), (32, 32))  # 256 chunks of 2 KiB in one shard
+    monkeypatch.setattr(cpu, "GROUP_BYTES", 16 << 10)  # 8 chunks a group: 32 groups
+    running, most, seen = [0], [0], []
+    lock = threading.Lock()
+    real = CpuDevice._decode_by_blocks
+
+    def spy(self, part, chain, as_chunk, out, plan, first, fill, boxes):
+        with lock:
+            running[0] += 1
+            most[0] = max(most[0], running[0])
+            seen.append(first)
+        time.sleep(0.002)
+        try:
+            return real(self, part, chain, as_chunk, out, plan, first, fill, boxes)
+        finally:
+            with lock:
+                running[0] -= 1
+
+    monkeypatch.setattr(CpuDevice, "_decode_by_blocks", spy)
+    arr = gpuzarr.open(to_memory(path, "sole-groups"), device=CpuDevice(threads=3))  # staged: one batch, decoded as one
+    np.testing.assert_array_equal(arr[...], data)
+    assert sorted(seen) == list(range(0, 256, 8))
+    assert most[0] == 3
+
+
+def test_a_failing_group_stops_the_handing_out():
+    """Groups not yet taken when one fails are never started; the failure reaches the caller."""
+    from gpuzarr.devices.cpu import _Groups
+
+    ran = []
+
+    def task(lo, hi):
+        ran.append(lo)
+        if lo == 2:
+            raise ValueError("bad group")
+
+    groups = _Groups([(k, k + 1) for k in range(10)], task)
+    with pytest.raises(ValueError, match="bad group"):
+        groups.work()
+    groups.work()  # another worker finds nothing left
+    assert ran == [0, 1, 2]
+
+
+def test_blocks_of_a_plan_are_computed_once_when_tasks_ask_at_once(monkeypatch):
+    from gpuzarr.plan import Plan, make_plan
+    from gpuzarr.selection import normalize
+
+    plan = make_plan([normalize((slice(None), slice(None)), (256, 256))], (16, 16), False)
+    calls = []
+    real = Plan._find_blocks
+
+    def slow(self, chunk_shape):
+        calls.append(chunk_shape)
+        time.sleep(0.05)
+        return real(self, chunk_shape)
+
+    monkeypatch.setattr(Plan, "_find_blocks", slow)
+    with ThreadPoolExecutor(4) as pool:
+        found = list(pool.map(lambda _: plan.blocks((16, 16)), range(4)))
+    assert calls == [(16, 16)]
+    assert all(f is found[0] for f in found) and found[0].lo == [0]

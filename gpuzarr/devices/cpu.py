@@ -178,11 +178,12 @@ class CpuDevice:
             return []
         if not sole:
             return [self._pool.submit(task, lo, hi) for lo, hi in bounds]
-        # the whole read: this thread, idle otherwise, takes the first group itself and wakes
-        # one pool thread fewer
-        futures = [self._pool.submit(task, lo, hi) for lo, hi in bounds[1:]]
+        # the whole read: this thread, idle otherwise, works beside threads - 1 pool workers, each
+        # taking the next group when free (see _Groups)
+        groups = _Groups(bounds, task)
+        futures = [self._pool.submit(groups.work) for _ in range(min(self.threads, len(bounds)) - 1)]
         try:
-            task(*bounds[0])
+            groups.work()
         except BaseException:
             settle(futures)
             raise
@@ -233,6 +234,31 @@ class CpuDevice:
     def _block(self, nbytes: int) -> np.ndarray:
         """This thread's buffer for the decoded chunks of one part (kept up to BLOCK_KEPT bytes)."""
         return thread_slot(self._local, "block", nbytes, BLOCK_KEPT)
+
+
+class _Groups:
+    """A read's groups taken in order by whichever worker is free: as many workers as threads,
+    so none waits for a core behind another, and no group waits on a busy worker while another
+    idles (groups handed out up front ran 3 at once on 2 cores, then the 4th alone: a remote
+    full read of 1024 chunks in 4 groups decoded in 26 ms, ~8 of them one group on one core).
+    A failure stops the handing out; the groups under way end."""
+
+    def __init__(self, bounds: list[tuple[int, int]], task: Callable[[int, int], None]):
+        self._bounds, self._task = iter(bounds), task
+        self._lock = threading.Lock()
+
+    def work(self) -> None:
+        while True:
+            with self._lock:
+                group = next(self._bounds, None)
+            if group is None:
+                return
+            try:
+                self._task(*group)
+            except BaseException:
+                with self._lock:
+                    self._bounds = iter(())
+                raise
 
 
 def _rows_decoder(chain: CodecChain) -> Callable | None:
