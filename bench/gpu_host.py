@@ -6,8 +6,9 @@ set against an I/O floor measured in the same rounds: one os.preadv per chunk or
 the dataset into a reused buffer (page cache warm). Reported per dataset and workload (a full
 read, read_batch of random patches): milliseconds (and the reading thread's CPU milliseconds),
 host GB/s, floor GB/s, their ratio, us per chunk, the speed-up of two threads reading at once
-over one (the GIL's share), and the bytes the layouts copied into a staging buffer of their own
-(0 where every batch is uploaded as fetched)."""
+over one, the microseconds per chunk the read holds the GIL at most (its CPU time outside
+os.preadv: bench/gil.py) and the GB/s that this bounds the host half to on any number of cores, and the bytes the layouts copied into a staging
+buffer of their own (0 where every batch is uploaded as fetched)."""
 
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from .datasets import DatasetSpec, ensure, make_specs, warm_page_cache
+from .gil import gil_seconds
 
 HERE = Path(__file__).resolve().parent
 
@@ -177,17 +179,20 @@ def measure(spec: DatasetSpec, path: Path, repeats: int, patches: int, seed: int
                 t.join()
             pairs[name].append(time.perf_counter() - t0)
     floor = float(np.median(floors))
+    held = {name: [gil_seconds(op)[1] for _ in range(max(3, repeats // 2))] for name, (op, _) in work.items()}
     rows = []
     for name, (op, windows) in work.items():
         nbytes, chunks = _chunk_bytes(arr, windows)
         t = float(np.median(times[name]))
+        gil = float(np.median(held[name]))
         rows.append({"dataset": spec.name, "describe": spec.describe(), "workload": name, "ms": t * 1e3,
                      "cpu_ms": float(np.median(cpu[name])) * 1e3,
                      "host_gbs": nbytes / t / 1e9, "floor_gbs": floor / 1e9, "ratio": nbytes / t / floor,
                      "us_per_chunk": t / chunks * 1e6, "chunks": chunks, "compressed_bytes": nbytes,
                      "two_thread_speedup": 2 * t / float(np.median(pairs[name])), "restaged_bytes": restaged_bytes(op),
+                     "gil_us_per_chunk": gil / chunks * 1e6, "gil_bound_gbs": nbytes / gil / 1e9 if gil > 0 else None,
                      "samples": {"one": times[name], "one_cpu": cpu[name], "two_at_once": pairs[name],
-                                 "floor_bytes_per_s": floors}})
+                                 "floor_bytes_per_s": floors, "gil_s": held[name]}})
     return rows
 
 
@@ -222,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
           "alone, against reading the dataset's files (one preadv each); medians of "
           f"{args.repeats} rounds, {os.cpu_count()} cores")
     print(f"{'dataset':8s} {'workload':10s} {'ms':>8s} {'cpu ms':>7s} {'host GB/s':>10s} {'floor GB/s':>11s} {'ratio':>6s} "
-          f"{'us/chunk':>9s} {'2 threads':>10s} {'restaged MB':>12s}")
+          f"{'us/chunk':>9s} {'2 threads':>10s} {'GIL us/chunk':>13s} {'GIL bound GB/s':>15s} {'restaged MB':>12s}")
     for spec in specs:
         path, _ = ensure(spec, args.cache)
         warm_page_cache(path)
@@ -230,7 +235,8 @@ def main(argv: list[str] | None = None) -> int:
             rows.append(row)
             print(f"{row['dataset']:8s} {row['workload']:10s} {row['ms']:8.2f} {row['cpu_ms']:7.2f} "
                   f"{row['host_gbs']:10.2f} {row['floor_gbs']:11.2f} {row['ratio']:6.2f} {row['us_per_chunk']:9.2f} "
-                  f"{row['two_thread_speedup']:9.2f}x {row['restaged_bytes'] / 1e6:12.2f}", flush=True)
+                  f"{row['two_thread_speedup']:9.2f}x {row['gil_us_per_chunk']:13.2f} "
+                  f"{row['gil_bound_gbs'] or float('inf'):15.2f} {row['restaged_bytes'] / 1e6:12.2f}", flush=True)
     args.out.mkdir(parents=True, exist_ok=True)
     out = args.out / f"gpu-host-{time.strftime('%Y%m%d-%H%M%S')}.json"
     out.write_text(json.dumps({"note": "device calls are no-ops; nothing is decoded", "rows": rows}, indent=1))

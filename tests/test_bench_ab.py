@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -65,6 +66,38 @@ def test_the_gpu_host_benchmark_runs_the_real_orchestration_and_reports_ratios(t
                                                               ("v2", "full"), ("v2", "batch 4")]
     full = rows[0]
     assert full["chunks"] == 16 and 0 < full["compressed_bytes"] < 256 * 256 * 2 and full["ratio"] > 0
+    assert all(0 <= r["gil_us_per_chunk"] <= r["samples"]["one_cpu"][0] * 1e6 / r["chunks"] * 3 for r in rows)
+    assert "GIL us/chunk" in out
+
+
+def test_gil_seconds_counts_python_and_not_reads(tmp_path, monkeypatch):
+    """The GIL-held bound is the CPU time outside os.preadv: all of a Python loop's, little of a
+    read's (a file read back many times, its bytes copied by the kernel with the GIL released)."""
+    monkeypatch.syspath_prepend(str(ROOT))
+    from bench.gil import gil_seconds
+
+    def loop():
+        total = 0
+        for i in range(300_000):
+            total += i
+
+    cpu, held = gil_seconds(loop)
+    assert cpu > 0 and held == pytest.approx(cpu, rel=0.05)
+    path = tmp_path / "f"
+    path.write_bytes(bytes(8 << 20))
+    buffer = bytearray(8 << 20)
+
+    def reads():
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            for _ in range(20):
+                assert os.preadv(fd, [buffer], 0) == len(buffer)
+        finally:
+            os.close(fd)
+
+    cpu, held = gil_seconds(reads)
+    assert held < 0.5 * cpu
+    assert os.preadv.__name__ == "preadv"  # put back
 
 
 def test_the_cold_benchmark_drops_the_page_cache_or_says_why(tmp_path, capsys, monkeypatch):
