@@ -247,10 +247,15 @@ class Locator:
             if level == 0:  # whole shard objects
                 missing = tuple(k for k, t in zip(keys[rows].tolist(), tables) if t is None)
             entry = np.full((n, 2), EMPTY, dtype=np.uint64)
-            for g, table in enumerate(tables):
-                if table is not None:
-                    members = live if len(tables) == 1 else live[group_of == g]
-                    entry[members] = table[flat[members]]
+            per = math.prod(cps)
+            if tables and len(tables) * per <= STACKED_ENTRIES:  # every index at once: one gather, no mask per shard
+                stacked = np.concatenate([np.full((per, 2), EMPTY, np.uint64) if t is None else t for t in tables])
+                entry[live] = stacked[group_of * per + flat[live]]
+            else:  # indexes too large to copy for the chunks wanted: shard by shard
+                for g, table in enumerate(tables):
+                    if table is not None:
+                        members = live if len(tables) == 1 else live[group_of == g]
+                        entry[members] = table[flat[members]]
             present &= entry[:, 1] != EMPTY
             offsets = np.where(present, entry[:, 0].astype(np.int64), 0)  # indexes hold absolute offsets
             sizes = np.where(present, entry[:, 1].astype(np.int64), 0)
@@ -361,6 +366,12 @@ class Locator:
                 self.cache.put(names[i], index)
             found[i] = index
         return found
+
+
+# decoded index entries a locate copies into one table to look up every chunk at once (16 bytes
+# each): 2-D read_batch of 256 patches, 896 chunks in 16 shards, locate 417 -> 358 us (medians of
+# 30 alternated runs; a boolean mask per shard before)
+STACKED_ENTRIES = 1 << 16
 
 
 def _strides(shape: Shape) -> np.ndarray:

@@ -187,6 +187,21 @@ def test_small_locations_equal_the_array_path(sparse_sharded, monkeypatch):
     assert seen_missing and seen_empty  # both kinds of absence were exercised
 
 
+def test_indexes_stacked_or_looked_up_shard_by_shard_locate_the_same(sparse_sharded, monkeypatch):
+    """locate() looks every chunk up in one table of the shards' indexes stacked (up to
+    STACKED_ENTRIES), else shard by shard: the same locations, missing shards included."""
+    path, _ = sparse_sharded
+    locator = gpuzarr.open(str(path), device="cpu")._reader.locator
+    rng = np.random.default_rng(1)
+    for _ in range(50):
+        coords = rng.integers(0, [18, 10], size=(int(rng.integers(LOCATE_ARRAYS + 1, 200)), 2))
+        stacked = locator.locate(coords)
+        with monkeypatch.context() as m:
+            m.setattr(fetch_module, "STACKED_ENTRIES", 0)
+            _assert_same_locations(stacked, locator.locate(coords))
+        assert stacked.missing and (~stacked.present).any()
+
+
 def test_small_windows_of_a_sparse_sharded_array_read_right(sparse_sharded):
     path, data = sparse_sharded
     arr = gpuzarr.open(str(path), device="cpu")
