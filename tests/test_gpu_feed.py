@@ -107,6 +107,12 @@ def test_other_windows_take_the_general_path():
     for odd in ((slice(None, 4), slice(0, 4)), (slice(0, 8, 2), slice(0, 4)), (2, slice(0, 4)), (slice(0, 4),),
                 (Ellipsis, slice(0, 4))):
         assert _patch_boxes(patches[1:] + [odd], shape) is None, odd
+    numpy_ends = [(slice(np.int64(k), np.int32(k + 4)), slice(np.int16(0), 4)) for k in range(BOXES_FROM)]
+    assert isinstance(parse_batch(numpy_ends, shape), Boxes)
+    for odd in ((slice(True, 5), slice(0, 4)), (slice(np.uint64(0), 4), slice(0, 4)), (slice(0, 2**70), slice(0, 4))):
+        assert _patch_boxes(patches[1:] + [odd], shape) is None, odd  # the general path decides
+    far = parse_batch([(slice(k, k + 4), slice(16, 2**70)) for k in range(BOXES_FROM)], shape)
+    assert [d.count for d in far[0]] == [4, 4]
     with pytest.raises(TypeError):
         parse_batch(patches[1:] + [(slice(0.5, 4), slice(0, 4))], shape)
     with pytest.raises(IndexError):
