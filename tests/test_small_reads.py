@@ -312,3 +312,28 @@ def test_chunk_files_the_page_cache_lacks_are_handed_to_the_kernel_then_read(chu
     arr = gpuzarr.open(str(path), device="cpu")
     np.testing.assert_array_equal(arr[0:20, 0:32], expected[0:20, 0:32])
     assert read and len(advised) == len(read)  # every file, whole, before it is read
+
+
+@settings(max_examples=200, deadline=None)
+@given(data=st.data())
+def test_where_chunks_land_is_the_same_by_integers_and_by_arrays(data):
+    """fetch._landing: each chunk at its range's position plus its offset into the range, 0 for
+    chunks in no range, whichever path computes it."""
+    n = data.draw(st.integers(0, 40))
+    chunks = data.draw(st.permutations(range(n)))
+    taken = chunks[:data.draw(st.integers(0, n))]
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(taken)), max_size=6)))
+    members = [list(taken[a:b]) for a, b in zip([0, *cuts], [*cuts, len(taken)]) if b > a]
+    starts = [data.draw(st.integers(0, 1000)) for _ in members]
+    positions = [data.draw(st.integers(0, 10**6)) for _ in members]
+    offsets = np.array([data.draw(st.integers(0, 2000)) for _ in range(n)], np.int64)
+    expected = np.zeros(n, np.int64)
+    for idx, pos, start in zip(members, positions, starts):
+        expected[idx] = pos + offsets[idx] - start
+    for arrays_from in (0, 10**6):
+        fetch_module.LANDING_ARRAYS, saved = arrays_from, fetch_module.LANDING_ARRAYS
+        try:
+            got = fetch_module._landing(members, positions, starts, offsets, n)
+        finally:
+            fetch_module.LANDING_ARRAYS = saved
+        assert got.dtype == np.int64 and np.array_equal(got, expected)
