@@ -141,7 +141,7 @@ def test_reads_by_blocks_equal_chunk_by_chunk_and_the_source(tmp_path_factory, m
                           compressors=compressors[codec], fill_value=0)
     z[...] = data
     monkeypatch.setattr(cpu, "GROUP_BYTES", group_chunks * math.prod(chunks) * 2)
-    monkeypatch.setattr(cpu, "INLINE_SECONDS", 0.0)  # through the pool's task split, not inline
+    monkeypatch.setattr(cpu, "SPLIT_SECONDS", 0.0)  # through the pool's task split, not inline
     got = {}
     for mode in ("blocks", "each"):
         if mode == "each":
@@ -236,6 +236,6 @@ def test_a_full_read_is_placed_by_one_copy_per_task(tmp_path, monkeypatch):
     monkeypatch.setattr(cpu, "place_block", counted("block", cpu.place_block))
     monkeypatch.setattr(cpu, "_decode_each_and_place", counted("each", cpu._decode_each_and_place))
     monkeypatch.setattr(cpu, "GROUP_BYTES", 8 * 32)
-    monkeypatch.setattr(cpu, "INLINE_SECONDS", 0.0)
+    monkeypatch.setattr(cpu, "SPLIT_SECONDS", 0.0)
     np.testing.assert_array_equal(gpuzarr.open(str(path), device=CpuDevice(2))[...], data)
     assert calls == {"block": 2, "each": 0}

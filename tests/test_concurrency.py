@@ -200,6 +200,7 @@ def test_a_sole_read_runs_as_many_workers_as_threads_each_taking_the_next_group(
     path = str(tmp_path / "a")
     write_sharded(path, data, (512, 512), (32, 32))  # 256 chunks of 2 KiB in one shard
     monkeypatch.setattr(cpu, "GROUP_BYTES", 16 << 10)  # 8 chunks a group: 32 groups
+    monkeypatch.setattr(cpu, "SPLIT_SECONDS", 0.0)  # split however small
     running, most, seen = [0], [0], []
     lock = threading.Lock()
     real = CpuDevice._decode_by_blocks
@@ -259,3 +260,23 @@ def test_blocks_of_a_plan_are_computed_once_when_tasks_ask_at_once(monkeypatch):
         found = list(pool.map(lambda _: plan.blocks((16, 16)), range(4)))
     assert calls == [(16, 16)]
     assert all(f is found[0] for f in found) and found[0].lo == [0]
+
+
+def test_a_batch_is_split_over_the_pool_only_where_that_saves_more_than_it_costs(tmp_path, monkeypatch):
+    from gpuzarr.devices import cpu
+
+    assert cpu._inline_below(2) == cpu._inline_below(1) == pytest.approx(2 * cpu.SPLIT_SECONDS)
+    assert cpu._inline_below(16) == pytest.approx(cpu.SPLIT_SECONDS * 16 / 15)
+    data = sample_data((512, 512))
+    path = str(tmp_path / "a")
+    write_sharded(path, data, (512, 512), (32, 32))  # 256 chunks of 2 KiB: ~0.7 ms predicted
+    device = CpuDevice(threads=2)
+    submitted = []
+    real = device._pool.submit
+    monkeypatch.setattr(device._pool, "submit", lambda *a: submitted.append(a) or real(*a))
+    arr = gpuzarr.open(to_memory(path, "split-or-not"), device=device)
+    np.testing.assert_array_equal(arr[...], data)
+    assert not submitted  # on the calling thread
+    monkeypatch.setattr(cpu, "SPLIT_SECONDS", 100e-6)
+    np.testing.assert_array_equal(arr[...], data)
+    assert submitted  # worth splitting now

@@ -81,7 +81,7 @@ def test_reads_of_numcodecs_lz4_chunks_equal_the_source(tmp_path, monkeypatch):
     z = zarr.create_array(str(path), shape=data.shape, chunks=(8, 8), dtype="<u2", zarr_format=2,
                           compressors=numcodecs.LZ4(), fill_value=0)
     z[...] = data
-    monkeypatch.setattr(cpu, "INLINE_SECONDS", 0.0)
+    monkeypatch.setattr(cpu, "SPLIT_SECONDS", 0.0)
     monkeypatch.setattr(cpu, "GROUP_BYTES", 7 * 8 * 8 * 2)
     arr = gpuzarr.open(str(path), device=CpuDevice(2))
     for sel in [(slice(None),) * 2, (slice(3, 45), slice(8, 40)), (slice(0, 48, 3), slice(None))]:

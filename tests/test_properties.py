@@ -108,7 +108,7 @@ def selections_for(draw, shape):
 
 
 _counter = itertools.count()
-_INLINE_SECONDS = cpu.INLINE_SECONDS
+_SPLIT_SECONDS = cpu.SPLIT_SECONDS
 _DEVICE = CpuDevice(threads=2)
 
 
@@ -124,7 +124,7 @@ def read_paths(draw):
 
 @contextlib.contextmanager
 def _opened(where, how, monkeypatch):
-    monkeypatch.setattr(cpu, "INLINE_SECONDS", 0.0 if how["pooled"] else _INLINE_SECONDS)
+    monkeypatch.setattr(cpu, "SPLIT_SECONDS", 0.0 if how["pooled"] else _SPLIT_SECONDS)
     settings_ = gpuzarr.Settings(batch_bytes=how["batch_bytes"])
     if how["store"] == "local":
         yield gpuzarr.open(str(where), device=_DEVICE, settings=settings_)

@@ -201,7 +201,7 @@ def _sharded(path, shape, chunks, shards, crc=False, fill_holes=False):
 def pooled(monkeypatch):
     """Reads go through the pool's task split (parts of `GROUP_BYTES`), not inline; counts the
     boxes placed, and those placed as tiles in another order than C order."""
-    monkeypatch.setattr(cpu, "INLINE_SECONDS", 0.0)
+    monkeypatch.setattr(cpu, "SPLIT_SECONDS", 0.0)
     placed = {"boxes": 0, "tiles": 0}
 
     def counting(out, chunks, extent, out_start, window, tiles=None):

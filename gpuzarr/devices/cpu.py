@@ -24,8 +24,13 @@ from ..plan import Gather, Plan
 from .base import settle
 
 GROUP_BYTES = 2 << 20  # decoded bytes per task: enough to amortise a task, small enough for L2
-INLINE_SECONDS = 500e-6  # batches predicted to take less decode on the calling thread: a hand-off
-#                          to the pool costs ~100-150 us here, more than splitting such a batch saves
+# What splitting a batch over the pool costs, against decoding it frame by frame on the calling
+# thread: the hand-off (~100-150 us to wake a pool thread here), the grouped path's fixed work
+# (header checks, a group decode buffer, box search) and two threads contending; a batch is
+# split only where that saves more (see _inline_below). Measured on 2 cores, 16 windows each:
+# 2-D 400^2 (16 chunks of 32 KiB) 1.53 ms inline, 1.95 grouped on one thread, 2.29 split;
+# ML 256^2 tiles (4 of 128 KiB) 1.4 inline, 2.6 split; v2 400^2 0.78 inline, 1.26 split
+SPLIT_SECONDS = 750e-6
 # Rough single-core decode pace, ns per decoded byte, measured on the benchmark data (an unknown
 # codec counts as zstd); placement adds PLACE_NS. Only the inline-or-pool choice uses these.
 PACE_NS = {"zstd": 1.2, "gzip": 3.0, "zlib": 3.0, "lz4": 0.3, "crc32c": 0.1,
@@ -164,7 +169,7 @@ class CpuDevice:
                            for i in range(part.n)]
                 place(out, decoded, plan, first + lo, first + hi, present, fill)
 
-        if raw_nbytes is not None and batch.n * raw_nbytes * _pace(chain) < INLINE_SECONDS:
+        if raw_nbytes is not None and batch.n * raw_nbytes * _pace(chain) < _inline_below(self.threads):
             # frame by frame into this thread's reused buffer: as fast as one libzstd call here,
             # and no fresh (page-faulting) result buffer per read
             task(0, batch.n, grouped=False)
@@ -333,6 +338,14 @@ def _named(as_chunk: Any, raw: np.ndarray, label: str) -> np.ndarray:
         return as_chunk(raw)
     except CorruptDataError as exc:
         raise CorruptDataError(f"{label}: {exc}") from None
+
+
+def _inline_below(threads: int) -> float:
+    """Predicted decode seconds under which a batch runs on the calling thread: splitting it over
+    `threads` saves at most 1 - 1/threads of its time (less on cores that share a physical one),
+    and costs SPLIT_SECONDS; one thread weighs its grouped path as two would."""
+    split = max(threads, 2)
+    return SPLIT_SECONDS * split / (split - 1)
 
 
 def _pace(chain: CodecChain) -> float:
