@@ -440,12 +440,11 @@ def fetch(store: Store, loc: Locations, rows: np.ndarray, alloc: Any = _new_stag
     # the ranges of shards read whole while locating are slices of the bytes in hand
     blobs = _read_or_slice(store, ranges, loc.prefetched)
     staging = np.empty(sum(len(b) for b in blobs if b is not None), dtype=np.uint8)
-    positions, starts, whole = [], [], []  # per range: where it lands, its first byte, read whole
+    positions, starts = [], []  # per range: where it lands in staging, its first byte
     pos = 0
     for (key, start, stop), idx, blob in zip(ranges, members, blobs):
         positions.append(pos)
         starts.append(start)
-        whole.append(stop is None)
         if blob is None:
             if stop is not None and not store.vanished_is_missing:
                 raise CorruptDataError(f"{key}: shard disappeared between reading its index and its chunks")
