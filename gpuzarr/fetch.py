@@ -196,15 +196,13 @@ class Locator:
         # reading shards whole (see WHOLE_SHARD_FRACTION): where, and what a shard is estimated at
         self._whole = bool(levels) and store.reads_whole_shards and self.leaf_chain.raw_nbytes is not None
         if self._whole:
-            self._leaf_per_shard = np.array(meta.chunk_shape, np.int64) // np.array(shape, np.int64)
             self._leaf_grid = np.array([-(-s // c) for s, c in zip(meta.shape, shape)], dtype=np.int64)
             self._index_bytes = sum(math.prod(meta.chunk_shape) // math.prod(owner) * sharding.index_nbytes(owner)
                                     for owner, sharding in levels)  # every level's indexes in a shard
 
     def shard_ids(self, coords: np.ndarray) -> np.ndarray:
         """The outermost shard of each leaf chunk at `coords`, as a linear index of the grid."""
-        per_shard = np.array(self.meta.chunk_shape, np.int64) // np.array(self.leaf_shape, np.int64)
-        return (coords // per_shard) @ self._grid_strides
+        return (coords // self._per_shard) @ self._grid_strides
 
     def locate(self, coords: np.ndarray) -> Locations:
         n = coords.shape[0]
@@ -217,7 +215,7 @@ class Locator:
                              np.arange(n, dtype=np.int64))
         shard_shape = np.array(self.meta.chunk_shape, dtype=np.int64)
         leaf = np.array(self.leaf_shape, dtype=np.int64)
-        shard_coords = coords // (shard_shape // leaf)
+        shard_coords = coords // self._per_shard
         first, inverse = _group(shard_coords @ self._grid_strides)
         encode = self.meta.key_encoding.key
         keys = np.array([encode(tuple(c)) for c in shard_coords[first].tolist()], dtype=object)[inverse]
@@ -299,7 +297,7 @@ class Locator:
         """Of the shards `keys` (at `shard_coords`, with `touched` of their innermost chunks
         wanted), those wanted at least WHOLE_SHARD_FRACTION (of their chunks inside the array),
         each with its estimated stored size (see WHOLE_SHARD_BYTES)."""
-        per = self._leaf_per_shard
+        per = self._per_shard
         inside = np.minimum(per, self._leaf_grid - shard_coords * per).prod(axis=1)
         estimate = inside * self.leaf_chain.raw_nbytes + self._index_bytes
         mostly = (touched >= WHOLE_SHARD_FRACTION * inside) & (estimate <= PART_BYTES)
