@@ -223,8 +223,8 @@ class Reader:
         cost = np.where(loc.sizes >= 0, loc.sizes, 0)
         reserve = max(int(cost[lo:hi].sum()) for lo, hi in bounds)
         slots = (device.staging_alloc,) * 2 if device.staging_alloc else (Slot(reserve), Slot(reserve))
-        pending = _IO.submit(fetch, store, loc, np.arange(*bounds[0]), slots[0], device.staging_align(chain),
-                             report.missing_keys)
+        align = device.staging_align(chain)
+        pending = _IO.submit(fetch, store, loc, np.arange(*bounds[0]), slots[0], align, report.missing_keys)
         done = len(started)  # started[:done]: the tasks of batches before k-1
         try:
             for k, (lo, _) in enumerate(bounds):
@@ -235,8 +235,8 @@ class Reader:
                 _wait(started[done:before], report, io)
                 done = before
                 if k + 1 < len(bounds):
-                    pending = _IO.submit(fetch, store, loc, np.arange(*bounds[k + 1]), slots[(k + 1) % 2],
-                                         device.staging_align(chain), report.missing_keys)
+                    pending = _IO.submit(fetch, store, loc, np.arange(*bounds[k + 1]), slots[(k + 1) % 2], align,
+                                         report.missing_keys)
         except BaseException:
             if device.staging_alloc:
                 settle([pending])

@@ -197,8 +197,8 @@ class CpuDevice:
     def _decode_by_blocks(self, part: FetchedBatch, chain: CodecChain, as_chunk: Any, out: Any, plan: Plan,
                           first: int, fill: Any, boxes: bool) -> None:
         """The part's chunks are decoded into one reused buffer, one row each (lone zstd, blosc or
-        lz4 codecs: headers checked at once, then one library call per frame, straight into its
-        row); the whole chunks among them, in any order, are placed by one copy as tiles of the
+        lz4 codecs: headers checked at once, then the frames decoded without the GIL, see
+        _rows_decoder); the whole chunks among them, in any order, are placed by one copy as tiles of the
         box they span (placement.part_boxes), the others one by one. The part's chunk 0 is plan
         chunk `first`. Reads small enough to run inline (`boxes` False) go chunk by chunk
         (_decode_each_and_place: a 256^2 window of 9 chunks measured 743 us so, 824 us through
@@ -269,8 +269,9 @@ class _Groups:
 def _rows_decoder(chain: CodecChain) -> Callable | None:
     """How the chain decodes a batch of frames into rows at once (decode_rows' signature): its
     lone zstd, blosc or lz4 (numcodecs' framing) codec, crc32c codecs after it allowed, checks
-    every header at once, then makes one GIL-free library call per frame, straight into its
-    row; stored chunks (no codec) are copied. None for other chains."""
+    every header at once, then decodes without the GIL (zstd: the group in one call, copied
+    into the rows; blosc, lz4: one call per frame, straight into its row); stored chunks (no
+    codec) are copied. None for other chains."""
     codecs = chain.bytes_to_bytes
     if not codecs:
         return _copy_rows
