@@ -239,3 +239,63 @@ def test_a_full_read_is_placed_by_one_copy_per_task(tmp_path, monkeypatch):
     monkeypatch.setattr(cpu, "SPLIT_SECONDS", 0.0)
     np.testing.assert_array_equal(gpuzarr.open(str(path), device=CpuDevice(2))[...], data)
     assert calls == {"block": 2, "each": 0}
+
+
+def _nan_payloads(dtype: np.dtype, n: int) -> np.ndarray:
+    """Values whose bits a float conversion could change: quiet and signalling NaNs with
+    payloads, -0.0, infinities, subnormals, then random bits."""
+    bits = np.random.default_rng(7).integers(0, 256, n * dtype.itemsize, dtype=np.uint8)
+    special = {2: [0x7C01, 0x7E55, 0xFC01, 0x8000, 0x7C00, 0x0001],
+               4: [0x7F800001, 0x7FC12345, 0xFF800123, 0x80000000, 0x7F800000, 0x00000001],
+               8: [0x7FF0000000000001, 0x7FF8DEADBEEF0001, 0xFFF0000000000123, 1 << 63, 0x7FF0 << 48, 1]}
+    out = bits.view(f"<u{dtype.itemsize}").copy()
+    out[:len(special[dtype.itemsize])] = special[dtype.itemsize]
+    return out.view(f"<f{dtype.itemsize}")
+
+
+@pytest.mark.parametrize("dtype", ["f2", "f4", "f8", "c8", "i2", "u8", "M8[ns]"])
+@pytest.mark.parametrize("fmt", [2, 3])
+def test_big_endian_chunks_are_swapped_by_the_placing_copy(tmp_path, monkeypatch, dtype, fmt):
+    """Big-endian stored chunks are viewed as stored and swapped by the copy into the output, boxes
+    included (Bytes.stored_view): every bit as zarr-python reads them, NaN payloads included,
+    for full reads, windows and batches, inline and through the pool."""
+    dt = np.dtype(dtype)
+    base = _nan_payloads(np.dtype(f"f{dt.itemsize // 2}") if dt.kind == "c" else dt, 24 * 20 * (2 if dt.kind == "c" else 1))
+    data = base.view(dt.newbyteorder("<")).reshape(24, 20)
+    path = str(tmp_path / "a.zarr")
+    if fmt == 2:
+        z = zarr.create_array(path, shape=data.shape, chunks=(4, 5), dtype=dt.newbyteorder(">"), zarr_format=2,
+                              compressors=numcodecs.Zstd(level=1), fill_value=None)
+    else:
+        z = zarr.create_array(path, shape=data.shape, chunks=(4, 5), shards=(8, 10), dtype=dt.newbyteorder("<"),
+                              serializer=zarr.codecs.BytesCodec(endian="big"), compressors=zarr.codecs.ZstdCodec(),
+                              fill_value=None)
+    z[...] = data
+    want = zarr.open_array(path, mode="r")[...]
+    assert want.view(np.uint8).tobytes() == data.astype(want.dtype).view(np.uint8).tobytes()
+    windows = [(slice(1, 9), slice(3, 17)), (slice(4, 12), slice(0, 14)), (slice(13, 21), slice(5, 19))]
+    for split in (1.0, 0.0):  # inline, then through the pool's groups and boxes
+        monkeypatch.setattr(cpu, "SPLIT_SECONDS", split)
+        arr = gpuzarr.open(path, device=CpuDevice(2))
+        got = arr[...]
+        assert got.dtype == want.dtype
+        assert got.view(np.uint8).tobytes() == want.view(np.uint8).tobytes()
+        for w in windows:
+            assert arr[w].view(np.uint8).tobytes() == want[w].view(np.uint8).tobytes()
+        batch = arr.read_batch(windows)
+        assert batch.dtype == want.dtype
+        for i, w in enumerate(windows):  # np.stack would make them native-endian
+            assert batch[i].view(np.uint8).tobytes() == want[w].view(np.uint8).tobytes()
+
+
+def test_only_numpy_swappable_dtypes_are_viewed_as_stored():
+    """stored_view: the stored order for NumPy's swapping casts; None for structs (swapped field
+    by field by decode_raw) and ml_dtypes; the dtype itself where nothing is swapped."""
+    from gpuzarr.codecs.array_to_bytes import Bytes
+    big = Bytes("big")
+    assert big.stored_view(np.dtype("<f4")) == np.dtype(">f4")
+    assert big.stored_view(np.dtype(">f4")) == np.dtype(">f4")
+    assert Bytes("little").stored_view(np.dtype("<u2")) == np.dtype("<u2")
+    assert big.stored_view(np.dtype([("a", "<u2"), ("b", "<f4")])) is None
+    ml_dtypes = pytest.importorskip("ml_dtypes", reason="ml_dtypes not installed")
+    assert big.stored_view(np.dtype(ml_dtypes.bfloat16)) is None

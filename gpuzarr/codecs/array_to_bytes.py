@@ -15,6 +15,7 @@ from ..errors import CorruptDataError, MetadataError
 
 Shape = tuple[int, ...]
 _NATIVE = "little" if sys.byteorder == "little" else "big"
+_NUMPY_SWAPS = "iufcmMU"  # kinds whose casts between byte orders NumPy does as a pure byte swap
 
 
 def _scalar_unit(dtype: np.dtype) -> int:
@@ -66,10 +67,21 @@ class Bytes:
         held = held_order(dtype)
         return self.endian is not None and held is not None and held != self.endian
 
+    def stored_view(self, dtype: np.dtype) -> np.dtype:
+        """The dtype that views stored bytes as they lie, for a NumPy copy into `dtype` that
+        swaps bytes as it copies (its byte-swapping loops, far faster than the reversed byte
+        view decode_batch copies on a GPU): `dtype` itself where no swap is needed, None where
+        NumPy's casts cannot swap it (structs, ml_dtypes)."""
+        if not self.needs_swap(dtype):
+            return dtype
+        if dtype.fields is not None or dtype.kind not in _NUMPY_SWAPS or is_ml_dtype(dtype):
+            return None
+        return dtype.newbyteorder(">" if self.endian == "big" else "<")
+
     def decode_batch(self, xp: Any, raw: Any, shape: Shape, dtype: np.dtype, native: bool = False) -> Any:
         """`raw` is (N, raw_nbytes) uint8; returns (N, *shape) of `dtype` (of its native-order twin
-        when `native`: CuPy has no other), swapping bytes where the stored order differs. The swap
-        is a reversed view copied once, which NumPy and CuPy both do."""
+        when `native`: CuPy has no other), swapping bytes where the stored order differs: NumPy
+        swaps as it copies (stored_view), CuPy copies a reversed view once."""
         n = raw.shape[0]
         if native and dtype.fields is None:
             dtype = dtype.newbyteorder("=")
@@ -78,6 +90,9 @@ class Bytes:
                 if xp is not np:
                     raise MetadataError("big-endian structured data types are read on the CPU only")
                 return raw.view(dtype.newbyteorder()).astype(dtype).reshape((n, *shape))
+            stored = self.stored_view(dtype) if xp is np else None
+            if stored is not None:
+                return raw.view(stored).astype(dtype).reshape((n, *shape))
             unit = _scalar_unit(dtype)
             raw = xp.ascontiguousarray(raw.reshape(n, -1, unit)[:, :, ::-1]).reshape(n, -1)
         return raw.view(dtype).reshape((n, *shape))

@@ -214,7 +214,7 @@ class CpuDevice:
             # the boxes are the part, in order (C-ordered chunks): row i is chunk i
             rows = self._block(part.n * raw_nbytes).reshape(part.n, raw_nbytes)
             _decode_rows(chain, part, slice(0, part.n), rows)
-            chunks = rows.view(chain.encoded_dtype).reshape((part.n,) + chain.shape)
+            chunks = rows.view(as_chunk.dtype).reshape((part.n,) + chain.shape)
             for box in found:
                 place_block(out, chunks[box.members.start:box.members.stop], box.extent, box.out_start, box.window)
             return
@@ -224,7 +224,7 @@ class CpuDevice:
         order = np.concatenate([boxed, np.flatnonzero(rest)])  # the chunk decoded into each row
         rows = self._block(order.size * raw_nbytes).reshape(order.size, raw_nbytes)
         _decode_rows(chain, part, order, rows)
-        chunks = rows[:boxed.size].view(chain.encoded_dtype).reshape((boxed.size,) + chain.shape)
+        chunks = rows[:boxed.size].view(as_chunk.dtype).reshape((boxed.size,) + chain.shape)
         at = 0
         for box in found:
             k = len(box.members)
@@ -356,16 +356,18 @@ def _pace(chain: CodecChain) -> float:
 
 
 class _ChunkView:
-    """Decoded bytes of one chunk → the chunk array. The common chain (no byte swap, no
-    array→array codec) is `plain`: a view, so whole boxes of chunks can be viewed at once
-    (see CpuDevice._decode_by_blocks); anything else goes through the shared decode_raw."""
+    """Decoded bytes of one chunk → the chunk array. The common chain (no array→array codec) is
+    `plain`: a view, of the bytes' stored order (`dtype`: placement's copy into the output swaps
+    them, Bytes.stored_view), so whole boxes of chunks can be viewed at once (see
+    CpuDevice._decode_by_blocks); anything else goes through the shared decode_raw."""
 
     __slots__ = ("chain", "plain", "dtype", "shape")
 
     def __init__(self, chain: CodecChain):
         ab = chain.array_to_bytes
-        self.chain, self.dtype, self.shape = chain, chain.encoded_dtype, chain.shape
-        self.plain = isinstance(ab, Bytes) and not chain.array_to_array and not ab.needs_swap(chain.encoded_dtype)
+        self.chain, self.shape = chain, chain.shape
+        self.dtype = ab.stored_view(chain.encoded_dtype) if isinstance(ab, Bytes) else None
+        self.plain = self.dtype is not None and not chain.array_to_array
 
     def __call__(self, raw: np.ndarray) -> np.ndarray:
         if self.plain:
