@@ -25,6 +25,7 @@ from numcodecs import zstd as _numcodecs_zstd
 
 from ..blosc_frames import read_le_where
 from ..errors import CorruptDataError, MetadataError, UnsupportedFeatureError
+from . import libz
 
 Buffer = Any  # bytes, memoryview or a 1-D uint8 ndarray
 # No frame decodes to more than this many times its own size: a zstd RLE block (3-byte header and
@@ -36,7 +37,8 @@ log = logging.getLogger("gpuzarr.codecs")
 # "zstd:no-libzstd" (numcodecs' extension does not export libzstd: python-zstandard decodes every
 # frame), "zstd:no-content-size", "zstd:refused" (the one call failed: several frames, trailing
 # bytes, or corrupt), all through python-zstandard's stream reader; "lz4:no-liblz4" and
-# "lz4:refused", through numcodecs' LZ4 codec.
+# "lz4:refused", through numcodecs' LZ4 codec; "gzip:no-libz", "gzip:refused", "zlib:no-libz",
+# "zlib:refused", through Python's zlib module (see libz).
 FALLBACKS: Counter = Counter()
 _FALLBACKS_LOCK = threading.Lock()
 
@@ -367,7 +369,45 @@ def _thread_dctx() -> _DCtx | None:
     return dctx
 
 
-class Gzip(BytesBytesCodec):
+class _Inflated(BytesBytesCodec):
+    """gzip and zlib: decode_into inflates straight into the chunk's buffer (libz); where that
+    is not possible, or it refuses the data, Python's zlib module decodes and says what is wrong."""
+
+    wbits = 15
+    members = False  # gzip: members may follow one another, zero bytes between them
+
+    def decode_into(self, data: Buffer, out: np.ndarray) -> None:
+        """`out`: contiguous uint8 of the chunk's decoded size."""
+        inflater = libz.inflater(self.wbits)
+        if inflater is not None and self._inflate(inflater, _as_view(data), out):
+            return
+        _count_fallback(f"{self.name}:" + ("no-libz" if inflater is None else "refused"))
+        super().decode_into(data, out)
+
+    def _inflate(self, inflater: libz.Inflater, view: memoryview, out: np.ndarray) -> bool:
+        """Whether the streams in `view` filled `out` exactly."""
+        size, room = len(view), out.nbytes
+        if size > libz.MAX_BYTES or room > libz.MAX_BYTES or size == 0:
+            return False
+        src, dst = _address(view), out.ctypes.data
+        taken = done = 0
+        while True:
+            got = inflater.stream(src + taken, size - taken, dst + done, room - done)
+            if got is None:
+                return False
+            taken, done = taken + got[0], done + got[1]
+            if self.members and taken < size and view[taken] == 0:  # padding: rare, and short
+                rest = np.frombuffer(view, np.uint8, offset=taken)
+                nonzero = np.flatnonzero(rest)
+                taken += int(nonzero[0]) if nonzero.size else rest.size
+            if not self.members or taken == size:
+                return done == room
+
+
+class Gzip(_Inflated):
+    wbits = 31
+    members = True
+
     def decode(self, data: Buffer) -> Buffer:
         """Every member, as numcodecs' GZip reads them (Python's gzip module): members may
         follow one another, zero bytes may pad them; anything else after one is an error."""
@@ -380,7 +420,7 @@ class Gzip(BytesBytesCodec):
                 return parts[0] if len(parts) == 1 else b"".join(parts)
 
 
-class Zlib(BytesBytesCodec):
+class Zlib(_Inflated):
     def decode(self, data: Buffer) -> Buffer:
         return _zlib_decompress(data, 15, "zlib")
 
