@@ -385,33 +385,74 @@ class LocalStore(Store):
         (None where there is none). Each file is opened once and sized by fstat on that
         descriptor: no second lookup of its path, and its size and its bytes are of one file
         even if it is replaced meanwhile. At most FILES_OPEN are held open; files beyond them
-        are sized by a stat of their path and opened when read."""
-        fds: list[int | None] = []
-        sizes: list[int | None] = []
+        are sized by a stat of their path and opened when read. One tight loop, four syscalls
+        a file and no readahead hint (a whole file is read): the per-file Python is what a
+        read of many small chunk files costs beyond decoding, under the GIL."""
+        n = len(keys)
+        paths = [f"{self.root}/{key}" for key in keys]
+        fds: list[int | None] = [None] * n
+        sizes: list[int | None] = [None] * n
         try:
-            for key in keys:
-                held = len(fds) < FILES_OPEN
-                fd = self._open(key) if held else None
-                fds.append(fd)
-                if fd is None:  # no such file, or one past FILES_OPEN: sized by its path
-                    sizes.append(None if held else self.size(key))
+            for k in range(n):
+                try:
+                    if k < FILES_OPEN:
+                        fd = fds[k] = os.open(paths[k], os.O_RDONLY)
+                        info = os.fstat(fd)
+                    else:
+                        info = os.stat(paths[k])
+                except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
                     continue
-                info = os.fstat(fd)
-                sizes.append(info.st_size if stat.S_ISREG(info.st_mode) else None)
+                except OSError as exc:
+                    raise StoreError(f"{paths[k]}: open failed ({_reason(exc)})", keys[k], exc) from exc
+                if stat.S_ISREG(info.st_mode):
+                    sizes[k] = info.st_size
             buffers = place(sizes)
-            live = [k for k, size in enumerate(sizes) if size is not None]
-            got = self._per_file([(keys[k], 0, sizes[k]) for k in live],
-                                 lambda fd, i, start, stop, flags: _preadv_all(fd, [buffers[live[i]]], start,
-                                                                                stop - start, flags),
-                                 [fds[k] for k in live])
+            counts: list[int | None] = [None] * n
+            deferred = self._read_files(paths, keys, fds, sizes, buffers, counts, range(n), self._nowait)
+            if deferred:
+                self._read_files(paths, keys, fds, sizes, buffers, counts, deferred, 0)
         finally:
             for fd in fds:
                 if fd is not None:
                     os.close(fd)
-        counts: list[int | None] = [None] * len(keys)
-        for k, count in zip(live, got):
-            counts[k] = count
         return counts
+
+    def _read_files(self, paths: list, keys: Sequence[str], fds: list, sizes: list, buffers: list, counts: list,
+                    which: Sequence[int], flags: int) -> list[int]:
+        """Read the files `which` that have a size into their buffers (opening those not held
+        open); with RWF_NOWAIT, those not wholly in the page cache are handed to the kernel to
+        read (_willneed) and returned, as _read_each does for ranges."""
+        deferred: list[int] = []
+        for k in which:
+            size = sizes[k]
+            if size is None:
+                continue
+            fd = fds[k]
+            if fd is None:
+                try:
+                    fd = fds[k] = os.open(paths[k], os.O_RDONLY)
+                except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+                    continue  # gone since it was sized: counts[k] stays None
+                except OSError as exc:
+                    raise StoreError(f"{paths[k]}: open failed ({_reason(exc)})", keys[k], exc) from exc
+            try:
+                if size > PREADV_MAX:
+                    counts[k] = _preadv_all(fd, [buffers[k]], 0, size, flags)
+                    continue
+                got = os.preadv(fd, [buffers[k]], 0, flags)
+                if got != size and flags:
+                    raise BlockingIOError  # in part from the disk (or shorter now): read it blocking
+                counts[k] = got
+            except BlockingIOError:
+                deferred.append(k)
+                _willneed(fd, 0, size)
+            except OSError as exc:
+                if not flags or exc.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
+                    raise StoreError(f"{paths[k]}: read failed ({_reason(exc)})", keys[k], exc) from exc
+                # this filesystem (tmpfs, procfs, ...) cannot say what is cached: blocking reads
+                self._nowait = flags = 0
+                deferred.append(k)
+        return deferred
 
     def read_files_into_with(self, keys: Sequence[str], place: Callable[[list], list],
                              io: ReadIO) -> list[int | None]:
@@ -537,6 +578,7 @@ class LocalStore(Store):
 
 
 IOV_MAX = os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 1024  # buffers one preadv takes
+PREADV_MAX = 1 << 30  # a file read by one preadv up to this size (Linux returns at most ~2 GiB a call)
 # whole files one read_files_into call holds open at once: the files of a small read (where the
 # stat a descriptor saves counts), while a dozen threads reading at once stay well inside the
 # usual limit of 1024 descriptors per process
