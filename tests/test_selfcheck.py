@@ -74,3 +74,35 @@ def test_the_corpus_sweep_reads_every_array_on_both_devices(corpus):
 
     failures = sweep(GpuDevice(_Wrong()), str(corpus.root), out=io.StringIO())
     assert failures and all("the GPU read differs from the CPU read" in f or "failed" in f for f in failures)
+
+
+def test_without_a_cuda_driver_cupy_is_never_imported(tmp_path):
+    """No CUDA driver to load: device "auto" settles on the CPU without importing CuPy (~0.8 s
+    and its memory in every process that opens an array), and says why."""
+    import zarr  # it imports CuPy itself where installed: the array is written here
+
+    zarr.create_array(str(tmp_path / "a.zarr"), shape=(8,), chunks=(4,), dtype="u1", fill_value=0)[...] = np.arange(8)
+    script = f"""
+import sys
+import numpy as np
+import gpuzarr
+from gpuzarr.devices import gpu
+gpu._CUDA_DRIVER = "libcuda-not-here.so.404"
+a = gpuzarr.open({str(tmp_path / 'a.zarr')!r}, device="auto")
+assert a[...].tolist() == list(range(8)) and isinstance(a[...], np.ndarray)
+ok, why = gpu.usable_gpu()
+print(ok, "cupy" in sys.modules, why)
+"""
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=True)
+    ok, imported, why = out.stdout.split(" ", 2)
+    assert (ok, imported) == ("False", "False")
+    assert why.startswith("no usable GPU: no CUDA driver (") and "libcuda-not-here.so.404" in why
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="loads libc.so.6 as a stand-in driver")
+def test_with_a_driver_to_load_cupy_decides(monkeypatch):
+    from gpuzarr.devices import gpu
+
+    monkeypatch.setattr(gpu, "_CUDA_DRIVER", "libc.so.6")
+    assert gpu._cuda_driver_missing() is None
+    assert "no CUDA driver" not in gpu.usable_gpu()[1]

@@ -11,7 +11,9 @@ current CuPy stream."""
 from __future__ import annotations
 
 import atexit
+import ctypes
 import functools
+import sys
 import threading
 import weakref
 from typing import Any
@@ -423,7 +425,12 @@ class PinnedPool:
 
 
 def usable_gpu() -> tuple[bool, str]:
-    """(True, "") when CuPy can allocate on a GPU and nvCOMP imports; else (False, why)."""
+    """(True, "") when CuPy can allocate on a GPU and nvCOMP imports; else (False, why). Where
+    there is no CUDA driver at all, CuPy is not imported: that costs ~0.8 s (and its memory) in
+    every process that opens an array with device "auto", for nothing."""
+    missing = _cuda_driver_missing()
+    if missing:
+        return False, f"no usable GPU: {missing}"
     try:
         import cupy
 
@@ -443,6 +450,21 @@ def usable_gpu() -> tuple[bool, str]:
     except (OSError, AttributeError, ImportError) as exc:
         return False, f"nvCOMP's C library is unusable: {type(exc).__name__}: {exc}"
     return True, ""
+
+
+_CUDA_DRIVER = {"win32": "nvcuda.dll", "darwin": None}.get(sys.platform, "libcuda.so.1")
+
+
+def _cuda_driver_missing() -> str | None:
+    """Why there is no CUDA driver to load (the library every CUDA program needs), or None. Only
+    loaded, never initialised: CuPy says what it finds on a machine that has one."""
+    if _CUDA_DRIVER is None:
+        return f"CUDA has no driver on {sys.platform}"
+    try:
+        ctypes.CDLL(_CUDA_DRIVER)
+    except OSError as exc:
+        return f"no CUDA driver ({exc})"
+    return None
 
 
 NVCOMP_MIN = (6, 0)  # the batched C API with *DecompressOpts_t and GetRequiredAlignments (nvcomp_capi): 6.0 on
