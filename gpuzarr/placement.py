@@ -21,6 +21,45 @@ def decode_raw(xp: Any, raw: Any, chain: CodecChain, native: bool = False) -> An
     return chain.decode_arrays(xp, encoded)
 
 
+# A chunk in another axis order than the output's (a transpose codec's) whose outermost axis has
+# at most PLANES_MAX indices, each a plane of PLANE_MIN bytes or more (a call per plane must pay),
+# is copied plane by plane along it (see plane_assign)
+PLANES_MAX = 64
+PLANE_MIN = 4096
+
+
+def plane_assign(out: Any, out_sel: tuple, src: Any) -> None:
+    """out[out_sel] = src (a basic selection, src of the selected shape). NumPy walks the
+    destination in its own order: where src's outermost axis (its largest stride) is another, the
+    inner loop lands on a new cache line of src at every step. Copied plane by plane along src's
+    outermost axis instead (each plane of src contiguous, or nearly) where it is short: a
+    128x128x16 uint8 chunk under transpose (2,0,1) 244 -> 84 us; a 3-D read of 64 of them, one
+    thread, 41 -> 29 ms. Long outer axes (a v2 order-F 2-D chunk) gained nothing measurable."""
+    if src.ndim > 1:
+        region = out[out_sel]  # a view: the selection is basic, and keeps two axes or more
+        axis = plane_axis(region, src)
+        if axis is not None:
+            lead = (slice(None),) * axis
+            for i in range(src.shape[axis]):
+                region[lead + (i,)] = src[lead + (i,)]
+            return
+    out[out_sel] = src
+
+
+def plane_axis(region: Any, src: Any) -> int | None:
+    """The axis plane_assign copies `src` into `region` along, or None for one copy."""
+    axis = _outermost(src.strides, src.shape)
+    planes = src.shape[axis]
+    if planes > PLANES_MAX or src.nbytes < PLANE_MIN * planes or axis == _outermost(region.strides, region.shape):
+        return None
+    return axis
+
+
+def _outermost(strides: tuple[int, ...], shape: tuple[int, ...]) -> int:
+    """The axis of the largest stride among those longer than one."""
+    return max(range(len(shape)), key=lambda d: abs(strides[d]) if shape[d] > 1 else -1)
+
+
 def place(out: Any, decoded: Any, plan: Plan, first: int, stop: int, present: Any, fill: Any) -> None:
     """Copy chunks first..stop-1 of the plan (decoded[i] is chunk first+i) into their output
     windows, cropping edge chunks; absent chunks write the fill value."""

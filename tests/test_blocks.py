@@ -299,3 +299,57 @@ def test_only_numpy_swappable_dtypes_are_viewed_as_stored():
     assert big.stored_view(np.dtype([("a", "<u2"), ("b", "<f4")])) is None
     ml_dtypes = pytest.importorskip("ml_dtypes", reason="ml_dtypes not installed")
     assert big.stored_view(np.dtype(ml_dtypes.bfloat16)) is None
+
+
+@pytest.mark.parametrize("order, dtype, axis", [((2, 0, 1), "u1", 2), ((1, 2, 0), "<f4", 1), ((2, 1, 0), "<i2", 2),
+                                               ((0, 2, 1), "<u8", None)])
+def test_plane_assign_equals_one_copy(order, dtype, axis):
+    """plane_assign places a chunk seen through any axis order, cropped or not, as one copy does;
+    along src's outermost axis where that is short and not the output's (plane_axis)."""
+    from gpuzarr.placement import plane_assign, plane_axis
+
+    stored = np.random.default_rng(1).integers(0, 250, (16, 96, 80)).astype(dtype)
+    chunk = stored.transpose(np.argsort(order))
+    for crop in [(slice(None),) * 3, (slice(3, 90), slice(0, 73), slice(2, 14)), (slice(5, 6), slice(None), slice(None))]:
+        src = chunk[crop]
+        out, want = np.zeros((2, 100, 100, 100), dtype), np.zeros((2, 100, 100, 100), dtype)
+        sel = (1,) + tuple(slice(3, 3 + n) for n in src.shape)
+        want[sel] = src
+        plane_assign(out, sel, src)
+        np.testing.assert_array_equal(out, want)
+    assert plane_axis(out[(1,) + tuple(slice(0, n) for n in chunk.shape)], chunk) == axis
+    assert plane_axis(out[1, 0:1, 0:1, 0:2], chunk[0:1, 0:1, 0:2]) is None  # too small to pay a call a plane
+
+
+@pytest.mark.parametrize("fmt", [2, 3])
+def test_transposed_chunks_are_placed_plane_by_plane(tmp_path, monkeypatch, fmt):
+    """A v3 transpose codec's chunks, and a v2 order-F array's, through the plane by plane copy:
+    full reads, windows and batches as zarr-python reads them, and the planes path taken."""
+    data = np.random.default_rng(2).integers(0, 1000, (96, 80, 24)).astype("<f4")
+    path = str(tmp_path / "a.zarr")
+    if fmt == 2:
+        z = zarr.create_array(path, shape=data.shape, chunks=(32, 40, 24), dtype="<f4", zarr_format=2, order="F",
+                              compressors=numcodecs.Zstd(level=1), fill_value=0)
+    else:
+        z = zarr.create_array(path, shape=data.shape, chunks=(32, 40, 24), dtype="<f4",
+                              filters=[zarr.codecs.TransposeCodec(order=(2, 0, 1))], compressors=zarr.codecs.ZstdCodec(),
+                              fill_value=0)
+    z[...] = data
+    from gpuzarr.placement import plane_axis
+
+    planes = []
+    real = cpu.plane_assign
+
+    def spy(out, sel, src):
+        planes.append((src.shape, plane_axis(out[sel], src)))
+        return real(out, sel, src)
+    monkeypatch.setattr(cpu, "plane_assign", spy)
+    windows = [(slice(3, 70), slice(7, 60), slice(0, 24)), (slice(20, 87), slice(0, 53), slice(0, 24))]
+    for split in (1.0, 0.0):  # inline, then through the pool
+        monkeypatch.setattr(cpu, "SPLIT_SECONDS", split)
+        arr = gpuzarr.open(path, device=CpuDevice(2))
+        np.testing.assert_array_equal(arr[...], data)
+        for w in windows:
+            np.testing.assert_array_equal(arr[w], data[w])
+        np.testing.assert_array_equal(arr.read_batch(windows), np.stack([data[w] for w in windows]))
+    assert ((32, 40, 24), 2) in planes  # whole chunks went plane by plane along their stored outer axis

@@ -19,7 +19,7 @@ from ..codecs.bytes_to_bytes import Blosc, Lz4, Zstd, strip_crc32c_batch
 from ..codecs.chain import CodecChain, decode_chunk
 from ..errors import CorruptDataError, DeviceMemoryError, SettingsError
 from ..fetch import FetchedBatch, PendingBatch, thread_slot
-from ..placement import decode_raw, place, place_block, part_boxes
+from ..placement import decode_raw, place, place_block, part_boxes, plane_assign
 from ..plan import Gather, Plan
 from .base import settle
 
@@ -312,7 +312,12 @@ def _place_rows(rows: np.ndarray, row_of: list, labels: list, as_chunk: Any, out
         elif r >= 0:
             if c != last:
                 last, chunk = c, _named(as_chunk, rows[r], labels[c - first])
-            out[out_sel] = chunk_sel(chunk) if type(chunk_sel) is Gather else chunk[chunk_sel]
+            if type(chunk_sel) is Gather:
+                out[out_sel] = chunk_sel(chunk)
+            elif as_chunk.plain:
+                out[out_sel] = chunk[chunk_sel]
+            else:  # in a transpose's axis order, maybe
+                plane_assign(out, out_sel, chunk[chunk_sel])
 
 
 def _decode_each_and_place(part: FetchedBatch, chain: CodecChain, as_chunk: Any, out: Any, plan: Plan, first: int,
@@ -322,14 +327,22 @@ def _decode_each_and_place(part: FetchedBatch, chain: CodecChain, as_chunk: Any,
     chunk 0 is plan chunk `first`."""
     sels = plan.selections(first, first + part.n)
     present = part.present.tolist()
+    plain = as_chunk.plain
     k, n = 0, len(sels)
     for i in range(part.n):
         if present[i]:
             chunk = _named(as_chunk, decode_bytes(chain, part.chunk(i), scratch, part.labels[i]), part.labels[i])
         while k < n and sels[k][0] == first + i:
             _, chunk_sel, out_sel = sels[k]
-            # a Gather (see Plan.selections) or an index; no helper call per placement here
-            out[out_sel] = (chunk_sel(chunk) if type(chunk_sel) is Gather else chunk[chunk_sel]) if present[i] else fill
+            # a Gather (see Plan.selections) or an index; no helper call per plain placement here
+            if not present[i]:
+                out[out_sel] = fill
+            elif type(chunk_sel) is Gather:
+                out[out_sel] = chunk_sel(chunk)
+            elif plain:
+                out[out_sel] = chunk[chunk_sel]
+            else:  # in a transpose's axis order, maybe
+                plane_assign(out, out_sel, chunk[chunk_sel])
             k += 1
 
 
