@@ -353,3 +353,37 @@ def test_transposed_chunks_are_placed_plane_by_plane(tmp_path, monkeypatch, fmt)
             np.testing.assert_array_equal(arr[w], data[w])
         np.testing.assert_array_equal(arr.read_batch(windows), np.stack([data[w] for w in windows]))
     assert ((32, 40, 24), 2) in planes  # whole chunks went plane by plane along their stored outer axis
+
+
+@pytest.mark.parametrize("fmt", [2, 3])
+def test_stored_chunks_are_placed_from_staging_and_their_size_checked(tmp_path, monkeypatch, fmt):
+    """Uncompressed chunks are placed from where fetch put them (rows of staging, or one chunk's
+    view), as zarr-python reads them; a chunk file of another size is refused, naming it."""
+    data = np.arange(64 * 48, dtype="<u2").reshape(64, 48) * 3
+    path = tmp_path / "a.zarr"
+    z = zarr.create_array(str(path), shape=data.shape, chunks=(16, 16), dtype="<u2", zarr_format=fmt,
+                          compressors=None, fill_value=0)
+    z[...] = data
+    views = []
+    real = cpu._stored_rows
+
+    def spy(chain, part, order):
+        rows = real(chain, part, order)
+        views.append(rows is not None and np.shares_memory(rows, part.staging))
+        return rows
+    monkeypatch.setattr(cpu, "_stored_rows", spy)
+    windows = [(slice(3, 40), slice(5, 45)), (slice(16, 53), slice(0, 40))]
+    for split in (1.0, 0.0):  # inline (chunk views), then through the pool (rows of staging)
+        monkeypatch.setattr(cpu, "SPLIT_SECONDS", split)
+        arr = gpuzarr.open(str(path), device=CpuDevice(2))
+        np.testing.assert_array_equal(arr[...], data)
+        for w in windows:
+            np.testing.assert_array_equal(arr[w], data[w])
+        np.testing.assert_array_equal(arr.read_batch(windows), np.stack([data[w] for w in windows]))
+    assert any(views)  # where chunks lie back to back in the order placed
+    key = "1.2" if fmt == 2 else "c/1/2"
+    (path / key).write_bytes((path / key).read_bytes()[:-2])
+    for split in (1.0, 0.0):
+        monkeypatch.setattr(cpu, "SPLIT_SECONDS", split)
+        with pytest.raises(CorruptDataError, match=f"{key}: .*chunk is 510 bytes, expected 512"):
+            gpuzarr.open(str(path), device=CpuDevice(2))[...]

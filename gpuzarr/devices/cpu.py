@@ -212,8 +212,10 @@ class CpuDevice:
         found = part_boxes(plan, first, first + part.n, chain.shape, part.present) if as_chunk.plain else []
         if all(type(box.members) is range for box in found) and sum(len(box.members) for box in found) == part.n:
             # the boxes are the part, in order (C-ordered chunks): row i is chunk i
-            rows = self._block(part.n * raw_nbytes).reshape(part.n, raw_nbytes)
-            _decode_rows(chain, part, slice(0, part.n), rows)
+            rows = _stored_rows(chain, part, slice(0, part.n))
+            if rows is None:
+                rows = self._block(part.n * raw_nbytes).reshape(part.n, raw_nbytes)
+                _decode_rows(chain, part, slice(0, part.n), rows)
             chunks = rows.view(as_chunk.dtype).reshape((part.n,) + chain.shape)
             for box in found:
                 place_block(out, chunks[box.members.start:box.members.stop], box.extent, box.out_start, box.window)
@@ -222,8 +224,10 @@ class CpuDevice:
         rest = part.present.copy()
         rest[boxed] = False
         order = np.concatenate([boxed, np.flatnonzero(rest)])  # the chunk decoded into each row
-        rows = self._block(order.size * raw_nbytes).reshape(order.size, raw_nbytes)
-        _decode_rows(chain, part, order, rows)
+        rows = _stored_rows(chain, part, order)
+        if rows is None:
+            rows = self._block(order.size * raw_nbytes).reshape(order.size, raw_nbytes)
+            _decode_rows(chain, part, order, rows)
         chunks = rows[:boxed.size].view(as_chunk.dtype).reshape((boxed.size,) + chain.shape)
         at = 0
         for box in found:
@@ -280,6 +284,19 @@ def _rows_decoder(chain: CodecChain) -> Callable | None:
     return None
 
 
+def _stored_rows(chain: CodecChain, part: FetchedBatch, order: np.ndarray | slice) -> np.ndarray | None:
+    """The part's stored (uncompressed) chunks `order`, all present, as rows of staging itself
+    where they lie there back to back in that order, each of the chunk's size (a shard's chunks
+    written in order, read in one range): no copy into rows. None otherwise."""
+    if chain.bytes_to_bytes:
+        return None
+    offsets, sizes, nbytes = part.offsets[order], part.sizes[order], chain.raw_nbytes
+    if not offsets.size or (sizes != nbytes).any() or (np.diff(offsets) != nbytes).any():
+        return None
+    start = int(offsets[0])
+    return part.staging[start:start + offsets.size * nbytes].reshape(offsets.size, nbytes)
+
+
 def _copy_rows(staging: np.ndarray, offsets: np.ndarray, sizes: np.ndarray, rows: np.ndarray, labels: list) -> None:
     """Stored chunks into their rows, every size checked first."""
     nbytes = rows.shape[1]
@@ -328,10 +345,12 @@ def _decode_each_and_place(part: FetchedBatch, chain: CodecChain, as_chunk: Any,
     sels = plan.selections(first, first + part.n)
     present = part.present.tolist()
     plain = as_chunk.plain
+    stored = not chain.bytes_to_bytes  # viewed where fetch put them (sizes checked): no copy
     k, n = 0, len(sels)
     for i in range(part.n):
         if present[i]:
-            chunk = _named(as_chunk, decode_bytes(chain, part.chunk(i), scratch, part.labels[i]), part.labels[i])
+            raw = _stored(part, i, scratch.size) if stored else decode_bytes(chain, part.chunk(i), scratch, part.labels[i])
+            chunk = _named(as_chunk, raw, part.labels[i])
         while k < n and sels[k][0] == first + i:
             _, chunk_sel, out_sel = sels[k]
             # a Gather (see Plan.selections) or an index; no helper call per plain placement here
@@ -344,6 +363,14 @@ def _decode_each_and_place(part: FetchedBatch, chain: CodecChain, as_chunk: Any,
             else:  # in a transpose's axis order, maybe
                 plane_assign(out, out_sel, chunk[chunk_sel])
             k += 1
+
+
+def _stored(part: FetchedBatch, i: int, nbytes: int) -> np.ndarray:
+    """Stored chunk i of the part, viewed in staging: exactly `nbytes`, or this raises."""
+    start, size = int(part.offsets[i]), int(part.sizes[i])
+    if size != nbytes:
+        raise CorruptDataError(f"{part.labels[i]}: chunk is {size} bytes, expected {nbytes}")
+    return part.staging[start:start + size]
 
 
 def _named(as_chunk: Any, raw: np.ndarray, label: str) -> np.ndarray:
