@@ -69,6 +69,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="run the xarray benchmark instead (bench/xarray_bench.py; see python -m bench --xarray --help)")
     p.add_argument("--remote", action="store_true",
                    help="run the object-storage benchmark instead (bench/remote.py; see python -m bench --remote --help)")
+    p.add_argument("--layouts", nargs="*", metavar="NAME",
+                   help="run the layouts benchmark instead (bench/layouts.py: gzip, zlib, big endian, order F, "
+                        "transpose, small chunks...; see python -m bench --layouts --help)")
     p.add_argument("--loader", action="store_true",
                    help="run the data-loader benchmark instead (bench/loader.py; see python -m bench --loader --help)")
     args = p.parse_args(argv)
@@ -129,6 +132,10 @@ def main(argv: list[str] | None = None) -> int:
         from .xarray_bench import main as xarray_main
 
         return xarray_main([a for a in argv if a != "--xarray"])
+    if any(a == "--layouts" or a.startswith("--layouts=") for a in argv):  # layouts other than the datasets'
+        from .layouts import main as layouts_main
+
+        return layouts_main(argv)  # its own --layouts NAME ... picks the subset
     if "--remote" in argv:  # object storage at cloud latency (a local S3 server adding latency per request)
         from .remote import main as remote_main
 
@@ -152,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     from .datasets import Frames, ensure, make_specs, warm_page_cache
     from .floor import VARIANTS, Floor
     from .internals import host_cost
-    from .readers import make_readers
+    from .readers import open_readers
     from .workloads import Outcome, check, make_workload, time_all
 
     stamp = time.strftime("%Y%m%d-%H%M%S")
@@ -177,16 +184,7 @@ def main(argv: list[str] | None = None) -> int:
         spec, path = specs[name], paths[name]
         _log(f"{name}: {spec.describe()}")
         warm_page_cache(path)
-        readers = make_readers(args.readers, args.device)
-        for r in readers:
-            try:
-                with r.context():
-                    r.open(spec, path)
-                doc["readers"].setdefault(r.name, r.info())
-            except Exception as exc:
-                r.open_error = f"open failed: {type(exc).__name__}: {exc}"
-                doc["readers"].setdefault(r.name, {})
-                _log(f"  {r.name}: {r.open_error}")
+        readers = open_readers(args.readers, args.device, spec, path, doc["readers"])
         floor = None
         if spec.has_floor:
             frames = Frames(spec, path)

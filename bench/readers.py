@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -188,6 +189,23 @@ class ZarrGpuzarrReader(ZarrPythonReader):
         from gpuzarr.zarr_pipeline import FALLBACKS
 
         return {**super().info(), "fallbacks_so_far": dict(FALLBACKS)}
+
+
+def open_readers(names: list[str], device: str, spec: Any, path: Path, infos: dict) -> list[BenchReader]:
+    """The readers, each opened on the dataset (outside any timer) and its info kept in `infos`;
+    one that fails to open keeps why (`open_error`, reported instead of its times) and the
+    others go on."""
+    readers = make_readers(names, device)
+    for r in readers:
+        try:
+            with r.context():
+                r.open(spec, path)
+            infos.setdefault(r.name, r.info())
+        except Exception as exc:
+            r.open_error = f"open failed: {type(exc).__name__}: {exc}"
+            infos.setdefault(r.name, {})
+            print(f"[bench]   {r.name}: {r.open_error}", file=sys.stderr, flush=True)
+    return readers
 
 
 def make_readers(names: list[str], device: str) -> list[BenchReader]:
