@@ -56,6 +56,7 @@ WHOLE_SHARD_BYTES = 64 << 20
 # advise ranged GETs of 8-16 MiB). A shard estimated larger is not read whole (its size is not
 # known before it is read, so it could not be cut): its index first, then its chunks in parts.
 PART_BYTES = 8 << 20
+RANGE_BYTES_MAX = 1 << 37  # 128 GiB: no batch is near it, and no machine here decodes such a chunk
 
 
 @dataclass(frozen=True)
@@ -500,9 +501,15 @@ class Parts(tuple):
 
 def _read_in_parts(store: Store, ranges: list) -> list:
     """store.read_ranges(ranges) in one call, each range longer than PART_BYTES asked for as parts
-    of that size (given back as Parts; None where a part is missing: the object vanished)."""
+    of that size (given back as Parts; None where a part is missing: the object vanished). A
+    range of more than RANGE_BYTES_MAX is one chunk whose shard index claims it (a batch holds
+    far less): refused before its parts are listed."""
     if not any(stop is not None and stop - start > PART_BYTES for _, start, stop in ranges):
         return store.read_ranges(ranges) if ranges else []
+    for key, start, stop in ranges:
+        if stop is not None and stop - start > RANGE_BYTES_MAX:
+            raise CorruptDataError(f"{key}: its shard index puts a chunk at bytes {start}..{stop}, "
+                                   f"{stop - start} bytes: more than any chunk read here can be ({RANGE_BYTES_MAX})")
     asked, spans = [], []
     for key, start, stop in ranges:
         cuts = range(start, stop, PART_BYTES) if stop is not None and stop - start > PART_BYTES else None

@@ -692,8 +692,8 @@ def _zstd_ops(rng: random.Random, frame: bytes) -> dict[str, Callable[[], bytes]
     fcs = (1 if single else 0, 2, 4, 8)[fhd >> 6]
     blocks = frame[pos + fcs:]
 
-    def with_fcs(size: int) -> bytes:
-        return frame[:4] + bytes([0xE0 | (fhd & 0x04)]) + size.to_bytes(8, "little") + blocks
+    def with_fcs(size: int) -> bytes:  # an 8-byte field: a size past it wraps, as the field would
+        return frame[:4] + bytes([0xE0 | (fhd & 0x04)]) + (size % 2**64).to_bytes(8, "little") + blocks
 
     def block(header: int) -> bytes:
         return frame[:pos + fcs] + header.to_bytes(3, "little") + blocks[3:]

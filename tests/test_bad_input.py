@@ -908,3 +908,38 @@ def test_bad_struct_data_type_or_fill(spec, fill):
 
     with pytest.raises(MetadataError, match="zarr.json"):
         parse_fill_value(fill, parse_data_type_v3(spec, "a/zarr.json"), "a/zarr.json", 3)
+
+
+@pytest.mark.parametrize("store", ["local", "memory"])
+@pytest.mark.parametrize("size", [2**63 - 1, 2**40])
+def test_a_huge_size_in_a_shard_index_is_refused_before_anything_is_allocated(tmp_path, store, size):
+    """An index entry claiming a chunk of 2**63 - 1 or 2**40 bytes (found by the fuzzer: a
+    memory:// store listed 2**60 parts of it and ran out of memory) is refused, naming the shard."""
+    import fsspec
+    import zarr
+    from zarr.codecs import BytesCodec, ShardingCodec
+
+    path = tmp_path / "a.zarr"
+    z = zarr.create_array(str(path), shape=(32, 32), chunks=(32, 32), dtype="<u2", fill_value=0, compressors=None,
+                          serializer=ShardingCodec(chunk_shape=(8, 8), index_codecs=[BytesCodec()]))
+    z[...] = np.arange(1024, dtype="<u2").reshape(32, 32)
+    shard = path / "c" / "0" / "0"
+    raw = bytearray(shard.read_bytes())
+    entry = len(raw) - 16 * 16 + 16 * 5  # chunk 5's (offset, size), the index at the end
+    raw[entry + 8:entry + 16] = size.to_bytes(8, "little")
+    shard.write_bytes(bytes(raw))
+    url = str(path)
+    if store == "memory":
+        fs = fsspec.filesystem("memory")
+        url = f"/huge{os.getpid()}-{size}"
+        for p in sorted(path.rglob("*")):
+            if p.is_file():
+                fs.pipe(f"{url}/{p.relative_to(path).as_posix()}", p.read_bytes())
+        url = f"memory://{url}"
+    tracemalloc.start()
+    try:
+        with pytest.raises(CorruptDataError, match=r"c/0/0: .*(shard index entry 5|shard index puts a chunk)"):
+            gpuzarr.open(url, device="cpu")[8:16, 8:16]  # chunk 5 alone: the shard is not read whole
+        assert tracemalloc.get_traced_memory()[1] < 64 << 20
+    finally:
+        tracemalloc.stop()

@@ -55,6 +55,11 @@ class Sharding:
         ends = live_off + live_size
         if (ends < live_off).any():
             raise CorruptDataError(f"{key}: shard index entry overflows 64 bits")
+        past = ends > np.iinfo(np.int64).max  # reads count bytes in int64
+        if past.any():
+            where = int(np.flatnonzero(~empty)[np.argmax(past)])
+            raise CorruptDataError(f"{key}: shard index entry {where} (offset {int(offsets[where])}, "
+                                   f"{int(sizes[where])} bytes) ends past byte 2**63 - 1")
         if self.index_location == "start":
             low, high = expected, shard_nbytes
         else:
