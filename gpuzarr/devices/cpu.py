@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from .. import forksafe
+from ..codecs.array_to_array import Transpose
 from ..codecs.array_to_bytes import Bytes
 from ..codecs.bytes_to_bytes import Blosc, Lz4, Zstd, strip_crc32c_batch
 from ..codecs.chain import CodecChain, decode_chunk
@@ -331,10 +332,10 @@ def _place_rows(rows: np.ndarray, row_of: list, labels: list, as_chunk: Any, out
                 last, chunk = c, _named(as_chunk, rows[r], labels[c - first])
             if type(chunk_sel) is Gather:
                 out[out_sel] = chunk_sel(chunk)
-            elif as_chunk.plain:
-                out[out_sel] = chunk[chunk_sel]
-            else:  # in a transpose's axis order, maybe
+            elif as_chunk.reordered:  # in a transpose's axis order
                 plane_assign(out, out_sel, chunk[chunk_sel])
+            else:
+                out[out_sel] = chunk[chunk_sel]
 
 
 def _decode_each_and_place(part: FetchedBatch, chain: CodecChain, as_chunk: Any, out: Any, plan: Plan, first: int,
@@ -344,7 +345,7 @@ def _decode_each_and_place(part: FetchedBatch, chain: CodecChain, as_chunk: Any,
     chunk 0 is plan chunk `first`."""
     sels = plan.selections(first, first + part.n)
     present = part.present.tolist()
-    plain = as_chunk.plain
+    reordered = as_chunk.reordered
     stored = not chain.bytes_to_bytes  # viewed where fetch put them (sizes checked): no copy
     k, n = 0, len(sels)
     for i in range(part.n):
@@ -353,15 +354,15 @@ def _decode_each_and_place(part: FetchedBatch, chain: CodecChain, as_chunk: Any,
             chunk = _named(as_chunk, raw, part.labels[i])
         while k < n and sels[k][0] == first + i:
             _, chunk_sel, out_sel = sels[k]
-            # a Gather (see Plan.selections) or an index; no helper call per plain placement here
+            # a Gather (see Plan.selections) or an index; a helper call only for reordered chunks
             if not present[i]:
                 out[out_sel] = fill
             elif type(chunk_sel) is Gather:
                 out[out_sel] = chunk_sel(chunk)
-            elif plain:
-                out[out_sel] = chunk[chunk_sel]
-            else:  # in a transpose's axis order, maybe
+            elif reordered:  # in a transpose's axis order
                 plane_assign(out, out_sel, chunk[chunk_sel])
+            else:
+                out[out_sel] = chunk[chunk_sel]
             k += 1
 
 
@@ -399,15 +400,18 @@ class _ChunkView:
     """Decoded bytes of one chunk → the chunk array. The common chain (no array→array codec) is
     `plain`: a view, of the bytes' stored order (`dtype`: placement's copy into the output swaps
     them, Bytes.stored_view), so whole boxes of chunks can be viewed at once (see
-    CpuDevice._decode_by_blocks); anything else goes through the shared decode_raw."""
+    CpuDevice._decode_by_blocks); anything else goes through the shared decode_raw. `reordered`:
+    a transpose leaves the chunk's axes in another order than the output's (placed by
+    placement.plane_assign; no other chain pays for that check per placement)."""
 
-    __slots__ = ("chain", "plain", "dtype", "shape")
+    __slots__ = ("chain", "plain", "reordered", "dtype", "shape")
 
     def __init__(self, chain: CodecChain):
         ab = chain.array_to_bytes
         self.chain, self.shape = chain, chain.shape
         self.dtype = ab.stored_view(chain.encoded_dtype) if isinstance(ab, Bytes) else None
         self.plain = self.dtype is not None and not chain.array_to_array
+        self.reordered = any(isinstance(c, Transpose) and not c.identity for c in chain.array_to_array)
 
     def __call__(self, raw: np.ndarray) -> np.ndarray:
         if self.plain:
