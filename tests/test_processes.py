@@ -16,8 +16,9 @@ import pytest
 from checks import to_memory
 
 import gpuzarr
+from gpuzarr.cores import default_threads
 from gpuzarr.devices import base as device_base
-from gpuzarr.devices.cpu import CpuDevice, default_threads
+from gpuzarr.devices.cpu import CpuDevice
 from gpuzarr.sample import sample_data, write_sharded
 
 fork_only = pytest.mark.skipif(not hasattr(os, "fork"), reason="the platform has no fork()")

@@ -5,8 +5,6 @@ are still in cache: no locks, no whole-batch decoded copy."""
 
 from __future__ import annotations
 
-import os
-import sys
 import threading
 from collections.abc import Callable
 from typing import Any
@@ -18,6 +16,7 @@ from ..codecs.array_to_array import Transpose
 from ..codecs.array_to_bytes import Bytes
 from ..codecs.bytes_to_bytes import Blosc, Lz4, Zstd, strip_crc32c_batch
 from ..codecs.chain import CodecChain, decode_chunk
+from ..cores import default_threads
 from ..errors import CorruptDataError, DeviceMemoryError, SettingsError
 from ..fetch import FetchedBatch, PendingBatch, thread_slot
 from ..placement import decode_raw, place, place_block, part_boxes, plane_assign
@@ -44,34 +43,6 @@ STAGING_KEPT = 4 << 20  # a thread keeps its staging buffer between reads up to 
 # measured 2-17% slower; 2-D 256^2 uint16, 128 KiB: 12-22% faster)
 BLOCK_CHUNK_MAX = 256 << 10
 BLOCK_KEPT = GROUP_BYTES  # and its buffer of a part's decoded chunks (a task's part is at most that)
-THREADS_ENV = "GPUZARR_THREADS"
-
-
-def default_threads() -> int:
-    """Threads of a CPU device made without a count: $GPUZARR_THREADS, else the cores this
-    process may run on (its CPU affinity, not the machine's count), divided among the workers
-    when this is a PyTorch DataLoader worker, so N workers do not oversubscribe the cores N-fold."""
-    env = os.environ.get(THREADS_ENV, "").strip()
-    if env:
-        try:
-            n = int(env)
-        except ValueError:
-            n = 0
-        if n < 1:
-            raise SettingsError(f"{THREADS_ENV}={env!r}: expected a positive integer")
-        return n
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, cores // _loader_workers())
-
-
-def _loader_workers() -> int:
-    """Number of sibling workers when this process is a torch DataLoader worker, else 1
-    (torch is looked up, never imported: a worker has imported it already)."""
-    data = sys.modules.get("torch.utils.data")
-    info = data.get_worker_info() if data is not None and hasattr(data, "get_worker_info") else None
-    return max(1, getattr(info, "num_workers", 1) or 1)
-
-
 class CpuDevice:
     name = "cpu"
     xp = np

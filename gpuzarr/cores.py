@@ -1,0 +1,37 @@
+"""How many threads a process should keep busy: shared by the CPU device's decoding pool and
+the local store's parallel reads, so both follow $GPUZARR_THREADS, the CPU affinity and a
+DataLoader worker's share of the cores."""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from .errors import SettingsError
+
+THREADS_ENV = "GPUZARR_THREADS"
+
+
+def default_threads() -> int:
+    """Threads of a CPU device made without a count: $GPUZARR_THREADS, else the cores this
+    process may run on (its CPU affinity, not the machine's count), divided among the workers
+    when this is a PyTorch DataLoader worker, so N workers do not oversubscribe the cores N-fold."""
+    env = os.environ.get(THREADS_ENV, "").strip()
+    if env:
+        try:
+            n = int(env)
+        except ValueError:
+            n = 0
+        if n < 1:
+            raise SettingsError(f"{THREADS_ENV}={env!r}: expected a positive integer")
+        return n
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, cores // _loader_workers())
+
+
+def _loader_workers() -> int:
+    """Number of sibling workers when this process is a torch DataLoader worker, else 1
+    (torch is looked up, never imported: a worker has imported it already)."""
+    data = sys.modules.get("torch.utils.data")
+    info = data.get_worker_info() if data is not None and hasattr(data, "get_worker_info") else None
+    return max(1, getattr(info, "num_workers", 1) or 1)

@@ -1,0 +1,150 @@
+"""A large local read split across threads (store._split, store._in_parts): the same bytes land
+where a one-thread read puts them, every part has ended before the read returns or raises, and
+parts no reader has started are read by the caller."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from gpu_standin import StandinEngine
+from hypothesis import strategies as st
+
+import gpuzarr
+import gpuzarr.store as store_mod
+from gpuzarr.devices.gpu import GpuDevice
+from gpuzarr.sample import sample_data, write_sharded
+from gpuzarr.store import LocalStore, open_store
+
+
+@given(st.lists(st.integers(0, 3 << 20), min_size=0, max_size=40), st.integers(1, 8))
+@settings(max_examples=200, deadline=None)
+def test_parts_cover_every_range_once_in_order(sizes, cores):
+    ranges = [("k", 0, n) for n in sizes]
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(store_mod, "default_threads", lambda: cores)
+        parts = store_mod._split(ranges)
+    assert [i for part in parts for i in part] == list(range(len(ranges)))
+    assert all(len(part) > 0 for part in parts) or not ranges
+    assert len(parts) <= max(1, min(store_mod.READERS, cores))
+    total = sum(sizes)
+    if len(parts) > 1:
+        assert total >= store_mod.SPLIT_BYTES
+    elif cores >= 2 and len(ranges) >= 2 and total >= store_mod.SPLIT_BYTES:
+        # one range may hold nearly every byte; otherwise there is more than one part
+        assert max(sizes) * 2 > total
+
+
+def _files(tmp_path, n=12, size=700_000):
+    rng = np.random.default_rng(5)
+    blobs = {}
+    for k in range(n):
+        blobs[f"f{k}"] = rng.integers(0, 256, size + 1000 * k, dtype=np.uint8).tobytes()
+        (tmp_path / f"f{k}").write_bytes(blobs[f"f{k}"])
+    return blobs
+
+
+def _buffers(ranges):
+    out = [bytearray(stop - start) for _, start, stop in ranges]
+    return out, [[memoryview(b)] for b in out]
+
+
+def test_a_split_read_lands_the_bytes_a_single_read_does(tmp_path, monkeypatch):
+    blobs = _files(tmp_path)
+    ranges = [(key, 1000, len(blob) - 5) for key, blob in blobs.items()]
+    ranges.insert(3, ("absent", 0, 10))
+    store = open_store(str(tmp_path))
+    assert isinstance(store, LocalStore)
+    seen = set()
+    real = store_mod._preadv_all
+
+    def spy(*args, **kw):
+        seen.add(threading.current_thread().name)
+        return real(*args, **kw)
+
+    monkeypatch.setattr(store_mod, "_preadv_all", spy)
+    monkeypatch.setattr(store_mod, "default_threads", lambda: 2)
+    assert len(store_mod._split(ranges)) == 2
+    split, pieces = _buffers(ranges)
+    counts = store.read_ranges_into(ranges, pieces)
+    assert len(seen) == 2  # read on two threads
+    monkeypatch.setattr(store_mod, "SPLIT_BYTES", 1 << 60)
+    one, pieces = _buffers(ranges)
+    assert store.read_ranges_into(ranges, pieces) == counts
+    assert counts[3] is None and counts[:3] + counts[4:] == [stop - start for _, start, stop in ranges[:3] + ranges[4:]]
+    assert split == one
+    for (key, start, stop), got in zip(ranges, split):
+        if key != "absent":
+            assert bytes(got) == blobs[key][start:stop]
+
+
+def test_a_failing_part_is_raised_after_every_other_part_has_ended(tmp_path, monkeypatch):
+    blobs = _files(tmp_path)
+    ranges = [(key, 0, len(blob)) for key, blob in blobs.items()]
+    store = open_store(str(tmp_path))
+    real = store_mod._preadv_all
+    failed = threading.Event()
+    out, pieces = _buffers(ranges)
+
+    def failing(fd, buffers, offset, want, flags=0):
+        if buffers is pieces[0]:  # the caller's own part fails at once
+            failed.set()
+            raise OSError(5, "Input/output error")
+        failed.wait(5)
+        time.sleep(0.01)  # the other parts end well after it
+        return real(fd, buffers, offset, want, flags)
+
+    monkeypatch.setattr(store_mod, "_preadv_all", failing)
+    monkeypatch.setattr(store_mod, "default_threads", lambda: 4)
+    parts = store_mod._split(ranges)
+    assert len(parts) == 4
+    with pytest.raises(gpuzarr.StoreError, match="f0: read failed"):
+        store.read_ranges_into(ranges, pieces)
+    for part in parts[1:]:  # whole when it raised
+        assert [bytes(out[k]) for k in part] == [blobs[ranges[k][0]] for k in part]
+
+
+def test_parts_no_reader_took_are_read_by_the_caller(tmp_path, monkeypatch):
+    """Every reader busy (other reads' parts): the caller reads its whole read itself rather
+    than waiting behind them."""
+    blobs = _files(tmp_path)
+    ranges = [(key, 0, len(blob)) for key, blob in blobs.items()]
+    store = open_store(str(tmp_path))
+    release = threading.Event()
+    blockers = [store_mod._READERS.submit(release.wait, 60) for _ in range(store_mod.READERS - 1)]
+    monkeypatch.setattr(store_mod, "default_threads", lambda: 4)
+    out, pieces = _buffers(ranges)
+    result = []
+    reader = threading.Thread(target=lambda: result.append(store.read_ranges_into(ranges, pieces)))
+    try:
+        reader.start()
+        reader.join(10)
+        assert not reader.is_alive(), "the read waited for the busy readers"
+        assert result == [[len(blob) for blob in blobs.values()]]
+        assert [bytes(b) for b in out] == list(blobs.values())
+    finally:
+        release.set()
+        reader.join()
+        for future in blockers:
+            future.result()
+
+
+def test_a_staged_gpu_read_is_bit_identical_through_split_fetches(tmp_path, monkeypatch):
+    """The GPU's host half fetches a batch into one staging buffer (here the CPU stand-in of
+    tests/gpu_standin.py decodes it): a batch past SPLIT_BYTES read in parts equals the data."""
+    data = sample_data((1024, 1024))
+    path = str(tmp_path / "a")
+    write_sharded(path, data, (256, 256), (32, 32), level=1)
+    monkeypatch.setattr(store_mod, "SPLIT_BYTES", 64 << 10)
+    monkeypatch.setattr(store_mod, "default_threads", lambda: 3)
+    calls = []
+    real = store_mod._split
+    monkeypatch.setattr(store_mod, "_split", lambda ranges: calls.append(real(ranges)) or calls[-1])
+    arr = gpuzarr.open(path, device="cpu")
+    device = GpuDevice(StandinEngine())
+    np.testing.assert_array_equal(arr.read(..., device=device), data)
+    np.testing.assert_array_equal(arr.read((slice(7, 900), slice(3, 1001)), device=device), data[7:900, 3:1001])
+    assert max(len(parts) for parts in calls) == 3
