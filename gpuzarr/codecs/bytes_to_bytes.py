@@ -256,12 +256,18 @@ class Zstd(BytesBytesCodec):
                 decompressed_sizes=np.full(k, nbytes, dtype="<u8").tobytes(), threads=1)
         except (zstandard.ZstdError, ValueError):
             return False
-        frames = [result[i] for i in range(k)]
-        if any(len(frame) != nbytes for frame in frames):
+        # one segment per frame, each a buffer of its own: copied by memoryview slices (0.5 us a
+        # frame of 8 KiB, under the GIL; a numpy row assignment took 1.9), which refuse a frame
+        # of another size
+        rows = memoryview(out).cast("B")
+        pos = 0
+        try:
+            for frame in result:
+                rows[pos:pos + nbytes] = frame
+                pos += nbytes
+        except ValueError:
             return False
-        for row, frame in zip(out, frames):
-            row[:] = np.frombuffer(frame, dtype=np.uint8)
-        return True
+        return pos == out.nbytes
 
     @classmethod
     def _decode_stream(cls, view: memoryview, out: np.ndarray, reason: str) -> None:
