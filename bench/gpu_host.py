@@ -5,14 +5,17 @@ device call a no-op (NO DATA IS DECODED: labelled so in the output). Its compres
 set against an I/O floor measured in the same rounds: one os.preadv per chunk or shard file of
 the dataset into a reused buffer (page cache warm). Reported per dataset and workload (a full
 read, read_batch of random patches): milliseconds (and the reading thread's CPU milliseconds),
-host GB/s, floor GB/s, their ratio, us per chunk, the speed-up of two threads reading at once
-over one, the microseconds per chunk the read holds the GIL at most (its CPU time outside
-os.preadv: bench/gil.py) and the GB/s that this bounds the host half to on any number of cores, and the bytes the layouts copied into a staging
-buffer of their own (0 where every batch is uploaded as fetched)."""
+host GB/s, floor GB/s, their ratio, us per chunk, the same read with its ranges copied by one
+thread (the store's split reads off: what one read gains from a second core), the speed-up of
+two threads reading at once over one, the microseconds per chunk the read holds the GIL at most
+(its CPU time outside os.preadv: bench/gil.py) and the GB/s that this bounds the host half to on
+any number of cores, and the bytes the layouts copied into a staging buffer of their own (0
+where every batch is uploaded as fetched)."""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -147,6 +150,20 @@ def restaged_bytes(op: Any) -> int:
     return sum(copied)
 
 
+@contextlib.contextmanager
+def one_reader() -> Any:
+    """Reads inside it copy their ranges on one thread (gpuzarr.store's split reads off): what
+    the store's parallel reads gain, timed in the same rounds."""
+    import gpuzarr.store as store
+
+    kept = store.SPLIT_BYTES
+    store.SPLIT_BYTES = 1 << 62
+    try:
+        yield
+    finally:
+        store.SPLIT_BYTES = kept
+
+
 def measure(spec: DatasetSpec, path: Path, repeats: int, patches: int, seed: int) -> list[dict]:
     import gpuzarr
     from gpuzarr.devices.gpu import GpuDevice
@@ -160,6 +177,7 @@ def measure(spec: DatasetSpec, path: Path, repeats: int, patches: int, seed: int
     times: dict[str, list] = {name: [] for name in work}
     cpu: dict[str, list] = {name: [] for name in work}  # the reading thread's CPU time: steadier on a shared machine
     pairs: dict[str, list] = {name: [] for name in work}
+    single: dict[str, list] = {name: [] for name in work}  # the same read with its ranges read by one thread
     floors = []
     for name, (op, _) in work.items():
         op()  # warm: index cache, pools, buffers
@@ -171,6 +189,10 @@ def measure(spec: DatasetSpec, path: Path, repeats: int, patches: int, seed: int
             op()
             times[name].append(time.perf_counter() - t0)
             cpu[name].append(time.thread_time() - c0)
+            with one_reader():
+                t0 = time.perf_counter()
+                op()
+                single[name].append(time.perf_counter() - t0)
             t0 = time.perf_counter()  # two threads, one read each, at once
             threads = [threading.Thread(target=op) for _ in range(2)]
             for t in threads:
@@ -190,8 +212,11 @@ def measure(spec: DatasetSpec, path: Path, repeats: int, patches: int, seed: int
                      "host_gbs": nbytes / t / 1e9, "floor_gbs": floor / 1e9, "ratio": nbytes / t / floor,
                      "us_per_chunk": t / chunks * 1e6, "chunks": chunks, "compressed_bytes": nbytes,
                      "two_thread_speedup": 2 * t / float(np.median(pairs[name])), "restaged_bytes": restaged_bytes(op),
+                     "one_reader_ms": float(np.median(single[name])) * 1e3,
+                     "readers_speedup": float(np.median(single[name])) / t,
                      "gil_us_per_chunk": gil / chunks * 1e6, "gil_bound_gbs": nbytes / gil / 1e9 if gil > 0 else None,
                      "samples": {"one": times[name], "one_cpu": cpu[name], "two_at_once": pairs[name],
+                                 "one_reader": single[name],
                                  "floor_bytes_per_s": floors, "gil_s": held[name]}})
     return rows
 
@@ -227,7 +252,8 @@ def main(argv: list[str] | None = None) -> int:
           "alone, against reading the dataset's files (one preadv each); medians of "
           f"{args.repeats} rounds, {os.cpu_count()} cores")
     print(f"{'dataset':8s} {'workload':10s} {'ms':>8s} {'cpu ms':>7s} {'host GB/s':>10s} {'floor GB/s':>11s} {'ratio':>6s} "
-          f"{'us/chunk':>9s} {'2 threads':>10s} {'GIL us/chunk':>13s} {'GIL bound GB/s':>15s} {'restaged MB':>12s}")
+          f"{'us/chunk':>9s} {'1 reader ms':>12s} {'2 threads':>10s} {'GIL us/chunk':>13s} {'GIL bound GB/s':>15s} "
+          f"{'restaged MB':>12s}")
     for spec in specs:
         path, _ = ensure(spec, args.cache)
         warm_page_cache(path)
@@ -235,7 +261,7 @@ def main(argv: list[str] | None = None) -> int:
             rows.append(row)
             print(f"{row['dataset']:8s} {row['workload']:10s} {row['ms']:8.2f} {row['cpu_ms']:7.2f} "
                   f"{row['host_gbs']:10.2f} {row['floor_gbs']:11.2f} {row['ratio']:6.2f} {row['us_per_chunk']:9.2f} "
-                  f"{row['two_thread_speedup']:9.2f}x {row['gil_us_per_chunk']:13.2f} "
+                  f"{row['one_reader_ms']:12.2f} {row['two_thread_speedup']:9.2f}x {row['gil_us_per_chunk']:13.2f} "
                   f"{row['gil_bound_gbs'] or float('inf'):15.2f} {row['restaged_bytes'] / 1e6:12.2f}", flush=True)
     args.out.mkdir(parents=True, exist_ok=True)
     out = args.out / f"gpu-host-{time.strftime('%Y%m%d-%H%M%S')}.json"

@@ -68,6 +68,20 @@ def test_the_gpu_host_benchmark_runs_the_real_orchestration_and_reports_ratios(t
     assert full["chunks"] == 16 and 0 < full["compressed_bytes"] < 256 * 256 * 2 and full["ratio"] > 0
     assert all(0 <= r["gil_us_per_chunk"] <= r["samples"]["one_cpu"][0] * 1e6 / r["chunks"] * 3 for r in rows)
     assert "GIL us/chunk" in out
+    assert "1 reader ms" in out and all(r["one_reader_ms"] > 0 and len(r["samples"]["one_reader"]) == 1 for r in rows)
+
+
+def test_one_reader_turns_the_stores_split_reads_off_and_back_on(monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT))
+    import gpuzarr.store as store
+    from bench.gpu_host import one_reader
+
+    monkeypatch.setattr(store, "default_threads", lambda: 4)
+    ranges = [(f"k{i}", 0, 4 << 20) for i in range(4)]
+    assert len(store._split(ranges)) == 4
+    with one_reader():
+        assert store._split(ranges) == [range(4)]
+    assert len(store._split(ranges)) == 4
 
 
 def test_gil_seconds_counts_python_and_not_reads(tmp_path, monkeypatch):
