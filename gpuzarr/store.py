@@ -618,14 +618,18 @@ def _split(ranges: Sequence[tuple[str, int, int]]) -> list[range]:
 
 def _in_parts(read: Callable[[range], None], parts: list[range]) -> None:
     """read(part) for every part: the first on this thread, the others on _READERS, each taken
-    back and read here if no reader has started it by then (readers busy with other reads).
-    Every part has ended before this returns or raises: they write into the caller's buffers."""
+    back and read here if no reader has started it by then (readers busy with other reads), or
+    dropped once a part has failed. Every part has ended before this returns or raises: they
+    write into the caller's buffers."""
     futures = [_READERS.submit(read, part) for part in parts[1:]]
     error: BaseException | None = None
     for k, part in enumerate(parts):
         try:
-            if k == 0 or futures[k - 1].cancel():
+            if k == 0:
                 read(part)
+            elif futures[k - 1].cancel():
+                if error is None:
+                    read(part)
             else:
                 futures[k - 1].result()
         except BaseException as exc:  # the other parts still end first

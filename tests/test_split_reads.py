@@ -86,25 +86,59 @@ def test_a_failing_part_is_raised_after_every_other_part_has_ended(tmp_path, mon
     ranges = [(key, 0, len(blob)) for key, blob in blobs.items()]
     store = open_store(str(tmp_path))
     real = store_mod._preadv_all
-    failed = threading.Event()
     out, pieces = _buffers(ranges)
+    parts = None
+    started = {}
 
     def failing(fd, buffers, offset, want, flags=0):
-        if buffers is pieces[0]:  # the caller's own part fails at once
-            failed.set()
+        if buffers is pieces[0]:  # the caller's own part fails once every other part is under way
+            for event in started.values():
+                event.wait(5)
             raise OSError(5, "Input/output error")
-        failed.wait(5)
-        time.sleep(0.01)  # the other parts end well after it
+        first = next((p.start for p in parts[1:] if buffers is pieces[p.start]), None)
+        if first is not None:
+            started[first].set()
+            time.sleep(0.01)  # and they end well after it
         return real(fd, buffers, offset, want, flags)
 
     monkeypatch.setattr(store_mod, "_preadv_all", failing)
     monkeypatch.setattr(store_mod, "default_threads", lambda: 4)
     parts = store_mod._split(ranges)
     assert len(parts) == 4
+    started = {p.start: threading.Event() for p in parts[1:]}
     with pytest.raises(gpuzarr.StoreError, match="f0: read failed"):
         store.read_ranges_into(ranges, pieces)
     for part in parts[1:]:  # whole when it raised
         assert [bytes(out[k]) for k in part] == [blobs[ranges[k][0]] for k in part]
+
+
+def test_after_a_failure_parts_no_reader_started_are_dropped(tmp_path, monkeypatch):
+    blobs = _files(tmp_path)
+    ranges = [(key, 0, len(blob)) for key, blob in blobs.items()]
+    store = open_store(str(tmp_path))
+    release = threading.Event()
+    blockers = [store_mod._READERS.submit(release.wait, 60) for _ in range(store_mod.READERS - 1)]
+    read = []
+    real = store_mod._preadv_all
+    out, pieces = _buffers(ranges)
+
+    def failing(fd, buffers, offset, want, flags=0):
+        read.append(next(i for i, p in enumerate(pieces) if p is buffers))
+        if buffers is pieces[0]:
+            raise OSError(5, "Input/output error")
+        return real(fd, buffers, offset, want, flags)
+
+    monkeypatch.setattr(store_mod, "_preadv_all", failing)
+    monkeypatch.setattr(store_mod, "default_threads", lambda: 4)
+    try:
+        with pytest.raises(gpuzarr.StoreError, match="f0: read failed"):
+            store.read_ranges_into(ranges, pieces)
+        first_part = store_mod._split(ranges)[0]
+        assert all(i in first_part for i in read)  # nothing past the failed part was read
+    finally:
+        release.set()
+        for future in blockers:
+            future.result()
 
 
 def test_parts_no_reader_took_are_read_by_the_caller(tmp_path, monkeypatch):
