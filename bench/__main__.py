@@ -232,8 +232,7 @@ def main(argv: list[str] | None = None) -> int:
         from gpuzarr.zarr_pipeline import FALLBACKS
 
         doc["gpuzarr_pipeline_fallbacks"] = dict(FALLBACKS)  # in this process (memory probes run apart)
-    doc["load_average"]["end"] = os.getloadavg()
-    doc["seconds"] = round(time.perf_counter() - t_start, 1)
+    report.close_run(doc, t_start)
 
     table = report.format_table(doc)
     print(f"gpuzarr bench {stamp}  commit {doc['git'].get('commit', '?')[:10]}"

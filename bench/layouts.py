@@ -291,10 +291,8 @@ def main(argv: list[str] | None = None) -> int:
     for spec in specs:
         _log(f"{spec.name}: {spec.describe()}")
         run_layout(spec, paths[spec.name], args, doc)
-    doc["load_average"]["end"] = os.getloadavg()
-    doc["seconds"] = round(time.perf_counter() - t_start, 1)
-    git = doc["git"]
-    print(f"layouts bench {stamp}  commit {git.get('commit', '?')[:10]}{' (dirty)' if git.get('dirty') else ''}  "
+    report.close_run(doc, t_start)
+    print(f"layouts bench {stamp}  commit {report.commit_label(doc['git'])}  "
           f"repeats {args.repeats}  load avg {doc['load_average']['start'][0]:.2f} -> "
           f"{doc['load_average']['end'][0]:.2f}")
     for name, ld in doc["layouts"].items():

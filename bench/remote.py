@@ -917,10 +917,8 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             if floor is not None:
                 floor.close()
-    doc["load_average"]["end"] = os.getloadavg()
-    doc["seconds"] = round(time.perf_counter() - t_start, 1)
-    git = doc["git"]
-    print(f"remote bench {stamp}  commit {git.get('commit', '?')[:10]}{' (dirty)' if git.get('dirty') else ''}  "
+    report.close_run(doc, t_start)
+    print(f"remote bench {stamp}  commit {report.commit_label(doc['git'])}  "
           f"{doc['machine'].get('affinity')} cores  load avg {doc['load_average']['start'][0]:.2f} -> "
           f"{doc['load_average']['end'][0]:.2f}  ({doc['seconds']} s)")
     for name in args.datasets:

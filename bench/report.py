@@ -8,6 +8,7 @@ import os
 import platform
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -68,6 +69,17 @@ def git_info(root: Path) -> dict:
                 "subject": git("log", "-1", "--format=%s")}
     except Exception as exc:
         return {"error": str(exc)}
+
+
+def commit_label(git: dict) -> str:
+    """A run's commit as the headers print it: its first 10 digits, "(dirty)" if the tree had changes."""
+    return (git.get("commit") or "?")[:10] + (" (dirty)" if git.get("dirty") else "")
+
+
+def close_run(doc: dict, t_start: float) -> None:
+    """Stamp a finished run's document: the load average at its end, and the seconds it took."""
+    doc["load_average"]["end"] = os.getloadavg()
+    doc["seconds"] = round(time.perf_counter() - t_start, 1)
 
 
 # --------------------------------------------------------------------------- table
@@ -302,10 +314,8 @@ def plot(doc: dict, path: Path) -> None:
         ax.set_title(f"{ds}: {doc['datasets'][ds]['describe']}", fontsize=10)
         ax.grid(axis="y", which="both", alpha=0.3)
     axes[0, 0].legend(ncol=min(len(series), 3), fontsize=8, loc="upper right")
-    git = doc.get("git", {})
-    commit = (git.get("commit") or "?")[:10] + (" (dirty)" if git.get("dirty") else "")
     m = doc["machine"]
-    fig.suptitle(f"gpuzarr bench {doc['timestamp']}  commit {commit}  device {doc['args']['device']}\n"
+    fig.suptitle(f"gpuzarr bench {doc['timestamp']}  commit {commit_label(doc.get('git', {}))}  device {doc['args']['device']}\n"
                  f"{m.get('processor', '?')}, {m.get('affinity')} cores; medians of {doc['args']['repeats']}; "
                  "floor = libzstd decompression only", fontsize=10)
     fig.tight_layout(rect=(0, 0, 1, 0.96))

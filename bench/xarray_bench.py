@@ -741,13 +741,10 @@ def main(argv: list[str] | None = None) -> int:
         doc["formats"].append(fd)
         _log("  " + "  ".join(f"{k} {_cell(e)}" for k, e in {**fd["rows"], **fd["floors"],
                                                            "cf": fd["cf_decoding"]}.items()))
-    doc["load_average"]["end"] = os.getloadavg()
-    doc["seconds"] = round(time.perf_counter() - t_start, 1)
+    report.close_run(doc, t_start)
     for fd in doc["formats"]:
         fd["derived"] = derived(fd)
-    git = doc["git"]
-    print(f"xarray bench {stamp}  commit {git.get('commit', '?')[:10]}"
-          f"{' (dirty)' if git.get('dirty') else ''}  repeats {args.repeats}  "
+    print(f"xarray bench {stamp}  commit {report.commit_label(doc['git'])}  repeats {args.repeats}  "
           f"{doc['machine'].get('affinity')} cores  load avg {doc['load_average']['start'][0]:.2f} -> "
           f"{doc['load_average']['end'][0]:.2f}")
     for spec in specs:
