@@ -1,6 +1,6 @@
 """A large local read split across threads (store._split, store._in_parts): the same bytes land
-where a one-thread read puts them, every part has ended before the read returns or raises, and
-parts no reader has started are read by the caller."""
+where a one-thread read puts them, every part has ended before the read returns or raises, parts
+no reader has started are read by the caller, and dropped once a part has failed."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import time
 
 import numpy as np
 import pytest
-from hypothesis import given, settings
 from gpu_standin import StandinEngine
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import gpuzarr
