@@ -177,6 +177,56 @@ def test_without_libzstd_python_zstandard_decodes_and_is_counted(monkeypatch):
         _rows([_frame(raws[0]), _corrupt_payload(_frame(raws[1]))])
 
 
+@pytest.fixture
+def calls(monkeypatch):
+    """The libzstd calls made, as (source bytes, rows' bytes) each."""
+    made = []
+    decode = bytes_to_bytes._DCtx.decode
+
+    def counting(self, src, src_size, dst, nbytes):
+        made.append((src_size, nbytes))
+        return decode(self, src, src_size, dst, nbytes)
+    monkeypatch.setattr(bytes_to_bytes._DCtx, "decode", counting)
+    return made
+
+
+def test_frames_back_to_back_decode_in_one_call_per_run(calls):
+    raws = [_raw(i) for i in range(16)]
+    frames = [_frame(r, write_checksum=i % 3 == 0) for i, r in enumerate(raws)]
+    staging, offsets, sizes, labels = _batch(frames)
+    rows = np.zeros((16, NBYTES), np.uint8)
+    Zstd("zstd").decode_rows(staging, offsets, sizes, rows, labels)
+    assert [r.tobytes() for r in rows] == raws
+    assert calls == [(int(sizes.sum()), 16 * NBYTES)]
+    calls.clear()  # four runs (frames 7 and 15 swapped): four calls, rows still in the given order
+    order = np.r_[0:7, 15, 8:15, 7]
+    rows[:] = 0
+    Zstd("zstd").decode_rows(staging, offsets[order], sizes[order], rows, [labels[i] for i in order])
+    assert [r.tobytes() for r in rows] == [raws[i] for i in order]
+    assert [n // NBYTES for _, n in calls] == [7, 1, 7, 1]
+
+
+def test_scattered_frames_go_in_one_group_call(calls):
+    """Runs averaging fewer than RUN_MIN frames: no call per frame (each re-takes the GIL)."""
+    raws = [_raw(i) for i in range(8)]
+    staging, offsets, sizes, labels = _batch([_frame(r) for r in raws])
+    order = np.array([0, 2, 4, 6, 1, 3, 5, 7])
+    rows = np.zeros((8, NBYTES), np.uint8)
+    Zstd("zstd").decode_rows(staging, offsets[order], sizes[order], rows, [labels[i] for i in order])
+    assert [r.tobytes() for r in rows] == [raws[i] for i in order]
+    assert calls == []
+
+
+def test_a_segment_of_two_frames_back_to_back_with_others_is_refused():
+    """One segment holding two whole frames (a bad shard index), between frames back to back: a
+    call over the run fails, and the frame is named, never decoded as if the segments were right."""
+    frames = [_frame(_raw(i)) for i in range(6)]
+    staging, offsets, sizes, labels = _batch(frames[:2] + [frames[2] + frames[3]] + frames[4:])
+    rows = np.zeros((5, NBYTES), np.uint8)
+    with pytest.raises(CorruptDataError, match="c2: "):
+        Zstd("zstd").decode_rows(staging, offsets, sizes, rows, labels)
+
+
 def test_libzstd_is_found_in_numcodecs():
     """Where this fails, every zstd frame is decoded by the slower fallback: say so loudly."""
     assert bytes_to_bytes._libzstd() is not None
@@ -223,6 +273,16 @@ def test_morton_ordered_shards_read_whole_by_boxes(tmp_path, monkeypatch, pooled
         arr = gpuzarr.open(str(tmp_path / "a.zarr"), device=CpuDevice(2))
         np.testing.assert_array_equal(arr[...], data)
     assert pooled["boxes"] > 0 and pooled["tiles"] > 0  # parts cutting Morton order: tiles
+
+
+def test_a_full_read_decodes_each_part_of_a_shard_in_one_call(tmp_path, monkeypatch, pooled, calls):
+    """Parts of whole Morton-ordered shards: rows in the part's (storage) order, so each part's
+    frames, back to back in staging, go in one libzstd call, and its box is placed by tiles."""
+    data = _sharded(tmp_path / "a.zarr", (64, 64), (8, 8), (32, 32))
+    monkeypatch.setattr(cpu, "GROUP_BYTES", 16 * 64 * 2)  # a part: 16 chunks, a quarter of a shard
+    np.testing.assert_array_equal(gpuzarr.open(str(tmp_path / "a.zarr"), device=CpuDevice(2))[...], data)
+    assert sorted(n // (64 * 2) for _, n in calls) == [16] * 4
+    assert pooled["boxes"] == 4 and pooled["tiles"] == 4
 
 
 def test_whole_chunks_of_windows_and_batches_are_placed_as_tiles(tmp_path, pooled):

@@ -19,7 +19,7 @@ from ..codecs.chain import CodecChain, decode_chunk
 from ..cores import default_threads
 from ..errors import CorruptDataError, DeviceMemoryError, SettingsError
 from ..fetch import FetchedBatch, PendingBatch, thread_slot
-from ..placement import decode_raw, place, place_block, part_boxes, plane_assign
+from ..placement import Box, decode_raw, place, place_block, part_boxes, plane_assign
 from ..plan import Gather, Plan
 from .base import settle
 
@@ -192,6 +192,28 @@ class CpuDevice:
             for box in found:
                 place_block(out, chunks[box.members.start:box.members.stop], box.extent, box.out_start, box.window)
             return
+        runs = [_as_run(box) for box in found]
+        if found and all(run is not None for run in runs):
+            # every box a run of the part (a shard's chunks in Morton order, read whole): rows in
+            # the part's order, so a shard's frames, back to back in staging, decode in one call
+            # (Zstd._decode_runs), and each box is placed from its run of rows by its tiles
+            present = part.present
+            order = slice(0, part.n) if present.all() else np.flatnonzero(present)
+            rows = _stored_rows(chain, part, order)
+            live = part.n if type(order) is slice else order.size
+            if rows is None:
+                rows = self._block(live * raw_nbytes).reshape(live, raw_nbytes)
+                _decode_rows(chain, part, order, rows)
+            chunks = rows.view(as_chunk.dtype).reshape((live,) + chain.shape)
+            row_of = np.cumsum(present) - 1
+            for box, (lo, hi, tiles) in zip(found, runs):
+                at = int(row_of[lo])
+                place_block(out, chunks[at:at + hi - lo], box.extent, box.out_start, box.window, tiles)
+                row_of[lo:hi] = -2  # placed already
+            row_of[~present] = -1
+            if (row_of >= 0).any():
+                _place_rows(rows, row_of.tolist(), part.labels, as_chunk, out, plan, first, fill)
+            return
         boxed = np.concatenate([box.members for box in found]) if found else np.zeros(0, dtype=np.int64)
         rest = part.present.copy()
         rest[boxed] = False
@@ -240,6 +262,20 @@ class _Groups:
                 with self._lock:
                     self._bounds = iter(())
                 raise
+
+
+def _as_run(box: Box) -> tuple[int, int, tuple] | None:
+    """The box's members as the run lo..hi-1 of the part, with each one's tile in that order;
+    None where they are not one run."""
+    members = np.asarray(box.members)
+    by_part = np.argsort(members, kind="stable")
+    lo, hi = int(members[by_part[0]]), int(members[by_part[-1]]) + 1
+    if hi - lo != members.size:
+        return None
+    if box.tiles is None:
+        ordered = (by_part == np.arange(by_part.size)).all()
+        return lo, hi, None if ordered else np.unravel_index(by_part, box.extent)
+    return lo, hi, tuple(t[by_part] for t in box.tiles)
 
 
 def _rows_decoder(chain: CodecChain) -> Callable | None:
