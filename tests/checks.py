@@ -128,6 +128,15 @@ def selections(shape: tuple[int, ...], chunks: tuple[int, ...], shards: tuple[in
     return out
 
 
+def poisoned_empty(self: Any, shape: tuple[int, ...], dtype: Any) -> np.ndarray:
+    """CpuDevice.empty whose every byte is 0xA5 until a read writes it: np.empty may hand back
+    the memory of an earlier, identical read, which hides an element a read left unwritten."""
+    out = np.empty(shape, dtype)
+    if not is_vlen(out.dtype):
+        out.reshape(-1).view(np.uint8).fill(0xA5)
+    return out
+
+
 def stack(arrays: list) -> np.ndarray:
     """np.stack that keeps the dtype as it is (np.stack turns '>f8' into native 'float64')."""
     arrays = [np.asarray(a) for a in arrays]

@@ -12,6 +12,7 @@ import numcodecs
 import numpy as np
 import pytest
 import zarr
+from checks import poisoned_empty
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -25,6 +26,7 @@ from gpuzarr.placement import place_block
 from gpuzarr.plan import Blocks, Plan, _split_range, make_plan
 from gpuzarr.selection import normalize
 
+FILL = 9  # not what fresh memory holds: a chunk left unwritten shows
 SETTINGS = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 
 
@@ -128,20 +130,28 @@ def _aligned_cases(draw):
 
 
 @SETTINGS
-@given(case=_aligned_cases(), group_chunks=st.integers(1, 9), codec=st.sampled_from(["blosc", "zstd", "none"]))
-def test_reads_by_blocks_equal_chunk_by_chunk_and_the_source(tmp_path_factory, monkeypatch, case, group_chunks, codec):
+@given(case=_aligned_cases(), group_chunks=st.integers(1, 9), codec=st.sampled_from(["blosc", "zstd", "none"]),
+       holes=st.sets(st.integers(0, 63), max_size=3))
+def test_reads_by_blocks_equal_chunk_by_chunk_and_the_source(tmp_path_factory, monkeypatch, case, group_chunks, codec,
+                                                             holes):
     """Whatever the boxes and however tasks cut them (GROUP_BYTES down to one chunk), a read and
-    a read_batch equal the source and the same read with blocks switched off."""
+    a read_batch equal the source and the same read with blocks switched off; chunks of the
+    fill value (`holes`: zarr-python writes no file for them) read as the fill value."""
     shape, chunks, windows, fmt = case
     path = tmp_path_factory.mktemp("blocks") / "a.zarr"
     data = np.arange(math.prod(shape), dtype="<u2").reshape(shape) * 7 + 3
+    grid = tuple(-(-n // c) for n, c in zip(shape, chunks))
+    for hole in holes:
+        at = np.unravel_index(hole % math.prod(grid), grid)
+        data[tuple(slice(i * c, (i + 1) * c) for i, c in zip(at, chunks))] = FILL
     compressors = {"none": None, "zstd": numcodecs.Zstd(level=1) if fmt == 2 else zarr.codecs.ZstdCodec(),
                    "blosc": numcodecs.Blosc("lz4", shuffle=1) if fmt == 2 else zarr.codecs.BloscCodec(cname="lz4")}
     z = zarr.create_array(str(path), shape=shape, chunks=chunks, dtype="<u2", zarr_format=fmt,
-                          compressors=compressors[codec], fill_value=0)
+                          compressors=compressors[codec], fill_value=FILL)
     z[...] = data
     monkeypatch.setattr(cpu, "GROUP_BYTES", group_chunks * math.prod(chunks) * 2)
     monkeypatch.setattr(cpu, "SPLIT_SECONDS", 0.0)  # through the pool's task split, not inline
+    monkeypatch.setattr(CpuDevice, "empty", poisoned_empty)
     got = {}
     for mode in ("blocks", "each"):
         if mode == "each":

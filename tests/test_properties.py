@@ -20,7 +20,7 @@ import warnings
 import fsspec
 import numpy as np
 import pytest
-from checks import as_0d, assert_identical, stack, to_memory
+from checks import as_0d, assert_identical, poisoned_empty, stack, to_memory
 from corpus import filled, make_data
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -125,6 +125,7 @@ def read_paths(draw):
 @contextlib.contextmanager
 def _opened(where, how, monkeypatch):
     monkeypatch.setattr(cpu, "SPLIT_SECONDS", 0.0 if how["pooled"] else _SPLIT_SECONDS)
+    monkeypatch.setattr(CpuDevice, "empty", poisoned_empty)
     settings_ = gpuzarr.Settings(batch_bytes=how["batch_bytes"])
     if how["store"] == "local":
         yield gpuzarr.open(str(where), device=_DEVICE, settings=settings_)

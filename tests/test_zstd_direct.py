@@ -12,6 +12,7 @@ import pytest
 import zarr
 import numcodecs.zstd
 import zstandard
+from checks import poisoned_empty
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -283,6 +284,22 @@ def test_a_full_read_decodes_each_part_of_a_shard_in_one_call(tmp_path, monkeypa
     np.testing.assert_array_equal(gpuzarr.open(str(tmp_path / "a.zarr"), device=CpuDevice(2))[...], data)
     assert sorted(n // (64 * 2) for _, n in calls) == [16] * 4
     assert pooled["boxes"] == 4 and pooled["tiles"] == 4
+
+
+def test_a_part_missing_its_last_chunk_is_placed_from_its_run(tmp_path, monkeypatch, pooled):
+    """Chunk files of a 4x4 grid read in two parts of 8 (C order); chunk (1, 3), the first
+    part's last, is all fill (zarr-python writes no file for it). The other 7 are still a run
+    of the part: decoded in the part's order and placed by tiles; the missing one reads as the
+    fill value."""
+    data = (np.arange(32 * 32, dtype="<u2").reshape(32, 32) * 7 + 3)
+    data[8:16, 24:32] = 0
+    z = zarr.create_array(str(tmp_path / "a.zarr"), shape=(32, 32), chunks=(8, 8), dtype="<u2",
+                          compressors=[zarr.codecs.ZstdCodec()], fill_value=0)
+    z[...] = data
+    monkeypatch.setattr(cpu, "GROUP_BYTES", 8 * 64 * 2)
+    monkeypatch.setattr(CpuDevice, "empty", poisoned_empty)
+    np.testing.assert_array_equal(gpuzarr.open(str(tmp_path / "a.zarr"), device=CpuDevice(2))[...], data)
+    assert pooled["boxes"] == 2 and pooled["tiles"] == 1
 
 
 def test_whole_chunks_of_windows_and_batches_are_placed_as_tiles(tmp_path, pooled):

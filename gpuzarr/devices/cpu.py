@@ -171,7 +171,8 @@ class CpuDevice:
         """The part's chunks are decoded into one reused buffer, one row each (lone zstd, blosc or
         lz4 codecs: headers checked at once, then the frames decoded without the GIL, see
         _rows_decoder); the whole chunks among them, in any order, are placed by one copy as tiles of the
-        box they span (placement.part_boxes), the others one by one. The part's chunk 0 is plan
+        box they span (placement.part_boxes), the others one by one. Rows are in the part's order
+        where each box is a run of the part, else in the boxes' order. The part's chunk 0 is plan
         chunk `first`. Reads small enough to run inline (`boxes` False) go chunk by chunk
         (_decode_each_and_place: a 256^2 window of 9 chunks measured 743 us so, 824 us through
         rows), and so do chunks too large for a box to stay in L2 between decode and copy, and
@@ -182,21 +183,11 @@ class CpuDevice:
             _decode_each_and_place(part, chain, as_chunk, out, plan, first, fill, self._scratch(raw_nbytes))
             return
         found = part_boxes(plan, first, first + part.n, chain.shape, part.present) if as_chunk.plain else []
-        if all(type(box.members) is range for box in found) and sum(len(box.members) for box in found) == part.n:
-            # the boxes are the part, in order (C-ordered chunks): row i is chunk i
-            rows = _stored_rows(chain, part, slice(0, part.n))
-            if rows is None:
-                rows = self._block(part.n * raw_nbytes).reshape(part.n, raw_nbytes)
-                _decode_rows(chain, part, slice(0, part.n), rows)
-            chunks = rows.view(as_chunk.dtype).reshape((part.n,) + chain.shape)
-            for box in found:
-                place_block(out, chunks[box.members.start:box.members.stop], box.extent, box.out_start, box.window)
-            return
         runs = [_as_run(box) for box in found]
         if found and all(run is not None for run in runs):
-            # every box a run of the part (a shard's chunks in Morton order, read whole): rows in
-            # the part's order, so a shard's frames, back to back in staging, decode in one call
-            # (Zstd._decode_runs), and each box is placed from its run of rows by its tiles
+            # every box a run of the part (chunks in C order, or a shard's in Morton order, read
+            # whole): rows in the part's order, so frames back to back in staging decode in one
+            # call (Zstd._decode_runs), and each box is placed from its run of rows
             present = part.present
             order = slice(0, part.n) if present.all() else np.flatnonzero(present)
             rows = _stored_rows(chain, part, order)
@@ -205,15 +196,19 @@ class CpuDevice:
                 rows = self._block(live * raw_nbytes).reshape(live, raw_nbytes)
                 _decode_rows(chain, part, order, rows)
             chunks = rows.view(as_chunk.dtype).reshape((live,) + chain.shape)
-            row_of = np.cumsum(present) - 1
+            row_of = None if type(order) is slice else np.cumsum(present) - 1  # None: row i is chunk i
             for box, (lo, hi, tiles) in zip(found, runs):
-                at = int(row_of[lo])
+                at = lo if row_of is None else int(row_of[lo])
                 place_block(out, chunks[at:at + hi - lo], box.extent, box.out_start, box.window, tiles)
-                row_of[lo:hi] = -2  # placed already
-            row_of[~present] = -1
-            if (row_of >= 0).any():
+            if sum(hi - lo for lo, hi, _ in runs) < part.n:  # chunks not in a box, or absent (the fill value)
+                row_of = np.cumsum(present) - 1
+                row_of[~present] = -1
+                for lo, hi, _ in runs:
+                    row_of[lo:hi] = -2  # placed already
                 _place_rows(rows, row_of.tolist(), part.labels, as_chunk, out, plan, first, fill)
             return
+        # boxes from anywhere in the part (a window cutting a shard's Morton order): rows in the
+        # boxes' order, each box placed by one copy, then the other chunks
         boxed = np.concatenate([box.members for box in found]) if found else np.zeros(0, dtype=np.int64)
         rest = part.present.copy()
         rest[boxed] = False
@@ -264,9 +259,11 @@ class _Groups:
                 raise
 
 
-def _as_run(box: Box) -> tuple[int, int, tuple] | None:
-    """The box's members as the run lo..hi-1 of the part, with each one's tile in that order;
-    None where they are not one run."""
+def _as_run(box: Box) -> tuple[int, int, tuple | None] | None:
+    """The box's members as the run lo..hi-1 of the part, with each one's tile in that order
+    (None: in C order of the box); None where they are not one run."""
+    if type(box.members) is range and box.tiles is None:
+        return box.members.start, box.members.stop, None
     members = np.asarray(box.members)
     by_part = np.argsort(members, kind="stable")
     lo, hi = int(members[by_part[0]]), int(members[by_part[-1]]) + 1
@@ -281,9 +278,10 @@ def _as_run(box: Box) -> tuple[int, int, tuple] | None:
 def _rows_decoder(chain: CodecChain) -> Callable | None:
     """How the chain decodes a batch of frames into rows at once (decode_rows' signature): its
     lone zstd, blosc or lz4 (numcodecs' framing) codec, crc32c codecs after it allowed, checks
-    every header at once, then decodes without the GIL (zstd: the group in one call, copied
-    into the rows; blosc, lz4: one call per frame, straight into its row); stored chunks (no
-    codec) are copied. None for other chains."""
+    every header at once, then decodes without the GIL (zstd: one call per run of frames back
+    to back in staging, straight into their rows, else the group in one call, copied into the
+    rows; blosc, lz4: one call per frame, straight into its row); stored chunks (no codec) are
+    copied. None for other chains."""
     codecs = chain.bytes_to_bytes
     if not codecs:
         return _copy_rows
