@@ -196,12 +196,11 @@ class CpuDevice:
                 rows = self._block(live * raw_nbytes).reshape(live, raw_nbytes)
                 _decode_rows(chain, part, order, rows)
             chunks = rows.view(as_chunk.dtype).reshape((live,) + chain.shape)
-            row_of = None if type(order) is slice else np.cumsum(present) - 1  # None: row i is chunk i
+            row_of = np.cumsum(present) - 1  # each present chunk's row
             for box, (lo, hi, tiles) in zip(found, runs):
-                at = lo if row_of is None else int(row_of[lo])
+                at = int(row_of[lo])
                 place_block(out, chunks[at:at + hi - lo], box.extent, box.out_start, box.window, tiles)
             if sum(hi - lo for lo, hi, _ in runs) < part.n:  # chunks not in a box, or absent (the fill value)
-                row_of = np.cumsum(present) - 1
                 row_of[~present] = -1
                 for lo, hi, _ in runs:
                     row_of[lo:hi] = -2  # placed already
