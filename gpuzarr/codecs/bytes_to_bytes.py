@@ -25,7 +25,7 @@ from numcodecs import zstd as _numcodecs_zstd
 
 from ..blosc_frames import read_le_where
 from ..errors import CorruptDataError, MetadataError, UnsupportedFeatureError
-from . import libz
+from . import libdeflate, libz
 
 Buffer = Any  # bytes, memoryview or a 1-D uint8 ndarray
 # No frame decodes to more than this many times its own size: a zstd RLE block (3-byte header and
@@ -402,21 +402,22 @@ def _thread_dctx() -> _DCtx | None:
 
 
 class _Inflated(BytesBytesCodec):
-    """gzip and zlib: decode_into inflates straight into the chunk's buffer (libz); where that
-    is not possible, or it refuses the data, Python's zlib module decodes and says what is wrong."""
+    """gzip and zlib: decode_into inflates straight into the chunk's buffer (libdeflate where
+    the deflate package is installed, else libz); where that is not possible, or it refuses the
+    data, Python's zlib module decodes and says what is wrong."""
 
     wbits = 15
     members = False  # gzip: members may follow one another, zero bytes between them
 
     def decode_into(self, data: Buffer, out: np.ndarray) -> None:
         """`out`: contiguous uint8 of the chunk's decoded size."""
-        inflater = libz.inflater(self.wbits)
+        inflater = libdeflate.decoder(self.wbits) or libz.inflater(self.wbits)
         if inflater is not None and self._inflate(inflater, _as_view(data), out):
             return
         _count_fallback(f"{self.name}:" + ("no-libz" if inflater is None else "refused"))
         super().decode_into(data, out)
 
-    def _inflate(self, inflater: libz.Inflater, view: memoryview, out: np.ndarray) -> bool:
+    def _inflate(self, inflater: libz.Inflater | libdeflate.Decoder, view: memoryview, out: np.ndarray) -> bool:
         """Whether the streams in `view` filled `out` exactly."""
         size, room = len(view), out.nbytes
         if size > libz.MAX_BYTES or room > libz.MAX_BYTES or size == 0:
