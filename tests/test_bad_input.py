@@ -11,6 +11,7 @@ The contract checked here:
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sys
@@ -18,8 +19,10 @@ import time
 import tracemalloc
 from pathlib import Path
 
+import numcodecs
 import numpy as np
 import pytest
+import zarr
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import corrupt as C  # noqa: E402
@@ -943,3 +946,36 @@ def test_a_huge_size_in_a_shard_index_is_refused_before_anything_is_allocated(tm
         assert tracemalloc.get_traced_memory()[1] < 64 << 20
     finally:
         tracemalloc.stop()
+
+
+def _v2_with(tmp_path, filters, compressor):
+    """A v2 array of 8x10 float64 chunks, its .zarray rewritten with these filters and compressor."""
+    path = tmp_path / "a.zarr"
+    z = zarr.create_array(str(path), shape=(16, 20), chunks=(8, 10), dtype="<f8", zarr_format=2,
+                          compressors=numcodecs.Zstd(0), fill_value=0.0)
+    z[...] = np.arange(320, dtype="<f8").reshape(16, 20)
+    meta = json.loads((path / ".zarray").read_text())
+    meta["filters"], meta["compressor"] = filters, compressor if compressor is not None else meta["compressor"]
+    (path / ".zarray").write_text(json.dumps(meta))
+    return path
+
+
+def test_a_chain_of_growing_filters_is_refused_before_it_grows_without_bound(tmp_path):
+    """Forty astype filters, each doubling what it decodes (a fuzz finding: 640 MiB for a 640-byte
+    chunk): refused once a step passes STEP_GROWTH_MAX times the chunk's size."""
+    path = _v2_with(tmp_path, [{"id": "astype", "encode_dtype": "<f4", "decode_dtype": "<f8"}] * 40, None)
+    tracemalloc.start()
+    try:
+        with pytest.raises(CorruptDataError, match=r"c?0\.0: codec 'astype' decodes to \d+ bytes, more than 16x the chunk's 640"):
+            gpuzarr.open(str(path), device="cpu")[...]
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 64 << 20
+
+
+def test_a_numcodecs_setting_out_of_c_range_is_a_corrupt_data_error(tmp_path):
+    """lzma's `format` past a C int (a fuzz finding: an OverflowError from inside numcodecs)."""
+    path = _v2_with(tmp_path, None, {"id": "lzma", "format": 2**62, "check": -1, "preset": None, "filters": None})
+    with pytest.raises(CorruptDataError, match="cannot decode lzma frame"):
+        gpuzarr.open(str(path), device="cpu")[...]

@@ -62,6 +62,24 @@ def _address(buf: Buffer) -> int:
         return np.frombuffer(buf, np.uint8).ctypes.data
 
 
+# An intermediate result of a chain's decode may be at most this many times the chunk's decoded
+# size (see decode_through)
+STEP_GROWTH_MAX = 16
+
+
+def decode_through(codecs: list, data: Buffer, nbytes: int | None) -> Buffer:
+    """Run `codecs`' decode backwards. A result past STEP_GROWTH_MAX times the chunk's decoded
+    size `nbytes` (where it is known) is refused before the next codec can grow it further: a
+    chain of v2 `astype` filters, each doubling what it is given, would otherwise allocate
+    without bound (forty of them on a 640-byte chunk reached 640 MiB)."""
+    for codec in reversed(codecs):
+        data = codec.decode(data)
+        if nbytes is not None and (size := memoryview(data).nbytes) > STEP_GROWTH_MAX * nbytes + 4096:
+            raise CorruptDataError(f"codec {codec.name!r} decodes to {size} bytes, more than "
+                                   f"{STEP_GROWTH_MAX}x the chunk's {nbytes}")
+    return data
+
+
 def _check_claim(claimed: int, stored: int, what: str) -> None:
     """Refuse a decoded size that no frame of `stored` bytes can produce."""
     if claimed > MAX_EXPANSION * stored:
@@ -701,7 +719,7 @@ class NumcodecsBytes(BytesBytesCodec):
 def _numcodecs_call(fn: Any, data: Buffer, what: str, **kwargs: Any) -> Any:
     try:
         return fn(data, **kwargs)
-    except (RuntimeError, ValueError, TypeError, IndexError, OSError, EOFError, zlib.error) as exc:
+    except (RuntimeError, ValueError, TypeError, IndexError, OverflowError, OSError, EOFError, zlib.error) as exc:
         raise CorruptDataError(f"cannot decode {what} frame ({exc})") from None
     except Exception as exc:  # bz2/lzma raise their own error types
         if type(exc).__module__ in ("_lzma", "lzma", "_bz2", "bz2"):

@@ -218,12 +218,11 @@ def build_chain_v2(compressor: Any, filters: Any, shape: Shape, dt: DataType, or
 
 def decode_chunk(chain: CodecChain, data: Any, fill: Any, key: str) -> np.ndarray:
     """Decode one chunk on the host through any chain (nested sharding included)."""
+    ab, shape, dtype = chain.array_to_bytes, chain.encoded_shape, chain.encoded_dtype
     try:
-        for codec in reversed(chain.bytes_to_bytes):
-            data = codec.decode(data)
+        data = bytes_to_bytes.decode_through(chain.bytes_to_bytes, data, chain.raw_nbytes)
     except CorruptDataError as exc:
         raise CorruptDataError(f"{key}: {exc}") from None
-    ab, shape, dtype = chain.array_to_bytes, chain.encoded_shape, chain.encoded_dtype
     if isinstance(ab, Bytes):
         raw = np.frombuffer(data, dtype=np.uint8)
         if raw.size != ab.raw_nbytes(shape, dtype):

@@ -14,7 +14,7 @@ import numpy as np
 from .. import forksafe
 from ..codecs.array_to_array import Transpose
 from ..codecs.array_to_bytes import Bytes
-from ..codecs.bytes_to_bytes import Blosc, Lz4, Zstd, strip_crc32c_batch
+from ..codecs.bytes_to_bytes import Blosc, Lz4, Zstd, decode_through, strip_crc32c_batch
 from ..codecs.chain import CodecChain, decode_chunk
 from ..cores import default_threads
 from ..errors import CorruptDataError, DeviceMemoryError, SettingsError
@@ -428,8 +428,7 @@ def decode_bytes(chain: CodecChain, data: Any, out: np.ndarray, label: str) -> n
     chunk's decoded size) or this raises. Returns `out`."""
     codecs = chain.bytes_to_bytes
     try:
-        for codec in reversed(codecs[1:]):
-            data = codec.decode(data)
+        data = decode_through(codecs[1:], data, out.nbytes)
         if codecs:
             codecs[0].decode_into(data, out)
         elif len(data) != out.nbytes:
