@@ -13,6 +13,8 @@ import logging
 import threading
 from typing import Any, NamedTuple
 
+from .libz import per_thread
+
 log = logging.getLogger(__name__)
 
 LIBDEFLATE_SUCCESS = 0
@@ -80,11 +82,4 @@ _local = threading.local()
 def decoder(wbits: int) -> Decoder | None:
     """This thread's decoder for `wbits` (31: gzip, 15: zlib), or None without libdeflate."""
     api = _api()
-    if api is None:
-        return None
-    found = getattr(_local, "by_wbits", None)
-    if found is None:
-        found = _local.by_wbits = {}
-    if wbits not in found:
-        found[wbits] = Decoder(api, wbits)
-    return found[wbits]
+    return None if api is None else per_thread(_local, wbits, lambda: Decoder(api, wbits))

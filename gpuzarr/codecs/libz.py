@@ -12,6 +12,7 @@ import ctypes
 import functools
 import threading
 import zlib
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 from numcodecs import blosc as _blosc
@@ -92,13 +93,21 @@ def inflater(wbits: int) -> Inflater | None:
     """This thread's inflater for `wbits`, or None where no zlib is at hand (see _api) or it
     refuses our z_stream (its size or version)."""
     api = _api()
-    if api is None:
-        return None
-    found = getattr(_local, "by_wbits", None)
+    return None if api is None else per_thread(_local, wbits, lambda: _new_inflater(api, wbits))
+
+
+def _new_inflater(api: _Api, wbits: int) -> Inflater | None:
+    stream = _ZStream()
+    ok = api.init(ctypes.pointer(stream), wbits, api.version, ctypes.sizeof(_ZStream)) == Z_OK
+    return Inflater(api, wbits, stream) if ok else None
+
+
+def per_thread(local: threading.local, wbits: int, make: Callable[[], Any]) -> Any:
+    """This thread's decoder for `wbits` in `local`, made by `make()` at its first use (creating
+    one costs more than decoding a small chunk; one may not be shared by two threads at once)."""
+    found = getattr(local, "by_wbits", None)
     if found is None:
-        found = _local.by_wbits = {}
+        found = local.by_wbits = {}
     if wbits not in found:
-        stream = _ZStream()
-        ok = api.init(ctypes.pointer(stream), wbits, api.version, ctypes.sizeof(_ZStream)) == Z_OK
-        found[wbits] = Inflater(api, wbits, stream) if ok else None
+        found[wbits] = make()
     return found[wbits]
