@@ -65,6 +65,9 @@ def _numpy_dtype(spec: str, name: str, where: str) -> np.dtype:
         raise UnsupportedFeatureError(f"{where}: data type {name!r} has no NumPy equivalent ({exc})") from None
 
 
+MAX_ITEM_BYTES = 1 << 26  # one array element (fixed-length bytes, strings, structs): 64 MiB
+
+
 def _length_bytes(config: dict, name: str, where: str) -> int:
     n = config.get("length_bytes")
     if not isinstance(n, int) or isinstance(n, bool) or n < 0:
@@ -239,8 +242,13 @@ def _bytes_from_json(value: Any, where: str) -> bytes:
 
 
 def parse_fill_value(value: Any, dt: DataType, where: str, zarr_format: int) -> Any:
-    """Decode a JSON fill value into a NumPy scalar of `dt.dtype` (a str/bytes for vlen types)."""
+    """Decode a JSON fill value into a NumPy scalar of `dt.dtype` (a str/bytes for vlen types).
+    Items past MAX_ITEM_BYTES are refused here, at open: the scalar alone would be allocated
+    whole (a `length_bytes` of 2**31 - 1: 2 GiB from a few bytes of metadata)."""
     dtype = dt.dtype
+    if dtype.itemsize > MAX_ITEM_BYTES:
+        raise UnsupportedFeatureError(f"{where}: data type {dtype} has items of {dtype.itemsize} bytes; gpuzarr "
+                                      f"reads items of at most {MAX_ITEM_BYTES}")
     if value is None:
         if zarr_format == 3:
             raise MetadataError(f"{where}: fill_value is required in Zarr v3")

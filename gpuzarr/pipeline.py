@@ -29,7 +29,7 @@ from .fetch import (
     prefetch,
     thread_slot,
 )
-from .errors import CorruptDataError, SettingsError, StoreError
+from .errors import CorruptDataError, DeviceMemoryError, SettingsError, StoreError
 from .metadata import ArrayMetadata
 from .plan import Boxes, Plan, make_plan
 from .report import ReadReport
@@ -108,7 +108,7 @@ class Reader:
                 exc.args = (f"{exc.args[0]}; {attempts} reads in a row",)
                 _name_array(exc, self.store)
                 raise
-            except (StoreError, CorruptDataError) as exc:
+            except (StoreError, CorruptDataError, DeviceMemoryError) as exc:
                 _name_array(exc, self.store)
                 raise
 

@@ -30,6 +30,7 @@ import corrupt as C  # noqa: E402
 import gpuzarr  # noqa: E402
 from gpuzarr import (  # noqa: E402
     CorruptDataError,
+    DeviceMemoryError,
     GpuzarrError,
     MetadataError,
     StoreError,
@@ -978,4 +979,32 @@ def test_a_numcodecs_setting_out_of_c_range_is_a_corrupt_data_error(tmp_path):
     """lzma's `format` past a C int (a fuzz finding: an OverflowError from inside numcodecs)."""
     path = _v2_with(tmp_path, None, {"id": "lzma", "format": 2**62, "check": -1, "preset": None, "filters": None})
     with pytest.raises(CorruptDataError, match="cannot decode lzma frame"):
+        gpuzarr.open(str(path), device="cpu")[...]
+
+
+def _v3_edited(tmp_path, edit):
+    """A small v3 array, its zarr.json changed by `edit(meta)`."""
+    path = tmp_path / "a.zarr"
+    zarr.create_array(str(path), shape=(40,), chunks=(16,), dtype="<u2", fill_value=0)[...] = np.arange(40)
+    meta = json.loads((path / "zarr.json").read_text())
+    edit(meta)
+    (path / "zarr.json").write_text(json.dumps(meta))
+    return path
+
+
+def test_an_item_of_gigabytes_is_refused_at_open(tmp_path):
+    """length_bytes 2**31 - 1 (a fuzz finding: the fill value alone allocated 2 GiB at open)."""
+    path = _v3_edited(tmp_path, lambda m: m.update(
+        data_type={"name": "null_terminated_bytes", "configuration": {"length_bytes": 2**31 - 1}}, fill_value=""))
+    with pytest.raises(UnsupportedFeatureError, match=r"zarr\.json: .*items of 2147483647 bytes"):
+        gpuzarr.open(str(path))
+
+
+def test_an_output_numpy_cannot_make_is_a_device_memory_error(tmp_path):
+    """Shape (2**62, 0) (a fuzz finding: NumPy's ValueError from np.empty, its byte size
+    overflowing before the 0 counts); named with the array."""
+    def edit(meta):
+        meta.update(shape=[2**62, 0], chunk_grid={"name": "regular", "configuration": {"chunk_shape": [16, 1]}})
+    path = _v3_edited(tmp_path, edit)
+    with pytest.raises(DeviceMemoryError, match=r"a\.zarr: an output of shape \(4611686018427387904, 0\)"):
         gpuzarr.open(str(path), device="cpu")[...]

@@ -86,7 +86,13 @@ class CpuDevice:
             return cls._shared[threads]
 
     def empty(self, shape: tuple[int, ...], dtype: Any) -> np.ndarray:
-        return np.empty(shape, dtype=dtype)
+        """The output; one NumPy cannot make (ValueError: its byte size overflows, even with a
+        dimension of 0) or this machine cannot hold is a DeviceMemoryError naming its shape."""
+        try:
+            return np.empty(shape, dtype=dtype)
+        except (ValueError, MemoryError) as exc:
+            raise DeviceMemoryError(f"an output of shape {shape} and dtype {np.dtype(dtype)} cannot be allocated "
+                                    f"here ({exc})") from None
 
     def staging_align(self, chain: CodecChain) -> int:
         """Chunks as they lie: every decoder reads from any byte."""
