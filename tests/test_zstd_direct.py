@@ -452,3 +452,30 @@ def test_single_frames_are_told_as_libzstd_ends_them(kind, checksum, size):
     for chunk, single in ((frame, True), (frame + frame, False), (frame + b"x", False), (frame[:-1], False)):
         staging, offsets, sizes, _ = _batch([_frame(_raw(0)), chunk])
         assert bytes_to_bytes.zstd_single_frames(staging, offsets, sizes) is single
+
+
+def test_chunks_of_ranges_with_gaps_land_back_to_back_and_decode_in_one_call(tmp_path, monkeypatch, pooled, calls):
+    """Every other chunk column of a shard: coalescing reads the gaps between them, into a
+    scratch buffer where the read is a CPU task's part (`compact`), so the chunks lie back to
+    back in staging and each part is one libzstd call. Otherwise the ranges land whole."""
+    from gpuzarr import fetch as fetch_module
+    from gpuzarr import pipeline
+
+    data = _sharded(tmp_path / "a.zarr", (64, 64), (8, 8), (64, 64))
+    arr = gpuzarr.open(str(tmp_path / "a.zarr"), device=CpuDevice(2))
+    coords = np.array([(y, x) for y in range(8) for x in range(0, 8, 2)])  # 32 chunks, gaps between
+    loc = arr._reader.locator.locate(coords)
+    order = loc.storage_order()
+    loc = loc.take(order) if order is not None else loc
+    rows = np.arange(coords.shape[0])
+    compact = fetch_module.fetch(arr.store, loc, rows, compact=True)
+    assert (compact.offsets[1:] == compact.offsets[:-1] + compact.sizes[:-1]).all()
+    assert compact.staging.nbytes == compact.sizes.sum()
+    whole = fetch_module.fetch(arr.store, loc, rows)
+    assert whole.staging.nbytes > compact.staging.nbytes  # the gaps
+    assert [bytes(compact.chunk(i)) for i in rows] == [bytes(whole.chunk(i)) for i in rows]
+    monkeypatch.setattr(cpu, "GROUP_BYTES", 16 * 64 * 2)  # parts of 16 chunks
+    monkeypatch.setattr(pipeline, "REUSED_STAGING", 0)  # read by the decoding tasks, as large reads are
+    windows = [(slice(y, y + 8), slice(x, x + 8)) for y in range(0, 64, 8) for x in range(0, 64, 16)]
+    np.testing.assert_array_equal(arr.read_batch(windows), np.stack([data[w] for w in windows]))
+    assert sorted(n // (64 * 2) for _, n in calls) == [16, 16]
