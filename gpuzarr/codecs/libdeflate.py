@@ -79,6 +79,11 @@ class Decoder:
 _local = threading.local()
 
 
+def available() -> bool:
+    """Whether gzip and zlib streams are decoded by libdeflate here."""
+    return _api() is not None
+
+
 def decoder(wbits: int) -> Decoder | None:
     """This thread's decoder for `wbits` (31: gzip, 15: zlib), or None without libdeflate."""
     api = _api()
