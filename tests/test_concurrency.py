@@ -199,7 +199,7 @@ def test_a_sole_read_runs_as_many_workers_as_threads_each_taking_the_next_group(
     data = sample_data((512, 512))
     path = str(tmp_path / "a")
     write_sharded(path, data, (512, 512), (32, 32))  # 256 chunks of 2 KiB in one shard
-    monkeypatch.setattr(cpu, "GROUP_BYTES", 16 << 10)  # 8 chunks a group: 32 groups
+    monkeypatch.setattr(cpu, "GROUP_BYTES", 16 << 10)  # at most 8 chunks a group: 33 groups on 3 threads
     monkeypatch.setattr(cpu, "SPLIT_SECONDS", 0.0)  # split however small
     running, most, seen = [0], [0], []
     lock = threading.Lock()
@@ -220,8 +220,21 @@ def test_a_sole_read_runs_as_many_workers_as_threads_each_taking_the_next_group(
     monkeypatch.setattr(CpuDevice, "_decode_by_blocks", spy)
     arr = gpuzarr.open(to_memory(path, "sole-groups"), device=CpuDevice(threads=3))  # staged: one batch, decoded as one
     np.testing.assert_array_equal(arr[...], data)
-    assert sorted(seen) == list(range(0, 256, 8))
+    assert sorted(seen) == [lo for lo, _ in cpu._task_bounds(256, 8, 3)] and len(seen) == 33
     assert most[0] == 3
+
+
+@pytest.mark.parametrize("n, per_task, threads", [(256, 64, 2), (205, 64, 2), (259, 64, 2), (256, 8, 3), (5, 64, 2),
+                                                  (3, 64, 4), (1, 64, 2), (100, 1, 16), (1000, 64, 1)])
+def test_a_batch_is_cut_into_equal_tasks_as_many_as_a_multiple_of_the_threads(n, per_task, threads):
+    """So the threads end together: no short last part, no part left over for one thread."""
+    from gpuzarr.devices.cpu import _task_bounds
+
+    bounds = _task_bounds(n, per_task, threads)
+    sizes = [hi - lo for lo, hi in bounds]
+    assert bounds[0][0] == 0 and bounds[-1][1] == n and all(a[1] == b[0] for a, b in zip(bounds, bounds[1:]))
+    assert max(sizes) <= per_task and max(sizes) - min(sizes) <= 1 and min(sizes) >= 1
+    assert len(bounds) % threads == 0 or len(bounds) == n  # single chunks cannot be cut further
 
 
 def test_a_failing_group_stops_the_handing_out():
