@@ -228,6 +228,21 @@ def test_small_storage_order_equals_the_array_one(pairs):
         assert order is not None and order.dtype == np.int64 and np.array_equal(order, expected)
 
 
+@settings(max_examples=100, deadline=None)
+@given(pairs=st.lists(st.tuples(st.integers(0, 40), st.integers(0, 5000)), min_size=LOCATE_ARRAYS + 1,
+                      max_size=LOCATE_ARRAYS * 4, unique=True), scale=st.sampled_from([1, 1 << 50]))
+def test_storage_order_of_many_chunks_is_lexsorts(pairs, scale):
+    """One sort of a combined key, or lexsort where that key would overflow (offsets near 2**62):
+    the same order."""
+    ids = np.array([p[0] for p in pairs], dtype=np.int64)
+    offsets = np.array([p[1] for p in pairs], dtype=np.int64) * scale
+    n = ids.size
+    loc = Locations(np.array(["k"] * n, dtype=object), offsets, np.ones(n, np.int64), np.ones(n, bool), ids)
+    expected = np.lexsort((offsets, ids))
+    order = loc.storage_order()
+    assert np.array_equal(np.arange(n) if order is None else order, expected)
+
+
 # ---------------------------------------------------------------- whole chunk files
 
 
