@@ -225,16 +225,28 @@ def test_a_sole_read_runs_as_many_workers_as_threads_each_taking_the_next_group(
 
 
 @pytest.mark.parametrize("n, per_task, threads", [(256, 64, 2), (205, 64, 2), (259, 64, 2), (256, 8, 3), (5, 64, 2),
-                                                  (3, 64, 4), (1, 64, 2), (100, 1, 16), (1000, 64, 1)])
-def test_a_batch_is_cut_into_equal_tasks_as_many_as_a_multiple_of_the_threads(n, per_task, threads):
-    """So the threads end together: no short last part, no part left over for one thread."""
+                                                  (3, 64, 4), (1, 64, 2), (100, 1, 16), (1000, 64, 1), (0, 64, 2)])
+def test_the_last_batch_ends_in_parts_that_share_out_the_rest(n, per_task, threads):
+    """So the threads end together: parts of per_task, as many as a multiple of the threads (a
+    shard's chunks stay one part), then the rest in `threads` parts of equal size. Earlier
+    batches keep parts of per_task throughout (their tasks run back to back with the next's)."""
     from gpuzarr.devices.cpu import _task_bounds
 
-    bounds = _task_bounds(n, per_task, threads)
-    sizes = [hi - lo for lo, hi in bounds]
-    assert bounds[0][0] == 0 and bounds[-1][1] == n and all(a[1] == b[0] for a, b in zip(bounds, bounds[1:]))
-    assert max(sizes) <= per_task and max(sizes) - min(sizes) <= 1 and min(sizes) >= 1
-    assert len(bounds) % threads == 0 or len(bounds) == n  # single chunks cannot be cut further
+    step = min(per_task, max(1, -(-n // threads)))
+    for last in (True, False):
+        bounds = _task_bounds(n, per_task, threads, last)
+        if n == 0:
+            assert bounds == []
+            continue
+        sizes = [hi - lo for lo, hi in bounds]
+        assert bounds[0][0] == 0 and bounds[-1][1] == n and all(a[1] == b[0] for a, b in zip(bounds, bounds[1:]))
+        if not last:
+            assert sizes[:-1] == [step] * (len(sizes) - 1) and 1 <= sizes[-1] <= step
+            continue
+        kept = (len(sizes) - 1) // threads * threads  # parts before the last ones
+        head, tail = sizes[:kept], sizes[kept:]
+        assert all(s == step for s in head) and len(tail) <= threads
+        assert min(tail) >= 1 and max(tail) <= step and max(tail) - min(tail) <= 1
 
 
 def test_a_failing_group_stops_the_handing_out():
