@@ -615,11 +615,8 @@ def _fetch_bounded(store: LocalStore, ranges: list, members: list, offsets: np.n
     the GIL (64 unaligned 256^2 windows of the 2-D set in one read_batch: warm 0.95x, cold
     0.84-0.88x). Not for the few chunks of a small read, decoded one by one (16 windows one by
     one: 1.07x), nor for the GPU, whose decoder takes a pointer per chunk wherever it lies."""
-    if align > 1:
-        staging, token, pieces, out_off = _aligned_pieces(ranges, members, offsets.tolist(), sizes.tolist(), alloc,
-                                                          align)
-    elif compact and sum(stop - start for _, start, stop in ranges) != int(sizes[present].sum()):  # gaps
-        staging, token, pieces, out_off = _compact_pieces(ranges, members, offsets, sizes, alloc)
+    if align > 1 or (compact and sum(stop - start for _, start, stop in ranges) != int(sizes[present].sum())):
+        staging, token, pieces, out_off = _scattered_pieces(ranges, members, offsets, sizes, alloc, align)
     else:
         positions = list(itertools.accumulate((stop - start for _, start, stop in ranges), initial=0))
         staging, token = _allocated(alloc, positions.pop())
@@ -657,24 +654,27 @@ def _landing(members: list, positions: list, starts: list, offsets: np.ndarray, 
     return out
 
 
-def _compact_pieces(ranges: list, members: list, offsets: np.ndarray, sizes: np.ndarray,
-                    alloc: Any) -> tuple[np.ndarray, Any, list, np.ndarray]:
-    """Staging with the ranges' chunks back to back, and per range the buffers its preadv fills:
-    a slice of staging per run of chunks with no gap between them, each gap in a scratch buffer
-    (a buffer per run, not per chunk: 64 windows of 2d-64's 8 KiB chunks read with 1 ms less CPU)."""
+def _scattered_pieces(ranges: list, members: list, offsets: np.ndarray, sizes: np.ndarray, alloc: Any,
+                      align: int) -> tuple[np.ndarray, Any, list, np.ndarray]:
+    """Staging with each chunk at a multiple of `align` (1: the chunks back to back), and per
+    range the buffers its preadv fills: a slice of staging per run of chunks that lie back to
+    back both in the file and in staging, each gap between them (bytes coalescing reads anyway)
+    in a scratch buffer. Offsets are whole-batch array operations; the buffers, one slice a run
+    (not a chunk: 64 windows of 2d-64's 8 KiB chunks read with 1 ms less CPU so)."""
     order = np.fromiter(itertools.chain.from_iterable(members), np.int64)  # chunks in file order, range by range
     size, offs = sizes[order], offsets[order]
-    pos = np.cumsum(size) - size
+    padded = -(-size // align) * align
+    pos = np.cumsum(padded) - padded
     out_off = np.zeros(offsets.size, np.int64)
     out_off[order] = pos
-    staging, token = _allocated(alloc, int(size.sum()))
+    staging, token = _allocated(alloc, int(pos[-1] + size[-1]) if order.size else 0)
     firsts = np.fromiter(itertools.accumulate(map(len, members[:-1]), initial=0), np.int64, len(members))
     gaps = np.zeros(order.size, np.int64)
     gaps[1:] = offs[1:] - (offs[:-1] + size[:-1])
-    gaps[firsts] = 0  # a range starts at its first chunk
-    runs = np.zeros(order.size, bool)
+    gaps[firsts] = 0  # a range starts at its first chunk (within a range chunks follow each other: see fetch)
+    runs = gaps > 0
     runs[firsts] = True
-    runs[gaps > 0] = True
+    runs[1:] |= padded[:-1] != size[:-1]  # padding before the chunk in staging
     lo = np.flatnonzero(runs)  # each run's first chunk
     hi = np.append(lo[1:], order.size) - 1  # and its last
     owner = np.searchsorted(firsts, lo, side="right") - 1  # the range of each run
@@ -686,40 +686,6 @@ def _compact_pieces(ranges: list, members: list, offsets: np.ndarray, sizes: np.
             pieces[k].append(scratch[:gap])
         pieces[k].append(view[a:b])
     return staging, token, pieces, out_off
-
-
-def _aligned_pieces(ranges: list, members: list, offsets: list, sizes: list, alloc: Any,
-                    align: int) -> tuple[np.ndarray, Any, list, list]:
-    """Staging with each chunk at an `align`-ed offset, and per range the buffers its preadv
-    fills: the chunks' places, and the gaps between them (bytes coalescing reads anyway) in a
-    scratch buffer. Offsets are whole-batch array operations; the buffers, one slice a chunk."""
-    order = np.fromiter(itertools.chain.from_iterable(members), np.int64)  # chunks in file order, range by range
-    size = np.asarray(sizes, np.int64)[order]
-    padded = -(-size // align) * align
-    pos = np.cumsum(padded) - padded
-    out_off = np.zeros(len(offsets), np.int64)
-    out_off[order] = pos
-    staging, token = _allocated(alloc, int(pos[-1] + size[-1]) if order.size else 0)
-    view = memoryview(staging)
-    chunks = [view[a:b] for a, b in zip(pos.tolist(), (pos + size).tolist())]
-    offs = np.asarray(offsets, np.int64)[order]
-    gaps = np.zeros(order.size, np.int64)
-    gaps[1:] = offs[1:] - (offs[:-1] + size[:-1])
-    bounds = list(itertools.accumulate((len(m) for m in members), initial=0))
-    gaps[bounds[:-1]] = 0  # a range starts at its first chunk
-    scratch = memoryview(bytearray(COALESCE_GAP)) if gaps.any() else None
-    pieces = []
-    for lo, hi in zip(bounds[:-1], bounds[1:]):  # within a range chunks follow each other (see fetch)
-        if not gaps[lo:hi].any():
-            pieces.append(chunks[lo:hi])
-            continue
-        bufs = []
-        for k, gap in zip(range(lo, hi), gaps[lo:hi].tolist()):
-            if gap:
-                bufs.append(scratch[:gap])
-            bufs.append(chunks[k])
-        pieces.append(bufs)
-    return staging, token, pieces, out_off.tolist()
 
 
 def _allocated(alloc: Any, nbytes: int) -> tuple[np.ndarray, Any]:
