@@ -88,9 +88,9 @@ def check_consolidated(consolidated: dict, where: str) -> dict:
     return consolidated
 
 
-def load_json(raw: bytes, where: str) -> dict:
+def load_json(raw: bytes | memoryview, where: str) -> dict:
     try:
-        doc = json.loads(raw)
+        doc = json.loads(raw if isinstance(raw, (bytes, bytearray)) else bytes(raw))
     except (ValueError, UnicodeDecodeError) as exc:
         raise MetadataError(f"{where}: not valid JSON ({exc})") from None
     except RecursionError:  # json recurses once per nesting level

@@ -262,7 +262,8 @@ class Store:
         return self.read_ranges([(key, 0, None)])[0]
 
     def read_ranges(self, ranges: Sequence[Range]) -> list[bytes | None]:
-        """Read many (key, start, stop) ranges in one call; fsspec runs them concurrently."""
+        """Read many (key, start, stop) ranges in one call; fsspec runs them concurrently. Results
+        are bytes-like: bytes here, views of the client's buffers from an obstore store."""
         if not ranges:
             return []
         paths = [self.path(k) for k, _, _ in ranges]
@@ -774,7 +775,7 @@ def open_store(store: Any, path: str | None = None, storage_options: dict | None
 
 
 # URLs obstore reads (where it is installed); imported only when one is opened
-_OBSTORE_URL = re.compile(r"(?i)(s3a?|gcs?|az|azure|abfss?|https?)://")
+_OBSTORE_URL = re.compile(r"(?i)(s3a?|gs|gcs|az|azure|abfss?|https?)://")  # store_obstore.SCHEMES
 OBSTORE_FORKED = False  # set in a child forked after obstore was imported: obstore hangs there
 
 

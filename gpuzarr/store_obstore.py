@@ -296,7 +296,7 @@ class ObstoreStore(Store):
                 FALLBACKS["ignored_range"] += 1
             return await asyncio.shield(whole[path])
 
-        async def one(key: str, start: int, stop: int | None) -> bytes | None:
+        async def one(key: str, start: int, stop: int | None) -> memoryview | bytes | None:
             path = self._object(key)
             if stop is not None and stop <= max(start, 0):
                 return b""
@@ -339,9 +339,11 @@ class ObstoreStore(Store):
                         return b""
                     tally[2] += _retries(exc)
                     raise StoreError(f"{self.url}/{key}: read failed ({obstore_reason(exc)})", key, exc) from exc
-            if stop is not None and len(data) > stop - start:  # more than asked: only what was asked
-                data = memoryview(data)[:stop - start]
-            return bytes(data)
+            # a view of obstore's buffer, not a copy: bytes() of a shard's span is a fresh mmap
+            # whose pages fault in while the event loop's thread holds the GIL (16 ranges of the
+            # sharded set, 4.4 MB: 29.6 against 25.5 ms at 20 ms latency)
+            view = memoryview(data)
+            return view[:stop - start] if stop is not None and len(view) > stop - start else view
 
         try:
             results = await _all([one(*r) for r in ranges])
@@ -508,7 +510,8 @@ def open_url(url: str, storage_options: dict | None) -> ObstoreStore | None:
         log.debug("%s: opened through fsspec, not obstore (%s)", url, exc)
         return None
     kind = SCHEMES[scheme]
-    base = f"{scheme}://{parts.netloc}"  # the obstore client's root: a bucket, container or host
+    # the obstore client's root: a bucket, container or host (gcsfs's gcs:// is obstore's gs://)
+    base = f"{'gs' if kind == 'gs' else scheme}://{parts.netloc}"
     if kind in ("http", "https"):  # roots named as fsspec names them: the URL itself
         label, root = base, url.rstrip("/")
     else:  # the bucket (container) and the path
@@ -516,7 +519,7 @@ def open_url(url: str, storage_options: dict | None) -> ObstoreStore | None:
         root = (label + "/" + parts.path.strip("/")).rstrip("/")
     client = {**CLIENT_OPTIONS, **client}
     retry = {**RETRY_CONFIG, **retry}
-    if kind in ("http", "https") or str(config.get("endpoint", "")).startswith("http://"):
+    if kind in ("http", "https") or any(str(config.get(k, "")).startswith("http://") for k in ("endpoint", "base_url")):
         client.setdefault("allow_http", True)
     try:
         ostore = _construct(kind, base, config, client, retry)

@@ -209,6 +209,19 @@ def test_obstore_stores_and_zarr_object_stores_are_accepted(endpoint, bucket):
     assert np.array_equal(pickle.loads(pickle.dumps(gpuzarr.open(prefixed, device="cpu")))[...], want)
 
 
+def test_ranges_come_back_as_views_of_obstores_buffers_not_copies(endpoint, bucket):
+    """bytes() of a large body is a fresh mapping whose pages fault in under the GIL: results
+    are views, equal to the object's bytes, and metadata parses from one."""
+    arr = _open(endpoint, "sharded.zarr")
+    shard = (bucket / "sharded.zarr" / "c" / "0" / "0").read_bytes()
+    got = arr.store.read_ranges([("c/0/0", 0, None), ("c/0/0", 100, 5000), ("c/0/0", -20, None), ("nope", 0, None)])
+    assert [type(g) for g in got[:3]] == [memoryview] * 3 and got[3] is None
+    assert [bytes(g) for g in got[:3]] == [shard, shard[100:5000], shard[-20:]]
+    from gpuzarr.metadata import load_json
+
+    assert load_json(arr.store.read_ranges([("zarr.json", 0, None)])[0], "zarr.json")["node_type"] == "array"
+
+
 def test_opening_a_url_again_reuses_its_obstore_client(endpoint, bucket):
     a, b = _open(endpoint, "sharded.zarr"), _open(endpoint, "chunked.zarr")
     assert a.store.fs.obstore is b.store.fs.obstore, "one client (and connection pool) per bucket and options"
@@ -227,6 +240,11 @@ def test_routing_obstore_fsspec_and_their_absence(endpoint, bucket, monkeypatch)
     mapper = fsspec.get_mapper(url, **_options(endpoint))
     assert type(open_store(mapper)) is Store  # an fsspec object stays fsspec
     assert type(open_store("memory://x")) is Store
+    for scheme in ("s3a", "gs", "gcs", "az", "azure", "abfs", "abfss", "https", "GS"):  # every scheme obstore reads
+        azure = scheme[0] == "a"
+        opened = open_store(f"{scheme}://bucket/a.zarr", storage_options={"anon": True, "account_name": "acct"} if azure
+                            else {"anon": True} if scheme[0] == "s" else {})
+        assert isinstance(opened, ObstoreStore), scheme
     # an option obstore has no equivalent for: fsspec opens the URL, as before
     assert type(open_store(url, storage_options={**_options(endpoint), "s3_additional_kwargs": {"x": 1}})) is Store
     monkeypatch.setitem(sys.modules, "obstore", None)  # not installed
