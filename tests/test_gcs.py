@@ -25,6 +25,7 @@ zarr = pytest.importorskip("zarr")
 
 import gpuzarr  # noqa: E402
 from gpuzarr.store_obstore import FALLBACKS, ObstoreStore  # noqa: E402
+from remote_arrays import image, write_arrays  # noqa: E402
 
 BUCKET = "gpuzarrgcs"  # the emulator routes bucket names as sent: obstore percent-encodes "-"
 
@@ -93,28 +94,11 @@ def _upload(endpoint: str, local: Path, name: str) -> None:
             _put(endpoint, f"{name}/{path.relative_to(local).as_posix()}", path.read_bytes())
 
 
-def _image(shape, seed=0) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    return ((np.add.outer(np.arange(shape[0]), np.arange(shape[1])) % 4096) + rng.integers(0, 64, shape)).astype("u2")
-
-
 @pytest.fixture(scope="module")
 def bucket(endpoint, tmp_path_factory):
     """Arrays written by zarr-python, uploaded: the local copies' directory."""
-    import numcodecs
-
     local = tmp_path_factory.mktemp("gcs")
-    data = _image((300, 260))
-    data[128:, 128:] = 0  # shards and chunks of fill: not written
-    sharded = zarr.create_array(local / "sharded.zarr", shape=data.shape, chunks=(32, 32), shards=(128, 128),
-                                dtype="u2", compressors=zarr.codecs.ZstdCodec(level=3), fill_value=0)
-    sharded[...] = data
-    chunked = zarr.create_array(local / "chunked.zarr", shape=(200, 150), chunks=(64, 64), dtype="u2",
-                                compressors=zarr.codecs.ZstdCodec(level=1), fill_value=7)
-    chunked[...] = _image((200, 150), 1)
-    v2 = zarr.create_array(local / "v2.zarr", shape=(130, 70), chunks=(32, 32), dtype="i4", zarr_format=2,
-                           compressors=numcodecs.Blosc("lz4", 5, numcodecs.Blosc.SHUFFLE), fill_value=-1)
-    v2[...] = _image((130, 70), 2).astype("i4") - 2000
+    write_arrays(local)
     os.remove(local / "chunked.zarr" / "c" / "1" / "1")  # a missing chunk object: the fill value
     for name in ("sharded.zarr", "chunked.zarr", "v2.zarr"):
         _upload(endpoint, local / name, name)
@@ -134,8 +118,8 @@ def test_gs_urls_read_through_obstore_bit_identical_to_zarr_python(endpoint, buc
         arr = _open(endpoint, name, **({} if settings is None else {"settings": settings}))
         assert isinstance(arr.store, ObstoreStore) and arr.store.url == f"gs://{BUCKET}/{name}"
         assert np.array_equal(arr[...], want)
-        assert np.array_equal(arr[3:101, 40:97], want[3:101, 40:97])
-        windows = [(slice(a, a + 20), slice(b, b + 30)) for a, b in [(0, 0), (90, 33), (100, 40), (110, 40)]]
+        assert np.array_equal(arr[30:290, 40:190], want[30:290, 40:190])  # across chunks, and shards
+        windows = [(slice(a, a + 20), slice(b, b + 30)) for a, b in [(0, 0), (120, 50), (250, 160), (270, 170)]]
         assert np.array_equal(arr.read_batch(windows), np.stack([want[w] for w in windows]))
     assert FALLBACKS["ignored_range"] == ignored, "ranged GETs were answered as asked"
 
@@ -146,7 +130,7 @@ def test_a_rewritten_shard_is_read_fresh(endpoint, bucket, tmp_path):
     name = "rewritten.zarr"
     first = zarr.create_array(tmp_path / name, shape=(64, 64), chunks=(16, 16), shards=(64, 64), dtype="u2",
                               compressors=zarr.codecs.ZstdCodec(level=1))
-    first[...] = _image((64, 64), 3)
+    first[...] = image((64, 64), 3)
     _upload(endpoint, tmp_path / name, name)
     arr = _open(endpoint, name)
     assert np.array_equal(arr[:16, :16], first[:16, :16])  # the index is cached now

@@ -33,6 +33,9 @@ from gpuzarr import store_obstore  # noqa: E402
 from gpuzarr.store import Store, open_store, pooled  # noqa: E402
 from gpuzarr.store_obstore import ObstoreStore  # noqa: E402
 
+from remote_arrays import image as _image  # noqa: E402
+from remote_arrays import write_arrays  # noqa: E402
+
 BUCKET = "gpuzarr-test"
 TIMEOUT = 30  # seconds a forked or spawned child may take before the test fails (a hang)
 
@@ -71,32 +74,13 @@ def _upload(s3, local: Path, name: str) -> None:
             obstore.put(s3, f"{name}/{path.relative_to(local).as_posix()}", path.read_bytes())
 
 
-def _image(shape, seed=0) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    data = (np.add.outer(np.arange(shape[0]), np.arange(shape[1])) % 4096).astype("u2")
-    data += rng.integers(0, 64, size=shape, dtype="u2")
-    return data
-
-
 @pytest.fixture(scope="module")
 def bucket(endpoint, tmp_path_factory):
     """Arrays written by zarr-python locally, uploaded to the bucket: name → local path."""
-    import numcodecs
-
     local = tmp_path_factory.mktemp("obstore")
     s3 = _s3(endpoint)
     _create_bucket(endpoint)
-    data = _image((512, 512))
-    data[256:, 256:] = 0  # a whole shard, and chunks, of fill: not written
-    sharded = zarr.create_array(local / "sharded.zarr", shape=data.shape, chunks=(64, 64), shards=(256, 256),
-                                dtype="u2", compressors=zarr.codecs.ZstdCodec(level=3), fill_value=0)
-    sharded[...] = data
-    chunked = zarr.create_array(local / "chunked.zarr", shape=(512, 512), chunks=(64, 64), dtype="u2",
-                                compressors=zarr.codecs.ZstdCodec(level=1), fill_value=7)
-    chunked[...] = _image((512, 512), 1)
-    v2 = zarr.create_array(local / "v2.zarr", shape=(300, 200), chunks=(64, 64), dtype="i4", zarr_format=2,
-                           compressors=numcodecs.Blosc("lz4", 5, numcodecs.Blosc.SHUFFLE), fill_value=-1)
-    v2[...] = _image((300, 200), 2).astype("i4") - 2000
+    write_arrays(local)
     for name in ("group_plain.zarr", "group_consolidated.zarr"):
         group = zarr.open_group(local / name, mode="w")
         group.attrs["title"] = name
