@@ -151,9 +151,11 @@ class CpuDevice:
                            for i in range(part.n)]
                 place(out, decoded, plan, first + lo, first + hi, present, fill)
 
-        if raw_nbytes is not None and batch.n * raw_nbytes * _pace(chain) < _inline_below(self.threads):
-            # frame by frame into this thread's reused buffer: as fast as one libzstd call here,
-            # and no fresh (page-faulting) result buffer per read
+        if sole and raw_nbytes is not None and batch.n * raw_nbytes * _pace(chain) < _inline_below(self.threads):
+            # a small read: frame by frame into this thread's reused buffer, as fast as one
+            # libzstd call here, and no fresh (page-faulting) result buffer per read. A small
+            # batch of a longer read goes to the pool: here it would run chunk by chunk beside
+            # the tasks of the batches before it (a 2048^2 read of 934 + 90 chunks: 0.90-0.97x)
             task(0, batch.n, grouped=False)
             return []
         bounds = _task_bounds(batch.n, max(1, GROUP_BYTES // raw_nbytes) if raw_nbytes else 1, self.threads,
