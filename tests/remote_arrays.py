@@ -3,9 +3,19 @@ over GCS): written by zarr-python into a local directory, then uploaded."""
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
+
+
+def objects(local: Path, name: str) -> Iterator[tuple[str, bytes]]:
+    """(object key, bytes) of every file of the directory `local`, uploaded as `name`."""
+    for root, _, files in os.walk(local):
+        for file in files:
+            path = Path(root, file)
+            yield f"{name}/{path.relative_to(local).as_posix()}", path.read_bytes()
 
 
 def image(shape: tuple[int, int], seed: int = 0) -> np.ndarray:

@@ -1,10 +1,11 @@
 """gs:// through obstore, against a local Google Cloud Storage emulator (gcp-storage-emulator,
 answering the XML API's GET /bucket/object that obstore's GCS client sends): arrays written by
 zarr-python read bit for bit (missing shards and chunk objects as the fill value), a rewritten
-shard read fresh (its generation changed), a missing array a GpuzarrError. The emulator's download lacks three things real GCS does (documented
-in GCS's XML API reference), added here before its handler runs: Last-Modified, ETag and
-x-goog-generation response headers (obstore refuses a response without Last-Modified) and
-suffix ranges (`bytes=-N`, which it would answer with the whole object)."""
+shard read fresh (its generation changed), a missing array a GpuzarrError. The emulator's
+download lacks three things real GCS does (documented in GCS's XML API reference), added here
+before its handler runs: Last-Modified, ETag and x-goog-generation response headers (obstore
+refuses a response without Last-Modified) and suffix ranges (`bytes=-N`, which it would answer
+with the whole object)."""
 
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ zarr = pytest.importorskip("zarr")
 
 import gpuzarr  # noqa: E402
 from gpuzarr.store_obstore import FALLBACKS, ObstoreStore  # noqa: E402
-from remote_arrays import image, write_arrays  # noqa: E402
+from remote_arrays import image, objects, write_arrays  # noqa: E402
 
 BUCKET = "gpuzarrgcs"  # the emulator routes bucket names as sent: obstore percent-encodes "-"
 
@@ -54,16 +55,13 @@ def _as_gcs_answers(real):
 
 @pytest.fixture(scope="module")
 def endpoint():
-    from gcp_storage_emulator.handlers import objects
+    from gcp_storage_emulator.handlers import objects as handlers
 
-    real = objects.download
-    patched = 0
-    for _, methods in emulator.HANDLERS:
-        for method, handler in list(methods.items()):
-            if handler is real:
-                methods[method] = _as_gcs_answers(real)
-                patched += 1
+    real = handlers.download
+    patched = [(methods, method) for _, methods in emulator.HANDLERS for method, h in methods.items() if h is real]
     assert patched, "gcp-storage-emulator's routes changed: its download handler was not found"
+    for methods, method in patched:
+        methods[method] = _as_gcs_answers(real)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -73,10 +71,8 @@ def endpoint():
         yield f"http://127.0.0.1:{port}"
     finally:
         server.stop()
-        for _, methods in emulator.HANDLERS:
-            for method, handler in list(methods.items()):
-                if getattr(handler, "__name__", "") == "download" and handler is not real:
-                    methods[method] = real
+        for methods, method in patched:
+            methods[method] = real
 
 
 def _put(endpoint: str, key: str, data: bytes) -> None:
@@ -88,10 +84,8 @@ def _put(endpoint: str, key: str, data: bytes) -> None:
 
 
 def _upload(endpoint: str, local: Path, name: str) -> None:
-    for root, _, files in os.walk(local):
-        for file in files:
-            path = Path(root, file)
-            _put(endpoint, f"{name}/{path.relative_to(local).as_posix()}", path.read_bytes())
+    for key, data in objects(local, name):
+        _put(endpoint, key, data)
 
 
 @pytest.fixture(scope="module")

@@ -34,7 +34,7 @@ from gpuzarr.store import Store, open_store, pooled  # noqa: E402
 from gpuzarr.store_obstore import ObstoreStore  # noqa: E402
 
 from remote_arrays import image as _image  # noqa: E402
-from remote_arrays import write_arrays  # noqa: E402
+from remote_arrays import objects, write_arrays  # noqa: E402
 
 BUCKET = "gpuzarr-test"
 TIMEOUT = 30  # seconds a forked or spawned child may take before the test fails (a hang)
@@ -68,10 +68,8 @@ def _s3(endpoint: str) -> obstore.store.S3Store:
 
 
 def _upload(s3, local: Path, name: str) -> None:
-    for root, _, files in os.walk(local):
-        for file in files:
-            path = Path(root, file)
-            obstore.put(s3, f"{name}/{path.relative_to(local).as_posix()}", path.read_bytes())
+    for key, data in objects(local, name):
+        obstore.put(s3, key, data)
 
 
 @pytest.fixture(scope="module")
