@@ -199,6 +199,9 @@ class Locator:
         self._grid_strides = _strides(meta.grid_shape)
         self._level_strides = [_strides(sharding.chunks_per_shard(owner)) for owner, sharding in levels]
         self._per_shard = np.array(meta.chunk_shape, np.int64) // np.array(shape, np.int64)  # leaf chunks
+        # the same as Python integers, for locate_few (one level of sharding)
+        self._per_shard_ints, self._grid_ints = self._per_shard.tolist(), self._grid_strides.tolist()
+        self._inner_ints = self._level_strides[0].tolist() if levels else []
         # reading shards whole (see WHOLE_SHARD_FRACTION): where, and what a shard is estimated at
         self._whole = bool(levels) and store.reads_whole_shards and self.leaf_chain.raw_nbytes is not None
         if self._whole:
@@ -269,35 +272,52 @@ class Locator:
         return Locations(keys, offsets, sizes, present, inverse, missing, blobs)
 
     def _locate_small(self, coords: np.ndarray) -> Locations:
-        """locate() of a handful of chunks under one level of sharding, in plain integers: the
-        same Locations (shards numbered in grid order, as `_group` numbers them), without the
-        dozens of array calls on tiny arrays the general path makes."""
-        (shard_shape, sharding), = self.levels
+        """locate() of a handful of chunks under one level of sharding: locate_few's lists as arrays."""
         shard, inner = np.divmod(coords, self._per_shard)
         linears = (shard @ self._grid_strides).tolist()
-        rows = list(zip(linears, (inner @ self._level_strides[0]).tolist()))  # (shard, index entry) per chunk
-        shards = dict(zip(linears, shard.tolist()))  # linear shard number → its grid coordinates
-        rank = {linear: i for i, linear in enumerate(sorted(shards))}
+        rows = list(zip(linears, (inner @ self._level_strides[0]).tolist()))
+        keys, ids, offsets, sizes, present, missing = self.locate_few(dict(zip(linears, map(tuple, shard.tolist()))),
+                                                                      rows)
+        return Locations(np.array([keys[i] for i in ids], dtype=object), np.array(offsets, dtype=np.int64),
+                         np.array(sizes, dtype=np.int64), np.array(present, dtype=bool),
+                         np.array(ids, dtype=np.int64), missing)
+
+    def shard_terms(self, axis: int, k: int) -> tuple[int, int, int]:
+        """Leaf chunk k of an axis, as its terms in locate_few's numbers: (its shard's coordinate,
+        that times the grid's stride, its index entry's stride term); one level of sharding."""
+        per = self._per_shard_ints[axis]
+        return k // per, k // per * self._grid_ints[axis], k % per * self._inner_ints[axis]
+
+    def locate_few(self, shards: dict[int, tuple], rows: list[tuple[int, int]]) -> tuple[list, list, list, list,
+                                                                                         list, tuple]:
+        """The locations of a handful of chunks under one level of sharding, in plain integers,
+        without the dozens of array calls on tiny arrays the general path makes. `rows`: per
+        chunk, its shard's linear number in the grid and its entry in the shard's index;
+        `shards`: each shard's grid coordinates by linear number. Returns (the shard keys in grid
+        order; per chunk the number of its shard's key, its offset, its size and whether it is
+        present (0, 0, False where absent); the keys of missing shards)."""
+        (shard_shape, sharding), = self.levels
+        order = sorted(shards)
+        rank = {linear: i for i, linear in enumerate(order)}
         encode = self.meta.key_encoding.key
-        keys = [encode(tuple(shards[linear])) for linear in sorted(shards)]
+        keys = [encode(shards[linear]) for linear in order]
         versions = {key: self.store.version(key) for key in keys}
         tables = self._indexes([(key, 0, -1) for key in keys], shard_shape, sharding, 0, versions)
+        ids = [rank[linear] for linear, _ in rows]
         wanted: list[list[int]] = [[] for _ in keys]
-        for linear, entry in rows:
-            wanted[rank[linear]].append(entry)
+        for i, (_, entry) in zip(ids, rows):
+            wanted[i].append(entry)
         found = [iter(t[w].tolist()) if t is not None else None for t, w in zip(tables, wanted)]
         empty = int(EMPTY)
         offsets, sizes, present = [], [], []
-        for linear, _ in rows:
-            entries = found[rank[linear]]
+        for i in ids:
+            entries = found[i]
             offset, size = next(entries) if entries is not None else (0, empty)
-            present.append(size != empty)
-            offsets.append(offset if size != empty else 0)
-            sizes.append(size if size != empty else 0)
-        ids = [rank[linear] for linear, _ in rows]
-        return Locations(np.array([keys[i] for i in ids], dtype=object), np.array(offsets, dtype=np.int64),
-                         np.array(sizes, dtype=np.int64), np.array(present, dtype=bool),
-                         np.array(ids, dtype=np.int64), tuple(k for k, t in zip(keys, tables) if t is None))
+            live = size != empty
+            present.append(live)
+            offsets.append(offset if live else 0)
+            sizes.append(size if live else 0)
+        return keys, ids, offsets, sizes, present, tuple(k for k, t in zip(keys, tables) if t is None)
 
     def _mostly_wanted(self, keys: np.ndarray, shard_coords: np.ndarray, touched: np.ndarray) -> dict[str, int]:
         """Of the shards `keys` (at `shard_coords`, with `touched` of their innermost chunks
@@ -436,7 +456,8 @@ def fetch(store: Store, loc: Locations, rows: np.ndarray, alloc: Any = _new_stag
     keys, offsets, sizes, present = loc.keys[rows], loc.offsets[rows], loc.sizes[rows], loc.present[rows].copy()
     key_list = keys.tolist()
     if np.count_nonzero(present) < COALESCE_ARRAYS:
-        ranges, members = _coalesce_small(key_list, offsets.tolist(), sizes.tolist(), present)
+        live = np.flatnonzero(present).tolist()
+        ranges, members = _coalesce_small(key_list, offsets.tolist(), sizes.tolist(), live)
     else:
         ranges, members = _coalesce(keys, loc.key_ids[rows], offsets, sizes, present)
     if ranges and isinstance(store, LocalStore):
@@ -532,13 +553,13 @@ def _copy_into(staging: np.ndarray, pos: int, blob: Any) -> None:
         pos += len(part)
 
 
-def _coalesce_small(keys: list, offsets: list, sizes: list, present: np.ndarray) -> tuple[list, list]:
-    """(key, start, stop) ranges (stop None: the whole object) and the chunks each holds: a chunk
-    joins the previous range if it starts at most COALESCE_GAP bytes after its end. Python
-    integers: cheaper than array calls for a few chunks."""
+def _coalesce_small(keys: list, offsets: list, sizes: list, live: list[int]) -> tuple[list, list]:
+    """(key, start, stop) ranges (stop None: the whole object) and the chunks each holds, of the
+    chunks `live` (in storage order): a chunk joins the previous range if it starts at most
+    COALESCE_GAP bytes after its end. Python integers: cheaper than array calls for a few chunks."""
     ranges: list[tuple[str, int, int | None]] = []
     members: list[list[int]] = []
-    for i in np.flatnonzero(present).tolist():
+    for i in live:
         key, off, size = keys[i], offsets[i], sizes[i]
         if size < 0:
             ranges.append((key, 0, None))

@@ -34,6 +34,7 @@ from .metadata import ArrayMetadata
 from .plan import Boxes, Plan, make_plan
 from .report import ReadReport
 from .selection import DimSelection, out_shape
+from .small_read import SmallReads
 from .store import ChangedError, LocalStore, ReadIO, Store, counted
 
 
@@ -90,6 +91,7 @@ class Reader:
     def __init__(self, meta: ArrayMetadata, store: Store, settings: Settings = Settings()):
         self.meta, self.store, self.settings = meta, store, settings
         self.locator = Locator(meta, store, IndexCache(settings.index_cache_bytes))
+        self.small = SmallReads(self.locator, store, meta.fill_value, meta.data_type.dtype)
 
     def read(self, windows: list[list[DimSelection]] | Boxes, batched: bool, device: Device, out: Any = None,
              report: ReadReport | None = None) -> Any:
@@ -122,7 +124,9 @@ class Reader:
         io = None
         store, locator = self.store, self.locator
         requests = self.settings.requests_in_flight
+        small = self.small.applies and not batched and out is None and not isinstance(windows, Boxes)
         if report is not None or seconds is not None or requests is not None:
+            small = False  # counted, or bounded: the general path's business
             report = report if report is not None else ReadReport()
             io = ReadIO(report, self.store, seconds, requests)
             store = counted(self.store, io)
@@ -137,6 +141,8 @@ class Reader:
         if 0 in shape:  # nothing selected: no runs to plan, however long the other axes
             report.device = device.name
             return _output(device, shape, dtype, out)
+        if small and (got := self.small.read(windows[0], device, shape)) is not None:
+            return got
         with report.timed("plan"):
             plan = make_plan(windows, locator.leaf_shape, batched)
             pieces = None

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 
+import numcodecs
 import numpy as np
 import pytest
 import zarr
@@ -19,6 +20,7 @@ from gpuzarr.errors import CorruptDataError
 from gpuzarr.fetch import LOCATE_ARRAYS, Locations, fetch
 from gpuzarr.plan import SMALL, _plan_small, _plan_tables, make_plan
 from gpuzarr.selection import normalize
+from gpuzarr.small_read import SmallReads
 
 # ---------------------------------------------------------------- planning
 
@@ -352,3 +354,131 @@ def test_where_chunks_land_is_the_same_by_integers_and_by_arrays(data):
         finally:
             fetch_module.LANDING_ARRAYS = saved
         assert got.dtype == np.int64 and np.array_equal(got, expected)
+
+
+# ---------------------------------------------------------------- small reads end to end
+
+
+def _small_path_spy(monkeypatch) -> list:
+    """Each window SmallReads read (a read it declines returns None before _read)."""
+    taken: list = []
+    original = SmallReads._read
+
+    def spy(self, chunks, counts, out_shape):
+        taken.append(len(chunks))
+        return original(self, chunks, counts, out_shape)
+
+    monkeypatch.setattr(SmallReads, "_read", spy)
+    return taken
+
+
+_LAYOUTS = st.sampled_from(["sharded", "sharded", "chunked", "v2"])
+
+
+@settings(max_examples=40, deadline=None)
+@given(data=st.data())
+def test_small_reads_equal_the_general_path_and_zarr(tmp_path_factory, data):
+    """Windows of a few chunks (SmallReads) read what the general path (taken when a report is
+    asked for) and zarr-python read, for any layout, dtype, byte order, codec and fill value,
+    with shards and inner chunks absent."""
+    ndim = data.draw(st.integers(1, 3))
+    shape = tuple(data.draw(st.integers(1, 30)) for _ in range(ndim))
+    chunks = tuple(data.draw(st.integers(1, 8)) for _ in range(ndim))
+    layout = data.draw(_LAYOUTS)
+    dtype = data.draw(st.sampled_from(["<u2", ">i4", "<f8", "u1", ">u8"] if layout != "v2" else ["<u2", "<i4", "<f8"]))
+    fill = data.draw(st.integers(0, 100))
+    kwargs: dict = {"fill_value": fill}
+    if layout == "v2":
+        kwargs.update(zarr_format=2, compressors=data.draw(st.sampled_from([None, numcodecs.Zstd()])))
+    else:
+        kwargs["compressors"] = data.draw(st.sampled_from([None, zarr.codecs.ZstdCodec(), zarr.codecs.GzipCodec()]))
+        if layout == "sharded":
+            kwargs["shards"] = tuple(c * data.draw(st.integers(1, 3)) for c in chunks)
+    path = tmp_path_factory.mktemp("small-e2e") / "a.zarr"
+    z = zarr.create_array(path, shape=shape, chunks=chunks, dtype=dtype, **kwargs)
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1)))
+    values = rng.integers(0, 200, shape).astype(dtype)
+    values[rng.random(shape) < 0.3] = fill
+    values[tuple(slice(0, s // 2) for s in shape)] = fill  # whole chunks (and shards) of the fill value: not stored
+    z[...] = values
+    arr = gpuzarr.open(str(path), device="cpu")
+    for _ in range(4):
+        sel = []
+        for n in shape:
+            if data.draw(st.booleans()) and data.draw(st.booleans()):
+                sel.append(data.draw(st.integers(-n, n - 1)))
+            else:
+                start = data.draw(st.integers(0, n - 1))
+                sel.append(slice(start, data.draw(st.integers(start, n))))
+        sel = tuple(sel)
+        spans = [1 if isinstance(s, int) else (s.stop - 1) // c - s.start // c + 1 if s.stop > s.start else 0
+                 for s, c in zip(sel, chunks)]
+        n = int(np.prod(spans))
+        taken: list = []
+        original = SmallReads._read
+        SmallReads._read = lambda self, *args: taken.append(1) or original(self, *args)
+        try:
+            small = arr[sel]
+        finally:
+            SmallReads._read = original
+        device = arr._device_for(None)
+        assert bool(taken) == (0 < n <= LOCATE_ARRAYS and device.inline(n, arr._reader.locator.leaf_chain))
+        general = arr.read(sel, report=gpuzarr.ReadReport())
+        assert small.dtype == general.dtype and small.shape == general.shape == values[sel].shape
+        np.testing.assert_array_equal(small, general)
+        np.testing.assert_array_equal(small, z[sel])
+
+
+@pytest.mark.parametrize("layout", ["sharded", "v2"])
+def test_a_window_of_a_few_chunks_takes_the_small_path_others_the_general(tmp_path, monkeypatch, layout):
+    data = np.arange(64 * 64, dtype="u2").reshape(64, 64)
+    kwargs = {"shards": (32, 32)} if layout == "sharded" else {"zarr_format": 2}
+    z = zarr.create_array(tmp_path / "a.zarr", shape=data.shape, chunks=(4, 4), dtype="u2", **kwargs)
+    z[...] = data
+    arr = gpuzarr.open(str(tmp_path / "a.zarr"), device="cpu")
+    taken = _small_path_spy(monkeypatch)
+    np.testing.assert_array_equal(arr[3:20, 30:40], data[3:20, 30:40])
+    np.testing.assert_array_equal(arr[5, 2:60], data[5, 2:60])
+    assert taken == [5 * 3, 15]
+    # not small: strided, batched, reported, into `out`, or more than LOCATE_ARRAYS chunks
+    np.testing.assert_array_equal(arr[3:20:2, 30:40], data[3:20:2, 30:40])
+    np.testing.assert_array_equal(arr.read_batch([(slice(0, 9), slice(0, 9))])[0], data[:9, :9])
+    np.testing.assert_array_equal(arr.read((slice(0, 9), slice(0, 9)), report=gpuzarr.ReadReport()), data[:9, :9])
+    out = np.zeros((9, 9), "u2")
+    arr.read((slice(0, 9), slice(0, 9)), out=out)
+    np.testing.assert_array_equal(out, data[:9, :9])
+    np.testing.assert_array_equal(arr[...], data)
+    assert taken == [5 * 3, 15]
+
+
+def test_a_corrupt_chunk_in_a_small_read_names_the_array_and_key(tmp_path):
+    path = tmp_path / "a.zarr"
+    z = zarr.create_array(path, shape=(32, 32), chunks=(8, 8), shards=(16, 16), dtype="u2",
+                          compressors=zarr.codecs.ZstdCodec())
+    z[...] = np.arange(32 * 32, dtype="u2").reshape(32, 32)
+    shard = path / "c" / "0" / "1"
+    raw = bytearray(shard.read_bytes())
+    raw[10:30] = b"\xff" * 20  # inside the shard's first inner chunk
+    shard.write_bytes(bytes(raw))
+    arr = gpuzarr.open(str(path), device="cpu")
+    with pytest.raises(CorruptDataError, match=r"a\.zarr.*c/0/1"):
+        arr[0:4, 16:20]
+    np.testing.assert_array_equal(arr[9:12, 0:12], z[9:12, 0:12])  # the other shards still read
+
+
+def test_small_reads_on_many_threads_each_read_their_own_window(tmp_path):
+    """Staging and decode buffers are per thread: windows read at once on 8 threads are each right."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    data = np.random.default_rng(3).integers(0, 1 << 16, (256, 256)).astype("u2")
+    z = zarr.create_array(tmp_path / "a.zarr", shape=data.shape, chunks=(16, 16), shards=(64, 64), dtype="u2")
+    z[...] = data
+    arr = gpuzarr.open(str(tmp_path / "a.zarr"), device="cpu")
+    starts = np.random.default_rng(4).integers(0, 256 - 40, (400, 2)).tolist()
+
+    def window(start):
+        y, x = start
+        return np.array_equal(arr[y:y + 40, x:x + 40], data[y:y + 40, x:x + 40])
+
+    with ThreadPoolExecutor(8) as pool:
+        assert all(pool.map(window, starts))

@@ -114,6 +114,11 @@ class CpuDevice:
     def abort(self) -> None:
         """Nothing to drop: see finish()."""
 
+    def inline(self, n: int, chain: CodecChain) -> bool:
+        """Whether a read's sole batch of n chunks of `chain` decodes on the calling thread: its
+        predicted time is below what splitting it would save (see _inline_below)."""
+        return chain.raw_nbytes is not None and n * chain.raw_nbytes * _pace(chain) < _inline_below(self.threads)
+
     def _staging(self, nbytes: int) -> np.ndarray:
         """This thread's buffer for the compressed bytes of the part it decodes next."""
         return thread_slot(self._local, "staging", nbytes, STAGING_KEPT)
@@ -135,7 +140,7 @@ class CpuDevice:
         if report is not None:
             label = "cpu:" + ("+".join(c.name for c in reversed(chain.bytes_to_bytes)) or "none")
         pending = isinstance(batch, PendingBatch)
-        as_chunk = _ChunkView(chain)
+        as_chunk = ChunkView(chain)
 
         def task(lo: int, hi: int, grouped: bool = True) -> None:
             part = batch.part(lo, hi, self._staging)
@@ -151,7 +156,7 @@ class CpuDevice:
                            for i in range(part.n)]
                 place(out, decoded, plan, first + lo, first + hi, present, fill)
 
-        if sole and raw_nbytes is not None and batch.n * raw_nbytes * _pace(chain) < _inline_below(self.threads):
+        if sole and self.inline(batch.n, chain):
             # a small read: frame by frame into this thread's reused buffer, as fast as one
             # libzstd call here, and no fresh (page-faulting) result buffer per read. A small
             # batch of a longer read goes to the pool: here it would run chunk by chunk beside
@@ -439,7 +444,7 @@ def _paced_as(codec: Any) -> str:
     return codec.name
 
 
-class _ChunkView:
+class ChunkView:
     """Decoded bytes of one chunk → the chunk array. The common chain (no array→array codec) is
     `plain`: a view, of the bytes' stored order (`dtype`: placement's copy into the output swaps
     them, Bytes.stored_view), so whole boxes of chunks can be viewed at once (see

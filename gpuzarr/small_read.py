@@ -1,0 +1,105 @@
+"""One window of a handful of chunks, from local files on the CPU, in plain Python integers from
+selection to placement: where a read is a few chunks decoded on the calling thread, the general
+path's tables (Plan, Locations, FetchedBatch: a dozen array calls on arrays of 9 rows each)
+cost more than the bytes they describe. A 256^2 window of the 2-D set (9 chunks in 1-4 shards)
+spent ~450-575 us of host work around ~750-1000 us of decoding.
+
+The same steps as the general path, with its own pieces where they are already plain integers:
+Locator.locate_few (shard indexes, cached and version-checked as there), fetch's coalescing and
+bounded preadv (its checks and messages), and the CPU device's decode_bytes. It takes only what
+the general path would read on one thread in one batch (CpuDevice.inline), from arrays whose
+chunks are plain views of their bytes; anything else is the general path's."""
+
+from __future__ import annotations
+
+import itertools
+import threading
+from typing import Any
+
+import numpy as np
+
+from .devices.cpu import ChunkView, CpuDevice, decode_bytes
+from .fetch import LOCATE_ARRAYS, Locator, _coalesce_small, _fetch_bounded, _fetch_files, thread_slot
+from .selection import DimSelection
+from .store import LocalStore
+
+# staging kept per thread between small reads (they need far less: a few compressed chunks)
+STAGING_KEPT = 4 << 20
+
+
+class SmallReads:
+    """Small reads of one array; `applies` says whether its layout allows them at all."""
+
+    def __init__(self, locator: Locator, store: Any, fill: Any, dtype: Any):
+        chain = locator.leaf_chain
+        self.locator, self.store, self.fill, self.dtype = locator, store, fill, dtype
+        self.chain, self.as_chunk = chain, ChunkView(chain) if chain.raw_nbytes is not None else None
+        self.leaf = locator.leaf_shape
+        self.applies = (type(store) is LocalStore and len(locator.levels) <= 1 and self.as_chunk is not None
+                        and self.as_chunk.plain and not self.as_chunk.reordered)
+        self._local = threading.local()
+
+    def read(self, window: list[DimSelection], device: Any, out_shape: tuple) -> np.ndarray | None:
+        """The window read, or None where it is not small (the general path reads it)."""
+        if type(device) is not CpuDevice or not window:  # (a 0-d array: one chunk, nothing to save)
+            return None
+        sharded = bool(self.locator.levels)
+        terms = self.locator.shard_terms
+        axes = []  # per axis, per chunk it crosses: (chunk, slice in it, slice in the output[, shard terms])
+        n = 1
+        for d, (sel, c) in enumerate(zip(window, self.leaf)):
+            if sel.indices is not None or sel.step != 1:
+                return None
+            start, stop = sel.start, sel.start + sel.count
+            k, pos, axis = start // c, start, []
+            while pos < stop:
+                end = min((k + 1) * c, stop)
+                run = (k, slice(pos - k * c, end - k * c), slice(pos - start, end - start))
+                axis.append(run + terms(d, k) if sharded else run)
+                pos, k = end, k + 1
+            axes.append(axis)
+            n *= len(axis)
+            if n > LOCATE_ARRAYS:
+                return None
+        if not device.inline(n, self.chain):
+            return None
+        return self._read([tuple(zip(*chunk)) for chunk in itertools.product(*axes)],
+                          tuple(sel.count for sel in window), out_shape)
+
+    def _read(self, chunks: list[tuple], counts: tuple, out_shape: tuple) -> np.ndarray:
+        """`chunks`: per chunk, per axis (see read) its chunk, selections and shard terms."""
+        store = self.store
+        if self.locator.levels:
+            shards, rows = {}, []
+            for chunk in chunks:
+                linear = sum(chunk[4])
+                shards[linear] = chunk[3]
+                rows.append((linear, sum(chunk[5])))
+            keys, ids, offsets, sizes, present, _ = self.locator.locate_few(shards, rows)
+            labels = [keys[i] for i in ids]
+            live = sorted((i for i in range(len(chunks)) if present[i]), key=lambda i: (ids[i], offsets[i]))
+            ranges, members = _coalesce_small(labels, offsets, sizes, live)
+            batch = _fetch_bounded(store, ranges, members, np.array(offsets), np.array(sizes), np.array(present),
+                                   labels, self._staging, 1) if ranges else None
+        else:  # a file per chunk
+            encode = self.locator.meta.key_encoding.key
+            labels = [encode(chunk[0]) for chunk in chunks]
+            batch = _fetch_files(store, labels, self._staging, 1, None)
+            present = batch.present.tolist()
+        out = np.empty(out_shape, self.dtype)
+        view = out.reshape(counts)  # dropped axes (integer indices) kept, of length 1
+        if batch is not None:
+            starts, lengths = batch.offsets.tolist(), batch.sizes.tolist()
+            data = memoryview(batch.staging)
+        scratch = thread_slot(self._local, "scratch", self.chain.raw_nbytes)
+        for i, chunk in enumerate(chunks):
+            if not present[i]:
+                view[chunk[2]] = self.fill
+                continue
+            start = starts[i]
+            raw = decode_bytes(self.chain, data[start:start + lengths[i]], scratch, labels[i])
+            view[chunk[2]] = self.as_chunk(raw)[chunk[1]]
+        return out
+
+    def _staging(self, nbytes: int) -> np.ndarray:
+        return thread_slot(self._local, "staging", nbytes, STAGING_KEPT)
