@@ -15,6 +15,9 @@ lookup, staging the compressed bytes into one buffer) is separated from decoding
   decode        device.decode_and_place of every batch, then device.finish (CPU: decode +
                 placement on all cores; GPU: until the device has synchronised)
   host          plan + locate_warm + fetch: the per-chunk host overhead in front of a decoder
+  small_host    per read, for windows of a few chunks that Reader.read hands to
+                gpuzarr.small_read (none of the phases above run for them): that whole read,
+                timed, less the `decode` of the same chunks above
 
 Each is divided by the number of chunks the read touches (unique chunks for read_batch). The
 result of this step-by-step path is compared with `Array.read`/`read_batch` so the numbers
@@ -54,8 +57,9 @@ def _one_read(arr: Any, windows: list, batched: bool, reader: Any, times: dict) 
     bounds = reader._batches(loc, chain.raw_nbytes, reader.settings.batch_bytes or device.batch_bytes)
     batches = [pl.fetch(reader.store, loc, np.arange(lo, hi)) for lo, hi in bounds]
     t3 = time.perf_counter()
-    for (lo, _), batch in zip(bounds, batches):
-        for future in device.decode_and_place(batch, chain, out, plan, lo, arr.meta.fill_value):
+    for (lo, _), batch in zip(bounds, batches):  # a read's sole batch as Reader.read decodes it (inline if small)
+        for future in device.decode_and_place(batch, chain, out, plan, lo, arr.meta.fill_value,
+                                              sole=len(bounds) == 1):
             future.result()
     finish = getattr(device, "finish", None)  # deferred checks (GPU sizes), as Reader.read does
     if finish is not None:
@@ -68,6 +72,23 @@ def _one_read(arr: Any, windows: list, batched: bool, reader: Any, times: dict) 
     times["fetch"] += t3 - t2
     times["decode"] += t4 - t3
     return out, plan.n_chunks
+
+
+def _small_seconds(arr: Any, reads: list, repeats: int) -> float | None:
+    """Median seconds of every read through gpuzarr.small_read, where each takes it; else None."""
+    from gpuzarr.selection import out_shape
+
+    small, device = arr._reader.small, arr._device
+    if not small.applies or any(batched for _, batched in reads):
+        return None
+    rounds = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        for windows, _ in reads:
+            if small.read(windows[0], device, out_shape(windows[0])) is None:
+                return None
+        rounds.append(time.perf_counter() - t0)
+    return float(np.median(rounds))
 
 
 def host_cost(arr: Any, wl: Any, repeats: int) -> dict:
@@ -120,8 +141,11 @@ def host_cost(arr: Any, wl: Any, repeats: int) -> dict:
         }
         us = {k: v / chunks * 1e6 for k, v in per.items()}
         us["host"] = us["plan"] + us["locate_warm"] + us["fetch"]
-        return {"chunks": chunks, "reads": len(reads), "us_per_chunk": us,
-                "us_per_read": {k: v * chunks / len(reads) for k, v in us.items()},
+        per_read = {k: v * chunks / len(reads) for k, v in us.items()}
+        small = _small_seconds(arr, reads, repeats)
+        if small is not None:
+            per_read["small_host"] = small / len(reads) * 1e6 - per_read["decode"]
+        return {"chunks": chunks, "reads": len(reads), "us_per_chunk": us, "us_per_read": per_read,
                 "raw_seconds": {"cold": cold, "warm": warm}}
     except Exception as exc:
         return {"error": f"{type(exc).__name__}: {exc}"}

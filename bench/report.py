@@ -207,11 +207,13 @@ def format_table(doc: dict) -> str:
         u = h["us_per_chunk"]
         host_rows.append([row["dataset"], row["workload"], str(h["chunks"]), str(h["reads"]),
                           *(f"{u[k]:.1f}" for k in ("plan", "locate_cold", "locate_warm", "fetch", "host", "decode")),
-                          f"{h['us_per_read']['host']:.0f}"])
+                          f"{h['us_per_read']['host']:.0f}",
+                          f"{h['us_per_read']['small_host']:.0f}" if "small_host" in h["us_per_read"] else "-"])
     if host_rows:
-        text += "\n\ngpuzarr host cost per chunk (us; run step by step, medians; host = plan + locate_warm + fetch)\n"
+        text += ("\n\ngpuzarr host cost per chunk (us; run step by step, medians; host = plan + locate_warm + fetch; "
+                 "small = reads of a few chunks, which skip these phases: their time less decode)\n")
         text += _grid(["dataset", "workload", "chunks", "reads", "plan", "locate_cold", "locate_warm", "fetch", "host",
-                       "decode", "host us/read"], host_rows)
+                       "decode", "host us/read", "small us/read"], host_rows)
     mem_rows = []
     for ds, per in (doc.get("memory") or {}).items():
         for name in readers:
