@@ -348,10 +348,19 @@ class Reader:
         most = min(self.settings.batch_chunks, max(1, self.settings.batch_decoded_bytes // max(raw_nbytes or 1, 1)))
         if n <= most and int(cost[-1]) <= batch_bytes:  # one batch, the common small read
             return [(0, n)]
+        firsts = np.flatnonzero(loc.key_ids[1:] != loc.key_ids[:-1]) + 1  # each key's first chunk
         while lo < n:
             base = cost[lo - 1] if lo else 0
             hi = max(int(np.searchsorted(cost, base + batch_bytes, side="right")), lo + streams)
             hi = min(max(hi, lo + 1), lo + most, n)
+            if hi < n and firsts.size:
+                # end at a shard's first chunk where that keeps at least half the batch: its
+                # parts then hold whole shards, each read in one range and placed by one copy
+                # (a shard's chunks in Morton order included: placement.place_block). 2-D set,
+                # A/B alternated: full read 0.97x (one thread 0.92x), read_batch 0.95x, ML 0.93x
+                j = int(np.searchsorted(firsts, hi, side="right")) - 1
+                if j >= 0 and int(firsts[j]) >= lo + max(streams, (hi - lo) // 2):
+                    hi = int(firsts[j])
             bounds.append((lo, hi))
             lo = hi
         return bounds

@@ -4,6 +4,7 @@ Written against the array namespace `xp` (NumPy or CuPy), so both devices run th
 from __future__ import annotations
 
 import bisect
+import functools
 import math
 from typing import Any, NamedTuple
 
@@ -86,8 +87,50 @@ def place_block(out: Any, chunks: Any, extent: tuple[int, ...], out_start: tuple
     if tiles is None:
         split[...] = chunks.reshape(tuple(extent) + chunk_shape).transpose(
             tuple(x for d in range(ndim) for x in (d, ndim + d)))
-    else:
-        split.transpose(tuple(range(0, 2 * ndim, 2)) + tuple(range(1, 2 * ndim, 2)))[tiles] = chunks
+        return
+    z = _zorder(tuple(extent))
+    if z is not None and len(tiles[0]) == z.n and all(np.array_equal(t, c) for t, c in zip(tiles, z.tiles)):
+        # a whole shard in zarr's Morton order: the box seen with each axis's position as its
+        # binary digits is one strided copy too (2-D set, 16 boxes of 8x8 chunks of 128^2: 16 ->
+        # 4.4-5.0 ms, as fast as a box in C order; the indexed assignment below is a copy per tile)
+        shape = tuple(x for d in range(ndim) for x in ((2,) * z.bits[d] + (chunk_shape[d],)))
+        region.reshape(shape)[...] = chunks.reshape((2,) * z.n_bits + chunk_shape).transpose(z.axes)
+        return
+    split.transpose(tuple(range(0, 2 * ndim, 2)) + tuple(range(1, 2 * ndim, 2)))[tiles] = chunks
+
+
+class ZOrder(NamedTuple):
+    """zarr's Morton order of a box whose extent is a power of two along every axis."""
+
+    tiles: tuple  # per axis, the position of the box's i-th chunk in that order
+    bits: tuple[int, ...]  # binary digits of a position, per axis
+    n_bits: int
+    axes: tuple[int, ...]  # the chunks seen as (2,) * n_bits + chunk shape, transposed to the box's digits
+    n: int
+
+
+@functools.lru_cache(maxsize=64)
+def _zorder(extent: tuple[int, ...]) -> ZOrder | None:
+    """The Morton order of a box of `extent` chunks as zarr's sharding codec writes it (bit k
+    of a chunk's number is the next unused binary digit, lowest first, of the axes in turn);
+    None unless every extent is a power of two."""
+    bits = tuple(e.bit_length() - 1 for e in extent)
+    if any(e < 1 or 1 << b != e for e, b in zip(extent, bits)):
+        return None
+    number = np.arange(math.prod(extent))
+    tiles = [np.zeros_like(number) for _ in extent]
+    digit = {}  # (axis, its digit) → the digit of a chunk's number holding it
+    k = 0
+    for level in range(max(bits, default=0)):
+        for d, b in enumerate(bits):
+            if level < b:
+                tiles[d] |= ((number >> k) & 1) << level
+                digit[d, level] = k
+                k += 1
+    # a number's digits, highest first, are axes 0..k-1 of the chunks' view
+    axes = tuple(x for d, b in enumerate(bits) for x in (*(k - 1 - digit[d, level] for level in reversed(range(b))),
+                                                          k + d))
+    return ZOrder(tuple(tiles), bits, k, axes, number.size)
 
 
 class Box(NamedTuple):

@@ -15,6 +15,7 @@ import zarr
 from checks import poisoned_empty
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from zarr.core.indexing import decode_morton
 
 import gpuzarr
 from gpuzarr.codecs import bytes_to_bytes
@@ -22,7 +23,7 @@ from gpuzarr.codecs.bytes_to_bytes import Blosc
 from gpuzarr.devices import cpu
 from gpuzarr.devices.cpu import CpuDevice
 from gpuzarr.errors import CorruptDataError
-from gpuzarr.placement import place_block
+from gpuzarr.placement import _zorder, place_block
 from gpuzarr.plan import Blocks, Plan, _split_range, make_plan
 from gpuzarr.selection import normalize
 
@@ -104,6 +105,34 @@ def test_place_block_matches_chunk_by_chunk_in_3d():
     want = np.zeros_like(out)
     for k, (a, b, c) in enumerate(itertools.product(range(2), range(3), range(2))):
         want[1, 1 + 2 * a:3 + 2 * a, 2 + 3 * b:5 + 3 * b, 1 + 4 * c:5 + 4 * c] = chunks[k]
+    np.testing.assert_array_equal(out, want)
+
+
+@settings(max_examples=200, deadline=None)
+@given(data=st.data())
+def test_place_block_of_tiles_in_any_order_equals_tile_by_tile(data):
+    """place_block with `tiles`: zarr's Morton order of a power-of-two box (one strided copy
+    through a view of each axis's binary digits) and any other order (an indexed assignment)
+    both put each chunk at its tile."""
+    ndim = data.draw(st.integers(1, 3))
+    extent = tuple(data.draw(st.sampled_from([1, 2, 3, 4, 8])) for _ in range(ndim))
+    chunk_shape = tuple(data.draw(st.integers(1, 3)) for _ in range(ndim))
+    n = math.prod(extent)
+    z = _zorder(extent)
+    if z is not None and data.draw(st.booleans()):
+        order = [tuple(int(t[i]) for t in z.tiles) for i in range(n)]
+        assert order == [decode_morton(i, extent) for i in range(n)]  # zarr's own order
+    else:
+        order = data.draw(st.permutations(list(itertools.product(*(range(e) for e in extent)))))
+        order = order[:data.draw(st.integers(1, n))]
+    tiles = tuple(np.array([o[d] for o in order]) for d in range(ndim))
+    chunks = np.arange(len(order) * math.prod(chunk_shape), dtype=np.int32).reshape((len(order),) + chunk_shape)
+    start = tuple(data.draw(st.integers(0, 2)) for _ in range(ndim))
+    out = np.full(tuple(s + e * c + 1 for s, e, c in zip(start, extent, chunk_shape)), -1, np.int32)
+    want = out.copy()
+    for k, tile in enumerate(order):
+        want[tuple(slice(s + t * c, s + (t + 1) * c) for s, t, c in zip(start, tile, chunk_shape))] = chunks[k]
+    place_block(out, chunks, extent, start, None, tiles)
     np.testing.assert_array_equal(out, want)
 
 
