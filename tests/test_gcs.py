@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime
 import email.utils
 import http.client
+import importlib
 import os
 import socket
 import warnings
@@ -142,3 +143,48 @@ def test_a_rewritten_shard_is_read_fresh(endpoint, bucket, tmp_path):
 def test_a_missing_array_is_a_gpuzarr_error_naming_it(endpoint, bucket):
     with pytest.raises(gpuzarr.GpuzarrError, match="nothing-here.zarr"):
         _open(endpoint, "nothing-here.zarr")
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="the platform has no fork()")
+def test_a_forked_child_reads_gs_through_gcsfs_and_never_hangs(endpoint, bucket, monkeypatch):
+    """obstore hangs in a child forked after it ran: there gs:// reads go through a fresh gcsfs
+    filesystem of the same bucket, endpoint and token (store_obstore.fsspec_options). gcsfs's
+    JSON API filesystem, not the one it picks by default (GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT:
+    it first asks the bucket's type over gRPC and TLS, which the emulator does not speak, and
+    retries for minutes)."""
+    gcsfs_core = pytest.importorskip("gcsfs.core", reason="a forked child reads gs:// through gcsfs (the [gcs] extra)")
+    import multiprocessing as mp
+
+    from gpuzarr import store_obstore
+
+    registry = importlib.import_module("fsspec.registry")  # the module: fsspec.registry is its mapping
+    monkeypatch.setitem(registry._registry, "gs", gcsfs_core.GCSFileSystem)
+
+    arr = _open(endpoint, "sharded.zarr")
+    want = zarr.open_array(bucket / "sharded.zarr", mode="r")[...]
+    assert np.array_equal(arr[:4, :4], want[:4, :4])  # obstore's runtime runs in the parent
+    ctx = mp.get_context("fork")
+    parent_end, child_end = ctx.Pipe(duplex=False)
+
+    def run():
+        try:
+            fresh = _open(endpoint, "v2.zarr")  # opened in the child: through gcsfs too
+            child_end.send(("ok", (np.array_equal(arr[...], want), arr.store.fallback is not None,
+                                   np.array_equal(fresh[...], zarr.open_array(bucket / "v2.zarr", mode="r")[...]),
+                                   store_obstore.FALLBACKS["fork"] > 0)))
+        except BaseException as exc:
+            child_end.send(("error", repr(exc)))
+
+    proc = ctx.Process(target=run)
+    proc.start()
+    try:
+        if not parent_end.poll(60):
+            pytest.fail("the forked child hung for 60 s")
+        status, value = parent_end.recv()
+    finally:
+        proc.join(5)
+        if proc.is_alive():
+            proc.kill()
+            proc.join()
+    assert status == "ok", value
+    assert value == (True, True, True, True)
