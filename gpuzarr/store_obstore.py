@@ -135,6 +135,9 @@ class Remote:
         self.obstore = ostore
         self.pickled = pickled  # how the store travels to another process
         self.ignores_range = False  # the server answered a ranged GET with the whole object
+        # Azure's Get Blob takes no suffix range (`bytes=-N`; obstore refuses to send one): the
+        # last bytes of an object (a shard index) are found from its size, a HEAD first
+        self.suffix_ranges = protocol not in ("az", "abfs", "abfss")
         self._after_fork()
         forksafe.register(self)
 
@@ -152,7 +155,8 @@ class Remote:
                     self._fallback_fs = fsspec.filesystem(self.protocol, skip_instance_cache=True, **options)
                 except (ImportError, ValueError) as exc:
                     raise StoreError(f"{self.label}: {why} go through fsspec, which cannot open {self.protocol}:// "
-                                     f"here ({_reason(exc)}): install its backend (gpuzarr[s3], [gcs], [http])",
+                                     f"here ({_reason(exc)}): install its backend "
+                                     f"(gpuzarr[s3], [gcs], [azure], [http])",
                                      None, exc) from exc
             return self._fallback_fs
 
@@ -255,9 +259,19 @@ class ObstoreStore(Store):
         tally = [0, 0, 0]  # GETs sent, bytes they asked for, retries: into `io` once, at the end
         changed: list[str] = []
 
+        async def from_the_end(path: str, start: int) -> tuple[int, int]:
+            """The range of an object's last -start bytes, from its size (a HEAD: see suffix_ranges)."""
+            tally[0] += 1
+            size = int((await obs.head_async(ostore, path))["size"])
+            return max(0, size + start), size
+
         async def versioned(key: str, path: str, start: int, stop: int | None) -> Any:
             """The GET with its response's metadata (two hand-overs from obstore's runtime, not
             one): the object's version is kept, or checked against the one kept."""
+            if start < 0 and not self._fs.suffix_ranges:
+                start, stop = await from_the_end(path, start)
+                if stop == start:
+                    return b""
             tally[0] += 1
             tally[1] += -start if start < 0 else 0 if stop is None else stop - start
             options: dict = {}
@@ -307,11 +321,16 @@ class ObstoreStore(Store):
                             data = _slice(await whole_once(path), start, stop)
                         elif indexes or key in self._versions:
                             data = await versioned(key, path, start, stop)
-                        elif start < 0:  # the last -start bytes (a shard index)
+                        elif start < 0 and self._fs.suffix_ranges:  # the last -start bytes (a shard index)
                             tally[0] += 1
                             tally[1] -= start
                             response = await obs.get_async(ostore, path, options={"range": {"suffix": -start}})
                             data = await response.bytes_async()
+                        elif start < 0:
+                            first, size = await from_the_end(path, start)
+                            tally[0] += 1
+                            tally[1] += size - first
+                            data = await obs.get_range_async(ostore, path, start=first, end=size) if size > first else b""
                         else:  # whole objects too, as a range to past the end: one future, not two
                             tally[0] += 1
                             tally[1] += 0 if stop is None else stop - start
@@ -786,6 +805,15 @@ def fsspec_options(protocol: str, ostore: Any) -> dict:
                 out[ours] = config[theirs]
         if _true(config.get("skip_signature")):
             out["anon"] = True
+        endpoint = config.get("endpoint")
+        if endpoint and (out.get("account_key") or out.get("sas_token")):
+            # a blob endpoint of its own (an emulator, a private link): adlfs takes one only in a
+            # connection string (its account_host is https://-only)
+            scheme = endpoint.split("://", 1)[0]
+            secret = (f"AccountKey={out.pop('account_key')}" if out.get("account_key") else
+                      f"SharedAccessSignature={out.pop('sas_token').lstrip('?')}")
+            out["connection_string"] = (f"DefaultEndpointsProtocol={scheme};AccountName={out.get('account_name', '')};"
+                                        f"{secret};BlobEndpoint={endpoint};")
     elif protocol in ("http", "https"):
         if client.get("default_headers"):
             out["headers"] = dict(client["default_headers"])
