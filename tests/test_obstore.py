@@ -34,7 +34,7 @@ from gpuzarr.store import Store, open_store, pooled  # noqa: E402
 from gpuzarr.store_obstore import ObstoreStore  # noqa: E402
 
 from remote_arrays import image as _image  # noqa: E402
-from remote_arrays import objects, write_arrays  # noqa: E402
+from remote_arrays import in_forked_child, objects, write_arrays  # noqa: E402
 
 BUCKET = "gpuzarr-test"
 TIMEOUT = 30  # seconds a forked or spawned child may take before the test fails (a hang)
@@ -376,27 +376,7 @@ def test_a_forked_child_reads_through_fsspec_and_never_hangs(endpoint, bucket):
                 np.array_equal(fresh[...], _reference(bucket, "chunked.zarr")[...]),
                 by_url.store.fallback is not None, store_obstore.FALLBACKS["fork"] > 0)
 
-    ctx = mp.get_context("fork")
-    parent_end, child_end = ctx.Pipe(duplex=False)
-
-    def run():
-        try:
-            child_end.send(("ok", child()))
-        except BaseException as exc:
-            child_end.send(("error", repr(exc)))
-
-    proc = ctx.Process(target=run)
-    proc.start()
-    try:
-        if not parent_end.poll(TIMEOUT):
-            pytest.fail(f"the forked child hung for {TIMEOUT} s")
-        status, value = parent_end.recv()
-    finally:
-        proc.join(5)
-        if proc.is_alive():
-            proc.kill()
-            proc.join()
-    assert status == "ok", value
+    value = in_forked_child(child, TIMEOUT)
     assert value == (True, True, True, True, True)
     assert by_url.store.fallback is None  # the parent still reads through obstore
     assert np.array_equal(by_url[:64, :64], want[:64, :64])
