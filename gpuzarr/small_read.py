@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from .devices.base import AutoDevice
 from .devices.cpu import ChunkView, CpuDevice, decode_bytes
 from .fetch import LOCATE_ARRAYS, Locator, _coalesce_small, _fetch_bounded, _fetch_files, thread_slot
 from .selection import DimSelection
@@ -39,9 +40,12 @@ class SmallReads:
                         and self.as_chunk.plain and not self.as_chunk.reordered)
         self._local = threading.local()
 
-    def read(self, window: list[DimSelection], device: Any, out_shape: tuple) -> np.ndarray | None:
-        """The window read, or None where it is not small (the general path reads it)."""
-        if type(device) is not CpuDevice or not window:  # (a 0-d array: one chunk, nothing to save)
+    def read(self, window: list[DimSelection], device: Any, out_shape: tuple) -> Any:
+        """The window read, or None where it is not small (the general path reads it). With
+        device="auto" on a GPU, a read the CPU would decode (AutoDevice.choose: its decoded size,
+        a bound on its compressed bytes, below cpu_below) is read so, then copied up once."""
+        cpu = device.cpu if isinstance(device, AutoDevice) else device
+        if type(cpu) is not CpuDevice or not window:  # (a 0-d array: one chunk, nothing to save)
             return None
         sharded = bool(self.locator.levels)
         terms = self.locator.shard_terms
@@ -61,10 +65,11 @@ class SmallReads:
             n *= len(axis)
             if n > LOCATE_ARRAYS:
                 return None
-        if not device.inline(n, self.chain):
+        if not cpu.inline(n, self.chain) or (cpu is not device and n * self.chain.raw_nbytes >= device.cpu_below):
             return None
-        return self._read([tuple(zip(*chunk)) for chunk in itertools.product(*axes)],
+        host = self._read([tuple(zip(*chunk)) for chunk in itertools.product(*axes)],
                           tuple(sel.count for sel in window), out_shape)
+        return host if cpu is device else device.upload(host, None)
 
     def _read(self, chunks: list[tuple], counts: tuple, out_shape: tuple) -> np.ndarray:
         """`chunks`: per chunk, per axis (see read) its chunk, selections and shard terms."""

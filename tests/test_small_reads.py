@@ -482,3 +482,26 @@ def test_small_reads_on_many_threads_each_read_their_own_window(tmp_path):
 
     with ThreadPoolExecutor(8) as pool:
         assert all(pool.map(window, starts))
+
+
+def test_auto_on_a_gpu_reads_a_small_window_on_the_cpu_path_and_copies_it_up(tmp_path, monkeypatch):
+    """device="auto" with a GPU (a stand-in engine): a window the CPU would decode takes the
+    small path and is copied up once; a larger read goes to the GPU."""
+    from gpu_standin import StandinEngine
+
+    from gpuzarr.devices.base import AutoDevice, get_device
+    from gpuzarr.devices.gpu import GpuDevice
+
+    data = np.random.default_rng(2).integers(0, 1 << 16, (256, 256)).astype("u2")  # stored as large as it is
+    z = zarr.create_array(tmp_path / "a.zarr", shape=data.shape, chunks=(32, 32), shards=(128, 128), dtype="u2")
+    z[...] = data
+    arr = gpuzarr.open(str(tmp_path / "a.zarr"), device="cpu")
+    engine = StandinEngine()
+    auto = AutoDevice(GpuDevice(engine), get_device("cpu"), cpu_below=64 << 10)
+    uploads = []
+    monkeypatch.setattr(auto, "upload", lambda host, out: uploads.append(host.shape) or host)
+    taken = _small_path_spy(monkeypatch)
+    np.testing.assert_array_equal(arr.read((slice(5, 40), slice(60, 90)), device=auto), data[5:40, 60:90])
+    assert taken == [4] and uploads == [(35, 30)] and not engine.calls
+    np.testing.assert_array_equal(arr.read((slice(0, 256), slice(0, 160)), device=auto), data[:, :160])
+    assert taken == [4] and engine.calls  # 40 chunks of 2 KiB: past cpu_below, the GPU's
