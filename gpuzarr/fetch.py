@@ -447,21 +447,21 @@ def fetch(store: Store, loc: Locations, rows: np.ndarray, alloc: Any = _new_stag
           missing: list | None = None, compact: bool = False) -> FetchedBatch:
     """Read the chunks `rows` (in storage order) into one staging buffer, coalescing neighbours.
     `alloc(nbytes)` gives the staging buffer of a local read (default: a new one), or (it, a
-    token); `align`: where chunks of a local read start (see `_fetch_bounded`); `missing`, if
+    token); `align`: where chunks of a local read start (see `fetch_bounded`); `missing`, if
     given, gets the key of every chunk object found absent (zarr-python's read results);
-    `compact`: a local read's chunks lie back to back, gaps skipped (see `_fetch_bounded`)."""
+    `compact`: a local read's chunks lie back to back, gaps skipped (see `fetch_bounded`)."""
     n = rows.size
     if isinstance(store, LocalStore) and n and loc.sizes[rows[0]] < 0:  # chunk files (all or none of a read's)
-        return _fetch_files(store, loc.keys[rows].tolist(), alloc, align, missing)
+        return fetch_files(store, loc.keys[rows].tolist(), alloc, align, missing)
     keys, offsets, sizes, present = loc.keys[rows], loc.offsets[rows], loc.sizes[rows], loc.present[rows].copy()
     key_list = keys.tolist()
     if np.count_nonzero(present) < COALESCE_ARRAYS:
         live = np.flatnonzero(present).tolist()
-        ranges, members = _coalesce_small(key_list, offsets.tolist(), sizes.tolist(), live)
+        ranges, members = coalesce_small(key_list, offsets.tolist(), sizes.tolist(), live)
     else:
         ranges, members = _coalesce(keys, loc.key_ids[rows], offsets, sizes, present)
     if ranges and isinstance(store, LocalStore):
-        return _fetch_bounded(store, ranges, members, offsets, sizes, present, key_list, alloc, align, compact)
+        return fetch_bounded(store, ranges, members, offsets, sizes, present, key_list, alloc, align, compact)
     # other stores return what exists, so nothing is allocated from an unchecked index size;
     # the ranges of shards read whole while locating are slices of the bytes in hand
     blobs = _read_or_slice(store, ranges, loc.prefetched)
@@ -553,7 +553,7 @@ def _copy_into(staging: np.ndarray, pos: int, blob: Any) -> None:
         pos += len(part)
 
 
-def _coalesce_small(keys: list, offsets: list, sizes: list, live: list[int]) -> tuple[list, list]:
+def coalesce_small(keys: list, offsets: list, sizes: list, live: list[int]) -> tuple[list, list]:
     """(key, start, stop) ranges (stop None: the whole object) and the chunks each holds, of the
     chunks `live` (in storage order): a chunk joins the previous range if it starts at most
     COALESCE_GAP bytes after its end. Python integers: cheaper than array calls for a few chunks."""
@@ -577,7 +577,7 @@ def _coalesce_small(keys: list, offsets: list, sizes: list, live: list[int]) -> 
 
 def _coalesce(keys: np.ndarray, key_ids: np.ndarray, offsets: np.ndarray, sizes: np.ndarray,
               present: np.ndarray) -> tuple[list, list]:
-    """The same ranges as `_coalesce_small`, found with whole-batch array operations. Within a
+    """The same ranges as `coalesce_small`, found with whole-batch array operations. Within a
     range chunks follow each other (a chunk starting before the previous one's end starts a new
     range), so a range's running end is its previous chunk's end."""
     live = np.flatnonzero(present)
@@ -596,7 +596,7 @@ def _coalesce(keys: np.ndarray, key_ids: np.ndarray, offsets: np.ndarray, sizes:
     return ranges, [m.tolist() for m in np.split(live, firsts[1:])]
 
 
-def _fetch_files(store: LocalStore, keys: list, alloc: Any, align: int, missing: list | None) -> FetchedBatch:
+def fetch_files(store: LocalStore, keys: list, alloc: Any, align: int, missing: list | None) -> FetchedBatch:
     """Whole chunk files, each sized on its open descriptor and read straight into its place in
     one staging buffer (at `align`-ed offsets); a file that is not there reads as the fill value."""
     layout: list = []
@@ -624,7 +624,7 @@ def _fetch_files(store: LocalStore, keys: list, alloc: Any, align: int, missing:
                         np.array([size is not None for size in sizes], dtype=bool), keys, token)
 
 
-def _fetch_bounded(store: LocalStore, ranges: list, members: list, offsets: np.ndarray, sizes: np.ndarray,
+def fetch_bounded(store: LocalStore, ranges: list, members: list, offsets: np.ndarray, sizes: np.ndarray,
                    present: np.ndarray, labels: list, alloc: Any, align: int, compact: bool = False) -> FetchedBatch:
     """Byte ranges of known size (from shard indexes checked against the shard's size, or from
     the file's size): the staging buffer is allocated once and read into directly. With `align`

@@ -19,13 +19,10 @@ from typing import Any
 import numpy as np
 
 from .devices.base import AutoDevice
-from .devices.cpu import ChunkView, CpuDevice, decode_bytes
-from .fetch import LOCATE_ARRAYS, Locator, _coalesce_small, _fetch_bounded, _fetch_files, thread_slot
+from .devices.cpu import STAGING_KEPT, ChunkView, CpuDevice, decode_bytes
+from .fetch import LOCATE_ARRAYS, Locator, coalesce_small, fetch_bounded, fetch_files, thread_slot
 from .selection import DimSelection
 from .store import LocalStore
-
-# staging kept per thread between small reads (they need far less: a few compressed chunks)
-STAGING_KEPT = 4 << 20
 
 
 class SmallReads:
@@ -83,13 +80,13 @@ class SmallReads:
             keys, ids, offsets, sizes, present, _ = self.locator.locate_few(shards, rows)
             labels = [keys[i] for i in ids]
             live = sorted((i for i in range(len(chunks)) if present[i]), key=lambda i: (ids[i], offsets[i]))
-            ranges, members = _coalesce_small(labels, offsets, sizes, live)
-            batch = _fetch_bounded(store, ranges, members, np.array(offsets), np.array(sizes), np.array(present),
+            ranges, members = coalesce_small(labels, offsets, sizes, live)
+            batch = fetch_bounded(store, ranges, members, np.array(offsets), np.array(sizes), np.array(present),
                                    labels, self._staging, 1) if ranges else None
         else:  # a file per chunk
             encode = self.locator.meta.key_encoding.key
             labels = [encode(chunk[0]) for chunk in chunks]
-            batch = _fetch_files(store, labels, self._staging, 1, None)
+            batch = fetch_files(store, labels, self._staging, 1, None)
             present = batch.present.tolist()
         out = np.empty(out_shape, self.dtype)
         view = out.reshape(counts)  # dropped axes (integer indices) kept, of length 1
@@ -107,4 +104,5 @@ class SmallReads:
         return out
 
     def _staging(self, nbytes: int) -> np.ndarray:
+        """This thread's buffer for a small read's compressed chunks, kept as the CPU device keeps its own."""
         return thread_slot(self._local, "staging", nbytes, STAGING_KEPT)

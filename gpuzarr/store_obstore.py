@@ -268,10 +268,6 @@ class ObstoreStore(Store):
         async def versioned(key: str, path: str, start: int, stop: int | None) -> Any:
             """The GET with its response's metadata (two hand-overs from obstore's runtime, not
             one): the object's version is kept, or checked against the one kept."""
-            if start < 0 and not self._fs.suffix_ranges:
-                start, stop = await from_the_end(path, start)
-                if stop == start:
-                    return b""
             tally[0] += 1
             tally[1] += -start if start < 0 else 0 if stop is None else stop - start
             options: dict = {}
@@ -317,20 +313,19 @@ class ObstoreStore(Store):
             async with semaphore:
                 try:
                     try:
+                        if start < 0 and not self._fs.suffix_ranges and not self._fs.ignores_range:
+                            start, stop = await from_the_end(path, start)
                         if self._fs.ignores_range:
                             data = _slice(await whole_once(path), start, stop)
+                        elif stop == start:  # an empty object's last bytes
+                            data = b""
                         elif indexes or key in self._versions:
                             data = await versioned(key, path, start, stop)
-                        elif start < 0 and self._fs.suffix_ranges:  # the last -start bytes (a shard index)
+                        elif start < 0:  # the last -start bytes (a shard index)
                             tally[0] += 1
                             tally[1] -= start
                             response = await obs.get_async(ostore, path, options={"range": {"suffix": -start}})
                             data = await response.bytes_async()
-                        elif start < 0:
-                            first, size = await from_the_end(path, start)
-                            tally[0] += 1
-                            tally[1] += size - first
-                            data = await obs.get_range_async(ostore, path, start=first, end=size) if size > first else b""
                         else:  # whole objects too, as a range to past the end: one future, not two
                             tally[0] += 1
                             tally[1] += 0 if stop is None else stop - start
