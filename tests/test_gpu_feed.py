@@ -78,14 +78,21 @@ def test_patch_boxes_are_the_boxes_of_the_normalised_windows(data):
     shape = tuple(data.draw(st.integers(0, 30)) for _ in range(ndim))
     end = st.integers(-35, 35)
     n = data.draw(st.integers(BOXES_FROM, BOXES_FROM + 4))
+    indexed = [data.draw(st.booleans()) for _ in range(ndim)]  # an integer on this axis, as `[z, y0:y1]`
     first = [(data.draw(end), data.draw(end)) for _ in range(ndim)]
     windows = []
     for _ in range(n):  # mostly one shape: shifted copies of the first window, ends as given
         shift = [data.draw(st.integers(-3, 3)) for _ in range(ndim)]
-        windows.append(tuple(slice(a + s, b + s, data.draw(st.sampled_from([None, 1])))
-                             for (a, b), s in zip(first, shift)))
-    normalised = [normalize(w, shape) for w in windows]
+        windows.append(tuple(a + s if integer else slice(a + s, b + s, data.draw(st.sampled_from([None, 1])))
+                             for (a, b), s, integer in zip(first, shift, indexed)))
     boxes = _patch_boxes(windows, shape)
+    try:
+        normalised = [normalize(w, shape) for w in windows]
+    except IndexError:  # an integer outside its axis: the general path says so
+        assert boxes is None
+        with pytest.raises(IndexError, match="out of bounds"):
+            parse_batch(windows, shape)
+        return
     reference = Boxes.of(normalised)
     if len({tuple(d.count for d in w) for w in normalised}) > 1:
         assert boxes is None
@@ -111,6 +118,12 @@ def test_other_windows_take_the_general_path():
     assert isinstance(parse_batch(numpy_ends, shape), Boxes)
     for odd in ((slice(True, 5), slice(0, 4)), (slice(np.uint64(0), 4), slice(0, 4)), (slice(0, 2**70), slice(0, 4))):
         assert _patch_boxes(patches[1:] + [odd], shape) is None, odd  # the general path decides
+    indexed = [(np.int32(k), slice(k, k + 4)) for k in range(BOXES_FROM)]  # `[z, y0:y1]`: a loader's slices
+    boxes = parse_batch(indexed, shape)
+    assert isinstance(boxes, Boxes) and boxes.drop == (True, False) and boxes.out_shape == (4,)
+    for odd in ((True, slice(0, 4)), (np.uint64(1), slice(0, 4)), (1.0, slice(0, 4)), (20, slice(0, 4)),
+                (-21, slice(0, 4))):
+        assert _patch_boxes(indexed[1:] + [odd], shape) is None, odd  # the general path decides
     far = parse_batch([(slice(k, k + 4), slice(16, 2**70)) for k in range(BOXES_FROM)], shape)
     assert [d.count for d in far[0]] == [4, 4]
     with pytest.raises(TypeError):
