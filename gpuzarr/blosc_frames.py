@@ -433,6 +433,8 @@ def read_le_where(buf: np.ndarray, at: np.ndarray, width: int, inside: np.ndarra
     (offsets outside the buffer are never read)."""
     if buf.size < width:
         return np.zeros(at.size, np.int64)
+    if inside.all():  # the common case: no masking (two np.where a call: ~40% of a small batch's)
+        return read_le(buf, at, f"<u{width}")
     return np.where(inside, read_le(buf, np.where(inside, at, 0), f"<u{width}"), 0)
 
 

@@ -91,7 +91,7 @@ class Reader:
     def __init__(self, meta: ArrayMetadata, store: Store, settings: Settings = Settings()):
         self.meta, self.store, self.settings = meta, store, settings
         self.locator = Locator(meta, store, IndexCache(settings.index_cache_bytes))
-        self.small = SmallReads(self.locator, store, meta.fill_value, meta.data_type.dtype)
+        self.small = SmallReads(self.locator)
 
     def read(self, windows: list[list[DimSelection]] | Boxes, batched: bool, device: Device, out: Any = None,
              report: ReadReport | None = None) -> Any:

@@ -28,12 +28,13 @@ from .store import LocalStore
 class SmallReads:
     """Small reads of one array; `applies` says whether its layout allows them at all."""
 
-    def __init__(self, locator: Locator, store: Any, fill: Any, dtype: Any):
-        chain = locator.leaf_chain
-        self.locator, self.store, self.fill, self.dtype = locator, store, fill, dtype
+    def __init__(self, locator: Locator):
+        chain, meta = locator.leaf_chain, locator.meta
+        self.locator, self.store = locator, locator.store
+        self.fill, self.dtype = meta.fill_value, meta.data_type.dtype
         self.chain, self.as_chunk = chain, ChunkView(chain) if chain.raw_nbytes is not None else None
         self.leaf = locator.leaf_shape
-        self.applies = (type(store) is LocalStore and len(locator.levels) <= 1 and self.as_chunk is not None
+        self.applies = (type(self.store) is LocalStore and len(locator.levels) <= 1 and self.as_chunk is not None
                         and self.as_chunk.plain and not self.as_chunk.reordered)
         self._local = threading.local()
 
