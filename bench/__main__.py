@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import time
@@ -169,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
         "timestamp": stamp, "argv": sys.argv[1:] if argv is None else argv,
         "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
         "machine": report.machine_info(), "versions": report.versions(), "git": report.git_info(ROOT),
-        "load_average": {"start": os.getloadavg()}, "datasets": {}, "readers": {}, "results": [], "memory": {},
+        **report.run_started(), "datasets": {}, "readers": {}, "results": [], "memory": {},
     }
     t_start = time.perf_counter()
     # datasets first (generation is slow and must not interleave with timing)
@@ -237,8 +236,7 @@ def main(argv: list[str] | None = None) -> int:
     table = report.format_table(doc)
     print(f"gpuzarr bench {stamp}  commit {doc['git'].get('commit', '?')[:10]}"
           f"{' (dirty: ' + ', '.join(doc['git']['modified']) + ')' if doc['git'].get('dirty') else ''}  "
-          f"device {args.device}  repeats {args.repeats}  load avg {doc['load_average']['start'][0]:.2f} -> "
-          f"{doc['load_average']['end'][0]:.2f}")
+          f"device {args.device}  repeats {args.repeats}  {report.machine_load(doc)}")
     for name in args.datasets:
         ds = doc["datasets"][name]
         print(f"  {name}: {ds['describe']}; stored {ds['stored_bytes'] / 2**20:.1f} MiB (ratio {ds['ratio']:.2f})")

@@ -282,7 +282,7 @@ def main(argv: list[str] | None = None) -> int:
     doc: dict = {"timestamp": stamp, "argv": argv,
                  "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
                  "machine": report.machine_info(), "versions": report.versions(), "git": report.git_info(ROOT),
-                 "load_average": {"start": os.getloadavg()}, "layouts": {}, "readers": {}, "results": []}
+                 **report.run_started(), "layouts": {}, "readers": {}, "results": []}
     t_start = time.perf_counter()
     paths = {}
     for spec in specs:  # generation first: nothing is timed while a layout is written
@@ -293,8 +293,7 @@ def main(argv: list[str] | None = None) -> int:
         run_layout(spec, paths[spec.name], args, doc)
     report.close_run(doc, t_start)
     print(f"layouts bench {stamp}  commit {report.commit_label(doc['git'])}  "
-          f"repeats {args.repeats}  load avg {doc['load_average']['start'][0]:.2f} -> "
-          f"{doc['load_average']['end'][0]:.2f}")
+          f"repeats {args.repeats}  {report.machine_load(doc)}")
     for name, ld in doc["layouts"].items():
         print(f"  {name}: {ld['describe']}; {ld['stored_bytes'] / 2**20:.1f} MiB in {ld['files']} files "
               f"(ratio {ld['ratio']:.2f}); {ld['why']}")

@@ -898,7 +898,7 @@ def main(argv: list[str] | None = None) -> int:
     doc: dict = {"timestamp": stamp, "argv": argv,
                  "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
                  "machine": report.machine_info(), "versions": vers, "git": report.git_info(ROOT),
-                 "load_average": {"start": os.getloadavg()}, "server": {}, "datasets": {}, "readers": {},
+                 **report.run_started(), "server": {}, "datasets": {}, "readers": {},
                  "readers_run": args.readers, "results": []}
     t_start = time.perf_counter()
     paths = {}
@@ -919,8 +919,7 @@ def main(argv: list[str] | None = None) -> int:
                 floor.close()
     report.close_run(doc, t_start)
     print(f"remote bench {stamp}  commit {report.commit_label(doc['git'])}  "
-          f"{doc['machine'].get('affinity')} cores  load avg {doc['load_average']['start'][0]:.2f} -> "
-          f"{doc['load_average']['end'][0]:.2f}  ({doc['seconds']} s)")
+          f"{doc['machine'].get('affinity')} cores  {report.machine_load(doc)}  ({doc['seconds']} s)")
     for name in args.datasets:
         ds = doc["datasets"][name]
         print(f"  {name}: {ds['describe']}; {ds['stored_bytes'] / 2**20:.1f} MiB stored")

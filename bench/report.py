@@ -76,10 +76,45 @@ def commit_label(git: dict) -> str:
     return (git.get("commit") or "?")[:10] + (" (dirty)" if git.get("dirty") else "")
 
 
+def run_started() -> dict:
+    """A run's document entries for the machine's load: the load average and the CPU time counters
+    at its start (close_run adds their ends)."""
+    return {"load_average": {"start": os.getloadavg()}, "steal": {"ticks_start": _cpu_ticks()}}
+
+
 def close_run(doc: dict, t_start: float) -> None:
-    """Stamp a finished run's document: the load average at its end, and the seconds it took."""
+    """Stamp a finished run's document: the load average at its end, the share of the machine's
+    CPU time its hypervisor stole over the run, and the seconds it took."""
     doc["load_average"]["end"] = os.getloadavg()
+    start, end = doc["steal"]["ticks_start"], _cpu_ticks()
+    doc["steal"]["share"] = None if start is None or end is None or end[0] <= start[0] else \
+        round((end[1] - start[1]) / (end[0] - start[0]), 3)
     doc["seconds"] = round(time.perf_counter() - t_start, 1)
+
+
+def machine_load(doc: dict) -> str:
+    """The load of a closed run, for its header line. Steal (time a shared virtual machine's
+    hypervisor gave its CPUs to others) makes a run noisy: on the 2-core machines it came in
+    phases where one thread's pure libzstd decode took 1.4x its CPU time in wall time, and a
+    read's threads waited on each other longer; ratios within one run (readers alternating)
+    still compare, figures across runs less so."""
+    load = doc["load_average"]
+    steal = doc["steal"].get("share")
+    return (f"load avg {load['start'][0]:.2f} -> {load['end'][0]:.2f}"
+            + ("" if steal is None else f"  steal {steal:.0%}" + (" (a shared machine: noisy)" if steal >= 0.05 else "")))
+
+
+def _cpu_ticks() -> tuple[int, int] | None:
+    """(all CPU time, the part stolen) so far, in clock ticks, from /proc/stat; None where there is none."""
+    try:
+        with open("/proc/stat") as f:
+            fields = f.readline().split()
+    except OSError:
+        return None
+    if not fields or fields[0] != "cpu" or len(fields) < 9:
+        return None
+    ticks = [int(x) for x in fields[1:9]]  # user nice system idle iowait irq softirq steal
+    return sum(ticks), ticks[7]
 
 
 # --------------------------------------------------------------------------- table

@@ -728,7 +728,7 @@ def main(argv: list[str] | None = None) -> int:
     doc: dict = {"timestamp": stamp, "argv": sys.argv[1:] if argv is None else argv,
                  "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
                  "machine": report.machine_info(), "versions": vers, "git": report.git_info(ROOT),
-                 "load_average": {"start": os.getloadavg()}, "datasets": {}, "formats": []}
+                 **report.run_started(), "datasets": {}, "formats": []}
     t_start = time.perf_counter()
     specs = [make_spec(fmt, args.mib, args.grid, args.seed) for fmt in args.formats]
     paths = {}
@@ -745,8 +745,7 @@ def main(argv: list[str] | None = None) -> int:
     for fd in doc["formats"]:
         fd["derived"] = derived(fd)
     print(f"xarray bench {stamp}  commit {report.commit_label(doc['git'])}  repeats {args.repeats}  "
-          f"{doc['machine'].get('affinity')} cores  load avg {doc['load_average']['start'][0]:.2f} -> "
-          f"{doc['load_average']['end'][0]:.2f}")
+          f"{doc['machine'].get('affinity')} cores  {report.machine_load(doc)}")
     for spec in specs:
         ds = doc["datasets"][spec.fmt]
         print(f"  {spec.fmt}: {spec.describe()}; stored {ds['stored_bytes'] / 2**20:.1f} MiB")

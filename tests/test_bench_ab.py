@@ -129,3 +129,23 @@ def test_the_cold_benchmark_drops_the_page_cache_or_says_why(tmp_path, capsys, m
     assert "page cache dropped" in out and "one by one" in out and "one batch" in out
     saved = json.loads(next((tmp_path / "o").glob("cold-*.json")).read_text())
     assert set(saved["seconds"]) == {"gpuzarr", "tensorstore"} and len(saved["seconds"]["gpuzarr"]["one"]) == 1
+
+
+def test_a_run_records_the_share_of_cpu_time_stolen_from_it(monkeypatch):
+    """Steal over a run comes from /proc/stat's counters at its start and end, and the header line
+    says so, flagging a noisy run; where there are no counters, it says nothing of steal."""
+    from bench import report
+
+    ticks = iter([(1000, 100), (2000, 300)])  # 200 of 1000 ticks stolen over the run
+    monkeypatch.setattr(report, "_cpu_ticks", lambda: next(ticks))
+    doc = report.run_started()
+    report.close_run(doc, 0.0)
+    assert doc["steal"]["share"] == 0.2
+    assert "steal 20% (a shared machine: noisy)" in report.machine_load(doc)
+    monkeypatch.setattr(report, "_cpu_ticks", lambda: None)
+    doc = report.run_started()
+    report.close_run(doc, 0.0)
+    assert doc["steal"]["share"] is None and "steal" not in report.machine_load(doc)
+    monkeypatch.undo()
+    total, stolen = report._cpu_ticks()  # this machine's own counters (Linux)
+    assert 0 <= stolen <= total
