@@ -63,7 +63,7 @@ class SmallReads:
             n *= len(axis)
             if n > LOCATE_ARRAYS:
                 return None
-        if not cpu.inline(n, self.chain) or (cpu is not device and n * self.chain.raw_nbytes >= device.cpu_below):
+        if not cpu.inline(n, self.chain) or (cpu is not device and device.choose(n * self.chain.raw_nbytes) is not cpu):
             return None
         host = self._read([tuple(zip(*chunk)) for chunk in itertools.product(*axes)],
                           tuple(sel.count for sel in window), out_shape)

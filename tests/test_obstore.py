@@ -611,6 +611,30 @@ def test_http_urls_read_through_obstore_and_list_through_fsspec(bucket):
         server.server_close()
 
 
+def test_an_azure_endpoint_of_its_own_reaches_adlfs_as_a_connection_string():
+    """A forked child's adlfs takes a custom blob endpoint (an emulator, a private link) only in a
+    connection string: built from obstore's endpoint with its key or its SAS token; without an
+    endpoint the account's options pass as they are."""
+    from obstore.store import AzureStore
+
+    from gpuzarr.store_obstore import fsspec_options
+
+    key = "a2V5" * 22  # any base64 key of the right length
+    with_key = AzureStore("c", account_name="acct", account_key=key, endpoint="http://127.0.0.1:10000/acct",
+                          client_options={"allow_http": True})
+    assert fsspec_options("az", with_key) == {
+        "account_name": "acct",
+        "connection_string": f"DefaultEndpointsProtocol=http;AccountName=acct;AccountKey={key};"
+                             f"BlobEndpoint=http://127.0.0.1:10000/acct;"}
+    with_sas = AzureStore("c", account_name="acct", sas_key="sv=2024&sig=abc", endpoint="https://blobs.example/acct")
+    assert fsspec_options("az", with_sas) == {
+        "account_name": "acct",
+        "connection_string": "DefaultEndpointsProtocol=https;AccountName=acct;SharedAccessSignature=sv=2024&sig=abc;"
+                             "BlobEndpoint=https://blobs.example/acct;"}
+    assert fsspec_options("az", AzureStore("c", account_name="acct", account_key=key)) == {
+        "account_name": "acct", "account_key": key}
+
+
 # ---------------------------------------------------------------- a measurement, not a test
 
 
@@ -670,26 +694,3 @@ def _bench(repeats: int = 5) -> None:
 if __name__ == "__main__":
     _bench()
 
-
-def test_an_azure_endpoint_of_its_own_reaches_adlfs_as_a_connection_string():
-    """A forked child's adlfs takes a custom blob endpoint (an emulator, a private link) only in a
-    connection string: built from obstore's endpoint with its key or its SAS token; without an
-    endpoint the account's options pass as they are."""
-    from obstore.store import AzureStore
-
-    from gpuzarr.store_obstore import fsspec_options
-
-    key = "a2V5" * 22  # any base64 key of the right length
-    with_key = AzureStore("c", account_name="acct", account_key=key, endpoint="http://127.0.0.1:10000/acct",
-                          client_options={"allow_http": True})
-    assert fsspec_options("az", with_key) == {
-        "account_name": "acct",
-        "connection_string": f"DefaultEndpointsProtocol=http;AccountName=acct;AccountKey={key};"
-                             f"BlobEndpoint=http://127.0.0.1:10000/acct;"}
-    with_sas = AzureStore("c", account_name="acct", sas_key="sv=2024&sig=abc", endpoint="https://blobs.example/acct")
-    assert fsspec_options("az", with_sas) == {
-        "account_name": "acct",
-        "connection_string": "DefaultEndpointsProtocol=https;AccountName=acct;SharedAccessSignature=sv=2024&sig=abc;"
-                             "BlobEndpoint=https://blobs.example/acct;"}
-    assert fsspec_options("az", AzureStore("c", account_name="acct", account_key=key)) == {
-        "account_name": "acct", "account_key": key}
