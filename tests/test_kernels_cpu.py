@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 
 from gpuzarr import blosc_frames
+from gpuzarr.devices import host_scatter
 from gpuzarr.devices import kernels as K
 from gpuzarr.devices.gpu_layout import copy_records
 
@@ -494,6 +495,46 @@ def test_scatter_aligned_rows_move_in_16_byte_words(lib):
         scatter(lib, at_phase(batch, 0), out, recs, 2, 2, (2, 1, 8, False, False))
         np.testing.assert_array_equal(out, arr)
         assert accesses(lib) == {1: 0, 2: 0, 4: 0, 8: 0, 16: arr.nbytes // 16}
+
+
+# The CPU's placement (kernels/scatter_host.cpp, as built by setup.py and loaded by
+# gpuzarr.devices.host_scatter): the same records, the same gpz_window_dims, rows by memcpy.
+
+
+def _host_scatter():
+    if host_scatter.available():
+        return host_scatter
+    if shutil.which("c++") or shutil.which("g++"):
+        pytest.fail("gpuzarr._scatter_host is not built on a machine with a C++ compiler: reinstall (pip install -e .)")
+    pytest.skip("no C++ compiler here: gpuzarr._scatter_host is not built; the CPU places through NumPy")
+
+
+@pytest.mark.parametrize("itemsize", [1, 2, 4, 8, 16])
+@pytest.mark.parametrize("ndim", range(9))
+def test_host_scatter_matches_numpy(itemsize, ndim):
+    hs = _host_scatter()
+    for contiguous in (False, True):
+        for reverse in ((), tuple(range(0, ndim, 2))):  # negative output strides on every other dim
+            case = Case(900 + 10 * itemsize + ndim + contiguous, ndim, itemsize, contiguous=contiguous,
+                        reverse_dims=reverse)
+            got = case.base.copy()
+            hs.scatter(case.batch, got, case.records(), ndim, itemsize)
+            np.testing.assert_array_equal(got, case.expected(), err_msg=f"contiguous={contiguous} reverse={reverse}")
+
+
+def test_host_scatter_whole_chunks_and_empty_records():
+    hs = _host_scatter()
+    rng = np.random.default_rng(15)
+    arr = rng.integers(0, 2**16, (10, 7, 9), dtype=np.uint16)
+    out = np.zeros_like(arr)
+    batch, recs = _whole_chunk_records(arr, (4, 3, 5), out)
+    hs.scatter(batch, out, recs, 3, 2)
+    np.testing.assert_array_equal(out, arr)
+    hs.scatter(batch, out, recs[:0], 3, 2)  # no records: nothing touched, no call
+    recs[:, K.SCATTER_REC_COUNT] = 0  # windows of no element: nothing written
+    untouched = np.zeros_like(arr)
+    hs.scatter(batch, untouched, recs, 3, 2)
+    assert not untouched.any()
 
 
 @pytest.mark.parametrize("itemsize", [1, 2, 4, 8, 16])

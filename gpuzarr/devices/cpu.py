@@ -22,7 +22,10 @@ from ..errors import CorruptDataError, DeviceMemoryError, SettingsError
 from ..fetch import FetchedBatch, PendingBatch, thread_slot
 from ..placement import Box, decode_raw, place, place_block, part_boxes, plane_assign
 from ..plan import Gather, Plan
+from . import host_scatter
 from .base import settle
+from .gpu_layout import scatter_records
+from .kernels import SCATTER_MAX_NDIM, SCATTER_REC_SRC
 
 GROUP_BYTES = 2 << 20  # decoded bytes per task: enough to amortise a task, small enough for L2
 # What splitting a batch over the pool costs, against decoding it frame by frame on the calling
@@ -220,7 +223,7 @@ class CpuDevice:
                 row_of[~present] = -1
                 for lo, hi, _ in runs:
                     row_of[lo:hi] = -2  # placed already
-                _place_rows(rows, row_of.tolist(), part.labels, as_chunk, out, plan, first, fill)
+                _place_rows(rows, row_of, part.labels, as_chunk, out, plan, first, fill)
             return
         # boxes from anywhere in the part (a window cutting a shard's Morton order): rows in the
         # boxes' order, each box placed by one copy, then the other chunks
@@ -242,7 +245,7 @@ class CpuDevice:
             row_of = np.full(part.n, -1, dtype=np.int64)
             row_of[order] = np.arange(order.size)
             row_of[boxed] = -2  # placed already
-            _place_rows(rows, row_of.tolist(), part.labels, as_chunk, out, plan, first, fill)
+            _place_rows(rows, row_of, part.labels, as_chunk, out, plan, first, fill)
 
     def _block(self, nbytes: int) -> np.ndarray:
         """This thread's buffer for the decoded chunks of one part (kept up to BLOCK_KEPT bytes)."""
@@ -358,13 +361,25 @@ def _decode_rows(chain: CodecChain, part: FetchedBatch, order: np.ndarray | slic
     _rows_decoder(chain)(part.staging, offsets, sizes, rows, labels)
 
 
-def _place_rows(rows: np.ndarray, row_of: list, labels: list, as_chunk: Any, out: Any, plan: Plan, first: int,
+def _place_rows(rows: np.ndarray, row_of: np.ndarray, labels: list, as_chunk: Any, out: Any, plan: Plan, first: int,
                 fill: Any) -> None:
-    """Place the part's chunks one by one: chunk i (plan chunk first+i) is row row_of[i] of
-    `rows`, or absent (-1: the fill value), or placed already (-2)."""
+    """Place the part's chunks: chunk i (plan chunk first+i) is row row_of[i] of `rows`, or
+    absent (-1: the fill value), or placed already (-2). The rows' pieces go in one call of the
+    host scatter where it applies (_scatters), else one NumPy assignment each; fills by NumPy."""
+    if _scatters(as_chunk, rows, out):
+        itemsize = out.dtype.itemsize
+        records, _ = scatter_records(plan, first, first + row_of.size, row_of >= 0, as_chunk.shape, itemsize,
+                                     out.strides)
+        # a record's source is its chunk's place in the part (times the chunk's bytes): its row's
+        records[:, SCATTER_REC_SRC] = row_of[records[:, SCATTER_REC_SRC] // rows.shape[1]] * rows.strides[0]
+        host_scatter.scatter(rows, out, records, len(as_chunk.shape), itemsize)
+        if not (row_of == -1).any():
+            return
+        row_of = np.where(row_of >= 0, -2, row_of)  # only the fills are left
     last, chunk = -1, None
-    for c, chunk_sel, out_sel in plan.selections(first, first + len(row_of)):
-        r = row_of[c - first]
+    rows_of = row_of.tolist()
+    for c, chunk_sel, out_sel in plan.selections(first, first + len(rows_of)):
+        r = rows_of[c - first]
         if r == -1:
             out[out_sel] = fill
         elif r >= 0:
@@ -376,6 +391,14 @@ def _place_rows(rows: np.ndarray, row_of: list, labels: list, as_chunk: Any, out
                 plane_assign(out, out_sel, chunk[chunk_sel])
             else:
                 out[out_sel] = chunk[chunk_sel]
+
+
+def _scatters(as_chunk: Any, rows: np.ndarray, out: Any) -> bool:
+    """Whether rows of decoded chunks are placed by the host scatter: chunks viewed as they are
+    stored, of the output's very dtype (no cast, no byte swap), each row contiguous, into a NumPy
+    output, the library built (gpuzarr.devices.host_scatter)."""
+    return (as_chunk.plain and isinstance(out, np.ndarray) and as_chunk.dtype == out.dtype
+            and rows.strides[1] == 1 and len(as_chunk.shape) <= SCATTER_MAX_NDIM and host_scatter.available())
 
 
 def _decode_each_and_place(part: FetchedBatch, chain: CodecChain, as_chunk: Any, out: Any, plan: Plan, first: int,

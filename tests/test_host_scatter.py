@@ -1,0 +1,142 @@
+"""The CPU's placement through the host scatter (gpuzarr.devices.host_scatter) against the NumPy
+placement it replaces (forced by hiding the library) and against zarr-python, on arrays zarr-python
+wrote: windows of any step, batches, absent chunks (the fill value beside scattered pieces),
+dtypes of 1 to 16 bytes. The library's own record semantics: tests/test_kernels_cpu.py."""
+
+from __future__ import annotations
+
+import logging
+from unittest import mock
+
+import numpy as np
+import pytest
+import zarr
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import gpuzarr
+from gpuzarr.devices import cpu as cpu_device
+from gpuzarr.devices import host_scatter
+
+pytestmark = pytest.mark.skipif(not host_scatter.available(), reason="gpuzarr._scatter_host is not built here "
+                                "(tests/test_kernels_cpu.py fails where a C++ compiler is)")
+
+DTYPES = ["uint8", "<i2", "<f4", "<u8", "<c16"]
+
+
+@pytest.fixture
+def grouped(monkeypatch):
+    """No batch decoded chunk by chunk on the calling thread (CpuDevice.inline): every one in
+    parts, whose pieces _place_rows places, as a large read's are."""
+    monkeypatch.setattr(cpu_device, "SPLIT_SECONDS", 0.0)
+
+
+@pytest.fixture
+def numpy_only(monkeypatch):
+    """The library hidden: every part placed through NumPy, as where it was not built."""
+    monkeypatch.setattr(host_scatter, "_lib", [None])
+
+
+def _array(root, dtype: str, shape, chunks, shards, sparse: bool, seed: int):
+    rng = np.random.default_rng(seed)
+    data = (rng.integers(0, 250, shape) * 1.5).astype(dtype)
+    arr = zarr.create_array(str(root), shape=shape, chunks=chunks, shards=shards, dtype=dtype, fill_value=7,
+                            compressors=None if seed % 2 else zarr.codecs.ZstdCodec(level=1))
+    if sparse:  # a band of chunks left unwritten: absent, read as the fill value
+        arr[:shape[0] // 2] = data[:shape[0] // 2]
+        data[shape[0] // 2:] = 7
+    else:
+        arr[...] = data
+    return data
+
+
+def _selection(draw, shape):
+    sel = []
+    for n in shape:
+        a = draw(st.integers(0, n - 1))
+        b = draw(st.integers(a + 1, n))
+        sel.append(slice(a, b, draw(st.sampled_from([1, 1, 2, 3]))))
+    return tuple(sel)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_host_and_numpy_placement_agree_with_zarr(tmp_path_factory, data):
+    dtype = data.draw(st.sampled_from(DTYPES))
+    ndim = data.draw(st.integers(1, 3))
+    shape = tuple(data.draw(st.integers(8, 40)) for _ in range(ndim))
+    chunks = tuple(data.draw(st.integers(2, 9)) for _ in range(ndim))
+    shards = tuple(c * data.draw(st.integers(1, 3)) for c in chunks) if data.draw(st.booleans()) else None
+    root = tmp_path_factory.mktemp("a") / "a.zarr"
+    truth = _array(root, dtype, shape, chunks, shards, data.draw(st.booleans()), data.draw(st.integers(0, 9)))
+    size = tuple(data.draw(st.integers(1, n)) for n in shape)
+    windows = []
+    for _ in range(data.draw(st.integers(2, 12))):
+        starts = [data.draw(st.integers(0, n - w)) for n, w in zip(shape, size)]
+        windows.append(tuple(slice(a, a + w) for a, w in zip(starts, size)))
+    strided = _selection(data.draw, shape)
+    arr = gpuzarr.open(str(root), device="cpu", settings=gpuzarr.Settings(threads=data.draw(st.sampled_from([1, 2]))))
+    want_batch = np.stack([truth[w] for w in windows])
+    with mock.patch.object(cpu_device, "SPLIT_SECONDS", 0.0):  # parts, not chunk by chunk (see `grouped`)
+        got_batch, got_strided = arr.read_batch(windows), arr[strided]
+        with mock.patch.object(host_scatter, "_lib", [None]):  # hidden: NumPy places every piece
+            np_batch, np_strided = arr.read_batch(windows), arr[strided]
+    for got in (got_batch, np_batch):
+        np.testing.assert_array_equal(got, want_batch)
+    for got in (got_strided, np_strided):
+        np.testing.assert_array_equal(got, truth[strided])
+    assert got_batch.tobytes() == np_batch.tobytes()  # bit for bit (NaN payloads, -0.0)
+
+
+def test_a_batch_of_pieces_goes_through_the_host_scatter(tmp_path, grouped):
+    """Windows cutting chunks: their pieces are placed by the library, in one call per part."""
+    truth = _array(tmp_path / "a.zarr", "<u2", (64, 64), (8, 8), (32, 32), sparse=True, seed=1)
+    arr = gpuzarr.open(str(tmp_path / "a.zarr"), device="cpu", settings=gpuzarr.Settings(threads=2))
+    windows = [(slice(a, a + 13), slice(b, b + 11)) for a, b in [(1, 2), (20, 30), (40, 3), (50, 50), (5, 45)]]
+    calls = []
+    real = host_scatter.scatter
+    host_scatter.scatter = lambda *a, **k: (calls.append(len(a[2])), real(*a, **k))
+    try:
+        got = arr.read_batch(windows)
+    finally:
+        host_scatter.scatter = real
+    np.testing.assert_array_equal(got, np.stack([truth[w] for w in windows]))
+    assert calls and sum(calls) > len(calls), "the pieces were not placed through the host scatter"
+
+
+def test_without_the_library_numpy_places_and_it_is_counted(tmp_path, grouped, numpy_only):
+    truth = _array(tmp_path / "a.zarr", "<f4", (40, 40), (6, 6), None, sparse=True, seed=2)
+    arr = gpuzarr.open(str(tmp_path / "a.zarr"), device="cpu", settings=gpuzarr.Settings(threads=2))
+    before = host_scatter.FALLBACKS["unbuilt"]
+    windows = [(slice(a, a + 9), slice(a + 1, a + 10)) for a in range(0, 30, 3)]
+    np.testing.assert_array_equal(arr.read_batch(windows), np.stack([truth[w] for w in windows]))
+    assert host_scatter.FALLBACKS["unbuilt"] > before
+
+
+def test_a_missing_library_is_logged_once(monkeypatch, caplog):
+    monkeypatch.setattr(host_scatter, "_NAME", "_no_such_library")
+    monkeypatch.setattr(host_scatter, "_lib", [])
+    with caplog.at_level(logging.WARNING, logger="gpuzarr"):
+        assert not host_scatter.available()
+        assert not host_scatter.available()
+    assert [r.getMessage() for r in caplog.records].count(caplog.records[0].getMessage()) == 1
+    assert "_no_such_library was not built" in caplog.records[0].getMessage()
+
+
+def test_only_plain_chunks_of_the_output_dtype_are_scattered():
+    """A byte swap, a cast or a transpose is NumPy's: the library copies bytes as they are."""
+    rows = np.zeros((2, 8), np.uint8)
+
+    class View:
+        plain, shape = True, (2, 2)
+
+        def __init__(self, dtype):
+            self.dtype = np.dtype(dtype)
+
+    assert cpu_device._scatters(View("<u2"), rows, np.zeros((4, 4), "<u2"))
+    assert not cpu_device._scatters(View(">u2"), rows, np.zeros((4, 4), "<u2"))
+    assert not cpu_device._scatters(View("<i2"), rows, np.zeros((4, 4), "<u2"))
+    assert not cpu_device._scatters(View("<u2"), rows[:, ::2], np.zeros((4, 4), "<u2"))
+    not_plain = View("<u2")
+    not_plain.plain = False
+    assert not cpu_device._scatters(not_plain, rows, np.zeros((4, 4), "<u2"))
