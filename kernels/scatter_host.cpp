@@ -1,25 +1,27 @@
 // The CPU's placement of decoded chunks: the very records the GPU's scatter kernel takes
 // (scatter_core.cuh: one int64 row per placement), reduced to rows by the same gpz_window_dims,
-// then copied row by row with memcpy. Built as gpuzarr._scatter_host (setup.py) and called
-// through ctypes, which releases the GIL for the call: a part's pieces are placed in one call,
-// not one NumPy assignment each (each of which drops and retakes the GIL, a context switch when
-// another thread wants it: ~20 us on a shared VM, more than the copy of a piece).
+// then copied row by row with memcpy, or with each unit's bytes reversed where the chunks hold
+// another byte order than the output (a big-endian array read on a little-endian machine).
+// Built as gpuzarr._scatter_host (setup.py) and called through ctypes, which releases the GIL for
+// the call: a part's pieces are placed in one call, not one NumPy assignment each (each of which
+// drops and retakes the GIL, a context switch when another thread wants it: ~20 us on a shared
+// VM, more than the copy of a piece).
 //
 // Contract (as the kernel's, checked by the host before the call, never here): every window
-// lies inside its chunk in `src` and inside `dst`; windows of different records do not overlap.
+// lies inside its chunk in `src` and inside `dst`; windows of different records do not overlap;
+// with a swap, rows are whole units (the units divide the items).
 #include <string.h>
 
 #include "scatter_core.cuh"
 
-// Rows of W bytes (W known at compile time: element-wise copies of strided reads), or of
-// w->rowbytes (W == 0). The outer dims are walked by counters, innermost first.
-template <int W>
-static inline void gpz_host_rows(const gpz_window* w, const gpz_u8* s, gpz_u8* d)
+// Walk the rows of window w from s and d (outer dims by counters, innermost first), calling
+// row(source, destination) for each.
+template <class Row>
+static inline void gpz_host_rows(const gpz_window* w, const gpz_u8* s, gpz_u8* d, Row row)
 {
     gpz_i64 at[GPZ_MAX_NDIM] = {0};
-    const size_t rowbytes = W ? (size_t)W : (size_t)w->rowbytes;
     for (gpz_i64 r = 0; r < w->rows; ++r) {
-        memcpy(d, s, W ? (size_t)W : rowbytes);
+        row(s, d);
         for (int k = 0; k < w->nd; ++k) {
             s += w->sstride[k];
             d += w->dstride[k];
@@ -31,28 +33,72 @@ static inline void gpz_host_rows(const gpz_window* w, const gpz_u8* s, gpz_u8* d
     }
 }
 
+// Rows of W bytes copied as they are (W known at compile time: the items of strided reads), or
+// of w->rowbytes (W == 0).
+template <int W>
+static inline void gpz_host_copy(const gpz_window* w, const gpz_u8* s, gpz_u8* d)
+{
+    const size_t n = W ? (size_t)W : (size_t)w->rowbytes;
+    gpz_host_rows(w, s, d, [n](const gpz_u8* a, gpz_u8* b) { memcpy(b, a, n); });
+}
+
+template <typename T> static inline T gpz_bswap(T v);
+template <> inline unsigned short gpz_bswap(unsigned short v) { return (unsigned short)((v >> 8) | (v << 8)); }
+template <> inline unsigned int gpz_bswap(unsigned int v) { return __builtin_bswap32(v); }
+template <> inline gpz_u64 gpz_bswap(gpz_u64 v) { return __builtin_bswap64(v); }
+
+// Rows copied unit by unit, each unit's bytes reversed (T: the unit's unsigned type).
+template <typename T>
+static inline void gpz_host_swap(const gpz_window* w, const gpz_u8* s, gpz_u8* d)
+{
+    const gpz_i64 units = w->rowbytes / (gpz_i64)sizeof(T);
+    gpz_host_rows(w, s, d, [units](const gpz_u8* a, gpz_u8* b) {
+        for (gpz_i64 u = 0; u < units; ++u) {
+            T v;
+            memcpy(&v, a + u * sizeof(T), sizeof(T));
+            v = gpz_bswap(v);
+            memcpy(b + u * sizeof(T), &v, sizeof(T));
+        }
+    });
+}
+
 extern "C" {
 
-// Place records 0..n-1 (n rows of GPZ_REC_LEN int64 values) from `src` into `dst`.
-void gpz_scatter_host(const gpz_u8* src, gpz_u8* dst, const gpz_i64* recs, gpz_i64 n, int ndim, gpz_i64 itemsize)
+// Place records 0..n-1 (n rows of GPZ_REC_LEN int64 values) from `src` into `dst`; `swap`: the
+// size of the units whose bytes are reversed on the way (2, 4 or 8), or 0 for a plain copy.
+// Returns 0, or -1 for a swap of another size (nothing placed).
+int gpz_scatter_host(const gpz_u8* src, gpz_u8* dst, const gpz_i64* recs, gpz_i64 n, int ndim, gpz_i64 itemsize,
+                     int swap)
 {
+    if (swap != 0 && swap != 2 && swap != 4 && swap != 8) return -1;
     gpz_window w;
     for (gpz_i64 c = 0; c < n; ++c) {
         gpz_window_dims(&w, recs + c * GPZ_REC_LEN, ndim, itemsize, false);
         const gpz_u8* s = src + w.src;
         gpz_u8* d = dst + w.dst;
-        switch (w.rowbytes) {
-            case 1: gpz_host_rows<1>(&w, s, d); break;
-            case 2: gpz_host_rows<2>(&w, s, d); break;
-            case 4: gpz_host_rows<4>(&w, s, d); break;
-            case 8: gpz_host_rows<8>(&w, s, d); break;
-            case 16: gpz_host_rows<16>(&w, s, d); break;
-            default: gpz_host_rows<0>(&w, s, d); break;
+        if (swap == 2) {
+            gpz_host_swap<unsigned short>(&w, s, d);
+        } else if (swap == 4) {
+            gpz_host_swap<unsigned int>(&w, s, d);
+        } else if (swap == 8) {
+            gpz_host_swap<gpz_u64>(&w, s, d);
+        } else {
+            switch (w.rowbytes) {
+                case 1: gpz_host_copy<1>(&w, s, d); break;
+                case 2: gpz_host_copy<2>(&w, s, d); break;
+                case 4: gpz_host_copy<4>(&w, s, d); break;
+                case 8: gpz_host_copy<8>(&w, s, d); break;
+                case 16: gpz_host_copy<16>(&w, s, d); break;
+                default: gpz_host_copy<0>(&w, s, d); break;
+            }
         }
     }
+    return 0;
 }
 
-// The record layout this library was built with, for the loader to check against its own.
+// What this library was built as, for the loader to check against what it expects: the record
+// layout, and the version of these functions' signatures (2: gpz_scatter_host takes `swap`).
 gpz_i64 gpz_scatter_host_rec_len(void) { return GPZ_REC_LEN; }
+int gpz_scatter_host_version(void) { return 2; }
 
 }  // extern "C"

@@ -1,7 +1,7 @@
 """The CPU's placement through the host scatter (gpuzarr.devices.host_scatter) against the NumPy
 placement it replaces (forced by hiding the library) and against zarr-python, on arrays zarr-python
 wrote: windows of any step, batches, absent chunks (the fill value beside scattered pieces),
-dtypes of 1 to 16 bytes. The library's own record semantics: tests/test_kernels_cpu.py."""
+dtypes of 1 to 16 bytes in either byte order. The library's own record semantics: tests/test_kernels_cpu.py."""
 
 from __future__ import annotations
 
@@ -37,11 +37,12 @@ def numpy_only(monkeypatch):
     monkeypatch.setattr(host_scatter, "_lib", [None])
 
 
-def _array(root, dtype: str, shape, chunks, shards, sparse: bool, seed: int):
+def _array(root, dtype: str, shape, chunks, shards, sparse: bool, seed: int, endian: str = "little"):
     rng = np.random.default_rng(seed)
     data = (rng.integers(0, 250, shape) * 1.5).astype(dtype)
     arr = zarr.create_array(str(root), shape=shape, chunks=chunks, shards=shards, dtype=dtype, fill_value=7,
-                            compressors=None if seed % 2 else zarr.codecs.ZstdCodec(level=1))
+                            compressors=None if seed % 2 else zarr.codecs.ZstdCodec(level=1),
+                            serializer=zarr.codecs.BytesCodec(endian=endian))
     if sparse:  # a band of chunks left unwritten: absent, read as the fill value
         arr[:shape[0] // 2] = data[:shape[0] // 2]
         data[shape[0] // 2:] = 7
@@ -68,7 +69,8 @@ def test_host_and_numpy_placement_agree_with_zarr(tmp_path_factory, data):
     chunks = tuple(data.draw(st.integers(2, 9)) for _ in range(ndim))
     shards = tuple(c * data.draw(st.integers(1, 3)) for c in chunks) if data.draw(st.booleans()) else None
     root = tmp_path_factory.mktemp("a") / "a.zarr"
-    truth = _array(root, dtype, shape, chunks, shards, data.draw(st.booleans()), data.draw(st.integers(0, 9)))
+    truth = _array(root, dtype, shape, chunks, shards, data.draw(st.booleans()), data.draw(st.integers(0, 9)),
+                   data.draw(st.sampled_from(["little", "big"])))
     size = tuple(data.draw(st.integers(1, n)) for n in shape)
     windows = []
     for _ in range(data.draw(st.integers(2, 12))):
@@ -123,8 +125,8 @@ def test_a_missing_library_is_logged_once(monkeypatch, caplog):
     assert "_no_such_library was not built" in caplog.records[0].getMessage()
 
 
-def test_only_plain_chunks_of_the_output_dtype_are_scattered():
-    """A byte swap, a cast or a transpose is NumPy's: the library copies bytes as they are."""
+def test_only_chunks_of_the_output_dtype_or_its_byte_swap_are_scattered():
+    """A cast, a transpose or a struct is NumPy's: the library copies bytes, or reverses units."""
     rows = np.zeros((2, 8), np.uint8)
 
     class View:
@@ -133,10 +135,14 @@ def test_only_plain_chunks_of_the_output_dtype_are_scattered():
         def __init__(self, dtype):
             self.dtype = np.dtype(dtype)
 
-    assert cpu_device._scatters(View("<u2"), rows, np.zeros((4, 4), "<u2"))
-    assert not cpu_device._scatters(View(">u2"), rows, np.zeros((4, 4), "<u2"))
-    assert not cpu_device._scatters(View("<i2"), rows, np.zeros((4, 4), "<u2"))
-    assert not cpu_device._scatters(View("<u2"), rows[:, ::2], np.zeros((4, 4), "<u2"))
+    out = np.zeros((4, 4), "<u2")
+    assert cpu_device._host_swap(View("<u2"), rows, out) == 0
+    assert cpu_device._host_swap(View(">u2"), rows, out) == 2
+    assert cpu_device._host_swap(View(">c8"), rows, np.zeros(4, "<c8")) == 4
+    assert cpu_device._host_swap(View(">f8"), rows, np.zeros(4, "<f8")) == 8
+    assert cpu_device._host_swap(View("<i2"), rows, out) is None  # a cast
+    assert cpu_device._host_swap(View("<u2"), rows[:, ::2], out) is None  # rows not contiguous
+    assert cpu_device._host_swap(View("<u2"), rows, [[0] * 4] * 4) is None  # not a NumPy output
     not_plain = View("<u2")
     not_plain.plain = False
-    assert not cpu_device._scatters(not_plain, rows, np.zeros((4, 4), "<u2"))
+    assert cpu_device._host_swap(not_plain, rows, out) is None

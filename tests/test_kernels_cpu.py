@@ -522,6 +522,29 @@ def test_host_scatter_matches_numpy(itemsize, ndim):
             np.testing.assert_array_equal(got, case.expected(), err_msg=f"contiguous={contiguous} reverse={reverse}")
 
 
+def _swapped(a: np.ndarray, unit: int) -> np.ndarray:
+    """`a` with the bytes of each `unit`-byte unit of its items reversed."""
+    items = np.ascontiguousarray(a).view(np.uint8).reshape(a.shape + (a.itemsize // unit, unit))
+    return np.ascontiguousarray(items[..., ::-1]).reshape(a.shape + (a.itemsize,)).view(a.dtype)[..., 0]
+
+
+@pytest.mark.parametrize("itemsize,unit", [(2, 2), (4, 4), (8, 8), (8, 4), (16, 8)])
+@pytest.mark.parametrize("ndim", [0, 1, 2, 3, 5])
+def test_host_scatter_swaps_units(itemsize, unit, ndim):
+    """A big-endian array on a little-endian machine: each unit's bytes reversed on the way
+    (8-byte items of 4-byte units: complex64; 16 of 8: complex128)."""
+    hs = _host_scatter()
+    case = Case(300 + 10 * itemsize + ndim + unit, ndim, itemsize, reverse_dims=(0,) if ndim else ())
+    expected = case.base.copy()
+    for c in range(case.nchunks):
+        case.dst_view(expected, c)[...] = _swapped(case.src_window(c), unit)
+    got = case.base.copy()
+    hs.scatter(case.batch, got, case.records(), ndim, itemsize, unit)
+    np.testing.assert_array_equal(got, expected)
+    with pytest.raises(ValueError, match="not 3"):
+        hs.scatter(case.batch, got, case.records(), ndim, itemsize, 3)
+
+
 def test_host_scatter_whole_chunks_and_empty_records():
     hs = _host_scatter()
     rng = np.random.default_rng(15)

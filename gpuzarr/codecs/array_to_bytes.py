@@ -18,7 +18,7 @@ _NATIVE = "little" if sys.byteorder == "little" else "big"
 _NUMPY_SWAPS = "iufcmMU"  # kinds whose casts between byte orders NumPy does as a pure byte swap
 
 
-def _scalar_unit(dtype: np.dtype) -> int:
+def swap_unit(dtype: np.dtype) -> int:
     """Size of the unit a byte-order swap reverses: complex numbers swap each half, UTF-32
     strings each code point."""
     if dtype.kind == "c":
@@ -38,7 +38,7 @@ def held_order(dtype: np.dtype) -> str | None:
     if dtype.fields is not None:
         orders = (held_order(dtype.fields[name][0].base) for name in dtype.names)
         return next((order for order in orders if order is not None), None)
-    if _scalar_unit(dtype) <= 1 or _is_bytes(dtype):
+    if swap_unit(dtype) <= 1 or _is_bytes(dtype):
         return None
     return _NATIVE if dtype.byteorder in "=|" else ("little" if dtype.byteorder == "<" else "big")
 
@@ -93,7 +93,7 @@ class Bytes:
             stored = self.stored_view(dtype) if xp is np else None
             if stored is not None:
                 return raw.view(stored).astype(dtype).reshape((n, *shape))
-            unit = _scalar_unit(dtype)
+            unit = swap_unit(dtype)
             raw = xp.ascontiguousarray(raw.reshape(n, -1, unit)[:, :, ::-1]).reshape(n, -1)
         return raw.view(dtype).reshape((n, *shape))
 

@@ -14,7 +14,7 @@ import numpy as np
 from .. import forksafe
 from ..codecs import libdeflate
 from ..codecs.array_to_array import Transpose
-from ..codecs.array_to_bytes import Bytes
+from ..codecs.array_to_bytes import Bytes, swap_unit
 from ..codecs.bytes_to_bytes import Blosc, Lz4, Zstd, decode_through, strip_crc32c_batch
 from ..codecs.chain import CodecChain, decode_chunk
 from ..cores import default_threads
@@ -365,14 +365,15 @@ def _place_rows(rows: np.ndarray, row_of: np.ndarray, labels: list, as_chunk: An
                 fill: Any) -> None:
     """Place the part's chunks: chunk i (plan chunk first+i) is row row_of[i] of `rows`, or
     absent (-1: the fill value), or placed already (-2). The rows' pieces go in one call of the
-    host scatter where it applies (_scatters), else one NumPy assignment each; fills by NumPy."""
-    if _scatters(as_chunk, rows, out):
+    host scatter where it applies (_host_swap), else one NumPy assignment each; fills by NumPy."""
+    swap = _host_swap(as_chunk, rows, out)
+    if swap is not None:
         itemsize = out.dtype.itemsize
         records, _ = scatter_records(plan, first, first + row_of.size, row_of >= 0, as_chunk.shape, itemsize,
                                      out.strides)
         # a record's source is its chunk's place in the part (times the chunk's bytes): its row's
         records[:, SCATTER_REC_SRC] = row_of[records[:, SCATTER_REC_SRC] // rows.shape[1]] * rows.strides[0]
-        host_scatter.scatter(rows, out, records, len(as_chunk.shape), itemsize)
+        host_scatter.scatter(rows, out, records, len(as_chunk.shape), itemsize, swap)
         if not (row_of == -1).any():
             return
         row_of = np.where(row_of >= 0, -2, row_of)  # only the fills are left
@@ -393,12 +394,22 @@ def _place_rows(rows: np.ndarray, row_of: np.ndarray, labels: list, as_chunk: An
                 out[out_sel] = chunk[chunk_sel]
 
 
-def _scatters(as_chunk: Any, rows: np.ndarray, out: Any) -> bool:
-    """Whether rows of decoded chunks are placed by the host scatter: chunks viewed as they are
-    stored, of the output's very dtype (no cast, no byte swap), each row contiguous, into a NumPy
-    output, the library built (gpuzarr.devices.host_scatter)."""
-    return (as_chunk.plain and isinstance(out, np.ndarray) and as_chunk.dtype == out.dtype
-            and rows.strides[1] == 1 and len(as_chunk.shape) <= SCATTER_MAX_NDIM and host_scatter.available())
+def _host_swap(as_chunk: Any, rows: np.ndarray, out: Any) -> int | None:
+    """How the host scatter places rows of decoded chunks: 0, their bytes as they are (chunks of
+    the output's very dtype); 2, 4 or 8, each unit of that size reversed (the same dtype in the
+    other byte order: a big-endian array here, as NumPy's copy swaps it); None, not at all (a
+    cast, a transpose, another swap, rows not contiguous, a non-NumPy output, no library)."""
+    if not (as_chunk.plain and isinstance(out, np.ndarray) and rows.strides[1] == 1
+            and len(as_chunk.shape) <= SCATTER_MAX_NDIM):
+        return None
+    stored, wanted = as_chunk.dtype, out.dtype
+    if stored == wanted:
+        swap = 0
+    elif stored.newbyteorder() == wanted and stored.fields is None and swap_unit(wanted) in (2, 4, 8):
+        swap = swap_unit(wanted)
+    else:
+        return None
+    return swap if host_scatter.available() else None
 
 
 def _decode_each_and_place(part: FetchedBatch, chain: CodecChain, as_chunk: Any, out: Any, plan: Plan, first: int,

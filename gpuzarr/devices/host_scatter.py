@@ -27,6 +27,7 @@ log = logging.getLogger("gpuzarr")
 FALLBACKS: Counter = Counter()  # reads' parts placed through NumPy for want of the library
 _LOCK = threading.Lock()
 _NAME = "_scatter_host"
+VERSION = 2  # gpz_scatter_host_version() of the sources this module calls (kernels/scatter_host.cpp)
 _i64 = ctypes.c_int64
 _lib: list = []  # [the function, or None where the library is missing]
 
@@ -44,12 +45,14 @@ def _load() -> Any:
         return None
     lib = ctypes.CDLL(str(path))
     lib.gpz_scatter_host_rec_len.restype = _i64
-    if lib.gpz_scatter_host_rec_len() != SCATTER_REC_LEN:  # a stale build beside newer sources
-        log.warning("gpuzarr: %s was built for another record layout; rebuild it (pip install .)", path)
+    version = getattr(lib, "gpz_scatter_host_version", None)
+    if version is None or version() != VERSION or lib.gpz_scatter_host_rec_len() != SCATTER_REC_LEN:
+        log.warning("gpuzarr: %s was built from other sources than this gpuzarr's; rebuild it (pip install .): "
+                    "the CPU places chunks through NumPy meanwhile", path)  # a stale build beside newer sources
         return None
     fn = lib.gpz_scatter_host
-    fn.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, _i64, ctypes.c_int, _i64]
-    fn.restype = None
+    fn.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, _i64, ctypes.c_int, _i64, ctypes.c_int]
+    fn.restype = ctypes.c_int
     return fn
 
 
@@ -70,10 +73,12 @@ def available() -> bool:
     return False
 
 
-def scatter(src: np.ndarray, dst: np.ndarray, records: np.ndarray, ndim: int, itemsize: int) -> None:
+def scatter(src: np.ndarray, dst: np.ndarray, records: np.ndarray, ndim: int, itemsize: int, swap: int = 0) -> None:
     """Place `records` (scatter_records' rows, SRC as byte offsets into `src`) from `src` into
     `dst`, both NumPy arrays whose memory the records address (checked by their maker: they come
-    from the read's plan, inside the chunk and the output)."""
+    from the read's plan, inside the chunk and the output). `swap`: reverse the bytes of each
+    unit of this size (2, 4 or 8) on the way, as NumPy's copy between byte orders does."""
     records = np.ascontiguousarray(records, dtype=np.int64)
-    if records.shape[0]:
-        _function()(src.ctypes.data, dst.ctypes.data, records.ctypes.data, records.shape[0], ndim, itemsize)
+    if records.shape[0] and _function()(src.ctypes.data, dst.ctypes.data, records.ctypes.data, records.shape[0],
+                                        ndim, itemsize, swap):
+        raise ValueError(f"the host scatter swaps units of 2, 4 or 8 bytes, not {swap}")
