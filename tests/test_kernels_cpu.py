@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 from gpuzarr import blosc_frames
-from gpuzarr.devices import host_scatter
+from gpuzarr import host_lib
 from gpuzarr.devices import kernels as K
 from gpuzarr.devices.gpu_layout import copy_records
 
@@ -497,16 +497,16 @@ def test_scatter_aligned_rows_move_in_16_byte_words(lib):
         assert accesses(lib) == {1: 0, 2: 0, 4: 0, 8: 0, 16: arr.nbytes // 16}
 
 
-# The CPU's placement (kernels/scatter_host.cpp, as built by setup.py and loaded by
-# gpuzarr.devices.host_scatter): the same records, the same gpz_window_dims, rows by memcpy.
+# The CPU's placement (kernels/host_scatter.cpp, as built by setup.py and loaded by
+# gpuzarr.host_lib): the same records, the same gpz_window_dims, rows by memcpy.
 
 
 def _host_scatter():
-    if host_scatter.available():
-        return host_scatter
+    if host_lib.built():
+        return host_lib
     if shutil.which("c++") or shutil.which("g++"):
-        pytest.fail("gpuzarr._scatter_host is not built on a machine with a C++ compiler: reinstall (pip install -e .)")
-    pytest.skip("no C++ compiler here: gpuzarr._scatter_host is not built; the CPU places through NumPy")
+        pytest.fail("gpuzarr._host_lib is not built on a machine with a C++ compiler: reinstall (pip install -e .)")
+    pytest.skip("no C++ compiler here: gpuzarr._host_lib is not built; the CPU places through NumPy")
 
 
 @pytest.mark.parametrize("itemsize", [1, 2, 4, 8, 16])

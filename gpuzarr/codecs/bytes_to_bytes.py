@@ -23,6 +23,7 @@ from numcodecs import blosc as _blosc
 from numcodecs import lz4 as _numcodecs_lz4
 from numcodecs import zstd as _numcodecs_zstd
 
+from .. import host_lib
 from ..blosc_frames import read_le_where
 from ..errors import CorruptDataError, MetadataError, UnsupportedFeatureError
 from . import libdeflate, libz
@@ -562,9 +563,12 @@ class Blosc(BytesBytesCodec):
                 except CorruptDataError as exc:
                     raise CorruptDataError(f"{labels[i]}: {exc}") from None
             return
-        src = (staging.ctypes.data + offsets).tolist()
-        dst = (out.ctypes.data + nbytes * np.arange(k)).tolist()
-        got = [decompress(s, d, nbytes, 1) for s, d in zip(src, dst)]
+        src = staging.ctypes.data + offsets
+        dst = out.ctypes.data + nbytes * np.arange(k)
+        if host_lib.available("blosc"):  # the loop in C: the GIL released once, not per frame
+            got = host_lib.each_blosc(decompress, src, dst, nbytes)
+        else:
+            got = [decompress(s, d, nbytes, 1) for s, d in zip(src.tolist(), dst.tolist())]
         wrong = np.flatnonzero(np.asarray(got) != nbytes)
         if wrong.size:
             i = int(wrong[0])
@@ -659,9 +663,11 @@ class Lz4(BytesBytesCodec):
         decompress = _lz4_direct(int(sizes.max()), nbytes)
         rest = np.arange(k)
         if decompress is not None:
-            src = (staging.ctypes.data + 4 + offsets).tolist()
-            dst = (out.ctypes.data + nbytes * rest).tolist()
-            got = [decompress(s, d, n, nbytes) for s, d, n in zip(src, dst, (sizes - 4).tolist())]
+            src, dst = staging.ctypes.data + 4 + offsets, out.ctypes.data + nbytes * rest
+            if host_lib.available("lz4"):  # the loop in C: the GIL released once, not per frame
+                got = host_lib.each_lz4(decompress, src, sizes - 4, dst, nbytes)
+            else:
+                got = [decompress(s, d, n, nbytes) for s, d, n in zip(src.tolist(), dst.tolist(), (sizes - 4).tolist())]
             rest = np.flatnonzero(np.asarray(got) != nbytes)
         _each_named(self._decode_numcodecs, staging, rest, offsets, sizes, out, labels)
 

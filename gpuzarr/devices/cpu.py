@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from .. import forksafe
+from .. import forksafe, host_lib
 from ..codecs import libdeflate
 from ..codecs.array_to_array import Transpose
 from ..codecs.array_to_bytes import Bytes, swap_unit
@@ -22,7 +22,6 @@ from ..errors import CorruptDataError, DeviceMemoryError, SettingsError
 from ..fetch import FetchedBatch, PendingBatch, thread_slot
 from ..placement import Box, decode_raw, place, place_block, part_boxes, plane_assign
 from ..plan import Gather, Plan
-from . import host_scatter
 from .base import settle
 from .gpu_layout import scatter_records
 from .kernels import SCATTER_MAX_NDIM, SCATTER_REC_SRC
@@ -373,7 +372,7 @@ def _place_rows(rows: np.ndarray, row_of: np.ndarray, labels: list, as_chunk: An
                                      out.strides)
         # a record's source is its chunk's place in the part (times the chunk's bytes): its row's
         records[:, SCATTER_REC_SRC] = row_of[records[:, SCATTER_REC_SRC] // rows.shape[1]] * rows.strides[0]
-        host_scatter.scatter(rows, out, records, len(as_chunk.shape), itemsize, swap)
+        host_lib.scatter(rows, out, records, len(as_chunk.shape), itemsize, swap)
         if not (row_of == -1).any():
             return
         row_of = np.where(row_of >= 0, -2, row_of)  # only the fills are left
@@ -409,7 +408,7 @@ def _host_swap(as_chunk: Any, rows: np.ndarray, out: Any) -> int | None:
         swap = swap_unit(wanted)
     else:
         return None
-    return swap if host_scatter.available() else None
+    return swap if host_lib.available("scatter") else None
 
 
 def _decode_each_and_place(part: FetchedBatch, chain: CodecChain, as_chunk: Any, out: Any, plan: Plan, first: int,

@@ -2,7 +2,7 @@
 // (scatter_core.cuh: one int64 row per placement), reduced to rows by the same gpz_window_dims,
 // then copied row by row with memcpy, or with each unit's bytes reversed where the chunks hold
 // another byte order than the output (a big-endian array read on a little-endian machine).
-// Built as gpuzarr._scatter_host (setup.py) and called through ctypes, which releases the GIL for
+// Part of gpuzarr._host_lib (setup.py, with host_calls.cpp), called through ctypes, which releases the GIL for
 // the call: a part's pieces are placed in one call, not one NumPy assignment each (each of which
 // drops and retakes the GIL, a context switch when another thread wants it: ~20 us on a shared
 // VM, more than the copy of a piece).
@@ -97,8 +97,8 @@ int gpz_scatter_host(const gpz_u8* src, gpz_u8* dst, const gpz_i64* recs, gpz_i6
 }
 
 // What this library was built as, for the loader to check against what it expects: the record
-// layout, and the version of these functions' signatures (2: gpz_scatter_host takes `swap`).
-gpz_i64 gpz_scatter_host_rec_len(void) { return GPZ_REC_LEN; }
-int gpz_scatter_host_version(void) { return 2; }
+// layout, and the version of the library's functions and signatures (both source files).
+gpz_i64 gpz_host_rec_len(void) { return GPZ_REC_LEN; }
+int gpz_host_version(void) { return 1; }
 
 }  // extern "C"

@@ -1,13 +1,15 @@
-"""The CPU's placement through the host scatter (gpuzarr.devices.host_scatter) against the NumPy
-placement it replaces (forced by hiding the library) and against zarr-python, on arrays zarr-python
-wrote: windows of any step, batches, absent chunks (the fill value beside scattered pieces),
-dtypes of 1 to 16 bytes in either byte order. The library's own record semantics: tests/test_kernels_cpu.py."""
+"""The host library (gpuzarr.host_lib) against the Python loops it replaces (run by hiding the
+library) and against zarr-python, on arrays zarr-python wrote: placement of windows of any step,
+batches, absent chunks (the fill value beside scattered pieces), dtypes of 1 to 16 bytes in either
+byte order; blosc and LZ4 frames decoded in one call, a bad frame named. The scatter's own record
+semantics: tests/test_kernels_cpu.py."""
 
 from __future__ import annotations
 
 import logging
 from unittest import mock
 
+import numcodecs
 import numpy as np
 import pytest
 import zarr
@@ -15,10 +17,13 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import gpuzarr
+from gpuzarr import host_lib
+from gpuzarr.codecs import bytes_to_bytes
+from gpuzarr.codecs.bytes_to_bytes import Blosc, Lz4
 from gpuzarr.devices import cpu as cpu_device
-from gpuzarr.devices import host_scatter
+from gpuzarr.errors import CorruptDataError
 
-pytestmark = pytest.mark.skipif(not host_scatter.available(), reason="gpuzarr._scatter_host is not built here "
+pytestmark = pytest.mark.skipif(not host_lib.built(), reason="gpuzarr._host_lib is not built here "
                                 "(tests/test_kernels_cpu.py fails where a C++ compiler is)")
 
 DTYPES = ["uint8", "<i2", "<f4", "<u8", "<c16"]
@@ -34,7 +39,7 @@ def grouped(monkeypatch):
 @pytest.fixture
 def numpy_only(monkeypatch):
     """The library hidden: every part placed through NumPy, as where it was not built."""
-    monkeypatch.setattr(host_scatter, "_lib", [None])
+    monkeypatch.setattr(host_lib, "_lib", [None])
 
 
 def _array(root, dtype: str, shape, chunks, shards, sparse: bool, seed: int, endian: str = "little"):
@@ -81,7 +86,7 @@ def test_host_and_numpy_placement_agree_with_zarr(tmp_path_factory, data):
     want_batch = np.stack([truth[w] for w in windows])
     with mock.patch.object(cpu_device, "SPLIT_SECONDS", 0.0):  # parts, not chunk by chunk (see `grouped`)
         got_batch, got_strided = arr.read_batch(windows), arr[strided]
-        with mock.patch.object(host_scatter, "_lib", [None]):  # hidden: NumPy places every piece
+        with mock.patch.object(host_lib, "_lib", [None]):  # hidden: NumPy places every piece
             np_batch, np_strided = arr.read_batch(windows), arr[strided]
     for got in (got_batch, np_batch):
         np.testing.assert_array_equal(got, want_batch)
@@ -90,18 +95,18 @@ def test_host_and_numpy_placement_agree_with_zarr(tmp_path_factory, data):
     assert got_batch.tobytes() == np_batch.tobytes()  # bit for bit (NaN payloads, -0.0)
 
 
-def test_a_batch_of_pieces_goes_through_the_host_scatter(tmp_path, grouped):
+def test_a_batch_of_pieces_goes_through_the_host_lib(tmp_path, grouped):
     """Windows cutting chunks: their pieces are placed by the library, in one call per part."""
     truth = _array(tmp_path / "a.zarr", "<u2", (64, 64), (8, 8), (32, 32), sparse=True, seed=1)
     arr = gpuzarr.open(str(tmp_path / "a.zarr"), device="cpu", settings=gpuzarr.Settings(threads=2))
     windows = [(slice(a, a + 13), slice(b, b + 11)) for a, b in [(1, 2), (20, 30), (40, 3), (50, 50), (5, 45)]]
     calls = []
-    real = host_scatter.scatter
-    host_scatter.scatter = lambda *a, **k: (calls.append(len(a[2])), real(*a, **k))
+    real = host_lib.scatter
+    host_lib.scatter = lambda *a, **k: (calls.append(len(a[2])), real(*a, **k))
     try:
         got = arr.read_batch(windows)
     finally:
-        host_scatter.scatter = real
+        host_lib.scatter = real
     np.testing.assert_array_equal(got, np.stack([truth[w] for w in windows]))
     assert calls and sum(calls) > len(calls), "the pieces were not placed through the host scatter"
 
@@ -109,18 +114,18 @@ def test_a_batch_of_pieces_goes_through_the_host_scatter(tmp_path, grouped):
 def test_without_the_library_numpy_places_and_it_is_counted(tmp_path, grouped, numpy_only):
     truth = _array(tmp_path / "a.zarr", "<f4", (40, 40), (6, 6), None, sparse=True, seed=2)
     arr = gpuzarr.open(str(tmp_path / "a.zarr"), device="cpu", settings=gpuzarr.Settings(threads=2))
-    before = host_scatter.FALLBACKS["unbuilt"]
+    before = host_lib.FALLBACKS["scatter"]
     windows = [(slice(a, a + 9), slice(a + 1, a + 10)) for a in range(0, 30, 3)]
     np.testing.assert_array_equal(arr.read_batch(windows), np.stack([truth[w] for w in windows]))
-    assert host_scatter.FALLBACKS["unbuilt"] > before
+    assert host_lib.FALLBACKS["scatter"] > before
 
 
 def test_a_missing_library_is_logged_once(monkeypatch, caplog):
-    monkeypatch.setattr(host_scatter, "_NAME", "_no_such_library")
-    monkeypatch.setattr(host_scatter, "_lib", [])
+    monkeypatch.setattr(host_lib, "_NAME", "_no_such_library")
+    monkeypatch.setattr(host_lib, "_lib", [])
     with caplog.at_level(logging.WARNING, logger="gpuzarr"):
-        assert not host_scatter.available()
-        assert not host_scatter.available()
+        assert not host_lib.built()
+        assert not host_lib.built()
     assert [r.getMessage() for r in caplog.records].count(caplog.records[0].getMessage()) == 1
     assert "_no_such_library was not built" in caplog.records[0].getMessage()
 
@@ -146,3 +151,42 @@ def test_only_chunks_of_the_output_dtype_or_its_byte_swap_are_scattered():
     not_plain = View("<u2")
     not_plain.plain = False
     assert cpu_device._host_swap(not_plain, rows, out) is None
+
+
+def _frames(codec, n: int = 9, nbytes: int = 4096):
+    rng = np.random.default_rng(4)
+    raws = [(rng.integers(0, 50, nbytes // 2).astype("<u2") + i).tobytes() for i in range(n)]
+    frames = [codec.encode(r) for r in raws]
+    staging = np.frombuffer(b"".join(frames), np.uint8).copy()
+    sizes = np.array([len(f) for f in frames], np.int64)
+    return staging, np.cumsum(sizes) - sizes, sizes, raws
+
+
+@pytest.mark.parametrize("name", ["blosc", "lz4"])
+def test_frames_decoded_in_one_call_equal_the_python_loop(name):
+    """Every frame into its row, in C and in Python alike; a frame its decoder refuses is named."""
+    codec = numcodecs.Blosc("lz4", shuffle=numcodecs.Blosc.SHUFFLE, blocksize=1024) if name == "blosc" else numcodecs.LZ4()
+    ours = Blosc("blosc") if name == "blosc" else Lz4("lz4")
+    if (bytes_to_bytes._blosc_ctx() if name == "blosc" else bytes_to_bytes._lz4_safe()) is None:
+        pytest.skip(f"this numcodecs build exports no {name} decoder: no loop to run in C")
+    staging, offsets, sizes, raws = _frames(codec)
+    labels = [f"c{i}" for i in range(len(raws))]
+    calls = []
+    real = getattr(host_lib, f"each_{name}")
+    with mock.patch.object(host_lib, f"each_{name}", lambda *a: (calls.append(1), real(*a))[1]):
+        in_c = np.zeros((len(raws), 4096), np.uint8)
+        ours.decode_rows(staging, offsets, sizes, in_c, labels)
+        with mock.patch.object(host_lib, "_lib", [None]):
+            in_python = np.zeros_like(in_c)
+            ours.decode_rows(staging, offsets, sizes, in_python, labels)
+    assert calls == [1]
+    assert [r.tobytes() for r in in_c] == [r.tobytes() for r in in_python] == raws
+    at = int(offsets[3]) + (int.from_bytes(staging[offsets[3] + 16:offsets[3] + 20].tobytes(), "little")
+                            if name == "blosc" else 4)
+    staging[at:at + 4] = 0xFF  # blosc: the first stream's size made huge; LZ4: a bogus token and length
+    messages = []
+    for lib in (host_lib._lib, [None]):
+        with mock.patch.object(host_lib, "_lib", lib), pytest.raises(CorruptDataError) as err:
+            ours.decode_rows(staging, offsets, sizes, np.zeros_like(in_c), labels)
+        messages.append(str(err.value))
+    assert messages[0] == messages[1] and messages[0].startswith("c3:")

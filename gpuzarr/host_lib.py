@@ -1,0 +1,118 @@
+"""gpuzarr._host_lib, the one compiled part (setup.py; kernels/host_scatter.cpp and
+kernels/host_calls.cpp): per-chunk loops of the CPU path run in C, each in one ctypes call with
+the GIL released once: the placement of a part's pieces (the GPU kernel's own scatter records,
+reduced by its core) and the blosc and LZ4 decoder calls of a part.
+
+Why: each NumPy assignment or ctypes call of such a loop drops and retakes the GIL. With a second
+thread that wants it, that is a context switch each (measured ~20 us on the shared 2-core VMs;
+438 a read of 64 windows of v3 uncompressed 128^2 chunks, where 2 threads then took 10 ms more
+CPU than one, and were slower). Where the library was not built (no C++ compiler at install),
+the loops run in Python as before: counted in FALLBACKS by loop, and logged once."""
+
+from __future__ import annotations
+
+import ctypes
+import importlib.machinery
+import logging
+import threading
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+log = logging.getLogger("gpuzarr")
+
+FALLBACKS: Counter = Counter()  # loops run in Python for want of the library: "scatter", "blosc", "lz4"
+_LOCK = threading.Lock()
+_NAME = "_host_lib"
+VERSION = 1  # gpz_host_version() of the sources this module calls
+_i64, _ptr = ctypes.c_int64, ctypes.c_void_p
+_lib: list = []  # [the loaded library, or None where it is missing or stale]
+
+
+def _load() -> Any:
+    """The built library with its prototypes set, or None (logged once)."""
+    from .devices.kernels import SCATTER_REC_LEN  # here: the codecs import this module, and devices imports them
+
+    folder = Path(__file__).resolve().parent
+    for suffix in importlib.machinery.EXTENSION_SUFFIXES:
+        path = folder / (_NAME + suffix)
+        if path.is_file():
+            break
+    else:
+        log.warning("gpuzarr: %s was not built (no C++ compiler at install?): the CPU places chunks and calls "
+                    "its decoders chunk by chunk from Python, slower where another thread reads at once", _NAME)
+        return None
+    lib = ctypes.CDLL(str(path))
+    lib.gpz_host_rec_len.restype = _i64
+    version = getattr(lib, "gpz_host_version", None)
+    if version is None or version() != VERSION or lib.gpz_host_rec_len() != SCATTER_REC_LEN:
+        log.warning("gpuzarr: %s was built from other sources than this gpuzarr's; rebuild it (pip install .): "
+                    "the CPU runs its loops in Python meanwhile", path)  # a stale build beside newer sources
+        return None
+    lib.gpz_scatter_host.argtypes = [_ptr, _ptr, _ptr, _i64, ctypes.c_int, _i64, ctypes.c_int]
+    lib.gpz_scatter_host.restype = ctypes.c_int
+    lib.gpz_each_blosc.argtypes = [_ptr, _ptr, _ptr, _i64, _i64, _ptr]
+    lib.gpz_each_blosc.restype = None
+    lib.gpz_each_lz4.argtypes = [_ptr, _ptr, _ptr, _ptr, _i64, ctypes.c_int, _ptr]
+    lib.gpz_each_lz4.restype = None
+    return lib
+
+
+def _library() -> Any:
+    if not _lib:
+        with _LOCK:
+            if not _lib:
+                _lib.append(_load())
+    return _lib[0]
+
+
+def built() -> bool:
+    """Whether the library is built and loads."""
+    return _library() is not None
+
+
+def available(loop: str) -> bool:
+    """built(); where not, the Python run of `loop` is counted."""
+    if built():
+        return True
+    with _LOCK:
+        FALLBACKS[loop] += 1
+    return False
+
+
+def scatter(src: np.ndarray, dst: np.ndarray, records: np.ndarray, ndim: int, itemsize: int, swap: int = 0) -> None:
+    """Place `records` (scatter_records' rows, SRC as byte offsets into `src`) from `src` into
+    `dst`, both NumPy arrays whose memory the records address (checked by their maker: they come
+    from the read's plan, inside the chunk and the output). `swap`: reverse the bytes of each
+    unit of this size (2, 4 or 8) on the way, as NumPy's copy between byte orders does."""
+    records = np.ascontiguousarray(records, dtype=np.int64)
+    if records.shape[0] and _library().gpz_scatter_host(src.ctypes.data, dst.ctypes.data, records.ctypes.data,
+                                                        records.shape[0], ndim, itemsize, swap):
+        raise ValueError(f"the host scatter swaps units of 2, 4 or 8 bytes, not {swap}")
+
+
+def _address(fn: Any) -> int:
+    return ctypes.cast(fn, ctypes.c_void_p).value
+
+
+def each_blosc(fn: Any, src: np.ndarray, dst: np.ndarray, nbytes: int) -> np.ndarray:
+    """blosc_decompress_ctx (`fn`, a ctypes function) on the frames at addresses `src` into the
+    `nbytes` at addresses `dst` (int64 arrays; the caller checked each frame's header against
+    its buffer); each one's result."""
+    src, dst = np.ascontiguousarray(src, np.int64), np.ascontiguousarray(dst, np.int64)
+    got = np.empty(src.size, np.intc)
+    _library().gpz_each_blosc(_address(fn), src.ctypes.data, dst.ctypes.data, src.size, nbytes, got.ctypes.data)
+    return got
+
+
+def each_lz4(fn: Any, src: np.ndarray, sizes: np.ndarray, dst: np.ndarray, capacity: int) -> np.ndarray:
+    """LZ4_decompress_safe (`fn`) on the blocks of `sizes` bytes at addresses `src` into the
+    `capacity` bytes at addresses `dst`; each one's result."""
+    src, dst = np.ascontiguousarray(src, np.int64), np.ascontiguousarray(dst, np.int64)
+    sizes = np.ascontiguousarray(sizes, np.int64)
+    got = np.empty(src.size, np.intc)
+    _library().gpz_each_lz4(_address(fn), src.ctypes.data, sizes.ctypes.data, dst.ctypes.data, src.size, capacity,
+                            got.ctypes.data)
+    return got
