@@ -1,7 +1,7 @@
 """gpuzarr._host_lib, the one compiled part (setup.py; kernels/host_scatter.cpp and
 kernels/host_calls.cpp): per-chunk loops of the CPU path run in C, each in one ctypes call with
 the GIL released once: the placement of a part's pieces (the GPU kernel's own scatter records,
-reduced by its core) and the blosc and LZ4 decoder calls of a part.
+reduced by its core) and the blosc, LZ4 and zstd decoder calls of a part.
 
 Why: each NumPy assignment or ctypes call of such a loop drops and retakes the GIL. With a second
 thread that wants it, that is a context switch each (measured ~20 us on the shared 2-core VMs;
@@ -23,10 +23,10 @@ import numpy as np
 
 log = logging.getLogger("gpuzarr")
 
-FALLBACKS: Counter = Counter()  # loops run in Python for want of the library: "scatter", "blosc", "lz4"
+FALLBACKS: Counter = Counter()  # loops run in Python for want of the library: "scatter", "blosc", "lz4", "zstd"
 _LOCK = threading.Lock()
 _NAME = "_host_lib"
-VERSION = 1  # gpz_host_version() of the sources this module calls
+VERSION = 2  # gpz_host_version() of the sources this module calls
 _i64, _ptr = ctypes.c_int64, ctypes.c_void_p
 _lib: list = []  # [the loaded library, or None where it is missing or stale]
 
@@ -57,6 +57,8 @@ def _load() -> Any:
     lib.gpz_each_blosc.restype = None
     lib.gpz_each_lz4.argtypes = [_ptr, _ptr, _ptr, _ptr, _i64, ctypes.c_int, _ptr]
     lib.gpz_each_lz4.restype = None
+    lib.gpz_each_zstd.argtypes = [_ptr, _ptr, _ptr, _ptr, _ptr, _i64, _i64, _ptr]
+    lib.gpz_each_zstd.restype = None
     return lib
 
 
@@ -115,4 +117,16 @@ def each_lz4(fn: Any, src: np.ndarray, sizes: np.ndarray, dst: np.ndarray, capac
     got = np.empty(src.size, np.intc)
     _library().gpz_each_lz4(_address(fn), src.ctypes.data, sizes.ctypes.data, dst.ctypes.data, src.size, capacity,
                             got.ctypes.data)
+    return got
+
+
+def each_zstd(fn: Any, dctx: int, src: np.ndarray, sizes: np.ndarray, dst: np.ndarray, capacity: int) -> np.ndarray:
+    """ZSTD_decompressDCtx (`fn`) with the context `dctx` (the calling thread's) on the frames of
+    `sizes` bytes at addresses `src` into the `capacity` bytes at addresses `dst`; each one's
+    result (libzstd's error codes are above any size)."""
+    src, dst = np.ascontiguousarray(src, np.int64), np.ascontiguousarray(dst, np.int64)
+    sizes = np.ascontiguousarray(sizes, np.int64)
+    got = np.empty(src.size, np.uint64)
+    _library().gpz_each_zstd(_address(fn), dctx, src.ctypes.data, sizes.ctypes.data, dst.ctypes.data, src.size,
+                             capacity, got.ctypes.data)
     return got

@@ -33,4 +33,17 @@ void gpz_each_lz4(void* fn, const gpz_i64* src, const gpz_i64* sizes, const gpz_
     for (gpz_i64 i = 0; i < n; ++i) got[i] = decode((const char*)src[i], (char*)dst[i], (int)sizes[i], capacity);
 }
 
+// ZSTD_decompressDCtx(dctx, dst, capacity, src, size) on frames 0..n-1 with one context (the
+// calling thread's): frame i of sizes[i] bytes at src[i] into the `capacity` at dst[i]; got[i] its
+// result (the decoded size, or one of libzstd's error codes, which are above any size).
+typedef size_t (*gpz_zstd_fn)(void* dctx, void* dst, size_t capacity, const void* src, size_t size);
+
+void gpz_each_zstd(void* fn, void* dctx, const gpz_i64* src, const gpz_i64* sizes, const gpz_i64* dst, gpz_i64 n,
+                   gpz_i64 capacity, unsigned long long* got)
+{
+    const gpz_zstd_fn decode = (gpz_zstd_fn)fn;
+    for (gpz_i64 i = 0; i < n; ++i)
+        got[i] = decode(dctx, (void*)dst[i], (size_t)capacity, (const void*)src[i], (size_t)sizes[i]);
+}
+
 }  // extern "C"

@@ -1,7 +1,7 @@
 """The host library (gpuzarr.host_lib) against the Python loops it replaces (run by hiding the
 library) and against zarr-python, on arrays zarr-python wrote: placement of windows of any step,
 batches, absent chunks (the fill value beside scattered pieces), dtypes of 1 to 16 bytes in either
-byte order; blosc and LZ4 frames decoded in one call, a bad frame named. The scatter's own record
+byte order; blosc, LZ4 and zstd frames decoded in one call, a bad frame named. The scatter's own record
 semantics: tests/test_kernels_cpu.py."""
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 import gpuzarr
 from gpuzarr import host_lib
 from gpuzarr.codecs import bytes_to_bytes
-from gpuzarr.codecs.bytes_to_bytes import Blosc, Lz4
+from gpuzarr.codecs.bytes_to_bytes import Blosc, Lz4, Zstd
 from gpuzarr.devices import cpu as cpu_device
 from gpuzarr.errors import CorruptDataError
 
@@ -153,23 +153,30 @@ def test_only_chunks_of_the_output_dtype_or_its_byte_swap_are_scattered():
     assert cpu_device._host_swap(not_plain, rows, out) is None
 
 
-def _frames(codec, n: int = 9, nbytes: int = 4096):
+def _frames(codec, n: int = 9, nbytes: int = 4096, gap: int = 0):
+    """n frames of `codec` in one staging buffer, `gap` bytes between them."""
     rng = np.random.default_rng(4)
     raws = [(rng.integers(0, 50, nbytes // 2).astype("<u2") + i).tobytes() for i in range(n)]
     frames = [codec.encode(r) for r in raws]
-    staging = np.frombuffer(b"".join(frames), np.uint8).copy()
+    staging = np.frombuffer((b"\0" * gap).join(frames), np.uint8).copy()
     sizes = np.array([len(f) for f in frames], np.int64)
-    return staging, np.cumsum(sizes) - sizes, sizes, raws
+    return staging, np.cumsum(sizes + gap) - sizes - gap, sizes, raws
 
 
-@pytest.mark.parametrize("name", ["blosc", "lz4"])
+CODECS = {"blosc": (lambda: numcodecs.Blosc("lz4", shuffle=numcodecs.Blosc.SHUFFLE, blocksize=1024),
+                    lambda: Blosc("blosc"), lambda: bytes_to_bytes._blosc_ctx()),
+          "lz4": (numcodecs.LZ4, lambda: Lz4("lz4"), lambda: bytes_to_bytes._lz4_safe()),
+          "zstd": (lambda: numcodecs.Zstd(checksum=True), lambda: Zstd("zstd"), lambda: bytes_to_bytes._thread_dctx())}
+
+
+@pytest.mark.parametrize("name", list(CODECS))
 def test_frames_decoded_in_one_call_equal_the_python_loop(name):
-    """Every frame into its row, in C and in Python alike; a frame its decoder refuses is named."""
-    codec = numcodecs.Blosc("lz4", shuffle=numcodecs.Blosc.SHUFFLE, blocksize=1024) if name == "blosc" else numcodecs.LZ4()
-    ours = Blosc("blosc") if name == "blosc" else Lz4("lz4")
-    if (bytes_to_bytes._blosc_ctx() if name == "blosc" else bytes_to_bytes._lz4_safe()) is None:
+    """Every frame into its row, in C and in Python alike; a frame its decoder refuses is named.
+    zstd frames with gaps between them: no run decodes them in one libzstd call."""
+    codec, ours, decoder = (make() for make in CODECS[name])
+    if decoder is None:
         pytest.skip(f"this numcodecs build exports no {name} decoder: no loop to run in C")
-    staging, offsets, sizes, raws = _frames(codec)
+    staging, offsets, sizes, raws = _frames(codec, gap=1 if name == "zstd" else 0)
     labels = [f"c{i}" for i in range(len(raws))]
     calls = []
     real = getattr(host_lib, f"each_{name}")
@@ -181,9 +188,10 @@ def test_frames_decoded_in_one_call_equal_the_python_loop(name):
             ours.decode_rows(staging, offsets, sizes, in_python, labels)
     assert calls == [1]
     assert [r.tobytes() for r in in_c] == [r.tobytes() for r in in_python] == raws
-    at = int(offsets[3]) + (int.from_bytes(staging[offsets[3] + 16:offsets[3] + 20].tobytes(), "little")
-                            if name == "blosc" else 4)
-    staging[at:at + 4] = 0xFF  # blosc: the first stream's size made huge; LZ4: a bogus token and length
+    skip = {"blosc": int.from_bytes(staging[offsets[3] + 16:offsets[3] + 20].tobytes(), "little"), "lz4": 4,
+            "zstd": int(sizes[3]) // 2}[name]
+    at = int(offsets[3]) + skip
+    staging[at:at + 4] = 0xFF  # blosc: the first stream's size made huge; lz4: a bogus token; zstd: its checksum fails
     messages = []
     for lib in (host_lib._lib, [None]):
         with mock.patch.object(host_lib, "_lib", lib), pytest.raises(CorruptDataError) as err:

@@ -241,29 +241,34 @@ class Zstd(BytesBytesCodec):
         """Decode frame i (`sizes[i]` bytes at `offsets[i]` of `staging`) into row i of `out`
         (k, decoded size) uint8. Every header is checked at once (check_zstd_frames). Where every
         frame states its size and is its segment whole (zstd_single_frames), frames that lie back
-        to back go in one libzstd call per run (_decode_runs), else the group goes in ONE call
-        that releases the GIL once (python-zstandard's multi_decompress_to_buffer), each result
-        copied into its row: a ctypes call per frame re-takes the GIL per frame, and with two
-        threads a full 2-D read (128^2 chunks) took 68-85 ms against 62-67 so (medians of 5 and
-        8 alternated runs). Otherwise one libzstd call per frame, straight into its row; a frame
-        with no content size, or one that call refuses, goes through decode_into (which names
-        it)."""
+        to back go in one libzstd call per run (_decode_runs). Otherwise one libzstd call per
+        frame, straight into its row, all in ONE call of the host library that releases the GIL
+        once (host_lib.each_zstd). Without that library, single frames go in one call of
+        python-zstandard's multi_decompress_to_buffer, each result copied into its row (a ctypes
+        call per frame re-takes the GIL per frame: with two threads a full 2-D read of 128^2
+        chunks took 68-85 ms against 62-67 so), others one ctypes call each. A frame with no
+        content size, or one libzstd refuses, goes through decode_into (which names it)."""
         k, nbytes = out.shape
         if k == 0:
             return
         header = _zstd_header(staging, offsets, sizes >= 5)  # for both checks: parsed once
         sized = check_zstd_frames(staging, offsets, sizes, nbytes, labels.__getitem__, header=header)
-        if sized.all() and zstd_single_frames(staging, offsets, sizes, header) and (
-                self._decode_runs(staging, offsets, sizes, out) or self._decode_group(staging, offsets, sizes, out)):
+        single = sized.all() and zstd_single_frames(staging, offsets, sizes, header)
+        if single and self._decode_runs(staging, offsets, sizes, out):
             return
         dctx = _thread_dctx()
+        each = dctx is not None and host_lib.available("zstd")  # every frame in one call of the host library
+        if single and not each and self._decode_group(staging, offsets, sizes, out):
+            return
         rest = np.arange(k)
         if dctx is not None:
             sized = np.flatnonzero(sized)
-            src = (staging.ctypes.data + offsets[sized]).tolist()
-            dst = (out.ctypes.data + nbytes * sized).tolist()
-            decode = dctx.decode
-            done = [decode(s, n, d, nbytes) for s, n, d in zip(src, sizes[sized].tolist(), dst)]
+            src, dst = staging.ctypes.data + offsets[sized], out.ctypes.data + nbytes * sized
+            if each:
+                done = dctx.decode_each(src, sizes[sized], dst, nbytes)
+            else:
+                decode = dctx.decode
+                done = [decode(s, n, d, nbytes) for s, n, d in zip(src.tolist(), sizes[sized].tolist(), dst.tolist())]
             rest = np.setdiff1d(rest, sized[np.asarray(done, dtype=bool)], assume_unique=True)
         _each_named(self.decode_into, staging, rest, offsets, sizes, out, labels)
 
@@ -404,6 +409,12 @@ class _DCtx:
         True when that filled `dst` exactly (libzstd checks a frame against its stated size and
         checksum, and writes nothing past `nbytes`)."""
         return self._decompress(self._ptr, dst, nbytes, src, src_size) == nbytes
+
+    def decode_each(self, src: np.ndarray, sizes: np.ndarray, dst: np.ndarray, nbytes: int) -> np.ndarray:
+        """decode() of every frame (addresses `src`, `sizes` bytes each, into `nbytes` at the
+        addresses `dst`) in one call of the host library, the GIL released once; True where it
+        filled its `nbytes` exactly."""
+        return host_lib.each_zstd(self._decompress, self._ptr, src, sizes, dst, nbytes) == nbytes
 
     def __del__(self) -> None:
         self._free(self._ptr)
