@@ -99,6 +99,6 @@ int gpz_scatter_host(const gpz_u8* src, gpz_u8* dst, const gpz_i64* recs, gpz_i6
 // What this library was built as, for the loader to check against what it expects: the record
 // layout, and the version of the library's functions and signatures (both source files).
 gpz_i64 gpz_host_rec_len(void) { return GPZ_REC_LEN; }
-int gpz_host_version(void) { return 2; }
+int gpz_host_version(void) { return 3; }
 
 }  // extern "C"

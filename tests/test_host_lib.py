@@ -7,21 +7,25 @@ semantics: tests/test_kernels_cpu.py."""
 from __future__ import annotations
 
 import logging
+import os
 from unittest import mock
 
 import numcodecs
 import numpy as np
 import pytest
 import zarr
+from fsspec.implementations.local import LocalFileSystem
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import gpuzarr
 from gpuzarr import host_lib
+from gpuzarr import store as store_module
 from gpuzarr.codecs import bytes_to_bytes
 from gpuzarr.codecs.bytes_to_bytes import Blosc, Lz4, Zstd
 from gpuzarr.devices import cpu as cpu_device
-from gpuzarr.errors import CorruptDataError
+from gpuzarr.errors import CorruptDataError, StoreError
+from gpuzarr.store import LocalStore
 
 pytestmark = pytest.mark.skipif(not host_lib.built(), reason="gpuzarr._host_lib is not built here "
                                 "(tests/test_kernels_cpu.py fails where a C++ compiler is)")
@@ -198,3 +202,87 @@ def test_frames_decoded_in_one_call_equal_the_python_loop(name):
             ours.decode_rows(staging, offsets, sizes, np.zeros_like(in_c), labels)
         messages.append(str(err.value))
     assert messages[0] == messages[1] and messages[0].startswith("c3:")
+
+
+@pytest.fixture
+def at_once(monkeypatch):
+    """Every read of two files or more through the library's three calls, however few."""
+    monkeypatch.setattr(store_module, "FILES_AT_ONCE", 2)
+
+
+def _read_files(store, keys):
+    """store.read_files_into into one buffer per file: (counts, each file's bytes or None)."""
+    held = []
+
+    def place(sizes):
+        held.extend(bytearray(size or 0) for size in sizes)
+        return [memoryview(b) for b in held]
+
+    counts = store.read_files_into(keys, place)
+    return counts, [bytes(b[:c]) if c is not None else None for b, c in zip(held, counts)]
+
+
+@pytest.mark.parametrize("files_open", [64, 2], ids=["held-open", "sized-by-path"])
+def test_chunk_files_read_at_once_as_one_by_one(tmp_path, monkeypatch, at_once, files_open):
+    """Regular files, an empty one, a missing one, a directory: the same counts and bytes from the
+    library's three calls as from the syscalls of the Python loop; no descriptor left open."""
+    monkeypatch.setattr(store_module, "FILES_OPEN", files_open)
+    rng = np.random.default_rng(8)
+    for i in range(5):
+        (tmp_path / f"f{i}").write_bytes(rng.integers(0, 256, 100 * i + 7, dtype=np.uint8).tobytes())
+    (tmp_path / "empty").write_bytes(b"")
+    (tmp_path / "dir").mkdir()
+    keys = ["f0", "missing", "f1", "dir", "empty", "f2", "f3", "f4"]
+    store = LocalStore(LocalFileSystem(), str(tmp_path))
+    before = len(os.listdir("/proc/self/fd"))
+    in_c = _read_files(store, keys)
+    with mock.patch.object(host_lib, "_lib", [None]):
+        in_python = _read_files(store, keys)
+    assert in_c == in_python
+    assert in_c[0] == [7, None, 107, None, 0, 207, 307, 407]
+    calls, real = [], host_lib.FileBatch
+    with mock.patch.object(host_lib, "FileBatch", lambda *a: calls.append(a) or real(*a)):
+        _read_files(store, keys)
+    assert calls, "the library's calls were not taken"
+    assert len(os.listdir("/proc/self/fd")) == before
+
+
+def test_a_file_that_cannot_be_opened_is_named(tmp_path, at_once):
+    """Not a missing chunk but a broken file (a symbolic link to itself): a StoreError naming it,
+    as from the Python loop; no descriptor left open."""
+    (tmp_path / "a").write_bytes(b"x" * 10)
+    (tmp_path / "loop").symlink_to(tmp_path / "loop")
+    store = LocalStore(LocalFileSystem(), str(tmp_path))
+    before = len(os.listdir("/proc/self/fd"))
+    messages = []
+    for lib in (host_lib._lib, [None]):
+        with mock.patch.object(host_lib, "_lib", lib), pytest.raises(StoreError) as err:
+            _read_files(store, ["a", "loop"])
+        messages.append(str(err.value))
+    assert messages[0] == messages[1] and "loop: open failed" in messages[0]
+    assert len(os.listdir("/proc/self/fd")) == before
+
+
+@pytest.mark.skipif(not hasattr(os, "RWF_NOWAIT"), reason="no RWF_NOWAIT here: every read blocks")
+def test_files_not_in_the_page_cache_are_handed_over_then_read(tmp_path, monkeypatch, at_once):
+    """A file dropped from the page cache (POSIX_FADV_DONTNEED): RWF_NOWAIT refuses it, the store
+    hands it to the kernel (_willneed) and reads it blocking, from the descriptor it holds."""
+    data = np.random.default_rng(9).integers(0, 256, 1 << 20, dtype=np.uint8).tobytes()
+    for name in ("warm", "cold"):
+        (tmp_path / name).write_bytes(data)
+    handed = []
+    real = store_module._willneed
+    monkeypatch.setattr(store_module, "_willneed", lambda *a: (handed.append(a), real(*a))[1])
+    store = LocalStore(LocalFileSystem(), str(tmp_path))
+    assert store._nowait, "the store reads with RWF_NOWAIT first"
+    fd = os.open(tmp_path / "cold", os.O_RDONLY)
+    try:
+        os.fsync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+    counts, got = _read_files(store, ["warm", "cold"])
+    assert counts == [len(data)] * 2 and got == [data, data]
+    if not handed:
+        pytest.skip("this filesystem kept the file cached (or ignores RWF_NOWAIT): nothing was handed over")
+    assert len(handed) == 1 and handed[0][1:] == (0, len(data))

@@ -54,15 +54,6 @@ def _as_view(data: Buffer) -> memoryview:
     return view if view.format == "B" and view.ndim == 1 else view.cast("B")
 
 
-def _address(buf: Buffer) -> int:
-    """Address of a contiguous buffer's first byte: through ctypes where it is writable (~0.2 us),
-    else through NumPy (~1.3 us)."""
-    try:
-        return ctypes.addressof(ctypes.c_char.from_buffer(buf))
-    except TypeError:  # read-only
-        return np.frombuffer(buf, np.uint8).ctypes.data
-
-
 # An intermediate result of a chain's decode may be at most this many times the chunk's decoded
 # size (see decode_through)
 STEP_GROWTH_MAX = 16
@@ -231,7 +222,7 @@ class Zstd(BytesBytesCodec):
         if content_size is not None:
             _expect_size(content_size, out.nbytes, "zstd frame")
             dctx = _thread_dctx()
-            if dctx is not None and dctx.decode(_address(view), len(view), _address(out), out.nbytes):
+            if dctx is not None and dctx.decode(host_lib.address(view), len(view), host_lib.address(out), out.nbytes):
                 return
         self._decode_stream(view, out, "zstd:no-content-size" if content_size is None else
                             "zstd:refused" if _thread_dctx() is not None else "zstd:no-libzstd")
@@ -455,7 +446,7 @@ class _Inflated(BytesBytesCodec):
         size, room = len(view), out.nbytes
         if size > libz.MAX_BYTES or room > libz.MAX_BYTES or size == 0:
             return False
-        src, dst = _address(view), out.ctypes.data
+        src, dst = host_lib.address(view), out.ctypes.data
         taken = done = 0
         while True:
             got = inflater.stream(src + taken, size - taken, dst + done, room - done)
@@ -649,7 +640,7 @@ class Lz4(BytesBytesCodec):
             raise CorruptDataError("lz4 frame is shorter than its 4-byte size prefix")
         _expect_size(int.from_bytes(view[:4], "little"), out.nbytes, "lz4 frame")
         decompress = _lz4_direct(len(view), out.nbytes)
-        if decompress is not None and decompress(_address(view) + 4, _address(out), len(view) - 4,
+        if decompress is not None and decompress(host_lib.address(view) + 4, host_lib.address(out), len(view) - 4,
                                                  out.nbytes) == out.nbytes:
             return
         self._decode_numcodecs(view, out)
