@@ -124,7 +124,8 @@ def each_blosc(fn: Any, src: np.ndarray, dst: np.ndarray, nbytes: int) -> np.nda
     its buffer); each one's result."""
     src, dst = np.ascontiguousarray(src, np.int64), np.ascontiguousarray(dst, np.int64)
     got = np.empty(src.size, np.intc)
-    _library().gpz_each_blosc(_function_address(fn), src.ctypes.data, dst.ctypes.data, src.size, nbytes, got.ctypes.data)
+    _library().gpz_each_blosc(_function_address(fn), src.ctypes.data, dst.ctypes.data, src.size, nbytes,
+                              got.ctypes.data)
     return got
 
 
@@ -134,8 +135,8 @@ def each_lz4(fn: Any, src: np.ndarray, sizes: np.ndarray, dst: np.ndarray, capac
     src, dst = np.ascontiguousarray(src, np.int64), np.ascontiguousarray(dst, np.int64)
     sizes = np.ascontiguousarray(sizes, np.int64)
     got = np.empty(src.size, np.intc)
-    _library().gpz_each_lz4(_function_address(fn), src.ctypes.data, sizes.ctypes.data, dst.ctypes.data, src.size, capacity,
-                            got.ctypes.data)
+    _library().gpz_each_lz4(_function_address(fn), src.ctypes.data, sizes.ctypes.data, dst.ctypes.data, src.size,
+                            capacity, got.ctypes.data)
     return got
 
 
@@ -146,8 +147,8 @@ def each_zstd(fn: Any, dctx: int, src: np.ndarray, sizes: np.ndarray, dst: np.nd
     src, dst = np.ascontiguousarray(src, np.int64), np.ascontiguousarray(dst, np.int64)
     sizes = np.ascontiguousarray(sizes, np.int64)
     got = np.empty(src.size, np.uint64)
-    _library().gpz_each_zstd(_function_address(fn), dctx, src.ctypes.data, sizes.ctypes.data, dst.ctypes.data, src.size,
-                             capacity, got.ctypes.data)
+    _library().gpz_each_zstd(_function_address(fn), dctx, src.ctypes.data, sizes.ctypes.data, dst.ctypes.data,
+                             src.size, capacity, got.ctypes.data)
     return got
 
 

@@ -702,11 +702,3 @@ def _run_fields(runs: Any, extent: int, stride: int, at: np.ndarray | None = Non
     table[:, 4] = np.where(backwards, -stride, stride)
     table[:, 5] = (out_start + np.where(backwards, count - 1, 0)) * stride
     return table
-    start, step, count = runs.local_start, runs.step, runs.count
-    backwards = step < 0
-    table[:, 1] = np.where(backwards, start + step * (count - 1), start)
-    table[:, 2] = np.abs(step)
-    table[:, 3] = count
-    table[:, 4] = np.where(backwards, -stride, stride)
-    table[:, 5] = (runs.out_start + np.where(backwards, count - 1, 0)) * stride
-    return table
