@@ -14,15 +14,20 @@
 
 #include "scatter_core.cuh"
 
-// Walk the rows of window w from s and d (outer dims by counters, innermost first), calling
-// row(source, destination) for each.
+// Walk the rows of window w from s and d, calling row(source, destination) for each: the
+// innermost dim as a tight loop over locals (char writes may alias the window, so its fields
+// would be reloaded per row), the outer dims by counters, innermost first.
 template <class Row>
 static inline void gpz_host_rows(const gpz_window* w, const gpz_u8* s, gpz_u8* d, Row row)
 {
+    if (w->rows == 0) return;
+    const gpz_i64 n0 = w->nd ? w->count[0] : 1, ss0 = w->nd ? w->sstride[0] : 0, ds0 = w->nd ? w->dstride[0] : 0;
     gpz_i64 at[GPZ_MAX_NDIM] = {0};
-    for (gpz_i64 r = 0; r < w->rows; ++r) {
-        row(s, d);
-        for (int k = 0; k < w->nd; ++k) {
+    for (gpz_i64 r = 0; r < w->rows; r += n0) {
+        const gpz_u8* a = s;
+        gpz_u8* b = d;
+        for (gpz_i64 j = 0; j < n0; ++j, a += ss0, b += ds0) row(a, b);
+        for (int k = 1; k < w->nd; ++k) {
             s += w->sstride[k];
             d += w->dstride[k];
             if (++at[k] < w->count[k]) break;

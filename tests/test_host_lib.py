@@ -1,8 +1,8 @@
 """The host library (gpuzarr.host_lib) against the Python loops it replaces (run by hiding the
 library) and against zarr-python, on arrays zarr-python wrote: placement of windows of any step,
 batches, absent chunks (the fill value beside scattered pieces), dtypes of 1 to 16 bytes in either
-byte order; blosc, LZ4 and zstd frames decoded in one call, a bad frame named. The scatter's own record
-semantics: tests/test_kernels_cpu.py."""
+byte order, transposed or not; blosc, LZ4 and zstd frames decoded in one call, a bad frame named;
+chunk files read in three calls. The scatter's own record semantics: tests/test_kernels_cpu.py."""
 
 from __future__ import annotations
 
@@ -46,12 +46,15 @@ def numpy_only(monkeypatch):
     monkeypatch.setattr(host_lib, "_lib", [None])
 
 
-def _array(root, dtype: str, shape, chunks, shards, sparse: bool, seed: int, endian: str = "little"):
+def _array(root, dtype: str, shape, chunks, shards, sparse: bool, seed: int, endian: str = "little",
+           order: tuple | None = None):
+    """`order`: a transpose codec's (the chunks stored with their axes so)."""
     rng = np.random.default_rng(seed)
     data = (rng.integers(0, 250, shape) * 1.5).astype(dtype)
     arr = zarr.create_array(str(root), shape=shape, chunks=chunks, shards=shards, dtype=dtype, fill_value=7,
                             compressors=None if seed % 2 else zarr.codecs.ZstdCodec(level=1),
-                            serializer=zarr.codecs.BytesCodec(endian=endian))
+                            serializer=zarr.codecs.BytesCodec(endian=endian),
+                            filters=[zarr.codecs.TransposeCodec(order=order)] if order else None)
     if sparse:  # a band of chunks left unwritten: absent, read as the fill value
         arr[:shape[0] // 2] = data[:shape[0] // 2]
         data[shape[0] // 2:] = 7
@@ -69,7 +72,7 @@ def _selection(draw, shape):
     return tuple(sel)
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.data())
 def test_host_and_numpy_placement_agree_with_zarr(tmp_path_factory, data):
     dtype = data.draw(st.sampled_from(DTYPES))
@@ -78,8 +81,9 @@ def test_host_and_numpy_placement_agree_with_zarr(tmp_path_factory, data):
     chunks = tuple(data.draw(st.integers(2, 9)) for _ in range(ndim))
     shards = tuple(c * data.draw(st.integers(1, 3)) for c in chunks) if data.draw(st.booleans()) else None
     root = tmp_path_factory.mktemp("a") / "a.zarr"
+    order = data.draw(st.none() | st.permutations(range(ndim)).map(tuple))
     truth = _array(root, dtype, shape, chunks, shards, data.draw(st.booleans()), data.draw(st.integers(0, 9)),
-                   data.draw(st.sampled_from(["little", "big"])))
+                   data.draw(st.sampled_from(["little", "big"])), order)
     size = tuple(data.draw(st.integers(1, n)) for n in shape)
     windows = []
     for _ in range(data.draw(st.integers(2, 12))):
@@ -135,11 +139,12 @@ def test_a_missing_library_is_logged_once(monkeypatch, caplog):
 
 
 def test_only_chunks_of_the_output_dtype_or_its_byte_swap_are_scattered():
-    """A cast, a transpose or a struct is NumPy's: the library copies bytes, or reverses units."""
+    """A cast, another array->array codec than transposes or a struct is NumPy's: the library
+    copies bytes, or reverses units, in any axis order."""
     rows = np.zeros((2, 8), np.uint8)
 
     class View:
-        plain, shape = True, (2, 2)
+        plain, shape, stored_order = True, (2, 2), None
 
         def __init__(self, dtype):
             self.dtype = np.dtype(dtype)
@@ -153,8 +158,10 @@ def test_only_chunks_of_the_output_dtype_or_its_byte_swap_are_scattered():
     assert cpu_device._host_swap(View("<u2"), rows[:, ::2], out) is None  # rows not contiguous
     assert cpu_device._host_swap(View("<u2"), rows, [[0] * 4] * 4) is None  # not a NumPy output
     not_plain = View("<u2")
-    not_plain.plain = False
+    not_plain.plain = False  # another array->array codec than transposes
     assert cpu_device._host_swap(not_plain, rows, out) is None
+    not_plain.stored_order = (1, 0)  # transposes only
+    assert cpu_device._host_swap(not_plain, rows, out) == 0
 
 
 def _frames(codec, n: int = 9, nbytes: int = 4096, gap: int = 0):
@@ -286,3 +293,26 @@ def test_files_not_in_the_page_cache_are_handed_over_then_read(tmp_path, monkeyp
     if not handed:
         pytest.skip("this filesystem kept the file cached (or ignores RWF_NOWAIT): nothing was handed over")
     assert len(handed) == 1 and handed[0][1:] == (0, len(data))
+
+
+def test_transposed_chunks_are_walked_in_their_stored_order(tmp_path, grouped):
+    """A transpose codec, or two, and a v2 array in order F: the records' dims follow the stored
+    axes (ChunkView.stored_order), so the library places what NumPy's transposed view would."""
+    data = np.arange(24 * 20 * 6, dtype="<u2").reshape(24, 20, 6)
+    v3 = zarr.create_array(str(tmp_path / "t.zarr"), shape=data.shape, chunks=(8, 6, 4), dtype="<u2",
+                           compressors=None, filters=[zarr.codecs.TransposeCodec(order=(2, 0, 1)),
+                                                      zarr.codecs.TransposeCodec(order=(0, 2, 1))])
+    v3[...] = data
+    v2 = zarr.create_array(str(tmp_path / "f.zarr"), shape=data.shape, chunks=(8, 6, 4), dtype="<u2", zarr_format=2,
+                           order="F", compressors=None)
+    v2[...] = data
+    windows = [(slice(a, a + 9), slice(b, b + 7), slice(1, 5)) for a, b in [(0, 0), (3, 11), (15, 2), (10, 13)]]
+    for name in ("t.zarr", "f.zarr"):  # (2, 0, 1) then (0, 2, 1): the axes reversed, as order F stores them
+        arr = gpuzarr.open(str(tmp_path / name), device="cpu", settings=gpuzarr.Settings(threads=2))
+        assert cpu_device.ChunkView(arr._reader.locator.leaf_chain).stored_order == (2, 1, 0)
+        calls = []
+        real = host_lib.scatter
+        with mock.patch.object(host_lib, "scatter", lambda *a: (calls.append(1), real(*a))[1]):
+            got = arr.read_batch(windows)
+        np.testing.assert_array_equal(got, np.stack([data[w] for w in windows]))
+        assert calls, f"{name}: not placed through the host scatter"

@@ -369,7 +369,7 @@ def _place_rows(rows: np.ndarray, row_of: np.ndarray, labels: list, as_chunk: An
     if swap is not None:
         itemsize = out.dtype.itemsize
         records, _ = scatter_records(plan, first, first + row_of.size, row_of >= 0, as_chunk.shape, itemsize,
-                                     out.strides)
+                                     out.strides, as_chunk.stored_order)
         # a record's source is its chunk's place in the part (times the chunk's bytes): its row's
         records[:, SCATTER_REC_SRC] = row_of[records[:, SCATTER_REC_SRC] // rows.shape[1]] * rows.strides[0]
         host_lib.scatter(rows, out, records, len(as_chunk.shape), itemsize, swap)
@@ -397,9 +397,10 @@ def _host_swap(as_chunk: Any, rows: np.ndarray, out: Any) -> int | None:
     """How the host scatter places rows of decoded chunks: 0, their bytes as they are (chunks of
     the output's very dtype); 2, 4 or 8, each unit of that size reversed (the same dtype in the
     other byte order: a big-endian array here, as NumPy's copy swaps it); None, not at all (a
-    cast, a transpose, another swap, rows not contiguous, a non-NumPy output, no library)."""
-    if not (as_chunk.plain and isinstance(out, np.ndarray) and rows.strides[1] == 1
-            and len(as_chunk.shape) <= SCATTER_MAX_NDIM):
+    cast or another array->array codec than transposes, another swap, rows not contiguous, a
+    non-NumPy output, no library). Transposed chunks are walked in their stored axis order."""
+    if not ((as_chunk.plain or as_chunk.stored_order is not None) and isinstance(out, np.ndarray)
+            and rows.strides[1] == 1 and len(as_chunk.shape) <= SCATTER_MAX_NDIM):
         return None
     stored, wanted = as_chunk.dtype, out.dtype
     if stored == wanted:
@@ -485,7 +486,7 @@ class ChunkView:
     a transpose leaves the chunk's axes in another order than the output's (placed by
     placement.plane_assign; no other chain pays for that check per placement)."""
 
-    __slots__ = ("chain", "plain", "reordered", "dtype", "shape")
+    __slots__ = ("chain", "plain", "reordered", "dtype", "shape", "stored_order")
 
     def __init__(self, chain: CodecChain):
         ab = chain.array_to_bytes
@@ -493,6 +494,15 @@ class ChunkView:
         self.dtype = ab.stored_view(chain.encoded_dtype) if isinstance(ab, Bytes) else None
         self.plain = self.dtype is not None and not chain.array_to_array
         self.reordered = any(isinstance(c, Transpose) and not c.identity for c in chain.array_to_array)
+        # where transposes are the only array->array codecs: the chunk's axes as its bytes hold
+        # them (stored axis k is the chunk's axis stored_order[k]), for the host scatter
+        self.stored_order = None
+        if self.dtype is not None and chain.array_to_array and all(isinstance(c, Transpose)
+                                                                   for c in chain.array_to_array):
+            order = np.arange(len(chain.shape))
+            for codec in chain.array_to_array:  # in encoding order: each permutes the axes the last left
+                order = order[list(codec.order)]
+            self.stored_order = tuple(order.tolist())
 
     def __call__(self, raw: np.ndarray) -> np.ndarray:
         if self.plain:

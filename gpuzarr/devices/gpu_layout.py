@@ -640,13 +640,17 @@ def copy_records(table: dict) -> np.ndarray:
 
 
 def scatter_records(plan: Any, first: int, stop: int, present: np.ndarray, chunk_shape: tuple,
-                    itemsize: int, out_strides: tuple) -> tuple[np.ndarray, np.ndarray]:
+                    itemsize: int, out_strides: tuple,
+                    stored_order: tuple | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Records for the placement kernels: (scatter records of present chunks, fill records of
     absent ones), one int64 row per placement of chunks first..stop-1. The fields of each
     dimension are computed once per run and gathered per placement with one take, not
     recomputed per placement (2d-64 full read, 4096 placements: 1.5 -> 0.2 ms), unless the
     placements are fewer than the plan's runs (a CPU part of a large batch: ML read_batch, 256
-    windows: 23 -> 10 ms a read in all). Negative steps read the source forwards and write backwards."""
+    windows: 23 -> 10 ms a read in all). Negative steps read the source forwards and write backwards.
+    `stored_order`: the chunk's axes as its bytes hold them (a transpose codec's; stored axis k
+    is chunk axis stored_order[k]): each record's dims are put in that order, so the kernel's
+    C-order walk of the chunk's shape finds every element where it is stored."""
     span = plan.placements_of(first, stop)
     rows = plan.place_runs[span]
     local = plan.place_chunk[span] - first
@@ -667,6 +671,8 @@ def scatter_records(plan: Any, first: int, stop: int, present: np.ndarray, chunk
             picked = np.take(_run_fields(runs, chunk_shape[d], stride), rows[:, d], axis=0)  # 2x cheaper than [rows]
         fields[:, :, d] = picked[:, :-1]
         dst += picked[:, -1]
+    if stored_order is not None:
+        fields[:, :, :ndim] = fields[:, :, list(stored_order)]
     rec[:, SCATTER_REC_DST] = dst
     live = present[local]
     if live.all():
