@@ -483,8 +483,10 @@ class ChunkView:
     `plain`: a view, of the bytes' stored order (`dtype`: placement's copy into the output swaps
     them, Bytes.stored_view), so whole boxes of chunks can be viewed at once (see
     CpuDevice._decode_by_blocks); anything else goes through the shared decode_raw. `reordered`:
-    a transpose leaves the chunk's axes in another order than the output's (placed by
-    placement.plane_assign; no other chain pays for that check per placement)."""
+    a transpose leaves the chunk's axes in another order than the output's (where NumPy places
+    the chunk: by placement.plane_assign; no other chain pays for that check per placement).
+    `stored_order`: that order, where transposes are the only array→array codecs (the host
+    scatter walks the stored chunk in it, _place_rows)."""
 
     __slots__ = ("chain", "plain", "reordered", "dtype", "shape", "stored_order")
 
@@ -494,9 +496,7 @@ class ChunkView:
         self.dtype = ab.stored_view(chain.encoded_dtype) if isinstance(ab, Bytes) else None
         self.plain = self.dtype is not None and not chain.array_to_array
         self.reordered = any(isinstance(c, Transpose) and not c.identity for c in chain.array_to_array)
-        # where transposes are the only array->array codecs: the chunk's axes as its bytes hold
-        # them (stored axis k is the chunk's axis stored_order[k]), for the host scatter
-        self.stored_order = None
+        self.stored_order = None  # stored axis k is the chunk's axis stored_order[k]
         if self.dtype is not None and chain.array_to_array and all(isinstance(c, Transpose)
                                                                    for c in chain.array_to_array):
             order = np.arange(len(chain.shape))
