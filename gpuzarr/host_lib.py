@@ -1,7 +1,7 @@
 """gpuzarr._host_lib, the one compiled part (setup.py; kernels/host_scatter.cpp and
 kernels/host_calls.cpp): per-chunk loops of the CPU path run in C, each in one ctypes call with
-the GIL released once: the placement of a part's pieces (the GPU kernel's own scatter records,
-reduced by its core), the blosc, LZ4 and zstd decoder calls of a part, and the syscalls that
+the GIL released once: the placement of a part's pieces and the fills of its absent chunks
+(the GPU kernel's own scatter and fill records, reduced by its core), the blosc, LZ4 and zstd decoder calls of a part, and the syscalls that
 read a part's chunk files.
 
 Why: each NumPy assignment or ctypes call of such a loop drops and retakes the GIL. With a second
@@ -29,7 +29,7 @@ log = logging.getLogger("gpuzarr")
 FALLBACKS: Counter = Counter()
 _LOCK = threading.Lock()
 _NAME = "_host_lib"
-VERSION = 3  # gpz_host_version() of the sources this module calls
+VERSION = 4  # gpz_host_version() of the sources this module calls
 _i64, _ptr = ctypes.c_int64, ctypes.c_void_p
 _lib: list = []  # [the loaded library, or None where it is missing or stale]
 
@@ -56,6 +56,8 @@ def _load() -> Any:
         return None
     lib.gpz_scatter_host.argtypes = [_ptr, _ptr, _ptr, _i64, ctypes.c_int, _i64, ctypes.c_int]
     lib.gpz_scatter_host.restype = ctypes.c_int
+    lib.gpz_fill_host.argtypes = [_ptr, _ptr, _i64, ctypes.c_int, _i64, ctypes.c_char_p]
+    lib.gpz_fill_host.restype = None
     lib.gpz_each_blosc.argtypes = [_ptr, _ptr, _ptr, _i64, _i64, _ptr]
     lib.gpz_each_blosc.restype = None
     lib.gpz_each_lz4.argtypes = [_ptr, _ptr, _ptr, _ptr, _i64, ctypes.c_int, _ptr]
@@ -101,6 +103,16 @@ def scatter(src: np.ndarray, dst: np.ndarray, records: np.ndarray, ndim: int, it
     if records.shape[0] and _library().gpz_scatter_host(src.ctypes.data, dst.ctypes.data, records.ctypes.data,
                                                         records.shape[0], ndim, itemsize, swap):
         raise ValueError(f"the host scatter swaps units of 2, 4 or 8 bytes, not {swap}")
+
+
+def fill(dst: np.ndarray, records: np.ndarray, value: bytes, ndim: int) -> None:
+    """Fill `records` (scatter_records' fill records: windows of `dst`, checked by their maker)
+    with `value`, one item of dst's dtype as bytes."""
+    records = np.ascontiguousarray(records, dtype=np.int64)
+    if len(value) != dst.dtype.itemsize:
+        raise ValueError(f"a fill of {dst.dtype} takes {dst.dtype.itemsize} bytes, not {len(value)}")
+    if records.shape[0]:
+        _library().gpz_fill_host(dst.ctypes.data, records.ctypes.data, records.shape[0], ndim, len(value), value)
 
 
 def _function_address(fn: Any) -> int:

@@ -1,7 +1,8 @@
 // The CPU's placement of decoded chunks: the very records the GPU's scatter kernel takes
 // (scatter_core.cuh: one int64 row per placement), reduced to rows by the same gpz_window_dims,
 // then copied row by row with memcpy, or with each unit's bytes reversed where the chunks hold
-// another byte order than the output (a big-endian array read on a little-endian machine).
+// another byte order than the output (a big-endian array read on a little-endian machine); and
+// the fill value written into the windows of absent chunks (the fill kernel's records).
 // Part of gpuzarr._host_lib (setup.py, with host_calls.cpp), called through ctypes, which releases the GIL for
 // the call: a part's pieces are placed in one call, not one NumPy assignment each (each of which
 // drops and retakes the GIL, a context switch when another thread wants it: ~20 us on a shared
@@ -101,9 +102,36 @@ int gpz_scatter_host(const gpz_u8* src, gpz_u8* dst, const gpz_i64* recs, gpz_i6
     return 0;
 }
 
+// Fill records 0..n-1 (fill records: windows of the output `dst` itself, those of absent
+// chunks) with the item `value` of `itemsize` bytes repeated: each window's first row is built by
+// doubling copies of the item (a memset where the item's bytes are all one), the window's other
+// rows are copies of it.
+void gpz_fill_host(gpz_u8* dst, const gpz_i64* recs, gpz_i64 n, int ndim, gpz_i64 itemsize, const gpz_u8* value)
+{
+    bool one_byte = true;
+    for (gpz_i64 b = 1; b < itemsize; ++b) one_byte = one_byte && value[b] == value[0];
+    gpz_window w;
+    for (gpz_i64 c = 0; c < n; ++c) {
+        gpz_window_dims(&w, recs + c * GPZ_REC_LEN, ndim, itemsize, true);
+        if (w.rows == 0) continue;
+        gpz_u8* first = dst + w.dst;
+        const size_t nbytes = (size_t)w.rowbytes;
+        if (one_byte) {
+            memset(first, value[0], nbytes);
+        } else {
+            memcpy(first, value, (size_t)itemsize);
+            for (size_t done = (size_t)itemsize; done < nbytes; done *= 2)
+                memcpy(first + done, first, done < nbytes - done ? done : nbytes - done);
+        }
+        gpz_host_rows(&w, first, first, [first, nbytes](const gpz_u8*, gpz_u8* b) {
+            if (b != first) memcpy(b, first, nbytes);
+        });
+    }
+}
+
 // What this library was built as, for the loader to check against what it expects: the record
 // layout, and the version of the library's functions and signatures (both source files).
 gpz_i64 gpz_host_rec_len(void) { return GPZ_REC_LEN; }
-int gpz_host_version(void) { return 3; }
+int gpz_host_version(void) { return 4; }
 
 }  // extern "C"

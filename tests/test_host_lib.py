@@ -103,20 +103,21 @@ def test_host_and_numpy_placement_agree_with_zarr(tmp_path_factory, data):
     assert got_batch.tobytes() == np_batch.tobytes()  # bit for bit (NaN payloads, -0.0)
 
 
-def test_a_batch_of_pieces_goes_through_the_host_lib(tmp_path, grouped):
-    """Windows cutting chunks: their pieces are placed by the library, in one call per part."""
+def test_a_batch_of_pieces_goes_through_the_host_lib(tmp_path, grouped, monkeypatch):
+    """Windows cutting chunks, present and absent: their pieces are placed, and the absent ones'
+    filled, by the library, in one call each per part."""
     truth = _array(tmp_path / "a.zarr", "<u2", (64, 64), (8, 8), (32, 32), sparse=True, seed=1)
     arr = gpuzarr.open(str(tmp_path / "a.zarr"), device="cpu", settings=gpuzarr.Settings(threads=2))
     windows = [(slice(a, a + 13), slice(b, b + 11)) for a, b in [(1, 2), (20, 30), (40, 3), (50, 50), (5, 45)]]
-    calls = []
-    real = host_lib.scatter
-    host_lib.scatter = lambda *a, **k: (calls.append(len(a[2])), real(*a, **k))
-    try:
-        got = arr.read_batch(windows)
-    finally:
-        host_lib.scatter = real
+    calls: dict = {"scatter": [], "fill": []}
+    for name in calls:
+        real = getattr(host_lib, name)
+        monkeypatch.setattr(host_lib, name, lambda *a, _real=real, _name=name, **k: (
+            calls[_name].append(len(a[2] if _name == "scatter" else a[1])), _real(*a, **k)))
+    got = arr.read_batch(windows)
     np.testing.assert_array_equal(got, np.stack([truth[w] for w in windows]))
-    assert calls and sum(calls) > len(calls), "the pieces were not placed through the host scatter"
+    assert sum(calls["scatter"]) > len(calls["scatter"]) > 0, "the pieces were not placed through the host scatter"
+    assert sum(calls["fill"]) > len(calls["fill"]) > 0, "the absent chunks were not filled through the host fill"
 
 
 def test_without_the_library_numpy_places_and_it_is_counted(tmp_path, grouped, numpy_only):

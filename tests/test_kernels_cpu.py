@@ -337,7 +337,8 @@ class Case:
 
     def __init__(self, seed, ndim, itemsize, nchunks=7, reverse_dims=(), contiguous=False):
         rng = np.random.default_rng(seed)
-        self.ndim, self.itemsize, self.nchunks, self.dt = ndim, itemsize, nchunks, DTYPES[itemsize]
+        self.ndim, self.itemsize, self.nchunks = ndim, itemsize, nchunks
+        self.dt = DTYPES.get(itemsize, np.dtype(f"V{itemsize}"))
         self.chunks, self.windows = [], []
         for _ in range(nchunks):
             shape = tuple(int(v) for v in rng.integers(1, MAX_SIDE[ndim] + 1, ndim))
@@ -574,6 +575,26 @@ def test_fill_matches_numpy(lib, itemsize, ndim):
                 scatter(lib, None, got, recs, itemsize, ndim, launch, fill=pattern.tobytes())
                 np.testing.assert_array_equal(got, expected, err_msg=f"launch={launch} phase={phase}")
         accesses(lib)
+
+
+@pytest.mark.parametrize("itemsize", [1, 2, 3, 4, 8, 16, 24])
+@pytest.mark.parametrize("ndim", [0, 1, 2, 3, 5])
+def test_host_fill_matches_numpy(itemsize, ndim):
+    """The host's fill of the fill kernel's records: items of any size (structured, fixed-length
+    strings), a pattern of distinct bytes or of one byte (memset), negative output strides."""
+    hs = _host_scatter()
+    for contiguous in (False, True):
+        case = Case(700 + 10 * itemsize + ndim + contiguous, ndim, itemsize, contiguous=contiguous,
+                    reverse_dims=(0,) if ndim else ())
+        recs = case.records(garbage_src=True)
+        for pattern in (np.random.default_rng(itemsize).integers(0, 256, itemsize, dtype=np.uint8),
+                        np.full(itemsize, 0xA5, dtype=np.uint8)):
+            got = case.base.copy()
+            hs.fill(got[: got.size // itemsize * itemsize].view(case.dt), recs, pattern.tobytes(), ndim)
+            np.testing.assert_array_equal(got, case.expected(pattern.view(case.dt)[0]),
+                                          err_msg=f"contiguous={contiguous} pattern={pattern}")
+    with pytest.raises(ValueError, match="takes 2 bytes"):
+        hs.fill(np.zeros(4, np.uint16), recs, b"\0", ndim)
 
 
 # --------------------------------------------------------------------------------------------

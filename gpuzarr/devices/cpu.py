@@ -363,19 +363,21 @@ def _decode_rows(chain: CodecChain, part: FetchedBatch, order: np.ndarray | slic
 def _place_rows(rows: np.ndarray, row_of: np.ndarray, labels: list, as_chunk: Any, out: Any, plan: Plan, first: int,
                 fill: Any) -> None:
     """Place the part's chunks: chunk i (plan chunk first+i) is row row_of[i] of `rows`, or
-    absent (-1: the fill value), or placed already (-2). The rows' pieces go in one call of the
-    host scatter where it applies (_host_swap), else one NumPy assignment each; fills by NumPy."""
+    absent (-1: the fill value), or placed already (-2). The rows' pieces, and the fills, go in
+    one call each of the host library where it applies (_host_swap), else one NumPy assignment
+    each."""
     swap = _host_swap(as_chunk, rows, out)
     if swap is not None:
-        itemsize = out.dtype.itemsize
-        records, _ = scatter_records(plan, first, first + row_of.size, row_of >= 0, as_chunk.shape, itemsize,
-                                     out.strides, as_chunk.stored_order)
+        itemsize, ndim = out.dtype.itemsize, len(as_chunk.shape)
+        records, others = scatter_records(plan, first, first + row_of.size, row_of >= 0, as_chunk.shape, itemsize,
+                                          out.strides, as_chunk.stored_order)
         # a record's source is its chunk's place in the part (times the chunk's bytes): its row's
         records[:, SCATTER_REC_SRC] = row_of[records[:, SCATTER_REC_SRC] // rows.shape[1]] * rows.strides[0]
-        host_lib.scatter(rows, out, records, len(as_chunk.shape), itemsize, swap)
-        if not (row_of == -1).any():
-            return
-        row_of = np.where(row_of >= 0, -2, row_of)  # only the fills are left
+        host_lib.scatter(rows, out, records, ndim, itemsize, swap)
+        if others.shape[0]:  # absent chunks (-1), and those placed already (-2)
+            fills = others[row_of[others[:, SCATTER_REC_SRC] // rows.shape[1]] == -1]
+            host_lib.fill(out, fills, np.asarray(fill, dtype=out.dtype).tobytes(), ndim)
+        return
     last, chunk = -1, None
     rows_of = row_of.tolist()
     for c, chunk_sel, out_sel in plan.selections(first, first + len(rows_of)):
