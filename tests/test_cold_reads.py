@@ -62,6 +62,36 @@ def test_a_warm_read_of_many_batches_hands_nothing_over(sharded, monkeypatch):
     assert advised == []
 
 
+@pytest.mark.parametrize("cold", [False, True])
+def test_a_warm_read_is_one_batch_the_calling_thread_decodes_in_and_a_cold_one_keeps_its_batches(
+        sharded, monkeypatch, cold):
+    """The device's own batch size (no Settings.batch_bytes) cuts the read into batches; warm, they
+    are one, whose parts the calling thread decodes beside the pool; cold, the batches pace what is
+    handed to the kernel ahead."""
+    import threading
+
+    from gpuzarr.devices import cpu as cpu_device
+
+    path, data = sharded
+    monkeypatch.setattr(cpu_device.CpuDevice, "batch_bytes", 4096)
+    monkeypatch.setattr(cpu_device, "SPLIT_SECONDS", 0.0)  # never one inline task (the read is small)
+    monkeypatch.setattr(cpu_device, "GROUP_BYTES", 8192)  # parts of 16 chunks
+    arr = gpuzarr.open(path, device=cpu_device.CpuDevice(threads=2))
+    arr[...]  # indexes cached
+    threads = []
+    real = cpu_device.CpuDevice._decode_by_blocks
+    monkeypatch.setattr(cpu_device.CpuDevice, "_decode_by_blocks", lambda *a, **k: (
+        threads.append(threading.current_thread()), real(*a, **k))[1])
+    advised = _advice(monkeypatch, cold=cold)
+    report = gpuzarr.ReadReport()
+    np.testing.assert_array_equal(arr.read(..., report=report), data)
+    if cold:
+        assert report.batches > 4 and advised
+    else:
+        assert report.batches == 1 and not advised
+        assert threading.current_thread() in threads and len(threads) == 16
+
+
 def test_files_are_opened_for_random_access(sharded, monkeypatch):
     """No readahead around the ranges read (see store._RANDOM): one POSIX_FADV_RANDOM per file opened."""
     path, data = sharded
