@@ -187,7 +187,9 @@ class Reader:
         if in_tasks and not ahead.pending and self.settings.batch_bytes is None:
             # warm: batches would only group the tasks (nothing is fetched ahead of them); as one,
             # this thread decodes beside the pool instead of waiting on it, and no thread is woken
-            # to start (ML read_batch 0.96-0.98x, 3-D full 0.97x, 64 2-D windows 0.92x)
+            # to start (against batches, in-process, two runs: v2 full 0.91-0.93x, ML full 0.90-0.95x,
+            # 3-D read_batch 0.94-0.95x, ML read_batch 0.97-0.98x, 64 2-D windows 0.97-1.0x, 3-D full
+            # 1.01-1.05x)
             bounds = [(0, bounds[-1][1])]
         report.batches += len(bounds)
         fill = self.meta.fill_value
