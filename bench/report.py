@@ -78,8 +78,44 @@ def commit_label(git: dict) -> str:
 
 def run_started() -> dict:
     """A run's document entries for the machine's load: the load average and the CPU time counters
-    at its start (close_run adds their ends)."""
-    return {"load_average": {"start": os.getloadavg()}, "steal": {"ticks_start": _cpu_ticks()}}
+    at its start (close_run adds their ends), and each core's speed (core_seconds)."""
+    return {"load_average": {"start": os.getloadavg()}, "steal": {"ticks_start": _cpu_ticks()},
+            "core_seconds": core_seconds()}
+
+
+def core_seconds(rounds: int = 5) -> dict[int, float]:
+    """Per core this process may run on, the thread CPU seconds of one fixed libzstd decode (1 MiB,
+    the best of `rounds`) on a thread pinned there. Cores of one machine are not always equal: on
+    the 2-core VMs here, for a while, core 0 decoded zstd 1.55x slower than core 1 (alone or with
+    core 1 busy; equal again half an hour later), and a read whose last parts are split equally
+    between threads ends on the slow one (hybrid CPUs' efficiency cores do the same). Taken once,
+    at the run's start."""
+    import threading
+
+    import numpy as np
+    import zstandard
+
+    if not hasattr(os, "sched_setaffinity"):
+        return {}
+    data = np.random.default_rng(0).integers(0, 64, 1 << 20, dtype=np.uint8).tobytes()
+    frame = zstandard.ZstdCompressor(level=3).compress(data)
+    out: dict[int, float] = {}
+
+    def probe(cpu: int) -> None:
+        os.sched_setaffinity(0, {cpu})  # this thread only
+        decoder = zstandard.ZstdDecompressor()
+        best = float("inf")
+        for _ in range(rounds):
+            start = time.thread_time()
+            decoder.decompress(frame)
+            best = min(best, time.thread_time() - start)
+        out[cpu] = round(best, 6)
+
+    for cpu in sorted(os.sched_getaffinity(0)):
+        thread = threading.Thread(target=probe, args=(cpu,))
+        thread.start()
+        thread.join()
+    return out
 
 
 def close_run(doc: dict, t_start: float) -> None:
@@ -100,8 +136,11 @@ def machine_load(doc: dict) -> str:
     still compare, figures across runs less so."""
     load = doc["load_average"]
     steal = doc["steal"].get("share")
+    cores = list(doc.get("core_seconds", {}).values())
+    spread = max(cores) / min(cores) if cores and min(cores) > 0 else 1.0
     return (f"load avg {load['start'][0]:.2f} -> {load['end'][0]:.2f}"
-            + ("" if steal is None else f"  steal {steal:.0%}" + (" (a shared machine: noisy)" if steal >= 0.05 else "")))
+            + ("" if steal is None else f"  steal {steal:.0%}" + (" (a shared machine: noisy)" if steal >= 0.05 else ""))
+            + (f"  cores unequal: the slowest took {spread:.2f}x the fastest's time" if spread >= 1.15 else ""))
 
 
 def _cpu_ticks() -> tuple[int, int] | None:

@@ -149,3 +149,22 @@ def test_a_run_records_the_share_of_cpu_time_stolen_from_it(monkeypatch):
     monkeypatch.undo()
     total, stolen = report._cpu_ticks()  # this machine's own counters (Linux)
     assert 0 <= stolen <= total
+
+
+def test_a_run_records_each_cores_speed_and_flags_unequal_cores(monkeypatch):
+    """Each core this process may use is timed at a run's start (one fixed libzstd decode on a
+    thread pinned there); the header line says when the slowest took 1.15x the fastest's time or more."""
+    import os
+
+    from bench import report
+
+    got = report.core_seconds(rounds=1)
+    assert set(got) == (set(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else set())
+    assert all(0 < s < 1 for s in got.values())
+    assert os.sched_getaffinity(0) == set(got) or not got  # the probe pinned its own threads, not this one
+    for seconds, flagged in (({0: 0.001, 1: 0.00155}, True), ({0: 0.001, 1: 0.00105}, False), ({}, False)):
+        monkeypatch.setattr(report, "core_seconds", lambda seconds=seconds: seconds)
+        doc = report.run_started()
+        report.close_run(doc, 0.0)
+        line = report.machine_load(doc)
+        assert ("cores unequal" in line) == flagged and (not flagged or "the slowest took 1.55x" in line)
