@@ -371,6 +371,7 @@ class Locator:
             jobs.append((i, size, False, len(ranges)))
             ranges.append((key, start, start + n_index))
         got = self.store.read_indexes(ranges) if ranges else []
+        raws, totals = [], []  # per job
         for i, total, read_whole, source in jobs:
             key, base, _ = owners[i]
             if versions[key] is None:  # a store that learns versions as it reads (object storage)
@@ -382,7 +383,14 @@ class Locator:
                 # a shard shorter than its index gives a short index: decode_index says "truncated"
                 raw = memoryview(raw)[:n_index] if sharding.index_location == "start" else \
                     memoryview(raw)[max(total - n_index, 0):]
-            index = None if raw is None else sharding.decode_index(raw, owner_shape, key, total)
+            raws.append(raw)
+            totals.append(total)
+        read = [k for k, raw in enumerate(raws) if raw is not None]
+        decoded = iter(sharding.decode_indexes([raws[k] for k in read], owner_shape,
+                                               [owners[jobs[k][0]][0] for k in read], [totals[k] for k in read]))
+        for (i, _, _, _), raw in zip(jobs, raws):
+            key, base, _ = owners[i]
+            index = None if raw is None else next(decoded)
             if index is not None and base:
                 index = index.copy()
                 live = index[:, 1] != EMPTY

@@ -11,6 +11,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from ..errors import CorruptDataError, MetadataError, UnsupportedFeatureError
+from .array_to_bytes import Bytes
+from .bytes_to_bytes import strip_crc32c
 
 if TYPE_CHECKING:
     from .chain import CodecChain
@@ -46,28 +48,21 @@ class Sharding:
 
         index = decode_chunk(self.index_chain, view, 0, f"{key}: shard index").reshape(-1, 2)
         offsets, sizes = index[:, 0], index[:, 1]
-        empty = sizes == EMPTY
-        bad_marker = (offsets == EMPTY) & ~empty
-        if bad_marker.any():
-            raise CorruptDataError(f"{key}: shard index entry {int(np.argmax(bad_marker))} has the empty-chunk "
+        high = self._chunks_end(expected, shard_nbytes)
+        empty, faults = self._faults(index, expected, high)
+        if faults["marker"].any():
+            raise CorruptDataError(f"{key}: shard index entry {int(np.argmax(faults['marker']))} has the empty-chunk "
                                    f"offset marker with a real size")
-        live_off, live_size = offsets[~empty], sizes[~empty]
-        ends = live_off + live_size
-        if (ends < live_off).any():
+        if faults["overflow"].any():
             raise CorruptDataError(f"{key}: shard index entry overflows 64 bits")
-        past = ends > np.iinfo(np.int64).max  # reads count bytes in int64
-        if past.any():
-            where = int(np.flatnonzero(~empty)[np.argmax(past)])
+        if faults["past"].any():
+            where = int(np.argmax(faults["past"]))
             raise CorruptDataError(f"{key}: shard index entry {where} (offset {int(offsets[where])}, "
                                    f"{int(sizes[where])} bytes) ends past byte 2**63 - 1")
-        if self.index_location == "start":
-            low, high = expected, shard_nbytes
-        else:
-            low, high = 0, None if shard_nbytes is None else shard_nbytes - expected
-        if (live_off < low).any():
+        if faults["before"].any():
             raise CorruptDataError(f"{key}: shard index entry overlaps the index at the start of the shard")
-        if high is not None and (ends > high).any():
-            where = int(np.flatnonzero(~empty)[np.argmax(ends > high)])
+        if faults["after"].any():
+            where = int(np.argmax(faults["after"]))
             raise CorruptDataError(f"{key}: shard index entry {where} (offset {int(offsets[where])}, "
                                    f"{int(sizes[where])} bytes) points past the end of the "
                                    f"{'shard' if self.index_location == 'start' else 'chunk data'} "
@@ -75,6 +70,72 @@ class Sharding:
         index = index.copy()
         index[empty] = EMPTY
         return index
+
+    def decode_indexes(self, raws: list, shard_shape: Shape, keys: list[str],
+                       shard_nbytes: list[int | None]) -> list[np.ndarray]:
+        """decode_index of each index, as one array program where the index chain is the usual
+        (bytes, then crc32c codecs: what zarr-python and tensorstore write) and every index has
+        its size: each checksum is still verified alone (one C call), the entries parsed and
+        checked at once (16 indexes of the 2-D set: ~1.2 ms one by one, ~78 us each, what a read
+        with an empty index cache pays per shard). An index that fails is decoded alone, which
+        raises its error."""
+        expected = self.index_nbytes(shard_shape)
+        chain = self.index_chain
+        views = [memoryview(raw).cast("B") for raw in raws]
+        if (len(views) < 2 or chain.array_to_array or not isinstance(chain.array_to_bytes, Bytes)
+                or any(c.name != "crc32c" for c in chain.bytes_to_bytes) or any(len(v) != expected for v in views)):
+            return [self.decode_index(v, shard_shape, k, n) for v, k, n in zip(views, keys, shard_nbytes)]
+        bodies = []
+        for view, key, nbytes in zip(views, keys, shard_nbytes):
+            body = view
+            try:
+                for _ in chain.bytes_to_bytes:
+                    body = strip_crc32c(body, "crc32c")
+            except CorruptDataError:
+                self.decode_index(view, shard_shape, key, nbytes)  # raises, naming the index
+            bodies.append(body)
+        raw = np.frombuffer(bytearray().join(bodies), np.uint8).reshape(len(bodies), -1)  # writable: emptied below
+        tables = chain.array_to_bytes.decode_batch(np, raw, chain.encoded_shape, chain.encoded_dtype)
+        tables = tables.reshape(len(bodies), -1, 2)
+        high = [self._chunks_end(expected, n) for n in shard_nbytes]
+        if any(h is not None and h < 0 for h in high):  # a shard shorter than its index
+            return [self.decode_index(v, shard_shape, k, n) for v, k, n in zip(views, keys, shard_nbytes)]
+        empty, faults = self._faults(tables, expected, np.array([2**64 - 1 if h is None else h for h in high],
+                                                                np.uint64)[:, None])
+        bad = np.logical_or.reduce([f.any(axis=1) for f in faults.values()])
+        if bad.any():
+            i = int(np.argmax(bad))
+            self.decode_index(views[i], shard_shape, keys[i], shard_nbytes[i])  # raises its error
+            raise CorruptDataError(f"{keys[i]}: shard index entries fail their checks")
+        tables[empty] = EMPTY
+        return [table.copy() for table in tables]
+
+    def _chunks_end(self, index_nbytes: int, shard_nbytes: int | None) -> int | None:
+        """Where the bytes a shard's chunks may lie in end (None where the shard's size is not known)."""
+        if self.index_location == "start" or shard_nbytes is None:
+            return shard_nbytes
+        return shard_nbytes - index_nbytes
+
+    def _faults(self, index: np.ndarray, index_nbytes: int, high: Any) -> tuple[np.ndarray, dict]:
+        """Entries of (..., 2) index tables that are empty, and the masks of those that are wrong:
+        the empty marker as an offset with a real size, an end past 2**64 or 2**63 - 1, a start
+        inside the index at the shard's start, an end past `high` (the span's end; an int, None,
+        or an array that broadcasts against the entries)."""
+        offsets, sizes = index[..., 0], index[..., 1]
+        empty = sizes == EMPTY
+        live = ~empty
+        ends = offsets + sizes  # wraps where it overflows
+        low = index_nbytes if self.index_location == "start" else 0
+        faults = {"marker": (offsets == EMPTY) & live, "overflow": (ends < offsets) & live,
+                  "past": (ends > np.uint64(np.iinfo(np.int64).max)) & live,
+                  "before": (offsets < np.uint64(low)) & live}
+        if high is None:
+            faults["after"] = np.zeros_like(live)
+        elif isinstance(high, int) and high < 0:  # a shard shorter than its index: nothing fits
+            faults["after"] = live
+        else:
+            faults["after"] = (ends > (np.uint64(high) if isinstance(high, int) else high)) & live
+        return empty, faults
 
     def decode_shard(self, data: Any, shape: Shape, dtype: np.dtype, fill: Any, key: str) -> np.ndarray:
         """Decode a whole shard held in memory (used only when sharding sits inside other codecs)."""
