@@ -90,6 +90,23 @@ def test_a_chunk_read_twice_is_not_in_a_box():
     assert not any(lo <= shared < hi for lo, hi in zip(found.lo, found.hi))
 
 
+def test_a_plan_in_a_shards_morton_order_looks_for_no_boxes():
+    """Reordered for storage (sharded: Morton order in each shard), a plan's boxes would be of
+    two or four chunks, inside no task's part: none are looked for. The grid check itself: strictly
+    increasing C order, in any number of dimensions."""
+    from gpuzarr.plan import _c_ordered
+
+    plan = _plan((slice(None),) * 2, (64, 64), (16, 16))
+    morton = np.array([decode_morton(i, (4, 4)) for i in range(16)])
+    order = np.array([int(np.flatnonzero((plan.chunks == c).all(axis=1))[0]) for c in morton])
+    assert plan.blocks((16, 16)).extent == [[4, 4]]
+    assert plan.reorder(order).blocks((16, 16)) == Blocks.none(2)
+    grid = np.array(np.unravel_index(np.arange(24), (2, 3, 4))).T
+    assert _c_ordered(grid) and _c_ordered(grid[::5]) and _c_ordered(np.array([[3], [9]]))
+    assert not _c_ordered(grid[::-1]) and not _c_ordered(grid[[0, 2, 1]]) and not _c_ordered(grid[[4, 4]])
+    assert _c_ordered(np.array([[0, 2**62], [2**62, 0]]))  # no linear index: grids of any size
+
+
 def test_block_pieces_cut_a_box_at_a_range():
     plan = _plan((slice(None),) * 2, (64, 64), (16, 16))  # one 4x4 box
     assert plan.block_pieces(5, 14, (16, 16)) == [(0, 3, (1, 3), (16, 16), 0), (3, 7, (1, 4), (32, 0), 0),
