@@ -29,7 +29,7 @@ log = logging.getLogger("gpuzarr")
 FALLBACKS: Counter = Counter()
 _LOCK = threading.Lock()
 _NAME = "_host_lib"
-VERSION = 4  # gpz_host_version() of the sources this module calls
+VERSION = 5  # gpz_host_version() of the sources this module calls
 _i64, _ptr = ctypes.c_int64, ctypes.c_void_p
 _lib: list = []  # [the loaded library, or None where it is missing or stale]
 
@@ -65,7 +65,7 @@ def _load() -> Any:
     lib.gpz_each_zstd.argtypes = [_ptr, _ptr, _ptr, _ptr, _ptr, _i64, _i64, _ptr]
     lib.gpz_each_zstd.restype = None
     lib.gpz_open_files.argtypes = [_ptr, _i64, _i64, _ptr, _ptr, _ptr]
-    lib.gpz_read_files.argtypes = [_ptr, _i64, _ptr, _ptr, _ptr, ctypes.c_int, _ptr, _ptr]
+    lib.gpz_read_files.argtypes = [_ptr, _i64, _ptr, _ptr, _ptr, _ptr, ctypes.c_int, _ptr, _ptr]
     lib.gpz_close_files.argtypes = [_ptr, _i64]
     for fn in (lib.gpz_open_files, lib.gpz_read_files, lib.gpz_close_files):
         fn.restype = None
@@ -177,13 +177,16 @@ class FileBatch:
         _library().gpz_open_files(self._paths, n, keep_open, self._fds.ctypes.data, self.sizes.ctypes.data,
                                   self.errors.ctypes.data)
 
-    def read(self, sizes: np.ndarray, addresses: np.ndarray, flags: int) -> tuple[np.ndarray, np.ndarray]:
-        """Each file i with sizes[i] >= 0 into the sizes[i] bytes at addresses[i]: (bytes read,
-        -1 where it failed; the errno of each failure, EAGAIN for one not wholly in the page cache
-        under RWF_NOWAIT `flags`, whose descriptor is kept for a blocking read)."""
-        sizes, addresses = np.ascontiguousarray(sizes, np.int64), np.ascontiguousarray(addresses, np.int64)
+    def read(self, offsets: np.ndarray, sizes: np.ndarray, addresses: np.ndarray,
+             flags: int) -> tuple[np.ndarray, np.ndarray]:
+        """sizes[i] bytes of each file i with sizes[i] >= 0, from byte offsets[i] on, into
+        addresses[i]: (bytes read, -1 where it failed; the errno of each failure, EAGAIN for one
+        not all in the page cache under RWF_NOWAIT `flags`, whose descriptor is kept for a
+        blocking read)."""
+        offsets, sizes = np.ascontiguousarray(offsets, np.int64), np.ascontiguousarray(sizes, np.int64)
+        addresses = np.ascontiguousarray(addresses, np.int64)
         counts, errors = np.empty(self.n, np.int64), np.empty(self.n, np.intc)
-        _library().gpz_read_files(self._paths, self.n, self._fds.ctypes.data, sizes.ctypes.data,
+        _library().gpz_read_files(self._paths, self.n, self._fds.ctypes.data, offsets.ctypes.data, sizes.ctypes.data,
                                   addresses.ctypes.data, flags, counts.ctypes.data, errors.ctypes.data)
         return counts, errors
 

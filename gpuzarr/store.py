@@ -445,25 +445,64 @@ class LocalStore(Store):
         blocking after _willneed) as there."""
         files = host_lib.FileBatch(paths, FILES_OPEN)
         try:
-            for k in np.flatnonzero(files.errors).tolist():
-                _raise_unless_missing(int(files.errors[k]), paths[k], keys[k], "open")
+            self._check_opened(files, paths, keys)
             sizes = [None if size < 0 else size for size in files.sizes.tolist()]
             addresses = np.array([host_lib.address(buf) for buf in place(sizes)], dtype=np.int64)
-            counts, errors = files.read(files.sizes, addresses, self._nowait)
-            if self._nowait and errors.any():
-                unknown = np.isin(errors, (errno.EOPNOTSUPP, errno.EINVAL))
-                if unknown.any():  # this filesystem (tmpfs, procfs, ...) cannot say what is cached
-                    self._nowait = 0
-                later = (errors == errno.EAGAIN) | unknown
-                for k in np.flatnonzero(errors == errno.EAGAIN).tolist():
-                    _willneed(files.fd(k), 0, sizes[k])
-                again, errors_again = files.read(np.where(later, files.sizes, -1), addresses, 0)
-                counts, errors = np.where(later, again, counts), np.where(later, errors_again, errors)
-            for k in np.flatnonzero(errors).tolist():
-                _raise_unless_missing(int(errors[k]), paths[k], keys[k], "read")  # gone since it was sized
+            counts = self._read_batch(files, paths, keys, np.zeros(len(paths), np.int64), files.sizes, addresses)
             return [None if count < 0 else count for count in counts.tolist()]
         finally:
             files.close()
+
+    @staticmethod
+    def _check_opened(files: host_lib.FileBatch, paths: list, keys: Sequence[str]) -> None:
+        for k in np.flatnonzero(files.errors).tolist():
+            _raise_unless_missing(int(files.errors[k]), paths[k], keys[k], "open")
+
+    def _read_batch(self, files: host_lib.FileBatch, paths: list, keys: Sequence[str], offsets: np.ndarray,
+                    sizes: np.ndarray, addresses: np.ndarray) -> np.ndarray:
+        """files.read of sizes[i] bytes at offsets[i] (none where sizes[i] < 0): first from the
+        page cache only (RWF_NOWAIT), then what must come from the disk handed to the kernel at
+        once (_willneed) and read blocking, as _per_file does; the bytes read per file (-1 where
+        there is no file). A file gone since it was sized is absent; other failures raise."""
+        counts, errors = files.read(offsets, sizes, addresses, self._nowait)
+        if self._nowait and errors.any():
+            unknown = np.isin(errors, (errno.EOPNOTSUPP, errno.EINVAL))
+            if unknown.any():  # this filesystem (tmpfs, procfs, ...) cannot say what is cached
+                self._nowait = 0
+            later = (errors == errno.EAGAIN) | unknown
+            for k in np.flatnonzero(errors == errno.EAGAIN).tolist():
+                _willneed(files.fd(k), int(offsets[k]), int(offsets[k] + sizes[k]))
+            again, errors_again = files.read(offsets, np.where(later, sizes, -1), addresses, 0)
+            counts, errors = np.where(later, again, counts), np.where(later, errors_again, errors)
+        for k in np.flatnonzero(errors).tolist():
+            _raise_unless_missing(int(errors[k]), paths[k], keys[k], "read")  # gone since it was sized
+        return counts
+
+    def read_indexes(self, ranges: Sequence[Range]) -> list[bytes | None]:
+        """Shard indexes, one range of the same length at the start or at the end of each shard
+        file: FILES_AT_ONCE of them or more through the host library (each file opened and sized
+        in one call, read in one, closed in one: ~25 us of Python and syscalls a shard, what a
+        read with an empty index cache paid per shard), else as any ranges."""
+        tails = _index_tails(ranges)
+        if tails is None or len(ranges) < FILES_AT_ONCE or not host_lib.available("files"):
+            return self.read_ranges(ranges)
+        keys = [key for key, _, _ in ranges]
+        paths = [self.path(key) for key in keys]
+        files = host_lib.FileBatch(paths, FILES_OPEN)
+        try:
+            self._check_opened(files, paths, keys)
+            sizes = files.sizes
+            offsets = np.maximum(sizes - tails, 0) if tails > 0 else np.zeros_like(sizes)
+            lengths = np.where(sizes < 0, -1, np.minimum(sizes, abs(tails)))  # fewer in a shorter file
+            buffer = bytearray(len(ranges) * abs(tails))
+            base = host_lib.address(buffer)
+            counts = self._read_batch(files, paths, keys, offsets, lengths,
+                                      base + np.arange(len(ranges), dtype=np.int64) * abs(tails))
+        finally:
+            files.close()
+        view = memoryview(buffer)
+        return [None if count < 0 else view[k * abs(tails):k * abs(tails) + count]
+                for k, count in enumerate(counts.tolist())]
 
     def _read_files(self, paths: list, keys: Sequence[str], fds: list, sizes: list, buffers: list, counts: list,
                     which: Sequence[int], flags: int) -> list[int]:
@@ -756,6 +795,18 @@ def _unpickle_store(cls: type, fs: fsspec.AbstractFileSystem, root: str) -> Stor
 
 def _protocols(fs: fsspec.AbstractFileSystem) -> tuple[str, ...]:
     return (fs.protocol,) if isinstance(fs.protocol, str) else tuple(fs.protocol)
+
+
+def _index_tails(ranges: Sequence[Range]) -> int | None:
+    """n where every range is the last n bytes of a file (start -n, no stop), -n where every one
+    is its first n bytes; None for anything else, or a file named twice."""
+    if not ranges:
+        return None
+    _, start, stop = ranges[0]
+    n = -start if start < 0 and stop is None else -stop if start == 0 and stop else 0
+    if not n or any((s, e) != (ranges[0][1], ranges[0][2]) for _, s, e in ranges):
+        return None
+    return n if len({key for key, _, _ in ranges}) == len(ranges) else None
 
 
 def _raise_unless_missing(code: int, path: str, key: str, what: str) -> None:

@@ -58,6 +58,17 @@ void gpz_each_zstd(void* fn, void* dctx, const gpz_i64* src, const gpz_i64* size
 // library is missing (four syscalls a file, each dropping the GIL): open and size them all, read
 // them all, close them all, one call each.
 
+// A descriptor opened for random access, as gpuzarr's Python opens files: no readahead around
+// the bytes read (a hint: its failure is ignored).
+static int gpz_open_random(const char* path)
+{
+    const int fd = open(path, O_RDONLY | O_CLOEXEC);
+#ifdef POSIX_FADV_RANDOM
+    if (fd >= 0) (void)posix_fadvise(fd, 0, 0, POSIX_FADV_RANDOM);
+#endif
+    return fd;
+}
+
 // Open and size files 0..n-1: the first `keep` are held open (fds[i]) and sized on that
 // descriptor, the others sized by their path (fds[i] = -1: opened when read). sizes[i]: the
 // size of a regular file, -1 for anything else; err[i]: the errno of a failed open or stat, or 0.
@@ -69,7 +80,7 @@ void gpz_open_files(const char* const* paths, gpz_i64 n, gpz_i64 keep, int* fds,
         sizes[i] = -1;
         err[i] = 0;
         if (i < keep) {
-            const int fd = open(paths[i], O_RDONLY | O_CLOEXEC);
+            const int fd = gpz_open_random(paths[i]);
             if (fd < 0 || fstat(fd, &info) != 0) {
                 err[i] = errno;
                 if (fd >= 0) close(fd);
@@ -84,20 +95,20 @@ void gpz_open_files(const char* const* paths, gpz_i64 n, gpz_i64 keep, int* fds,
     }
 }
 
-// Read each file i with sizes[i] >= 0 whole into the sizes[i] bytes at dst[i] (opening those not
-// held open; at most sizes[i] bytes, fewer only at the end of the file), then close it.
-// counts[i]: the bytes read, or -1 with err[i] the errno of the failed open or read. With `flags`
-// (RWF_NOWAIT), a file not wholly in the page cache gets err[i] = EAGAIN, and one whose
-// filesystem cannot tell EOPNOTSUPP or EINVAL: both keep their descriptor (fds[i]) for the
-// caller to read blocking.
-void gpz_read_files(const char* const* paths, gpz_i64 n, int* fds, const gpz_i64* sizes, const gpz_i64* dst, int flags,
-                    gpz_i64* counts, int* err)
+// Read sizes[i] bytes of each file i with sizes[i] >= 0, from byte offsets[i] on (the whole file
+// where it is sized so and offsets[i] is 0), into dst[i] (opening those not held open; fewer
+// bytes only at the end of the file), then close it. counts[i]: the bytes read, or -1 with err[i]
+// the errno of the failed open or read. With `flags` (RWF_NOWAIT), a file whose bytes are not
+// all in the page cache gets err[i] = EAGAIN, and one whose filesystem cannot tell EOPNOTSUPP or
+// EINVAL: both keep their descriptor (fds[i]) for the caller to read blocking.
+void gpz_read_files(const char* const* paths, gpz_i64 n, int* fds, const gpz_i64* offsets, const gpz_i64* sizes,
+                    const gpz_i64* dst, int flags, gpz_i64* counts, int* err)
 {
     for (gpz_i64 i = 0; i < n; ++i) {
         counts[i] = -1;
         err[i] = 0;
         if (sizes[i] < 0) continue;
-        if (fds[i] < 0 && (fds[i] = open(paths[i], O_RDONLY | O_CLOEXEC)) < 0) {
+        if (fds[i] < 0 && (fds[i] = gpz_open_random(paths[i])) < 0) {
             err[i] = errno;
             continue;
         }
@@ -108,10 +119,10 @@ void gpz_read_files(const char* const* paths, gpz_i64 n, int* fds, const gpz_i64
 #ifdef RWF_NOWAIT
             if (flags) {
                 struct iovec iov = {to + done, (size_t)(sizes[i] - done)};
-                got = preadv2(fds[i], &iov, 1, (off_t)done, flags);
+                got = preadv2(fds[i], &iov, 1, (off_t)(offsets[i] + done), flags);
             } else
 #endif
-                got = pread(fds[i], to + done, (size_t)(sizes[i] - done), (off_t)done);
+                got = pread(fds[i], to + done, (size_t)(sizes[i] - done), (off_t)(offsets[i] + done));
             if (got < 0 && errno == EINTR) continue;
             if (got < 0) {
                 err[i] = errno;

@@ -296,6 +296,60 @@ def test_files_not_in_the_page_cache_are_handed_over_then_read(tmp_path, monkeyp
     assert len(handed) == 1 and handed[0][1:] == (0, len(data))
 
 
+@pytest.mark.skipif(not hasattr(os, "RWF_NOWAIT"), reason="no RWF_NOWAIT here: every read blocks")
+def test_an_index_not_in_the_page_cache_is_handed_over_then_read(tmp_path, monkeypatch, at_once):
+    """The last bytes of a shard dropped from the page cache: handed to the kernel (exactly
+    those bytes) and read blocking."""
+    data = np.random.default_rng(11).integers(0, 256, 1 << 20, dtype=np.uint8).tobytes()
+    for name in ("warm", "cold"):
+        (tmp_path / name).write_bytes(data)
+    handed = []
+    real = store_module._willneed
+    monkeypatch.setattr(store_module, "_willneed", lambda *a: (handed.append(a), real(*a))[1])
+    fd = os.open(tmp_path / "cold", os.O_RDONLY)
+    try:
+        os.fsync(fd)
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+    store = LocalStore(LocalFileSystem(), str(tmp_path))
+    got = store.read_indexes([("warm", -4100, None), ("cold", -4100, None)])
+    assert [bytes(b) for b in got] == [data[-4100:]] * 2
+    if not handed:
+        pytest.skip("this filesystem kept the file cached (or ignores RWF_NOWAIT): nothing was handed over")
+    assert len(handed) == 1 and handed[0][1:] == (len(data) - 4100, len(data))
+
+
+@pytest.mark.parametrize("at", ["end", "start"])
+def test_shard_indexes_read_at_once_as_one_by_one(tmp_path, monkeypatch, at_once, at):
+    """Indexes (the same number of bytes at the end, or the start, of each shard file) of regular
+    files, a file shorter than an index, a missing one, a directory: the same bytes from the
+    library's three calls as from the Python loop; no descriptor left open; other ranges, or a file
+    named twice, go the Python way."""
+    rng = np.random.default_rng(10)
+    for i in range(4):
+        (tmp_path / f"s{i}").write_bytes(rng.integers(0, 256, 300 * i + 50, dtype=np.uint8).tobytes())
+    (tmp_path / "dir").mkdir()
+    keys = ["s1", "s0", "missing", "dir", "s2", "s3"]
+    ranges = [(k, -100, None) if at == "end" else (k, 0, 100) for k in keys]
+    store = LocalStore(LocalFileSystem(), str(tmp_path))
+    before = len(os.listdir("/proc/self/fd"))
+    calls, real = [], host_lib.FileBatch
+    with mock.patch.object(host_lib, "FileBatch", lambda *a: calls.append(a) or real(*a)):
+        in_c = [None if b is None else bytes(b) for b in store.read_indexes(ranges)]
+    in_python = [None if b is None else bytes(b) for b in store.read_ranges(ranges)]
+    assert calls and in_c == in_python
+    assert [None if b is None else len(b) for b in in_c] == [100, 50, None, None, 100, 100]
+    assert in_c[0] == (tmp_path / "s1").read_bytes()[-100:] if at == "end" else (tmp_path / "s1").read_bytes()[:100]
+    assert len(os.listdir("/proc/self/fd")) == before
+    calls.clear()
+    with mock.patch.object(host_lib, "FileBatch", lambda *a: calls.append(a) or real(*a)):
+        store.read_indexes([("s1", -100, None), ("s2", -90, None)])  # not one size
+        store.read_indexes([("s1", -100, None), ("s1", -100, None)])  # a file twice
+        store.read_indexes([("s1", 10, 110), ("s2", 10, 110)])  # inside the files
+    assert not calls
+
+
 def test_transposed_chunks_are_walked_in_their_stored_order(tmp_path, grouped):
     """A transpose codec, or two, and a v2 array in order F: the records' dims follow the stored
     axes (ChunkView.stored_order), so the library places what NumPy's transposed view would."""
