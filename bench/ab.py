@@ -38,7 +38,30 @@ def snapshot(rev: str, into: Path) -> str:
     for source in package.rglob("*.py"):  # the package's absolute imports of itself
         text = source.read_text()
         source.write_text(re.sub(r"\b(from|import) gpuzarr\b", rf"\1 {BASE}", text))
+    why = _build_host_lib(commit, into, package)
+    if why:
+        _log(f"gpuzarr@{commit[:10]} runs its per-chunk loops in Python: {why}")
     return commit
+
+
+def _build_host_lib(commit: str, into: Path, package: Path) -> str | None:
+    """Compile the revision's host library (setup.py's sources and flags) into its package, as
+    `pip install` does, so that both sides run it; why not, or None."""
+    import sysconfig
+
+    sources = ["kernels/host_scatter.cpp", "kernels/host_calls.cpp"]
+    if subprocess.run(["git", "cat-file", "-e", f"{commit}:{sources[0]}"], cwd=ROOT, capture_output=True).returncode:
+        return "it has no host library"
+    archive = subprocess.run(["git", "archive", commit, "kernels"], cwd=ROOT, check=True, capture_output=True).stdout
+    with tarfile.open(fileobj=BytesIO(archive)) as tar:
+        tar.extractall(into, **({"filter": "data"} if hasattr(tarfile, "data_filter") else {}))
+    target = package / f"_host_lib{sysconfig.get_config_var('EXT_SUFFIX')}"
+    try:
+        built = subprocess.run(["c++", "-std=c++17", "-O2", "-shared", "-fPIC", f"-I{into / 'kernels'}",
+                                *(str(into / s) for s in sources), "-o", str(target)], capture_output=True, text=True)
+    except FileNotFoundError:
+        return "no C++ compiler (c++) here"
+    return None if built.returncode == 0 else f"its build failed: {built.stderr.strip()[:300]}"
 
 
 def main(argv: list[str] | None = None) -> int:

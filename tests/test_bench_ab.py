@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -47,6 +48,9 @@ def test_a_revision_imports_beside_the_working_tree(tmp_path):
         write_sharded(str(tmp_path / "a"), data, (32, 32), (16, 16))
         np.testing.assert_array_equal(base.open(str(tmp_path / "a"), device="cpu")[5:60, 7:90], data[5:60, 7:90])
         assert base.open is not gpuzarr.open
+        if shutil.which("c++"):  # the revision's host library built beside it, as pip install builds it
+            host = importlib.import_module(f"{BASE}.host_lib")
+            assert host.built() and Path(host.__file__).parent == Path(base.__file__).parent
     finally:
         sys.path.remove(str(snap))
         for name in [n for n in sys.modules if n == BASE or n.startswith(BASE + ".")]:
