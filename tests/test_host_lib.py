@@ -272,9 +272,11 @@ def test_a_file_that_cannot_be_opened_is_named(tmp_path, at_once):
 
 
 @pytest.mark.skipif(not hasattr(os, "RWF_NOWAIT"), reason="no RWF_NOWAIT here: every read blocks")
-def test_files_not_in_the_page_cache_are_handed_over_then_read(tmp_path, monkeypatch, at_once):
+@pytest.mark.parametrize("what", ["whole files", "shard indexes"])
+def test_bytes_not_in_the_page_cache_are_handed_over_then_read(tmp_path, monkeypatch, at_once, what):
     """A file dropped from the page cache (POSIX_FADV_DONTNEED): RWF_NOWAIT refuses it, the store
-    hands it to the kernel (_willneed) and reads it blocking, from the descriptor it holds."""
+    hands the bytes wanted (the whole file, or its last 4100 bytes) to the kernel (_willneed) and
+    reads them blocking, from the descriptor it holds."""
     data = np.random.default_rng(9).integers(0, 256, 1 << 20, dtype=np.uint8).tobytes()
     for name in ("warm", "cold"):
         (tmp_path / name).write_bytes(data)
@@ -289,35 +291,17 @@ def test_files_not_in_the_page_cache_are_handed_over_then_read(tmp_path, monkeyp
         os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
     finally:
         os.close(fd)
-    counts, got = _read_files(store, ["warm", "cold"])
-    assert counts == [len(data)] * 2 and got == [data, data]
+    if what == "whole files":
+        counts, got = _read_files(store, ["warm", "cold"])
+        assert counts == [len(data)] * 2 and got == [data, data]
+        wanted = (0, len(data))
+    else:
+        got = store.read_indexes([("warm", -4100, None), ("cold", -4100, None)])
+        assert [bytes(b) for b in got] == [data[-4100:]] * 2
+        wanted = (len(data) - 4100, len(data))
     if not handed:
         pytest.skip("this filesystem kept the file cached (or ignores RWF_NOWAIT): nothing was handed over")
-    assert len(handed) == 1 and handed[0][1:] == (0, len(data))
-
-
-@pytest.mark.skipif(not hasattr(os, "RWF_NOWAIT"), reason="no RWF_NOWAIT here: every read blocks")
-def test_an_index_not_in_the_page_cache_is_handed_over_then_read(tmp_path, monkeypatch, at_once):
-    """The last bytes of a shard dropped from the page cache: handed to the kernel (exactly
-    those bytes) and read blocking."""
-    data = np.random.default_rng(11).integers(0, 256, 1 << 20, dtype=np.uint8).tobytes()
-    for name in ("warm", "cold"):
-        (tmp_path / name).write_bytes(data)
-    handed = []
-    real = store_module._willneed
-    monkeypatch.setattr(store_module, "_willneed", lambda *a: (handed.append(a), real(*a))[1])
-    fd = os.open(tmp_path / "cold", os.O_RDONLY)
-    try:
-        os.fsync(fd)
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-    finally:
-        os.close(fd)
-    store = LocalStore(LocalFileSystem(), str(tmp_path))
-    got = store.read_indexes([("warm", -4100, None), ("cold", -4100, None)])
-    assert [bytes(b) for b in got] == [data[-4100:]] * 2
-    if not handed:
-        pytest.skip("this filesystem kept the file cached (or ignores RWF_NOWAIT): nothing was handed over")
-    assert len(handed) == 1 and handed[0][1:] == (len(data) - 4100, len(data))
+    assert len(handed) == 1 and handed[0][1:] == wanted
 
 
 @pytest.mark.parametrize("at", ["end", "start"])
