@@ -1,8 +1,9 @@
 """gpuzarr._host_lib, the one compiled part (setup.py; kernels/host_scatter.cpp and
 kernels/host_calls.cpp): per-chunk loops of the CPU path run in C, each in one ctypes call with
 the GIL released once: the placement of a part's pieces and the fills of its absent chunks
-(the GPU kernel's own scatter and fill records, reduced by its core), the blosc, LZ4 and zstd decoder calls of a part, and the syscalls that
-read a part's chunk files.
+(the GPU kernel's own scatter and fill records, reduced by its core), the blosc, LZ4 and zstd
+decoder calls of a part, and the syscalls that read a part's chunk files or a read's shard
+indexes.
 
 Why: each NumPy assignment or ctypes call of such a loop drops and retakes the GIL. With a second
 thread that wants it, that is a context switch each (measured ~20 us on the shared 2-core VMs;

