@@ -87,7 +87,7 @@ def core_seconds(rounds: int = 5) -> dict[int, float]:
     """Per core this process may run on, the thread CPU seconds of one fixed libzstd decode (1 MiB,
     the best of `rounds`) on a thread pinned there. Cores of one machine are not always equal: on
     the 2-core VMs here, for a while, core 0 decoded zstd 1.55x slower than core 1 (alone or with
-    core 1 busy; equal again half an hour later), and a read whose last parts are split equally
+    core 1 busy; equal again a quarter of an hour later), and a read whose last parts are split equally
     between threads ends on the slow one (hybrid CPUs' efficiency cores do the same). Taken once,
     at the run's start."""
     import threading
