@@ -61,6 +61,12 @@ def _outermost(strides: tuple[int, ...], shape: tuple[int, ...]) -> int:
     return max(range(len(shape)), key=lambda d: abs(strides[d]) if shape[d] > 1 else -1)
 
 
+def fill_item(fill: Any, dtype: np.dtype) -> bytes:
+    """The fill value as one item of `dtype`, in bytes: what assigning it to an array of that
+    dtype writes (the CPU's host fill and the GPU's fill kernel write these)."""
+    return np.asarray(fill, dtype=dtype).tobytes()
+
+
 def place(out: Any, decoded: Any, plan: Plan, first: int, stop: int, present: Any, fill: Any) -> None:
     """Copy chunks first..stop-1 of the plan (decoded[i] is chunk first+i) into their output
     windows, cropping edge chunks; absent chunks write the fill value."""

@@ -20,7 +20,7 @@ from ..codecs.chain import CodecChain, decode_chunk
 from ..cores import default_threads
 from ..errors import CorruptDataError, DeviceMemoryError, SettingsError
 from ..fetch import FetchedBatch, PendingBatch, thread_slot
-from ..placement import Box, decode_raw, place, place_block, part_boxes, plane_assign
+from ..placement import Box, decode_raw, fill_item, place, place_block, part_boxes, plane_assign
 from ..plan import Gather, Plan
 from .base import settle
 from .gpu_layout import scatter_records
@@ -376,7 +376,7 @@ def _place_rows(rows: np.ndarray, row_of: np.ndarray, labels: list, as_chunk: An
         host_lib.scatter(rows, out, records, ndim, itemsize, swap)
         if others.shape[0]:  # absent chunks (-1), and those placed already (-2)
             fills = others[row_of[others[:, SCATTER_REC_SRC] // rows.shape[1]] == -1]
-            host_lib.fill(out, fills, np.asarray(fill, dtype=out.dtype).tobytes(), ndim)
+            host_lib.fill(out, fills, fill_item(fill, out.dtype), ndim)
         return
     last, chunk = -1, None
     rows_of = row_of.tolist()

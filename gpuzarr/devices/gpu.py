@@ -25,7 +25,7 @@ from ..codecs.chain import CodecChain
 from ..dtypes import is_ml_dtype
 from ..errors import CorruptDataError, DeviceMemoryError, UnsupportedFeatureError
 from ..fetch import FetchedBatch
-from ..placement import decode_raw
+from ..placement import decode_raw, fill_item
 from ..plan import Plan
 from .cpu import decode_bytes
 from .gpu_layout import GpuBatchLayout, build_layout, copy_records, fetch_align, scatter_records
@@ -161,7 +161,7 @@ class GpuDevice:
 
 def fill_bytes(fill: Any, dtype: np.dtype) -> bytes:
     """The fill value as the output dtype's bytes, padded to 16 (the fill kernel's two u64s)."""
-    return np.array(fill, dtype=dtype).tobytes().ljust(16, b"\0")
+    return fill_item(fill, dtype).ljust(16, b"\0")
 
 
 class _ThreadState:
