@@ -49,6 +49,27 @@ class LazyPool:
                 pool = self._pool
         return pool.submit(fn, *args)
 
+    def run_parts(self, work: Callable[[Any], None], parts: list) -> None:
+        """work(part) for every part: the first on this thread, the others on the pool, each
+        taken back and done here if no worker has started it by then (workers busy with other
+        reads), or dropped once a part has failed. Every part has ended before this returns or
+        raises: parts write into the caller's buffers."""
+        futures = [self.submit(work, part) for part in parts[1:]]
+        error: BaseException | None = None
+        for k, part in enumerate(parts):
+            try:
+                if k == 0:
+                    work(part)
+                elif futures[k - 1].cancel():
+                    if error is None:
+                        work(part)
+                else:
+                    futures[k - 1].result()
+            except BaseException as exc:  # the other parts still end first
+                error = error or exc
+        if error is not None:
+            raise error
+
 
 def call_in_child(fn: Any) -> Any:
     """Run `fn()` in every forked child (for module state); usable as a decorator."""

@@ -376,7 +376,7 @@ class LocalStore(Store):
                                  _preadv_all(fd, pieces[which.start + i], start, stop - start, flags))
             counts[which.start:which.stop] = got
 
-        _in_parts(read_part, parts)
+        _READERS.run_parts(read_part, parts)
         return counts
 
     def read_ranges_with(self, ranges: Sequence[Range], io: ReadIO, indexes: bool = False) -> list[bytes | None]:
@@ -684,28 +684,6 @@ def _split(ranges: Sequence[tuple[str, int, int]]) -> list[range]:
     cuts = [bisect.bisect_left(ends, ends[-1] * k // n) + 1 for k in range(1, n)]
     edges = sorted({0, *cuts, len(ranges)})
     return [range(a, b) for a, b in zip(edges[:-1], edges[1:])]
-
-
-def _in_parts(read: Callable[[range], None], parts: list[range]) -> None:
-    """read(part) for every part: the first on this thread, the others on _READERS, each taken
-    back and read here if no reader has started it by then (readers busy with other reads), or
-    dropped once a part has failed. Every part has ended before this returns or raises: they
-    write into the caller's buffers."""
-    futures = [_READERS.submit(read, part) for part in parts[1:]]
-    error: BaseException | None = None
-    for k, part in enumerate(parts):
-        try:
-            if k == 0:
-                read(part)
-            elif futures[k - 1].cancel():
-                if error is None:
-                    read(part)
-            else:
-                futures[k - 1].result()
-        except BaseException as exc:  # the other parts still end first
-            error = error or exc
-    if error is not None:
-        raise error
 
 
 IOV_MAX = os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 1024  # buffers one preadv takes

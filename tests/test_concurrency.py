@@ -101,8 +101,8 @@ def test_many_batches_reuse_staging_without_overwriting(tmp_path, layout, where)
     # batches of ~18 chunks (over 512 KiB decoded) go to the pool, whose tasks start 20 ms late
     # here: batch k+1 is surely read while batch k waits to decode
     device = CpuDevice(threads=2)
-    submit = device._pool.submit
-    device._pool.submit = lambda fn, *args: submit(lambda: (time.sleep(0.02), fn(*args))[1])
+    submit = device.pool.submit
+    device.pool.submit = lambda fn, *args: submit(lambda: (time.sleep(0.02), fn(*args))[1])
     if where == "memory":
         path = to_memory(path, f"{layout}-{tmp_path.name}")
     arr = gpuzarr.open(path, device=device, settings=gpuzarr.Settings(batch_bytes=512 << 10))
@@ -297,8 +297,8 @@ def test_a_batch_is_split_over_the_pool_only_where_that_saves_more_than_it_costs
     write_sharded(path, data, (512, 512), (32, 32))  # 256 chunks of 2 KiB: ~0.7 ms predicted
     device = CpuDevice(threads=2)
     submitted = []
-    real = device._pool.submit
-    monkeypatch.setattr(device._pool, "submit", lambda *a: submitted.append(a) or real(*a))
+    real = device.pool.submit
+    monkeypatch.setattr(device.pool, "submit", lambda *a: submitted.append(a) or real(*a))
     arr = gpuzarr.open(to_memory(path, "split-or-not"), device=device)
     np.testing.assert_array_equal(arr[...], data)
     assert not submitted  # on the calling thread
@@ -319,8 +319,8 @@ def test_batches_of_a_longer_read_go_to_the_pool_however_small(tmp_path, monkeyp
     write_sharded(path, data, (512, 512), (32, 32))  # 256 chunks of ~2 KiB, each batch ~0.1 ms predicted
     device = CpuDevice(threads=2)
     submitted, one_by_one = [], []
-    real_submit, real_each = device._pool.submit, cpu._decode_each_and_place
-    monkeypatch.setattr(device._pool, "submit", lambda *a: submitted.append(a) or real_submit(*a))
+    real_submit, real_each = device.pool.submit, cpu._decode_each_and_place
+    monkeypatch.setattr(device.pool, "submit", lambda *a: submitted.append(a) or real_submit(*a))
     monkeypatch.setattr(cpu, "_decode_each_and_place", lambda *a: one_by_one.append(a) or real_each(*a))
     report = gpuzarr.ReadReport()
     arr = gpuzarr.open(to_memory(path, "batches"), device=device, settings=gpuzarr.Settings(batch_bytes=64 << 10))

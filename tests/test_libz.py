@@ -146,12 +146,12 @@ def test_z_stream_matches_zlib_h(tmp_path):
 
 
 def test_the_inline_or_pool_guess_paces_gzip_and_zlib_by_their_decoder(engine):
-    """cpu._pace predicts a read's decode time (inline below cpu._inline_below, else on the pool):
+    """cpu.pace predicts a read's decode time (inline below cpu._inline_below, else on the pool):
     libdeflate decodes ~2.3x faster than zlib's inflate, and is paced so."""
     from types import SimpleNamespace
 
     for codec in (Gzip("gzip"), Zlib("zlib")):
-        pace = cpu._pace(SimpleNamespace(bytes_to_bytes=[codec]))
+        pace = cpu.pace(SimpleNamespace(bytes_to_bytes=[codec]))
         name = codec.name + (":libdeflate" if engine is libdeflate.Decoder else "")
         assert pace == pytest.approx((cpu.PACE_NS[name] + cpu.PLACE_NS) * 1e-9)
     assert cpu.PACE_NS["gzip:libdeflate"] < cpu.PACE_NS["gzip"] / 2

@@ -5,6 +5,7 @@ it stands in for, and the file reads against what is on disk, missing and odd fi
 from __future__ import annotations
 
 import os
+import threading
 
 import numcodecs
 import numpy as np
@@ -15,7 +16,9 @@ from hypothesis import strategies as st
 
 import gpuzarr
 from gpuzarr import fetch as fetch_module
+from gpuzarr import small_read
 from gpuzarr import store as store_module
+from gpuzarr.devices.cpu import CpuDevice
 from gpuzarr.errors import CorruptDataError
 from gpuzarr.fetch import LOCATE_ARRAYS, Locations, fetch
 from gpuzarr.plan import SMALL, _plan_small, _plan_tables, make_plan
@@ -364,9 +367,9 @@ def _small_path_spy(monkeypatch) -> list:
     taken: list = []
     original = SmallReads._read
 
-    def spy(self, chunks, counts, out_shape):
+    def spy(self, chunks, counts, out_shape, device):
         taken.append(len(chunks))
-        return original(self, chunks, counts, out_shape)
+        return original(self, chunks, counts, out_shape, device)
 
     monkeypatch.setattr(SmallReads, "_read", spy)
     return taken
@@ -402,6 +405,7 @@ def test_small_reads_equal_the_general_path_and_zarr(tmp_path_factory, data):
     values[tuple(slice(0, s // 2) for s in shape)] = fill  # whole chunks (and shards) of the fill value: not stored
     z[...] = values
     arr = gpuzarr.open(str(path), device="cpu")
+    split = data.draw(st.booleans())  # every window of two chunks or more decoded over the pool's threads
     for _ in range(4):
         sel = []
         for n in shape:
@@ -417,10 +421,14 @@ def test_small_reads_equal_the_general_path_and_zarr(tmp_path_factory, data):
         taken: list = []
         original = SmallReads._read
         SmallReads._read = lambda self, *args: taken.append(1) or original(self, *args)
+        kept = small_read.PART_SECONDS, small_read.SCALES_NS
+        if split:
+            small_read.PART_SECONDS, small_read.SCALES_NS = 1e-30, -1.0
         try:
             small = arr[sel]
         finally:
             SmallReads._read = original
+            small_read.PART_SECONDS, small_read.SCALES_NS = kept
         device = arr._device_for(None)
         assert bool(taken) == (0 < n <= LOCATE_ARRAYS and device.inline(n, arr._reader.locator.leaf_chain))
         general = arr.read(sel, report=gpuzarr.ReadReport())
@@ -505,3 +513,62 @@ def test_auto_on_a_gpu_reads_a_small_window_on_the_cpu_path_and_copies_it_up(tmp
     assert taken == [4] and uploads == [(35, 30)] and not engine.calls
     np.testing.assert_array_equal(arr.read((slice(0, 256), slice(0, 160)), device=auto), data[:, :160])
     assert taken == [4] and engine.calls  # 40 chunks of 2 KiB: past cpu_below, the GPU's
+
+
+def _zstd_window_array(tmp_path, chunks=(256, 256), compressors=None) -> tuple:
+    data = np.random.default_rng(5).integers(0, 1 << 12, (512, 512)).astype("u2")
+    z = zarr.create_array(tmp_path / "w.zarr", shape=data.shape, chunks=chunks, shards=(512, 512), dtype="u2",
+                          compressors=compressors or zarr.codecs.ZstdCodec())
+    z[...] = data
+    return gpuzarr.open(str(tmp_path / "w.zarr"), device=CpuDevice(threads=2)), data
+
+
+def test_a_window_of_large_zstd_chunks_is_decoded_over_two_threads(tmp_path, monkeypatch):
+    """4 chunks of 128 KiB of zstd: ~0.6 ms of decoding, in two parts, one on a pool thread."""
+    arr, data = _zstd_window_array(tmp_path)
+    threads: list = []
+    real = SmallReads._read
+
+    def spy(self, chunks, counts, out_shape, device):
+        original = device.pool.run_parts
+
+        def run_parts(work, parts):
+            threads.append([len(p) for p in parts])
+            return original(lambda part: (threads.append(threading.get_ident()), work(part))[1], parts)
+
+        device.pool.run_parts = run_parts
+        try:
+            return real(self, chunks, counts, out_shape, device)
+        finally:
+            del device.pool.run_parts
+
+    monkeypatch.setattr(SmallReads, "_read", spy)
+    np.testing.assert_array_equal(arr[100:400, 50:300], data[100:400, 50:300])
+    assert threads[0] == [2, 2] and len(set(threads[1:])) == 2  # both parts ran, on two threads
+
+
+@pytest.mark.parametrize("threads, compressors, parts", [
+    (2, None, 2),  # zstd: bound by the core
+    (1, None, 1),  # one thread
+    (8, None, 4),  # no more parts than chunks
+    (2, zarr.codecs.BloscCodec(cname="lz4"), 1),  # blosc-lz4: bound by memory, two at once slowed each other
+])
+def test_a_window_is_split_where_its_decoders_scale_and_parts_pay(tmp_path, threads, compressors, parts):
+    arr, _ = _zstd_window_array(tmp_path, compressors=compressors)
+    small = arr._reader.small
+    assert small._parts(4, threads) == parts
+    assert small._parts(1, threads) == 1  # one chunk
+    small_chunks, _ = _zstd_window_array(tmp_path / "s", chunks=(16, 16))
+    assert small_chunks._reader.small._parts(4, threads) == 1  # 512 B chunks: a part would not pay its hand-off
+
+
+def test_a_corrupt_chunk_in_a_pool_part_names_its_key(tmp_path):
+    arr, data = _zstd_window_array(tmp_path, chunks=(128, 128))
+    shard = tmp_path / "w.zarr" / "c" / "0" / "0"
+    raw = bytearray(shard.read_bytes())
+    index = np.frombuffer(raw[-(16 * 16 + 4):-4], "<u8").reshape(16, 2)  # (offset, size) per inner chunk
+    start = int(index[14, 0])  # chunk (3, 2): the 8th of the window, in the second part (the pool's)
+    raw[start:start + 8] = b"\xff" * 8  # its zstd frame header
+    shard.write_bytes(bytes(raw))
+    with pytest.raises(CorruptDataError, match=r"w\.zarr.*c/0/0"):
+        arr[200:512, 200:512]  # 9 chunks, in two parts

@@ -1,4 +1,4 @@
-"""A large local read split across threads (store._split, store._in_parts): the same bytes land
+"""A large local read split across threads (store._split, forksafe.LazyPool.run_parts): the same bytes land
 where a one-thread read puts them, every part has ended before the read returns or raises, parts
 no reader has started are read by the caller, and dropped once a part has failed."""
 

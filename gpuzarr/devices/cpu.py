@@ -64,7 +64,7 @@ class CpuDevice:
             raise SettingsError(f"threads must be a positive integer or None, not {threads!r}")
         self._requested = threads
         self._local = threading.local()
-        self._pool = forksafe.LazyPool(lambda: self.threads, "gpuzarr-cpu")
+        self.pool = forksafe.LazyPool(lambda: self.threads, "gpuzarr-cpu")
         self._after_fork()
         forksafe.register(self)
 
@@ -119,7 +119,7 @@ class CpuDevice:
     def inline(self, n: int, chain: CodecChain) -> bool:
         """Whether a read's sole batch of n chunks of `chain` decodes on the calling thread: its
         predicted time is below what splitting it would save (see _inline_below)."""
-        return chain.raw_nbytes is not None and n * chain.raw_nbytes * _pace(chain) < _inline_below(self.threads)
+        return chain.raw_nbytes is not None and n * chain.raw_nbytes * pace(chain) < _inline_below(self.threads)
 
     def _staging(self, nbytes: int) -> np.ndarray:
         """This thread's buffer for the compressed bytes of the part it decodes next."""
@@ -172,11 +172,11 @@ class CpuDevice:
                 task(lo, hi)
             return []
         if not sole:
-            return [self._pool.submit(task, lo, hi) for lo, hi in bounds]
+            return [self.pool.submit(task, lo, hi) for lo, hi in bounds]
         # the whole read: this thread, idle otherwise, works beside threads - 1 pool workers, each
         # taking the next group when free (see _Groups)
         groups = _Groups(bounds, task)
-        futures = [self._pool.submit(groups.work) for _ in range(min(self.threads, len(bounds)) - 1)]
+        futures = [self.pool.submit(groups.work) for _ in range(min(self.threads, len(bounds)) - 1)]
         try:
             groups.work()
         except BaseException:
@@ -466,7 +466,7 @@ def _inline_below(threads: int) -> float:
     return SPLIT_SECONDS * split / (split - 1)
 
 
-def _pace(chain: CodecChain) -> float:
+def pace(chain: CodecChain) -> float:
     """Predicted seconds per decoded byte to decode and place a chunk of this chain on one core."""
     return (sum(PACE_NS.get(_paced_as(c), PACE_NS["zstd"]) for c in chain.bytes_to_bytes) + PLACE_NS) * 1e-9
 
