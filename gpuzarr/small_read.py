@@ -19,17 +19,7 @@ from typing import Any
 import numpy as np
 
 from .devices.base import AutoDevice
-from .devices.cpu import PLACE_NS, STAGING_KEPT, ChunkView, CpuDevice, decode_bytes, pace
-
-# A window's chunks are decoded over several threads where each thread's part is predicted to
-# take this long at least: a pool thread wakes in ~30-50 us here, and the threads then contend
-# for the GIL between chunks (~9 switches a window of 4 chunks, ~20 us each)
-PART_SECONDS = 150e-6
-# and where the decoders are this slow a byte (ns, PACE_NS): zstd, gzip and zlib are bound by
-# the core and scale; blosc-lz4 and LZ4 are bound by memory here, and two at once slowed each
-# other (v2 256^2 windows, 4 chunks of 128 KiB: each decode 60-75 us alone, 85-145 us beside
-# another: 1.02-1.24x the time on one thread)
-SCALES_NS = 1.0
+from .devices.cpu import STAGING_KEPT, ChunkView, CpuDevice, decode_bytes, stored_chunk
 from .fetch import LOCATE_ARRAYS, Locator, coalesce_small, fetch_bounded, fetch_files, thread_slot
 from .selection import DimSelection
 from .store import LocalStore
@@ -47,8 +37,6 @@ class SmallReads:
         self.applies = (type(self.store) is LocalStore and len(locator.levels) <= 1 and self.as_chunk is not None
                         and self.as_chunk.plain and not self.as_chunk.reordered)
         self._local = threading.local()
-        self.pace = pace(chain) if self.as_chunk is not None else 0.0  # seconds a decoded byte, placed
-        self.decode_ns = self.pace * 1e9 - PLACE_NS
 
     def read(self, window: list[DimSelection], device: Any, out_shape: tuple) -> Any:
         """The window read, or None where it is not small (the general path reads it). With
@@ -114,26 +102,23 @@ class SmallReads:
         starts, lengths = batch.offsets.tolist(), batch.sizes.tolist()
         data = memoryview(batch.staging)
 
+        nbytes = self.chain.raw_nbytes
+        stored = not self.chain.bytes_to_bytes  # placed from where fetch put them (sizes checked): no copy
+
         def decode(which: list[int]) -> None:
-            scratch = thread_slot(self._local, "scratch", self.chain.raw_nbytes)
+            scratch = thread_slot(self._local, "scratch", nbytes)
             for i in which:
                 start = starts[i]
-                raw = decode_bytes(self.chain, data[start:start + lengths[i]], scratch, labels[i])
+                raw = (stored_chunk(batch, i, nbytes) if stored else
+                       decode_bytes(self.chain, data[start:start + lengths[i]], scratch, labels[i]))
                 view[chunks[i][2]] = self.as_chunk(raw)[chunks[i][1]]
 
-        parts = self._parts(len(live), device.threads)
+        parts = device.inline_parts(len(live), self.chain)
         if parts == 1:
             decode(live)
         else:  # the calling thread takes the first part (and any no worker has started)
             device.pool.run_parts(decode, [live[k::parts] for k in range(parts)])
         return out
-
-    def _parts(self, n: int, threads: int) -> int:
-        """Over how many threads n chunks are decoded: one unless each part's predicted decode
-        saves more than a hand-off costs (PART_SECONDS), on decoders that scale (see SCALES_NS)."""
-        if self.decode_ns < SCALES_NS or threads < 2:
-            return 1
-        return max(1, min(threads, n, int(n * self.chain.raw_nbytes * self.pace // PART_SECONDS)))
 
     def _staging(self, nbytes: int) -> np.ndarray:
         """This thread's buffer for a small read's compressed chunks, kept as the CPU device keeps its own."""

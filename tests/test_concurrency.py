@@ -292,9 +292,9 @@ def test_a_batch_is_split_over_the_pool_only_where_that_saves_more_than_it_costs
 
     assert cpu._inline_below(2) == cpu._inline_below(1) == pytest.approx(2 * cpu.SPLIT_SECONDS)
     assert cpu._inline_below(16) == pytest.approx(cpu.SPLIT_SECONDS * 16 / 15)
-    data = sample_data((512, 512))
+    data = sample_data((128, 128))
     path = str(tmp_path / "a")
-    write_sharded(path, data, (512, 512), (32, 32))  # 256 chunks of 2 KiB: ~0.7 ms predicted
+    write_sharded(path, data, (128, 128), (32, 32))  # 16 chunks of 2 KiB: ~0.3 ms predicted
     device = CpuDevice(threads=2)
     submitted = []
     real = device.pool.submit
@@ -305,6 +305,26 @@ def test_a_batch_is_split_over_the_pool_only_where_that_saves_more_than_it_costs
     monkeypatch.setattr(cpu, "SPLIT_SECONDS", 100e-6)
     np.testing.assert_array_equal(arr[...], data)
     assert submitted  # worth splitting now
+
+
+def test_many_tiny_chunks_go_to_the_pool_whatever_their_bytes(tmp_path, monkeypatch):
+    """256 chunks of 2 KiB are ~0.7 ms by their bytes, but chunk by chunk each costs its Python
+    (CHUNK_SECONDS): 4.8-6 ms on the calling thread against ~2 grouped on the pool."""
+    from gpuzarr.devices import cpu
+
+    data = sample_data((512, 512))
+    path = str(tmp_path / "a")
+    write_sharded(path, data, (512, 512), (32, 32))
+    device = CpuDevice(threads=2)
+    chain = gpuzarr.open(path, device=device)._reader.locator.leaf_chain
+    assert 256 * chain.raw_nbytes * cpu.pace(chain) < cpu._inline_below(2)  # inline by its bytes alone
+    assert not device.inline(256, chain) and device.inline(16, chain)
+    assert device.inline_parts(64, chain) == 1  # 2 KiB a chunk: too little without the GIL to split
+    submitted = []
+    real = device.pool.submit
+    monkeypatch.setattr(device.pool, "submit", lambda *a: submitted.append(a) or real(*a))
+    np.testing.assert_array_equal(gpuzarr.open(path, device=device)[...], data)
+    assert submitted
 
 
 def test_batches_of_a_longer_read_go_to_the_pool_however_small(tmp_path, monkeypatch):
@@ -326,5 +346,5 @@ def test_batches_of_a_longer_read_go_to_the_pool_however_small(tmp_path, monkeyp
     arr = gpuzarr.open(to_memory(path, "batches"), device=device, settings=gpuzarr.Settings(batch_bytes=64 << 10))
     np.testing.assert_array_equal(arr.read(report=report), data)
     assert report.batches > 2 and len(submitted) >= report.batches and not one_by_one
-    np.testing.assert_array_equal(gpuzarr.open(to_memory(path, "sole"), device=device)[...], data)
-    assert one_by_one  # the same chunks as one read's sole batch: on the calling thread
+    np.testing.assert_array_equal(gpuzarr.open(to_memory(path, "sole"), device=device)[:128, :128], data[:128, :128])
+    assert one_by_one  # 16 of those chunks as one read's sole batch: on the calling thread

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 import gpuzarr
 from gpuzarr import fetch as fetch_module
-from gpuzarr import small_read
+from gpuzarr.devices import cpu as cpu_module
 from gpuzarr import store as store_module
 from gpuzarr.devices.cpu import CpuDevice
 from gpuzarr.errors import CorruptDataError
@@ -421,14 +421,14 @@ def test_small_reads_equal_the_general_path_and_zarr(tmp_path_factory, data):
         taken: list = []
         original = SmallReads._read
         SmallReads._read = lambda self, *args: taken.append(1) or original(self, *args)
-        kept = small_read.PART_SECONDS, small_read.SCALES_NS
+        kept = cpu_module.PART_SECONDS, cpu_module.SCALES_NS
         if split:
-            small_read.PART_SECONDS, small_read.SCALES_NS = 1e-30, -1.0
+            cpu_module.PART_SECONDS, cpu_module.SCALES_NS = 1e-30, -1.0
         try:
             small = arr[sel]
         finally:
             SmallReads._read = original
-            small_read.PART_SECONDS, small_read.SCALES_NS = kept
+            cpu_module.PART_SECONDS, cpu_module.SCALES_NS = kept
         device = arr._device_for(None)
         assert bool(taken) == (0 < n <= LOCATE_ARRAYS and device.inline(n, arr._reader.locator.leaf_chain))
         general = arr.read(sel, report=gpuzarr.ReadReport())
@@ -555,11 +555,11 @@ def test_a_window_of_large_zstd_chunks_is_decoded_over_two_threads(tmp_path, mon
 ])
 def test_a_window_is_split_where_its_decoders_scale_and_parts_pay(tmp_path, threads, compressors, parts):
     arr, _ = _zstd_window_array(tmp_path, compressors=compressors)
-    small = arr._reader.small
-    assert small._parts(4, threads) == parts
-    assert small._parts(1, threads) == 1  # one chunk
+    device, chain = CpuDevice(threads), arr._reader.locator.leaf_chain
+    assert device.inline_parts(4, chain) == parts
+    assert device.inline_parts(1, chain) == 1  # one chunk
     small_chunks, _ = _zstd_window_array(tmp_path / "s", chunks=(16, 16))
-    assert small_chunks._reader.small._parts(4, threads) == 1  # 512 B chunks: a part would not pay its hand-off
+    assert device.inline_parts(4, small_chunks._reader.locator.leaf_chain) == 1  # 512 B chunks: a part would not pay
 
 
 def test_a_corrupt_chunk_in_a_pool_part_names_its_key(tmp_path):

@@ -43,6 +43,25 @@ PACE_NS = {"zstd": 1.2, "gzip": 3.0, "zlib": 3.0, "gzip:libdeflate": 1.25, "zlib
            "blosc:lz4": 0.35, "blosc:lz4hc": 0.35, "blosc:blosclz": 0.4, "blosc:snappy": 0.4,
            "blosc:zstd": 1.2, "blosc:zlib": 3.0}
 PLACE_NS = 0.2
+# and each chunk decoded on the calling thread costs this much Python besides (decode call,
+# placement, checks), so many tiny chunks go to the grouped path whatever their bytes: a full
+# read of 256 chunks of 2 KiB took 4.8-6.0 ms chunk by chunk (~0.7 ms by bytes alone), 2.1
+# grouped on the pool; 1024 of 512 B 15-20 ms against 3.6
+CHUNK_SECONDS = 15e-6
+# A read decoded on the calling thread (see inline) is decoded over several threads where each
+# thread's part is predicted to take this long at least: a pool thread wakes in ~30-50 us here,
+# and the threads then contend for the GIL between chunks (~9 switches a window of 4 chunks,
+# ~20 us each)
+PART_SECONDS = 150e-6
+# and where each chunk decodes this long at least without the GIL (by PACE_NS): below it the
+# threads mostly wait on each other's Python (the smallest measured to gain: 8 KiB of zstd, 36
+# of them in a 300^2 window, 0.73x; 256 chunks of 2 KiB: 1.25x)
+SPLIT_CHUNK_SECONDS = 8e-6
+# and where its decoders are this slow a byte (ns, PACE_NS): zstd, gzip and zlib are bound by
+# the core and scale; blosc-lz4 and LZ4 are bound by memory here, and two at once slowed each
+# other (v2 256^2 windows, 4 chunks of 128 KiB: each decode 60-75 us alone, 85-145 us beside
+# another: 1.02-1.24x the time on one thread)
+SCALES_NS = 1.0
 STAGING_KEPT = 4 << 20  # a thread keeps its staging buffer between reads up to this size
 # Chunks decoding to more than this are placed one by one even where they form a box: a box of
 # them outgrows L2 between its decode and its copy (3-D 64^3 uint16, 512 KiB chunks: boxes
@@ -118,8 +137,20 @@ class CpuDevice:
 
     def inline(self, n: int, chain: CodecChain) -> bool:
         """Whether a read's sole batch of n chunks of `chain` decodes on the calling thread: its
-        predicted time is below what splitting it would save (see _inline_below)."""
-        return chain.raw_nbytes is not None and n * chain.raw_nbytes * pace(chain) < _inline_below(self.threads)
+        predicted time (bytes and chunks, see CHUNK_SECONDS) is below what splitting it would
+        save (see _inline_below)."""
+        if chain.raw_nbytes is None:
+            return False
+        return n * (CHUNK_SECONDS + chain.raw_nbytes * pace(chain)) < _inline_below(self.threads)
+
+    def inline_parts(self, n: int, chain: CodecChain) -> int:
+        """Over how many threads a read decoded inline spreads its n chunks: one unless each
+        part's predicted decode saves more than a hand-off costs, on decoders that scale."""
+        seconds = pace(chain)
+        decode_ns = seconds * 1e9 - PLACE_NS
+        if self.threads < 2 or decode_ns < SCALES_NS or chain.raw_nbytes * decode_ns * 1e-9 < SPLIT_CHUNK_SECONDS:
+            return 1
+        return max(1, min(self.threads, n, int(n * chain.raw_nbytes * seconds // PART_SECONDS)))
 
     def _staging(self, nbytes: int) -> np.ndarray:
         """This thread's buffer for the compressed bytes of the part it decodes next."""
@@ -163,7 +194,12 @@ class CpuDevice:
             # libzstd call here, and no fresh (page-faulting) result buffer per read. A small
             # batch of a longer read goes to the pool: here it would run chunk by chunk beside
             # the tasks of the batches before it (a 2048^2 read of 934 + 90 chunks: 0.90-0.97x)
-            task(0, batch.n, grouped=False)
+            parts = self.inline_parts(batch.n, chain)
+            if parts == 1:
+                task(0, batch.n, grouped=False)
+            else:  # the calling thread takes the first part (and any no worker has started)
+                edges = [batch.n * k // parts for k in range(parts + 1)]
+                self.pool.run_parts(lambda part: task(*part, grouped=False), list(zip(edges[:-1], edges[1:])))
             return []
         bounds = _task_bounds(batch.n, max(1, GROUP_BYTES // raw_nbytes) if raw_nbytes else 1, self.threads,
                               last=sole or first + batch.n >= plan.n_chunks)
@@ -426,7 +462,7 @@ def _decode_each_and_place(part: FetchedBatch, chain: CodecChain, as_chunk: Any,
     k, n = 0, len(sels)
     for i in range(part.n):
         if present[i]:
-            raw = _stored(part, i, scratch.size) if stored else decode_bytes(chain, part.chunk(i), scratch, part.labels[i])
+            raw = stored_chunk(part, i, scratch.size) if stored else decode_bytes(chain, part.chunk(i), scratch, part.labels[i])
             chunk = _named(as_chunk, raw, part.labels[i])
         while k < n and sels[k][0] == first + i:
             _, chunk_sel, out_sel = sels[k]
@@ -442,7 +478,7 @@ def _decode_each_and_place(part: FetchedBatch, chain: CodecChain, as_chunk: Any,
             k += 1
 
 
-def _stored(part: FetchedBatch, i: int, nbytes: int) -> np.ndarray:
+def stored_chunk(part: FetchedBatch, i: int, nbytes: int) -> np.ndarray:
     """Stored chunk i of the part, viewed in staging: exactly `nbytes`, or this raises."""
     start, size = int(part.offsets[i]), int(part.sizes[i])
     if size != nbytes:
