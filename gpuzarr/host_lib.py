@@ -30,7 +30,7 @@ log = logging.getLogger("gpuzarr")
 FALLBACKS: Counter = Counter()
 _LOCK = threading.Lock()
 _NAME = "_host_lib"
-VERSION = 5  # gpz_host_version() of the sources this module calls
+VERSION = 6  # gpz_host_version() of the sources this module calls
 _i64, _ptr = ctypes.c_int64, ctypes.c_void_p
 _lib: list = []  # [the loaded library, or None where it is missing or stale]
 
@@ -65,6 +65,8 @@ def _load() -> Any:
     lib.gpz_each_lz4.restype = None
     lib.gpz_each_zstd.argtypes = [_ptr, _ptr, _ptr, _ptr, _ptr, _i64, _i64, _ptr]
     lib.gpz_each_zstd.restype = None
+    lib.gpz_zstd_whole_frames.argtypes = [_ptr, _ptr, _ptr, _i64, _i64, ctypes.c_int]
+    lib.gpz_zstd_whole_frames.restype = ctypes.c_int
     lib.gpz_open_files.argtypes = [_ptr, _i64, _i64, _ptr, _ptr, _ptr]
     lib.gpz_read_files.argtypes = [_ptr, _i64, _ptr, _ptr, _ptr, _ptr, ctypes.c_int, _ptr, _ptr]
     lib.gpz_close_files.argtypes = [_ptr, _i64]
@@ -163,6 +165,17 @@ def each_zstd(fn: Any, dctx: int, src: np.ndarray, sizes: np.ndarray, dst: np.nd
     _library().gpz_each_zstd(_function_address(fn), dctx, src.ctypes.data, sizes.ctypes.data, dst.ctypes.data,
                              src.size, capacity, got.ctypes.data)
     return got
+
+
+def zstd_whole_frames(staging: np.ndarray, offsets: np.ndarray, sizes: np.ndarray, nbytes: int,
+                      max_blocks: int) -> bool:
+    """Whether every segment (`sizes` bytes at `offsets` of `staging`, inside it: the fetch that
+    put them there says so) is one whole zstd frame stating `nbytes` decoded bytes, its blocks
+    (at most `max_blocks`) ending at the segment's end: gpz_zstd_whole_frames. False says only
+    that some frame is not; the NumPy checks then say which and why."""
+    offsets, sizes = np.ascontiguousarray(offsets, np.int64), np.ascontiguousarray(sizes, np.int64)
+    return bool(_library().gpz_zstd_whole_frames(staging.ctypes.data, offsets.ctypes.data, sizes.ctypes.data,
+                                                 offsets.size, nbytes, max_blocks))
 
 
 class FileBatch:

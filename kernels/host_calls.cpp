@@ -54,6 +54,44 @@ void gpz_each_zstd(void* fn, void* dctx, const gpz_i64* src, const gpz_i64* size
         got[i] = decode(dctx, (void*)dst[i], (size_t)capacity, (const void*)src[i], (size_t)sizes[i]);
 }
 
+// Whether every segment i (sizes[i] bytes at base + offsets[i], inside the caller's buffer) is one
+// whole zstd frame (RFC 8878 section 3.1.1) that states a Frame_Content_Size of `nbytes`: a good
+// magic number, the header inside the segment, and its blocks (at most max_blocks, none of the
+// reserved type) ending exactly at the segment's end, or 4 bytes before it with a checksum. The
+// checks that gpuzarr's check_zstd_frames and zstd_single_frames make with NumPy, in one call for
+// a part: 1 when every frame passes; 0 otherwise, and the caller runs those, which say which frame
+// fails and why (or decode it another way).
+int gpz_zstd_whole_frames(const unsigned char* base, const gpz_i64* offsets, const gpz_i64* sizes, gpz_i64 n,
+                          gpz_i64 nbytes, int max_blocks)
+{
+    static const int dict_bytes[4] = {0, 1, 2, 4}, fcs_bytes[4] = {0, 2, 4, 8};
+    for (gpz_i64 i = 0; i < n; ++i) {
+        const unsigned char* const frame = base + offsets[i];
+        const gpz_i64 size = sizes[i];
+        if (size < 5 || frame[0] != 0x28 || frame[1] != 0xb5 || frame[2] != 0x2f || frame[3] != 0xfd) return 0;
+        const unsigned fhd = frame[4], single = (fhd >> 5) & 1;
+        const gpz_i64 at = 6 - single + dict_bytes[fhd & 3];  // where Frame_Content_Size starts
+        const int width = (fhd >> 6) == 0 ? (int)single : fcs_bytes[fhd >> 6];
+        if (width == 0 || size < at + width) return 0;  // no content size stated, or a truncated header
+        unsigned long long value = 0;
+        for (int b = width - 1; b >= 0; --b) value = (value << 8) | frame[at + b];
+        if (width == 2) value += 256;
+        if (value != (unsigned long long)nbytes) return 0;
+        gpz_i64 pos = at + width;  // the first block header
+        int last = 0;
+        for (int step = 0; step < max_blocks && !last; ++step) {
+            if (pos + 3 > size) return 0;
+            const unsigned head = frame[pos] | (frame[pos + 1] << 8) | ((unsigned)frame[pos + 2] << 16);
+            const unsigned kind = (head >> 1) & 3;
+            if (kind == 3) return 0;  // reserved
+            pos += 3 + (kind == 1 ? 1 : (gpz_i64)(head >> 3));  // an RLE block stores one byte
+            last = head & 1;
+        }
+        if (!last || pos + 4 * ((fhd >> 2) & 1) != size) return 0;
+    }
+    return 1;
+}
+
 // Whole chunk files, as gpuzarr.store.LocalStore.read_files_into reads them in Python where this
 // library is missing (four syscalls a file, each dropping the GIL): open and size them all, read
 // them all, close them all, one call each.

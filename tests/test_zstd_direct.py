@@ -17,6 +17,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import gpuzarr
+from gpuzarr import host_lib
 from gpuzarr.codecs import bytes_to_bytes
 from gpuzarr.codecs.bytes_to_bytes import Zstd, _zstd_content_size, check_zstd_frames
 from gpuzarr.devices import cpu
@@ -332,6 +333,7 @@ def test_a_read_without_libzstd_equals_the_source_and_counts_every_frame(tmp_pat
     data = _sharded(tmp_path / "a.zarr", (32, 32), (8, 8), (16, 16), crc=True)
     monkeypatch.setattr(bytes_to_bytes, "_libzstd", lambda: None)
     monkeypatch.setattr(bytes_to_bytes, "zstd_single_frames", lambda *a: False)  # frame by frame, no group call
+    monkeypatch.setattr(host_lib, "zstd_whole_frames", lambda *a: False)  # (the host library's check of the same)
     before = bytes_to_bytes.FALLBACKS["zstd:no-libzstd"]
     np.testing.assert_array_equal(gpuzarr.open(str(tmp_path / "a.zarr"), device=CpuDevice(1))[...], data)
     assert bytes_to_bytes.FALLBACKS["zstd:no-libzstd"] == before + 16
@@ -479,3 +481,54 @@ def test_chunks_of_ranges_with_gaps_land_back_to_back_and_decode_in_one_call(tmp
     windows = [(slice(y, y + 8), slice(x, x + 8)) for y in range(0, 64, 8) for x in range(0, 64, 16)]
     np.testing.assert_array_equal(arr.read_batch(windows), np.stack([data[w] for w in windows]))
     assert sorted(n // (64 * 2) for _, n in calls) == [16, 16]
+
+
+def _numpy_verdict(staging, offsets, sizes, nbytes) -> bool:
+    """What decode_rows' NumPy checks conclude: every frame states nbytes and is one whole frame."""
+    try:
+        sized = check_zstd_frames(staging, offsets, sizes, nbytes, str)
+    except CorruptDataError:
+        return False
+    return bool(sized.all()) and bytes_to_bytes.zstd_single_frames(staging, offsets, sizes)
+
+
+@pytest.mark.skipif(not host_lib.built(), reason="the host library is not built here (no C++ compiler)")
+@settings(max_examples=500, deadline=None)
+@given(data=st.data())
+def test_the_host_check_of_whole_frames_agrees_with_numpy(data):
+    """gpz_zstd_whole_frames (one C call a part) says yes exactly where check_zstd_frames and
+    zstd_single_frames both pass: frames of libzstd with and without content size, checksum or
+    dictionary id, several blocks, a second frame or bytes after one, cut short, and any byte
+    of them changed."""
+    n = data.draw(st.integers(1, 4))
+    nbytes = data.draw(st.sampled_from([1, 255, 256, 300, 4096, 200_000]))
+    frames = []
+    for i in range(n):
+        raw = _raw(i, nbytes + nbytes % 2)[:nbytes]
+        frame = _frame(raw, write_content_size=data.draw(st.booleans()) or data.draw(st.booleans()),
+                       write_checksum=data.draw(st.booleans()), write_dict_id=data.draw(st.booleans()))
+        tweak = data.draw(st.sampled_from(["none"] * 6 + ["second", "tail", "cut", "byte"]))
+        if tweak == "second":
+            frame += frame
+        elif tweak == "tail":
+            frame += data.draw(st.binary(min_size=1, max_size=8))
+        elif tweak == "cut":
+            frame = frame[:data.draw(st.integers(0, len(frame) - 1))]
+        elif tweak == "byte":
+            at = data.draw(st.integers(0, min(len(frame), 40) - 1))
+            frame = frame[:at] + bytes([data.draw(st.integers(0, 255))]) + frame[at + 1:]
+        frames.append(frame)
+    staging, offsets, sizes, _ = _batch([b"\x00" * 7] + frames + [b"\x00" * 9])  # neighbours must not leak in
+    offsets, sizes = offsets[1:-1], sizes[1:-1]
+    want = _numpy_verdict(staging, offsets, sizes, nbytes)
+    assert host_lib.zstd_whole_frames(staging, offsets, sizes, nbytes, bytes_to_bytes._ZSTD_BLOCK_STEPS) == want
+
+
+@pytest.mark.skipif(not host_lib.built(), reason="the host library is not built here (no C++ compiler)")
+def test_frames_of_many_blocks_are_left_to_numpy_past_the_step_bound():
+    raw = _raw(1, 600_000)  # > 128 KiB blocks: 5 of them
+    frames = [_frame(raw)] * 3
+    staging, offsets, sizes, _ = _batch(frames)
+    assert host_lib.zstd_whole_frames(staging, offsets, sizes, 600_000, 64)
+    assert not host_lib.zstd_whole_frames(staging, offsets, sizes, 600_000, 4)  # more blocks than steps: not whole
+    assert not host_lib.zstd_whole_frames(staging, offsets, sizes, 600_001, 64)  # another stated size

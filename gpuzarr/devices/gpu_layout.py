@@ -36,7 +36,7 @@ import numpy as np
 
 from ..blosc_frames import (COMPRESSORS, FLAG_MEMCPYED, SHUFFLE_BIT, SHUFFLE_BYTE, SHUFFLE_NONE, BloscBatch,
                             parse_blosc_batch, parse_blosc_frame, read_le_where)
-from ..codecs.bytes_to_bytes import Blosc, Gzip, Lz4, Zlib, Zstd, check_zstd_frames, strip_crc32c
+from ..codecs.bytes_to_bytes import Blosc, Gzip, Lz4, Zlib, Zstd, check_zstd_frames, strip_crc32c, zstd_whole_frames
 from ..codecs.chain import CodecChain
 from ..errors import CorruptDataError
 from ..fetch import FetchedBatch
@@ -506,8 +506,9 @@ def _zstd_layout(batch: FetchedBatch, chain: CodecChain, allocate: Callable[[int
     if short.size:  # too short for its checksums: the host says so as the CPU path does
         verify_crc32c_on_host(batch.chunk(int(live[short[0]])), checks, label(int(short[0])))
     sizes = stored - 4 * checks
-    check_zstd_frames(batch.staging, offsets, sizes, raw, label,
-                      lambda k: verify_crc32c_on_host(batch.chunk(int(live[k])), checks, label(k)))
+    if not zstd_whole_frames(batch.staging, offsets, sizes, raw):  # else every frame passes its checks
+        check_zstd_frames(batch.staging, offsets, sizes, raw, label,
+                          lambda k: verify_crc32c_on_host(batch.chunk(int(live[k])), checks, label(k)))
     b = _Builder(batch, raw, checks)
     if live.size:
         b.streams_many("zstd", offsets, sizes, live * raw, np.full(live.size, raw, np.int64), live)
