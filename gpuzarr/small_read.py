@@ -101,7 +101,6 @@ class SmallReads:
             return out
         starts, lengths = batch.offsets.tolist(), batch.sizes.tolist()
         data = memoryview(batch.staging)
-
         nbytes = self.chain.raw_nbytes
         stored = not self.chain.bytes_to_bytes  # placed from where fetch put them (sizes checked): no copy
 
