@@ -421,17 +421,18 @@ def test_small_reads_equal_the_general_path_and_zarr(tmp_path_factory, data):
         taken: list = []
         original = SmallReads._read
         SmallReads._read = lambda self, *args: taken.append(1) or original(self, *args)
-        kept = cpu_module.PART_SECONDS, cpu_module.SCALES_NS
-        if split:
-            cpu_module.PART_SECONDS, cpu_module.SCALES_NS = 1e-30, -1.0
+        kept = cpu_module.PART_SECONDS, cpu_module.SCALES_NS, cpu_module.SPLIT_CHUNK_SECONDS
+        if split:  # both paths' reads decoded on the calling thread spread over the pool
+            cpu_module.PART_SECONDS, cpu_module.SCALES_NS, cpu_module.SPLIT_CHUNK_SECONDS = 1e-30, -1.0, 0.0
         try:
             small = arr[sel]
+            SmallReads._read = original
+            general = arr.read(sel, report=gpuzarr.ReadReport())
         finally:
             SmallReads._read = original
-            cpu_module.PART_SECONDS, cpu_module.SCALES_NS = kept
+            cpu_module.PART_SECONDS, cpu_module.SCALES_NS, cpu_module.SPLIT_CHUNK_SECONDS = kept
         device = arr._device_for(None)
         assert bool(taken) == (0 < n <= LOCATE_ARRAYS and device.inline(n, arr._reader.locator.leaf_chain))
-        general = arr.read(sel, report=gpuzarr.ReadReport())
         assert small.dtype == general.dtype and small.shape == general.shape == values[sel].shape
         np.testing.assert_array_equal(small, general)
         np.testing.assert_array_equal(small, z[sel])
