@@ -80,16 +80,19 @@ def run_started() -> dict:
     """A run's document entries for the machine's load: the load average and the CPU time counters
     at its start (close_run adds their ends), and each core's speed (core_seconds)."""
     return {"load_average": {"start": os.getloadavg()}, "steal": {"ticks_start": _cpu_ticks()},
-            "core_seconds": core_seconds()}
+            "core_seconds": core_seconds(), "cores_at_once_seconds": core_seconds(at_once=True)}
 
 
-def core_seconds(rounds: int = 5) -> dict[int, float]:
+def core_seconds(rounds: int = 5, at_once: bool = False) -> dict[int, float]:
     """Per core this process may run on, the thread CPU seconds of one fixed libzstd decode (1 MiB,
     the best of `rounds`) on a thread pinned there. Cores of one machine are not always equal: on
     the 2-core VMs here, for a while, core 0 decoded zstd 1.55x slower than core 1 (alone or with
     core 1 busy; equal again a quarter of an hour later), and a read whose last parts are split equally
-    between threads ends on the slow one (hybrid CPUs' efficiency cores do the same). Taken once,
-    at the run's start."""
+    between threads ends on the slow one (hybrid CPUs' efficiency cores do the same). `at_once`:
+    every core's thread decoding at the same time (the median of `rounds`), as a read's threads
+    do: on those VMs two at once each took 1.06x their time alone in one phase and 1.76x in
+    another (cores that share one physical core, or a busy host), where splitting a read over
+    both saved 0.70-0.74x of its time and then 0.94-0.96x. Taken once, at the run's start."""
     import threading
 
     import numpy as np
@@ -101,20 +104,26 @@ def core_seconds(rounds: int = 5) -> dict[int, float]:
     frame = zstandard.ZstdCompressor(level=3).compress(data)
     out: dict[int, float] = {}
 
+    cpus = sorted(os.sched_getaffinity(0))
+    start_together = threading.Barrier(len(cpus) if at_once else 1)
+
     def probe(cpu: int) -> None:
         os.sched_setaffinity(0, {cpu})  # this thread only
         decoder = zstandard.ZstdDecompressor()
-        best = float("inf")
+        start_together.wait()
+        taken = []
         for _ in range(rounds):
             start = time.thread_time()
             decoder.decompress(frame)
-            best = min(best, time.thread_time() - start)
-        out[cpu] = round(best, 6)
+            taken.append(time.thread_time() - start)
+        out[cpu] = round(float(np.median(taken)) if at_once else min(taken), 6)
 
-    for cpu in sorted(os.sched_getaffinity(0)):
-        thread = threading.Thread(target=probe, args=(cpu,))
-        thread.start()
-        thread.join()
+    threads = [threading.Thread(target=probe, args=(cpu,)) for cpu in cpus]
+    for group in ([threads] if at_once else [[t] for t in threads]):
+        for thread in group:
+            thread.start()
+        for thread in group:
+            thread.join()
     return out
 
 
@@ -138,9 +147,12 @@ def machine_load(doc: dict) -> str:
     steal = doc["steal"].get("share")
     cores = list(doc.get("core_seconds", {}).values())
     spread = max(cores) / min(cores) if cores and min(cores) > 0 else 1.0
+    together = list(doc.get("cores_at_once_seconds", {}).values())
+    slowed = sum(together) / sum(cores) if len(together) > 1 and len(together) == len(cores) and min(cores) > 0 else 1.0
     return (f"load avg {load['start'][0]:.2f} -> {load['end'][0]:.2f}"
             + ("" if steal is None else f"  steal {steal:.0%}" + (" (a shared machine: noisy)" if steal >= 0.05 else ""))
-            + (f"  cores unequal: the slowest took {spread:.2f}x the fastest's time" if spread >= 1.15 else ""))
+            + (f"  cores unequal: the slowest took {spread:.2f}x the fastest's time" if spread >= 1.15 else "")
+            + (f"  cores at once: each took {slowed:.2f}x its time alone (threads gain less)" if slowed >= 1.3 else ""))
 
 
 def _cpu_ticks() -> tuple[int, int] | None:

@@ -166,9 +166,26 @@ def test_a_run_records_each_cores_speed_and_flags_unequal_cores(monkeypatch):
     assert set(got) == (set(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else set())
     assert all(0 < s < 1 for s in got.values())
     assert os.sched_getaffinity(0) == set(got) or not got  # the probe pinned its own threads, not this one
+    together = report.core_seconds(rounds=1, at_once=True)
+    assert set(together) == set(got) and all(0 < s < 1 for s in together.values())
     for seconds, flagged in (({0: 0.001, 1: 0.00155}, True), ({0: 0.001, 1: 0.00105}, False), ({}, False)):
-        monkeypatch.setattr(report, "core_seconds", lambda seconds=seconds: seconds)
+        monkeypatch.setattr(report, "core_seconds", lambda seconds=seconds, at_once=False: seconds)
         doc = report.run_started()
         report.close_run(doc, 0.0)
         line = report.machine_load(doc)
         assert ("cores unequal" in line) == flagged and (not flagged or "the slowest took 1.55x" in line)
+        assert "cores at once" not in line  # the same times alone and at once
+
+
+def test_a_run_flags_cores_slower_at_once_than_alone(monkeypatch):
+    """Two threads at once each 1.76x slower than alone (one physical core, or a busy host):
+    parallel gains shrink, and the header says so; 1.06x is not flagged."""
+    from bench import report
+
+    for slowed, flagged in ((1.76, True), (1.06, False)):
+        monkeypatch.setattr(report, "core_seconds", lambda at_once=False, slowed=slowed:
+                            {0: 0.001 * (slowed if at_once else 1), 1: 0.001 * (slowed if at_once else 1)})
+        doc = report.run_started()
+        report.close_run(doc, 0.0)
+        line = report.machine_load(doc)
+        assert ("cores at once: each took 1.76x its time alone" in line) == flagged
