@@ -18,9 +18,11 @@ import subprocess
 import sys
 import tarfile
 import tempfile
+import time
 from io import BytesIO
 from pathlib import Path
 
+from . import report
 from .__main__ import HERE, ROOT, _list, _log
 
 BASE = "gpuzarr_base"
@@ -80,6 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     from .workloads import check, make_workload, time_all
 
     specs = make_specs()
+    started, doc = time.perf_counter(), report.run_started()  # the machine's state, for the last line
     with tempfile.TemporaryDirectory(prefix="gpuzarr-ab-") as tmp:
         commit = snapshot(args.rev, Path(tmp))
         sys.path.insert(0, tmp)
@@ -104,6 +107,8 @@ def main(argv: list[str] | None = None) -> int:
                     continue
                 print(f"{name:8} {wname:8} {a * 1e3:9.3f} {b * 1e3:9.3f} {ts * 1e3:9.3f} "
                       f"{a / b:6.3f} {a / ts:6.2f} {b / ts:6.2f}")
+    report.close_run(doc, started)
+    print(report.machine_load(doc))
     return 0
 
 
