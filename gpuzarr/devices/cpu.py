@@ -146,11 +146,10 @@ class CpuDevice:
     def inline_parts(self, n: int, chain: CodecChain) -> int:
         """Over how many threads a read decoded inline spreads its n chunks: one unless each
         part's predicted decode saves more than a hand-off costs, on decoders that scale."""
-        seconds = pace(chain)
-        decode_ns = seconds * 1e9 - PLACE_NS
+        decode_ns = _decode_ns(chain)
         if self.threads < 2 or decode_ns < SCALES_NS or chain.raw_nbytes * decode_ns * 1e-9 < SPLIT_CHUNK_SECONDS:
             return 1
-        return max(1, min(self.threads, n, int(n * chain.raw_nbytes * seconds // PART_SECONDS)))
+        return max(1, min(self.threads, n, int(n * chain.raw_nbytes * pace(chain) // PART_SECONDS)))
 
     def _staging(self, nbytes: int) -> np.ndarray:
         """This thread's buffer for the compressed bytes of the part it decodes next."""
@@ -504,7 +503,12 @@ def _inline_below(threads: int) -> float:
 
 def pace(chain: CodecChain) -> float:
     """Predicted seconds per decoded byte to decode and place a chunk of this chain on one core."""
-    return (sum(PACE_NS.get(_paced_as(c), PACE_NS["zstd"]) for c in chain.bytes_to_bytes) + PLACE_NS) * 1e-9
+    return (_decode_ns(chain) + PLACE_NS) * 1e-9
+
+
+def _decode_ns(chain: CodecChain) -> float:
+    """Predicted ns per decoded byte to decode a chunk of this chain on one core (its codecs' PACE_NS)."""
+    return sum(PACE_NS.get(_paced_as(c), PACE_NS["zstd"]) for c in chain.bytes_to_bytes)
 
 
 def _paced_as(codec: Any) -> str:
