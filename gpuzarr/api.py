@@ -41,8 +41,10 @@ def open(store: Any, path: str | None = None, *, device: Any = "auto",
     """Open the array or group at `store` (a path, URL, fsspec mapper or filesystem) / `path`.
     `path` is a node path below the store's root (for a filesystem: the root inside it); one with
     a '..', '.' or empty segment raises ValueError, so no path leads out of the root.
-    `settings` bounds batches (compressed and decoded bytes, chunks) and the shard index cache."""
-    return open_node(open_store(store, path, storage_options), device, settings=settings)
+    `settings` bounds batches (compressed and decoded bytes, chunks) and the shard index cache,
+    and times out object storage requests."""
+    timeout = None if settings is None else settings.request_timeout_seconds
+    return open_node(open_store(store, path, storage_options, timeout), device, settings=settings)
 
 
 def open_node(store: Store, device: Any = "auto", docs: dict | None = None,

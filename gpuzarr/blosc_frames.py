@@ -104,7 +104,7 @@ def parse_blosc_frame(frame, expected_nbytes: int | None = None) -> BloscFrame:
     """Take apart one blosc 1.x frame (bytes-like); raise CorruptDataError if it is inconsistent.
 
     ``expected_nbytes``, when given, is the decoded size the caller needs (the chunk's size in
-    bytes); a frame that decodes to any other size is corrupt.
+    bytes); a frame whose header states any other size is corrupt.
     """
     buf = _u8(frame)
     size = buf.shape[0]
@@ -123,7 +123,7 @@ def parse_blosc_frame(frame, expected_nbytes: int | None = None) -> BloscFrame:
     if nbytes < 0:
         raise CorruptDataError(f"blosc frame decoded size {nbytes} is negative")
     if expected_nbytes is not None and nbytes != expected_nbytes:
-        raise CorruptDataError(f"blosc frame decodes to {nbytes} bytes, expected {expected_nbytes}")
+        raise CorruptDataError(f"blosc frame header says it decodes to {nbytes} bytes, expected {expected_nbytes}")
     if cbytes < HEADER_SIZE:
         raise CorruptDataError(f"blosc frame size {cbytes} in the header is smaller than the header")
     if cbytes > size:

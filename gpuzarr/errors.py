@@ -1,4 +1,6 @@
-"""gpuzarr's error hierarchy: every failure a user can cause or meet is one of these."""
+"""gpuzarr's error hierarchy: failures of the data, the store, metadata and settings. Mistakes in
+a call (a group member that does not exist, a bad index, device or `out`) raise Python's own
+KeyError, IndexError, ValueError or TypeError, as NumPy and dicts do."""
 
 from __future__ import annotations
 

@@ -51,12 +51,19 @@ class Settings:
     #                                   (see Reader._run_pieces), about
     requests_in_flight: int | None = None  # a read's requests to object storage at once (obstore);
     #                                        None: $GPUZARR_REQUESTS, else 64, for the whole process
+    request_timeout_seconds: float | None = None  # each request to object storage, connect to last body
+    #   byte, before it fails (and is retried); None: the backend's default (obstore: 25 s). Set on
+    #   the obstore client gpuzarr.open makes from a URL (and a forked child's s3fs fallback); an
+    #   obstore store or fsspec filesystem passed in, or a URL fsspec opens, keeps its own timeouts:
+    #   fsspec has none common to its filesystems (s3fs: config_kwargs read_timeout; HTTP:
+    #   client_kwargs timeout), so give them in storage_options
 
     def __post_init__(self) -> None:
-        seconds = self.deadline_seconds
-        if seconds is not None and (isinstance(seconds, bool) or not isinstance(seconds, (int, float))
-                                    or not math.isfinite(seconds) or seconds <= 0):
-            raise SettingsError(f"Settings.deadline_seconds must be a number of seconds > 0 or None, not {seconds!r}")
+        for name in ("deadline_seconds", "request_timeout_seconds"):
+            seconds = getattr(self, name)
+            if seconds is not None and (isinstance(seconds, bool) or not isinstance(seconds, (int, float))
+                                        or not math.isfinite(seconds) or seconds <= 0):
+                raise SettingsError(f"Settings.{name} must be a number of seconds > 0 or None, not {seconds!r}")
         for name, least, optional in (("batch_bytes", 1, True), ("batch_chunks", 1, False),
                                       ("batch_decoded_bytes", 1, False), ("index_cache_bytes", 0, False),
                                       ("threads", 1, True), ("bytes_in_flight", 1, False),

@@ -50,6 +50,13 @@ class ReadReport:
             self.bytes_requested += nbytes
             self.retries += retries
 
+    def note(self, text: str) -> None:
+        """A note from a store call, on whichever thread made it: once per read, however many
+        calls meet the same thing."""
+        with self._lock:
+            if text not in self.notes:
+                self.notes.append(text)
+
     def timed(self, stage: str) -> _Timer:
         return _Timer(self.seconds, stage)
 

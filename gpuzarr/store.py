@@ -98,6 +98,10 @@ class ReadIO:
     def add(self, requests: int, nbytes: int, retries: int = 0) -> None:
         self.report.add_io(requests, nbytes, retries)
 
+    def note(self, text: str) -> None:
+        """Into the report's notes, once: how the store read differently (see store_obstore)."""
+        self.report.note(text)
+
     def count(self, ranges: Sequence[Range], results: Sequence[Any] | None = None) -> None:
         """One request per range that asks for bytes (an empty one asks nothing: obstore sends
         none); its bytes: stop - start, a suffix's length, a whole object's size as read."""
@@ -819,10 +823,13 @@ def _pread_range(fd: int, start: int, stop: int | None, flags: int = 0) -> bytes
     return bytes(data)
 
 
-def open_store(store: Any, path: str | None = None, storage_options: dict | None = None) -> Store:
+def open_store(store: Any, path: str | None = None, storage_options: dict | None = None,
+               request_timeout: float | None = None) -> Store:
     """A path, URL, pathlib.Path, fsspec mapper or filesystem, obstore store or zarr-python
     ObjectStore → Store. s3://, gs://, az://, abfs(s)://, http(s):// URLs are read through obstore
-    where it is installed (gpuzarr.store_obstore), through fsspec otherwise."""
+    where it is installed (gpuzarr.store_obstore), through fsspec otherwise. `request_timeout`
+    (Settings.request_timeout_seconds) is set on the obstore client made for a URL only: see
+    Settings."""
     if isinstance(store, Store):
         result = store
     elif isinstance(store, fsspec.AbstractFileSystem):
@@ -831,7 +838,7 @@ def open_store(store: Any, path: str | None = None, storage_options: dict | None
         result = _make(store.fs, store.root)
     elif isinstance(store, (str, os.PathLike)):
         url = os.fspath(store)
-        remote = _open_obstore(url, storage_options) if _OBSTORE_URL.match(url) else None
+        remote = _open_obstore(url, storage_options, request_timeout) if _OBSTORE_URL.match(url) else None
         if remote is not None:
             result = remote
         else:
@@ -853,12 +860,12 @@ _OBSTORE_URL = re.compile(r"(?i)(s3a?|gs|gcs|az|azure|abfss?|https?)://")  # sto
 OBSTORE_FORKED = False  # set in a child forked after obstore was imported: obstore hangs there
 
 
-def _open_obstore(url: str, storage_options: dict | None) -> Store | None:
+def _open_obstore(url: str, storage_options: dict | None, request_timeout: float | None) -> Store | None:
     try:
         from .store_obstore import open_url
     except ImportError:
         return None
-    return open_url(url, storage_options)
+    return open_url(url, storage_options, request_timeout)
 
 
 def _object_store(obj: Any) -> Store | None:

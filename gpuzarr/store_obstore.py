@@ -9,7 +9,8 @@ flight are bounded process-wide by `$GPUZARR_REQUESTS` (default 64).
 
 obstore's runtime hangs in a child forked after it ran: there, stores never touch obstore again
 and read through a freshly made fsspec filesystem (s3fs, gcsfs, adlfs, HTTP) of the same URL and
-options, counted in `FALLBACKS` and logged at debug level (logger `gpuzarr.store`). Stores pickle
+options, counted in `FALLBACKS`, logged at debug level (logger `gpuzarr.store`) and noted in a
+reported read's ReadReport.notes (as is a server found to ignore Range headers). Stores pickle
 to their URL and options (or their obstore store object), so a spawned worker makes its own.
 
 obstore is imported only when a remote URL is opened; `import gpuzarr` never imports it."""
@@ -39,10 +40,10 @@ from .store import _REASON_CHARS, ChangedError, Range, ReadIO, Store, _reason, p
 log = logging.getLogger("gpuzarr.store")
 
 # what gpuzarr sets on obstore's client unless storage_options say otherwise: a request (connect
-# to last body byte) may take 30 s; a failed one (5xx, 429, reset, timeout) is retried with
+# to last body byte) may take 25 s; a failed one (5xx, 429, reset, timeout) is retried with
 # exponential backoff and jitter (100 ms doubling to 5 s), no new attempt starting more than 30 s
-# after the first: a request that never answers fails within about a minute
-CLIENT_OPTIONS: dict[str, Any] = {"timeout": timedelta(seconds=30), "connect_timeout": timedelta(seconds=5)}
+# after the first: a request that never answers fails within 55 s, under a minute
+CLIENT_OPTIONS: dict[str, Any] = {"timeout": timedelta(seconds=25), "connect_timeout": timedelta(seconds=5)}
 RETRY_CONFIG: dict[str, Any] = {"max_retries": 10, "retry_timeout": timedelta(seconds=30),
                                 "backoff": {"init_backoff": timedelta(milliseconds=100),
                                             "max_backoff": timedelta(seconds=5), "base": 2}}
@@ -54,6 +55,9 @@ VERSIONS_KEPT = 1 << 16  # object versions a store keeps (see ObstoreStore.versi
 # forked child, through fsspec), "ignored_range" (a whole object read and sliced: the server
 # answered a ranged GET with the whole object)
 FALLBACKS: Counter = Counter()
+# what a read's ReadReport.notes say of each, once per read
+FORK_NOTE = "fork: read through fsspec, not obstore (obstore's runtime hangs in a process forked after it ran)"
+IGNORED_RANGE_NOTE = "ignored Range: the server answered ranged GETs with whole objects, read whole and sliced"
 
 SCHEMES = {"s3": "s3", "s3a": "s3", "gs": "gs", "gcs": "gs", "az": "az", "azure": "az", "abfs": "abfs",
            "abfss": "abfss", "http": "http", "https": "https"}
@@ -237,6 +241,7 @@ class ObstoreStore(Store):
         if not ranges:
             return []
         if _forked_after_obstore():
+            io.note(FORK_NOTE)
             return self._via_fsspec().read_ranges_with(ranges, io, indexes)
         io.check()
         try:
@@ -304,6 +309,8 @@ class ObstoreStore(Store):
             if path not in whole:
                 whole[path] = asyncio.ensure_future(get_whole(path))
                 FALLBACKS["ignored_range"] += 1
+                if io is not None:
+                    io.note(f"{IGNORED_RANGE_NOTE} ({self._fs.label})")
             return await asyncio.shield(whole[path])
 
         async def one(key: str, start: int, stop: int | None) -> memoryview | bytes | None:
@@ -493,8 +500,8 @@ def _unpickle(pickled: Any, root: str) -> Store:
     """In another process: the same URL and options (a new obstore client; fsspec where obstore
     is not installed), or the obstore store object a user passed (obstore pickles its stores)."""
     if isinstance(pickled, tuple):
-        url, options = pickled
-        store = open_url(url, options)
+        url, options, timeout = pickled
+        store = open_url(url, options, timeout)
         if store is None:
             fs, _ = fsspec.core.url_to_fs(url, **(options or {}))
             return Store(fs, root)
@@ -505,9 +512,10 @@ def _unpickle(pickled: Any, root: str) -> Store:
 # ---------------------------------------------------------------- opening
 
 
-def open_url(url: str, storage_options: dict | None) -> ObstoreStore | None:
+def open_url(url: str, storage_options: dict | None, request_timeout: float | None = None) -> ObstoreStore | None:
     """The ObstoreStore of a remote URL, or None where fsspec must open it: obstore is not
-    installed, the URL has a query or fragment, or an option has no obstore equivalent."""
+    installed, the URL has a query or fragment, or an option has no obstore equivalent.
+    `request_timeout` (Settings.request_timeout_seconds) outranks the options' client timeout."""
     parts = urlsplit(url)
     scheme = parts.scheme.lower()
     if scheme not in SCHEMES or parts.query or parts.fragment or not parts.netloc:
@@ -532,6 +540,8 @@ def open_url(url: str, storage_options: dict | None) -> ObstoreStore | None:
         label = parts.netloc.split("@", 1)[0] if kind in ("az", "abfs", "abfss") else parts.netloc
         root = (label + "/" + parts.path.strip("/")).rstrip("/")
     client = {**CLIENT_OPTIONS, **client}
+    if request_timeout is not None:
+        client["timeout"] = timedelta(seconds=request_timeout)
     retry = {**RETRY_CONFIG, **retry}
     if kind in ("http", "https") or any(str(config.get(k, "")).startswith("http://") for k in ("endpoint", "base_url")):
         client.setdefault("allow_http", True)
@@ -542,7 +552,7 @@ def open_url(url: str, storage_options: dict | None) -> ObstoreStore | None:
         return None
     except Exception as exc:
         raise StoreError(f"{url}: cannot open this store ({_reason(exc)})", None, exc) from exc
-    return ObstoreStore(Remote(kind, label, options, ostore, (url, options)), root)
+    return ObstoreStore(Remote(kind, label, options, ostore, (url, options, request_timeout)), root)
 
 
 _CLIENTS: OrderedDict[str, Any] = OrderedDict()  # obstore clients by what made them, see _construct

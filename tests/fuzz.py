@@ -30,9 +30,10 @@ On demand (summary on stdout; every finding written to --out for replay):
 
 Without --corpus the corpus is written to a temporary directory first (~10 s). Each finding is
 printed when found, a progress line every minute, and the summary at the end; the exit status is
-1 if there were findings. `--waive PATTERN` (a finding's "kind type file:line (function)", as
-tests/test_fuzz.py's WAIVE) leaves known findings out; `--exclude TAG` never draws mutations of
-a tag ("json:set:shape", "index:size-huge", "frame:zstd:content-size-huge", ...).
+1 if there were findings. `--waive PATTERN` (a finding's "kind type file:line (function)", e.g.
+"memory MemoryError bytes_to_bytes.py:* (_numcodecs_call)") leaves known findings out;
+`--exclude TAG` never draws mutations of a tag ("json:set:shape", "index:size-huge",
+"frame:zstd:content-size-huge", ...).
 tests/test_fuzz.py runs a fixed-seed, bounded budget of this in the normal test run.
 """
 

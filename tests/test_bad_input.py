@@ -894,9 +894,38 @@ def test_unreadable_chunk_is_a_store_error(bases, tmp_path):
 
 
 def test_error_hierarchy():
-    for cls in (MetadataError, UnsupportedFeatureError, CorruptDataError, StoreError):
-        assert issubclass(cls, GpuzarrError)
+    """As README.md says: each GpuzarrError is also the standard exception named there."""
+    for cls, standard in ((MetadataError, ValueError), (UnsupportedFeatureError, NotImplementedError),
+                          (CorruptDataError, ValueError), (StoreError, OSError),
+                          (gpuzarr.DeadlineError, StoreError), (gpuzarr.SettingsError, ValueError),
+                          (DeviceMemoryError, MemoryError)):
+        assert issubclass(cls, GpuzarrError) and issubclass(cls, standard)
         assert getattr(gpuzarr, cls.__name__) is cls
+    assert issubclass(gpuzarr.api.NodeNotFoundError, GpuzarrError)
+    assert issubclass(gpuzarr.api.NodeNotFoundError, FileNotFoundError)
+
+
+def test_mistakes_in_a_call_raise_pythons_own_errors(tmp_path):
+    """As README.md says: not GpuzarrError, which is for the data, the store, metadata and settings."""
+    group = zarr.open_group(str(tmp_path / "g.zarr"), mode="w")
+    group.create_array("a", shape=(20, 20), chunks=(8, 8), dtype="u2")[...] = 1
+    g = gpuzarr.open(str(tmp_path / "g.zarr"), device="cpu")
+    arr = g["a"]
+    mistakes = [
+        (KeyError, lambda: g["nope"]),
+        (IndexError, lambda: arr[30, 0]),
+        (IndexError, lambda: arr["x"]),
+        (ValueError, lambda: gpuzarr.open(str(tmp_path / "g.zarr"), "a", device="tpu")),
+        (ValueError, lambda: arr.read(out=np.empty((3, 3), "u2"))),
+        (ValueError, lambda: arr.read(out=np.empty((20, 20), "f4"))),
+        (ValueError, lambda: arr.read_batch([(slice(0, 2), slice(0, 2)), (slice(0, 3), slice(0, 3))])),
+        (ValueError, lambda: gpuzarr.open(str(tmp_path / "g.zarr"), "../a")),
+        (TypeError, lambda: gpuzarr.open(42)),
+    ]
+    for exc, call in mistakes:
+        with pytest.raises(exc) as caught:
+            call()
+        assert not isinstance(caught.value, GpuzarrError), caught.value
 
 
 @pytest.mark.parametrize("spec,fill", [
@@ -973,6 +1002,24 @@ def test_a_chain_of_growing_filters_is_refused_before_it_grows_without_bound(tmp
     finally:
         tracemalloc.stop()
     assert peak < 64 << 20
+
+
+def test_a_size_from_a_frame_header_is_said_as_its_claim():
+    """A frame refused for the size its header states was not decoded: the message says the
+    header claims it; a size that decoding gave is said as decoded."""
+    import zstandard
+
+    from gpuzarr.codecs.bytes_to_bytes import Blosc, Lz4, Zstd
+
+    raw, out = bytes(range(256)) * 16, np.zeros(4096, np.uint8)
+    for codec, frame in ((Zstd("zstd"), numcodecs.Zstd()), (Blosc("blosc"), numcodecs.Blosc()),
+                         (Lz4("lz4"), numcodecs.LZ4())):
+        with pytest.raises(CorruptDataError,
+                           match=f"^{codec.name} frame header says it decodes to 4094 bytes, the chunk needs 4096$"):
+            codec.decode_into(frame.encode(raw[:-2]), out)
+    unstated = zstandard.ZstdCompressor(write_content_size=False).compress(raw[:-2])
+    with pytest.raises(CorruptDataError, match="^zstd frame decodes to 4094 bytes, the chunk needs 4096$"):
+        Zstd("zstd").decode_into(unstated, out)
 
 
 def test_a_numcodecs_setting_out_of_c_range_is_a_corrupt_data_error(tmp_path):

@@ -255,7 +255,7 @@ def test_decode_rows_equals_numcodecs(monkeypatch, direct):
 
 
 @pytest.mark.parametrize("fault, message", [
-    ("cbytes", "c3: blosc header says"), ("nbytes", "c3: blosc frame decodes to 4098 bytes, the chunk needs 4096"),
+    ("cbytes", "c3: blosc header says"), ("nbytes", "c3: blosc frame header says it decodes to 4098 bytes, the chunk needs 4096"),
     ("short", "c3: blosc frame of 10 bytes is shorter"), ("payload", "c3: cannot decode blosc frame"),
 ])
 def test_decode_rows_names_the_bad_frame(fault, message):

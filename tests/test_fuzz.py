@@ -13,8 +13,10 @@ import struct
 import tracemalloc
 from pathlib import Path
 
+import numcodecs
 import numpy as np
 import pytest
+import zarr
 import zstandard
 from corpus import zstd_drop_content_size
 
@@ -27,20 +29,12 @@ from gpuzarr.dtypes import parse_data_type_v3, parse_dtype_v2
 
 SEED = 20240611
 CASES = 5000  # ~20 s on 2 cores
-# Known findings whose fixes belong outside the files the fuzz task may change; each entry is
-# removed once its fix lands (see the fuzz report for the reproduction of each).
-WAIVE = (
-    # F3: filters that expand, repeated (v2 filters [packbits] * 4 on a bool array: 8**4 times the
-    # stored bytes), decode one stage after another with no bound on the stages between
-    # (devices/cpu.py decode_bytes, codecs/chain.py decode_chunk): MemoryError in numcodecs.
-    "memory MemoryError bytes_to_bytes.py:* (_numcodecs_call)",
-)
 
 
 def test_fuzz_corpus(corpus, tmp_path):
     surveys = fuzz.bases(corpus.root, [c for c in sorted(p.name for p in corpus.root.iterdir())
                                        if c not in corpus.errors])
-    result = fuzz.fuzz(surveys, SEED, tmp_path / "scratch", cases=CASES, jobs=2, waive=WAIVE)
+    result = fuzz.fuzz(surveys, SEED, tmp_path / "scratch", cases=CASES, jobs=2)
     print(result.report())
     assert result.cases == CASES
     assert not result.findings, result.report()
@@ -174,6 +168,21 @@ def test_lz4_size_prefix_claiming_gigabytes_is_refused():
 def test_vlen_item_count_other_than_the_chunk_is_refused_before_decoding():
     with pytest.raises(CorruptDataError, match="holds 4247762216 items, the chunk needs 4"):
         Vlen("utf8").decode_one(struct.pack("<I", 4247762216) + bytes(16), (4,), np.dtype(object))
+
+
+def test_expanding_filters_repeated_are_corrupt_data_not_a_memory_error(tmp_path):
+    """F3: v2 filters [packbits] * 4 on a bool array (8**4 times the stored bytes) once raised
+    MemoryError from numcodecs; each stage's growth is now bounded (decode_through)."""
+    z = zarr.create_array(str(tmp_path / "a.zarr"), shape=(8 * 4096,), chunks=(4096,), dtype="bool", zarr_format=2,
+                          filters=[numcodecs.PackBits()], compressors=numcodecs.Zstd(), fill_value=False)
+    z[...] = np.random.default_rng(0).integers(0, 2, z.shape).astype(bool)
+    meta = json.loads((tmp_path / "a.zarr" / ".zarray").read_text())
+    meta["filters"] = [{"id": "packbits"}] * 4
+    (tmp_path / "a.zarr" / ".zarray").write_text(json.dumps(meta))
+    arr = gpuzarr.open(str(tmp_path / "a.zarr"), device="cpu")
+    for read in (lambda: arr[...], lambda: arr[100:200], lambda: arr.read(report=gpuzarr.ReadReport())):
+        with pytest.raises(CorruptDataError, match="codec 'packbits' decodes to .* more than 16x the chunk's 4096"):
+            read()
 
 
 def test_numcodecs_index_error_is_corrupt_data():

@@ -29,7 +29,7 @@ def _scalar_verdict(frame: bytes, nbytes: int) -> str | None:
     except CorruptDataError as exc:
         return str(exc)
     if size is not None and size != nbytes:
-        return f"zstd frame decodes to {size} bytes, the chunk needs {nbytes}"
+        return f"zstd frame header says it decodes to {size} bytes, the chunk needs {nbytes}"
     return None
 
 
@@ -166,7 +166,7 @@ def test_wrong_content_sizes_and_bad_magic_are_corrupt(tmp_path):
     chain = _zstd_chain(tmp_path, 100)
     codec = numcodecs.Zstd(level=1)
     good, other = codec.encode(bytes(100)), codec.encode(bytes(99))
-    with pytest.raises(CorruptDataError, match="c/1: zstd frame decodes to 99 bytes, the chunk needs 100"):
+    with pytest.raises(CorruptDataError, match="c/1: zstd frame header says it decodes to 99 bytes, the chunk needs 100"):
         build_layout(_batch_of([good, other, good]), chain, lambda i: None)
     with pytest.raises(CorruptDataError, match="c/2: not a zstd frame"):
         build_layout(_batch_of([good, good, b"\x00" + good[1:]]), chain, lambda i: None)

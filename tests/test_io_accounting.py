@@ -1,5 +1,5 @@
 """What a read asks of its store, as ReadReport counts it (requests, bytes requested, retries),
-per-read deadlines (Settings.deadline_seconds) and errors that name the array: local files, a
+per-read deadlines (Settings.deadline_seconds), request timeouts and errors that name the array: local files, a
 memory:// store, obstore against a local S3 server (moto) and against HTTP servers that hang."""
 
 from __future__ import annotations
@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import http.server
 import os
+import pickle
 import socket
 import threading
 import time
@@ -321,6 +322,30 @@ def test_obstore_requests_that_never_answer_fail_the_read_at_its_deadline(tmp_pa
         assert 0.9 < took < 3, took
         assert str(caught.value).startswith(f"{base}/a.zarr: ") and "deadline of 1 s" in str(caught.value)
         assert (out == 12345).all()  # nothing was fetched, nothing placed
+
+
+def test_a_request_timeout_fails_requests_that_never_answer_within_it(tmp_path):
+    pytest.importorskip("obstore", reason="obstore is not installed (the [remote] extra)")
+    _chunked(tmp_path / "a.zarr")
+    with _hanging_http(tmp_path) as base:
+        # no retries: the one attempt's timeout is the whole wait (obstore's default: 30 s)
+        arr = gpuzarr.open(f"{base}/a.zarr", device="cpu", storage_options={"retry_config": {"max_retries": 0}},
+                           settings=gpuzarr.Settings(request_timeout_seconds=0.3))
+        assert arr.store.fs.obstore.client_options["timeout"] == "300ms"
+        start = time.monotonic()
+        with pytest.raises(gpuzarr.StoreError, match="a.zarr/c/"):
+            arr[64:128, 0:64]
+        took = time.monotonic() - start
+        assert 0.25 < took < 1.5, took
+        # a pickled array (a spawned worker's) keeps it
+        assert pickle.loads(pickle.dumps(arr)).store.fs.obstore.client_options["timeout"] == "300ms"
+
+
+@pytest.mark.parametrize("bad", [0, -1, float("nan"), float("inf"), "30s", True])
+def test_a_bad_request_timeout_is_refused(bad):
+    with pytest.raises(gpuzarr.SettingsError, match="request_timeout_seconds"):
+        gpuzarr.Settings(request_timeout_seconds=bad)
+    assert gpuzarr.Settings(request_timeout_seconds=2.5).request_timeout_seconds == 2.5
 
 
 # ---------------------------------------------------------------- errors name the array

@@ -57,7 +57,7 @@ def _shorter_block(frame: bytes) -> bytes:
 
 @pytest.mark.parametrize("fault, message", [
     ("short", "c2: lz4 frame is shorter than its 4-byte size prefix"),
-    ("prefix", "c2: lz4 frame decodes to 8200 bytes, the chunk needs 8192"),
+    ("prefix", "c2: lz4 frame header says it decodes to 8200 bytes, the chunk needs 8192"),
     ("payload", "c2: cannot decode lz4 frame"),
     ("decodes_short", "c2: cannot decode lz4 frame"),
     ("truncated", "c2: cannot decode lz4 frame"),

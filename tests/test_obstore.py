@@ -372,14 +372,17 @@ def test_a_forked_child_reads_through_fsspec_and_never_hangs(endpoint, bucket):
 
     def child():
         fresh = _open(endpoint, "chunked.zarr")  # opened in the child: fsspec too
-        return (np.array_equal(by_url[...], want), np.array_equal(by_object[...], want_v2),
+        report = gpuzarr.ReadReport()
+        return (np.array_equal(by_url.read(report=report), want), np.array_equal(by_object[...], want_v2),
                 np.array_equal(fresh[...], _reference(bucket, "chunked.zarr")[...]),
-                by_url.store.fallback is not None, store_obstore.FALLBACKS["fork"] > 0)
+                by_url.store.fallback is not None, store_obstore.FALLBACKS["fork"] > 0, report.notes)
 
     value = in_forked_child(child, TIMEOUT)
-    assert value == (True, True, True, True, True)
+    assert value == (True, True, True, True, True, [store_obstore.FORK_NOTE])  # once, however many calls
     assert by_url.store.fallback is None  # the parent still reads through obstore
-    assert np.array_equal(by_url[:64, :64], want[:64, :64])
+    report = gpuzarr.ReadReport()
+    assert np.array_equal(by_url.read((slice(0, 64), slice(0, 64)), report=report), want[:64, :64])
+    assert report.notes == []
 
 
 # ---------------------------------------------------------------- failures and bounds
@@ -554,6 +557,26 @@ def test_s3fs_pools_are_sized_to_the_requests_in_flight(monkeypatch):
     assert type(store) is Store and store.fs.config_kwargs["max_pool_connections"] == 48
 
 
+def test_a_request_timeout_reaches_the_client_and_a_forked_childs_s3fs():
+    """Settings.request_timeout_seconds (see tests/test_io_accounting.py for a request it ends)
+    outranks the options' own client timeout, and a forked child's s3fs reads with it."""
+    options = {"anon": True, "client_options": {"timeout": "60s"}}
+    store = open_store("s3://bucket/a.zarr", storage_options=options, request_timeout=0.5)
+    assert store.fs.obstore.client_options["timeout"] == "500ms"
+    assert store_obstore.fsspec_options("s3", store.fs.obstore)["config_kwargs"]["read_timeout"] == 0.5
+    assert open_store("s3://bucket/a.zarr", storage_options=options).fs.obstore.client_options["timeout"] == "60s"
+    default = open_store("s3://bucket/a.zarr", storage_options={"anon": True})
+    assert default.fs.obstore.client_options["timeout"] == "25s"
+
+
+def test_a_request_that_never_answers_fails_within_a_minute_by_default():
+    """The last attempt starts no later than retry_timeout after the first and ends by its own
+    timeout: a hung GET ends a read within 60 s with no deadline set."""
+    worst = store_obstore.RETRY_CONFIG["retry_timeout"] + store_obstore.CLIENT_OPTIONS["timeout"]
+    assert worst.total_seconds() < 60
+    assert store_obstore.CLIENT_OPTIONS["connect_timeout"] <= store_obstore.CLIENT_OPTIONS["timeout"]
+
+
 @pytest.mark.parametrize("name", ["sharded.zarr", "chunked.zarr"])
 @pytest.mark.parametrize("fault", ["503", "reset", "cut"])
 def test_failed_requests_are_retried_and_the_data_is_right(endpoint, bucket, name, fault):
@@ -584,9 +607,14 @@ def test_a_server_that_ignores_range_is_read_whole_and_sliced(endpoint, bucket):
         arr = gpuzarr.open(f"s3://{BUCKET}/sharded.zarr", device="cpu",
                            storage_options={**_options(endpoint), "client_kwargs": {"endpoint_url": proxy.url}})
         want = _reference(bucket, "sharded.zarr")[...]
-        assert np.array_equal(arr[...], want)
+        report = gpuzarr.ReadReport()
+        assert np.array_equal(arr.read(report=report), want)
+        assert report.notes == [f"{store_obstore.IGNORED_RANGE_NOTE} ({BUCKET})"]  # once, for every shard
         assert np.array_equal(arr[70:90, 300:333], want[70:90, 300:333])
     assert arr.store.fs.ignores_range and store_obstore.FALLBACKS["ignored_range"] > before
+    report = gpuzarr.ReadReport()
+    assert np.array_equal(_open(endpoint, "sharded.zarr").read(report=report), want)  # ranges answered
+    assert report.notes == []
 
 
 def test_http_urls_read_through_obstore_and_list_through_fsspec(bucket):

@@ -50,7 +50,7 @@ def _one_by_one(frame: bytes, nbytes: int) -> bool:
     """What check_zstd_frames must do for one frame: the per-frame parser, then the size check."""
     size = _zstd_content_size(memoryview(frame))
     if size is not None and size != nbytes:
-        raise CorruptDataError(f"zstd frame decodes to {size} bytes, the chunk needs {nbytes}")
+        raise CorruptDataError(f"zstd frame header says it decodes to {size} bytes, the chunk needs {nbytes}")
     return size is not None
 
 
@@ -82,7 +82,7 @@ def test_content_size_fields_of_every_width(nbytes):
     frames = [_frame(data), _frame(data, write_content_size=False), _frame(data, dict_data=dictionary)]
     staging, offsets, sizes, labels = _batch(frames)
     assert check_zstd_frames(staging, offsets, sizes, nbytes, labels.__getitem__).tolist() == [True, False, True]
-    with pytest.raises(CorruptDataError, match=f"c0: zstd frame decodes to {nbytes} bytes, the chunk needs"):
+    with pytest.raises(CorruptDataError, match=f"c0: zstd frame header says it decodes to {nbytes} bytes, the chunk needs"):
         check_zstd_frames(staging, offsets, sizes, nbytes + 1, labels.__getitem__)
 
 
@@ -140,7 +140,7 @@ def test_a_first_frame_stating_a_short_size_is_not_completed_by_a_second():
     but the first frame's header says 1000 bytes, and such a chunk stays refused. Without a
     content size the stream reader decodes on into the second frame (as numcodecs does)."""
     raw = _raw(2)
-    with pytest.raises(CorruptDataError, match="c0: zstd frame decodes to 1000 bytes, the chunk needs 4096"):
+    with pytest.raises(CorruptDataError, match="c0: zstd frame header says it decodes to 1000 bytes, the chunk needs 4096"):
         _rows([_frame(raw[:1000]) + _frame(raw[1000:])])
     stripped = _frame(raw[:1000], write_content_size=False) + _frame(raw[1000:])
     assert _rows([stripped])[0].tobytes() == raw == _stream(stripped)
@@ -151,7 +151,7 @@ def _corrupt_payload(frame: bytes) -> bytes:
 
 
 @pytest.mark.parametrize("fault, message", [
-    ("magic", "c2: not a zstd frame"), ("size", "c2: zstd frame decodes to 4094 bytes, the chunk needs 4096"),
+    ("magic", "c2: not a zstd frame"), ("size", "c2: zstd frame header says it decodes to 4094 bytes, the chunk needs 4096"),
     ("payload", "c2: cannot decode zstd frame"), ("truncated", "c2: "), ("empty", "c2: not a zstd frame"),
     ("checksum", "c2: cannot decode zstd frame"),
 ])

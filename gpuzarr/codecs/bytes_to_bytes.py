@@ -83,6 +83,17 @@ def _expect_size(got: int, expected: int, what: str) -> None:
         raise CorruptDataError(f"{what} decodes to {got} bytes, the chunk needs {expected}")
 
 
+def claim_error(what: str, claimed: int, expected: int) -> CorruptDataError:
+    """A frame whose header states another decoded size than the chunk's, refused before it is
+    decoded: the size is the header's claim, not what decoding gave."""
+    return CorruptDataError(f"{what} header says it decodes to {claimed} bytes, the chunk needs {expected}")
+
+
+def _expect_claim(claimed: int, expected: int, what: str) -> None:
+    if claimed != expected:
+        raise claim_error(what, claimed, expected)
+
+
 @dataclass(frozen=True)
 class BytesBytesCodec:
     """Base: `decode` returns the decoded bytes; `decode_into` fills a given buffer exactly (the
@@ -157,8 +168,9 @@ def check_zstd_frames(staging: np.ndarray, offsets: np.ndarray, sizes: np.ndarra
         if mask.any():
             i = int(np.flatnonzero(mask)[0])
             before_raising(i)
-            raise CorruptDataError(f"{label(i)}: " + (what or f"zstd frame decodes to {int(value[i])} bytes, "
-                                                              f"the chunk needs {nbytes}"))
+            if what is None:
+                raise claim_error(f"{label(i)}: zstd frame", int(value[i]), nbytes)
+            raise CorruptDataError(f"{label(i)}: {what}")
     return width > 0
 
 
@@ -229,7 +241,7 @@ class Zstd(BytesBytesCodec):
         view = _as_view(data)
         content_size = _zstd_content_size(view)
         if content_size is not None:
-            _expect_size(content_size, out.nbytes, "zstd frame")
+            _expect_claim(content_size, out.nbytes, "zstd frame")
             dctx = _thread_dctx()
             if dctx is not None and dctx.decode(host_lib.address(view), len(view), host_lib.address(out), out.nbytes):
                 return
@@ -515,7 +527,7 @@ class Blosc(BytesBytesCodec):
 
     def decode_into(self, data: Buffer, out: np.ndarray) -> None:
         view = _as_view(data)
-        _expect_size(self._checked_header(view), out.nbytes, "blosc frame")
+        _expect_claim(self._checked_header(view), out.nbytes, "blosc frame")
         self._decompress(view, out)
 
     @staticmethod
@@ -563,7 +575,7 @@ class Blosc(BytesBytesCodec):
         bad = np.flatnonzero(claimed != nbytes)
         if bad.size:
             i = int(bad[0])
-            raise CorruptDataError(f"{labels[i]}: blosc frame decodes to {claimed[i]} bytes, the chunk needs {nbytes}")
+            raise claim_error(f"{labels[i]}: blosc frame", int(claimed[i]), nbytes)
         bad = np.flatnonzero(claimed > MAX_EXPANSION * cbytes)
         if bad.size:
             i = int(bad[0])
@@ -650,7 +662,7 @@ class Lz4(BytesBytesCodec):
         view = _as_view(data)
         if len(view) < 4:
             raise CorruptDataError("lz4 frame is shorter than its 4-byte size prefix")
-        _expect_size(int.from_bytes(view[:4], "little"), out.nbytes, "lz4 frame")
+        _expect_claim(int.from_bytes(view[:4], "little"), out.nbytes, "lz4 frame")
         decompress = _lz4_direct(len(view), out.nbytes)
         if decompress is not None and decompress(host_lib.address(view) + 4, host_lib.address(out), len(view) - 4,
                                                  out.nbytes) == out.nbytes:
@@ -672,8 +684,7 @@ class Lz4(BytesBytesCodec):
         wrong = np.flatnonzero(prefix != nbytes)
         if wrong.size:
             i = int(wrong[0])
-            raise CorruptDataError(f"{labels[i]}: lz4 frame decodes to {int(prefix[i])} bytes, "
-                                   f"the chunk needs {nbytes}")
+            raise claim_error(f"{labels[i]}: lz4 frame", int(prefix[i]), nbytes)
         decompress = _lz4_direct(int(sizes.max()), nbytes)
         rest = np.arange(k)
         if decompress is not None:

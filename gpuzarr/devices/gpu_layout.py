@@ -528,11 +528,11 @@ def _add_chunk(b: _Builder, codecs: tuple, data: memoryview, chunk: int, nbytes:
         raise _NoGpuDecoder  # several compressors in a row: the host decodes the outer ones anyway
     codec = codecs[0]
     if isinstance(codec, Zstd):
-        from ..codecs.bytes_to_bytes import _zstd_content_size
+        from ..codecs.bytes_to_bytes import _zstd_content_size, claim_error
 
         size = _zstd_content_size(data)
         if size is not None and size != nbytes:
-            raise CorruptDataError(f"zstd frame decodes to {size} bytes, the chunk needs {nbytes}")
+            raise claim_error("zstd frame", size, nbytes)
         b.stream("zstd", data, dst, nbytes, chunk)
     elif isinstance(codec, Gzip):  # its CRC-32 (RFC 1952 §2.3.1) covers the decoded bytes: checked on the device
         at = b.stream("deflate", gzip_to_deflate(data, nbytes), dst, nbytes, chunk)
