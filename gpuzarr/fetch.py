@@ -129,6 +129,7 @@ class PendingBatch:
     loc: Locations
     rows: np.ndarray
     missing: list | None = None  # see fetch
+    ahead: Any = None  # called with the row a part's read ends at, before it reads (a cold read's hand-over)
 
     @property
     def n(self) -> int:
@@ -137,6 +138,8 @@ class PendingBatch:
     def part(self, lo: int, hi: int, alloc: Any = None) -> FetchedBatch:
         """Read chunks lo..hi-1 now, into `alloc(nbytes)` (default: a new buffer), back to back
         (fetch's `compact`: a part's frames decode in one call)."""
+        if self.ahead is not None and hi > lo:
+            self.ahead(int(self.rows[hi - 1]) + 1)
         return fetch(self.store, self.loc, self.rows[lo:hi], alloc or _new_staging, missing=self.missing,
                      compact=True)
 

@@ -88,10 +88,11 @@ REMOTE_BATCH_BYTES = 64 << 20
 PIECE_BYTES = 16 << 20
 PIECES = 8
 PIECE_THREADS = 16
-# batches of a cold local read handed to the kernel at once (see _Ahead): handed over before the
-# tasks start, more in flight paid (2-D full read, 5 batches of 4 MiB, against 2: 4 0.90-0.95x, 8
-# 0.88-0.89x; the 3-D full read, 40 batches and bound by decoding, unchanged)
-AHEAD = 8
+# compressed bytes of a cold local read handed to the kernel past the parts its tasks have started
+# (see _Ahead), and before they start (64 cold 2-D windows: 1, 2, 4 or 8 MiB ahead alike within
+# the noise, the whole read 1.10x)
+AHEAD_BYTES = 4 << 20
+FIRST_BYTES = 256 << 10
 _PIECES = forksafe.LazyPool(PIECE_THREADS, "gpuzarr-pieces")
 
 
@@ -193,7 +194,7 @@ class Reader:
         # once; no staging slots, no I/O thread
         in_tasks = device.reads_in_tasks and isinstance(self.store, LocalStore) and (len(bounds) > 1
                                                                                      or _large(loc, chain))
-        ahead = _Ahead(store, loc, bounds) if in_tasks else None  # probed before any task competes for the GIL
+        ahead = _Ahead(store, loc, chain.raw_nbytes) if in_tasks else None  # probed before any task competes for the GIL
         if in_tasks and not ahead.pending and self.settings.batch_bytes is None:
             # warm: batches would only group the tasks (nothing is fetched ahead of them); as one,
             # this thread decodes beside the pool instead of waiting on it, and no thread is woken
@@ -207,21 +208,14 @@ class Reader:
         try:
             if in_tasks:
                 sole = len(bounds) == 1
-                # handed over before any task starts: tasks started first each hand over and read
-                # their own part's ranges beside this thread's hand-over of the same ones (64 cold
-                # 2-D windows in one read_batch, in-process, three runs: 0.79-0.87x; a cold full
-                # read 0.92-1.12x, 0.98x in the longest run)
-                ahead.advance(0)
-                marks = []  # where each batch's tasks end in `started`
+                hand = ahead.reached if ahead.pending else None
+                if hand is not None:
+                    ahead.start(feeder=not sole)
                 for lo, hi in bounds:
-                    pending = PendingBatch(store, loc, np.arange(lo, hi), report.missing_keys)
+                    pending = PendingBatch(store, loc, np.arange(lo, hi), report.missing_keys, hand)
                     started += self._decode(device, pending, chain, out, plan, lo, fill, report, sole=sole)
-                    marks.append(len(started))
-                for k, mark in enumerate(marks[:-1]):
-                    if not ahead.pending:
-                        break
-                    _wait(started[:mark], report, io)
-                    ahead.advance(k + 1)
+                if hand is not None and not sole:
+                    ahead.feed(started, io)
             elif len(bounds) == 1:  # nothing to overlap with: no thread hand-off; small: one read
                 with report.timed("fetch"):
                     batch = fetch(store, loc, np.arange(*bounds[0]), device.staging_alloc or _reused_staging,
@@ -388,27 +382,74 @@ class Reader:
 
 
 class _Ahead:
-    """A cold local read's batches handed to the kernel ahead of the tasks that read them
-    (fetch.prefetch): the one being decoded and the next AHEAD - 1, so the disk has every read
-    of them in flight at once, not two tasks' at a time. A warm read (the last chunk of its
-    first AHEAD batches in the page cache: one probe, ~36 us) hands nothing over. Cold 2-D
-    reads, time against the I/O pool this replaced (interleaved runs): 64 windows in one
-    read_batch 0.84-0.98x, a full read 0.80-0.87x (both with 2 batches ahead, handed over after
-    the first tasks started: those then measured better than the whole read at once, 1.04x)."""
+    """A cold local read's chunks handed to the kernel (fetch.prefetch) in storage order, up to
+    AHEAD_BYTES past the end of the furthest part a task has started reading: the disk always
+    has many reads in flight, yet the first parts' bytes land first. With the whole read in
+    flight at once they came in one burst, the disk's queue sorting them by sector: a cold
+    read's first part of 64 chunks waited 4.1 ms for its bytes, a first part of 8 chunks
+    (cpu.HEAD_CHUNKS) 0.6-0.8 ms with the first bytes handed over alone (64 cold 2-D windows in
+    one read_batch, alternated in-process, 21-25 rounds: 0.90-0.91x; a cold full read 0.90x).
+    The first FIRST_BYTES go before any task starts (tasks started first each read their own
+    ranges beside that hand-over of the same ones). Tasks only say how far they are; the calling
+    thread, idle while they run, hands over (`feed`): a hand-over blocked for up to 8 ms while
+    the disk's queue was full, time a task would not decode. Where the calling thread runs
+    parts itself (one batch), each part's thread hands over. A warm read (the first window's
+    last chunk in the page cache: one probe, ~36 us) hands nothing over."""
 
-    def __init__(self, store: Store, loc: Locations, bounds: list[tuple[int, int]]):
-        self.store, self.loc, self.bounds = store, loc, bounds
-        self.next = 0  # the first batch not handed over
-        first = min(AHEAD, len(bounds)) - 1
-        self.pending = on_disk(store, loc, np.arange(bounds[0][0], bounds[first][1]))  # batches to hand over
+    def __init__(self, store: Store, loc: Locations, guess: int | None):
+        self.store, self.loc = store, loc
+        self.cost = np.where(loc.present, np.where(loc.sizes >= 0, loc.sizes, guess or (1 << 20)), 0).cumsum()
+        self.next = 0  # the first row not handed over
+        self.frontier = 0  # the furthest row a task has started reading up to
+        self.feeder: int | None = None  # the thread that hands over for the tasks (see feed)
+        self._lock = threading.Lock()
+        self._moved = threading.Event()
+        self.pending = on_disk(store, loc, np.arange(self._stop(0, AHEAD_BYTES)))
 
-    def advance(self, k: int) -> None:
-        """Batch k is next to be read: hand over the batches of its window not handed over yet."""
-        last = min(k + AHEAD, len(self.bounds))
-        if self.pending and last > self.next:
-            prefetch(self.store, self.loc, np.arange(self.bounds[self.next][0], self.bounds[last - 1][1]))
-            self.next = last
-        self.pending = self.pending and self.next < len(self.bounds)
+    def _stop(self, row: int, ahead: int) -> int:
+        """The row `ahead` compressed bytes past `row` (at least one row past it)."""
+        base = int(self.cost[row - 1]) if row else 0
+        return min(max(int(np.searchsorted(self.cost, base + ahead, side="right")), row + 1), self.cost.size)
+
+    def start(self, feeder: bool) -> None:
+        """Before any task starts; `feeder`: this thread will `feed` the tasks (see there)."""
+        self._hand_over(FIRST_BYTES if feeder else AHEAD_BYTES)
+        self.feeder = threading.get_ident() if feeder else None
+
+    def reached(self, row: int) -> None:
+        """A task is about to read the chunks before `row`."""
+        with self._lock:
+            self.frontier = max(self.frontier, row)
+        self._moved.set()
+        if self.feeder is None:
+            self._hand_over(AHEAD_BYTES)
+
+    def _hand_over(self, ahead: int) -> bool:
+        """Hand over the rows up to `ahead` bytes past the frontier not handed over yet (False: none)."""
+        with self._lock:
+            lo, stop = self.next, self._stop(self.frontier, ahead)
+            if stop <= lo:
+                return False
+            self.next = stop
+        prefetch(self.store, self.loc, np.arange(lo, stop))
+        return True
+
+    def feed(self, futures: list, io: ReadIO | None) -> None:
+        """On the calling thread, once every task is queued: hand over as the tasks move on,
+        until everything is handed over, every task has ended, or the read's deadline passed
+        (the wait for the tasks that follows says what happened)."""
+        for future in futures:
+            future.add_done_callback(lambda _: self._moved.set())
+        while self.next < self.cost.size:
+            self._moved.clear()
+            if self._hand_over(AHEAD_BYTES):
+                continue
+            if all(future.done() for future in futures):
+                return
+            timeout = None if io is None or io.deadline is None else io.remaining()
+            if timeout is not None and timeout <= 0:
+                return
+            self._moved.wait(timeout)
 
 
 def _pieces(plan: Plan, locator: Locator) -> tuple[Plan, list[tuple[int, int]]] | None:

@@ -1,6 +1,6 @@
-"""Cold local reads: the ranges of several batches are handed to the kernel (WILLNEED) ahead of
-the decoding tasks that read them (pipeline.AHEAD at a time), a warm read hands nothing; files
-are opened without readahead."""
+"""Cold local reads: chunk ranges are handed to the kernel (WILLNEED) in storage order, a bounded
+way ahead of the decoding tasks that read them (pipeline.AHEAD_BYTES), a warm read hands nothing;
+files are opened without readahead."""
 
 from pathlib import Path
 
@@ -39,13 +39,14 @@ def _advice(monkeypatch, cold: bool, reads: list | None = None) -> list:
     return advised
 
 
-@pytest.mark.parametrize("ahead", [1, 2, 1000])
+@pytest.mark.parametrize("ahead", [4096, 8192, 1 << 30])
 def test_a_cold_read_of_many_batches_hands_its_ranges_over_ahead_and_reads_right(sharded, monkeypatch, ahead):
-    """Batches of ~4 KiB, handed over `ahead` at a time (one, two, all); each range is advised
-    twice, ahead and again by the task that finds it missing from the page cache. The output is
-    the warm read's."""
+    """Batches of ~4 KiB, AHEAD_BYTES of ~one, two batches or all of them in flight; each range
+    is advised twice, ahead and again by the task that finds it missing from the page cache. The
+    output is the warm read's."""
     path, data = sharded
-    monkeypatch.setattr(pipeline, "AHEAD", ahead)
+    monkeypatch.setattr(pipeline, "AHEAD_BYTES", ahead)
+    monkeypatch.setattr(pipeline, "FIRST_BYTES", 4096)
     settings = gpuzarr.Settings(batch_bytes=4096, threads=2)
     arr = gpuzarr.open(path, device="cpu", settings=settings)
     report = gpuzarr.ReadReport()
@@ -56,11 +57,22 @@ def test_a_cold_read_of_many_batches_hands_its_ranges_over_ahead_and_reads_right
     assert sum(length for _, length in advised) == 2 * report.bytes_compressed
 
 
-def test_the_first_batches_are_handed_over_before_any_task_reads(sharded, monkeypatch):
+def _handovers(monkeypatch) -> list:
+    """(rows handed over, thread) of every hand-over of a read, in the order made."""
+    import threading
+
+    made = []
+    real = pipeline.prefetch
+    monkeypatch.setattr(pipeline, "prefetch", lambda store, loc, rows: (
+        made.append((rows, threading.current_thread())), real(store, loc, rows))[1])
+    return made
+
+
+def test_the_first_bytes_are_handed_over_before_any_task_reads(sharded, monkeypatch):
     """Tasks started first would each hand over and read their own ranges beside the calling
     thread's hand-over of the same ones (64 cold 2-D windows in one read_batch: 0.79-0.87x so)."""
     path, data = sharded
-    monkeypatch.setattr(pipeline, "AHEAD", 2)
+    monkeypatch.setattr(pipeline, "FIRST_BYTES", 8192)
     arr = gpuzarr.open(path, device="cpu", settings=gpuzarr.Settings(batch_bytes=4096, threads=2))
     arr[...]  # indexes cached: only chunk ranges are advised below
     reads: list = []
@@ -77,6 +89,101 @@ def test_the_first_batches_are_handed_over_before_any_task_reads(sharded, monkey
     assert len(after_first) > 1 and after_first[0] > 0  # several hand-overs, the first of some ranges
     assert reads[0] == 0  # the one-byte probe of whether the read is cold (LocalStore.cached)
     assert len(reads) > 1 and reads[1] >= after_first[0]  # then no read before the first hand-over ended
+
+
+@pytest.mark.parametrize("ahead", [2048, 16384])
+def test_hand_overs_run_in_storage_order_a_bounded_way_ahead_of_the_tasks(sharded, monkeypatch, ahead):
+    """Every chunk is handed over once, in storage order; when a task starts reading a part, what
+    was handed over ends at most AHEAD_BYTES (and one chunk) past that part's end; past the first
+    bytes, the calling thread hands over, not the tasks (a hand-over blocks while the disk's queue
+    is full)."""
+    import threading
+
+    from gpuzarr import fetch as fetch_module
+
+    path, data = sharded
+    monkeypatch.setattr(pipeline, "AHEAD_BYTES", ahead)
+    monkeypatch.setattr(pipeline, "FIRST_BYTES", 1024)
+    arr = gpuzarr.open(path, device="cpu", settings=gpuzarr.Settings(batch_bytes=8192, threads=2))
+    arr[...]  # indexes cached
+    _advice(monkeypatch, cold=True)
+    made = _handovers(monkeypatch)
+    aheads = []
+    real_ahead = pipeline._Ahead
+    monkeypatch.setattr(pipeline, "_Ahead", lambda *a: aheads.append(real_ahead(*a)) or aheads[-1])
+    seen = []  # (end row of a part a task starts reading, rows handed over by then)
+    real_part = fetch_module.PendingBatch.part
+
+    def part(self, lo, hi, alloc=None):
+        seen.append((int(self.rows[hi - 1]) + 1, sum(rows.size for rows, _ in made)))
+        return real_part(self, lo, hi, alloc)
+
+    monkeypatch.setattr(fetch_module.PendingBatch, "part", part)
+    np.testing.assert_array_equal(arr[...], data)
+    handed = np.concatenate([rows for rows, _ in made])
+    assert handed.size == (256 // 16) * (256 // 16)  # every chunk of the array
+    np.testing.assert_array_equal(handed, np.arange(handed.size))  # each row once, in order
+    assert len(made) > 2 and {thread for _, thread in made} == {threading.current_thread()}
+    (ahead_of,) = aheads
+    cost = ahead_of.cost
+    for end, by_then in seen:
+        stop = ahead_of._stop(end, ahead)
+        assert by_then <= stop  # handed over for parts started before this one
+        assert stop == end + 1 or cost[stop - 1] - cost[end - 1] <= ahead  # AHEAD_BYTES past the part
+    assert any(by_then < handed.size for _, by_then in seen)  # not all at once
+
+
+def test_a_cold_reads_first_batch_begins_with_a_small_part_per_thread(sharded, monkeypatch):
+    """Each thread's first part of a cold read is HEAD_CHUNKS: the first bytes from the disk are
+    decoded while the rest land; the read is right."""
+    from gpuzarr.devices import cpu as cpu_device
+
+    path, data = sharded
+    monkeypatch.setattr(cpu_device, "HEAD_CHUNKS", 4)
+    monkeypatch.setattr(cpu_device, "GROUP_BYTES", 64 * 512)  # parts of 64 chunks of 16x16 u16
+    arr = gpuzarr.open(path, device="cpu", settings=gpuzarr.Settings(batch_bytes=1 << 20, threads=2))
+    arr[...]
+    _advice(monkeypatch, cold=True)
+    sizes = []
+    real = cpu_device.CpuDevice._decode_by_blocks
+    monkeypatch.setattr(cpu_device.CpuDevice, "_decode_by_blocks", lambda self, part, *a, **k: (
+        sizes.append(part.n), real(self, part, *a, **k))[1])
+    monkeypatch.setattr(pipeline.Reader, "_bounds", lambda self, loc, raw, device: [(0, 128), (128, loc.sizes.size)])
+    np.testing.assert_array_equal(arr[...], data)
+    assert sizes[0] == 4 and sizes.count(4) == 2 and sum(sizes) == 256
+
+
+def test_task_bounds_split_only_a_cold_reads_first_part():
+    from gpuzarr.devices.cpu import HEAD_CHUNKS, _task_bounds
+
+    plain = _task_bounds(200, 64, 2, last=False)
+    head = _task_bounds(200, 64, 2, last=False, head=True)
+    assert head[:3] == [(0, HEAD_CHUNKS), (HEAD_CHUNKS, 2 * HEAD_CHUNKS), (2 * HEAD_CHUNKS, 64)]
+    assert head[3:] == plain[1:]  # the other parts keep their bounds (whole shards)
+    assert _task_bounds(20, 64, 2, head=True) == _task_bounds(20, 64, 2)  # too small to split
+
+
+def test_a_failing_task_ends_a_cold_read_with_its_error(sharded, monkeypatch):
+    """The calling thread stops handing over once every task has ended: the error comes out,
+    no wait outlives the tasks."""
+    from gpuzarr.devices import cpu as cpu_device
+    from gpuzarr.errors import CorruptDataError
+
+    path, _ = sharded
+    monkeypatch.setattr(pipeline, "AHEAD_BYTES", 2048)
+    arr = gpuzarr.open(path, device="cpu", settings=gpuzarr.Settings(batch_bytes=4096, threads=2))
+    arr[...]
+    _advice(monkeypatch, cold=True)
+    calls = []
+
+    def broken(self, part, *a, **k):
+        calls.append(part.n)
+        raise CorruptDataError("bad chunk")
+
+    monkeypatch.setattr(cpu_device.CpuDevice, "_decode_by_blocks", broken)
+    with pytest.raises(CorruptDataError, match="bad chunk"):
+        arr[...]
+    assert calls
 
 
 def test_a_warm_read_of_many_batches_hands_nothing_over(sharded, monkeypatch):
