@@ -55,7 +55,10 @@ def requests_in_flight() -> int:
 
 def pooled(protocol: str, options: dict | None) -> dict:
     """storage_options for fsspec with s3fs's connection pool (botocore's: 10 by default) sized to
-    the requests gpuzarr keeps in flight, unless the options size it."""
+    the requests gpuzarr keeps in flight, unless the options size it. The aiohttp sessions of
+    HTTP, gcsfs and adlfs hold 100 connections by default (aiohttp's TCPConnector limit), above
+    the default 64 in flight; a connector of another size is the user's, in their client or
+    session kwargs (an aiohttp connector belongs to the event loop fsspec makes it in)."""
     options = dict(options or {})
     if protocol.lower() in ("s3", "s3a"):
         conf = dict(options.get("config_kwargs") or {})

@@ -557,6 +557,19 @@ def test_s3fs_pools_are_sized_to_the_requests_in_flight(monkeypatch):
     assert type(store) is Store and store.fs.config_kwargs["max_pool_connections"] == 48
 
 
+def test_aiohttp_filesystems_hold_more_connections_than_the_default_requests_in_flight(monkeypatch):
+    """HTTP, gcsfs and adlfs talk through aiohttp sessions, whose connector holds `limit`
+    connections (see store.pooled): the default bound in flight fits in it unsized."""
+    import inspect
+
+    from gpuzarr.store import requests_in_flight
+
+    aiohttp = pytest.importorskip("aiohttp")  # comes with fsspec's HTTP, gcsfs and adlfs
+    monkeypatch.delenv("GPUZARR_REQUESTS", raising=False)
+    limit = inspect.signature(aiohttp.TCPConnector.__init__).parameters["limit"].default
+    assert requests_in_flight() <= limit
+
+
 def test_a_request_timeout_reaches_the_client_and_a_forked_childs_s3fs():
     """Settings.request_timeout_seconds (see tests/test_io_accounting.py for a request it ends)
     outranks the options' own client timeout, and a forked child's s3fs reads with it."""
