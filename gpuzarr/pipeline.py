@@ -89,8 +89,8 @@ PIECE_BYTES = 16 << 20
 PIECES = 8
 PIECE_THREADS = 16
 # compressed bytes of a cold local read handed to the kernel past the parts its tasks have started
-# (see _Ahead), and before they start (64 cold 2-D windows: 1, 2, 4 or 8 MiB ahead alike within
-# the noise, the whole read 1.10x)
+# (see _Ahead), and before they start (64 cold 2-D windows in one read_batch: 1, 2, 4 or 8 MiB
+# ahead alike within the noise; the whole read handed over at once, as before, 1.01-1.13x)
 AHEAD_BYTES = 4 << 20
 FIRST_BYTES = 256 << 10
 _PIECES = forksafe.LazyPool(PIECE_THREADS, "gpuzarr-pieces")
@@ -388,7 +388,8 @@ class _Ahead:
     flight at once they came in one burst, the disk's queue sorting them by sector: a cold
     read's first part of 64 chunks waited 4.1 ms for its bytes, a first part of 8 chunks
     (cpu.HEAD_CHUNKS) 0.6-0.8 ms with the first bytes handed over alone (64 cold 2-D windows in
-    one read_batch, alternated in-process, 21-25 rounds: 0.90-0.91x; a cold full read 0.90x).
+    one read_batch against the whole read at once, alternated in-process, 15-25 rounds: 0.89-0.92x
+    in four runs, 0.99x in one; a cold full read 0.90-0.92x).
     The first FIRST_BYTES go before any task starts (tasks started first each read their own
     ranges beside that hand-over of the same ones). Tasks only say how far they are; the calling
     thread, idle while they run, hands over (`feed`): a hand-over blocked for up to 8 ms while
