@@ -92,7 +92,6 @@ PIECE_THREADS = 16
 # (see _Ahead), and before they start (64 cold 2-D windows in one read_batch: 1, 2, 4 or 8 MiB
 # ahead alike within the noise; the whole read handed over at once, as before, 1.01-1.13x)
 AHEAD_BYTES = 4 << 20
-FIRST_BYTES = 256 << 10
 _PIECES = forksafe.LazyPool(PIECE_THREADS, "gpuzarr-pieces")
 
 
@@ -383,19 +382,19 @@ class Reader:
 
 class _Ahead:
     """A cold local read's chunks handed to the kernel (fetch.prefetch) in storage order, up to
-    AHEAD_BYTES past the end of the furthest part a task has started reading: the disk always
-    has many reads in flight, yet the first parts' bytes land first. With the whole read in
-    flight at once they came in one burst, the disk's queue sorting them by sector: a cold
-    read's first part of 64 chunks waited 4.1 ms for its bytes, a first part of 8 chunks
-    (cpu.HEAD_CHUNKS) 0.6-0.8 ms with the first bytes handed over alone (64 cold 2-D windows in
-    one read_batch against the whole read at once, alternated in-process, 15-25 rounds: 0.89-0.92x
-    in four runs, 0.99x in one; a cold full read 0.90-0.92x).
-    The first FIRST_BYTES go before any task starts (tasks started first each read their own
-    ranges beside that hand-over of the same ones). Tasks only say how far they are; the calling
-    thread, idle while they run, hands over (`feed`): a hand-over blocked for up to 8 ms while
-    the disk's queue was full, time a task would not decode. Where the calling thread runs
-    parts itself (one batch), each part's thread hands over. A warm read (the first window's
-    last chunk in the page cache: one probe, ~36 us) hands nothing over."""
+    AHEAD_BYTES past the end of the furthest part a task has started reading, not the whole
+    read at once: with all of it in flight the first parts' bytes came in one burst with the
+    rest (the disk's queue sorts what it holds by sector), a first part of 64 chunks waiting
+    4.1 ms for its bytes. 64 cold 2-D windows in one read_batch against the whole read at once,
+    alternated in-process, 15-25 rounds: 0.89-0.92x in four runs, 0.99x in one; a cold full read
+    0.90-0.92x. (Also measured, and alike within the noise so not kept: first parts of 8 or 16
+    chunks, 256 KiB handed over first, and a paced hand-over waiting for each 256 KiB to land
+    with 0.5-2 MiB in flight.) The first AHEAD_BYTES go before any task starts (tasks started
+    first each read their own ranges beside that hand-over of the same ones). Tasks only say how
+    far they are; the calling thread, idle while they run, hands over (`feed`): a hand-over
+    blocked for up to 8 ms while the disk's queue was full, time a task would not decode. Where
+    the calling thread runs parts itself (one batch), each part's thread hands over. A warm read
+    (the first window's last chunk in the page cache: one probe, ~36 us) hands nothing over."""
 
     def __init__(self, store: Store, loc: Locations, guess: int | None):
         self.store, self.loc = store, loc
@@ -405,16 +404,16 @@ class _Ahead:
         self.feeder: int | None = None  # the thread that hands over for the tasks (see feed)
         self._lock = threading.Lock()
         self._moved = threading.Event()
-        self.pending = on_disk(store, loc, np.arange(self._stop(0, AHEAD_BYTES)))
+        self.pending = on_disk(store, loc, np.arange(self._stop(0)))
 
-    def _stop(self, row: int, ahead: int) -> int:
-        """The row `ahead` compressed bytes past `row` (at least one row past it)."""
+    def _stop(self, row: int) -> int:
+        """The row AHEAD_BYTES of compressed bytes past `row` (at least one row past it)."""
         base = int(self.cost[row - 1]) if row else 0
-        return min(max(int(np.searchsorted(self.cost, base + ahead, side="right")), row + 1), self.cost.size)
+        return min(max(int(np.searchsorted(self.cost, base + AHEAD_BYTES, side="right")), row + 1), self.cost.size)
 
     def start(self, feeder: bool) -> None:
         """Before any task starts; `feeder`: this thread will `feed` the tasks (see there)."""
-        self._hand_over(FIRST_BYTES if feeder else AHEAD_BYTES)
+        self._hand_over()
         self.feeder = threading.get_ident() if feeder else None
 
     def reached(self, row: int) -> None:
@@ -423,12 +422,12 @@ class _Ahead:
             self.frontier = max(self.frontier, row)
         self._moved.set()
         if self.feeder is None:
-            self._hand_over(AHEAD_BYTES)
+            self._hand_over()
 
-    def _hand_over(self, ahead: int) -> bool:
-        """Hand over the rows up to `ahead` bytes past the frontier not handed over yet (False: none)."""
+    def _hand_over(self) -> bool:
+        """Hand over the rows up to AHEAD_BYTES past the frontier not handed over yet (False: none)."""
         with self._lock:
-            lo, stop = self.next, self._stop(self.frontier, ahead)
+            lo, stop = self.next, self._stop(self.frontier)
             if stop <= lo:
                 return False
             self.next = stop
@@ -443,7 +442,7 @@ class _Ahead:
             future.add_done_callback(lambda _: self._moved.set())
         while self.next < self.cost.size:
             self._moved.clear()
-            if self._hand_over(AHEAD_BYTES):
+            if self._hand_over():
                 continue
             if all(future.done() for future in futures):
                 return

@@ -46,7 +46,6 @@ def test_a_cold_read_of_many_batches_hands_its_ranges_over_ahead_and_reads_right
     output is the warm read's."""
     path, data = sharded
     monkeypatch.setattr(pipeline, "AHEAD_BYTES", ahead)
-    monkeypatch.setattr(pipeline, "FIRST_BYTES", 4096)
     settings = gpuzarr.Settings(batch_bytes=4096, threads=2)
     arr = gpuzarr.open(path, device="cpu", settings=settings)
     report = gpuzarr.ReadReport()
@@ -72,7 +71,7 @@ def test_the_first_bytes_are_handed_over_before_any_task_reads(sharded, monkeypa
     """Tasks started first would each hand over and read their own ranges beside the calling
     thread's hand-over of the same ones (64 cold 2-D windows in one read_batch: 0.79-0.87x so)."""
     path, data = sharded
-    monkeypatch.setattr(pipeline, "FIRST_BYTES", 8192)
+    monkeypatch.setattr(pipeline, "AHEAD_BYTES", 8192)
     arr = gpuzarr.open(path, device="cpu", settings=gpuzarr.Settings(batch_bytes=4096, threads=2))
     arr[...]  # indexes cached: only chunk ranges are advised below
     reads: list = []
@@ -94,16 +93,14 @@ def test_the_first_bytes_are_handed_over_before_any_task_reads(sharded, monkeypa
 @pytest.mark.parametrize("ahead", [2048, 16384])
 def test_hand_overs_run_in_storage_order_a_bounded_way_ahead_of_the_tasks(sharded, monkeypatch, ahead):
     """Every chunk is handed over once, in storage order; when a task starts reading a part, what
-    was handed over ends at most AHEAD_BYTES (and one chunk) past that part's end; past the first
-    bytes, the calling thread hands over, not the tasks (a hand-over blocks while the disk's queue
-    is full)."""
+    was handed over ends at most AHEAD_BYTES (and one chunk) past that part's end; the calling
+    thread hands over, not the tasks (a hand-over blocks while the disk's queue is full)."""
     import threading
 
     from gpuzarr import fetch as fetch_module
 
     path, data = sharded
     monkeypatch.setattr(pipeline, "AHEAD_BYTES", ahead)
-    monkeypatch.setattr(pipeline, "FIRST_BYTES", 1024)
     arr = gpuzarr.open(path, device="cpu", settings=gpuzarr.Settings(batch_bytes=8192, threads=2))
     arr[...]  # indexes cached
     _advice(monkeypatch, cold=True)
@@ -127,40 +124,10 @@ def test_hand_overs_run_in_storage_order_a_bounded_way_ahead_of_the_tasks(sharde
     (ahead_of,) = aheads
     cost = ahead_of.cost
     for end, by_then in seen:
-        stop = ahead_of._stop(end, ahead)
+        stop = ahead_of._stop(end)
         assert by_then <= stop  # handed over for parts started before this one
         assert stop == end + 1 or cost[stop - 1] - cost[end - 1] <= ahead  # AHEAD_BYTES past the part
     assert any(by_then < handed.size for _, by_then in seen)  # not all at once
-
-
-def test_a_cold_reads_first_batch_begins_with_a_small_part_per_thread(sharded, monkeypatch):
-    """Each thread's first part of a cold read is HEAD_CHUNKS: the first bytes from the disk are
-    decoded while the rest land; the read is right."""
-    from gpuzarr.devices import cpu as cpu_device
-
-    path, data = sharded
-    monkeypatch.setattr(cpu_device, "HEAD_CHUNKS", 4)
-    monkeypatch.setattr(cpu_device, "GROUP_BYTES", 64 * 512)  # parts of 64 chunks of 16x16 u16
-    arr = gpuzarr.open(path, device="cpu", settings=gpuzarr.Settings(batch_bytes=1 << 20, threads=2))
-    arr[...]
-    _advice(monkeypatch, cold=True)
-    sizes = []
-    real = cpu_device.CpuDevice._decode_by_blocks
-    monkeypatch.setattr(cpu_device.CpuDevice, "_decode_by_blocks", lambda self, part, *a, **k: (
-        sizes.append(part.n), real(self, part, *a, **k))[1])
-    monkeypatch.setattr(pipeline.Reader, "_bounds", lambda self, loc, raw, device: [(0, 128), (128, loc.sizes.size)])
-    np.testing.assert_array_equal(arr[...], data)
-    assert sizes[0] == 4 and sizes.count(4) == 2 and sum(sizes) == 256
-
-
-def test_task_bounds_split_only_a_cold_reads_first_part():
-    from gpuzarr.devices.cpu import HEAD_CHUNKS, _task_bounds
-
-    plain = _task_bounds(200, 64, 2, last=False)
-    head = _task_bounds(200, 64, 2, last=False, head=True)
-    assert head[:3] == [(0, HEAD_CHUNKS), (HEAD_CHUNKS, 2 * HEAD_CHUNKS), (2 * HEAD_CHUNKS, 64)]
-    assert head[3:] == plain[1:]  # the other parts keep their bounds (whole shards)
-    assert _task_bounds(20, 64, 2, head=True) == _task_bounds(20, 64, 2)  # too small to split
 
 
 def test_a_failing_task_ends_a_cold_read_with_its_error(sharded, monkeypatch):

@@ -27,7 +27,6 @@ from .gpu_layout import scatter_records
 from .kernels import SCATTER_MAX_NDIM, SCATTER_REC_SRC
 
 GROUP_BYTES = 2 << 20  # decoded bytes per task: enough to amortise a task, small enough for L2
-HEAD_CHUNKS = 8  # chunks in each thread's first part of a cold read (see _task_bounds)
 # What splitting a batch over the pool costs, against decoding it frame by frame on the calling
 # thread: the hand-off (~100-150 us to wake a pool thread here), the grouped path's fixed work
 # (header checks, a group decode buffer, box search) and two threads contending; a batch is
@@ -202,8 +201,7 @@ class CpuDevice:
                 self.pool.run_parts(lambda part: task(*part, grouped=False), list(zip(edges[:-1], edges[1:])))
             return []
         bounds = _task_bounds(batch.n, max(1, GROUP_BYTES // raw_nbytes) if raw_nbytes else 1, self.threads,
-                              last=sole or first + batch.n >= plan.n_chunks,
-                              head=pending and first == 0 and batch.ahead is not None)
+                              last=sole or first + batch.n >= plan.n_chunks)
         if len(bounds) == 1 or self.threads == 1:
             for lo, hi in bounds:
                 task(lo, hi)
@@ -288,8 +286,7 @@ class CpuDevice:
         return thread_slot(self._local, "block", nbytes, BLOCK_KEPT)
 
 
-def _task_bounds(n: int, per_task: int, threads: int, last: bool = True,
-                 head: bool = False) -> list[tuple[int, int]]:
+def _task_bounds(n: int, per_task: int, threads: int, last: bool = True) -> list[tuple[int, int]]:
     """A batch of n chunks as parts of `per_task` (at least one per thread where there are
     chunks for it), each a task. The read's `last` batch ends in `threads` parts that share
     out its rest equally, so the threads end together: parts of 64 chunks with a short last
@@ -298,23 +295,15 @@ def _task_bounds(n: int, per_task: int, threads: int, last: bool = True,
     parts ran 2.4 ms on one thread in a 16 ms read). The other parts keep their size: a part of
     a shard's chunks whole (64 in the 2-D set) decodes in one call and is placed as one box
     (parts of equal size over a batch cut shards: full read 1.07x), and the tasks of earlier
-    batches run back to back with the next batch's (their tails split too: 3-D batch 1.03-1.08x).
-    With `head` (a cold read's first batch), the first part begins with one of HEAD_CHUNKS per
-    thread: each thread decodes the first bytes from the disk while the rest land (see
-    pipeline._Ahead); the other parts keep their bounds."""
+    batches run back to back with the next batch's (their tails split too: 3-D batch 1.03-1.08x)."""
     per_task = min(per_task, max(1, -(-n // threads)))
     if not last or n == 0:
-        bounds = [(lo, min(lo + per_task, n)) for lo in range(0, n, per_task)]
-    else:
-        count = -(-n // per_task)
-        kept = max(0, -(-count // threads) * threads - threads) * per_task  # chunks in parts of per_task
-        rest = min(threads, n - kept)  # parts the rest is shared out in (n - kept >= 1)
-        edges = [*range(0, kept, per_task), *(kept + (n - kept) * k // rest for k in range(rest + 1))]
-        bounds = list(zip(edges[:-1], edges[1:]))
-    lo, hi = bounds[0] if bounds else (0, 0)
-    if head and hi - lo > (threads + 1) * HEAD_CHUNKS:
-        bounds[:1] = [(k * HEAD_CHUNKS, (k + 1) * HEAD_CHUNKS) for k in range(threads)] + [(threads * HEAD_CHUNKS, hi)]
-    return bounds
+        return [(lo, min(lo + per_task, n)) for lo in range(0, n, per_task)]
+    count = -(-n // per_task)
+    kept = max(0, -(-count // threads) * threads - threads) * per_task  # chunks in parts of per_task
+    rest = min(threads, n - kept)  # parts the rest is shared out in (n - kept >= 1)
+    edges = [*range(0, kept, per_task), *(kept + (n - kept) * k // rest for k in range(rest + 1))]
+    return list(zip(edges[:-1], edges[1:]))
 
 
 class _Groups:
