@@ -29,7 +29,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from gpuzarr.errors import CorruptDataError
+from gpuzarr.errors import CorruptDataError, claim_error
 
 HEADER_SIZE = 16
 VERSION_FORMAT = 2
@@ -123,7 +123,7 @@ def parse_blosc_frame(frame, expected_nbytes: int | None = None) -> BloscFrame:
     if nbytes < 0:
         raise CorruptDataError(f"blosc frame decoded size {nbytes} is negative")
     if expected_nbytes is not None and nbytes != expected_nbytes:
-        raise CorruptDataError(f"blosc frame header says it decodes to {nbytes} bytes, expected {expected_nbytes}")
+        raise claim_error("blosc frame", nbytes, expected_nbytes)
     if cbytes < HEADER_SIZE:
         raise CorruptDataError(f"blosc frame size {cbytes} in the header is smaller than the header")
     if cbytes > size:

@@ -40,6 +40,12 @@ class StoreError(GpuzarrError, OSError):
         self.cause = cause
 
 
+def claim_error(what: str, claimed: int, expected: int) -> CorruptDataError:
+    """A frame whose header states another decoded size than the chunk's, refused before it is
+    decoded: the size is the header's claim, not what decoding gave."""
+    return CorruptDataError(f"{what} header says it decodes to {claimed} bytes, the chunk needs {expected}")
+
+
 class DeadlineError(StoreError):
     """A read was still fetching when its `Settings.deadline_seconds` ran out: it stopped waiting
     for the store (a hung request) and issued nothing more; the message names the array and how

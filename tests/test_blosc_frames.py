@@ -259,7 +259,7 @@ def test_truncated_frames(walk):
 
 def test_nbytes_mismatch():
     f = _frame()
-    _corrupt(f, "header says it decodes to 4099 bytes, expected 4100", expected_nbytes=4100)
+    _corrupt(f, "header says it decodes to 4099 bytes, the chunk needs 4100", expected_nbytes=4100)
     # a header claiming more decoded bytes: more blocks than the start table has room for
     _corrupt(_set_i32(f, 4, 10**9), "cannot hold the start table")
     _corrupt(_set_i32(f, 4, -5), "negative")

@@ -25,7 +25,7 @@ from numcodecs import zstd as _numcodecs_zstd
 
 from .. import host_lib
 from ..blosc_frames import read_le_where
-from ..errors import CorruptDataError, MetadataError, UnsupportedFeatureError
+from ..errors import CorruptDataError, MetadataError, UnsupportedFeatureError, claim_error
 from . import libdeflate, libz
 
 Buffer = Any  # bytes, memoryview or a 1-D uint8 ndarray
@@ -81,12 +81,6 @@ def _check_claim(claimed: int, stored: int, what: str) -> None:
 def _expect_size(got: int, expected: int, what: str) -> None:
     if got != expected:
         raise CorruptDataError(f"{what} decodes to {got} bytes, the chunk needs {expected}")
-
-
-def claim_error(what: str, claimed: int, expected: int) -> CorruptDataError:
-    """A frame whose header states another decoded size than the chunk's, refused before it is
-    decoded: the size is the header's claim, not what decoding gave."""
-    return CorruptDataError(f"{what} header says it decodes to {claimed} bytes, the chunk needs {expected}")
 
 
 def _expect_claim(claimed: int, expected: int, what: str) -> None:

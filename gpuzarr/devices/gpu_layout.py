@@ -38,7 +38,7 @@ from ..blosc_frames import (COMPRESSORS, FLAG_MEMCPYED, SHUFFLE_BIT, SHUFFLE_BYT
                             parse_blosc_batch, parse_blosc_frame, read_le_where)
 from ..codecs.bytes_to_bytes import Blosc, Gzip, Lz4, Zlib, Zstd, check_zstd_frames, strip_crc32c, zstd_whole_frames
 from ..codecs.chain import CodecChain
-from ..errors import CorruptDataError
+from ..errors import CorruptDataError, claim_error
 from ..fetch import FetchedBatch
 
 # The granule of work's temp area and of bytes moved in staging, and where fetch starts each
@@ -528,7 +528,7 @@ def _add_chunk(b: _Builder, codecs: tuple, data: memoryview, chunk: int, nbytes:
         raise _NoGpuDecoder  # several compressors in a row: the host decodes the outer ones anyway
     codec = codecs[0]
     if isinstance(codec, Zstd):
-        from ..codecs.bytes_to_bytes import _zstd_content_size, claim_error
+        from ..codecs.bytes_to_bytes import _zstd_content_size
 
         size = _zstd_content_size(data)
         if size is not None and size != nbytes:
