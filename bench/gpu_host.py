@@ -45,16 +45,19 @@ class NoopEngine:
     def empty(self, nbytes: int) -> np.ndarray:
         return np.empty(nbytes, np.uint8)  # never touched: costs no page faults
 
-    def host_buffer(self, nbytes: int) -> tuple[np.ndarray, None]:
-        """A reused buffer per thread and slot, as the pinned ring is (two slots)."""
+    def host_ring(self) -> Any:
+        """The calling thread's ring of two reused buffers, as the pinned ring is."""
         ring = getattr(self._local, "ring", None)
         if ring is None:
             ring = self._local.ring = [np.empty(0, np.uint8), np.empty(0, np.uint8), 0]
-        k = ring[2]
-        ring[2] = 1 - k
-        if ring[k].size < nbytes:
-            ring[k] = np.empty(nbytes, np.uint8)
-        return ring[k][:nbytes], None
+
+        def take(nbytes: int) -> tuple[np.ndarray, None]:
+            k = ring[2]
+            ring[2] = 1 - k
+            if ring[k].size < nbytes:
+                ring[k] = np.empty(nbytes, np.uint8)
+            return ring[k][:nbytes], None
+        return take
 
     def upload(self, host: np.ndarray, token: Any) -> np.ndarray:
         return host

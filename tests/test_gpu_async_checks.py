@@ -274,7 +274,7 @@ def test_an_io_threads_staging_events_belong_to_the_engines_device():
     engine.device_id = 1
     _Event.made = []
     done = []
-    thread = threading.Thread(target=lambda: done.append(engine.host_buffer(16)))
+    thread = threading.Thread(target=lambda: done.append(engine.host_ring()(16)))
     thread.start()
     thread.join()
     assert done and [e.device for e in _Event.made] == [1, 1] and _Device.current() == 0

@@ -258,8 +258,8 @@ def _bare_engine(cupy_like) -> CupyEngine:
 
 def test_each_upload_records_the_event_of_its_own_slot():
     engine = _bare_engine(_fake_cupy())
-    first, first_event = engine.host_buffer(8)  # batch a staged in slot 0
-    engine.host_buffer(8)  # batch b staged in slot 1
+    first, first_event = engine.host_ring()(8)  # batch a staged in slot 0
+    engine.host_ring()(8)  # batch b staged in slot 1
     engine.upload(first, first_event)  # batch a uploaded
     assert engine._state().pinned._slots[0][2].records == 1, "slot 0's copy was never recorded"
 

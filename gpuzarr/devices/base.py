@@ -18,7 +18,8 @@ class Device(Protocol):
     batch_bytes: int  # preferred compressed bytes per batch
     batch_streams: int  # and the fewest chunks a batch should hold where the read has them
     reads_in_tasks: bool  # local reads come as PendingBatch, read by the decoding tasks themselves
-    staging_alloc: Any  # None, or alloc(nbytes) -> (buffer, token): the staging the device consumes
+    staging_alloc: Any  # None, or alloc(nbytes) -> (buffer, token): the staging the device consumes,
+    #                     the calling thread's (a fetch ahead on another thread allocates from it)
 
     def empty(self, shape: tuple[int, ...], dtype: Any) -> Any:
         """An uninitialised output array on this device."""
