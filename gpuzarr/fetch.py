@@ -228,9 +228,9 @@ class Locator:
         shard_shape = np.array(self.meta.chunk_shape, dtype=np.int64)
         leaf = np.array(self.leaf_shape, dtype=np.int64)
         shard_coords = coords // self._per_shard
-        first, inverse = _group(shard_coords @ self._grid_strides)
+        shard_first, inverse = _group(shard_coords @ self._grid_strides)
         encode = self.meta.key_encoding.key
-        keys = np.array([encode(tuple(c)) for c in shard_coords[first].tolist()], dtype=object)[inverse]
+        keys = np.array([encode(tuple(c)) for c in shard_coords[shard_first].tolist()], dtype=object)[inverse]
         offsets = np.zeros(n, np.int64)
         sizes = np.full(n, -1, np.int64)  # whole key: the outermost shard
         present = np.ones(n, bool)
@@ -240,29 +240,37 @@ class Locator:
         missing: tuple = ()
         # what each shard object is now (local files: inode, size, times): cached indexes of an
         # object that changed since are not used
-        versions = {k: self.store.version(k) for k in keys[first].tolist()}
+        versions = {k: self.store.version(k) for k in keys[shard_first].tolist()}
         # shards the read wants most of, with their estimated sizes: read whole if their index is
         # not cached; `blobs` gets the bytes of those read whole
-        whole = self._mostly_wanted(keys[first], shard_coords[first], np.bincount(inverse)) if self._whole else {}
+        whole = self._mostly_wanted(keys[shard_first], shard_coords[shard_first], np.bincount(inverse)) \
+            if self._whole else {}
         blobs: dict = {}
         for level, ((owner_shape, sharding), strides) in enumerate(zip(self.levels, self._level_strides)):
             inner = np.array(sharding.chunk_shape, dtype=np.int64)
             within = (element - origin) // inner
             cps = sharding.chunks_per_shard(owner_shape)
             flat = within @ strides
-            live = np.flatnonzero(present)
-            first, group_of = _group(owner[live])
+            if level == 0:  # every row live, owned by its shard: grouped already
+                live, first, group_of = np.arange(n), shard_first, inverse
+            else:
+                live = np.flatnonzero(present)
+                first, group_of = _group(owner[live])
             rows = live[first]
             tables = self._indexes(list(zip(keys[rows].tolist(), offsets[rows].tolist(), sizes[rows].tolist())),
                                    owner_shape, sharding, level, versions, whole if level == 0 else {}, blobs)
             if level == 0:  # whole shard objects
                 missing = tuple(k for k, t in zip(keys[rows].tolist(), tables) if t is None)
-            entry = np.full((n, 2), EMPTY, dtype=np.uint64)
             per = math.prod(cps)
             if tables and len(tables) * per <= STACKED_ENTRIES:  # every index at once: one gather, no mask per shard
                 stacked = np.concatenate([np.full((per, 2), EMPTY, np.uint64) if t is None else t for t in tables])
-                entry[live] = stacked[group_of * per + flat[live]]
+                if live.size == n:
+                    entry = stacked[group_of * per + flat]
+                else:
+                    entry = np.full((n, 2), EMPTY, dtype=np.uint64)
+                    entry[live] = stacked[group_of * per + flat[live]]
             else:  # indexes too large to copy for the chunks wanted: shard by shard
+                entry = np.full((n, 2), EMPTY, dtype=np.uint64)
                 for g, table in enumerate(tables):
                     if table is not None:
                         members = live if len(tables) == 1 else live[group_of == g]
@@ -416,11 +424,19 @@ def _strides(shape: Shape) -> np.ndarray:
 
 
 def _group(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(row of each distinct value's first occurrence, group number of every row)."""
+    """(row of each distinct value's first occurrence, group number of every row), groups in
+    order of value, of values >= 0. Values within a few times the rows (shard numbers, index
+    owners): a table of first rows by value, no sort (896 rows: 44 -> 17 us); else np.unique."""
     if values.size <= 1 or (values == values[0]).all():
         return np.zeros(min(values.size, 1), np.int64), np.zeros(values.size, np.int64)
-    _, first, inverse = np.unique(values, return_index=True, return_inverse=True)
-    return first, inverse.reshape(-1)
+    bound = int(values.max()) + 1
+    if bound > 4 * values.size + 4096:
+        _, first, inverse = np.unique(values, return_index=True, return_inverse=True)
+        return first, inverse.reshape(-1)
+    firsts = np.full(bound, values.size, np.int64)
+    np.minimum.at(firsts, values, np.arange(values.size, dtype=np.int64))
+    seen = firsts < values.size
+    return firsts[seen], (np.cumsum(seen) - 1)[values]
 
 
 def _new_staging(nbytes: int) -> np.ndarray:
@@ -604,7 +620,8 @@ def _coalesce(keys: np.ndarray, key_ids: np.ndarray, offsets: np.ndarray, sizes:
     lasts = np.append(firsts[1:], live.size) - 1
     ranges = [(k, 0, None) if w else (k, a, b) for k, a, b, w in
               zip(keys[live[firsts]].tolist(), off[firsts].tolist(), end[lasts].tolist(), whole[firsts].tolist())]
-    return ranges, [m.tolist() for m in np.split(live, firsts[1:])]
+    rows, edges = live.tolist(), firsts.tolist() + [live.size]
+    return ranges, [rows[a:b] for a, b in zip(edges[:-1], edges[1:])]  # slices of one list: np.split costs ~5 us a range
 
 
 def fetch_files(store: LocalStore, keys: list, alloc: Any, align: int, missing: list | None) -> FetchedBatch:
