@@ -129,17 +129,20 @@ def _patch_boxes(selections: list, shape: Shape) -> Boxes | None:
     if not all(_int64_type(t) for t in set(map(type, starts)) | set(map(type, stops))):
         return None  # open ends (None), floats, bools: the general path
     try:  # two typed lists: 2.5x faster than an array made of (start, stop) tuples
-        ends = np.array([starts, stops], dtype=np.int64)
+        ends = np.array([starts, stops], dtype=np.int64).reshape(2, len(selections), ndim)
     except OverflowError:  # integers beyond int64
         return None
-    size = np.tile(np.asarray(shape, dtype=np.int64), len(selections))
+    size = np.asarray(shape, dtype=np.int64)
     indexed = np.array(drop)
     if indexed.any():  # an integer index must lie in the array (-size <= i < size): else the general path says so
-        index, bound = ends[0].reshape(len(selections), ndim)[:, indexed], np.asarray(shape, dtype=np.int64)[indexed]
+        index, bound = ends[0][:, indexed], size[indexed]
         if ((index < -bound) | (index >= bound)).any():
             return None
-    lo, hi = (np.clip(np.where(e < 0, e + size, e), 0, size).reshape(len(selections), ndim) for e in ends)
-    hi[:, indexed] = lo[:, indexed] + 1  # an index's own element (-1 is the last, its "stop" 0 above)
+    if ends.min() < 0 or (ends > size).any():  # ends from the end, or past it (slice.indices' rules)
+        ends = np.clip(np.where(ends < 0, ends + size, ends), 0, size)
+    lo, hi = ends
+    if indexed.any():
+        hi[:, indexed] = lo[:, indexed] + 1  # an index's own element (-1 is the last, its "stop" 0 above)
     counts = np.maximum(hi - lo, 0)
     if (counts != counts[0]).any():
         return None

@@ -491,26 +491,27 @@ def _tables_boxes(boxes: Boxes, chunk_shape: Shape) -> tuple[list, np.ndarray, n
             tables.append([k, boxes.starts[:, d] - k * c, ones, np.zeros(n_windows, np.int64), ones])
         return tables, np.repeat(index[:, None], len(chunk_shape), axis=1), index
     tables, n_runs, first_run = [], [], []
-    for d, c in enumerate(chunk_shape):
-        starts = boxes.starts[:, d]
-        counts = np.full(n_windows, boxes.counts[d], dtype=np.int64)
-        stops = starts + counts
+    for d, c in enumerate(chunk_shape):  # a window's runs along d: chunks first..last it touches
+        starts, count = boxes.starts[:, d], boxes.counts[d]
         first = starts // c
-        n = np.where(counts > 0, (stops - 1) // c - first + 1, 0)
-        offs = np.cumsum(n) - n
-        win = np.repeat(np.arange(n_windows), n)
-        k = first[win] + np.arange(int(n.sum()), dtype=np.int64) - offs[win]
-        lo, hi = np.maximum(k * c, starts[win]), np.minimum((k + 1) * c, stops[win])
-        tables.append([k, lo - k * c, hi - lo, lo - starts[win], np.ones(k.size, dtype=np.int64)])
+        n = (starts + (count - 1)) // c - first + 1 if count > 0 else np.zeros(n_windows, np.int64)
+        ends = np.cumsum(n)
+        offs = ends - n
+        k = np.repeat(first - offs, n) + np.arange(int(ends[-1]) if n_windows else 0, dtype=np.int64)
+        s = np.repeat(starts, n)  # np.repeat over windows: cheaper than gathers by a window column
+        kc = k * c
+        lo = np.maximum(kc, s)
+        tables.append([k, lo - kc, np.minimum(kc + c, s + count) - lo, lo - s, np.ones(k.size, dtype=np.int64)])
         n_runs.append(n)
         first_run.append(offs)
     per_window = np.prod(n_runs, axis=0) if n_runs else np.ones(n_windows, dtype=np.int64)
+    ends = np.cumsum(per_window)
+    flat = np.arange(int(ends[-1]) if n_windows else 0, dtype=np.int64) - np.repeat(ends - per_window, per_window)
     window = np.repeat(np.arange(n_windows), per_window)
-    flat = np.arange(window.size, dtype=np.int64) - (np.cumsum(per_window) - per_window)[window]
-    rows = np.empty((window.size, len(chunk_shape)), dtype=np.int64)
+    rows = np.empty((flat.size, len(chunk_shape)), dtype=np.int64)
     for d in reversed(range(len(chunk_shape))):  # C order over each window's runs
-        n = n_runs[d][window]
-        rows[:, d] = first_run[d][window] + flat % n
+        n = np.repeat(n_runs[d], per_window)
+        rows[:, d] = np.repeat(first_run[d], per_window) + flat % n
         flat //= n
     return tables, rows, window
 
