@@ -19,6 +19,25 @@ _functions: list = []  # module state: called with no arguments
 _lock = threading.Lock()
 
 
+def memo(fn: Callable[[Any], Any]) -> Any:
+    """A property computed once per instance and kept in its __dict__ (where a value may also be
+    put beforehand): functools.cached_property without its lock, which Python 3.10 and 3.11 share
+    between every instance of the class and a forked child inherits as it was (a child forked
+    while a thread of the parent computed one hung at its own first: 3-6 children in 100). Two
+    threads may both compute it at once; they get the same value."""
+    name = fn.__name__
+
+    def get(self: Any) -> Any:
+        found = self.__dict__.get(name, _MISSING)
+        return self.__dict__.setdefault(name, fn(self)) if found is _MISSING else found
+
+    get.__doc__ = fn.__doc__
+    return property(get)
+
+
+_MISSING = object()
+
+
 def register(obj: Any) -> Any:
     """Rebuild `obj` (through its `_after_fork()`) in every forked child; kept weakly."""
     with _lock:

@@ -24,11 +24,21 @@ from typing import Any
 
 import numpy as np
 
+from . import forksafe
+
 log = logging.getLogger("gpuzarr")
 
 # loops run in Python for want of the library: "scatter", "blosc", "lz4", "zstd", "files"
 FALLBACKS: Counter = Counter()
 _LOCK = threading.Lock()
+
+
+@forksafe.call_in_child
+def _renew_lock() -> None:
+    """Held across the library's first load and each fallback count: maybe by another thread at a fork."""
+    global _LOCK
+    _LOCK = threading.Lock()
+
 _NAME = "_host_lib"
 VERSION = 6  # gpz_host_version() of the sources this module calls
 _i64, _ptr = ctypes.c_int64, ctypes.c_void_p

@@ -510,8 +510,8 @@ def _result(future: Any, io: ReadIO | None) -> Any:
     try:
         return future.result(io.remaining())
     except FutureTimeout:
-        if future.done():  # the task's own TimeoutError
-            raise
+        if future.done():  # the task's own TimeoutError, or it ended just after the wait did
+            return future.result()
         raise io.expired() from None
 
 

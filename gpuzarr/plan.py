@@ -8,7 +8,6 @@ placements. Chunks shared by several windows are fetched and decoded once."""
 from __future__ import annotations
 
 import bisect
-import functools
 import itertools
 import math
 import threading
@@ -119,7 +118,7 @@ class Plan:
             sels.append((chunk_of[p], tuple(chunk_sel), tuple(out_sel)))
         return sels
 
-    @functools.cached_property
+    @forksafe.memo
     def _lists(self) -> tuple[list, list, list, list]:
         """The tables of a small plan as lists: placement chunks, runs and windows, and per
         dimension (local starts, steps, counts, output starts, drop)."""
@@ -158,7 +157,7 @@ class Plan:
             kept = list(np.ix_(*(_as_indices(o) for o in kept)))
         return Gather(tuple(c for c, _ in per_dim)), tuple(kept)
 
-    @functools.cached_property
+    @forksafe.memo
     def _dim_groups(self) -> list[dict]:
         """Per dimension, chunk index → (selection inside the chunk, selection in the output) of
         all the runs in that chunk: an integer (dropped axis), slices (one run) or index arrays.

@@ -135,8 +135,10 @@ class ReadIO:
             try:
                 results = future.result(self.remaining())
             except FutureTimeout:
-                if future.done():  # the store's own timeout, not the deadline
-                    raise
+                if future.done():  # the store's own timeout, or it ended just after the wait did
+                    results = future.result()
+                    self.count(ranges, results)
+                    return results
                 future.cancel()
                 raise self.expired() from None
         self.count(ranges, results)

@@ -11,6 +11,7 @@ import pickle
 import socket
 import threading
 import time
+from concurrent.futures import TimeoutError as FutureTimeout
 from pathlib import Path
 
 import fsspec
@@ -197,6 +198,48 @@ def test_obstore_counts_the_requests_the_server_sees(s3, name, ignore_range):
 
 
 # ---------------------------------------------------------------- deadlines
+
+class _EndsJustAfterTheWait:
+    """A future whose wait times out, done by the time anyone asks: the task ended between the
+    two (a window of a few bytecodes, made certain here)."""
+
+    def __init__(self, value):
+        self.value, self.waited = value, False
+
+    def result(self, timeout=None):
+        if timeout is not None and not self.waited:
+            self.waited = True
+            raise FutureTimeout()
+        return self.value
+
+    def done(self):
+        return self.waited
+
+    def cancel(self):
+        return False
+
+
+def test_a_fetch_that_ends_just_as_its_wait_times_out_is_its_result_not_an_error(tmp_path, monkeypatch):
+    """Not the wait's own TimeoutError (no GpuzarrError), nor a DeadlineError for bytes in hand:
+    the staged fetch's wait (pipeline._result) and a bounded store call's (ReadIO.call)."""
+    import gpuzarr.store as store_module
+    from gpuzarr.pipeline import _result
+    from gpuzarr.report import ReadReport
+    from gpuzarr.store import ReadIO
+
+    store = Store(fsspec.filesystem("memory"), "/just_after")
+    io = ReadIO(ReadReport(), store, seconds=30)
+    assert _result(_EndsJustAfterTheWait("batch"), io) == "batch"
+
+    class Pool:
+        def submit(self, fn, *args):
+            return _EndsJustAfterTheWait(fn(*args))
+
+    monkeypatch.setattr(store_module, "_CALLS", Pool())
+    ranges = [("k", 0, 3)]
+    assert io.call(lambda r: [b"abc"], ranges) == [b"abc"]
+    assert io.report.requests == 1 and io.report.bytes_requested == 3
+
 
 
 def _slow_store(hang_after: int = 0) -> tuple[type, threading.Event]:

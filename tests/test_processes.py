@@ -108,6 +108,90 @@ def test_a_lock_held_by_another_thread_at_the_fork_does_not_block_the_child(imag
         holder.join()
 
 
+def _held_at_fork(lock_of, child_fn):
+    """child_fn() in a child forked while another thread holds lock_of() (read when taken)."""
+    holding, release = threading.Event(), threading.Event()
+
+    def hold():
+        with lock_of():
+            holding.set()
+            release.wait(TIMEOUT)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    holding.wait(TIMEOUT)
+    try:
+        return _in_fork(child_fn)
+    finally:
+        release.set()
+        holder.join()
+
+
+@fork_only
+def test_module_locks_held_by_another_thread_at_the_fork_are_new_in_the_child(image):
+    """The shared CPU device's lock (held while a thread makes it), the host library's and the
+    codec fallbacks' counters' locks: each held at the fork, each free in the child."""
+    from gpuzarr import host_lib
+    from gpuzarr.codecs import bytes_to_bytes
+
+    path, data = image
+    assert _held_at_fork(lambda: CpuDevice._shared_lock,
+                         lambda: _reads(gpuzarr.open(path, device=CpuDevice.shared(3)), data)) == []
+    for module, name in ((host_lib, "_LOCK"), (bytes_to_bytes, "_FALLBACKS_LOCK")):
+        free = _held_at_fork(lambda: getattr(module, name), lambda: getattr(module, name).acquire(timeout=5))
+        assert free, f"{module.__name__}.{name} was still held in the child"
+
+
+@fork_only
+def test_a_child_forked_while_a_thread_computes_a_lazy_property_computes_its_own():
+    """functools.cached_property computes under one lock per class attribute (Python 3.10 and
+    3.11), which a forked child inherits held: a child forked while a reader thread was inside
+    Plan._dim_groups hung at its first read. gpuzarr's lazy properties take no lock."""
+    from gpuzarr import forksafe
+
+    inside, release = threading.Event(), threading.Event()
+
+    class Slow:
+        def __init__(self, block):
+            self.block = block
+
+        @forksafe.memo
+        def value(self):
+            if self.block:
+                inside.set()
+                release.wait(TIMEOUT)
+            return 7
+
+    computing = threading.Thread(target=lambda: Slow(True).value)
+    computing.start()
+    inside.wait(TIMEOUT)
+    try:
+        assert _in_fork(lambda: Slow(False).value) == 7
+    finally:
+        release.set()
+        computing.join()
+
+
+def test_no_lazy_property_of_gpuzarr_takes_a_lock():
+    """Every class of the package: no functools.cached_property (see the test above)."""
+    import functools
+    import importlib
+    import inspect
+    import pkgutil
+
+    found = []
+    for info in pkgutil.walk_packages(gpuzarr.__path__, "gpuzarr."):
+        try:
+            module = importlib.import_module(info.name)
+        except ImportError:  # an optional integration's dependency missing here
+            continue
+        for _, cls in inspect.getmembers(module, inspect.isclass):
+            if cls.__module__ == info.name:
+                found += [f"{info.name}.{cls.__name__}.{n}" for n, v in vars(cls).items()
+                          if isinstance(v, functools.cached_property)]
+    assert found == []
+
+
 @fork_only
 def test_an_fsspec_async_filesystem_made_in_the_parent_works_in_the_child(image):
     from fsspec.implementations.asyn_wrapper import AsyncFileSystemWrapper

@@ -23,7 +23,7 @@ from numcodecs import blosc as _blosc
 from numcodecs import lz4 as _numcodecs_lz4
 from numcodecs import zstd as _numcodecs_zstd
 
-from .. import host_lib
+from .. import forksafe, host_lib
 from ..blosc_frames import read_le_where
 from ..errors import CorruptDataError, MetadataError, UnsupportedFeatureError, claim_error
 from . import libdeflate, libz
@@ -42,6 +42,13 @@ log = logging.getLogger("gpuzarr.codecs")
 # "zlib:refused", through Python's zlib module (see libz).
 FALLBACKS: Counter = Counter()
 _FALLBACKS_LOCK = threading.Lock()
+
+
+@forksafe.call_in_child
+def _renew_fallbacks_lock() -> None:
+    global _FALLBACKS_LOCK
+    _FALLBACKS_LOCK = threading.Lock()  # another thread may have held it at the fork
+
 
 
 def _count_fallback(reason: str) -> None:

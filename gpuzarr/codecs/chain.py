@@ -5,13 +5,13 @@ every stage so decoding never re-derives them per chunk."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import cached_property
 from typing import Any
 
 import numpy as np
 
 from ..dtypes import DataType, _name_and_config, parse_data_type_v3
 from ..errors import CorruptDataError, MetadataError, UnsupportedFeatureError
+from .. import forksafe
 from . import bytes_to_bytes
 from .array_to_array import NumcodecsArray, Transpose
 from .array_to_bytes import Bytes, Vlen, held_order
@@ -40,7 +40,7 @@ class CodecChain:
     def encoded_dtype(self) -> np.dtype:
         return self.stages[-1][1]
 
-    @cached_property
+    @forksafe.memo
     def raw_nbytes(self) -> int | None:
         """Size the bytes→bytes stage must produce, when the array→bytes codec fixes it (asked
         several times per read)."""

@@ -20,6 +20,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from .. import forksafe
 from ..codecs.array_to_array import NumcodecsArray
 from ..codecs.chain import CodecChain
 from ..dtypes import is_ml_dtype
@@ -207,7 +208,7 @@ class CupyEngine:
                 self._states.append(state)
         return state
 
-    @functools.cached_property
+    @forksafe.memo
     def sm_count(self) -> int:
         """The device's streaming multiprocessors (one attribute query, then cached)."""
         runtime = self.xp.cuda.runtime

@@ -18,6 +18,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from gpuzarr import forksafe
 from gpuzarr.errors import GpuzarrError
 
 # Options every compilation gets; NVRTC has no -Wall, so tests fail on any non-empty log instead.
@@ -124,6 +125,13 @@ def _clean(text: str | bytes) -> str:
 
 _modules: dict[tuple[str, int, tuple[str, ...]], Any] = {}
 _modules_lock = threading.Lock()
+
+
+@forksafe.call_in_child
+def _renew_modules_lock() -> None:
+    global _modules_lock
+    _modules_lock = threading.Lock()  # another thread may have held it at the fork
+
 
 
 def get_module(source_name: str, device_id: int | None = None, name_expressions: tuple[str, ...] = ()) -> Any:
