@@ -38,31 +38,16 @@ def test_concurrent_reads_and_batches_from_many_threads(tmp_path):
 
 
 
-class _RingEngine:
+def _ring_engine():
     """The GPU stand-in with CupyEngine's staging: a ring of two reused slots per thread (a slot
-    taken again once its batch is uploaded; uploads here copy at once, so no event waits)."""
+    taken again once its batch is uploaded; uploads here copy at once, so no event waits), the
+    gpu-host bench's model of it."""
+    from bench.gpu_host import NoopEngine
+    from gpu_standin import StandinEngine
 
-    def __new__(cls):
-        from gpu_standin import StandinEngine
-
-        engine = StandinEngine()
-        local = threading.local()
-
-        def host_ring():
-            ring = getattr(local, "ring", None)
-            if ring is None:
-                ring = local.ring = [np.empty(0, np.uint8), np.empty(0, np.uint8), 0]
-
-            def take(nbytes):
-                k = ring[2]
-                ring[2] = 1 - k
-                if ring[k].size < nbytes:
-                    ring[k] = np.empty(nbytes, np.uint8)
-                return ring[k][:nbytes], None
-            return take
-
-        engine.host_ring = host_ring
-        return engine
+    engine = StandinEngine()
+    engine.host_ring = NoopEngine().host_ring
+    return engine
 
 
 def test_staged_gpu_reads_from_many_threads_never_share_a_staging_slot(tmp_path):
@@ -73,7 +58,7 @@ def test_staged_gpu_reads_from_many_threads_never_share_a_staging_slot(tmp_path)
 
     data = sample_data((512, 512))
     write_sharded(str(tmp_path / "a"), data, (128, 128), (32, 32))
-    arr = gpuzarr.open(str(tmp_path / "a"), device=GpuDevice(_RingEngine()),
+    arr = gpuzarr.open(str(tmp_path / "a"), device=GpuDevice(_ring_engine()),
                        settings=gpuzarr.Settings(batch_bytes=16 << 10))
 
     def reads(_):

@@ -58,6 +58,25 @@ def _in_fork(fn, *args):
     return value
 
 
+def _held_at_fork(lock_of, child_fn):
+    """child_fn() in a child forked while another thread holds lock_of() (read when taken)."""
+    holding, release = threading.Event(), threading.Event()
+
+    def hold():
+        with lock_of():
+            holding.set()
+            release.wait(TIMEOUT)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    holding.wait(TIMEOUT)
+    try:
+        return _in_fork(child_fn)
+    finally:
+        release.set()
+        holder.join()
+
+
 def _reads(arr, data) -> list[str]:
     """A full read (many batches on the pool), a window, a read_batch: what differs from `data`."""
     bad = []
@@ -91,40 +110,7 @@ def test_a_lock_held_by_another_thread_at_the_fork_does_not_block_the_child(imag
     path, data = image
     arr = gpuzarr.open(path, device=CpuDevice(threads=2))
     assert np.array_equal(arr[:64, :64], data[:64, :64])
-    holding, release = threading.Event(), threading.Event()
-
-    def hold():
-        with arr._reader.locator.cache._lock:
-            holding.set()
-            release.wait(TIMEOUT)
-
-    holder = threading.Thread(target=hold)
-    holder.start()
-    holding.wait(TIMEOUT)
-    try:
-        assert _in_fork(_reads, arr, data) == []
-    finally:
-        release.set()
-        holder.join()
-
-
-def _held_at_fork(lock_of, child_fn):
-    """child_fn() in a child forked while another thread holds lock_of() (read when taken)."""
-    holding, release = threading.Event(), threading.Event()
-
-    def hold():
-        with lock_of():
-            holding.set()
-            release.wait(TIMEOUT)
-
-    holder = threading.Thread(target=hold)
-    holder.start()
-    holding.wait(TIMEOUT)
-    try:
-        return _in_fork(child_fn)
-    finally:
-        release.set()
-        holder.join()
+    assert _held_at_fork(lambda: arr._reader.locator.cache._lock, lambda: _reads(arr, data)) == []
 
 
 @fork_only
