@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import threading
 import zlib
 from collections import Counter
 
@@ -98,7 +99,14 @@ class StandinEngine:
 
     def __init__(self):
         self.calls: Counter = Counter()
-        self.decoded: list = []  # nvcomp_batch.Decoded of each call, checked at finish()
+        self._local = threading.local()  # per thread, as CupyEngine's pending checks
+
+    @property
+    def decoded(self) -> list:
+        """nvcomp_batch.Decoded of each call of this thread's read, checked at its finish()."""
+        if not hasattr(self._local, "decoded"):
+            self._local.decoded = []
+        return self._local.decoded
 
     def empty(self, nbytes: int) -> np.ndarray:
         return np.full(nbytes, 0xA5, dtype=np.uint8)  # garbage, so unwritten bytes show
@@ -196,7 +204,7 @@ class StandinEngine:
         return view
 
     def finish(self) -> None:
-        decoded, self.decoded = self.decoded, []
+        decoded, self._local.decoded = self.decoded, []
         check(np, decoded)
 
     def discard(self) -> None:
