@@ -187,6 +187,16 @@ def whole_box(plan: Plan, first: int, stop: int, chunk_shape: tuple[int, ...], p
     if picked.size < 2:
         return None
     grid = plan.chunks[at[picked] + first]
+    # only chunks placed once, each at the same offset from its grid corner as the first: so are
+    # all of a window of slices, not those an integer array picks (in any order, repeated), which
+    # the box's tiles in grid order put in the wrong places
+    shift = np.stack([d.out_start[runs[picked, k]] - grid[:, k] * c
+                      for k, (d, c) in enumerate(zip(dims, chunk_shape))], axis=1)
+    keep = (shift == shift[0]).all(axis=1) & (np.bincount(at, minlength=stop - first)[at[picked]] == 1)
+    if not keep.all():
+        picked, grid = picked[keep], grid[keep]
+        if picked.size < 2:
+            return None
     low = grid.min(axis=0)
     extent = tuple((grid.max(axis=0) - low + 1).tolist())
     order = np.argsort(np.ravel_multi_index(tuple((grid - low).T), extent))

@@ -36,6 +36,34 @@ def _plan(sel, shape, chunks, batched=False):
     return make_plan(windows, chunks, batched)
 
 
+@pytest.fixture(scope="module")
+def narrow_chunks(tmp_path_factory):
+    """Arrays whose chunks are 1-3 wide, so integer arrays pick whole chunks, in any order."""
+    made = []
+    for k, (shape, chunks) in enumerate([((12, 9), (1, 3)), ((7, 10), (2, 1)), ((5, 6, 4), (1, 2, 1)), ((16,), (1,))]):
+        path = str(tmp_path_factory.mktemp("narrow") / f"a{k}")
+        data = np.arange(math.prod(shape), dtype=np.int32).reshape(shape)
+        z = zarr.create_array(path, shape=shape, chunks=chunks, dtype=data.dtype, fill_value=0)
+        z[...] = data
+        made.append((path, data))
+    return made
+
+
+@SETTINGS
+@given(data=st.data())
+def test_chunks_an_integer_array_picks_are_placed_where_it_says(narrow_chunks, monkeypatch, data):
+    """Reads on the pool, by parts, where whole chunks are placed as tiles of a box (whole_box):
+    chunks picked by an integer array, out of order or repeated, go where the array puts them.
+    Before, they were tiled in grid order (wrong values, or a ValueError of a reshape)."""
+    monkeypatch.setattr(cpu, "SPLIT_SECONDS", 0.0)  # small reads split over the pool too
+    path, source = data.draw(st.sampled_from(narrow_chunks))
+    sel = tuple(np.array(data.draw(st.lists(st.integers(0, n - 1), min_size=1, max_size=6)))
+                if data.draw(st.booleans()) else slice(None) for n in source.shape)
+    arr = gpuzarr.open(path, device=CpuDevice(threads=2))
+    want = source[np.ix_(*[np.arange(n)[s] for s, n in zip(sel, source.shape)])]
+    np.testing.assert_array_equal(arr.oindex[sel], want)
+
+
 @pytest.mark.parametrize("extent", [(7,), (2, 3), (3, 4, 5), (2, 1, 3, 2)])
 def test_split_range_tiles_the_range_with_boxes(extent):
     """Every a..b-1 of every box: the pieces, in order, cover exactly a..b-1, each is a box of
