@@ -525,8 +525,8 @@ def test_the_c_api_decode_writes_each_chunk_where_the_layout_says(tmp_path, monk
 def test_a_stream_nvcomp_cannot_decode_fails_the_read_naming_its_chunk(tmp_path, monkeypatch):
     from gpuzarr.devices import nvcomp_capi
 
-    good = zstandard.ZstdCompressor().compress(bytes(4096))
-    broken = good[:7] + b"\xff" * (len(good) - 7)  # the frame header (7 bytes) holds, the block does not
+    good = zstandard.ZstdCompressor().compress(bytes((i * 7) % 251 for i in range(4096)))
+    broken = good[:-8] + bytes(b ^ 0x5A for b in good[-8:])  # headers hold (the frame is whole), the data does not
     chain = gpuzarr.open(_zstd_array_path(tmp_path, 4096), device="cpu")._reader.locator.leaf_chain
     layout = build_layout(_zstd_batch([good, broken]), chain, lambda i: None)
     monkeypatch.setattr(nvcomp_capi, "load", lambda: _standin_capi([]))

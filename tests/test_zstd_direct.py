@@ -532,3 +532,69 @@ def test_frames_of_many_blocks_are_left_to_numpy_past_the_step_bound():
     assert host_lib.zstd_whole_frames(staging, offsets, sizes, 600_000, 64)
     assert not host_lib.zstd_whole_frames(staging, offsets, sizes, 600_000, 4)  # more blocks than steps: not whole
     assert not host_lib.zstd_whole_frames(staging, offsets, sizes, 600_001, 64)  # another stated size
+
+
+_DAMAGE = {  # a chunk's frame, damaged as a disk or a writer might: what zarr-python makes of it
+    "whole": (lambda f: f, "data"),
+    "checksum cut by 1": (lambda f: f[:-1], "error"),
+    "checksum cut by 3": (lambda f: f[:-3], "error"),
+    "a zero byte after": (lambda f: f + b"\0", "error"),
+    "garbage after": (lambda f: f + b"\x12\x34\x56", "error"),
+    "the frame twice": (lambda f: f + f, "error"),
+}
+
+
+@pytest.mark.parametrize("content_size", [True, False])
+@pytest.mark.parametrize("damage", list(_DAMAGE))
+def test_a_damaged_frame_is_refused_by_both_devices_where_zarr_python_refuses_it(tmp_path, damage, content_size):
+    """A frame cut inside its checksum decoded whole through python-zstandard's stream reader
+    (it ends quietly with its input), and the GPU layout left bytes or a frame after a chunk's
+    frame to nvCOMP (the stand-in decoded the first frame): each is a CorruptDataError on both
+    devices now, as zarr-python refuses it (a helper's differential hunt)."""
+    from gpu_standin import StandinEngine
+
+    from gpuzarr.devices.gpu import GpuDevice
+
+    mutate, want = _DAMAGE[damage]
+    data = np.arange(1024, dtype="<i4")
+    z = zarr.create_array(str(tmp_path / "a"), shape=data.shape, chunks=data.shape, dtype=data.dtype,
+                          compressors=zarr.codecs.ZstdCodec(level=1, checksum=True))
+    z[...] = data
+    key = tmp_path / "a" / "c" / "0"
+    frame = zstandard.ZstdCompressor(level=1, write_checksum=True, write_content_size=content_size).compress(
+        data.tobytes())
+    key.write_bytes(mutate(frame))
+    refused = False
+    try:
+        np.testing.assert_array_equal(zarr.open_array(str(tmp_path / "a"))[...], data)
+    except Exception:  # zarr-python's errors are RuntimeError, ValueError: refused, whatever the kind
+        refused = True
+    assert refused == (want == "error")
+    for device in ("cpu", GpuDevice(StandinEngine())):
+        arr = gpuzarr.open(str(tmp_path / "a"), device=device)
+        if want == "error":
+            with pytest.raises(CorruptDataError, match="c/0: "):
+                arr[...]
+        else:
+            np.testing.assert_array_equal(arr[...], data)
+
+
+def test_frames_without_a_content_size_back_to_back_decode_on_both_devices(tmp_path):
+    """Two frames of no stated size make one chunk for the stream decoder (and numcodecs); the
+    GPU layout hands such a chunk to the host decoder, said in the read's report."""
+    from gpu_standin import StandinEngine
+
+    from gpuzarr.devices.gpu import GpuDevice
+
+    data = np.arange(1024, dtype="<i4")
+    z = zarr.create_array(str(tmp_path / "a"), shape=data.shape, chunks=data.shape, dtype=data.dtype,
+                          compressors=zarr.codecs.ZstdCodec(level=1))
+    z[...] = data
+    raw = data.tobytes()
+    plain = zstandard.ZstdCompressor(level=1, write_content_size=False)
+    (tmp_path / "a" / "c" / "0").write_bytes(plain.compress(raw[:1000]) + plain.compress(raw[1000:]))
+    np.testing.assert_array_equal(gpuzarr.open(str(tmp_path / "a"), device="cpu")[...], data)
+    report = gpuzarr.ReadReport()
+    got = gpuzarr.open(str(tmp_path / "a"), device=GpuDevice(StandinEngine())).read(report=report)
+    np.testing.assert_array_equal(got, data)
+    assert report.cpu_fallback == ["c/0"]

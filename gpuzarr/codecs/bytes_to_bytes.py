@@ -224,6 +224,44 @@ def zstd_single_frames(staging: np.ndarray, offsets: np.ndarray, sizes: np.ndarr
     return False
 
 
+def zstd_frame_end(data: Any) -> int:
+    """Where the zstd frame at the start of `data` ends, its blocks walked to the last and its
+    content checksum counted (RFC 8878 §3.1.1; a skippable frame, §3.1.2, by its size): past
+    len(data) where it is cut short, -1 where it is no frame (bad magic, a reserved block type). One frame, block by block in Python: for
+    the frames the whole-batch checks could not vouch for (zstd_single_frames)."""
+    view, n = memoryview(data).cast("B"), len(data)
+    if n >= 8 and view[0] & 0xF0 == 0x50 and bytes(view[1:4]) == b"\x2a\x4d\x18":  # a skippable frame
+        return 8 + int.from_bytes(view[4:8], "little")
+    if n < 6 or bytes(view[:4]) != b"\x28\xb5\x2f\xfd":
+        return -1
+    fhd = view[4]
+    single = (fhd >> 5) & 1
+    pos = 6 - single + (0, 1, 2, 4)[fhd & 3] + (single if fhd >> 6 == 0 else (0, 2, 4, 8)[fhd >> 6])
+    while True:
+        if pos + 3 > n:
+            return n + 1
+        head = view[pos] | view[pos + 1] << 8 | view[pos + 2] << 16
+        kind = (head >> 1) & 3
+        if kind == 3:
+            return -1
+        pos += 3 + (1 if kind == 1 else head >> 3)  # RLE: one byte
+        if head & 1:  # Last_Block
+            return pos + 4 * ((fhd >> 2) & 1)
+
+
+def zstd_frames_problem(data: Any) -> str | None:
+    """What is wrong with `data` as zstd frames back to back, ending at its end; None if nothing."""
+    pos, n = 0, len(data)
+    while pos < n:
+        end = zstd_frame_end(memoryview(data)[pos:])
+        if end < 0:
+            return f"bytes {pos}.. of the {n}-byte chunk are not a zstd frame" if pos else "not a zstd frame"
+        if pos + end > n:
+            return f"zstd frame cut short: its blocks and checksum need {pos + end} bytes, the chunk has {n}"
+        pos += end
+    return None
+
+
 class Zstd(BytesBytesCodec):
     """libzstd: into a given buffer by one ZSTD_decompressDCtx call (ctypes, GIL released) where
     the frame states its size; otherwise, and where numcodecs' extension does not export libzstd,
@@ -235,6 +273,9 @@ class Zstd(BytesBytesCodec):
         if size is None:  # grown as it decodes: a size cap would be allocated up front
             return self._decompress_stream(view)
         _check_claim(size, len(view), "zstd frame")
+        end = zstd_frame_end(view)  # one call decodes the first frame alone: nothing may follow it
+        if end != len(view):
+            raise CorruptDataError(zstd_frames_problem(view) or f"{len(view) - end} bytes after the zstd frame")
         return self._decompress(view, size)
 
     def decode_into(self, data: Buffer, out: np.ndarray) -> None:
@@ -356,6 +397,11 @@ class Zstd(BytesBytesCodec):
                 _expect_size(done + len(reader.read(1)), nbytes, "zstd frame")
         except zstandard.ZstdError as exc:
             raise CorruptDataError(f"cannot decode zstd frame ({exc})") from None
+        # the reader ends quietly where its input does: a frame cut inside its checksum decodes
+        # whole (zarr-python's libzstd refuses it)
+        problem = zstd_frames_problem(view)
+        if problem:
+            raise CorruptDataError(problem)
 
     _local = threading.local()  # a decompression context per thread: creating one costs more than a chunk
 

@@ -36,7 +36,8 @@ import numpy as np
 
 from ..blosc_frames import (COMPRESSORS, FLAG_MEMCPYED, SHUFFLE_BIT, SHUFFLE_BYTE, SHUFFLE_NONE, BloscBatch,
                             parse_blosc_batch, parse_blosc_frame, read_le_where)
-from ..codecs.bytes_to_bytes import Blosc, Gzip, Lz4, Zlib, Zstd, check_zstd_frames, strip_crc32c, zstd_whole_frames
+from ..codecs.bytes_to_bytes import (Blosc, Gzip, Lz4, Zlib, Zstd, check_zstd_frames, strip_crc32c, zstd_frame_end,
+                                     zstd_single_frames, zstd_whole_frames)
 from ..codecs.chain import CodecChain
 from ..errors import CorruptDataError, claim_error
 from ..fetch import FetchedBatch
@@ -315,7 +316,7 @@ def build_layout(batch: FetchedBatch, chain: CodecChain, cpu_decode: Callable[[i
     `allocate(n)` gives (the staging buffer, page-locked on a GPU, written exactly once; a token
     the engine wants back with it)."""
     if _zstd_only(chain):
-        return _zstd_layout(batch, chain, allocate)
+        return _zstd_layout(batch, chain, cpu_decode, allocate)
     raw_nbytes = chain.raw_nbytes
     codecs = chain.bytes_to_bytes
     n_checks = chain.trailing_crc32c
@@ -493,12 +494,16 @@ def _zstd_only(chain: CodecChain) -> bool:
             and chain.raw_nbytes <= MAX_DECODED["zstd"])
 
 
-def _zstd_layout(batch: FetchedBatch, chain: CodecChain, allocate: Callable[[int], tuple]) -> GpuBatchLayout:
+def _zstd_layout(batch: FetchedBatch, chain: CodecChain, cpu_decode: Callable[[int], np.ndarray],
+                 allocate: Callable[[int], tuple]) -> GpuBatchLayout:
     """Streams of a zstd batch as whole-batch arrays: frame headers checked (content sizes
     against the chunk size) for every chunk at once, crc32c codecs listed for the device, frames
     read where fetch put them (where nvCOMP's input alignment allows, which for zstd is
     everywhere), decoded straight into its row of work (through temp where its output alignment
-    does not allow that)."""
+    does not allow that). A chunk that is not one frame ending at its end (cut short, bytes or a
+    frame after it: a frame nvCOMP might decode without a word, the stand-in did) is decoded on
+    the host, which decodes frames back to back as the CPU path does and says what is wrong
+    with the others (`cpu_decode`, counted in the layout's cpu_fallback)."""
     raw, checks = chain.raw_nbytes, chain.trailing_crc32c
     live = np.flatnonzero(batch.present)
     offsets, stored = batch.offsets[live], batch.sizes[live]
@@ -509,15 +514,23 @@ def _zstd_layout(batch: FetchedBatch, chain: CodecChain, allocate: Callable[[int
     if short.size:  # too short for its checksums: the host says so as the CPU path does
         verify_crc32c_on_host(batch.chunk(int(live[short[0]])), checks, label(int(short[0])))
     sizes = stored - 4 * checks
+    fallback: list[int] = []
     if not zstd_whole_frames(batch.staging, offsets, sizes, raw):  # else every frame passes its checks
         check_zstd_frames(batch.staging, offsets, sizes, raw, label,
                           lambda k: verify_crc32c_on_host(batch.chunk(int(live[k])), checks, label(k)))
+        if not zstd_single_frames(batch.staging, offsets, sizes):  # some frame not vouched for: each walked
+            whole = np.array([zstd_frame_end(batch.staging[o:o + n]) == n
+                              for o, n in zip(offsets.tolist(), sizes.tolist())], dtype=bool)
+            fallback = live[~whole].tolist()
+            live, offsets, stored, sizes = live[whole], offsets[whole], stored[whole], sizes[whole]
     b = _Builder(batch, raw, checks)
     if live.size:
         b.streams_many("zstd", offsets, sizes, live * raw, np.full(live.size, raw, np.int64), live)
         if checks:
             b.stored.extend(b.stage_many(offsets, stored), stored, live)
-    return b.layout(batch.present, [], allocate)
+    for i in fallback:  # cpu_decode verifies their checksums itself
+        b.copy(np.ascontiguousarray(cpu_decode(i)).view(np.uint8).reshape(-1), i * raw)
+    return b.layout(batch.present, fallback, allocate)
 
 
 def _add_chunk(b: _Builder, codecs: tuple, data: memoryview, chunk: int, nbytes: int) -> None:
