@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import weakref
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from typing import Any
@@ -49,6 +50,7 @@ class CodecPipeline(_ZarrCodecPipeline):
     def __init__(self, metadata: Any, store: Any, fallback: BatchedCodecPipeline):
         self.metadata, self.store, self.fallback = metadata, store, fallback
         self._arrays: dict[tuple, tuple[Any, Array]] = {}
+        self._loop_arrays: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # loop -> its own _arrays
         try:
             self._meta: ArrayMetadata | None = _gpuzarr_metadata(metadata, store)
             self._unsupported = ""
@@ -74,7 +76,8 @@ class CodecPipeline(_ZarrCodecPipeline):
 
     def evolve_from_array_spec(self, array_spec: Any) -> CodecPipeline:
         evolved = type(self).__new__(type(self))
-        evolved.__dict__.update(self.__dict__, fallback=self.fallback.evolve_from_array_spec(array_spec), _arrays={})
+        evolved.__dict__.update(self.__dict__, fallback=self.fallback.evolve_from_array_spec(array_spec), _arrays={},
+                                _loop_arrays=weakref.WeakKeyDictionary())
         return evolved
 
     @property
@@ -116,8 +119,8 @@ class CodecPipeline(_ZarrCodecPipeline):
             return await self._fallback_read(str(exc), batch, out, drop_axes)
         array = self._array(batch[0][0].store, translated.prefix)
         through_loop = isinstance(array.store, ZarrStore)  # its reads run on this loop: never block it
-        if through_loop:
-            array.store.loop = asyncio.get_running_loop()
+        if through_loop:  # one array per loop, bound to it: two loops reading at once each use their own
+            array = self._array(batch[0][0].store, translated.prefix, asyncio.get_running_loop())
             array.store.coalesce = _coalesce_limits(batch[0][1])
         if not through_loop and target.nbytes <= INLINE_BYTES:  # the thread hop would cost more
             missing = _read_into(array, translated.query, target)
@@ -133,15 +136,22 @@ class CodecPipeline(_ZarrCodecPipeline):
         log.debug("zarr-python's pipeline reads a batch of %d chunks: %s", len(batch), reason)
         return await self.fallback.read(batch, out, drop_axes)
 
-    def _array(self, store: Any, prefix: str) -> Array:
+    def _array(self, store: Any, prefix: str, loop: asyncio.AbstractEventLoop | None = None) -> Array:
         """One gpuzarr Array per store and array path, kept across reads with its reader (the
-        store is kept beside it, so its id names no other store while cached)."""
+        store is kept beside it, so its id names no other store while cached); with `loop`, one
+        per event loop too, its ZarrStore reading on that loop (kept while the loop lives: a
+        loop per read, as asyncio.run makes, leaves nothing behind). A store that reads on the
+        calling loop, set per read on one shared array, could send one loop's requests to
+        another's, closed by then."""
+        arrays = self._arrays if loop is None else self._loop_arrays.setdefault(loop, {})
         key = (id(store), prefix)
-        if key not in self._arrays:
+        if key not in arrays:
             threads = config.get("threading.max_workers", None)
             settings = Settings(threads=threads if isinstance(threads, int) and threads > 0 else None)
-            self._arrays[key] = (store, Array(self._meta, gpuzarr_store(store, prefix), "cpu", settings))
-        return self._arrays[key][1]
+            arrays[key] = (store, Array(self._meta, gpuzarr_store(store, prefix), "cpu", settings))
+            if loop is not None:
+                arrays[key][1].store.loop = loop
+        return arrays[key][1]
 
 
 def _read_into(array: Array, query: Any, target: Any) -> set[str]:

@@ -296,3 +296,52 @@ def test_enable_gpu_decodes_into_cupy(tmp_path):
         got = arr[5:60, 3:50]
     assert isinstance(got, cupy.ndarray)
     np.testing.assert_array_equal(cupy.asnumpy(got), data[5:60, 3:50])
+
+
+def test_reads_from_two_event_loops_each_read_on_their_own(monkeypatch):
+    """zarr-python's async API from two event loops at once (a thread each): a store read through
+    zarr-python's async API reads on the loop of the read that asks. One array shared by both
+    had the loop of whichever read came last: a read held mid-way while another loop read and
+    closed got its requests sent to that closed loop."""
+    import asyncio
+    import threading
+
+    from gpuzarr.zarr_store import ZarrStore
+
+    store = MemoryStore()
+    data = np.arange(64 * 64, dtype="u2").reshape(64, 64)
+    with zarr.config.set(PIPELINE):
+        _write(store, data, (16, 16), shards=(32, 32))
+        async_arr = zarr.open_array(store, path="a")._async_array
+    sel = (slice(0, 40), slice(3, 50))
+    entered, go = threading.Event(), threading.Event()
+    original = ZarrStore._run
+
+    def held(self, ranges, by_key):
+        if not entered.is_set():  # the first read: held until the other loop has read and closed
+            entered.set()
+            go.wait(30)
+        return original(self, ranges, by_key)
+
+    monkeypatch.setattr(ZarrStore, "_run", held)
+    got = {}
+
+    def first():
+        loop = asyncio.new_event_loop()
+        try:
+            got["first"] = loop.run_until_complete(asyncio.wait_for(async_arr.getitem(sel), 30))
+        except Exception as exc:
+            got["first"] = exc
+        finally:
+            loop.close()
+
+    thread = threading.Thread(target=first)
+    thread.start()
+    assert entered.wait(30)
+    other = asyncio.new_event_loop()
+    np.testing.assert_array_equal(other.run_until_complete(async_arr.getitem(sel)), data[sel])
+    other.close()
+    go.set()
+    thread.join(60)
+    assert not isinstance(got["first"], Exception), got["first"]
+    np.testing.assert_array_equal(got["first"], data[sel])
