@@ -4,7 +4,8 @@ Shapes 0-d to 4-d (size-0 dimensions included), chunks that do and do not divide
 exceed it), optional shards (index at start or end), every numeric dtype, codec none / zstd /
 gzip / blosc, special fill values, partial writes (never-written chunks read as fill), and random
 selections (ints, slices with any start/stop/step including negative ones, fewer indices than
-dimensions, Ellipsis), each read down every fetch path (see `read_paths`). gpuzarr's answer must
+dimensions, Ellipsis; orthogonal integer arrays and masks), each read down every fetch path
+(see `read_paths`). gpuzarr's answer must
 equal ``source[selection]`` bit for bit.
 """
 
@@ -202,6 +203,53 @@ def test_read_equals_source(scratch, data, monkeypatch):
             for _ in range(3):
                 sel = data.draw(selections_for(spec["shape"]), label="selection")
                 _check(arr[sel], expected[sel], expected.dtype, f"{spec} {how} [{sel!r}]")
+    finally:
+        shutil.rmtree(where, ignore_errors=True)
+
+
+@st.composite
+def orthogonal_for(draw, shape):
+    """Per dimension an integer array (any order, repeats, negative), a boolean mask or a slice:
+    an orthogonal selection (arr.oindex), and the index array each entry stands for."""
+    sel, picks = [], []
+    for size in shape:
+        kind = draw(st.integers(0, 2)) if size else 2
+        if kind == 0:
+            entry = np.array(draw(st.lists(st.integers(-size, size - 1), min_size=1, max_size=6)), np.int64)
+        elif kind == 1:
+            entry = np.array(draw(st.lists(st.booleans(), min_size=size, max_size=size)), bool)
+        elif draw(st.booleans()):
+            entry = slice(None)  # whole: with arrays elsewhere, chunks picked whole
+        else:
+            entry = _index(draw, size)
+            if not isinstance(entry, slice):
+                entry = slice(entry, entry + 1 if entry != -1 else None)
+        sel.append(entry)
+        picks.append(np.arange(size)[entry])
+    return tuple(sel), picks
+
+
+@SETTINGS
+@given(data=st.data())
+def test_orthogonal_read_equals_source(scratch, data, monkeypatch):
+    """Integer arrays and masks down every read path: chunks they pick whole, out of order or
+    repeated, are placed where they say (the CPU pool's box placement once tiled them in grid
+    order: wrong data)."""
+    spec = data.draw(array_specs().filter(lambda s: len(s["shape"]) > 0), label="array")
+    how = data.draw(read_paths(), label="read path")
+    if data.draw(st.booleans()):  # chunks 1-3 wide, compressed, all written, read on the pool: the
+        # chunks integer arrays pick whole, in parts of several, are placed as tiles of a box
+        spec.update(chunks=tuple(data.draw(st.integers(1, 3)) for _ in spec["shape"]), regions=None,
+                    codec=data.draw(st.sampled_from(["zstd", "blosc"])))
+        spec["shards"] = tuple(2 * c for c in spec["chunks"]) if spec["shards"] else None
+        how.update(pooled=True, batch_bytes=None)
+    where = scratch / f"o{next(_counter)}"
+    try:
+        expected = _write(spec, where)
+        with _opened(where, how, monkeypatch) as arr:
+            for _ in range(3):
+                sel, picks = data.draw(orthogonal_for(spec["shape"]), label="selection")
+                _check(arr.oindex[sel], expected[np.ix_(*picks)], expected.dtype, f"{spec} {how} oindex[{sel!r}]")
     finally:
         shutil.rmtree(where, ignore_errors=True)
 
