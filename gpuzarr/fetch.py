@@ -24,7 +24,7 @@ from .codecs.chain import CodecChain
 from .codecs.sharding import EMPTY, Sharding
 from .errors import CorruptDataError
 from .metadata import ArrayMetadata
-from .store import LocalStore, Store
+from .store import ChangedError, LocalStore, Store
 
 Shape = tuple[int, ...]
 COALESCE_GAP = 1 << 16  # bytes of gap worth reading to save a request
@@ -406,7 +406,10 @@ class Locator:
                 index = index.copy()
                 live = index[:, 1] != EMPTY
                 index[live, 0] += np.uint64(base)  # make nested offsets absolute within the key
-            if keep:
+            # kept where a later read can tell it is stale: under a version, or under the None of a
+            # store that asked and found nothing; not under an object store's None (no GET has
+            # answered: a missing shard, a server without ETags), found by every read for good
+            if keep and (names[i][3] is not None or self.store.version_asks):
                 self.cache.put(names[i], index)
             found[i] = index
         return found
@@ -499,8 +502,8 @@ def fetch(store: Store, loc: Locations, rows: np.ndarray, alloc: Any = _new_stag
         positions.append(pos)
         starts.append(start)
         if blob is None:
-            if stop is not None and not store.vanished_is_missing:
-                raise CorruptDataError(f"{key}: shard disappeared between reading its index and its chunks")
+            if stop is not None and not store.vanished_is_missing:  # read again, from a fresh index
+                raise ChangedError(f"{key}: shard disappeared between reading its index and its chunks", key)
             present[idx] = False
             if missing is not None:
                 missing.append(key)

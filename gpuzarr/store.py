@@ -294,6 +294,10 @@ class Store:
                 out.append(result)
         return out
 
+    # whether `version` asks the store, so that None says the object is absent (its absence may be
+    # cached like an index); not where it tells what the last GET answered (obstore's ETags)
+    version_asks = True
+
     @property
     def keeps_indexes(self) -> bool:
         """Whether shard indexes are cached across reads: where `version` tells, for the cost of

@@ -172,6 +172,8 @@ def _forked_after_obstore() -> bool:
 class ObstoreStore(Store):
     """A root (a bucket and path, or an HTTP URL, as fsspec names it) read through obstore."""
 
+    version_asks = False  # None: no GET has told it (a missing object, a server without ETags)
+
     def __init__(self, fs: Remote, root: str):
         self._fs = fs
         self._forked = False
@@ -352,6 +354,7 @@ class ObstoreStore(Store):
                         tally[2] += 1
                         data = _slice(await whole_once(path), start, stop)
                 except FileNotFoundError:
+                    self._versions.pop(key, None)  # an index cached under it is not looked up again
                     return None
                 except asyncio.CancelledError:
                     raise

@@ -20,6 +20,7 @@ import threading
 import time
 import warnings
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -292,6 +293,43 @@ def test_a_shard_rewritten_after_its_index_was_cached_is_read_fresh(endpoint, bu
     assert all(arr.store.version(k) != v for k, v in before.items())
     report = gpuzarr.ReadReport()
     assert np.array_equal(arr.read(sel, report=report), new[sel]) and not report.notes  # fresh indexes cached
+
+
+def _small_sharded(local: Path) -> Any:
+    """16 int32 in shards of 8 (chunks of 4), fill -1: shard c/0 written, c/1 absent."""
+    a = zarr.create_array(local, shape=(16,), chunks=(4,), shards=(8,), dtype="i4", fill_value=-1,
+                          compressors=zarr.codecs.ZstdCodec(), overwrite=True)
+    a[0:8] = np.arange(8)
+    return a
+
+
+def test_a_shard_written_after_a_read_found_it_missing_is_read(endpoint, bucket, tmp_path):
+    """A missing shard answers no GET, so it has no version: its absence was cached under None
+    and looked up, without a request, by every later read (the shard, written since, stayed
+    fill). Entries of no version are not kept."""
+    s3 = _s3(endpoint)
+    local = _small_sharded(tmp_path / "a")
+    _upload(s3, tmp_path / "a", "created.zarr")
+    arr = _open(endpoint, "created.zarr")
+    assert np.array_equal(arr[...], np.r_[np.arange(8), [-1] * 8])
+    local[8:16] = np.arange(100, 108)
+    _upload(s3, tmp_path / "a", "created.zarr")
+    assert np.array_equal(arr[...], np.r_[np.arange(8), np.arange(100, 108)])
+
+
+def test_a_shard_deleted_after_its_index_was_cached_reads_as_the_fill_value(endpoint, bucket, tmp_path):
+    """Its chunks' GETs find nothing: the read is made again from fresh indexes (it raised
+    'shard disappeared' at every read before), as zarr-python reads a missing shard."""
+    s3 = _s3(endpoint)
+    _small_sharded(tmp_path / "a")
+    _upload(s3, tmp_path / "a", "deleted.zarr")
+    arr = _open(endpoint, "deleted.zarr")
+    assert np.array_equal(arr[...], np.r_[np.arange(8), [-1] * 8])  # c/0's index cached
+    obstore.delete(s3, "deleted.zarr/c/0")
+    report = gpuzarr.ReadReport()
+    assert np.array_equal(arr.read(report=report), np.full(16, -1))
+    assert any("read again" in n and "shard disappeared" in n for n in report.notes)
+    assert np.array_equal(arr[...], np.full(16, -1))
 
 
 def test_a_shard_changing_under_every_read_is_a_changed_error(endpoint, bucket):
@@ -647,6 +685,28 @@ def test_http_urls_read_through_obstore_and_list_through_fsspec(bucket):
         group = gpuzarr.open(f"{base}/group_plain.zarr", device="cpu")
         assert group.keys() == ["a", "sub"]
         assert np.array_equal(group["sub/b"][...], np.arange(64, dtype="i2"))
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_a_server_without_etags_has_its_shard_indexes_read_anew(tmp_path):
+    """Python's http.server sends no ETag (and ignores Range): no version to revalidate a cached
+    index by, so none is kept; a shard rewritten (or written) since the last read is read as it
+    is now, not through the old index (a CorruptDataError, or the old absence)."""
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+    local = _small_sharded(tmp_path / "a")
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=str(tmp_path)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        arr = gpuzarr.open(f"http://127.0.0.1:{server.server_address[1]}/a", device="cpu")
+        assert np.array_equal(arr[...], np.r_[np.arange(8), [-1] * 8])
+        local[0:4] = -1  # c/0 rewritten: its chunks at other offsets
+        local[8:16] = np.arange(100, 108)  # c/1 written
+        assert np.array_equal(arr[...], np.r_[[-1] * 4, np.arange(4, 8), np.arange(100, 108)])
     finally:
         server.shutdown()
         server.server_close()
