@@ -19,6 +19,30 @@ _functions: list = []  # module state: called with no arguments
 _lock = threading.Lock()
 
 
+class Lock:
+    """A threading.Lock that a forked child gets anew: another thread of the parent may have held
+    it at the fork, and that thread is not in the child to release it."""
+
+    def __init__(self) -> None:
+        self._after_fork()
+        register(self)
+
+    def _after_fork(self) -> None:
+        self._lock = threading.Lock()
+
+    def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
+        return self._lock.acquire(blocking, timeout)
+
+    def release(self) -> None:
+        self._lock.release()
+
+    def __enter__(self) -> bool:
+        return self._lock.acquire()
+
+    def __exit__(self, *exc: Any) -> None:
+        self._lock.release()
+
+
 def memo(fn: Callable[[Any], Any]) -> Any:
     """A property computed once per instance and kept in its __dict__ (where a value may also be
     put beforehand): functools.cached_property without its lock, which Python 3.10 and 3.11 share

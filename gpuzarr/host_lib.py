@@ -17,7 +17,6 @@ import ctypes
 import importlib.machinery
 import logging
 import os
-import threading
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -30,14 +29,7 @@ log = logging.getLogger("gpuzarr")
 
 # loops run in Python for want of the library: "scatter", "blosc", "lz4", "zstd", "files"
 FALLBACKS: Counter = Counter()
-_LOCK = threading.Lock()
-
-
-@forksafe.call_in_child
-def _renew_lock() -> None:
-    """Held across the library's first load and each fallback count: maybe by another thread at a fork."""
-    global _LOCK
-    _LOCK = threading.Lock()
+_LOCK = forksafe.Lock()
 
 _NAME = "_host_lib"
 VERSION = 6  # gpz_host_version() of the sources this module calls

@@ -10,7 +10,6 @@ from __future__ import annotations
 import bisect
 import itertools
 import math
-import threading
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,13 +38,7 @@ class DimRuns:
     drop: bool
 
 
-_blocks_lock = threading.Lock()  # see Plan.blocks
-
-
-@forksafe.call_in_child
-def _new_blocks_lock() -> None:
-    global _blocks_lock
-    _blocks_lock = threading.Lock()  # another thread may have held it at the fork
+_blocks_lock = forksafe.Lock()  # see Plan.blocks
 
 
 @dataclass(frozen=True)

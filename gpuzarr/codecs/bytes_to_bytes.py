@@ -41,14 +41,7 @@ log = logging.getLogger("gpuzarr.codecs")
 # "lz4:refused", through numcodecs' LZ4 codec; "gzip:no-libz", "gzip:refused", "zlib:no-libz",
 # "zlib:refused", through Python's zlib module (see libz).
 FALLBACKS: Counter = Counter()
-_FALLBACKS_LOCK = threading.Lock()
-
-
-@forksafe.call_in_child
-def _renew_fallbacks_lock() -> None:
-    global _FALLBACKS_LOCK
-    _FALLBACKS_LOCK = threading.Lock()  # another thread may have held it at the fork
-
+_FALLBACKS_LOCK = forksafe.Lock()
 
 
 def _count_fallback(reason: str) -> None:
@@ -227,8 +220,9 @@ def zstd_single_frames(staging: np.ndarray, offsets: np.ndarray, sizes: np.ndarr
 def zstd_frame_end(data: Any) -> int:
     """Where the zstd frame at the start of `data` ends, its blocks walked to the last and its
     content checksum counted (RFC 8878 §3.1.1; a skippable frame, §3.1.2, by its size): past
-    len(data) where it is cut short, -1 where it is no frame (bad magic, a reserved block type). One frame, block by block in Python: for
-    the frames the whole-batch checks could not vouch for (zstd_single_frames)."""
+    len(data) where it is cut short, -1 where it is no frame (bad magic, a reserved block
+    type). One frame, block by block in Python: for the frames the whole-batch checks could
+    not vouch for (zstd_single_frames)."""
     view, n = memoryview(data).cast("B"), len(data)
     if n >= 8 and view[0] & 0xF0 == 0x50 and bytes(view[1:4]) == b"\x2a\x4d\x18":  # a skippable frame
         return 8 + int.from_bytes(view[4:8], "little")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import threading
 from typing import Any, Protocol
 
 from .. import forksafe
@@ -53,7 +52,7 @@ def settle(futures: list) -> None:
             future.exception()
 
 
-_gpu_lock = threading.Lock()
+_gpu_lock = forksafe.Lock()
 _gpu_devices: dict[int, Any] = {}
 _cuda = {"used": False, "forked": False}  # CUDA initialised here / in the parent before a fork
 
@@ -61,8 +60,6 @@ _cuda = {"used": False, "forked": False}  # CUDA initialised here / in the paren
 @forksafe.call_in_child
 def _forget_gpu() -> None:
     """CUDA does not survive fork(): a child of a process that used it must not touch it."""
-    global _gpu_lock
-    _gpu_lock = threading.Lock()
     _gpu_devices.clear()
     _cuda["forked"] = _cuda["forked"] or _cuda["used"]
 

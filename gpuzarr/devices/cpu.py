@@ -76,7 +76,7 @@ class CpuDevice:
     reads_in_tasks = True  # local files: each task reads the chunks it decodes (see decode_and_place)
     staging_alloc = None  # the pipeline's own staging slots
     _shared: dict[int | None, CpuDevice] = {}
-    _shared_lock = threading.Lock()  # renewed in a forked child (_renew_shared_lock)
+    _shared_lock = forksafe.Lock()
 
     def __init__(self, threads: int | None = None):
         if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
@@ -284,13 +284,6 @@ class CpuDevice:
     def _block(self, nbytes: int) -> np.ndarray:
         """This thread's buffer for the decoded chunks of one part (kept up to BLOCK_KEPT bytes)."""
         return thread_slot(self._local, "block", nbytes, BLOCK_KEPT)
-
-
-@forksafe.call_in_child
-def _renew_shared_lock() -> None:
-    """A thread of the parent may have been making the shared device at the fork (its __init__
-    registers with forksafe, whose lock the fork holds): the child's lock is a new one."""
-    CpuDevice._shared_lock = threading.Lock()
 
 
 def _task_bounds(n: int, per_task: int, threads: int, last: bool = True) -> list[tuple[int, int]]:

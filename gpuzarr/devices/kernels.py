@@ -13,7 +13,6 @@ editing a header recompiles.
 from __future__ import annotations
 
 import re
-import threading
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -124,14 +123,7 @@ def _clean(text: str | bytes) -> str:
 
 
 _modules: dict[tuple[str, int, tuple[str, ...]], Any] = {}
-_modules_lock = threading.Lock()
-
-
-@forksafe.call_in_child
-def _renew_modules_lock() -> None:
-    global _modules_lock
-    _modules_lock = threading.Lock()  # another thread may have held it at the fork
-
+_modules_lock = forksafe.Lock()
 
 
 def get_module(source_name: str, device_id: int | None = None, name_expressions: tuple[str, ...] = ()) -> Any:
