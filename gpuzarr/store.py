@@ -135,12 +135,10 @@ class ReadIO:
             try:
                 results = future.result(self.remaining())
             except FutureTimeout:
-                if future.done():  # the store's own timeout, or it ended just after the wait did
-                    results = future.result()
-                    self.count(ranges, results)
-                    return results
-                future.cancel()
-                raise self.expired() from None
+                if not future.done():
+                    future.cancel()
+                    raise self.expired() from None
+                results = future.result()  # the store's own timeout, or it ended just after the wait did
         self.count(ranges, results)
         return results
 

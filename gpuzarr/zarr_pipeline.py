@@ -117,10 +117,9 @@ class CodecPipeline(_ZarrCodecPipeline):
             translated = translate(batch, tuple(target.shape), tuple(drop_axes), self._meta)
         except Untranslatable as exc:
             return await self._fallback_read(str(exc), batch, out, drop_axes)
-        array = self._array(batch[0][0].store, translated.prefix)
+        array = self._array(batch[0][0].store, translated.prefix, asyncio.get_running_loop())
         through_loop = isinstance(array.store, ZarrStore)  # its reads run on this loop: never block it
-        if through_loop:  # one array per loop, bound to it: two loops reading at once each use their own
-            array = self._array(batch[0][0].store, translated.prefix, asyncio.get_running_loop())
+        if through_loop:
             array.store.coalesce = _coalesce_limits(batch[0][1])
         if not through_loop and target.nbytes <= INLINE_BYTES:  # the thread hop would cost more
             missing = _read_into(array, translated.query, target)
@@ -136,22 +135,25 @@ class CodecPipeline(_ZarrCodecPipeline):
         log.debug("zarr-python's pipeline reads a batch of %d chunks: %s", len(batch), reason)
         return await self.fallback.read(batch, out, drop_axes)
 
-    def _array(self, store: Any, prefix: str, loop: asyncio.AbstractEventLoop | None = None) -> Array:
+    def _array(self, store: Any, prefix: str, loop: asyncio.AbstractEventLoop) -> Array:
         """One gpuzarr Array per store and array path, kept across reads with its reader (the
-        store is kept beside it, so its id names no other store while cached); with `loop`, one
-        per event loop too, its ZarrStore reading on that loop (kept while the loop lives: a
-        loop per read, as asyncio.run makes, leaves nothing behind). A store that reads on the
-        calling loop, set per read on one shared array, could send one loop's requests to
-        another's, closed by then."""
-        arrays = self._arrays if loop is None else self._loop_arrays.setdefault(loop, {})
+        store is kept beside it, so its id names no other store while cached); one per event
+        loop too where it reads through zarr-python's store API (a ZarrStore), bound to that
+        loop and kept while the loop lives (a loop per read, as asyncio.run makes, leaves
+        nothing behind): one array shared by every loop, given the loop of each read, sent one
+        loop's requests to another's, closed by then."""
         key = (id(store), prefix)
-        if key not in arrays:
+        found = self._arrays.get(key) or self._loop_arrays.get(loop, {}).get(key)
+        if found is None:
             threads = config.get("threading.max_workers", None)
             settings = Settings(threads=threads if isinstance(threads, int) and threads > 0 else None)
-            arrays[key] = (store, Array(self._meta, gpuzarr_store(store, prefix), "cpu", settings))
-            if loop is not None:
-                arrays[key][1].store.loop = loop
-        return arrays[key][1]
+            found = (store, Array(self._meta, gpuzarr_store(store, prefix), "cpu", settings))
+            if isinstance(found[1].store, ZarrStore):
+                found[1].store.loop = loop
+                self._loop_arrays.setdefault(loop, {})[key] = found
+            else:
+                self._arrays[key] = found
+        return found[1]
 
 
 def _read_into(array: Array, query: Any, target: Any) -> set[str]:
