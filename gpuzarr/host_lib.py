@@ -67,7 +67,7 @@ def _load() -> Any:
     lib.gpz_each_lz4.restype = None
     lib.gpz_each_zstd.argtypes = [_ptr, _ptr, _ptr, _ptr, _ptr, _i64, _i64, _ptr]
     lib.gpz_each_zstd.restype = None
-    lib.gpz_zstd_whole_frames.argtypes = [_ptr, _ptr, _ptr, _i64, _i64, ctypes.c_int]
+    lib.gpz_zstd_whole_frames.argtypes = [_ptr, _ptr, _ptr, _i64, _i64, ctypes.c_int, _ptr]
     lib.gpz_zstd_whole_frames.restype = ctypes.c_int
     lib.gpz_open_files.argtypes = [_ptr, _i64, _i64, _ptr, _ptr, _ptr]
     lib.gpz_read_files.argtypes = [_ptr, _i64, _ptr, _ptr, _ptr, _ptr, ctypes.c_int, _ptr, _ptr]
@@ -170,14 +170,17 @@ def each_zstd(fn: Any, dctx: int, src: np.ndarray, sizes: np.ndarray, dst: np.nd
 
 
 def zstd_whole_frames(staging: np.ndarray, offsets: np.ndarray, sizes: np.ndarray, nbytes: int,
-                      max_blocks: int) -> bool:
+                      max_blocks: int, bounds: np.ndarray | None = None) -> bool:
     """Whether every segment (`sizes` bytes at `offsets` of `staging`, inside it: the fetch that
     put them there says so) is one whole zstd frame stating `nbytes` decoded bytes, its blocks
     (at most `max_blocks`) ending at the segment's end: gpz_zstd_whole_frames. False says only
-    that some frame is not; the NumPy checks then say which and why."""
+    that some frame is not; the NumPy checks then say which and why. Where True, `bounds` (int64,
+    one per frame, if given) holds each frame's zstd_write_bounds."""
     offsets, sizes = np.ascontiguousarray(offsets, np.int64), np.ascontiguousarray(sizes, np.int64)
+    assert bounds is None or (bounds.dtype == np.int64 and bounds.flags.c_contiguous and bounds.size == offsets.size)
     return bool(_library().gpz_zstd_whole_frames(staging.ctypes.data, offsets.ctypes.data, sizes.ctypes.data,
-                                                 offsets.size, nbytes, max_blocks))
+                                                 offsets.size, nbytes, max_blocks,
+                                                 None if bounds is None else bounds.ctypes.data))
 
 
 class FileBatch:

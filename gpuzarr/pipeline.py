@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from . import forksafe
-from .devices.base import AutoDevice, Device, check_gpu_usable, settle
+from .devices.base import AutoDevice, Device, check_gpu_chain, check_gpu_usable, settle
 from .fetch import (
     FetchedBatch,
     IndexCache,
@@ -130,6 +130,7 @@ class Reader:
         reported or has a deadline; the bare store, at no cost, otherwise."""
         if device.name == "gpu":
             check_gpu_usable()
+            check_gpu_chain(self.locator.leaf_chain)
         seconds = self.settings.deadline_seconds
         io = None
         store, locator = self.store, self.locator

@@ -68,7 +68,8 @@ class ReadReport:
                  f"{self.retries} retries",
                  f"  codec calls: {dict(self.codec_calls)}; kernel launches: {self.kernel_launches}"]
         if self.cpu_fallback:
-            lines.append(f"  decoded on the CPU (no GPU decoder): {len(self.cpu_fallback)} chunks, "
+            lines.append(f"  decoded on the CPU (no GPU decoder, or zstd frames nvCOMP is not given): "
+                         f"{len(self.cpu_fallback)} chunks, "
                          f"e.g. {self.cpu_fallback[:3]}")
         lines += [f"  note: {n}" for n in self.notes]
         lines.append("  seconds: " + ", ".join(f"{k} {v * 1e3:.2f} ms" for k, v in self.seconds.items()))

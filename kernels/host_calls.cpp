@@ -60,9 +60,10 @@ void gpz_each_zstd(void* fn, void* dctx, const gpz_i64* src, const gpz_i64* size
 // reserved type) ending exactly at the segment's end, or 4 bytes before it with a checksum. The
 // checks that gpuzarr's check_zstd_frames and zstd_single_frames make with NumPy, in one call for
 // a part: 1 when every frame passes; 0 otherwise, and the caller runs those, which say which frame
-// fails and why (or decode it another way).
+// fails and why (or decode it another way). Where every frame passes, bounds[i] (unless bounds is
+// NULL) is the most bytes frame i's blocks can decode to, as gpuzarr's zstd_write_bounds says.
 int gpz_zstd_whole_frames(const unsigned char* base, const gpz_i64* offsets, const gpz_i64* sizes, gpz_i64 n,
-                          gpz_i64 nbytes, int max_blocks)
+                          gpz_i64 nbytes, int max_blocks, gpz_i64* bounds)
 {
     static const int dict_bytes[4] = {0, 1, 2, 4}, fcs_bytes[4] = {0, 2, 4, 8};
     for (gpz_i64 i = 0; i < n; ++i) {
@@ -78,16 +79,27 @@ int gpz_zstd_whole_frames(const unsigned char* base, const gpz_i64* offsets, con
         if (width == 2) value += 256;
         if (value != (unsigned long long)nbytes) return 0;
         gpz_i64 pos = at + width;  // the first block header
+        // Block_Maximum_Size: min(Window_Size, 128 KiB); a single segment's window is its content size
+        unsigned long long window = value;
+        if (!single) {
+            const unsigned wd = frame[5], log = 10 + (wd >> 3);
+            window = log > 41 ? (1ull << 41) : (1ull << log);
+            window += (window >> 3) * (wd & 7);
+        }
+        const gpz_i64 block_max = window < (1ull << 17) ? (gpz_i64)window : (gpz_i64)1 << 17;
+        gpz_i64 bound = 0;
         int last = 0;
         for (int step = 0; step < max_blocks && !last; ++step) {
             if (pos + 3 > size) return 0;
             const unsigned head = frame[pos] | (frame[pos + 1] << 8) | ((unsigned)frame[pos + 2] << 16);
             const unsigned kind = (head >> 1) & 3;
             if (kind == 3) return 0;  // reserved
+            bound += kind == 2 ? block_max : (gpz_i64)(head >> 3);
             pos += 3 + (kind == 1 ? 1 : (gpz_i64)(head >> 3));  // an RLE block stores one byte
             last = head & 1;
         }
         if (!last || pos + 4 * ((fhd >> 2) & 1) != size) return 0;
+        if (bounds) bounds[i] = bound;
     }
     return 1;
 }

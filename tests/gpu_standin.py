@@ -121,7 +121,10 @@ class StandinEngine:
     def decompress(self, algorithm, staging, work, table, layout) -> None:
         """Decode like nvCOMP's batched call: each stream's actual size and status recorded
         (status 12, nvcompErrorCannotDecompress, where the stream does not decode), checked at
-        finish() by the real engine's `check`."""
+        finish() by the real engine's `check`. zstd as nvCOMP 6.0 does it on an H200 (measured
+        there, .devrun-style probes: a frame's whole output is written whatever dst_size says,
+        its content checksum is not verified): an output that would run past work fails here,
+        as it faults the GPU there (cudaErrorIllegalAddress, the process's CUDA context lost)."""
         self.calls[f"decompress:{algorithm}"] += 1
         align_in, align_out = nvcomp_alignments()[algorithm]
         src, dst = np.asarray(table["src"]), np.asarray(table["dst"])
@@ -140,7 +143,8 @@ class StandinEngine:
                 status[k] = 12
                 continue
             got[k] = len(out)
-            n = min(len(out), int(dsize))
+            n = len(out) if algorithm == "zstd" else min(len(out), int(dsize))
+            assert dst + n <= work.size, f"nvCOMP would write {dst + n - work.size} bytes past the end of work"
             work[dst:dst + n] = np.frombuffer(out, dtype=np.uint8)[:n]
         self.decoded.append(Decoded(got, status, table["dst_size"].astype(np.int64), np.asarray(table["chunk"]),
                                     layout.labels, ()))
@@ -155,8 +159,10 @@ class StandinEngine:
         self.decoded.append(compared(np, crcs, np.zeros(crcs.size, np.int32), stored, table, layout.labels, model, ()))
 
     def _decode(self, algorithm: str, stream: bytes, dsize: int) -> bytes:
-        if algorithm == "zstd":
-            return zstandard.ZstdDecompressor().decompress(stream, max_output_size=dsize)
+        if algorithm == "zstd":  # the whole frame, its checksum unread
+            if len(stream) > 4 and stream[4] & 4:
+                stream = stream[:4] + bytes([stream[4] & ~4]) + stream[5:-4]
+            return zstandard.ZstdDecompressor().decompressobj().decompress(stream)
         if algorithm == "deflate":
             return zlib.decompressobj(-15).decompress(stream, dsize + 1)
         if algorithm == "lz4":

@@ -26,6 +26,7 @@ import zarr
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import corrupt as C  # noqa: E402
+from gpu_standin import StandinEngine  # noqa: E402
 
 import gpuzarr  # noqa: E402
 from gpuzarr import (  # noqa: E402
@@ -36,6 +37,7 @@ from gpuzarr import (  # noqa: E402
     StoreError,
     UnsupportedFeatureError,
 )
+from gpuzarr.devices.gpu import GpuDevice  # noqa: E402
 
 BAD = "bad_arr"  # directory name of every array under test: messages must name it or its file
 
@@ -102,13 +104,15 @@ def _cuda_usable() -> bool:
         return False
 
 
-@pytest.fixture(params=["cpu", pytest.param("gpu", marks=pytest.mark.gpu)])
+@pytest.fixture(params=["cpu", "standin", pytest.param("gpu", marks=pytest.mark.gpu)])
 def device(request):
-    """Data cases run on the CPU path; with `pytest -m gpu` also on the GPU path, where a bad
-    frame must raise the same error instead of crashing nvCOMP or returning garbage."""
+    """Data cases run on the CPU path and on the GPU orchestration with nvCOMP's stand-in (as
+    nvCOMP 6.0 was measured to behave: tests/gpu_standin.py); with `pytest -m gpu` also on the
+    GPU path, where a bad frame must raise the same error instead of crashing nvCOMP or
+    returning garbage."""
     if request.param == "gpu" and not _cuda_usable():
         pytest.skip("no usable CUDA GPU (cupy missing or no device)")
-    return request.param
+    return GpuDevice(StandinEngine()) if request.param == "standin" else request.param
 
 
 def to_numpy(x) -> np.ndarray:

@@ -539,3 +539,19 @@ def test_a_stream_nvcomp_cannot_decode_fails_the_read_naming_its_chunk(tmp_path,
 def _zstd_array_path(tmp_path, nbytes: int) -> str:
     _write_v3(tmp_path / "z", (nbytes,), "uint8", (nbytes,), [LE, ZSTD], {})
     return str(tmp_path / "z")
+
+
+def test_arrays_the_gpu_cannot_decode_are_refused_whatever_the_selection(tmp_path):
+    """An empty selection too (it was read without a word on an H200, while any other raised):
+    whether a read works does not hang on what it selects."""
+    import zarr
+    from zarr.codecs import numcodecs as znc
+
+    z = zarr.create_array(str(tmp_path / "a"), shape=(40,), chunks=(8,), dtype="<i4",
+                          filters=[znc.Delta(dtype="<i4")], fill_value=0)
+    z[...] = np.arange(40)
+    arr = gpuzarr.open(str(tmp_path / "a"), device=GpuDevice(StandinEngine()))
+    for sel in (slice(0, 8), slice(3, 3), slice(None, 0)):
+        with pytest.raises(gpuzarr.UnsupportedFeatureError, match="CPU only"):
+            arr[sel]
+    np.testing.assert_array_equal(arr.read(slice(3, 3), device="cpu"), np.zeros(0, "<i4"))

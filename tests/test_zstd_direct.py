@@ -20,7 +20,7 @@ import gpuzarr
 from gpuzarr import host_lib
 from gpuzarr.codecs import bytes_to_bytes
 from gpuzarr.codecs.bytes_to_bytes import Zstd, _zstd_content_size, check_zstd_frames
-from gpuzarr.devices import cpu
+from gpuzarr.devices import cpu, gpu_layout
 from gpuzarr.devices.cpu import CpuDevice
 from gpuzarr.errors import CorruptDataError
 from gpuzarr.placement import part_boxes, place_block, whole_box
@@ -598,3 +598,51 @@ def test_frames_without_a_content_size_back_to_back_decode_on_both_devices(tmp_p
     got = gpuzarr.open(str(tmp_path / "a"), device=GpuDevice(StandinEngine())).read(report=report)
     np.testing.assert_array_equal(got, data)
     assert report.cpu_fallback == ["c/0"]
+
+
+def _streamed(data: bytes, level: int) -> bytes:
+    """A frame as a streaming writer makes it: no content size, a window descriptor."""
+    c = zstandard.ZstdCompressor(level=level).compressobj()
+    return c.compress(data) + c.flush()
+
+
+@settings(max_examples=300, deadline=None)
+@given(data=st.data())
+def test_write_bounds_hold_every_frame_libzstd_writes(data):
+    """zstd_write_bounds (what the GPU path lets nvCOMP write, which writes a frame's whole
+    output whatever room it is given) is at least what each frame decodes to, and no frame
+    libzstd writes is refused for it (only for a content checksum, which nvCOMP ignores). The
+    host library's bounds are the same."""
+    nbytes = data.draw(st.sampled_from([1, 255, 256, 300, 4096, 131_072, 131_073, 200_000, 600_000]))
+    kind = data.draw(st.sampled_from(["random", "zeros", "mixed"]))
+    raw = {"random": _raw(3, nbytes + 1)[:nbytes], "zeros": bytes(nbytes),
+           "mixed": (_raw(4, nbytes // 2 + 2)[:nbytes // 2] + bytes(nbytes))[:nbytes]}[kind]
+    level = data.draw(st.sampled_from([-5, 1, 3, 19]))
+    checksum = data.draw(st.booleans())
+    frames = [_streamed(raw, level) if data.draw(st.booleans()) else _frame(raw, level=level, write_checksum=checksum)
+              for _ in range(data.draw(st.integers(1, 3)))]
+    staging, offsets, sizes, _ = _batch([b"\x00" * 5] + frames + [b"\x00" * 3])
+    offsets, sizes = offsets[1:-1], sizes[1:-1]
+    bounds = bytes_to_bytes.zstd_write_bounds(staging, offsets, sizes)
+    assert (nbytes <= bounds).all(), bounds
+    given = gpu_layout._zstd_bounds(staging, offsets, sizes, nbytes, bounds.copy()) >= 0
+    checksummed = np.array([bool(f[4] & 4) for f in frames])
+    np.testing.assert_array_equal(given, ~checksummed)
+    if host_lib.built():
+        got = np.full(offsets.size, -7, np.int64)
+        if bytes_to_bytes.zstd_whole_frames(staging, offsets, sizes, nbytes, got):
+            np.testing.assert_array_equal(got, bounds)
+
+
+def test_write_bounds_refuse_frames_that_cannot_be_walked():
+    frame = _frame(_raw(1, 600_000))
+    cut, reserved = frame[:len(frame) // 2], bytearray(frame)
+    at = 5 + 4  # the first block header, after magic, descriptor and a 4-byte content size (one segment)
+    assert frame[4] == 0b1010_0000 and _zstd_content_size(memoryview(frame)) == 600_000
+    reserved[at] |= 0b110  # block type 3, reserved
+    many = _frame(bytes(64 * 200_000), level=1)  # zeros: RLE blocks, many more than the walk takes
+    staging, offsets, sizes, _ = _batch([frame, cut, bytes(reserved), b"junk!!", many])
+    bounds = bytes_to_bytes.zstd_write_bounds(staging, offsets, sizes)
+    assert bounds[0] >= 600_000 and (bounds[1:4] == -1).all()
+    assert bounds[4] == (-1 if 64 * 200_000 > bytes_to_bytes._ZSTD_BLOCK_STEPS * bytes_to_bytes.ZSTD_BLOCK_MAX
+                         else 64 * 200_000)

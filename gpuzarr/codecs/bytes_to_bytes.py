@@ -184,13 +184,15 @@ RUN_MIN = 4  # frames per libzstd call, on average, for Zstd._decode_runs to tak
 _ZSTD_BLOCK_STEPS = 64  # blocks walked per frame at most (a chunk of up to 8 MiB; more: frame by frame)
 
 
-def zstd_whole_frames(staging: np.ndarray, offsets: np.ndarray, sizes: np.ndarray, nbytes: int) -> bool:
+def zstd_whole_frames(staging: np.ndarray, offsets: np.ndarray, sizes: np.ndarray, nbytes: int,
+                      bounds: np.ndarray | None = None) -> bool:
     """Whether every segment is one whole zstd frame stating `nbytes` (check_zstd_frames passes,
     every frame sized, and zstd_single_frames holds), by the host library in one call: ~1 us,
     where those two take ~150 us of NumPy calls for a part of 8-64 frames. False where some
-    frame is not, or without the library (counted): the caller then runs them."""
+    frame is not, or without the library (counted): the caller then runs them. Where True,
+    `bounds` (if given) holds zstd_write_bounds of the frames."""
     return host_lib.available("zstd frames") and host_lib.zstd_whole_frames(staging, offsets, sizes, nbytes,
-                                                                             _ZSTD_BLOCK_STEPS)
+                                                                             _ZSTD_BLOCK_STEPS, bounds)
 
 
 def zstd_single_frames(staging: np.ndarray, offsets: np.ndarray, sizes: np.ndarray, header: tuple | None = None) -> bool:
@@ -215,6 +217,49 @@ def zstd_single_frames(staging: np.ndarray, offsets: np.ndarray, sizes: np.ndarr
         if not walking.any():
             return bool((pos + 4 * ((fhd >> 2) & 1) == end).all())  # then the content checksum, if any
     return False
+
+
+ZSTD_BLOCK_MAX = 1 << 17  # Block_Maximum_Size at most (RFC 8878 §3.1.1.2.3): 128 KiB
+
+
+def zstd_write_bounds(staging: np.ndarray, offsets: np.ndarray, sizes: np.ndarray) -> np.ndarray:
+    """The most bytes each zstd frame's blocks can decode to, read off its block headers (RFC
+    8878 §3.1.1.2): a Raw or RLE block its Block_Size, a compressed one Block_Maximum_Size
+    (min(Window_Size, 128 KiB)); -1 for a frame that cannot be walked (bad magic, a truncated
+    header, blocks past its segment or more than _ZSTD_BLOCK_STEPS of them, a reserved block
+    type). Why: nvCOMP 6.0 writes a zstd frame's whole output past the buffer size it is given
+    (measured on an H200: 1 MiB written into a 16-byte buffer, status success), so the GPU gives
+    it only frames whose bound fits the room behind their buffer."""
+    framed = sizes >= 6
+    magic = read_le_where(staging, offsets, 4, framed)
+    fhd, fcs_at, width = _zstd_header(staging, offsets, framed)
+    walking = framed & (magic == _ZSTD_MAGIC) & (sizes >= fcs_at + width)
+    single = (fhd >> 5) & 1
+    content = np.zeros(offsets.size, np.int64)
+    for w in set(width[walking & (single == 1)].tolist()):  # a single segment's window is its content size
+        k = walking & (single == 1) & (width == w)
+        content[k] = read_le_where(staging, offsets + fcs_at, w, k)[k].astype(np.int64) + (256 if w == 2 else 0)
+    descriptor = read_le_where(staging, offsets + 5, 1, walking & (single == 0)).astype(np.int64)
+    window_base = np.left_shift(1, np.minimum(10 + (descriptor >> 3), 41))  # Window_Descriptor, §3.1.1.1.2
+    window = np.where(single == 1, content, window_base + (window_base >> 3) * (descriptor & 7))
+    block_max = np.minimum(window, ZSTD_BLOCK_MAX)
+    pos, end = offsets + fcs_at + width, offsets + sizes
+    bound = np.zeros(offsets.size, np.int64)
+    for _ in range(_ZSTD_BLOCK_STEPS):
+        walking &= pos + 3 <= end
+        if not walking.any():
+            break
+        head = read_le_where(staging, pos, 2, walking) | read_le_where(staging, pos + 2, 1, walking) << 16
+        kind, block = (head >> 1) & 3, (head >> 3).astype(np.int64)
+        walking &= kind != 3
+        bound += np.where(walking, np.where(kind == 2, block_max, block), 0)
+        pos = np.where(walking, pos + 3 + np.where(kind == 1, 1, block), pos)  # RLE: one byte stored
+        done = walking & ((head & 1) == 1)
+        bound[done] = np.where(pos[done] + 4 * ((fhd[done] >> 2) & 1) <= end[done], bound[done], -1)
+        pos[done] = -1  # walked to its last block
+        walking &= ~done
+    bound[pos != -1] = -1  # not walked to a last block
+    return bound
 
 
 def zstd_frame_end(data: Any) -> int:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any, Protocol
 
 from .. import forksafe
+from ..codecs.array_to_array import NumcodecsArray
 from ..codecs.chain import CodecChain
 from ..errors import UnsupportedFeatureError
 from ..fetch import FetchedBatch, PendingBatch
@@ -72,6 +73,14 @@ def check_gpu_usable() -> None:
             "the GPU cannot be used in a process forked after CUDA was initialised (CUDA does not "
             "survive fork): start workers with the 'spawn' or 'forkserver' multiprocessing start "
             "method (DataLoader(..., multiprocessing_context='spawn')), or read with device='cpu'")
+
+
+def check_gpu_chain(chain: CodecChain) -> None:
+    """Raise where the GPU cannot decode an array's chunks: for every selection, an empty one
+    too, so that whether a read works does not hang on what it selects."""
+    if chain.raw_nbytes is None or any(isinstance(c, NumcodecsArray) for c in chain.array_to_array):
+        raise UnsupportedFeatureError("variable-length data, sharding inside other codecs and numcodecs "
+                                      "array filters are read on the CPU only (device='cpu')")
 
 
 def get_device(name: str | Device, threads: int | None = None) -> Device:

@@ -21,13 +21,13 @@ from typing import Any, Callable
 import numpy as np
 
 from .. import forksafe
-from ..codecs.array_to_array import NumcodecsArray
 from ..codecs.chain import CodecChain
 from ..dtypes import is_ml_dtype
 from ..errors import CorruptDataError, DeviceMemoryError, UnsupportedFeatureError
 from ..fetch import FetchedBatch
 from ..placement import decode_raw, fill_item
 from ..plan import Plan
+from .base import check_gpu_chain
 from .cpu import decode_bytes
 from .gpu_layout import GpuBatchLayout, build_layout, copy_records, fetch_align, scatter_records
 from .kernels import SCATTER_ITEMSIZES, get_function
@@ -104,10 +104,8 @@ class GpuDevice:
 
     def decode_and_place(self, batch: FetchedBatch, chain: CodecChain, out: Any, plan: Plan,
                          first: int, fill: Any, report: Any = None, sole: bool = False) -> list:
+        check_gpu_chain(chain)
         raw_nbytes = chain.raw_nbytes
-        if raw_nbytes is None or any(isinstance(c, NumcodecsArray) for c in chain.array_to_array):
-            raise UnsupportedFeatureError("variable-length data, sharding inside other codecs and numcodecs "
-                                          "array filters are read on the CPU only (device='cpu')")
         layout = build_layout(batch, chain,
                               lambda i: decode_bytes(chain, batch.chunk(i), np.empty(raw_nbytes, np.uint8),
                                                      batch.labels[i]),

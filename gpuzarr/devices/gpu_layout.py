@@ -37,7 +37,7 @@ import numpy as np
 from ..blosc_frames import (COMPRESSORS, FLAG_MEMCPYED, SHUFFLE_BIT, SHUFFLE_BYTE, SHUFFLE_NONE, BloscBatch,
                             parse_blosc_batch, parse_blosc_frame, read_le_where)
 from ..codecs.bytes_to_bytes import (Blosc, Gzip, Lz4, Zlib, Zstd, check_zstd_frames, strip_crc32c, zstd_frame_end,
-                                     zstd_single_frames, zstd_whole_frames)
+                                     zstd_single_frames, zstd_whole_frames, zstd_write_bounds)
 from ..codecs.chain import CodecChain
 from ..errors import CorruptDataError, claim_error
 from ..fetch import FetchedBatch
@@ -49,6 +49,8 @@ from ..fetch import FetchedBatch
 # *DecompressGetRequiredAlignments), but no stream is moved to meet it.
 ALIGN = 16
 # nvCOMP's per-chunk decompression limits (nvcomp*DecompressionMaxAllowedChunkSize, nvCOMP 6)
+# a zstd frame nvCOMP is given may decode to at most ZSTD_ROOM[0] times its buffer + ZSTD_ROOM[1] bytes
+ZSTD_ROOM = (16, 32 << 20)
 MAX_DECODED = {"zstd": (1 << 31) - 1, "snappy": (1 << 31) - 1, "deflate": (1 << 32) - 1, "lz4": (1 << 32) - 1}
 # blosc compressor → nvCOMP algorithm; blosclz has no GPU decoder
 _BLOSC_ALGORITHMS = {"lz4": "lz4", "zstd": "zstd", "zlib": "deflate", "snappy": "snappy"}
@@ -193,6 +195,7 @@ class _Builder:
         self.pieces: list[tuple[np.ndarray, ...]] = []  # (offsets in staging, in batch.staging, sizes)
         self.temp = 0
         self.temp_base = _align(batch.n * raw_nbytes, self.granule)
+        self.reach = 0  # where the furthest byte nvCOMP's zstd decoder may write ends (see _zstd_bounds)
         self.streams: dict[str, _Table] = {}
         self.copies = _Table("src", "dst", "size")
         self.moves = _Table("src", "dst", "size")
@@ -241,21 +244,27 @@ class _Builder:
         destinations it cannot write to go through temp. Returns where nvCOMP writes it."""
         if dst_size > MAX_DECODED[algorithm]:
             raise _NoGpuDecoder
+        bound = dst_size
+        if algorithm == "zstd":
+            frame = np.frombuffer(data, np.uint8)
+            bound = int(_zstd_bounds(frame, np.zeros(1, np.int64), np.array([frame.size]), dst_size)[0])
+            if bound < 0:
+                raise _NoGpuDecoder
         table = self.streams.setdefault(algorithm, _Table("src", "src_size", "dst", "dst_size", "chunk"))
         src = self.stage(data, self.alignments[algorithm][0])
+        at = dst
         if dst % self.alignments[algorithm][1]:
-            slot = self.temp_slot(dst_size)
-            table.add(src, len(data), slot, dst_size, chunk)
-            self.moves.add(slot, dst, dst_size)
-            return slot
-        table.add(src, len(data), dst, dst_size, chunk)
-        return dst
+            at = self.temp_slot(dst_size)
+            self.moves.add(at, dst, dst_size)
+        table.add(src, len(data), at, dst_size, chunk)
+        self.reach = max(self.reach, at + bound)
+        return at
 
     def streams_many(self, algorithm: str, at: np.ndarray, src_size: np.ndarray, dst: np.ndarray,
-                     dst_size: np.ndarray, chunk: np.ndarray) -> np.ndarray:
+                     dst_size: np.ndarray, chunk: np.ndarray, bounds: np.ndarray | None = None) -> np.ndarray:
         """`stream` for many streams batch.staging[at[k]:at[k] + src_size[k]] at once (each
         dst_size within MAX_DECODED), read where fetch put them where nvCOMP may; returns where
-        each is written."""
+        each is written. zstd streams come with their _zstd_bounds, none negative."""
         align_in, align_out = self.alignments[algorithm]
         src = self.stage_many(at, src_size, align_in)
         unaligned = np.flatnonzero(dst % align_out)
@@ -266,6 +275,9 @@ class _Builder:
             dst[unaligned] = slots
         table = self.streams.setdefault(algorithm, _Table("src", "src_size", "dst", "dst_size", "chunk"))
         table.extend(src, src_size, dst, dst_size, chunk)
+        if algorithm == "zstd" and dst.size:
+            assert bounds is not None and bounds.size == dst.size and (bounds >= 0).all()
+            self.reach = max(self.reach, int((dst + bounds).max()))
         return dst
 
     def copy(self, data: Any, dst: int) -> None:
@@ -306,8 +318,8 @@ class _Builder:
         return GpuBatchLayout(
             self.batch.n, self.raw_nbytes, present, staging, token, streams, copies, self.moves.arrays(),
             {kind: t.arrays() for kind, t in self.unshuffles.items() if len(t)},
-            self.temp_base - _align(self.batch.n * self.raw_nbytes) + self.temp, fallback, self.batch.labels,
-            checksums)
+            max(self.temp_base + self.temp, self.reach) - _align(self.batch.n * self.raw_nbytes), fallback,
+            self.batch.labels, checksums)
 
 
 def build_layout(batch: FetchedBatch, chain: CodecChain, cpu_decode: Callable[[int], np.ndarray],
@@ -422,6 +434,10 @@ def _blosc_streams(b: _Builder, chunks: np.ndarray, at: np.ndarray, size: np.nda
     p = parse_blosc_batch(b.batch.staging, at, size, b.raw_nbytes)
     codes = _BLOSC_CODES[np.where(p.parsed, p.flags >> 5, 0)]  # per frame: nvCOMP's algorithm, or ""
     ok = ok & _blosc_accepted(b.batch.staging, p, at, size, codes)
+    zstd = (p.stream_csize != p.stream_dsize) & (codes[p.stream_frame] == "zstd")
+    bounds = np.zeros(zstd.size, np.int64)
+    bounds[zstd] = _zstd_bounds(b.batch.staging, p.stream_src[zstd], p.stream_csize[zstd], p.stream_dsize[zstd])
+    ok[p.stream_frame[bounds < 0]] = False  # those go chunk by chunk, to the host
     keep = ok[p.stream_frame]
     blocks = ok[p.block_frame]
     shuffled = np.zeros(ok.size, bool)
@@ -440,7 +456,7 @@ def _blosc_streams(b: _Builder, chunks: np.ndarray, at: np.ndarray, size: np.nda
         src, csize = p.stream_src[k], p.stream_csize[k]
         if name == "deflate":  # blosc's zlib streams are RFC 1950 streams
             src, csize = src + 2, csize - 6
-        b.streams_many(name, src, csize, target[k], p.stream_dsize[k], chunks[frame[k]])
+        b.streams_many(name, src, csize, target[k], p.stream_dsize[k], chunks[frame[k]], bounds[k])
     for kind in (SHUFFLE_BYTE, SHUFFLE_BIT):
         k = blocks & (p.block_shuffle == kind)
         off, of = p.block_offset[k], p.block_frame[k]
@@ -515,7 +531,8 @@ def _zstd_layout(batch: FetchedBatch, chain: CodecChain, cpu_decode: Callable[[i
         verify_crc32c_on_host(batch.chunk(int(live[short[0]])), checks, label(int(short[0])))
     sizes = stored - 4 * checks
     fallback: list[int] = []
-    if not zstd_whole_frames(batch.staging, offsets, sizes, raw):  # else every frame passes its checks
+    bounds = np.empty(live.size, np.int64)
+    if not zstd_whole_frames(batch.staging, offsets, sizes, raw, bounds):  # else every frame passes its checks
         check_zstd_frames(batch.staging, offsets, sizes, raw, label,
                           lambda k: verify_crc32c_on_host(batch.chunk(int(live[k])), checks, label(k)))
         if not zstd_single_frames(batch.staging, offsets, sizes):  # some frame not vouched for: each walked
@@ -523,14 +540,37 @@ def _zstd_layout(batch: FetchedBatch, chain: CodecChain, cpu_decode: Callable[[i
                               for o, n in zip(offsets.tolist(), sizes.tolist())], dtype=bool)
             fallback = live[~whole].tolist()
             live, offsets, stored, sizes = live[whole], offsets[whole], stored[whole], sizes[whole]
+        bounds = None
+    bounds = _zstd_bounds(batch.staging, offsets, sizes, raw, bounds)
+    if (bounds < 0).any():  # frames nvCOMP must not be given: decoded on the host
+        given = bounds >= 0
+        fallback += live[~given].tolist()
+        live, offsets, stored, sizes, bounds = live[given], offsets[given], stored[given], sizes[given], bounds[given]
     b = _Builder(batch, raw, checks)
     if live.size:
-        b.streams_many("zstd", offsets, sizes, live * raw, np.full(live.size, raw, np.int64), live)
+        b.streams_many("zstd", offsets, sizes, live * raw, np.full(live.size, raw, np.int64), live, bounds)
         if checks:
             b.stored.extend(b.stage_many(offsets, stored), stored, live)
     for i in fallback:  # cpu_decode verifies their checksums itself
         b.copy(np.ascontiguousarray(cpu_decode(i)).view(np.uint8).reshape(-1), i * raw)
     return b.layout(batch.present, fallback, allocate)
+
+
+def _zstd_bounds(staging: np.ndarray, at: np.ndarray, size: np.ndarray, dst_size: Any,
+                 bounds: np.ndarray | None = None) -> np.ndarray:
+    """zstd_write_bounds of the frames (`bounds`: the host library's, where it gave them), -1 for
+    those nvCOMP must not be given: a frame that cannot be walked; one with a content checksum
+    (nvCOMP 6.0 does not verify it: measured, a frame whose checksum was flipped decoded with
+    status success; libzstd on the host does); one whose bound is past ZSTD_ROOM (work would
+    need that much room behind it). A bound past the frame's own buffer is allowed: the bytes
+    would land in later rows or in the room the layout leaves behind work (_Builder.reach), and
+    the read fails on the frame's decoded size. libzstd's frames come within a few blocks of
+    their size (its block splitter cuts 128 KiB blocks into smaller compressed ones: level 19
+    bounds a 128 KiB chunk at 768 KiB)."""
+    bounds = zstd_write_bounds(staging, at, size) if bounds is None else bounds
+    checksummed = (read_le_where(staging, at + 4, 1, size >= 5) & 4) != 0
+    bounds[checksummed | (bounds > ZSTD_ROOM[0] * np.asarray(dst_size) + ZSTD_ROOM[1])] = -1
+    return bounds
 
 
 def _add_chunk(b: _Builder, codecs: tuple, data: memoryview, chunk: int, nbytes: int) -> None:

@@ -1,0 +1,78 @@
+"""What the GPU path gives nvCOMP's zstd decoder, which (nvCOMP 6.0, measured on an H200) writes
+a frame's whole output whatever buffer size it is told and does not verify content checksums:
+frames are bounded from their block headers and given room, checksummed ones decoded on the
+host. Run through the GPU orchestration with the stand-in (tests/gpu_standin.py), which models
+that decoder and fails on any write past the end of work, as the GPU faults there."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zarr
+import zstandard
+from gpu_standin import StandinEngine
+
+import gpuzarr
+from gpuzarr.devices.gpu import GpuDevice
+
+SHAPE, CHUNKS = (64, 64), (16, 16)
+
+
+def _written(tmp_path: Path, checksum: bool = False) -> tuple[Path, np.ndarray]:
+    data = np.arange(np.prod(SHAPE), dtype="<u2").reshape(SHAPE) * 7
+    z = zarr.create_array(str(tmp_path / "a"), shape=SHAPE, chunks=CHUNKS, dtype="<u2",
+                          compressors=zarr.codecs.ZstdCodec(level=3, checksum=checksum), fill_value=0)
+    z[...] = data
+    return tmp_path / "a", data
+
+
+def _chunk_files(path: Path) -> list[Path]:
+    return sorted(p for p in (path / "c").rglob("*") if p.is_file())
+
+
+def _streamed(raw: bytes) -> bytes:
+    """As a streaming writer frames it: no content size, a window descriptor."""
+    c = zstandard.ZstdCompressor(level=3).compressobj()
+    return c.compress(raw) + c.flush()
+
+
+def _read(path: Path, **kw):
+    report = gpuzarr.ReadReport()
+    got = gpuzarr.open(str(path), device=GpuDevice(StandinEngine())).read(..., report=report, **kw)
+    return got, report
+
+
+def test_frames_without_a_content_size_are_decoded_on_the_device(tmp_path):
+    path, data = _written(tmp_path)
+    for f in _chunk_files(path):
+        f.write_bytes(_streamed(zstandard.ZstdDecompressor().decompress(f.read_bytes())))
+    got, report = _read(path)
+    np.testing.assert_array_equal(got, data)
+    assert report.cpu_fallback == [] and report.codec_calls.get("nvcomp:zstd")
+
+
+def test_checksummed_frames_are_verified_on_the_host(tmp_path):
+    path, data = _written(tmp_path, checksum=True)
+    got, report = _read(path)
+    np.testing.assert_array_equal(got, data)
+    assert len(report.cpu_fallback) == 16  # every chunk: nvCOMP would not check the checksum
+    last = _chunk_files(path)[-1]
+    frame = bytearray(last.read_bytes())
+    frame[-1] ^= 1
+    last.write_bytes(bytes(frame))
+    with pytest.raises(gpuzarr.CorruptDataError, match="c/3/3"):
+        _read(path)
+
+
+@pytest.mark.parametrize("extra", [1, 100_000, 3 << 20])
+@pytest.mark.parametrize("which", [0, 9, 15])
+def test_a_frame_decoding_past_its_chunk_fails_the_read_inside_work(tmp_path, which, extra):
+    """Its bytes land in later rows or the room behind work (never past it: the stand-in
+    would fail), and its decoded size fails the read; the first and last chunk of the batch too."""
+    path, _ = _written(tmp_path)
+    f = _chunk_files(path)[which]
+    f.write_bytes(_streamed(b"\x01" * (np.prod(CHUNKS) * 2 + extra)))
+    with pytest.raises(gpuzarr.CorruptDataError, match=f.relative_to(path).as_posix()):
+        _read(path)
