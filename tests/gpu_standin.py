@@ -28,6 +28,7 @@ import zstandard
 from numpy.lib.stride_tricks import as_strided
 
 from gpuzarr.blosc_frames import SHUFFLE_BIT, bit_unshuffle, byte_unshuffle
+from gpuzarr.codecs.bytes_to_bytes import _lz4_safe
 from gpuzarr.devices.gpu_layout import ALIGN, copy_records
 from gpuzarr.devices.nvcomp_batch import NVCOMP_ALGORITHMS, Decoded, check, compared
 from gpuzarr.devices.nvcomp_capi import CRC32_MODELS
@@ -121,10 +122,11 @@ class StandinEngine:
     def decompress(self, algorithm, staging, work, table, layout) -> None:
         """Decode like nvCOMP's batched call: each stream's actual size and status recorded
         (status 12, nvcompErrorCannotDecompress, where the stream does not decode), checked at
-        finish() by the real engine's `check`. zstd as nvCOMP 6.0 does it on an H200 (measured
-        there, .devrun-style probes: a frame's whole output is written whatever dst_size says,
-        its content checksum is not verified): an output that would run past work fails here,
-        as it faults the GPU there (cudaErrorIllegalAddress, the process's CUDA context lost)."""
+        finish() by the real engine's `check`. As nvCOMP 6.0 does it on an H200 (measured there
+        on zstd, LZ4 and Deflate streams): a stream's whole output is written whatever dst_size
+        says (Deflate's status is then 14, the others' success), and zstd content checksums are
+        not verified; an output that would run past work fails here, as it faults the GPU there
+        (cudaErrorIllegalAddress, the process's CUDA context lost)."""
         self.calls[f"decompress:{algorithm}"] += 1
         align_in, align_out = nvcomp_alignments()[algorithm]
         src, dst = np.asarray(table["src"]), np.asarray(table["dst"])
@@ -143,9 +145,10 @@ class StandinEngine:
                 status[k] = 12
                 continue
             got[k] = len(out)
-            n = len(out) if algorithm == "zstd" else min(len(out), int(dsize))
-            assert dst + n <= work.size, f"nvCOMP would write {dst + n - work.size} bytes past the end of work"
-            work[dst:dst + n] = np.frombuffer(out, dtype=np.uint8)[:n]
+            if algorithm == "deflate" and len(out) > dsize:
+                status[k] = 14
+            assert dst + len(out) <= work.size, f"nvCOMP would write {dst + len(out) - work.size} bytes past work"
+            work[dst:dst + len(out)] = np.frombuffer(out, dtype=np.uint8)
         self.decoded.append(Decoded(got, status, table["dst_size"].astype(np.int64), np.asarray(table["chunk"]),
                                     layout.labels, ()))
 
@@ -164,9 +167,13 @@ class StandinEngine:
                 stream = stream[:4] + bytes([stream[4] & ~4]) + stream[5:-4]
             return zstandard.ZstdDecompressor().decompressobj().decompress(stream)
         if algorithm == "deflate":
-            return zlib.decompressobj(-15).decompress(stream, dsize + 1)
-        if algorithm == "lz4":
-            return numcodecs.lz4.decompress(dsize.to_bytes(4, "little") + stream)
+            return zlib.decompressobj(-15).decompress(stream)
+        if algorithm == "lz4":  # liblz4 with room for any block this long (255 bytes a byte)
+            room = np.empty(255 * len(stream) + 64, np.uint8)
+            got = _lz4_safe()(stream, room.ctypes.data, len(stream), room.size)
+            if got < 0:
+                raise RuntimeError(f"LZ4 error {got}")
+            return room[:got].tobytes()
         raise NotImplementedError(f"no CPU stand-in for {algorithm}")
 
     def copy(self, src, dst, table) -> None:

@@ -49,8 +49,16 @@ from ..fetch import FetchedBatch
 # *DecompressGetRequiredAlignments), but no stream is moved to meet it.
 ALIGN = 16
 # nvCOMP's per-chunk decompression limits (nvcomp*DecompressionMaxAllowedChunkSize, nvCOMP 6)
-# a zstd frame nvCOMP is given may decode to at most ZSTD_ROOM[0] times its buffer + ZSTD_ROOM[1] bytes
-ZSTD_ROOM = (16, 32 << 20)
+# nvCOMP 6.0 writes a stream's whole output whatever buffer size it is told (measured on an H200
+# for zstd, LZ4 and Deflate: 1 MiB written behind a buffer declared 16 bytes long), so each stream
+# nvCOMP is given gets room for the most it can decode to: a zstd frame's bound from its block
+# headers (_zstd_bounds), others their stored size times the most their format expands per byte
+# (LZ4: a match-length byte adds 255; Snappy: a 3-byte copy writes up to 64; Deflate: 258 bytes
+# for a 1-bit length and a 1-bit distance code). Work keeps that room behind its rows, up to
+# ROOM or the rows' own size, whichever is larger; a stream that would need more is decoded on
+# the host. A stream that decodes past its buffer then fails the read on its decoded size.
+EXPANSION = {"lz4": 255, "snappy": 32, "deflate": 1032}
+ROOM = 64 << 20
 MAX_DECODED = {"zstd": (1 << 31) - 1, "snappy": (1 << 31) - 1, "deflate": (1 << 32) - 1, "lz4": (1 << 32) - 1}
 # blosc compressor → nvCOMP algorithm; blosclz has no GPU decoder
 _BLOSC_ALGORITHMS = {"lz4": "lz4", "zstd": "zstd", "zlib": "deflate", "snappy": "snappy"}
@@ -195,7 +203,7 @@ class _Builder:
         self.pieces: list[tuple[np.ndarray, ...]] = []  # (offsets in staging, in batch.staging, sizes)
         self.temp = 0
         self.temp_base = _align(batch.n * raw_nbytes, self.granule)
-        self.reach = 0  # where the furthest byte nvCOMP's zstd decoder may write ends (see _zstd_bounds)
+        self.reach = 0  # where the furthest byte nvCOMP may write ends (see EXPANSION)
         self.streams: dict[str, _Table] = {}
         self.copies = _Table("src", "dst", "size")
         self.moves = _Table("src", "dst", "size")
@@ -244,27 +252,33 @@ class _Builder:
         destinations it cannot write to go through temp. Returns where nvCOMP writes it."""
         if dst_size > MAX_DECODED[algorithm]:
             raise _NoGpuDecoder
-        bound = dst_size
         if algorithm == "zstd":
             frame = np.frombuffer(data, np.uint8)
-            bound = int(_zstd_bounds(frame, np.zeros(1, np.int64), np.array([frame.size]), dst_size)[0])
-            if bound < 0:
-                raise _NoGpuDecoder
+            bound = int(_zstd_bounds(frame, np.zeros(1, np.int64), np.array([frame.size]))[0])
+        else:
+            bound = int(stream_bounds(algorithm, np.array([len(data)]))[0])
+        at = self.temp_base + self.temp if dst % self.alignments[algorithm][1] else dst  # temp_slot's
+        if not self.fits(np.array([at]), np.array([bound]))[0]:
+            raise _NoGpuDecoder
         table = self.streams.setdefault(algorithm, _Table("src", "src_size", "dst", "dst_size", "chunk"))
         src = self.stage(data, self.alignments[algorithm][0])
-        at = dst
-        if dst % self.alignments[algorithm][1]:
+        if at != dst:
             at = self.temp_slot(dst_size)
             self.moves.add(at, dst, dst_size)
         table.add(src, len(data), at, dst_size, chunk)
         self.reach = max(self.reach, at + bound)
         return at
 
+    def fits(self, dst: np.ndarray, bounds: np.ndarray) -> np.ndarray:
+        """Whether streams written from `dst` that may decode to `bounds` bytes (-1: not to be
+        given to nvCOMP) stay within the room work may keep behind its rows (see EXPANSION)."""
+        return (bounds >= 0) & (dst + bounds <= self.temp_base + max(ROOM, self.temp_base))
+
     def streams_many(self, algorithm: str, at: np.ndarray, src_size: np.ndarray, dst: np.ndarray,
-                     dst_size: np.ndarray, chunk: np.ndarray, bounds: np.ndarray | None = None) -> np.ndarray:
+                     dst_size: np.ndarray, chunk: np.ndarray, bounds: np.ndarray) -> np.ndarray:
         """`stream` for many streams batch.staging[at[k]:at[k] + src_size[k]] at once (each
         dst_size within MAX_DECODED), read where fetch put them where nvCOMP may; returns where
-        each is written. zstd streams come with their _zstd_bounds, none negative."""
+        each is written. `bounds`: the most each may decode to (see EXPANSION), none negative."""
         align_in, align_out = self.alignments[algorithm]
         src = self.stage_many(at, src_size, align_in)
         unaligned = np.flatnonzero(dst % align_out)
@@ -275,7 +289,7 @@ class _Builder:
             dst[unaligned] = slots
         table = self.streams.setdefault(algorithm, _Table("src", "src_size", "dst", "dst_size", "chunk"))
         table.extend(src, src_size, dst, dst_size, chunk)
-        if algorithm == "zstd" and dst.size:
+        if dst.size:
             assert bounds is not None and bounds.size == dst.size and (bounds >= 0).all()
             self.reach = max(self.reach, int((dst + bounds).max()))
         return dst
@@ -381,26 +395,33 @@ def _copies(b: _Builder, chunks: np.ndarray, at: np.ndarray, size: np.ndarray, o
     return ok
 
 
-def _single_streams(b: _Builder, algorithm: str, chunks: np.ndarray, src: np.ndarray, size: np.ndarray) -> np.ndarray:
-    """One nvCOMP stream per chunk, each decoding to the whole chunk; returns where each is written."""
-    raw = np.full(chunks.size, b.raw_nbytes, np.int64)
-    return b.streams_many(algorithm, src, size, chunks * b.raw_nbytes, raw, chunks)
+def stream_bounds(algorithm: str, stored: np.ndarray) -> np.ndarray:
+    """The most bytes streams of `stored` bytes can decode to (not zstd's: _zstd_bounds)."""
+    return EXPANSION[algorithm] * stored.astype(np.int64) + 64
+
+
+def _single_streams(b: _Builder, algorithm: str, chunks: np.ndarray, src: np.ndarray, size: np.ndarray,
+                    ok: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """One nvCOMP stream per chunk among `ok`, each decoding to the whole chunk, where work has
+    room for its bound (the others go chunk by chunk: to the host); returns which were laid out
+    and where each is written."""
+    bounds = stream_bounds(algorithm, size)
+    ok = ok & b.fits(chunks * b.raw_nbytes, bounds)
+    raw = np.full(int(ok.sum()), b.raw_nbytes, np.int64)
+    return ok, b.streams_many(algorithm, src[ok], size[ok], chunks[ok] * b.raw_nbytes, raw, chunks[ok], bounds[ok])
 
 
 def _lz4_streams(b: _Builder, chunks: np.ndarray, at: np.ndarray, size: np.ndarray, ok: np.ndarray) -> np.ndarray:
     """numcodecs LZ4: a 4-byte LE decoded size, which must be the chunk's, then the block."""
     prefix = read_le_where(b.batch.staging, at, 4, ok & (size >= 4))
-    ok = ok & (size >= 4) & (prefix == b.raw_nbytes)
-    _single_streams(b, "lz4", chunks[ok], at[ok] + 4, size[ok] - 4)
-    return ok
+    return _single_streams(b, "lz4", chunks, at + 4, size - 4, ok & (size >= 4) & (prefix == b.raw_nbytes))[0]
 
 
 def _zlib_streams(b: _Builder, chunks: np.ndarray, at: np.ndarray, size: np.ndarray, ok: np.ndarray) -> np.ndarray:
     """RFC 1950: the header checked as zlib_to_deflate checks it; the deflate stream between it
     and the Adler-32."""
     ok = ok & _zlib_header_ok(b.batch.staging, at, ok & (size >= 6)) & (size >= 6)
-    _single_streams(b, "deflate", chunks[ok], at[ok] + 2, size[ok] - 6)
-    return ok
+    return _single_streams(b, "deflate", chunks, at + 2, size - 6, ok)[0]
 
 
 def _zlib_header_ok(staging: np.ndarray, at: np.ndarray, inside: np.ndarray) -> np.ndarray:
@@ -421,7 +442,7 @@ def _gzip_streams(b: _Builder, chunks: np.ndarray, at: np.ndarray, size: np.ndar
     fits = inside & (size >= start + 8)
     isize = read_le_where(staging, at + size - 4, 4, fits)
     ok = fits & (head & 0xFFFFFF == 0x088B1F) & (flags & 0xF8 == 0) & (isize == raw % (1 << 32))
-    dst = _single_streams(b, "deflate", chunks[ok], at[ok] + start[ok], size[ok] - start[ok] - 8)
+    ok, dst = _single_streams(b, "deflate", chunks, at + start, size - start - 8, ok)
     crc = read_le_where(staging, at[ok] + size[ok] - 8, 4, np.ones(dst.size, bool))
     b.gzip_crcs.extend(dst, np.full(dst.size, raw, np.int64), crc, chunks[ok])
     return ok
@@ -434,10 +455,12 @@ def _blosc_streams(b: _Builder, chunks: np.ndarray, at: np.ndarray, size: np.nda
     p = parse_blosc_batch(b.batch.staging, at, size, b.raw_nbytes)
     codes = _BLOSC_CODES[np.where(p.parsed, p.flags >> 5, 0)]  # per frame: nvCOMP's algorithm, or ""
     ok = ok & _blosc_accepted(b.batch.staging, p, at, size, codes)
-    zstd = (p.stream_csize != p.stream_dsize) & (codes[p.stream_frame] == "zstd")
-    bounds = np.zeros(zstd.size, np.int64)
-    bounds[zstd] = _zstd_bounds(b.batch.staging, p.stream_src[zstd], p.stream_csize[zstd], p.stream_dsize[zstd])
-    ok[p.stream_frame[bounds < 0]] = False  # those go chunk by chunk, to the host
+    bounds = np.zeros(p.stream_src.size, np.int64)
+    for name in set(_BLOSC_ALGORITHMS.values()):
+        k = (p.stream_csize != p.stream_dsize) & (codes[p.stream_frame] == name)
+        bounds[k] = (_zstd_bounds(b.batch.staging, p.stream_src[k], p.stream_csize[k]) if name == "zstd"
+                     else stream_bounds(name, p.stream_csize[k]))
+    ok[p.stream_frame[(bounds < 0) | (bounds > ROOM)]] = False  # those go chunk by chunk, to the host
     keep = ok[p.stream_frame]
     blocks = ok[p.block_frame]
     shuffled = np.zeros(ok.size, bool)
@@ -541,12 +564,12 @@ def _zstd_layout(batch: FetchedBatch, chain: CodecChain, cpu_decode: Callable[[i
             fallback = live[~whole].tolist()
             live, offsets, stored, sizes = live[whole], offsets[whole], stored[whole], sizes[whole]
         bounds = None
-    bounds = _zstd_bounds(batch.staging, offsets, sizes, raw, bounds)
-    if (bounds < 0).any():  # frames nvCOMP must not be given: decoded on the host
-        given = bounds >= 0
+    b = _Builder(batch, raw, checks)
+    bounds = _zstd_bounds(batch.staging, offsets, sizes, bounds)
+    given = b.fits(live * raw, bounds)
+    if not given.all():  # frames nvCOMP must not be given: decoded on the host
         fallback += live[~given].tolist()
         live, offsets, stored, sizes, bounds = live[given], offsets[given], stored[given], sizes[given], bounds[given]
-    b = _Builder(batch, raw, checks)
     if live.size:
         b.streams_many("zstd", offsets, sizes, live * raw, np.full(live.size, raw, np.int64), live, bounds)
         if checks:
@@ -556,20 +579,15 @@ def _zstd_layout(batch: FetchedBatch, chain: CodecChain, cpu_decode: Callable[[i
     return b.layout(batch.present, fallback, allocate)
 
 
-def _zstd_bounds(staging: np.ndarray, at: np.ndarray, size: np.ndarray, dst_size: Any,
-                 bounds: np.ndarray | None = None) -> np.ndarray:
+def _zstd_bounds(staging: np.ndarray, at: np.ndarray, size: np.ndarray, bounds: np.ndarray | None = None) -> np.ndarray:
     """zstd_write_bounds of the frames (`bounds`: the host library's, where it gave them), -1 for
-    those nvCOMP must not be given: a frame that cannot be walked; one with a content checksum
+    those nvCOMP must not be given: a frame that cannot be walked, or one with a content checksum
     (nvCOMP 6.0 does not verify it: measured, a frame whose checksum was flipped decoded with
-    status success; libzstd on the host does); one whose bound is past ZSTD_ROOM (work would
-    need that much room behind it). A bound past the frame's own buffer is allowed: the bytes
-    would land in later rows or in the room the layout leaves behind work (_Builder.reach), and
-    the read fails on the frame's decoded size. libzstd's frames come within a few blocks of
+    status success; libzstd on the host does). libzstd's frames come within a few blocks of
     their size (its block splitter cuts 128 KiB blocks into smaller compressed ones: level 19
     bounds a 128 KiB chunk at 768 KiB)."""
     bounds = zstd_write_bounds(staging, at, size) if bounds is None else bounds
-    checksummed = (read_le_where(staging, at + 4, 1, size >= 5) & 4) != 0
-    bounds[checksummed | (bounds > ZSTD_ROOM[0] * np.asarray(dst_size) + ZSTD_ROOM[1])] = -1
+    bounds[(read_le_where(staging, at + 4, 1, size >= 5) & 4) != 0] = -1
     return bounds
 
 

@@ -1,13 +1,15 @@
-"""What the GPU path gives nvCOMP's zstd decoder, which (nvCOMP 6.0, measured on an H200) writes
-a frame's whole output whatever buffer size it is told and does not verify content checksums:
-frames are bounded from their block headers and given room, checksummed ones decoded on the
-host. Run through the GPU orchestration with the stand-in (tests/gpu_standin.py), which models
-that decoder and fails on any write past the end of work, as the GPU faults there."""
+"""What the GPU path gives nvCOMP, which (6.0, measured on an H200) writes a stream's whole output
+whatever buffer size it is told (zstd, LZ4, Deflate) and does not verify zstd content checksums:
+streams are bounded (zstd frames from their block headers, others by their format's most
+expansion) and given room behind work, checksummed zstd frames decoded on the host. Run through
+the GPU orchestration with the stand-in (tests/gpu_standin.py), which models those decoders
+and fails on any write past the end of work, as the GPU faults there."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import numcodecs
 import numpy as np
 import pytest
 import zarr
@@ -76,3 +78,25 @@ def test_a_frame_decoding_past_its_chunk_fails_the_read_inside_work(tmp_path, wh
     f.write_bytes(_streamed(b"\x01" * (np.prod(CHUNKS) * 2 + extra)))
     with pytest.raises(gpuzarr.CorruptDataError, match=f.relative_to(path).as_posix()):
         _read(path)
+
+
+@pytest.mark.parametrize("codec", ["lz4", "zlib", "gzip"])
+@pytest.mark.parametrize("which", [0, 9, 15])
+def test_lz4_and_deflate_streams_decoding_past_their_chunk_fail_the_read_inside_work(tmp_path, codec, which):
+    """v2 chunks whose stream decodes to more than the chunk (the LZ4 prefix and gzip ISIZE
+    stating the chunk's size, as a damaged or mislabelled chunk might)."""
+    compressor = {"lz4": numcodecs.LZ4(), "zlib": numcodecs.Zlib(level=6), "gzip": numcodecs.GZip(level=6)}[codec]
+    data = np.arange(np.prod(SHAPE), dtype="<u2").reshape(SHAPE)
+    z = zarr.create_array(str(tmp_path / "a"), shape=SHAPE, chunks=CHUNKS, dtype="<u2", zarr_format=2,
+                          compressors=compressor, fill_value=0)
+    z[...] = data
+    raw = int(np.prod(CHUNKS)) * 2
+    f = sorted(p for p in (tmp_path / "a").iterdir() if p.name[0].isdigit())[which]
+    body = compressor.encode(b"\x01" * (raw + 200_000))
+    if codec == "lz4":  # the prefix says the chunk's size
+        body = raw.to_bytes(4, "little") + body[4:]
+    elif codec == "gzip":  # and so does ISIZE
+        body = body[:-4] + raw.to_bytes(4, "little")
+    f.write_bytes(body)
+    with pytest.raises(gpuzarr.CorruptDataError, match=f.name.replace(".", r"\.")):
+        _read(tmp_path / "a")
