@@ -17,7 +17,7 @@ import zstandard
 from gpu_standin import StandinEngine
 
 import gpuzarr
-from gpuzarr.devices.gpu import GpuDevice
+from gpuzarr.devices.gpu import GpuDevice, usable_gpu
 
 SHAPE, CHUNKS = (64, 64), (16, 16)
 
@@ -40,24 +40,35 @@ def _streamed(raw: bytes) -> bytes:
     return c.compress(raw) + c.flush()
 
 
-def _read(path: Path, **kw):
+@pytest.fixture(params=["standin", pytest.param("gpu", marks=pytest.mark.gpu)])
+def device(request):
+    """The stand-in everywhere; with `pytest -m gpu`, nvCOMP on a GPU too."""
+    if request.param == "gpu":
+        ok, why = usable_gpu()
+        if not ok:
+            pytest.skip(why)
+        return "gpu"
+    return GpuDevice(StandinEngine())
+
+
+def _read(path: Path, device, **kw):
     report = gpuzarr.ReadReport()
-    got = gpuzarr.open(str(path), device=GpuDevice(StandinEngine())).read(..., report=report, **kw)
-    return got, report
+    got = gpuzarr.open(str(path), device=device).read(..., report=report, **kw)
+    return (got if isinstance(got, np.ndarray) else got.get()), report
 
 
-def test_frames_without_a_content_size_are_decoded_on_the_device(tmp_path):
+def test_frames_without_a_content_size_are_decoded_on_the_device(tmp_path, device):
     path, data = _written(tmp_path)
     for f in _chunk_files(path):
         f.write_bytes(_streamed(zstandard.ZstdDecompressor().decompress(f.read_bytes())))
-    got, report = _read(path)
+    got, report = _read(path, device)
     np.testing.assert_array_equal(got, data)
     assert report.cpu_fallback == [] and report.codec_calls.get("nvcomp:zstd")
 
 
-def test_checksummed_frames_are_verified_on_the_host(tmp_path):
+def test_checksummed_frames_are_verified_on_the_host(tmp_path, device):
     path, data = _written(tmp_path, checksum=True)
-    got, report = _read(path)
+    got, report = _read(path, device)
     np.testing.assert_array_equal(got, data)
     assert len(report.cpu_fallback) == 16  # every chunk: nvCOMP would not check the checksum
     last = _chunk_files(path)[-1]
@@ -65,24 +76,24 @@ def test_checksummed_frames_are_verified_on_the_host(tmp_path):
     frame[-1] ^= 1
     last.write_bytes(bytes(frame))
     with pytest.raises(gpuzarr.CorruptDataError, match="c/3/3"):
-        _read(path)
+        _read(path, device)
 
 
 @pytest.mark.parametrize("extra", [1, 100_000, 3 << 20])
 @pytest.mark.parametrize("which", [0, 9, 15])
-def test_a_frame_decoding_past_its_chunk_fails_the_read_inside_work(tmp_path, which, extra):
+def test_a_frame_decoding_past_its_chunk_fails_the_read_inside_work(tmp_path, device, which, extra):
     """Its bytes land in later rows or the room behind work (never past it: the stand-in
     would fail), and its decoded size fails the read; the first and last chunk of the batch too."""
     path, _ = _written(tmp_path)
     f = _chunk_files(path)[which]
     f.write_bytes(_streamed(b"\x01" * (np.prod(CHUNKS) * 2 + extra)))
     with pytest.raises(gpuzarr.CorruptDataError, match=f.relative_to(path).as_posix()):
-        _read(path)
+        _read(path, device)
 
 
 @pytest.mark.parametrize("codec", ["lz4", "zlib", "gzip"])
 @pytest.mark.parametrize("which", [0, 9, 15])
-def test_lz4_and_deflate_streams_decoding_past_their_chunk_fail_the_read_inside_work(tmp_path, codec, which):
+def test_lz4_and_deflate_streams_decoding_past_their_chunk_fail_the_read_inside_work(tmp_path, device, codec, which):
     """v2 chunks whose stream decodes to more than the chunk (the LZ4 prefix and gzip ISIZE
     stating the chunk's size, as a damaged or mislabelled chunk might)."""
     compressor = {"lz4": numcodecs.LZ4(), "zlib": numcodecs.Zlib(level=6), "gzip": numcodecs.GZip(level=6)}[codec]
@@ -99,4 +110,4 @@ def test_lz4_and_deflate_streams_decoding_past_their_chunk_fail_the_read_inside_
         body = body[:-4] + raw.to_bytes(4, "little")
     f.write_bytes(body)
     with pytest.raises(gpuzarr.CorruptDataError, match=f.name.replace(".", r"\.")):
-        _read(tmp_path / "a")
+        _read(tmp_path / "a", device)
