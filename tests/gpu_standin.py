@@ -128,6 +128,7 @@ class StandinEngine:
         not verified; an output that would run past work fails here, as it faults the GPU there
         (cudaErrorIllegalAddress, the process's CUDA context lost)."""
         self.calls[f"decompress:{algorithm}"] += 1
+        assert table["src"].size, "an empty stream table (CupyEngine's decode_batch takes none)"
         align_in, align_out = nvcomp_alignments()[algorithm]
         src, dst = np.asarray(table["src"]), np.asarray(table["dst"])
         assert not (src % align_in).any(), f"{algorithm} inputs not at multiples of {align_in}: {src % align_in}"

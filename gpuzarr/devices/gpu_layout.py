@@ -50,14 +50,15 @@ from ..fetch import FetchedBatch
 ALIGN = 16
 # nvCOMP's per-chunk decompression limits (nvcomp*DecompressionMaxAllowedChunkSize, nvCOMP 6)
 # nvCOMP 6.0 writes a stream's whole output whatever buffer size it is told (measured on an H200
-# for zstd, LZ4 and Deflate: 1 MiB written behind a buffer declared 16 bytes long), so each stream
-# nvCOMP is given gets room for the most it can decode to: a zstd frame's bound from its block
-# headers (_zstd_bounds), others their stored size times the most their format expands per byte
-# (LZ4: a match-length byte adds 255; Snappy: a 3-byte copy writes up to 64; Deflate: 258 bytes
-# for a 1-bit length and a 1-bit distance code). Work keeps that room behind its rows, up to
-# ROOM or the rows' own size, whichever is larger; a stream that would need more is decoded on
-# the host. A stream that decodes past its buffer then fails the read on its decoded size.
-EXPANSION = {"lz4": 255, "snappy": 32, "deflate": 1032}
+# for zstd, LZ4 and Deflate: 1 MiB written behind a buffer declared 16 bytes long). A stream whose
+# framing states its decoded size (checked against the chunk's: a zstd content size, numcodecs'
+# LZ4 prefix, gzip's ISIZE, a blosc block's size) decodes past it only if it is corrupt, which
+# nvCOMP's contract leaves undefined. The others get room for the most they can decode to: a zstd
+# frame's bound from its block headers (_zstd_bounds), a zlib stream 1032 bytes a stored byte
+# (Deflate: 258 bytes for a 1-bit length and a 1-bit distance code). Work keeps that room behind
+# its rows, up to ROOM or the rows' own size, whichever is larger; a stream that would need more
+# is decoded on the host. A stream that decodes past its buffer then fails the read on its size.
+DEFLATE_EXPANSION = 1032
 ROOM = 64 << 20
 MAX_DECODED = {"zstd": (1 << 31) - 1, "snappy": (1 << 31) - 1, "deflate": (1 << 32) - 1, "lz4": (1 << 32) - 1}
 # blosc compressor → nvCOMP algorithm; blosclz has no GPU decoder
@@ -203,7 +204,7 @@ class _Builder:
         self.pieces: list[tuple[np.ndarray, ...]] = []  # (offsets in staging, in batch.staging, sizes)
         self.temp = 0
         self.temp_base = _align(batch.n * raw_nbytes, self.granule)
-        self.reach = 0  # where the furthest byte nvCOMP may write ends (see EXPANSION)
+        self.reach = 0  # where the furthest byte nvCOMP may write ends (see DEFLATE_EXPANSION)
         self.streams: dict[str, _Table] = {}
         self.copies = _Table("src", "dst", "size")
         self.moves = _Table("src", "dst", "size")
@@ -247,16 +248,17 @@ class _Builder:
         self.temp += _align(max(nbytes, 1), self.granule)
         return start
 
-    def stream(self, algorithm: str, data: Any, dst: int, dst_size: int, chunk: int) -> int:
+    def stream(self, algorithm: str, data: Any, dst: int, dst_size: int, chunk: int, sized: bool = True) -> int:
         """nvCOMP decodes `data` (host bytes of chunk `chunk`) into work[dst:dst+dst_size];
-        destinations it cannot write to go through temp. Returns where nvCOMP writes it."""
+        destinations it cannot write to go through temp. Returns where nvCOMP writes it.
+        `sized`: whether its framing states dst_size (see DEFLATE_EXPANSION)."""
         if dst_size > MAX_DECODED[algorithm]:
             raise _NoGpuDecoder
         if algorithm == "zstd":
             frame = np.frombuffer(data, np.uint8)
             bound = int(_zstd_bounds(frame, np.zeros(1, np.int64), np.array([frame.size]))[0])
         else:
-            bound = int(stream_bounds(algorithm, np.array([len(data)]))[0])
+            bound = dst_size if sized else int(deflate_bounds(np.array([len(data)]))[0])
         at = self.temp_base + self.temp if dst % self.alignments[algorithm][1] else dst  # temp_slot's
         if not self.fits(np.array([at]), np.array([bound]))[0]:
             raise _NoGpuDecoder
@@ -271,14 +273,14 @@ class _Builder:
 
     def fits(self, dst: np.ndarray, bounds: np.ndarray) -> np.ndarray:
         """Whether streams written from `dst` that may decode to `bounds` bytes (-1: not to be
-        given to nvCOMP) stay within the room work may keep behind its rows (see EXPANSION)."""
+        given to nvCOMP) stay within the room work may keep behind its rows (see DEFLATE_EXPANSION)."""
         return (bounds >= 0) & (dst + bounds <= self.temp_base + max(ROOM, self.temp_base))
 
     def streams_many(self, algorithm: str, at: np.ndarray, src_size: np.ndarray, dst: np.ndarray,
                      dst_size: np.ndarray, chunk: np.ndarray, bounds: np.ndarray) -> np.ndarray:
         """`stream` for many streams batch.staging[at[k]:at[k] + src_size[k]] at once (each
         dst_size within MAX_DECODED), read where fetch put them where nvCOMP may; returns where
-        each is written. `bounds`: the most each may decode to (see EXPANSION), none negative."""
+        each is written. `bounds`: the most each may decode to (see DEFLATE_EXPANSION), none negative."""
         align_in, align_out = self.alignments[algorithm]
         src = self.stage_many(at, src_size, align_in)
         unaligned = np.flatnonzero(dst % align_out)
@@ -287,11 +289,12 @@ class _Builder:
             self.moves.extend(slots, dst[unaligned], dst_size[unaligned])
             dst = dst.copy()
             dst[unaligned] = slots
+        if not dst.size:
+            return dst
         table = self.streams.setdefault(algorithm, _Table("src", "src_size", "dst", "dst_size", "chunk"))
         table.extend(src, src_size, dst, dst_size, chunk)
-        if dst.size:
-            assert bounds is not None and bounds.size == dst.size and (bounds >= 0).all()
-            self.reach = max(self.reach, int((dst + bounds).max()))
+        assert bounds.size == dst.size and (bounds >= 0).all()
+        self.reach = max(self.reach, int((dst + bounds).max()))
         return dst
 
     def copy(self, data: Any, dst: int) -> None:
@@ -395,17 +398,17 @@ def _copies(b: _Builder, chunks: np.ndarray, at: np.ndarray, size: np.ndarray, o
     return ok
 
 
-def stream_bounds(algorithm: str, stored: np.ndarray) -> np.ndarray:
-    """The most bytes streams of `stored` bytes can decode to (not zstd's: _zstd_bounds)."""
-    return EXPANSION[algorithm] * stored.astype(np.int64) + 64
+def deflate_bounds(stored: np.ndarray) -> np.ndarray:
+    """The most bytes Deflate streams of `stored` bytes can decode to."""
+    return DEFLATE_EXPANSION * stored.astype(np.int64) + 64
 
 
 def _single_streams(b: _Builder, algorithm: str, chunks: np.ndarray, src: np.ndarray, size: np.ndarray,
-                    ok: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+                    ok: np.ndarray, sized: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """One nvCOMP stream per chunk among `ok`, each decoding to the whole chunk, where work has
-    room for its bound (the others go chunk by chunk: to the host); returns which were laid out
-    and where each is written."""
-    bounds = stream_bounds(algorithm, size)
+    room for its bound (`sized`: its framing states the chunk's size; the others go chunk by
+    chunk: to the host); returns which were laid out and where each is written."""
+    bounds = np.full(chunks.size, b.raw_nbytes, np.int64) if sized else deflate_bounds(size)
     ok = ok & b.fits(chunks * b.raw_nbytes, bounds)
     raw = np.full(int(ok.sum()), b.raw_nbytes, np.int64)
     return ok, b.streams_many(algorithm, src[ok], size[ok], chunks[ok] * b.raw_nbytes, raw, chunks[ok], bounds[ok])
@@ -421,7 +424,7 @@ def _zlib_streams(b: _Builder, chunks: np.ndarray, at: np.ndarray, size: np.ndar
     """RFC 1950: the header checked as zlib_to_deflate checks it; the deflate stream between it
     and the Adler-32."""
     ok = ok & _zlib_header_ok(b.batch.staging, at, ok & (size >= 6)) & (size >= 6)
-    return _single_streams(b, "deflate", chunks, at + 2, size - 6, ok)[0]
+    return _single_streams(b, "deflate", chunks, at + 2, size - 6, ok, sized=False)[0]
 
 
 def _zlib_header_ok(staging: np.ndarray, at: np.ndarray, inside: np.ndarray) -> np.ndarray:
@@ -455,11 +458,9 @@ def _blosc_streams(b: _Builder, chunks: np.ndarray, at: np.ndarray, size: np.nda
     p = parse_blosc_batch(b.batch.staging, at, size, b.raw_nbytes)
     codes = _BLOSC_CODES[np.where(p.parsed, p.flags >> 5, 0)]  # per frame: nvCOMP's algorithm, or ""
     ok = ok & _blosc_accepted(b.batch.staging, p, at, size, codes)
-    bounds = np.zeros(p.stream_src.size, np.int64)
-    for name in set(_BLOSC_ALGORITHMS.values()):
-        k = (p.stream_csize != p.stream_dsize) & (codes[p.stream_frame] == name)
-        bounds[k] = (_zstd_bounds(b.batch.staging, p.stream_src[k], p.stream_csize[k]) if name == "zstd"
-                     else stream_bounds(name, p.stream_csize[k]))
+    bounds = p.stream_dsize.astype(np.int64)  # a blosc block states its size
+    k = (p.stream_csize != p.stream_dsize) & (codes[p.stream_frame] == "zstd")
+    bounds[k] = _zstd_bounds(b.batch.staging, p.stream_src[k], p.stream_csize[k])
     ok[p.stream_frame[(bounds < 0) | (bounds > ROOM)]] = False  # those go chunk by chunk, to the host
     keep = ok[p.stream_frame]
     blocks = ok[p.block_frame]
@@ -612,7 +613,7 @@ def _add_chunk(b: _Builder, codecs: tuple, data: memoryview, chunk: int, nbytes:
         at = b.stream("deflate", gzip_to_deflate(data, nbytes), dst, nbytes, chunk)
         b.gzip_crcs.add(at, nbytes, int.from_bytes(data[-8:-4], "little"), chunk)
     elif isinstance(codec, Zlib):
-        b.stream("deflate", zlib_to_deflate(data), dst, nbytes, chunk)
+        b.stream("deflate", zlib_to_deflate(data), dst, nbytes, chunk, sized=False)
     elif isinstance(codec, Lz4):
         if len(data) < 4 or int.from_bytes(data[:4], "little") != nbytes:
             raise CorruptDataError(f"lz4 size prefix does not match the chunk size {nbytes}")
