@@ -16,7 +16,7 @@ import pytest
 from checks import to_memory
 
 import gpuzarr
-from gpuzarr.cores import default_threads
+from gpuzarr.cores import MAX_DEFAULT_THREADS, default_threads
 from gpuzarr.devices import base as device_base
 from gpuzarr.devices.cpu import CpuDevice
 from gpuzarr.sample import sample_data, write_sharded
@@ -289,7 +289,12 @@ def test_threads_come_from_settings_then_the_environment_then_the_affinity(monke
         default_threads()
     monkeypatch.delenv("GPUZARR_THREADS")
     if hasattr(os, "sched_getaffinity"):
-        assert default_threads() == len(os.sched_getaffinity(0))
+        assert default_threads() == min(MAX_DEFAULT_THREADS, len(os.sched_getaffinity(0)))
+        for n, want in ((3, 3), (8, 8), (16, 8), (64, 8)):  # past 8 threads, tasks queue for the GIL
+            monkeypatch.setattr(os, "sched_getaffinity", lambda pid, n=n: set(range(n)))
+            assert default_threads() == want
+        monkeypatch.setenv("GPUZARR_THREADS", "16")
+        assert default_threads() == 16  # asked for: taken
 
 
 @pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="no CPU affinity on this platform")
@@ -305,12 +310,12 @@ def test_a_dataloader_worker_takes_its_share_of_the_cores(monkeypatch):
     """torch's worker info, as torch.utils.data.get_worker_info() gives it inside a worker."""
     import types
 
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     fake = types.SimpleNamespace(get_worker_info=lambda: types.SimpleNamespace(num_workers=2, id=0))
     monkeypatch.delenv("GPUZARR_THREADS", raising=False)
     monkeypatch.setitem(sys.modules, "torch.utils.data", fake)
-    assert default_threads() == max(1, cores // 2)
-    fake.get_worker_info = lambda: types.SimpleNamespace(num_workers=4 * cores, id=0)
+    assert default_threads() == max(1, min(MAX_DEFAULT_THREADS, n // 2))
+    fake.get_worker_info = lambda: types.SimpleNamespace(num_workers=4 * n, id=0)
     assert default_threads() == 1
 
 
