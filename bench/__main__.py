@@ -62,6 +62,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "(explicit flags still win)")
     p.add_argument("--no-memory", action="store_true", help="skip the peak-memory probes")
     p.add_argument("--no-host-cost", action="store_true", help="skip gpuzarr's host-cost-per-chunk measurement")
+    p.add_argument("--scaling", action="store_true",
+                   help="run the thread-scaling benchmark instead (bench/scaling.py: the CPU path at 1, 2, 4, ... "
+                        "threads beside tensorstore at the same concurrency)")
     p.add_argument("--cold", action="store_true",
                    help="run the cold-read benchmark instead (bench/cold.py; page cache dropped, needs root)")
     p.add_argument("--xarray", action="store_true",
@@ -139,6 +142,10 @@ def main(argv: list[str] | None = None) -> int:
         from .remote import main as remote_main
 
         return remote_main([a for a in argv if a != "--remote"])
+    if "--scaling" in argv:  # the CPU path by thread count
+        from .scaling import main as scaling_main
+
+        return scaling_main([a for a in argv if a != "--scaling"])
     if "--cold" in argv:  # small random reads from a cold page cache
         from .cold import main as cold_main
 
