@@ -48,18 +48,19 @@ from ..fetch import FetchedBatch
 # minimum requirements (e.g., 16- or 32-byte alignment) may help improve performance", at each
 # *DecompressGetRequiredAlignments), but no stream is moved to meet it.
 ALIGN = 16
-# nvCOMP's per-chunk decompression limits (nvcomp*DecompressionMaxAllowedChunkSize, nvCOMP 6)
 # nvCOMP 6.0 writes a stream's whole output whatever buffer size it is told (measured on an H200
-# for zstd, LZ4 and Deflate: 1 MiB written behind a buffer declared 16 bytes long). A stream whose
-# framing states its decoded size (checked against the chunk's: a zstd content size, numcodecs'
-# LZ4 prefix, gzip's ISIZE, a blosc block's size) decodes past it only if it is corrupt, which
-# nvCOMP's contract leaves undefined. The others get room for the most they can decode to: a zstd
-# frame's bound from its block headers (_zstd_bounds), a zlib stream 1032 bytes a stored byte
-# (Deflate: 258 bytes for a 1-bit length and a 1-bit distance code). Work keeps that room behind
+# for zstd, LZ4 and Deflate: 1 MiB written behind a buffer declared 16 bytes long). An LZ4, gzip
+# or blosc stream's framing states its decoded size (numcodecs' LZ4 prefix, gzip's ISIZE, a blosc
+# block's size, each checked against the chunk's): it decodes past it only if it is corrupt,
+# which nvCOMP's contract leaves undefined. The others get room for the most they can decode to:
+# a zstd frame (a content size or not) its bound from its block headers (_zstd_bounds), a zlib
+# stream 1032 bytes a stored byte (Deflate: 258 bytes for a 1-bit length and a 1-bit distance
+# code). Work keeps that room behind
 # its rows, up to ROOM or the rows' own size, whichever is larger; a stream that would need more
 # is decoded on the host. A stream that decodes past its buffer then fails the read on its size.
 DEFLATE_EXPANSION = 1032
 ROOM = 64 << 20
+# nvCOMP's per-chunk decompression limits (nvcomp*DecompressionMaxAllowedChunkSize, nvCOMP 6)
 MAX_DECODED = {"zstd": (1 << 31) - 1, "snappy": (1 << 31) - 1, "deflate": (1 << 32) - 1, "lz4": (1 << 32) - 1}
 # blosc compressor → nvCOMP algorithm; blosclz has no GPU decoder
 _BLOSC_ALGORITHMS = {"lz4": "lz4", "zstd": "zstd", "zlib": "deflate", "snappy": "snappy"}
