@@ -35,10 +35,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     "pipeline, and gpuzarr's as zarr-python+gpuzarr; all in one process, "
                     "readers alternating, warm page cache, results checked bit for bit before timing). Prints a "
                     "table; writes <out>/<timestamp>.json and .png.")
-    p.add_argument("--device", choices=("cpu", "gpu", "gpu-host"), default="cpu",
+    p.add_argument("--device", choices=("cpu", "gpu", "auto", "gpu-host"), default="cpu",
                    help="gpuzarr's device (default cpu; the peers always run on the CPU); gpu exits non-zero, saying why, "
-                        "when gpuzarr cannot use a GPU; gpu-host: the GPU host half alone, device calls no-ops "
-                        "(bench/gpu_host.py, its own options)")
+                        "when gpuzarr cannot use a GPU; auto: gpuzarr.open's default (the GPU, reads under 1 MiB "
+                        "compressed decoded on the CPU and copied up; the CPU where no GPU is usable); gpu-host: the "
+                        "GPU host half alone, device calls no-ops (bench/gpu_host.py, its own options)")
     p.add_argument("--cache", type=Path, default=HERE / ".cache", help="where generated datasets are kept (default bench/.cache)")
     p.add_argument("--out", type=Path, default=HERE / "results", help="where the JSON and PNG go (default bench/results)")
     p.add_argument("--datasets", nargs="+", metavar="NAME",
