@@ -1,8 +1,8 @@
 """python -m bench --scaling: the CPU path by thread count, beside tensorstore at the same
 concurrency. gpuzarr with Settings(threads=t), tensorstore with data_copy_concurrency and
 file_io_concurrency limited to t; a full read and a batch of random patches of each dataset,
-page cache warm, medians of --repeats after one warm-up read. Where the ratio grows with t, the
-host half's serial work (its Python under one GIL) is what more cores cannot share."""
+page cache warm, medians of --repeats after one warm-up read. Where the ratio grows with t,
+some part of gpuzarr's read does not spread over more cores as tensorstore's does."""
 
 from __future__ import annotations
 

@@ -10,11 +10,12 @@ import sys
 from .errors import SettingsError
 
 THREADS_ENV = "GPUZARR_THREADS"
-# Threads a process takes by default at most: each task holds the GIL a few microseconds per
-# chunk, and past 8 threads they queue for it. Measured on 16 cores (an H200 host, 2026-12-04;
-# full reads and 64 patches of the bench's 2-D and 3-D sets): 8 threads were faster than 16 in
-# all four, 1.07x to 1.8x (3-D full 208 against 257 ms, 3-D patches 107 against 191 ms), while
-# tensorstore still gained from 8 to 16. More by Settings(threads=...) or $GPUZARR_THREADS.
+# Threads a process takes by default at most. Measured on 16 cores (an H200 host, 2026-12-04,
+# `python -m bench --scaling`-style: full reads and 64 patches of the 2-D and 3-D sets): 8
+# threads were faster than 16 in all four, by 1.07x to 1.8x (3-D full 208 against 257 ms, 3-D
+# patches 107 against 191 ms), while tensorstore still gained from 8 to 16. Why is not
+# established: the GIL-held work per chunk (~3 us) does not explain it alone. More by
+# Settings(threads=...) or $GPUZARR_THREADS.
 MAX_DEFAULT_THREADS = 8
 
 
