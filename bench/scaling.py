@@ -54,8 +54,10 @@ def measure(path: Path, threads: int, patches: list, repeats: int) -> dict[str, 
 
     if not np.array_equal(gz[...], store.read().result()):  # the protocol: checked before timed
         raise SystemExit(f"bench --scaling: gpuzarr and tensorstore read {path} differently")
-    return {"gz full": _median_ms(lambda: gz[...], repeats), "ts full": _median_ms(lambda: store.read().result(), repeats),
-            "gz batch": _median_ms(lambda: gz.read_batch(patches), repeats), "ts batch": _median_ms(ts_batch, repeats)}
+    return {"gz full": _median_ms(lambda: gz[...], repeats),
+            "ts full": _median_ms(lambda: store.read().result(), repeats),
+            "gz batch": _median_ms(lambda: gz.read_batch(patches), repeats),
+            "ts batch": _median_ms(ts_batch, repeats)}
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -99,8 +101,9 @@ def main(argv: list[str] | None = None) -> int:
         for t in args.threads:
             got = measure(path, t, patches, args.repeats)
             rows.append({"dataset": name, "threads": t, **got})
-            print(f"{name:4s} {t:7d} {got['gz full']:9.1f} {got['ts full']:9.1f} {got['gz full'] / got['ts full']:6.2f} "
-                  f"{got['gz batch']:9.1f} {got['ts batch']:9.1f} {got['gz batch'] / got['ts batch']:6.2f}", flush=True)
+            full, batch = got["gz full"] / got["ts full"], got["gz batch"] / got["ts batch"]
+            print(f"{name:4s} {t:7d} {got['gz full']:9.1f} {got['ts full']:9.1f} {full:6.2f} "
+                  f"{got['gz batch']:9.1f} {got['ts batch']:9.1f} {batch:6.2f}", flush=True)
     args.out.mkdir(parents=True, exist_ok=True)
     out = args.out / f"scaling-{time.strftime('%Y%m%d-%H%M%S')}.json"
     out.write_text(json.dumps({"datasets": {n: specs[n].describe() for n in args.datasets}, "rows": rows}, indent=1))

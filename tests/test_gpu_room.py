@@ -118,3 +118,18 @@ def test_large_zlib_chunks_beyond_the_room_are_decoded_on_the_host(tmp_path, dev
     got, report = _read(tmp_path / "a", device)
     np.testing.assert_array_equal(got, data)
     assert len(report.cpu_fallback) == 2
+
+
+def test_a_zstd_chunk_of_more_blocks_than_the_batch_walk_takes_stays_on_the_device(tmp_path, device):
+    """A frame of more than _ZSTD_BLOCK_STEPS blocks (a chunk past 8 MiB) is bounded by the walk
+    of that one frame, and decoded by nvCOMP like any other."""
+    from gpuzarr.codecs.bytes_to_bytes import _ZSTD_BLOCK_STEPS, ZSTD_BLOCK_MAX
+
+    shape = (_ZSTD_BLOCK_STEPS * ZSTD_BLOCK_MAX // 2048 + 64, 1024)  # uint16: past the walk's blocks
+    data = (np.arange(np.prod(shape), dtype="<u4") * 2654435761 >> 20).astype("<u2").reshape(shape)
+    z = zarr.create_array(str(tmp_path / "a"), shape=shape, chunks=shape, dtype="<u2",
+                          compressors=zarr.codecs.ZstdCodec(level=1), fill_value=0)
+    z[...] = data
+    got, report = _read(tmp_path / "a", device)
+    np.testing.assert_array_equal(got, data)
+    assert report.cpu_fallback == [] and report.codec_calls.get("nvcomp:zstd")

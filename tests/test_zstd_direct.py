@@ -625,6 +625,7 @@ def test_write_bounds_hold_every_frame_libzstd_writes(data):
     offsets, sizes = offsets[1:-1], sizes[1:-1]
     bounds = bytes_to_bytes.zstd_write_bounds(staging, offsets, sizes)
     assert (nbytes <= bounds).all(), bounds
+    assert [bytes_to_bytes.zstd_frame_walk(f) for f in frames] == [(len(f), int(b)) for f, b in zip(frames, bounds)]
     given = gpu_layout._zstd_bounds(staging, offsets, sizes, bounds.copy()) >= 0
     checksummed = np.array([bool(f[4] & 4) for f in frames])
     np.testing.assert_array_equal(given, ~checksummed)

@@ -197,54 +197,47 @@ def zstd_whole_frames(staging: np.ndarray, offsets: np.ndarray, sizes: np.ndarra
 
 def zstd_single_frames(staging: np.ndarray, offsets: np.ndarray, sizes: np.ndarray, header: tuple | None = None) -> bool:
     """Whether every segment is exactly one zstd frame, nothing after it (no second frame, no
-    trailing bytes), its blocks walked (RFC 8878 §3.1.1.2) for all frames at once; headers
-    already checked (check_zstd_frames, whose `header` fields may be passed on). False where a
-    frame has more than _ZSTD_BLOCK_STEPS blocks, a reserved block type, or runs past its
-    segment: the caller then decodes frame by frame, which says what is wrong."""
-    fhd, fcs_at, width = header or _zstd_header(staging, offsets, sizes >= 5)
-    pos = offsets + fcs_at + width  # the first block header
-    end = offsets + sizes
-    walking = np.ones(offsets.size, bool)
-    for _ in range(_ZSTD_BLOCK_STEPS):
-        if not (walking & (pos + 3 <= end)).all() and (walking & (pos + 3 > end)).any():
-            return False  # a block header past the segment
-        head = read_le_where(staging, pos, 2, walking) | read_le_where(staging, pos + 2, 1, walking) << 16
-        kind = (head >> 1) & 3
-        if (walking & (kind == 3)).any():
-            return False
-        pos = np.where(walking, pos + 3 + np.where(kind == 1, 1, head >> 3), pos)  # RLE: one byte
-        walking &= (head & 1) == 0  # Last_Block
-        if not walking.any():
-            return bool((pos + 4 * ((fhd >> 2) & 1) == end).all())  # then the content checksum, if any
-    return False
+    trailing bytes), its blocks walked for all frames at once (zstd_walk; `header`: the fields
+    check_zstd_frames read, where the caller has them). False where a frame has more than
+    _ZSTD_BLOCK_STEPS blocks, a reserved block type, or runs past its segment: the caller then
+    decodes frame by frame, which says what is wrong."""
+    return bool((zstd_walk(staging, offsets, sizes, header)[0] == offsets + sizes).all())
 
 
 ZSTD_BLOCK_MAX = 1 << 17  # Block_Maximum_Size at most (RFC 8878 §3.1.1.2.3): 128 KiB
 
 
 def zstd_write_bounds(staging: np.ndarray, offsets: np.ndarray, sizes: np.ndarray) -> np.ndarray:
-    """The most bytes each zstd frame's blocks can decode to, read off its block headers (RFC
-    8878 §3.1.1.2): a Raw or RLE block its Block_Size, a compressed one Block_Maximum_Size
-    (min(Window_Size, 128 KiB)); -1 for a frame that cannot be walked (bad magic, a truncated
-    header, blocks past its segment or more than _ZSTD_BLOCK_STEPS of them, a reserved block
-    type). Why: nvCOMP 6.0 writes a zstd frame's whole output past the buffer size it is given
-    (measured on an H200: 1 MiB written into a 16-byte buffer, status success), so the GPU gives
-    it only frames whose bound fits the room behind their buffer."""
-    framed = sizes >= 6
-    magic = read_le_where(staging, offsets, 4, framed)
-    fhd, fcs_at, width = _zstd_header(staging, offsets, framed)
-    walking = framed & (magic == _ZSTD_MAGIC) & (sizes >= fcs_at + width)
+    """The most bytes each zstd frame's blocks can decode to (zstd_walk), -1 for a frame that
+    cannot be walked or runs past its segment. Why: nvCOMP 6.0 writes a zstd frame's whole
+    output past the buffer size it is given (measured on an H200: 1 MiB written into a 16-byte
+    buffer, status success), so the GPU gives it only frames whose bound fits the room behind
+    their buffer."""
+    ends, bounds = zstd_walk(staging, offsets, sizes)
+    return np.where((ends >= 0) & (ends <= offsets + sizes), bounds, -1)
+
+
+def zstd_walk(staging: np.ndarray, offsets: np.ndarray, sizes: np.ndarray,
+              header: tuple | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Every frame's blocks walked at once (RFC 8878 §3.1.1.2): where each frame ends in
+    `staging` (its content checksum counted) and the most bytes its blocks can decode to (a Raw
+    or RLE block its Block_Size, a compressed one Block_Maximum_Size: min(Window_Size, 128 KiB));
+    -1 for both where a frame cannot be walked: bad magic, a truncated header, a block header
+    past its segment, a reserved block type, more than _ZSTD_BLOCK_STEPS blocks (zstd_frame_walk
+    walks any number, one frame)."""
+    framed = sizes >= 5
+    fhd, fcs_at, width = header or _zstd_header(staging, offsets, framed)
+    walking = framed & (read_le_where(staging, offsets, 4, framed) == _ZSTD_MAGIC) & (sizes >= fcs_at + width)
     single = (fhd >> 5) & 1
     content = np.zeros(offsets.size, np.int64)
     for w in set(width[walking & (single == 1)].tolist()):  # a single segment's window is its content size
         k = walking & (single == 1) & (width == w)
         content[k] = read_le_where(staging, offsets + fcs_at, w, k)[k].astype(np.int64) + (256 if w == 2 else 0)
     descriptor = read_le_where(staging, offsets + 5, 1, walking & (single == 0)).astype(np.int64)
-    window_base = np.left_shift(1, np.minimum(10 + (descriptor >> 3), 41))  # Window_Descriptor, §3.1.1.1.2
-    window = np.where(single == 1, content, window_base + (window_base >> 3) * (descriptor & 7))
-    block_max = np.minimum(window, ZSTD_BLOCK_MAX)
+    block_max = np.minimum(np.where(single == 1, content, _zstd_window(descriptor)), ZSTD_BLOCK_MAX)
     pos, end = offsets + fcs_at + width, offsets + sizes
-    bound = np.zeros(offsets.size, np.int64)
+    bounds = np.zeros(offsets.size, np.int64)
+    ends = np.full(offsets.size, -1, np.int64)
     for _ in range(_ZSTD_BLOCK_STEPS):
         walking &= pos + 3 <= end
         if not walking.any():
@@ -252,14 +245,19 @@ def zstd_write_bounds(staging: np.ndarray, offsets: np.ndarray, sizes: np.ndarra
         head = read_le_where(staging, pos, 2, walking) | read_le_where(staging, pos + 2, 1, walking) << 16
         kind, block = (head >> 1) & 3, (head >> 3).astype(np.int64)
         walking &= kind != 3
-        bound += np.where(walking, np.where(kind == 2, block_max, block), 0)
+        bounds += np.where(walking, np.where(kind == 2, block_max, block), 0)
         pos = np.where(walking, pos + 3 + np.where(kind == 1, 1, block), pos)  # RLE: one byte stored
-        done = walking & ((head & 1) == 1)
-        bound[done] = np.where(pos[done] + 4 * ((fhd[done] >> 2) & 1) <= end[done], bound[done], -1)
-        pos[done] = -1  # walked to its last block
+        done = walking & ((head & 1) == 1)  # Last_Block
+        ends[done] = pos[done] + 4 * ((fhd[done] >> 2) & 1)
         walking &= ~done
-    bound[pos != -1] = -1  # not walked to a last block
-    return bound
+    bounds[ends < 0] = -1
+    return ends, bounds
+
+
+def _zstd_window(descriptor: Any) -> Any:
+    """Window_Size from a Window_Descriptor byte (RFC 8878 §3.1.1.1.2), exponent capped at 41."""
+    base = np.left_shift(1, np.minimum(10 + (descriptor >> 3), 41))
+    return base + (base >> 3) * (descriptor & 7)
 
 
 def zstd_frame_end(data: Any) -> int:
@@ -268,24 +266,37 @@ def zstd_frame_end(data: Any) -> int:
     len(data) where it is cut short, -1 where it is no frame (bad magic, a reserved block
     type). One frame, block by block in Python: for the frames the whole-batch checks could
     not vouch for (zstd_single_frames)."""
+    return zstd_frame_walk(data)[0]
+
+
+def zstd_frame_walk(data: Any) -> tuple[int, int]:
+    """zstd_frame_end, and the most bytes the frame's blocks can decode to (as zstd_walk; 0 for
+    a skippable frame, -1 where it ends at -1)."""
     view, n = memoryview(data).cast("B"), len(data)
     if n >= 8 and view[0] & 0xF0 == 0x50 and bytes(view[1:4]) == b"\x2a\x4d\x18":  # a skippable frame
-        return 8 + int.from_bytes(view[4:8], "little")
+        return 8 + int.from_bytes(view[4:8], "little"), 0
     if n < 6 or bytes(view[:4]) != b"\x28\xb5\x2f\xfd":
-        return -1
+        return -1, -1
     fhd = view[4]
     single = (fhd >> 5) & 1
-    pos = 6 - single + (0, 1, 2, 4)[fhd & 3] + (single if fhd >> 6 == 0 else (0, 2, 4, 8)[fhd >> 6])
+    fcs_at = 6 - single + (0, 1, 2, 4)[fhd & 3]
+    width = single if fhd >> 6 == 0 else (0, 2, 4, 8)[fhd >> 6]
+    if single:
+        window = int.from_bytes(view[fcs_at:fcs_at + width], "little") + (256 if width == 2 else 0)
+    else:
+        window = int(_zstd_window(view[5]))
+    block_max, pos, bound = min(window, ZSTD_BLOCK_MAX), fcs_at + width, 0
     while True:
         if pos + 3 > n:
-            return n + 1
+            return n + 1, -1
         head = view[pos] | view[pos + 1] << 8 | view[pos + 2] << 16
         kind = (head >> 1) & 3
         if kind == 3:
-            return -1
+            return -1, -1
+        bound += block_max if kind == 2 else head >> 3
         pos += 3 + (1 if kind == 1 else head >> 3)  # RLE: one byte
         if head & 1:  # Last_Block
-            return pos + 4 * ((fhd >> 2) & 1)
+            return pos + 4 * ((fhd >> 2) & 1), bound
 
 
 def zstd_frames_problem(data: Any) -> str | None:

@@ -36,8 +36,8 @@ import numpy as np
 
 from ..blosc_frames import (COMPRESSORS, FLAG_MEMCPYED, SHUFFLE_BIT, SHUFFLE_BYTE, SHUFFLE_NONE, BloscBatch,
                             parse_blosc_batch, parse_blosc_frame, read_le_where)
-from ..codecs.bytes_to_bytes import (Blosc, Gzip, Lz4, Zlib, Zstd, check_zstd_frames, strip_crc32c, zstd_frame_end,
-                                     zstd_single_frames, zstd_whole_frames, zstd_write_bounds)
+from ..codecs.bytes_to_bytes import (Blosc, Gzip, Lz4, Zlib, Zstd, check_zstd_frames, strip_crc32c, zstd_frame_walk,
+                                     zstd_walk, zstd_whole_frames, zstd_write_bounds)
 from ..codecs.chain import CodecChain
 from ..errors import CorruptDataError, claim_error
 from ..fetch import FetchedBatch
@@ -255,9 +255,11 @@ class _Builder:
         `sized`: whether its framing states dst_size (see DEFLATE_EXPANSION)."""
         if dst_size > MAX_DECODED[algorithm]:
             raise _NoGpuDecoder
-        if algorithm == "zstd":
+        if algorithm == "zstd":  # a frame of any number of blocks
             frame = np.frombuffer(data, np.uint8)
-            bound = int(_zstd_bounds(frame, np.zeros(1, np.int64), np.array([frame.size]))[0])
+            end, bound = zstd_frame_walk(frame)
+            bound = int(_zstd_bounds(frame, np.zeros(1, np.int64), np.array([frame.size]),
+                                     np.array([bound if end == frame.size else -1]))[0])
         else:
             bound = dst_size if sized else int(deflate_bounds(np.array([len(data)]))[0])
         at = self.temp_base + self.temp if dst % self.alignments[algorithm][1] else dst  # temp_slot's
@@ -560,12 +562,16 @@ def _zstd_layout(batch: FetchedBatch, chain: CodecChain, cpu_decode: Callable[[i
     if not zstd_whole_frames(batch.staging, offsets, sizes, raw, bounds):  # else every frame passes its checks
         check_zstd_frames(batch.staging, offsets, sizes, raw, label,
                           lambda k: verify_crc32c_on_host(batch.chunk(int(live[k])), checks, label(k)))
-        if not zstd_single_frames(batch.staging, offsets, sizes):  # some frame not vouched for: each walked
-            whole = np.array([zstd_frame_end(batch.staging[o:o + n]) == n
-                              for o, n in zip(offsets.tolist(), sizes.tolist())], dtype=bool)
+        ends, bounds = zstd_walk(batch.staging, offsets, sizes)
+        odd = np.flatnonzero(ends != offsets + sizes)  # not vouched for: each walked in Python
+        if odd.size:
+            walked = np.array([zstd_frame_walk(batch.staging[o:o + n])
+                               for o, n in zip(offsets[odd].tolist(), sizes[odd].tolist())], np.int64).reshape(-1, 2)
+            bounds[odd] = walked[:, 1]
+            whole = np.ones(live.size, bool)
+            whole[odd] = walked[:, 0] == sizes[odd]
             fallback = live[~whole].tolist()
-            live, offsets, stored, sizes = live[whole], offsets[whole], stored[whole], sizes[whole]
-        bounds = None
+            live, offsets, stored, sizes, bounds = live[whole], offsets[whole], stored[whole], sizes[whole], bounds[whole]
     b = _Builder(batch, raw, checks)
     bounds = _zstd_bounds(batch.staging, offsets, sizes, bounds)
     given = b.fits(live * raw, bounds)
@@ -582,7 +588,7 @@ def _zstd_layout(batch: FetchedBatch, chain: CodecChain, cpu_decode: Callable[[i
 
 
 def _zstd_bounds(staging: np.ndarray, at: np.ndarray, size: np.ndarray, bounds: np.ndarray | None = None) -> np.ndarray:
-    """zstd_write_bounds of the frames (`bounds`: the host library's, where it gave them), -1 for
+    """zstd_write_bounds of the frames (`bounds`: the caller's, from the host library or a walk), -1 for
     those nvCOMP must not be given: a frame that cannot be walked, or one with a content checksum
     (nvCOMP 6.0 does not verify it: measured, a frame whose checksum was flipped decoded with
     status success; libzstd on the host does). libzstd's frames come within a few blocks of
