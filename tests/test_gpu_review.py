@@ -555,3 +555,22 @@ def test_arrays_the_gpu_cannot_decode_are_refused_whatever_the_selection(tmp_pat
         with pytest.raises(gpuzarr.UnsupportedFeatureError, match="CPU only"):
             arr[sel]
     np.testing.assert_array_equal(arr.read(slice(3, 3), device="cpu"), np.zeros(0, "<i4"))
+
+
+def test_a_chunk_too_large_to_decode_on_the_host_is_a_device_memory_error(tmp_path):
+    """A chunk nvCOMP cannot take (past its per-chunk limit) is decoded on the host; where the
+    metadata makes it larger than memory, that is DeviceMemoryError, as on the CPU path (it was
+    a bare MemoryError: found by fuzzing the GPU orchestration)."""
+    import zarr
+
+    z = zarr.create_array(str(tmp_path / "a"), shape=(64,), chunks=(64,), dtype="u1",
+                          compressors=zarr.codecs.ZstdCodec(), fill_value=0)
+    z[...] = np.arange(64, dtype="u1")
+    chunk = tmp_path / "a" / "c" / "0"  # a frame without a content size: no header to refuse it by
+    chunk.write_bytes(zstandard.ZstdCompressor(write_content_size=False).compress(bytes(range(64))))
+    meta = json.loads((tmp_path / "a" / "zarr.json").read_text())
+    meta["shape"] = meta["chunk_grid"]["configuration"]["chunk_shape"] = [1 << 42]
+    (tmp_path / "a" / "zarr.json").write_text(json.dumps(meta))
+    for device in ("cpu", GpuDevice(StandinEngine())):
+        with pytest.raises(gpuzarr.DeviceMemoryError, match="a chunk decodes to"):
+            gpuzarr.open(str(tmp_path / "a"), device=device)[:16]

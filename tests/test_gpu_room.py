@@ -133,3 +133,24 @@ def test_a_zstd_chunk_of_more_blocks_than_the_batch_walk_takes_stays_on_the_devi
     got, report = _read(tmp_path / "a", device)
     np.testing.assert_array_equal(got, data)
     assert report.cpu_fallback == [] and report.codec_calls.get("nvcomp:zstd")
+
+
+@pytest.mark.parametrize("codec", ["lz4", "gzip"])
+@pytest.mark.parametrize("which", [0, 15])
+def test_a_corrupt_stream_of_stated_size_overrunning_a_little_fails_the_read_inside_work(tmp_path, device, codec,
+                                                                                         which):
+    """v2 LZ4 and gzip chunks whose framing states the chunk's size (the LZ4 prefix, ISIZE) but
+    whose stream decodes 200 kB more: corrupt, which nvCOMP leaves undefined; the slack behind
+    every batch keeps such an overrun inside work, and the read fails on the decoded size."""
+    compressor = {"lz4": numcodecs.LZ4(), "gzip": numcodecs.GZip(level=6)}[codec]
+    data = np.arange(np.prod(SHAPE), dtype="<u2").reshape(SHAPE)
+    z = zarr.create_array(str(tmp_path / "a"), shape=SHAPE, chunks=CHUNKS, dtype="<u2", zarr_format=2,
+                          compressors=compressor, fill_value=0)
+    z[...] = data
+    raw = int(np.prod(CHUNKS)) * 2
+    f = sorted(p for p in (tmp_path / "a").iterdir() if p.name[0].isdigit())[which]
+    body = compressor.encode(b"\x01" * (raw + 200_000))
+    body = raw.to_bytes(4, "little") + body[4:] if codec == "lz4" else body[:-4] + raw.to_bytes(4, "little")
+    f.write_bytes(body)
+    with pytest.raises(gpuzarr.CorruptDataError, match=f.name.replace(".", r"\.")):
+        _read(tmp_path / "a", device)

@@ -156,12 +156,8 @@ class CpuDevice:
         return thread_slot(self._local, "staging", nbytes, STAGING_KEPT)
 
     def _scratch(self, nbytes: int) -> np.ndarray:
-        """This thread's decode buffer (one chunk); a chunk too large for memory is named as such."""
-        try:
-            return thread_slot(self._local, "scratch", nbytes)
-        except MemoryError:
-            raise DeviceMemoryError(f"a chunk decodes to {nbytes} bytes, more than this machine can allocate for "
-                                    f"one chunk (the array's chunk shape and dtype say so)") from None
+        """This thread's decode buffer (one chunk)."""
+        return chunk_buffer(lambda n: thread_slot(self._local, "scratch", n), nbytes)
 
     def decode_and_place(self, batch: FetchedBatch | PendingBatch, chain: CodecChain, out: Any, plan: Plan,
                          first: int, fill: Any, report: Any = None, sole: bool = False) -> list:
@@ -550,6 +546,15 @@ class ChunkView:
         if self.plain:
             return raw.view(self.dtype).reshape(self.shape)
         return decode_raw(np, raw.reshape(1, -1), self.chain)[0]
+
+
+def chunk_buffer(make: Callable[[int], np.ndarray], nbytes: int) -> np.ndarray:
+    """make(nbytes): a buffer for one decoded chunk; one too large for memory is named as such."""
+    try:
+        return make(nbytes)
+    except MemoryError:
+        raise DeviceMemoryError(f"a chunk decodes to {nbytes} bytes, more than this machine can allocate for "
+                                f"one chunk (the array's chunk shape and dtype say so)") from None
 
 
 def decode_bytes(chain: CodecChain, data: Any, out: np.ndarray, label: str) -> np.ndarray:

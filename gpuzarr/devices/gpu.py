@@ -28,7 +28,7 @@ from ..fetch import FetchedBatch
 from ..placement import decode_raw, fill_item
 from ..plan import Plan
 from .base import check_gpu_chain
-from .cpu import decode_bytes
+from .cpu import chunk_buffer, decode_bytes
 from .gpu_layout import GpuBatchLayout, build_layout, copy_records, fetch_align, scatter_records
 from .kernels import SCATTER_ITEMSIZES, get_function
 from .nvcomp_batch import check, checksum_batch, copy_back, decode_batch
@@ -53,6 +53,10 @@ def gpu_dtype(dtype: np.dtype) -> np.dtype:
     elif dtype.kind not in "biufc" or dtype.fields is not None:
         raise UnsupportedFeatureError(f"dtype {dtype} is read on the CPU only (device='cpu')")
     return dtype.newbyteorder("=")
+
+
+def _host_bytes(nbytes: int) -> np.ndarray:
+    return np.empty(nbytes, np.uint8)
 
 
 class GpuDevice:
@@ -107,7 +111,7 @@ class GpuDevice:
         check_gpu_chain(chain)
         raw_nbytes = chain.raw_nbytes
         layout = build_layout(batch, chain,
-                              lambda i: decode_bytes(chain, batch.chunk(i), np.empty(raw_nbytes, np.uint8),
+                              lambda i: decode_bytes(chain, batch.chunk(i), chunk_buffer(_host_bytes, raw_nbytes),
                                                      batch.labels[i]),
                               self.engine.host_ring())
         eng = self.engine

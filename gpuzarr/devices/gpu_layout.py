@@ -58,8 +58,12 @@ ALIGN = 16
 # code). Work keeps that room behind
 # its rows, up to ROOM or the rows' own size, whichever is larger; a stream that would need more
 # is decoded on the host. A stream that decodes past its buffer then fails the read on its size.
+# Behind every batch with streams, SLACK more: a corrupt stream of a stated size that overruns it
+# by up to that much writes there, and fails the read on its size, not into another buffer (in a
+# probe, an overrun rewrote the statuses nvCOMP had just written).
 DEFLATE_EXPANSION = 1032
 ROOM = 64 << 20
+SLACK = 1 << 20
 # nvCOMP's per-chunk decompression limits (nvcomp*DecompressionMaxAllowedChunkSize, nvCOMP 6)
 MAX_DECODED = {"zstd": (1 << 31) - 1, "snappy": (1 << 31) - 1, "deflate": (1 << 32) - 1, "lz4": (1 << 32) - 1}
 # blosc compressor → nvCOMP algorithm; blosclz has no GPU decoder
@@ -338,8 +342,8 @@ class _Builder:
         return GpuBatchLayout(
             self.batch.n, self.raw_nbytes, present, staging, token, streams, copies, self.moves.arrays(),
             {kind: t.arrays() for kind, t in self.unshuffles.items() if len(t)},
-            max(self.temp_base + self.temp, self.reach) - _align(self.batch.n * self.raw_nbytes), fallback,
-            self.batch.labels, checksums)
+            max(self.temp_base + self.temp + (SLACK if streams else 0), self.reach)
+            - _align(self.batch.n * self.raw_nbytes), fallback, self.batch.labels, checksums)
 
 
 def build_layout(batch: FetchedBatch, chain: CodecChain, cpu_decode: Callable[[int], np.ndarray],
