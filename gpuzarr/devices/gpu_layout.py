@@ -55,9 +55,9 @@ ALIGN = 16
 # which nvCOMP's contract leaves undefined. The others get room for the most they can decode to:
 # a zstd frame (a content size or not) its bound from its block headers (_zstd_bounds), a zlib
 # stream 1032 bytes a stored byte (Deflate: 258 bytes for a 1-bit length and a 1-bit distance
-# code). Work keeps that room behind
-# its rows, up to ROOM or the rows' own size, whichever is larger; a stream that would need more
-# is decoded on the host. A stream that decodes past its buffer then fails the read on its size.
+# code). Work keeps that room behind its rows, up to ROOM or the rows' own size, whichever is
+# larger; a stream that would need more is decoded on the host. A stream that decodes past its
+# buffer then fails the read on its size.
 # Behind every batch with streams, SLACK more: a corrupt stream of a stated size that overruns it
 # by up to that much writes there, and fails the read on its size, not into another buffer (in a
 # probe, an overrun rewrote the statuses nvCOMP had just written).
@@ -575,13 +575,13 @@ def _zstd_layout(batch: FetchedBatch, chain: CodecChain, cpu_decode: Callable[[i
             whole = np.ones(live.size, bool)
             whole[odd] = walked[:, 0] == sizes[odd]
             fallback = live[~whole].tolist()
-            live, offsets, stored, sizes, bounds = live[whole], offsets[whole], stored[whole], sizes[whole], bounds[whole]
+            live, offsets, stored, sizes, bounds = (a[whole] for a in (live, offsets, stored, sizes, bounds))
     b = _Builder(batch, raw, checks)
     bounds = _zstd_bounds(batch.staging, offsets, sizes, bounds)
     given = b.fits(live * raw, bounds)
     if not given.all():  # frames nvCOMP must not be given: decoded on the host
         fallback += live[~given].tolist()
-        live, offsets, stored, sizes, bounds = live[given], offsets[given], stored[given], sizes[given], bounds[given]
+        live, offsets, stored, sizes, bounds = (a[given] for a in (live, offsets, stored, sizes, bounds))
     if live.size:
         b.streams_many("zstd", offsets, sizes, live * raw, np.full(live.size, raw, np.int64), live, bounds)
         if checks:
@@ -591,13 +591,14 @@ def _zstd_layout(batch: FetchedBatch, chain: CodecChain, cpu_decode: Callable[[i
     return b.layout(batch.present, fallback, allocate)
 
 
-def _zstd_bounds(staging: np.ndarray, at: np.ndarray, size: np.ndarray, bounds: np.ndarray | None = None) -> np.ndarray:
-    """zstd_write_bounds of the frames (`bounds`: the caller's, from the host library or a walk), -1 for
-    those nvCOMP must not be given: a frame that cannot be walked, or one with a content checksum
-    (nvCOMP 6.0 does not verify it: measured, a frame whose checksum was flipped decoded with
-    status success; libzstd on the host does). libzstd's frames come within a few blocks of
-    their size (its block splitter cuts 128 KiB blocks into smaller compressed ones: level 19
-    bounds a 128 KiB chunk at 768 KiB)."""
+def _zstd_bounds(staging: np.ndarray, at: np.ndarray, size: np.ndarray,
+                 bounds: np.ndarray | None = None) -> np.ndarray:
+    """zstd_write_bounds of the frames (`bounds`: the caller's, from the host library or a
+    walk), -1 for those nvCOMP must not be given: a frame that cannot be walked, or one with a
+    content checksum (nvCOMP 6.0 does not verify it: measured, a frame whose checksum was
+    flipped decoded with status success; libzstd on the host does). libzstd's frames come
+    within a few blocks of their size (its block splitter cuts 128 KiB blocks into smaller
+    compressed ones: level 19 bounds a 128 KiB chunk at 768 KiB)."""
     bounds = zstd_write_bounds(staging, at, size) if bounds is None else bounds
     bounds[(read_le_where(staging, at + 4, 1, size >= 5) & 4) != 0] = -1
     return bounds
