@@ -2,7 +2,7 @@
 kernels/host_calls.cpp): per-chunk loops of the CPU path run in C, each in one ctypes call with
 the GIL released once: the placement of a part's pieces and the fills of its absent chunks
 (the GPU kernel's own scatter and fill records, reduced by its core), the blosc, LZ4 and zstd
-decoder calls of a part, and the syscalls that read a part's chunk files or a read's shard
+decoder calls of a part (alone, or each followed by its chunk's placement), and the syscalls that read a part's chunk files or a read's shard
 indexes.
 
 Why: each NumPy assignment or ctypes call of such a loop drops and retakes the GIL. With a second
@@ -32,7 +32,7 @@ FALLBACKS: Counter = Counter()
 _LOCK = forksafe.Lock()
 
 _NAME = "_host_lib"
-VERSION = 6  # gpz_host_version() of the sources this module calls
+VERSION = 7  # gpz_host_version() of the sources this module calls
 _i64, _ptr = ctypes.c_int64, ctypes.c_void_p
 _lib: list = []  # [the loaded library, or None where it is missing or stale]
 
@@ -67,6 +67,9 @@ def _load() -> Any:
     lib.gpz_each_lz4.restype = None
     lib.gpz_each_zstd.argtypes = [_ptr, _ptr, _ptr, _ptr, _ptr, _i64, _i64, _ptr]
     lib.gpz_each_zstd.restype = None
+    lib.gpz_decode_scatter.argtypes = [ctypes.c_int, _ptr, _ptr, _ptr, _ptr, _i64, _i64, _ptr, _ptr, _ptr, _ptr,
+                                       ctypes.c_int, _i64, ctypes.c_int, _ptr]
+    lib.gpz_decode_scatter.restype = _i64
     lib.gpz_zstd_whole_frames.argtypes = [_ptr, _ptr, _ptr, _i64, _i64, ctypes.c_int, _ptr]
     lib.gpz_zstd_whole_frames.restype = ctypes.c_int
     lib.gpz_open_files.argtypes = [_ptr, _i64, _i64, _ptr, _ptr, _ptr]
@@ -167,6 +170,30 @@ def each_zstd(fn: Any, dctx: int, src: np.ndarray, sizes: np.ndarray, dst: np.nd
     _library().gpz_each_zstd(_function_address(fn), dctx, src.ctypes.data, sizes.ctypes.data, dst.ctypes.data,
                              src.size, capacity, got.ctypes.data)
     return got
+
+
+# the decoders gpz_decode_scatter calls, by its `kind`
+DECODERS = {"zstd": 0, "blosc": 1, "lz4": 2}
+
+
+def decode_scatter(decoder: tuple, src: np.ndarray, sizes: np.ndarray, scratch: np.ndarray, dst: np.ndarray,
+                   records: np.ndarray, rec_lo: np.ndarray, ndim: int, itemsize: int, swap: int) -> tuple[int, int]:
+    """Frames at addresses `src` (`sizes` bytes each) decoded one by one into `scratch` (one
+    chunk's bytes) by `decoder` ((DECODERS key, ctypes function, context address or None)), each
+    placed into `dst` at once by its scatter records, records[rec_lo[i]:rec_lo[i+1]] (SRC: offsets
+    within the chunk; checked by their maker, as for scatter()): gpz_decode_scatter. Returns
+    (-1, 0) when every frame decoded to exactly the scratch's size, else (the first frame that
+    did not, its decoder's result); nothing is placed from that frame on."""
+    kind, fn, ctx = decoder
+    src, sizes = np.ascontiguousarray(src, np.int64), np.ascontiguousarray(sizes, np.int64)
+    records, rec_lo = np.ascontiguousarray(records, np.int64), np.ascontiguousarray(rec_lo, np.int64)
+    assert rec_lo.size == src.size + 1 and scratch.flags.c_contiguous
+    got = np.zeros(1, np.int64)
+    failed = _library().gpz_decode_scatter(DECODERS[kind], _function_address(fn), ctx, src.ctypes.data,
+                                           sizes.ctypes.data, src.size, scratch.nbytes, scratch.ctypes.data,
+                                           dst.ctypes.data, records.ctypes.data, rec_lo.ctypes.data, ndim, itemsize,
+                                           swap, got.ctypes.data)
+    return int(failed), int(got[0])
 
 
 def zstd_whole_frames(staging: np.ndarray, offsets: np.ndarray, sizes: np.ndarray, nbytes: int,

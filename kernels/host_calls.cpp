@@ -16,7 +16,7 @@
 #include <sys/uio.h>
 #include <unistd.h>
 
-typedef long long gpz_i64;
+#include "scatter_core.cuh"  // GPZ_REC_LEN
 
 extern "C" {
 
@@ -52,6 +52,43 @@ void gpz_each_zstd(void* fn, void* dctx, const gpz_i64* src, const gpz_i64* size
     const gpz_zstd_fn decode = (gpz_zstd_fn)fn;
     for (gpz_i64 i = 0; i < n; ++i)
         got[i] = decode(dctx, (void*)dst[i], (size_t)capacity, (const void*)src[i], (size_t)sizes[i]);
+}
+
+// Decode frames 0..n-1 one by one into `scratch` (`nbytes`, one chunk: it stays in cache) and
+// place each at once by its records, recs[rec_lo[i]..rec_lo[i+1]) (scatter records whose source
+// offsets are within the chunk), through gpz_scatter_host with `swap`: what gpuzarr's CPU device
+// does chunk by chunk in Python for chunks too large to decode a part of them first, here with
+// the GIL released once for the part. `kind`: the decoder `fn` is libzstd's ZSTD_decompressDCtx
+// with the context `ctx` (0), c-blosc's blosc_decompress_ctx (1) or LZ4_decompress_safe (2; src[i]
+// past numcodecs' size prefix). The caller checked every frame's header against `nbytes` and its
+// segment. Returns -1 when every frame decoded to exactly `nbytes` and was placed; else the first
+// frame that did not (nothing placed from it on), got[0] its decoder's result.
+int gpz_scatter_host(const unsigned char* src, unsigned char* dst, const gpz_i64* recs, gpz_i64 n, int ndim,
+                     gpz_i64 itemsize, int swap);
+
+gpz_i64 gpz_decode_scatter(int kind, void* fn, void* ctx, const gpz_i64* src, const gpz_i64* sizes, gpz_i64 n,
+                           gpz_i64 nbytes, unsigned char* scratch, unsigned char* dst, const gpz_i64* recs,
+                           const gpz_i64* rec_lo, int ndim, gpz_i64 itemsize, int swap, gpz_i64* got)
+{
+    for (gpz_i64 i = 0; i < n; ++i) {
+        gpz_i64 size;
+        if (kind == 0)
+            size = (gpz_i64)((gpz_zstd_fn)fn)(ctx, scratch, (size_t)nbytes, (const void*)src[i], (size_t)sizes[i]);
+        else if (kind == 1)
+            size = ((gpz_blosc_fn)fn)((const void*)src[i], scratch, (size_t)nbytes, 1);
+        else
+            size = ((gpz_lz4_fn)fn)((const char*)src[i], (char*)scratch, (int)sizes[i], (int)nbytes);
+        if (size != nbytes) {
+            got[0] = size;
+            return i;
+        }
+        if (gpz_scatter_host(scratch, dst, recs + rec_lo[i] * GPZ_REC_LEN, rec_lo[i + 1] - rec_lo[i], ndim, itemsize,
+                             swap)) {
+            got[0] = size;
+            return i;
+        }
+    }
+    return -1;
 }
 
 // Whether every segment i (sizes[i] bytes at base + offsets[i], inside the caller's buffer) is one

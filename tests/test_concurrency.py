@@ -374,9 +374,10 @@ def test_batches_of_a_longer_read_go_to_the_pool_however_small(tmp_path, monkeyp
     write_sharded(path, data, (512, 512), (32, 32))  # 256 chunks of ~2 KiB, each batch ~0.1 ms predicted
     device = CpuDevice(threads=2)
     submitted, one_by_one = [], []
-    real_submit, real_each = device.pool.submit, cpu._decode_each_and_place
+    real_submit, real_each, real_scatter = device.pool.submit, cpu._decode_each_and_place, cpu._decode_scatter
     monkeypatch.setattr(device.pool, "submit", lambda *a: submitted.append(a) or real_submit(*a))
     monkeypatch.setattr(cpu, "_decode_each_and_place", lambda *a: one_by_one.append(a) or real_each(*a))
+    monkeypatch.setattr(cpu, "_decode_scatter", lambda *a: one_by_one.append(a) or real_scatter(*a))
     report = gpuzarr.ReadReport()
     arr = gpuzarr.open(to_memory(path, "batches"), device=device, settings=gpuzarr.Settings(batch_bytes=64 << 10))
     np.testing.assert_array_equal(arr.read(report=report), data)

@@ -24,6 +24,8 @@ from gpuzarr import store as store_module
 from gpuzarr.codecs import bytes_to_bytes
 from gpuzarr.codecs.bytes_to_bytes import Blosc, Lz4, Zstd
 from gpuzarr.devices import cpu as cpu_device
+from gpuzarr.devices.kernels import (SCATTER_REC_COUNT, SCATTER_REC_DST, SCATTER_REC_DSTRIDE, SCATTER_REC_LEN,
+                                     SCATTER_REC_SHAPE, SCATTER_REC_START, SCATTER_REC_STEP)
 from gpuzarr.errors import CorruptDataError, StoreError
 from gpuzarr.store import LocalStore
 
@@ -94,13 +96,15 @@ def test_host_and_numpy_placement_agree_with_zarr(tmp_path_factory, data):
     want_batch = np.stack([truth[w] for w in windows])
     with mock.patch.object(cpu_device, "SPLIT_SECONDS", 0.0):  # parts, not chunk by chunk (see `grouped`)
         got_batch, got_strided = arr.read_batch(windows), arr[strided]
+        with mock.patch.object(cpu_device, "BLOCK_CHUNK_MAX", 0):  # each chunk decoded alone, placed at once
+            each_batch, each_strided = arr.read_batch(windows), arr[strided]
         with mock.patch.object(host_lib, "_lib", [None]):  # hidden: NumPy places every piece
             np_batch, np_strided = arr.read_batch(windows), arr[strided]
-    for got in (got_batch, np_batch):
+    for got in (got_batch, each_batch, np_batch):
         np.testing.assert_array_equal(got, want_batch)
-    for got in (got_strided, np_strided):
+    for got in (got_strided, each_strided, np_strided):
         np.testing.assert_array_equal(got, truth[strided])
-    assert got_batch.tobytes() == np_batch.tobytes()  # bit for bit (NaN payloads, -0.0)
+    assert got_batch.tobytes() == np_batch.tobytes() == each_batch.tobytes()  # bit for bit (NaN payloads, -0.0)
 
 
 def test_a_batch_of_pieces_goes_through_the_host_lib(tmp_path, grouped, monkeypatch):
@@ -210,6 +214,78 @@ def test_frames_decoded_in_one_call_equal_the_python_loop(name):
             ours.decode_rows(staging, offsets, sizes, np.zeros_like(in_c), labels)
         messages.append(str(err.value))
     assert messages[0] == messages[1] and messages[0].startswith("c3:")
+
+
+@pytest.mark.parametrize("name", list(CODECS))
+def test_frames_decoded_and_placed_in_one_call(name):
+    """host_lib.decode_scatter: each frame decoded, then placed by its records (none, one or
+    two here), in one call; the first frame that fails is returned, nothing placed from it on."""
+    codec, ours, decoder = (make() for make in CODECS[name])
+    if decoder is None:
+        pytest.skip(f"this numcodecs build exports no {name} decoder: no loop to run in C")
+    staging, offsets, sizes, raws = _frames(codec, n=6)
+    labels = [f"c{i}" for i in range(len(raws))]
+    out = np.zeros((8, 2048), "<u2")
+    # chunk i (2048 u2) to row 7 - i; chunk 1 nowhere; chunk 4 also its second half to row 0's first half
+    places = sorted([(i, 0, 2048, 7 - i) for i in (0, 2, 3, 4, 5)] + [(4, 1024, 1024, 0)])  # by chunk
+    records = np.zeros((len(places), SCATTER_REC_LEN), np.int64)
+    for r, (_, start, count, row) in enumerate(places):
+        records[r, [SCATTER_REC_SHAPE, SCATTER_REC_START, SCATTER_REC_STEP, SCATTER_REC_COUNT, SCATTER_REC_DSTRIDE]] = \
+            2048, start, 1, count, 2
+        records[r, SCATTER_REC_DST] = row * out.strides[0]
+    rec_lo = np.searchsorted([p[0] for p in places], np.arange(len(raws) + 1))
+    decoder, src, src_sizes = ours.direct(staging, offsets, sizes, 4096, labels)
+    assert host_lib.decode_scatter(decoder, src, src_sizes, np.empty(4096, np.uint8), out, records, rec_lo, 1, 2,
+                                   0) == (-1, 0)
+    chunks = [np.frombuffer(r, "<u2") for r in raws]
+    want = np.zeros_like(out)
+    for i, start, count, row in places:
+        want[row, :count] = chunks[i][start:start + count]
+    np.testing.assert_array_equal(out, want)
+    at = int(offsets[3]) + {"blosc": int.from_bytes(staging[offsets[3] + 16:offsets[3] + 20].tobytes(), "little"),
+                            "lz4": 4, "zstd": int(sizes[3]) - 4}[name]
+    staging[at:at + 4] = 0xFF  # blosc: a stream's size made huge; lz4: a bogus token; zstd: its checksum
+    out[:] = 0
+    decoder, src, src_sizes = ours.direct(staging, offsets, sizes, 4096, labels)
+    failed, got = host_lib.decode_scatter(decoder, src, src_sizes, np.empty(4096, np.uint8), out, records, rec_lo, 1,
+                                          2, 0)
+    assert failed == 3 and got != 4096
+    want[[4, 3, 2, 0]] = 0  # chunks 3, 4 and 5 not placed
+    np.testing.assert_array_equal(out, want)
+
+
+@pytest.mark.parametrize("fmt", [2, 3])
+def test_large_chunks_are_decoded_and_placed_in_one_call_a_part(tmp_path, fmt):
+    """Chunks too large to decode a part of them first (BLOCK_CHUNK_MAX) go through
+    decode_scatter, absent ones filled, crc32c codecs verified first; a corrupt one is named."""
+    data = np.random.default_rng(3).integers(0, 3000, (150, 96, 72)).astype(">u2" if fmt == 2 else "<u2")
+    path = str(tmp_path / "a.zarr")
+    if fmt == 2:
+        z = zarr.create_array(path, shape=data.shape, chunks=(64, 64, 72), dtype=data.dtype, zarr_format=2,
+                              compressors=numcodecs.Blosc("lz4"), fill_value=9)
+    else:
+        z = zarr.create_array(path, shape=data.shape, chunks=(64, 64, 72), shards=(128, 128, 72), dtype=data.dtype,
+                              compressors=[zarr.codecs.ZstdCodec(), zarr.codecs.Crc32cCodec()], fill_value=9)
+    z[:128] = data[:128]
+    data[128:] = 9  # a band of absent chunks
+    calls = []
+    real = host_lib.decode_scatter
+    with mock.patch.object(host_lib, "decode_scatter", lambda *a: (calls.append(a[1].size), real(*a))[1]):
+        arr = gpuzarr.open(path, device="cpu", settings=gpuzarr.Settings(threads=2))
+        np.testing.assert_array_equal(arr[...], data)
+        window = (slice(20, 140), slice(5, 90), slice(3, 70, 2))
+        np.testing.assert_array_equal(arr[window], data[window])
+    assert calls and sum(calls) > len(calls), "the chunks were not decoded and placed through the host library"
+    key = "a.zarr/0.1.0" if fmt == 2 else "a.zarr/c/0/0/0"
+    chunk = os.path.join(path, "0.1.0" if fmt == 2 else "c/0/0/0")
+    raw = bytearray(open(chunk, "rb").read())
+    if fmt == 2:
+        del raw[-9:]  # the frame shorter than its header says
+    else:
+        raw[len(raw) // 3:len(raw) // 3 + 8] = b"\xff" * 8  # the crc32c codec's checksum fails
+    open(chunk, "wb").write(bytes(raw))
+    with pytest.raises(CorruptDataError, match=key.split("/", 1)[1].replace(".", r"\.")):
+        gpuzarr.open(path, device="cpu", settings=gpuzarr.Settings(threads=2))[...]
 
 
 @pytest.fixture

@@ -380,6 +380,17 @@ class Zstd(BytesBytesCodec):
         _each_named(self.decode_into, staging, rest, offsets, sizes, out, labels)
 
     @staticmethod
+    def direct(staging: np.ndarray, offsets: np.ndarray, sizes: np.ndarray, nbytes: int,
+               labels: list) -> tuple | None:
+        """(decoder, frame addresses, their sizes) for host_lib.decode_scatter, where every frame
+        is one whole frame stating `nbytes` (zstd_whole_frames, one call) and libzstd is loaded;
+        None otherwise: decode_rows' checks then name or decode the others."""
+        dctx = _thread_dctx()
+        if dctx is None or not zstd_whole_frames(staging, offsets, sizes, nbytes):
+            return None
+        return dctx.decoder(), staging.ctypes.data + offsets, sizes
+
+    @staticmethod
     def _decode_runs(staging: np.ndarray, offsets: np.ndarray, sizes: np.ndarray, out: np.ndarray) -> bool:
         """Frames that lie back to back in staging (a shard's chunks read in one range), each
         one whole frame of the row's size (checked by the caller), decoded by ONE libzstd call
@@ -522,6 +533,10 @@ class _DCtx:
         checksum, and writes nothing past `nbytes`)."""
         return self._decompress(self._ptr, dst, nbytes, src, src_size) == nbytes
 
+    def decoder(self) -> tuple:
+        """This context's decoder, as host_lib.decode_scatter takes it."""
+        return "zstd", self._decompress, self._ptr
+
     def decode_each(self, src: np.ndarray, sizes: np.ndarray, dst: np.ndarray, nbytes: int) -> np.ndarray:
         """decode() of every frame (addresses `src`, `sizes` bytes each, into `nbytes` at the
         addresses `dst`) in one call of the host library, the GIL released once; True where it
@@ -658,25 +673,7 @@ class Blosc(BytesBytesCodec):
         k, nbytes = out.shape
         if k == 0:
             return
-        short = np.flatnonzero(sizes < 16)
-        if short.size:
-            raise CorruptDataError(f"{labels[short[0]]}: blosc frame of {sizes[short[0]]} bytes is shorter than "
-                                   f"its 16-byte header")
-        header = staging[offsets[:, None] + np.arange(4, 16)].view("<u4").astype(np.int64)
-        claimed, cbytes = header[:, 0], header[:, 2]  # decoded and frame size (then blocksize)
-        bad = np.flatnonzero(cbytes != sizes)
-        if bad.size:
-            i = int(bad[0])
-            raise CorruptDataError(f"{labels[i]}: blosc header says {cbytes[i]} compressed bytes, "
-                                   f"the frame has {sizes[i]}")
-        bad = np.flatnonzero(claimed != nbytes)
-        if bad.size:
-            i = int(bad[0])
-            raise claim_error(f"{labels[i]}: blosc frame", int(claimed[i]), nbytes)
-        bad = np.flatnonzero(claimed > MAX_EXPANSION * cbytes)
-        if bad.size:
-            i = int(bad[0])
-            _check_claim(nbytes, int(cbytes[i]), f"{labels[i]}: blosc frame")
+        self._check_rows(staging, offsets, sizes, nbytes, labels)
         decompress = _blosc_ctx()
         if decompress is None:
             view = memoryview(staging)
@@ -696,6 +693,37 @@ class Blosc(BytesBytesCodec):
         if wrong.size:
             i = int(wrong[0])
             raise CorruptDataError(f"{labels[i]}: cannot decode blosc frame (c-blosc returned {got[i]})")
+
+    def direct(self, staging: np.ndarray, offsets: np.ndarray, sizes: np.ndarray, nbytes: int,
+               labels: list) -> tuple | None:
+        """(decoder, frame addresses, their sizes) for host_lib.decode_scatter, every header
+        checked (_check_rows raises); None where c-blosc cannot be called directly."""
+        self._check_rows(staging, offsets, sizes, nbytes, labels)
+        decompress = _blosc_ctx()
+        return None if decompress is None else (("blosc", decompress, None), staging.ctypes.data + offsets, sizes)
+
+    @staticmethod
+    def _check_rows(staging: np.ndarray, offsets: np.ndarray, sizes: np.ndarray, nbytes: int, labels: list) -> None:
+        """Every frame's header against its segment and `nbytes`, for the whole batch at once."""
+        short = np.flatnonzero(sizes < 16)
+        if short.size:
+            raise CorruptDataError(f"{labels[short[0]]}: blosc frame of {sizes[short[0]]} bytes is shorter than "
+                                   f"its 16-byte header")
+        header = staging[offsets[:, None] + np.arange(4, 16)].view("<u4").astype(np.int64)
+        claimed, cbytes = header[:, 0], header[:, 2]  # decoded and frame size (then blocksize)
+        bad = np.flatnonzero(cbytes != sizes)
+        if bad.size:
+            i = int(bad[0])
+            raise CorruptDataError(f"{labels[i]}: blosc header says {cbytes[i]} compressed bytes, "
+                                   f"the frame has {sizes[i]}")
+        bad = np.flatnonzero(claimed != nbytes)
+        if bad.size:
+            i = int(bad[0])
+            raise claim_error(f"{labels[i]}: blosc frame", int(claimed[i]), nbytes)
+        bad = np.flatnonzero(claimed > MAX_EXPANSION * cbytes)
+        if bad.size:
+            i = int(bad[0])
+            _check_claim(nbytes, int(cbytes[i]), f"{labels[i]}: blosc frame")
 
 
 @functools.cache
@@ -774,14 +802,7 @@ class Lz4(BytesBytesCodec):
         k, nbytes = out.shape
         if k == 0:
             return
-        short = np.flatnonzero(sizes < 4)
-        if short.size:
-            raise CorruptDataError(f"{labels[short[0]]}: lz4 frame is shorter than its 4-byte size prefix")
-        prefix = staging[offsets[:, None] + np.arange(4)].view("<u4").reshape(-1)
-        wrong = np.flatnonzero(prefix != nbytes)
-        if wrong.size:
-            i = int(wrong[0])
-            raise claim_error(f"{labels[i]}: lz4 frame", int(prefix[i]), nbytes)
+        self._check_rows(staging, offsets, sizes, nbytes, labels)
         decompress = _lz4_direct(int(sizes.max()), nbytes)
         rest = np.arange(k)
         if decompress is not None:
@@ -792,6 +813,26 @@ class Lz4(BytesBytesCodec):
                 got = [decompress(s, d, n, nbytes) for s, d, n in zip(src.tolist(), dst.tolist(), (sizes - 4).tolist())]
             rest = np.flatnonzero(np.asarray(got) != nbytes)
         _each_named(self._decode_numcodecs, staging, rest, offsets, sizes, out, labels)
+
+    def direct(self, staging: np.ndarray, offsets: np.ndarray, sizes: np.ndarray, nbytes: int,
+               labels: list) -> tuple | None:
+        """(decoder, block addresses, their sizes: past the prefix) for host_lib.decode_scatter,
+        every prefix checked (_check_rows raises); None where liblz4 cannot be called directly."""
+        self._check_rows(staging, offsets, sizes, nbytes, labels)
+        decompress = _lz4_direct(int(sizes.max()), nbytes) if sizes.size else None
+        return None if decompress is None else (("lz4", decompress, None), staging.ctypes.data + 4 + offsets, sizes - 4)
+
+    @staticmethod
+    def _check_rows(staging: np.ndarray, offsets: np.ndarray, sizes: np.ndarray, nbytes: int, labels: list) -> None:
+        """Every size prefix against `nbytes`, for the whole batch at once."""
+        short = np.flatnonzero(sizes < 4)
+        if short.size:
+            raise CorruptDataError(f"{labels[short[0]]}: lz4 frame is shorter than its 4-byte size prefix")
+        prefix = staging[offsets[:, None] + np.arange(4)].view("<u4").reshape(-1)
+        wrong = np.flatnonzero(prefix != nbytes)
+        if wrong.size:
+            i = int(wrong[0])
+            raise claim_error(f"{labels[i]}: lz4 frame", int(prefix[i]), nbytes)
 
     def _decode_numcodecs(self, view: memoryview, out: np.ndarray) -> None:
         _count_fallback("lz4:refused" if _lz4_safe() is not None else "lz4:no-liblz4")
