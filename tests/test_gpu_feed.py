@@ -1,6 +1,6 @@
 """The GPU host feed's whole-batch shortcuts against the general paths they stand in for:
 scatter records built per run and gathered per placement (placed through the stand-in's kernel
-model, against the plan's own selections), and read_batch's patches made into Boxes straight from
+model, against the plan's own selections; a small plan's in Python integers, against those), and read_batch's patches made into Boxes straight from
 their slices (against Boxes.of of the normalised windows, and the general path's refusals)."""
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from gpu_standin import StandinEngine
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from gpuzarr.devices import gpu_layout
 from gpuzarr.devices.gpu_layout import scatter_records
 from gpuzarr.indexing import _patch_boxes, parse_batch
 from gpuzarr.plan import BOXES_FROM, Boxes, make_plan
@@ -69,6 +70,12 @@ def test_scatter_records_place_what_the_plan_selects(read, data):
     np.testing.assert_array_equal(out, expected)
     if first == 0 and stop == plan.n_chunks and present.all():
         np.testing.assert_array_equal(out, want)
+    # a small plan's records in Python integers, as the whole-column path builds them
+    order = data.draw(st.none() | st.permutations(range(len(chunks))).map(tuple))
+    span = plan.placements_of(first, stop)
+    for got, want_ in zip(gpu_layout._small_records(plan, span, first, chunks, 4, out.strides, order),
+                          gpu_layout._records(plan, span, first, chunks, 4, out.strides, order)):
+        assert got.dtype == want_.dtype and got.shape == want_.shape and (got == want_).all()
 
 
 @settings(max_examples=300, deadline=None)
