@@ -194,6 +194,13 @@ class _Counted:
 _VIEW_CLASSES: dict[type, type] = {}
 
 
+def read_io(store: Store) -> ReadIO | None:
+    """The ReadIO of a read's counted view of a store (see counted); None for a store itself.
+    For reads made outside the store's methods (host_lib.read_decode_scatter), to count them and
+    keep to the read's deadline."""
+    return store._io if isinstance(store, _Counted) else None
+
+
 def counted(store: Store, io: ReadIO) -> Store:
     """A view of `store` for one read, counting into `io` and bounded by its deadline. It is an
     instance of a subclass of the store's own class, so `isinstance(view, LocalStore)` (fetch's

@@ -54,36 +54,36 @@ void gpz_each_zstd(void* fn, void* dctx, const gpz_i64* src, const gpz_i64* size
         got[i] = decode(dctx, (void*)dst[i], (size_t)capacity, (const void*)src[i], (size_t)sizes[i]);
 }
 
+int gpz_scatter_host(const unsigned char* src, unsigned char* dst, const gpz_i64* recs, gpz_i64 n, int ndim,
+                     gpz_i64 itemsize, int swap);
+
+// The decoders gpuzarr calls directly, by `kind`: libzstd's ZSTD_decompressDCtx with the context
+// `ctx` (0), c-blosc's blosc_decompress_ctx (1), LZ4_decompress_safe on the block after numcodecs'
+// 4-byte size prefix (2). Returns the decoded size, or what the decoder returned.
+static gpz_i64 gpz_decode_one(int kind, void* fn, void* ctx, const unsigned char* src, gpz_i64 size,
+                              unsigned char* dst, gpz_i64 nbytes)
+{
+    if (kind == 0) return (gpz_i64)((gpz_zstd_fn)fn)(ctx, dst, (size_t)nbytes, src, (size_t)size);
+    if (kind == 1) return ((gpz_blosc_fn)fn)(src, dst, (size_t)nbytes, 1);
+    return ((gpz_lz4_fn)fn)((const char*)src, (char*)dst, (int)size, (int)nbytes);
+}
+
 // Decode frames 0..n-1 one by one into `scratch` (`nbytes`, one chunk: it stays in cache) and
 // place each at once by its records, recs[rec_lo[i]..rec_lo[i+1]) (scatter records whose source
 // offsets are within the chunk), through gpz_scatter_host with `swap`: what gpuzarr's CPU device
 // does chunk by chunk in Python for chunks too large to decode a part of them first, here with
-// the GIL released once for the part. `kind`: the decoder `fn` is libzstd's ZSTD_decompressDCtx
-// with the context `ctx` (0), c-blosc's blosc_decompress_ctx (1) or LZ4_decompress_safe (2; src[i]
-// past numcodecs' size prefix). The caller checked every frame's header against `nbytes` and its
-// segment. Returns -1 when every frame decoded to exactly `nbytes` and was placed; else the first
-// frame that did not (nothing placed from it on), got[0] its decoder's result.
-int gpz_scatter_host(const unsigned char* src, unsigned char* dst, const gpz_i64* recs, gpz_i64 n, int ndim,
-                     gpz_i64 itemsize, int swap);
-
+// the GIL released once for the part. `kind`, `fn`, `ctx`: the decoder (gpz_decode_one; src[i]
+// past numcodecs' LZ4 size prefix). The caller checked every frame's header against `nbytes` and
+// its segment. Returns -1 when every frame decoded to exactly `nbytes` and was placed; else the
+// first frame that did not (nothing placed from it on), got[0] its decoder's result.
 gpz_i64 gpz_decode_scatter(int kind, void* fn, void* ctx, const gpz_i64* src, const gpz_i64* sizes, gpz_i64 n,
                            gpz_i64 nbytes, unsigned char* scratch, unsigned char* dst, const gpz_i64* recs,
                            const gpz_i64* rec_lo, int ndim, gpz_i64 itemsize, int swap, gpz_i64* got)
 {
     for (gpz_i64 i = 0; i < n; ++i) {
-        gpz_i64 size;
-        if (kind == 0)
-            size = (gpz_i64)((gpz_zstd_fn)fn)(ctx, scratch, (size_t)nbytes, (const void*)src[i], (size_t)sizes[i]);
-        else if (kind == 1)
-            size = ((gpz_blosc_fn)fn)((const void*)src[i], scratch, (size_t)nbytes, 1);
-        else
-            size = ((gpz_lz4_fn)fn)((const char*)src[i], (char*)scratch, (int)sizes[i], (int)nbytes);
-        if (size != nbytes) {
-            got[0] = size;
-            return i;
-        }
-        if (gpz_scatter_host(scratch, dst, recs + rec_lo[i] * GPZ_REC_LEN, rec_lo[i + 1] - rec_lo[i], ndim, itemsize,
-                             swap)) {
+        const gpz_i64 size = gpz_decode_one(kind, fn, ctx, (const unsigned char*)src[i], sizes[i], scratch, nbytes);
+        if (size != nbytes || gpz_scatter_host(scratch, dst, recs + rec_lo[i] * GPZ_REC_LEN, rec_lo[i + 1] - rec_lo[i],
+                                               ndim, itemsize, swap)) {
             got[0] = size;
             return i;
         }
@@ -238,6 +238,94 @@ void gpz_close_files(int* fds, gpz_i64 n)
             close(fds[i]);
             fds[i] = -1;
         }
+}
+
+// Whether a frame of `size` bytes at `frame` is one the decoder `kind` takes as gpuzarr's checks
+// would let it (Zstd.direct, Blosc._check_rows, Lz4._check_rows): one whole zstd frame stating
+// `nbytes`, of at most max_blocks blocks; a blosc header stating `nbytes` and this frame's size,
+// within max_expansion of it; an LZ4 size prefix of `nbytes`, the frame at most max_frame bytes.
+static bool gpz_frame_ok(int kind, const unsigned char* frame, gpz_i64 size, gpz_i64 nbytes, int max_blocks,
+                         gpz_i64 max_expansion, gpz_i64 max_frame)
+{
+    if (kind == 0) {
+        const gpz_i64 at = 0;
+        return gpz_zstd_whole_frames(frame, &at, &size, 1, nbytes, max_blocks, NULL) == 1;
+    }
+    if (kind == 1) {
+        if (size < 16) return false;
+        const gpz_i64 stated = frame[4] | (frame[5] << 8) | (frame[6] << 16) | ((gpz_i64)frame[7] << 24);
+        const gpz_i64 cbytes = frame[12] | (frame[13] << 8) | (frame[14] << 16) | ((gpz_i64)frame[15] << 24);
+        return cbytes == size && stated == nbytes && stated <= max_expansion * cbytes;
+    }
+    if (size < 4 || size > max_frame) return false;
+    return (frame[0] | (frame[1] << 8) | (frame[2] << 16) | ((gpz_i64)frame[3] << 24)) == nbytes;
+}
+
+// One CPU task's part of a warm read of local shards, in one call: chunk i (of n; absent where
+// file_of[i] < 0) is sizes[i] bytes at offsets[i] of the file paths[file_of[i]]. Each run of
+// chunks that lie back to back in one file is read by one pread into `staging` (chunks back to
+// back, `capacity` bytes at least their sum); then each chunk's frame is checked (gpz_frame_ok),
+// decoded into `scratch` and placed by its records (as gpz_decode_scatter: recs[rec_lo[i]..
+// rec_lo[i+1])). io[0], io[1]: the reads made and the bytes read. Returns 0 when every chunk was
+// read, decoded and placed; else 1 (a file that cannot be opened or read, or shorter than said),
+// 2 (a frame its checks refuse) or 3 (a frame that does not decode to `nbytes`): the caller
+// then reads and decodes the part as before, which says what is wrong. Chunks placed before a
+// failure are placed again then, to the same values.
+int gpz_read_decode_scatter(const char* const* paths, const gpz_i64* file_of, const gpz_i64* offsets,
+                            const gpz_i64* sizes, gpz_i64 n, unsigned char* staging, gpz_i64 capacity, int kind,
+                            void* fn, void* ctx, gpz_i64 nbytes, unsigned char* scratch, unsigned char* dst,
+                            const gpz_i64* recs, const gpz_i64* rec_lo, int ndim, gpz_i64 itemsize, int swap,
+                            int max_blocks, gpz_i64 max_expansion, gpz_i64 max_frame, gpz_i64* io)
+{
+    io[0] = io[1] = 0;
+    gpz_i64 pos = 0;
+    int fd = -1;
+    gpz_i64 open_file = -1;
+    for (gpz_i64 i = 0; i < n;) {
+        if (file_of[i] < 0) {
+            ++i;
+            continue;
+        }
+        gpz_i64 j = i + 1, end = offsets[i] + sizes[i];  // the run: chunks i..j-1, back to back in one file
+        while (j < n && file_of[j] == file_of[i] && offsets[j] == end) end += sizes[j++];
+        const gpz_i64 want = end - offsets[i];
+        if (pos + want > capacity) {
+            if (fd >= 0) close(fd);
+            return 1;
+        }
+        if (file_of[i] != open_file) {
+            if (fd >= 0) close(fd);
+            open_file = file_of[i];
+            if ((fd = gpz_open_random(paths[open_file])) < 0) return 1;
+        }
+        gpz_i64 done = 0;
+        while (done < want) {
+            const ssize_t got = pread(fd, staging + pos + done, (size_t)(want - done), (off_t)(offsets[i] + done));
+            if (got < 0 && errno == EINTR) continue;
+            if (got <= 0) break;
+            done += got;
+        }
+        io[0] += 1;
+        io[1] += done;
+        if (done != want) {
+            close(fd);
+            return 1;
+        }
+        pos += want;
+        i = j;
+    }
+    if (fd >= 0) close(fd);
+    pos = 0;
+    for (gpz_i64 i = 0; i < n; ++i) {
+        if (file_of[i] < 0) continue;
+        const unsigned char* frame = staging + pos;
+        pos += sizes[i];
+        if (!gpz_frame_ok(kind, frame, sizes[i], nbytes, max_blocks, max_expansion, max_frame)) return 2;
+        const gpz_i64 skip = kind == 2 ? 4 : 0;
+        if (gpz_decode_one(kind, fn, ctx, frame + skip, sizes[i] - skip, scratch, nbytes) != nbytes) return 3;
+        gpz_scatter_host(scratch, dst, recs + rec_lo[i] * GPZ_REC_LEN, rec_lo[i + 1] - rec_lo[i], ndim, itemsize, swap);
+    }
+    return 0;
 }
 
 }  // extern "C"

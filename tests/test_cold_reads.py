@@ -182,10 +182,11 @@ def test_a_warm_read_is_one_batch_the_calling_thread_decodes_in_and_a_cold_one_k
     monkeypatch.setattr(cpu_device, "GROUP_BYTES", 8192)  # parts of 16 chunks
     arr = gpuzarr.open(path, device=cpu_device.CpuDevice(threads=2))
     arr[...]  # indexes cached
-    threads = []
-    real = cpu_device.CpuDevice._decode_by_blocks
-    monkeypatch.setattr(cpu_device.CpuDevice, "_decode_by_blocks", lambda *a, **k: (
-        threads.append(threading.current_thread()), real(*a, **k))[1])
+    threads = []  # the thread of each part: read whole by the host library (_PartReads), or decoded by blocks
+    for cls, name in ((cpu_device.CpuDevice, "_decode_by_blocks"), (cpu_device._PartReads, "run")):
+        real = getattr(cls, name)
+        monkeypatch.setattr(cls, name, lambda *a, _real=real, **k: (threads.append(threading.current_thread()),
+                                                                    _real(*a, **k))[1])
     advised = _advice(monkeypatch, cold=cold)
     report = gpuzarr.ReadReport()
     np.testing.assert_array_equal(arr.read(..., report=report), data)

@@ -198,6 +198,7 @@ def test_a_growing_staging_slot_never_holds_two_buffers():
 def test_a_large_single_batch_is_read_by_its_tasks(tmp_path, monkeypatch, corrupt):
     """One batch of over 1 MiB compressed: the calling thread and a pool thread each read and
     decode their half. Data comes out whole; a corrupt chunk in either half fails the read."""
+    from gpuzarr.devices import cpu
     from gpuzarr.fetch import PendingBatch
 
     data = np.random.default_rng(3).integers(0, 1 << 16, (1024, 1024), dtype=np.uint16)
@@ -211,9 +212,10 @@ def test_a_large_single_batch_is_read_by_its_tasks(tmp_path, monkeypatch, corrup
         raw = bytearray(shard.read_bytes())
         raw[offset] ^= 0xFF  # that chunk's zstd magic number
         shard.write_bytes(bytes(raw))
-    parts = []
-    real_part = PendingBatch.part
-    monkeypatch.setattr(PendingBatch, "part", lambda self, *a: parts.append(a[:2]) or real_part(self, *a))
+    parts = set()  # read by the host library in one call each (cpu._PartReads), or through fetch
+    real_part, real_run = PendingBatch.part, cpu._PartReads.run
+    monkeypatch.setattr(PendingBatch, "part", lambda self, *a: parts.add(a[:2]) or real_part(self, *a))
+    monkeypatch.setattr(cpu._PartReads, "run", lambda self, *a: parts.add(a[:2]) or real_run(self, *a))
     report = gpuzarr.ReadReport()
     if corrupt:
         with pytest.raises(gpuzarr.CorruptDataError, match="zstd"):

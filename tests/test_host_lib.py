@@ -100,6 +100,10 @@ def test_host_and_numpy_placement_agree_with_zarr(tmp_path_factory, data):
             each_batch, each_strided = arr.read_batch(windows), arr[strided]
         with mock.patch.object(host_lib, "_lib", [None]):  # hidden: NumPy places every piece
             np_batch, np_strided = arr.read_batch(windows), arr[strided]
+    # batches of a few chunks: a read the tasks fetch themselves, each part in one call (_PartReads)
+    parts = gpuzarr.open(str(root), device="cpu", settings=gpuzarr.Settings(threads=2, batch_bytes=256))
+    np.testing.assert_array_equal(parts.read_batch(windows), want_batch)
+    np.testing.assert_array_equal(parts[strided], truth[strided])
     for got in (got_batch, each_batch, np_batch):
         np.testing.assert_array_equal(got, want_batch)
     for got in (got_strided, each_strided, np_strided):
@@ -155,18 +159,19 @@ def test_only_chunks_of_the_output_dtype_or_its_byte_swap_are_scattered():
             self.dtype = np.dtype(dtype)
 
     out = np.zeros((4, 4), "<u2")
-    assert cpu_device._host_swap(View("<u2"), rows, out) == 0
-    assert cpu_device._host_swap(View(">u2"), rows, out) == 2
-    assert cpu_device._host_swap(View(">c8"), rows, np.zeros(4, "<c8")) == 4
-    assert cpu_device._host_swap(View(">f8"), rows, np.zeros(4, "<f8")) == 8
-    assert cpu_device._host_swap(View("<i2"), rows, out) is None  # a cast
-    assert cpu_device._host_swap(View("<u2"), rows[:, ::2], out) is None  # rows not contiguous
-    assert cpu_device._host_swap(View("<u2"), rows, [[0] * 4] * 4) is None  # not a NumPy output
+    assert cpu_device._host_swap(View("<u2"), out) == 0
+    assert cpu_device._host_swap(View(">u2"), out) == 2
+    assert cpu_device._host_swap(View(">c8"), np.zeros(4, "<c8")) == 4
+    assert cpu_device._host_swap(View(">f8"), np.zeros(4, "<f8")) == 8
+    assert cpu_device._host_swap(View("<i2"), out) is None  # a cast
+    assert cpu_device._host_swap(View("<u2"), out, rows) == 0
+    assert cpu_device._host_swap(View("<u2"), out, rows[:, ::2]) is None  # rows not contiguous
+    assert cpu_device._host_swap(View("<u2"), [[0] * 4] * 4) is None  # not a NumPy output
     not_plain = View("<u2")
     not_plain.plain = False  # another array->array codec than transposes
-    assert cpu_device._host_swap(not_plain, rows, out) is None
+    assert cpu_device._host_swap(not_plain, out) is None
     not_plain.stored_order = (1, 0)  # transposes only
-    assert cpu_device._host_swap(not_plain, rows, out) == 0
+    assert cpu_device._host_swap(not_plain, out) == 0
 
 
 def _frames(codec, n: int = 9, nbytes: int = 4096, gap: int = 0):
@@ -286,6 +291,48 @@ def test_large_chunks_are_decoded_and_placed_in_one_call_a_part(tmp_path, fmt):
     open(chunk, "wb").write(bytes(raw))
     with pytest.raises(CorruptDataError, match=key.split("/", 1)[1].replace(".", r"\.")):
         gpuzarr.open(path, device="cpu", settings=gpuzarr.Settings(threads=2))[...]
+
+
+@pytest.mark.parametrize("endian", ["little", "big"])
+def test_warm_parts_are_read_decoded_and_placed_in_one_call(tmp_path, monkeypatch, endian):
+    """A warm read of local shards that the tasks read themselves: each part read, checked,
+    decoded and placed in one call (cpu._PartReads), absent chunks filled, as zarr-python reads
+    it. A part the library gives back is read the Python way, counted and noted: a chunk whose
+    magic number is gone (refused by the checks) or whose checksum fails (by the decoder) is named."""
+    shape = (150, 96)
+    data = np.random.default_rng(5).integers(0, 3000, shape).astype("<u2")
+    path = str(tmp_path / "a.zarr")
+    z = zarr.create_array(path, shape=shape, chunks=(16, 16), shards=(64, 48), dtype="<u2", fill_value=9,
+                          compressors=zarr.codecs.ZstdCodec(checksum=True),
+                          serializer=zarr.codecs.BytesCodec(endian=endian))
+    z[:128] = data[:128]
+    data[128:] = 9  # absent chunks
+    codes = []
+    real = host_lib.read_decode_scatter
+    monkeypatch.setattr(host_lib, "read_decode_scatter", lambda *a: (lambda r: codes.append(r[0]) or r)(real(*a)))
+    arr = gpuzarr.open(path, device="cpu", settings=gpuzarr.Settings(threads=2, batch_bytes=4096))
+    windows = [(slice(a, a + 40), slice(b, b + 30)) for a, b in [(0, 0), (37, 11), (100, 60), (110, 5)]]
+    for _ in range(2):  # cold (the indexes read), then warm
+        np.testing.assert_array_equal(arr[...], data)
+        np.testing.assert_array_equal(arr.read_batch(windows), np.stack([data[w] for w in windows]))
+        np.testing.assert_array_equal(arr[5:140:3, ::-2], data[5:140:3, ::-2])
+    assert codes and set(codes) == {0}, "the parts were not read through the host library"
+    locate = arr._reader.locator.locate
+    for where, reason, match in [(0, "part:frame", "bad magic"), (-2, "part:decode", "zstd")]:
+        coords = np.array([[2, 1]])
+        start, size = int(locate(coords).offsets[0]), int(locate(coords).sizes[0])
+        shard = tmp_path / "a.zarr" / "c" / "0" / "0"
+        raw = bytearray(shard.read_bytes())
+        raw[start + where % size] ^= 0xFF  # the frame's magic number; a byte of its checksum
+        shard.write_bytes(bytes(raw))
+        before, codes[:] = host_lib.FALLBACKS[reason], []
+        report = gpuzarr.ReadReport()
+        with pytest.raises(CorruptDataError, match=f"c/0/0.*{match}"):
+            arr.read(report=report)
+        assert codes and host_lib.FALLBACKS[reason] > before
+        assert any(reason in note for note in report.notes)
+        raw[start + where % size] ^= 0xFF
+        shard.write_bytes(bytes(raw))
 
 
 @pytest.fixture

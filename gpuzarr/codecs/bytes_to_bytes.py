@@ -385,10 +385,16 @@ class Zstd(BytesBytesCodec):
         """(decoder, frame addresses, their sizes) for host_lib.decode_scatter, where every frame
         is one whole frame stating `nbytes` (zstd_whole_frames, one call) and libzstd is loaded;
         None otherwise: decode_rows' checks then name or decode the others."""
-        dctx = _thread_dctx()
-        if dctx is None or not zstd_whole_frames(staging, offsets, sizes, nbytes):
+        decoder = Zstd.decoder(nbytes)
+        if decoder is None or not zstd_whole_frames(staging, offsets, sizes, nbytes):
             return None
-        return dctx.decoder(), staging.ctypes.data + offsets, sizes
+        return decoder, staging.ctypes.data + offsets, sizes
+
+    @staticmethod
+    def decoder(nbytes: int) -> tuple | None:
+        """This thread's direct decoder (host_lib.decode_scatter's), None without libzstd."""
+        dctx = _thread_dctx()
+        return None if dctx is None else dctx.decoder()
 
     @staticmethod
     def _decode_runs(staging: np.ndarray, offsets: np.ndarray, sizes: np.ndarray, out: np.ndarray) -> bool:
@@ -699,8 +705,14 @@ class Blosc(BytesBytesCodec):
         """(decoder, frame addresses, their sizes) for host_lib.decode_scatter, every header
         checked (_check_rows raises); None where c-blosc cannot be called directly."""
         self._check_rows(staging, offsets, sizes, nbytes, labels)
+        decoder = self.decoder(nbytes)
+        return None if decoder is None else (decoder, staging.ctypes.data + offsets, sizes)
+
+    @staticmethod
+    def decoder(nbytes: int) -> tuple | None:
+        """The direct decoder (host_lib.decode_scatter's), None where c-blosc is not exported."""
         decompress = _blosc_ctx()
-        return None if decompress is None else (("blosc", decompress, None), staging.ctypes.data + offsets, sizes)
+        return None if decompress is None else ("blosc", decompress, None)
 
     @staticmethod
     def _check_rows(staging: np.ndarray, offsets: np.ndarray, sizes: np.ndarray, nbytes: int, labels: list) -> None:
@@ -819,8 +831,16 @@ class Lz4(BytesBytesCodec):
         """(decoder, block addresses, their sizes: past the prefix) for host_lib.decode_scatter,
         every prefix checked (_check_rows raises); None where liblz4 cannot be called directly."""
         self._check_rows(staging, offsets, sizes, nbytes, labels)
-        decompress = _lz4_direct(int(sizes.max()), nbytes) if sizes.size else None
-        return None if decompress is None else (("lz4", decompress, None), staging.ctypes.data + 4 + offsets, sizes - 4)
+        decoder = self.decoder(nbytes) if sizes.size and _lz4_direct(int(sizes.max()), nbytes) else None
+        return None if decoder is None else (decoder, staging.ctypes.data + 4 + offsets, sizes - 4)
+
+    @staticmethod
+    def decoder(nbytes: int) -> tuple | None:
+        """The direct decoder (host_lib.decode_scatter's) of blocks of `nbytes`, where liblz4 is
+        exported and numcodecs would call it for them (_lz4_direct; frames of at most
+        DIRECT_LIMITS' bytes)."""
+        decompress = _lz4_direct(0, nbytes)
+        return None if decompress is None else ("lz4", decompress, None)
 
     @staticmethod
     def _check_rows(staging: np.ndarray, offsets: np.ndarray, sizes: np.ndarray, nbytes: int, labels: list) -> None:
@@ -837,6 +857,12 @@ class Lz4(BytesBytesCodec):
     def _decode_numcodecs(self, view: memoryview, out: np.ndarray) -> None:
         _count_fallback("lz4:refused" if _lz4_safe() is not None else "lz4:no-liblz4")
         _numcodecs_call(self._codec.decode, view, "lz4", out=out)
+
+
+# What host_lib.read_decode_scatter checks its frames against, as the Python checks do: zstd
+# blocks walked at most (zstd_whole_frames), a blosc frame's expansion at most (_check_claim),
+# an LZ4 frame's bytes at most (_lz4_direct)
+DIRECT_LIMITS = (_ZSTD_BLOCK_STEPS, MAX_EXPANSION, numcodecs.LZ4.max_buffer_size)
 
 
 def _lz4_direct(frame_bytes: int, nbytes: int) -> Any:
