@@ -73,7 +73,7 @@ def _load() -> Any:
     lib.gpz_decode_scatter.restype = _i64
     lib.gpz_read_decode_scatter.argtypes = [_ptr, _ptr, _ptr, _ptr, _i64, _ptr, _i64, ctypes.c_int, _ptr, _ptr, _i64,
                                             _ptr, _ptr, _ptr, _ptr, ctypes.c_int, _i64, ctypes.c_int, ctypes.c_int,
-                                            _i64, _i64, _ptr]
+                                            _i64, _i64, _ptr, _ptr]
     lib.gpz_read_decode_scatter.restype = ctypes.c_int
     lib.gpz_zstd_whole_frames.argtypes = [_ptr, _ptr, _ptr, _i64, _i64, ctypes.c_int, _ptr]
     lib.gpz_zstd_whole_frames.restype = ctypes.c_int
@@ -212,22 +212,24 @@ PART_FALLBACKS = {1: "part:io", 2: "part:frame", 3: "part:decode"}
 
 def read_decode_scatter(paths: Any, file_of: np.ndarray, offsets: np.ndarray, sizes: np.ndarray,
                         staging: np.ndarray, decoder: tuple, scratch: np.ndarray, dst: np.ndarray, records: np.ndarray,
-                        rec_lo: np.ndarray, ndim: int, itemsize: int, swap: int, limits: tuple[int, int, int]
-                        ) -> tuple[int, int, int]:
+                        rec_lo: np.ndarray, ndim: int, itemsize: int, swap: int, limits: tuple[int, int, int],
+                        lengths: np.ndarray) -> tuple[int, int, int]:
     """gpz_read_decode_scatter: read chunks (sizes[i] bytes at offsets[i] of paths[file_of[i]], a
-    ctypes array of paths; file_of[i] < 0: absent) into `staging`, check, decode each into
-    `scratch` by `decoder` (see decode_scatter) and place it by records[rec_lo[i]:rec_lo[i+1]]
-    into `dst`, in one call. Every int64 array C-contiguous; `staging` holds the chunks (the
-    call checks its size). `limits`: (zstd blocks walked at most, blosc's expansion at most, an
-    LZ4 frame's bytes at most). Returns (0, or a PART_FALLBACKS code, reads made, bytes read)."""
+    ctypes array of paths, or that whole file where sizes[i] < 0; file_of[i] < 0: absent) into
+    `staging`, check, decode each into `scratch` by `decoder` (see decode_scatter) and place it
+    by records[rec_lo[i]:rec_lo[i+1]] into `dst`, in one call; lengths[i]: each chunk's bytes as
+    read, -1 for one absent or gone (a chunk file not there). Every int64 array C-contiguous;
+    the call checks that the chunks fit in `staging`. `limits`: (zstd blocks walked at most,
+    blosc's expansion at most, an LZ4 frame's bytes at most). Returns (0, or a PART_FALLBACKS
+    code, reads made, bytes read)."""
     kind, fn, ctx = decoder
-    assert rec_lo.size == file_of.size + 1 and records.dtype == rec_lo.dtype == offsets.dtype == np.int64
+    assert rec_lo.size == file_of.size + 1 == lengths.size + 1 and lengths.dtype == records.dtype == np.int64
     io = np.zeros(2, np.int64)
     code = _library().gpz_read_decode_scatter(paths, file_of.ctypes.data, offsets.ctypes.data, sizes.ctypes.data,
                                               file_of.size, staging.ctypes.data, staging.nbytes, DECODERS[kind],
                                               _function_address(fn), ctx, scratch.nbytes, scratch.ctypes.data,
                                               dst.ctypes.data, records.ctypes.data, rec_lo.ctypes.data, ndim, itemsize,
-                                              swap, *limits, io.ctypes.data)
+                                              swap, *limits, lengths.ctypes.data, io.ctypes.data)
     return int(code), int(io[0]), int(io[1])
 
 

@@ -261,68 +261,96 @@ static bool gpz_frame_ok(int kind, const unsigned char* frame, gpz_i64 size, gpz
     return (frame[0] | (frame[1] << 8) | (frame[2] << 16) | ((gpz_i64)frame[3] << 24)) == nbytes;
 }
 
-// One CPU task's part of a warm read of local shards, in one call: chunk i (of n; absent where
-// file_of[i] < 0) is sizes[i] bytes at offsets[i] of the file paths[file_of[i]]. Each run of
+// One CPU task's part of a warm read of local files, in one call: chunk i (of n; absent where
+// file_of[i] < 0) is sizes[i] bytes at offsets[i] of the file paths[file_of[i]] (a shard's), or
+// that whole file where sizes[i] < 0 (a chunk file: sized on its descriptor; one that is not
+// there, or not a regular file, is gone: lengths[i] = -1, for the caller to fill). Each run of
 // chunks that lie back to back in one file is read by one pread into `staging` (chunks back to
-// back, `capacity` bytes at least their sum); then each chunk's frame is checked (gpz_frame_ok),
-// decoded into `scratch` and placed by its records (as gpz_decode_scatter: recs[rec_lo[i]..
-// rec_lo[i+1])). io[0], io[1]: the reads made and the bytes read. Returns 0 when every chunk was
-// read, decoded and placed; else 1 (a file that cannot be opened or read, or shorter than said),
-// 2 (a frame its checks refuse) or 3 (a frame that does not decode to `nbytes`): the caller
-// then reads and decodes the part as before, which says what is wrong. Chunks placed before a
-// failure are placed again then, to the same values.
+// back, `capacity` bytes); lengths[i] is each chunk's size as read. Then each chunk's frame is
+// checked (gpz_frame_ok), decoded into `scratch` and placed by its records (as
+// gpz_decode_scatter: recs[rec_lo[i]..rec_lo[i+1])). io[0], io[1]: the reads made and the bytes
+// read. Returns 0 when every chunk was read (or is gone), decoded and placed; else 1 (a file that
+// cannot be read, or is shorter than said, or more than `capacity` in all), 2 (a frame its checks
+// refuse) or 3 (a frame that does not decode to `nbytes`): the caller then reads and decodes the
+// part as before, which says what is wrong. Chunks placed before a failure are placed again
+// then, to the same values.
 int gpz_read_decode_scatter(const char* const* paths, const gpz_i64* file_of, const gpz_i64* offsets,
                             const gpz_i64* sizes, gpz_i64 n, unsigned char* staging, gpz_i64 capacity, int kind,
                             void* fn, void* ctx, gpz_i64 nbytes, unsigned char* scratch, unsigned char* dst,
                             const gpz_i64* recs, const gpz_i64* rec_lo, int ndim, gpz_i64 itemsize, int swap,
-                            int max_blocks, gpz_i64 max_expansion, gpz_i64 max_frame, gpz_i64* io)
+                            int max_blocks, gpz_i64 max_expansion, gpz_i64 max_frame, gpz_i64* lengths, gpz_i64* io)
 {
     io[0] = io[1] = 0;
     gpz_i64 pos = 0;
     int fd = -1;
     gpz_i64 open_file = -1;
-    for (gpz_i64 i = 0; i < n;) {
+    int failed = 0;
+    for (gpz_i64 i = 0; i < n && !failed;) {
+        lengths[i] = -1;
         if (file_of[i] < 0) {
             ++i;
             continue;
         }
-        gpz_i64 j = i + 1, end = offsets[i] + sizes[i];  // the run: chunks i..j-1, back to back in one file
-        while (j < n && file_of[j] == file_of[i] && offsets[j] == end) end += sizes[j++];
-        const gpz_i64 want = end - offsets[i];
-        if (pos + want > capacity) {
-            if (fd >= 0) close(fd);
-            return 1;
-        }
         if (file_of[i] != open_file) {
             if (fd >= 0) close(fd);
             open_file = file_of[i];
-            if ((fd = gpz_open_random(paths[open_file])) < 0) return 1;
+            fd = gpz_open_random(paths[open_file]);
+        }
+        gpz_i64 j = i + 1, start = offsets[i], want = sizes[i];
+        if (want < 0) {  // a whole chunk file
+            struct stat info;
+            if (fd < 0 ? errno != ENOENT && errno != ENOTDIR : fstat(fd, &info) != 0) {
+                failed = 1;
+                break;
+            }
+            if (fd < 0 || !S_ISREG(info.st_mode)) {  // gone: lengths[i] stays -1
+                ++i;
+                continue;
+            }
+            start = 0;
+            want = (gpz_i64)info.st_size;
+        } else {
+            if (fd < 0) {
+                failed = 1;
+                break;
+            }
+            for (gpz_i64 end = start + want; j < n && file_of[j] == file_of[i] && sizes[j] >= 0 && offsets[j] == end;
+                 end += sizes[j++])
+                want += sizes[j];
+        }
+        if (pos + want > capacity) {
+            failed = 1;
+            break;
         }
         gpz_i64 done = 0;
         while (done < want) {
-            const ssize_t got = pread(fd, staging + pos + done, (size_t)(want - done), (off_t)(offsets[i] + done));
+            const ssize_t got = pread(fd, staging + pos + done, (size_t)(want - done), (off_t)(start + done));
             if (got < 0 && errno == EINTR) continue;
             if (got <= 0) break;
             done += got;
         }
-        io[0] += 1;
+        io[0] += want > 0;
         io[1] += done;
         if (done != want) {
-            close(fd);
-            return 1;
+            failed = 1;
+            break;
         }
+        if (sizes[i] < 0) lengths[i] = want;
+        for (gpz_i64 k = i; k < j && sizes[i] >= 0; ++k) lengths[k] = sizes[k];
         pos += want;
         i = j;
     }
     if (fd >= 0) close(fd);
+    if (failed) return 1;
     pos = 0;
     for (gpz_i64 i = 0; i < n; ++i) {
-        if (file_of[i] < 0) continue;
+        if (lengths[i] < 0) continue;
         const unsigned char* frame = staging + pos;
-        pos += sizes[i];
-        if (!gpz_frame_ok(kind, frame, sizes[i], nbytes, max_blocks, max_expansion, max_frame)) return 2;
+        const gpz_i64 size = lengths[i];
+        pos += size;
+        if (!gpz_frame_ok(kind, frame, size, nbytes, max_blocks, max_expansion, max_frame)) return 2;
         const gpz_i64 skip = kind == 2 ? 4 : 0;
-        if (gpz_decode_one(kind, fn, ctx, frame + skip, sizes[i] - skip, scratch, nbytes) != nbytes) return 3;
+        if (gpz_decode_one(kind, fn, ctx, frame + skip, size - skip, scratch, nbytes) != nbytes) return 3;
         gpz_scatter_host(scratch, dst, recs + rec_lo[i] * GPZ_REC_LEN, rec_lo[i + 1] - rec_lo[i], ndim, itemsize, swap);
     }
     return 0;

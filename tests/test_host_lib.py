@@ -259,10 +259,41 @@ def test_frames_decoded_and_placed_in_one_call(name):
     np.testing.assert_array_equal(out, want)
 
 
+def test_chunk_files_not_there_read_as_the_fill_value_in_the_call(tmp_path, monkeypatch):
+    """Warm v2 chunk files read by the host library's part calls: files not there (never
+    written) and a directory where a chunk would be are the fill value, each missing key
+    reported as the Python path reports it."""
+    data = np.random.default_rng(6).integers(0, 3000, (96, 80)).astype("<u2")
+    path = str(tmp_path / "a.zarr")
+    z = zarr.create_array(path, shape=data.shape, chunks=(16, 16), dtype="<u2", zarr_format=2, fill_value=4,
+                          compressors=numcodecs.Blosc("zstd"))
+    z[:48] = data[:48]
+    data[48:] = 4
+    os.mkdir(os.path.join(path, "4.2"))  # a directory where chunk 4.2 would be
+    codes = []
+    real = host_lib.read_decode_scatter
+    monkeypatch.setattr(host_lib, "read_decode_scatter", lambda *a: (lambda r: codes.append(r[0]) or r)(real(*a)))
+    arr = gpuzarr.open(path, device="cpu", settings=gpuzarr.Settings(threads=2, batch_bytes=2048))
+    arr[...]
+    for read in range(2):
+        report = gpuzarr.ReadReport()
+        np.testing.assert_array_equal(arr.read(report=report), data)
+        assert sorted(report.missing_keys) == sorted(f"{y}.{x}" for y in range(3, 6) for x in range(5))
+        window = (slice(30, 70), slice(7, 61))
+        np.testing.assert_array_equal(arr[window], data[window])
+        np.testing.assert_array_equal(arr.read_batch([window, window]), np.stack([data[window]] * 2))
+    assert codes and set(codes) == {0}, "the parts were not read through the host library"
+
+
+@pytest.mark.parametrize("parts", [True, False], ids=["read-in-the-call", "fetched-first"])
 @pytest.mark.parametrize("fmt", [2, 3])
-def test_large_chunks_are_decoded_and_placed_in_one_call_a_part(tmp_path, fmt):
-    """Chunks too large to decode a part of them first (BLOCK_CHUNK_MAX) go through
-    decode_scatter, absent ones filled, crc32c codecs verified first; a corrupt one is named."""
+def test_large_chunks_are_decoded_and_placed_in_one_call_a_part(tmp_path, monkeypatch, fmt, parts):
+    """Chunks too large to decode a part of them first (BLOCK_CHUNK_MAX) go through one call of
+    the host library a part, read in it where they can be (cpu._PartReads: warm v2 chunk files,
+    not v3 chunks with a crc32c codec) or fetched first (decode_scatter), absent ones filled,
+    crc32c codecs verified first; a corrupt one is named."""
+    if not parts:
+        monkeypatch.setattr(cpu_device._PartReads, "make", lambda *a: None)
     data = np.random.default_rng(3).integers(0, 3000, (150, 96, 72)).astype(">u2" if fmt == 2 else "<u2")
     path = str(tmp_path / "a.zarr")
     if fmt == 2:
@@ -273,14 +304,18 @@ def test_large_chunks_are_decoded_and_placed_in_one_call_a_part(tmp_path, fmt):
                               compressors=[zarr.codecs.ZstdCodec(), zarr.codecs.Crc32cCodec()], fill_value=9)
     z[:128] = data[:128]
     data[128:] = 9  # a band of absent chunks
-    calls = []
-    real = host_lib.decode_scatter
-    with mock.patch.object(host_lib, "decode_scatter", lambda *a: (calls.append(a[1].size), real(*a))[1]):
-        arr = gpuzarr.open(path, device="cpu", settings=gpuzarr.Settings(threads=2))
-        np.testing.assert_array_equal(arr[...], data)
-        window = (slice(20, 140), slice(5, 90), slice(3, 70, 2))
-        np.testing.assert_array_equal(arr[window], data[window])
-    assert calls and sum(calls) > len(calls), "the chunks were not decoded and placed through the host library"
+    calls = []  # (which call, chunks in it)
+    for name in ("decode_scatter", "read_decode_scatter"):
+        real = getattr(host_lib, name)
+        monkeypatch.setattr(host_lib, name, lambda *a, _real=real, _name=name: (calls.append((_name, a[1].size)),
+                                                                                _real(*a))[1])
+    arr = gpuzarr.open(path, device="cpu", settings=gpuzarr.Settings(threads=2))
+    np.testing.assert_array_equal(arr[...], data)
+    window = (slice(20, 140), slice(5, 90), slice(3, 70, 2))
+    np.testing.assert_array_equal(arr[window], data[window])
+    which = "read_decode_scatter" if parts and fmt == 2 else "decode_scatter"
+    sizes = [n for name, n in calls if name == which]
+    assert sizes and sum(sizes) > len(sizes), f"the chunks were not decoded and placed through {which}"
     key = "a.zarr/0.1.0" if fmt == 2 else "a.zarr/c/0/0/0"
     chunk = os.path.join(path, "0.1.0" if fmt == 2 else "c/0/0/0")
     raw = bytearray(open(chunk, "rb").read())

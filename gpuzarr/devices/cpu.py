@@ -459,53 +459,56 @@ def _host_swap(as_chunk: Any, out: Any, rows: np.ndarray | None = None) -> int |
 
 
 class _PartReads:
-    """A warm read of local shards whose every part is read, checked, decoded and placed by one
-    call of the host library (host_lib.read_decode_scatter), the GIL released once a part. The
-    tables it takes are made once for the batch, whole-batch, on the calling thread: each
-    chunk's file, offset and size, and the scatter records of every placement with where each
-    chunk's begin; the fill value is written into the windows of absent chunks at once. A task
-    then slices them: ~20 us of Python a part, where reading a part (fetch), finding its boxes,
+    """A warm read of local files (shards, or chunk files) whose every part is read, checked,
+    decoded and placed by one call of the host library (host_lib.read_decode_scatter), the GIL
+    released once a part. The tables it takes are made once for the batch, whole-batch, on the
+    calling thread: each chunk's file, offset and size, and the scatter records of every
+    placement with where each chunk's begin; the fill value is written into the windows of
+    absent chunks at once (and, after a part, of chunk files found not there). A task then
+    slices them: ~20 us of Python a part, where reading a part (fetch), finding its boxes,
     checking and decoding its frames and placing them took ~400 us in ~20 GIL round trips (the
     2-D set's 64 patches on 16 cores: 19.6 ms against tensorstore's 5.8, the GIL held most of
-    it). A part the library gives back (a file short or gone, a frame its checks refuse or that
-    does not decode) is read as before, which says what is wrong; counted in
+    it). A part the library gives back (a file short or unreadable, a frame its checks refuse or
+    that does not decode) is read as before, which says what is wrong; counted in
     host_lib.FALLBACKS and noted in the ReadReport."""
 
-    __slots__ = ("codec", "paths", "file_of", "offsets", "sizes", "ends", "records", "rec_lo", "out", "ndim",
-                 "itemsize", "swap", "io", "nbytes")
+    __slots__ = ("codec", "paths", "keys", "file_of", "offsets", "sizes", "ends", "records", "rec_lo", "out", "ndim",
+                 "itemsize", "swap", "io", "nbytes", "fill", "missing")
 
     @classmethod
     def make(cls, batch: PendingBatch, chain: CodecChain, as_chunk: Any, out: Any, plan: Plan, first: int,
              fill: Any) -> _PartReads | None:
         """The batch's tables, or None where the library cannot take its parts: a cold read (its
-        reads are handed over, see PendingBatch.ahead), chunk files (their sizes are a stat away),
-        a chain other than one zstd, blosc or lz4 codec, a placement the host scatter does not do
-        (or does slower: transposed chunks)."""
+        reads are handed over, see PendingBatch.ahead), a chain other than one zstd, blosc or
+        lz4 codec, a placement the host scatter does not do (or does slower: transposed chunks)."""
         codecs, nbytes = chain.bytes_to_bytes, chain.raw_nbytes
         if (batch.ahead is not None or len(codecs) != 1 or not isinstance(codecs[0], (Zstd, Blosc, Lz4))
                 or nbytes is None or as_chunk.reordered or not host_lib.built()):
             return None
         swap = _host_swap(as_chunk, out)
-        loc, rows = batch.loc, batch.rows
-        sizes = loc.sizes[rows]
-        if swap is None or (sizes < 0).any() or codecs[0].decoder(nbytes) is None:
+        if swap is None or codecs[0].decoder(nbytes) is None:
             return None
         self = cls()
-        self.codec, self.nbytes, self.out, self.swap = codecs[0], nbytes, out, swap
-        self.ndim, self.itemsize = len(as_chunk.shape), out.dtype.itemsize
+        self.codec, self.nbytes, self.out, self.swap, self.missing = codecs[0], nbytes, out, swap, batch.missing
+        self.ndim, self.itemsize, self.fill = len(as_chunk.shape), out.dtype.itemsize, fill_item(fill, out.dtype)
+        loc, rows = batch.loc, batch.rows
         present = loc.present[rows]
-        ids, first_of, file_of = np.unique(loc.key_ids[rows][present], return_index=True, return_inverse=True)
-        keys = loc.keys[rows][present][first_of].tolist()
-        self.paths = (ctypes.c_char_p * len(keys))(*(os.fsencode(batch.store.path(k)) for k in keys))
+        _, first_of, file_of = np.unique(loc.key_ids[rows][present], return_index=True, return_inverse=True)
+        self.keys = loc.keys[rows]
+        self.paths = (ctypes.c_char_p * first_of.size)(
+            *(os.fsencode(batch.store.path(k)) for k in self.keys[present][first_of].tolist()))
         self.file_of = np.full(rows.size, -1, np.int64)
         self.file_of[present] = file_of
         self.offsets = np.ascontiguousarray(loc.offsets[rows], np.int64)
-        self.sizes = np.where(present, sizes, 0)
-        self.ends = np.concatenate(([0], np.cumsum(self.sizes)))  # a part's compressed bytes: a difference
+        self.sizes = np.where(present, loc.sizes[rows], 0)  # -1: a whole chunk file
+        # staging a part needs: its chunks' sizes; a chunk file's at most what its codec writes
+        # for a chunk (a larger file is given back, and named by fetch)
+        room = np.where(self.sizes >= 0, self.sizes, nbytes + nbytes // 255 + 64)
+        self.ends = np.concatenate(([0], np.cumsum(room)))
         records, fills = scatter_records(plan, first, first + rows.size, present, as_chunk.shape, self.itemsize,
                                          out.strides, as_chunk.stored_order)
         if fills.shape[0]:
-            host_lib.fill(out, fills, fill_item(fill, out.dtype), self.ndim)
+            host_lib.fill(out, fills, self.fill, self.ndim)
         local = records[:, SCATTER_REC_SRC] // nbytes  # each record's chunk in the batch, ascending
         records[:, SCATTER_REC_SRC] -= local * nbytes  # each chunk is decoded into a scratch of its own
         self.records = records
@@ -521,12 +524,13 @@ class _PartReads:
         decoder = self.codec.decoder(self.nbytes)  # this thread's
         if decoder is None:
             return None
-        nbytes = int(self.ends[hi] - self.ends[lo])
         if self.io is not None:
             self.io.check()
+        lengths = np.empty(hi - lo, np.int64)
         code, reads, got = host_lib.read_decode_scatter(
-            self.paths, self.file_of[lo:hi], self.offsets[lo:hi], self.sizes[lo:hi], staging(nbytes), decoder,
-            scratch, self.out, self.records, self.rec_lo[lo:hi + 1], self.ndim, self.itemsize, self.swap, DIRECT_LIMITS)
+            self.paths, self.file_of[lo:hi], self.offsets[lo:hi], self.sizes[lo:hi],
+            staging(int(self.ends[hi] - self.ends[lo])), decoder, scratch, self.out, self.records,
+            self.rec_lo[lo:hi + 1], self.ndim, self.itemsize, self.swap, DIRECT_LIMITS, lengths)
         if self.io is not None:
             self.io.add(reads, got)
         if code:
@@ -535,7 +539,13 @@ class _PartReads:
             if report is not None:
                 report.note(f"cpu: a part given back by the host library ({reason}) was read and decoded in Python")
             return None
-        return int(np.count_nonzero(self.file_of[lo:hi] >= 0)), nbytes
+        gone = np.flatnonzero((lengths < 0) & (self.file_of[lo:hi] >= 0)) + lo  # chunk files not there
+        if gone.size:
+            spans = [self.records[self.rec_lo[i]:self.rec_lo[i + 1]] for i in gone.tolist()]
+            host_lib.fill(self.out, np.concatenate(spans), self.fill, self.ndim)
+            if self.missing is not None:
+                self.missing.extend(self.keys[gone].tolist())
+        return int(np.count_nonzero(lengths >= 0)), got
 
 
 def _decode_scatter(part: FetchedBatch, chain: CodecChain, as_chunk: Any, out: Any, plan: Plan, first: int,
