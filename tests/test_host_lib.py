@@ -6,6 +6,7 @@ chunk files read in three calls. The scatter's own record semantics: tests/test_
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from unittest import mock
@@ -283,6 +284,22 @@ def test_chunk_files_not_there_read_as_the_fill_value_in_the_call(tmp_path, monk
         np.testing.assert_array_equal(arr[window], data[window])
         np.testing.assert_array_equal(arr.read_batch([window, window]), np.stack([data[window]] * 2))
     assert codes and set(codes) == {0}, "the parts were not read through the host library"
+
+
+def test_a_chunk_too_large_for_memory_is_refused_before_any_part_table(tmp_path):
+    """Metadata whose chunk shape makes a chunk larger than any memory (from fuzzing): a warm
+    read of its chunk files, one batch of several, says so (DeviceMemoryError), as a read chunk
+    by chunk does; the part tables (int64 byte offsets of records) are never built for it."""
+    path = tmp_path / "a.zarr"
+    z = zarr.create_array(str(path), shape=(20, 6, 16), chunks=(2, 3, 8), dtype="<f8",
+                          compressors=zarr.codecs.ZstdCodec())  # 20 chunks of 2**60 bytes once mutated
+    z[...] = 1
+    meta = json.loads((path / "zarr.json").read_text())
+    meta["chunk_grid"]["configuration"]["chunk_shape"][1] = 2**53 + 1
+    (path / "zarr.json").write_text(json.dumps(meta))
+    arr = gpuzarr.open(str(path), device="cpu", settings=gpuzarr.Settings(threads=2))
+    with pytest.raises(gpuzarr.DeviceMemoryError, match="more than this machine can allocate"):
+        arr[...]
 
 
 @pytest.mark.parametrize("parts", [True, False], ids=["read-in-the-call", "fetched-first"])

@@ -485,6 +485,8 @@ class _PartReads:
         if (batch.ahead is not None or len(codecs) != 1 or not isinstance(codecs[0], (Zstd, Blosc, Lz4))
                 or nbytes is None or as_chunk.reordered or not host_lib.built()):
             return None
+        if nbytes * max(batch.n, 1) >= 1 << 62:  # records' offsets past int64: the tasks' chunk buffer is refused
+            return None
         swap = _host_swap(as_chunk, out)
         if swap is None or codecs[0].decoder(nbytes) is None:
             return None
