@@ -2,8 +2,9 @@
 kernels/host_calls.cpp): per-chunk loops of the CPU path run in C, each in one ctypes call with
 the GIL released once: the placement of a part's pieces and the fills of its absent chunks
 (the GPU kernel's own scatter and fill records, reduced by its core), the blosc, LZ4 and zstd
-decoder calls of a part (alone, or each followed by its chunk's placement), and the syscalls that read a part's chunk files or a read's shard
-indexes.
+decoder calls of a part (alone, or each followed by its chunk's placement), the syscalls that
+read a part's chunk files or a read's shard indexes, and all of that at once for a warm part of
+local files (read, check, decode, place: gpz_read_decode_scatter).
 
 Why: each NumPy assignment or ctypes call of such a loop drops and retakes the GIL. With a second
 thread that wants it, that is a context switch each (measured ~20 us on the shared 2-core VMs;

@@ -1,7 +1,8 @@
 """The GPU host feed's whole-batch shortcuts against the general paths they stand in for:
 scatter records built per run and gathered per placement (placed through the stand-in's kernel
-model, against the plan's own selections; a small plan's in Python integers, against those), and read_batch's patches made into Boxes straight from
-their slices (against Boxes.of of the normalised windows, and the general path's refusals)."""
+model, against the plan's own selections; a small plan's in Python integers, against those
+too), and read_batch's patches made into Boxes straight from their slices (against Boxes.of of
+the normalised windows, and the general path's refusals)."""
 
 from __future__ import annotations
 

@@ -22,9 +22,9 @@ from ..codecs.chain import CodecChain, decode_chunk
 from ..cores import default_threads
 from ..errors import CorruptDataError, DeviceMemoryError, SettingsError
 from ..fetch import FetchedBatch, PendingBatch, thread_slot
-from ..store import read_io
 from ..placement import Box, decode_raw, fill_item, place, place_block, part_boxes, plane_assign
 from ..plan import Gather, Plan
+from ..store import read_io
 from .base import settle
 from .gpu_layout import scatter_records
 from .kernels import SCATTER_MAX_NDIM, SCATTER_REC_SRC
@@ -558,10 +558,11 @@ def _decode_scatter(part: FetchedBatch, chain: CodecChain, as_chunk: Any, out: A
     chunk held back a 3-D read of 512 KiB chunks (py-spy: the GIL held half the time, 6.5 cores
     busy of 16). False where that call cannot take the part (no library, a chain other than one
     zstd, blosc or lz4 codec and crc32c checks, a placement the host scatter does not do or does
-    slower, a frame that needs the Python path) or a frame fails to decode: the caller then goes chunk by
-    chunk, which names the bad one."""
+    slower, a frame that needs the Python path) or a frame fails to decode: the caller then goes
+    chunk by chunk, which names the bad one."""
     codecs = chain.bytes_to_bytes
-    if len(codecs) - chain.trailing_crc32c != 1 or not isinstance(codecs[0], (Zstd, Blosc, Lz4)) or not host_lib.built():
+    if (len(codecs) - chain.trailing_crc32c != 1 or not isinstance(codecs[0], (Zstd, Blosc, Lz4))
+            or not host_lib.built()):
         return False
     swap = None if as_chunk.reordered else _host_swap(as_chunk, out)
     if swap is None:  # (transposed chunks: plane_assign's copies were 2.7x faster than the scatter's walk)
