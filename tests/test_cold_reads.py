@@ -1,15 +1,18 @@
 """Cold local reads: chunk ranges are handed to the kernel (WILLNEED) in storage order, a bounded
-way ahead of the decoding tasks that read them (pipeline.AHEAD_BYTES), a warm read hands nothing;
-files are opened without readahead."""
+way ahead of the decoding tasks that read them (pipeline.AHEAD_BYTES), whether a task fetches its
+part or the host library reads it in its one call; a warm read hands nothing; files are opened
+without readahead."""
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
 import gpuzarr
-from gpuzarr import pipeline
+from gpuzarr import host_lib, pipeline
 from gpuzarr import store as store_module
+from gpuzarr.devices import cpu as cpu_device
 from gpuzarr.sample import sample_data, write_sharded
 
 
@@ -20,9 +23,20 @@ def sharded(tmp_path):
     return str(tmp_path / "a"), data
 
 
+@pytest.fixture(params=["fetched", "in-call"])
+def parts(request, monkeypatch):
+    """How a task reads its part: through fetch (os.preadv, RWF_NOWAIT first: a range not in the
+    page cache is advised again by the task), or in the host library's one call a part
+    (cpu._PartReads: blocking reads of what the hand-over put in flight)."""
+    if request.param == "fetched":
+        monkeypatch.setattr(cpu_device._PartReads, "make", lambda *a: None)
+    return request.param
+
+
 def _advice(monkeypatch, cold: bool, reads: list | None = None) -> list:
     """(offset, length) of every WILLNEED; with `cold`, every RWF_NOWAIT read would block.
-    `reads`, if given, gets how many WILLNEEDs came before each read."""
+    `reads`, if given, gets how many WILLNEEDs came before each read (os.preadv, or a part read
+    by the host library)."""
     advised = []
     real = store_module.os.preadv
 
@@ -33,6 +47,9 @@ def _advice(monkeypatch, cold: bool, reads: list | None = None) -> list:
             raise BlockingIOError
         return real(fd, buffers, offset, flags)
 
+    real_call = host_lib.read_decode_scatter
+    monkeypatch.setattr(host_lib, "read_decode_scatter",
+                        lambda *a: (reads.append(len(advised)) if reads is not None else None, real_call(*a))[1])
     monkeypatch.setattr(store_module.os, "preadv", preadv)
     monkeypatch.setattr(store_module.os, "posix_fadvise", lambda fd, offset, length, advice:
                         advised.append((offset, length)) if advice == store_module.os.POSIX_FADV_WILLNEED else None)
@@ -40,10 +57,10 @@ def _advice(monkeypatch, cold: bool, reads: list | None = None) -> list:
 
 
 @pytest.mark.parametrize("ahead", [4096, 8192, 1 << 30])
-def test_a_cold_read_of_many_batches_hands_its_ranges_over_ahead_and_reads_right(sharded, monkeypatch, ahead):
+def test_a_cold_read_of_many_batches_hands_its_ranges_over_ahead_and_reads_right(sharded, monkeypatch, ahead, parts):
     """Batches of ~4 KiB, AHEAD_BYTES of ~one, two batches or all of them in flight; each range
-    is advised twice, ahead and again by the task that finds it missing from the page cache. The
-    output is the warm read's."""
+    is advised ahead, and again by a task that fetches it and finds it missing from the page
+    cache. The output is the warm read's."""
     path, data = sharded
     monkeypatch.setattr(pipeline, "AHEAD_BYTES", ahead)
     settings = gpuzarr.Settings(batch_bytes=4096, threads=2)
@@ -53,7 +70,7 @@ def test_a_cold_read_of_many_batches_hands_its_ranges_over_ahead_and_reads_right
     assert report.batches > 4
     advised = _advice(monkeypatch, cold=True)
     np.testing.assert_array_equal(arr[...], data)
-    assert sum(length for _, length in advised) == 2 * report.bytes_compressed
+    assert sum(length for _, length in advised) == (2 if parts == "fetched" else 1) * report.bytes_compressed
 
 
 def _handovers(monkeypatch) -> list:
@@ -67,7 +84,7 @@ def _handovers(monkeypatch) -> list:
     return made
 
 
-def test_the_first_bytes_are_handed_over_before_any_task_reads(sharded, monkeypatch):
+def test_the_first_bytes_are_handed_over_before_any_task_reads(sharded, monkeypatch, parts):
     """Tasks started first would each hand over and read their own ranges beside the calling
     thread's hand-over of the same ones (64 cold 2-D windows in one read_batch: 0.79-0.87x so)."""
     path, data = sharded
@@ -91,7 +108,7 @@ def test_the_first_bytes_are_handed_over_before_any_task_reads(sharded, monkeypa
 
 
 @pytest.mark.parametrize("ahead", [2048, 16384])
-def test_hand_overs_run_in_storage_order_a_bounded_way_ahead_of_the_tasks(sharded, monkeypatch, ahead):
+def test_hand_overs_run_in_storage_order_a_bounded_way_ahead_of_the_tasks(sharded, monkeypatch, ahead, parts):
     """Every chunk is handed over once, in storage order; when a task starts reading a part, what
     was handed over ends at most AHEAD_BYTES (and one chunk) past the furthest part started; the
     calling thread hands over, not the tasks (a hand-over blocks while the disk's queue is full)."""
@@ -109,13 +126,18 @@ def test_hand_overs_run_in_storage_order_a_bounded_way_ahead_of_the_tasks(sharde
     real_ahead = pipeline._Ahead
     monkeypatch.setattr(pipeline, "_Ahead", lambda *a: aheads.append(real_ahead(*a)) or aheads[-1])
     seen = []  # (end row of a part a task starts reading, rows handed over by then)
-    real_part = fetch_module.PendingBatch.part
+    real_part, real_run = fetch_module.PendingBatch.part, cpu_device._PartReads.run
 
     def part(self, lo, hi, alloc=None):
         seen.append((int(self.rows[hi - 1]) + 1, sum(rows.size for rows, _ in made)))
         return real_part(self, lo, hi, alloc)
 
+    def run(self, lo, hi, *a):
+        seen.append((int(self.rows[hi - 1]) + 1, sum(rows.size for rows, _ in made)))
+        return real_run(self, lo, hi, *a)
+
     monkeypatch.setattr(fetch_module.PendingBatch, "part", part)
+    monkeypatch.setattr(cpu_device._PartReads, "run", run)
     np.testing.assert_array_equal(arr[...], data)
     handed = np.concatenate([rows for rows, _ in made])
     assert handed.size == (256 // 16) * (256 // 16)  # every chunk of the array
@@ -137,7 +159,6 @@ def test_hand_overs_run_in_storage_order_a_bounded_way_ahead_of_the_tasks(sharde
 def test_a_failing_task_ends_a_cold_read_with_its_error(sharded, monkeypatch):
     """The calling thread stops handing over once every task has ended: the error comes out,
     no wait outlives the tasks."""
-    from gpuzarr.devices import cpu as cpu_device
     from gpuzarr.errors import CorruptDataError
 
     path, _ = sharded
@@ -152,6 +173,7 @@ def test_a_failing_task_ends_a_cold_read_with_its_error(sharded, monkeypatch):
         raise CorruptDataError("bad chunk")
 
     monkeypatch.setattr(cpu_device.CpuDevice, "_decode_by_blocks", broken)
+    monkeypatch.setattr(cpu_device._PartReads, "run", lambda self, lo, hi, *a: broken(self, SimpleNamespace(n=hi - lo)))
     with pytest.raises(CorruptDataError, match="bad chunk"):
         arr[...]
     assert calls
@@ -174,7 +196,6 @@ def test_a_warm_read_is_one_batch_the_calling_thread_decodes_in_and_a_cold_one_k
     handed to the kernel ahead."""
     import threading
 
-    from gpuzarr.devices import cpu as cpu_device
 
     path, data = sharded
     monkeypatch.setattr(cpu_device.CpuDevice, "batch_bytes", 4096)
