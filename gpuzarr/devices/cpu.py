@@ -509,14 +509,9 @@ class _PartReads:
         # for a chunk (a larger file is given back, and named by fetch)
         room = np.where(self.sizes >= 0, self.sizes, nbytes + nbytes // 255 + 64)
         self.ends = np.concatenate(([0], np.cumsum(room)))
-        records, fills = scatter_records(plan, first, first + rows.size, present, as_chunk.shape, self.itemsize,
-                                         out.strides, as_chunk.stored_order)
+        self.records, fills, self.rec_lo = _chunk_records(plan, first, present, as_chunk, out, nbytes)
         if fills.shape[0]:
             host_lib.fill(out, fills, self.fill, self.ndim)
-        local = records[:, SCATTER_REC_SRC] // nbytes  # each record's chunk in the batch, ascending
-        records[:, SCATTER_REC_SRC] -= local * nbytes  # each chunk is decoded into a scratch of its own
-        self.records = records
-        self.rec_lo = np.searchsorted(local, np.arange(rows.size + 1))
         self.io, self.ahead, self.rows = read_io(batch.store), batch.ahead, batch.rows
         return self
 
@@ -581,17 +576,26 @@ def _decode_scatter(part: FetchedBatch, chain: CodecChain, as_chunk: Any, out: A
         return False
     decoder, src, src_sizes = direct
     itemsize, ndim = out.dtype.itemsize, len(as_chunk.shape)
-    records, fills = scatter_records(plan, first, first + part.n, present, as_chunk.shape, itemsize, out.strides,
-                                     as_chunk.stored_order)
-    local = records[:, SCATTER_REC_SRC] // scratch.size  # each record's chunk in the part, ascending
-    records[:, SCATTER_REC_SRC] -= local * scratch.size  # its chunk is decoded into scratch alone
-    rec_lo = np.searchsorted(local, np.append(live, part.n))
+    records, fills, rec_lo = _chunk_records(plan, first, present, as_chunk, out, scratch.size)
+    rec_lo = rec_lo[np.append(live, part.n)]  # the live chunks' (absent ones between have no records)
     failed, _ = host_lib.decode_scatter(decoder, src, src_sizes, scratch, out, records, rec_lo, ndim, itemsize, swap)
     if failed >= 0:
         return False
     if fills.shape[0]:
         host_lib.fill(out, fills, fill_item(fill, out.dtype), ndim)
     return True
+
+
+def _chunk_records(plan: Plan, first: int, present: np.ndarray, as_chunk: Any, out: Any,
+                   nbytes: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """scatter_records of plan chunks first.. (present.size of them), each record's source offset
+    within its own chunk (each is decoded alone, into a buffer of `nbytes`), the fill records of
+    the absent ones, and where each chunk's records begin: chunk i's are rec_lo[i]..rec_lo[i+1]."""
+    records, fills = scatter_records(plan, first, first + present.size, present, as_chunk.shape, out.dtype.itemsize,
+                                     out.strides, as_chunk.stored_order)
+    local = records[:, SCATTER_REC_SRC] // nbytes  # each record's chunk, ascending
+    records[:, SCATTER_REC_SRC] -= local * nbytes
+    return records, fills, np.searchsorted(local, np.arange(present.size + 1))
 
 
 def _decode_each_and_place(part: FetchedBatch, chain: CodecChain, as_chunk: Any, out: Any, plan: Plan, first: int,
