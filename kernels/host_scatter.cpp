@@ -68,6 +68,24 @@ static inline void gpz_host_swap(const gpz_window* w, const gpz_u8* s, gpz_u8* d
     });
 }
 
+// Rows shorter than a cache line walked with the output's nearest dim innermost (the dims sorted
+// by their output stride): a transposed chunk (a transpose codec's, a v2 order-F array's) is
+// walked in its stored order, so each element's write would land a whole output plane from the
+// last, while strided reads cost less (no line to own). The pairs copied are the same in any order.
+static inline void gpz_host_write_order(gpz_window* w)
+{
+    if (w->nd < 2 || w->rowbytes >= 64) return;
+    for (int a = 1; a < w->nd; ++a)
+        for (int b = a; b > 0; --b) {
+            const gpz_i64 x = w->dstride[b - 1] < 0 ? -w->dstride[b - 1] : w->dstride[b - 1];
+            const gpz_i64 y = w->dstride[b] < 0 ? -w->dstride[b] : w->dstride[b];
+            if (x <= y) break;
+            const gpz_i64 c = w->count[b], ss = w->sstride[b], ds = w->dstride[b];
+            w->count[b] = w->count[b - 1], w->sstride[b] = w->sstride[b - 1], w->dstride[b] = w->dstride[b - 1];
+            w->count[b - 1] = c, w->sstride[b - 1] = ss, w->dstride[b - 1] = ds;
+        }
+}
+
 extern "C" {
 
 // Place records 0..n-1 (n rows of GPZ_REC_LEN int64 values) from `src` into `dst`; `swap`: the
@@ -80,6 +98,7 @@ int gpz_scatter_host(const gpz_u8* src, gpz_u8* dst, const gpz_i64* recs, gpz_i6
     gpz_window w;
     for (gpz_i64 c = 0; c < n; ++c) {
         gpz_window_dims(&w, recs + c * GPZ_REC_LEN, ndim, itemsize, false);
+        gpz_host_write_order(&w);
         const gpz_u8* s = src + w.src;
         gpz_u8* d = dst + w.dst;
         if (swap == 2) {
