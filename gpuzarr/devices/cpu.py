@@ -564,7 +564,7 @@ def _decode_scatter(part: FetchedBatch, chain: CodecChain, as_chunk: Any, out: A
             or not host_lib.built()):
         return False
     swap = None if as_chunk.reordered else _host_swap(as_chunk, out)
-    if swap is None:  # (transposed chunks: plane_assign's copies were 2.7x faster than the scatter's walk)
+    if swap is None:  # (transposed chunks: plane_assign, faster for large ones: 1.3x for 2 MiB chunks)
         return False
     present = part.present
     live = np.flatnonzero(present)
