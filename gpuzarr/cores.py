@@ -13,9 +13,10 @@ THREADS_ENV = "GPUZARR_THREADS"
 # Threads a process takes by default at most. Measured on 16 cores (an H200 host, 2026-12-04,
 # `python -m bench --scaling`-style: full reads and 64 patches of the 2-D and 3-D sets): 8
 # threads were faster than 16 in all four, by 1.07x to 1.8x (3-D full 208 against 257 ms, 3-D
-# patches 107 against 191 ms), while tensorstore still gained from 8 to 16. Why is not
-# established: the GIL-held work per chunk (~3 us) does not explain it alone. More by
-# Settings(threads=...) or $GPUZARR_THREADS.
+# patches 107 against 191 ms), while tensorstore still gained from 8 to 16: the reads' Python
+# held the GIL about half the time there (py-spy), ~4 GIL round trips a chunk. Parts now run in
+# one call of the host library (cpu._PartReads), which has not been measured on many cores yet:
+# the cap stays until it is. More by Settings(threads=...) or $GPUZARR_THREADS.
 MAX_DEFAULT_THREADS = 8
 
 

@@ -3,7 +3,7 @@ kernels/host_calls.cpp): per-chunk loops of the CPU path run in C, each in one c
 the GIL released once: the placement of a part's pieces and the fills of its absent chunks
 (the GPU kernel's own scatter and fill records, reduced by its core), the blosc, LZ4 and zstd
 decoder calls of a part (alone, or each followed by its chunk's placement), the syscalls that
-read a part's chunk files or a read's shard indexes, and all of that at once for a warm part of
+read a part's chunk files or a read's shard indexes, and all of that at once for a part of
 local files (read, check, decode, place: gpz_read_decode_scatter).
 
 Why: each NumPy assignment or ctypes call of such a loop drops and retakes the GIL. With a second

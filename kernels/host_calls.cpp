@@ -244,6 +244,11 @@ void gpz_close_files(int* fds, gpz_i64 n)
 // would let it (Zstd.direct, Blosc._check_rows, Lz4._check_rows): one whole zstd frame stating
 // `nbytes`, of at most max_blocks blocks; a blosc header stating `nbytes` and this frame's size,
 // within max_expansion of it; an LZ4 size prefix of `nbytes`, the frame at most max_frame bytes.
+static inline gpz_i64 gpz_le32(const unsigned char* p)
+{
+    return p[0] | (p[1] << 8) | (p[2] << 16) | ((gpz_i64)p[3] << 24);
+}
+
 static bool gpz_frame_ok(int kind, const unsigned char* frame, gpz_i64 size, gpz_i64 nbytes, int max_blocks,
                          gpz_i64 max_expansion, gpz_i64 max_frame)
 {
@@ -253,15 +258,13 @@ static bool gpz_frame_ok(int kind, const unsigned char* frame, gpz_i64 size, gpz
     }
     if (kind == 1) {
         if (size < 16) return false;
-        const gpz_i64 stated = frame[4] | (frame[5] << 8) | (frame[6] << 16) | ((gpz_i64)frame[7] << 24);
-        const gpz_i64 cbytes = frame[12] | (frame[13] << 8) | (frame[14] << 16) | ((gpz_i64)frame[15] << 24);
+        const gpz_i64 stated = gpz_le32(frame + 4), cbytes = gpz_le32(frame + 12);
         return cbytes == size && stated == nbytes && stated <= max_expansion * cbytes;
     }
-    if (size < 4 || size > max_frame) return false;
-    return (frame[0] | (frame[1] << 8) | (frame[2] << 16) | ((gpz_i64)frame[3] << 24)) == nbytes;
+    return size >= 4 && size <= max_frame && gpz_le32(frame) == nbytes;
 }
 
-// One CPU task's part of a warm read of local files, in one call: chunk i (of n; absent where
+// One CPU task's part of a read of local files, in one call: chunk i (of n; absent where
 // file_of[i] < 0) is sizes[i] bytes at offsets[i] of the file paths[file_of[i]] (a shard's), or
 // that whole file where sizes[i] < 0 (a chunk file: sized on its descriptor; one that is not
 // there, or not a regular file, is gone: lengths[i] = -1, for the caller to fill). Each run of
