@@ -57,13 +57,69 @@ void gpz_each_zstd(void* fn, void* dctx, const gpz_i64* src, const gpz_i64* size
 int gpz_scatter_host(const unsigned char* src, unsigned char* dst, const gpz_i64* recs, gpz_i64 n, int ndim,
                      gpz_i64 itemsize, int swap);
 
-// The decoders gpuzarr calls directly, by `kind`: libzstd's ZSTD_decompressDCtx with the context
-// `ctx` (0), c-blosc's blosc_decompress_ctx (1), LZ4_decompress_safe on the block after numcodecs'
-// 4-byte size prefix (2). Returns the decoded size, or what the decoder returned.
-static gpz_i64 gpz_decode_one(int kind, void* fn, void* ctx, const unsigned char* src, gpz_i64 size,
-                              unsigned char* dst, gpz_i64 nbytes)
+// libzstd's calls gpuzarr makes, in the table that a zstd decoder's `fn` points to: the one-call
+// ZSTD_decompressDCtx, and the buffer-less streaming API (zstd.h, ZSTD_STATIC_LINKING_ONLY: the
+// same three calls since v1.0) that decodes a frame block by block into one contiguous buffer.
+// begin is NULL where the library does not export them: every frame is then decoded whole.
+struct gpz_zstd_calls {
+    size_t (*decompress)(void* dctx, void* dst, size_t capacity, const void* src, size_t size);
+    size_t (*begin)(void* dctx);
+    size_t (*next_size)(void* dctx);
+    size_t (*next)(void* dctx, void* dst, size_t capacity, const void* src, size_t size);
+};
+
+// The first `need` bytes (at least) of the zstd frame of `size` bytes at `src` decoded into
+// `dst` (`nbytes`, the frame's stated content size): its blocks in turn, stopping at the block
+// that reaches `need` (a block holds at most 128 KiB: a window needing the first rows of a
+// 512 KiB chunk decodes a quarter to three quarters of it). Returns `nbytes` when that worked
+// (the rest of `dst` is not written), else libzstd's error code or what was decoded. A frame
+// with a content checksum is decoded whole, so that its checksum is checked as before.
+static gpz_i64 gpz_zstd_prefix(const gpz_zstd_calls* zstd, void* dctx, const unsigned char* src, gpz_i64 size,
+                               unsigned char* dst, gpz_i64 nbytes, gpz_i64 need)
 {
-    if (kind == 0) return (gpz_i64)((gpz_zstd_fn)fn)(ctx, dst, (size_t)nbytes, src, (size_t)size);
+    if (zstd->begin == NULL || need <= 0 || need >= nbytes || size < 5 || (src[4] & 4))
+        return (gpz_i64)zstd->decompress(dctx, dst, (size_t)nbytes, src, (size_t)size);
+    if (zstd->begin(dctx) > (size_t)nbytes) return -1;
+    gpz_i64 used = 0, made = 0;
+    while (made < need) {
+        const size_t step = zstd->next_size(dctx);
+        if (step == 0 || used + (gpz_i64)step > size) return made;  // the frame ended short of `need`
+        const size_t got = zstd->next(dctx, dst + made, (size_t)(nbytes - made), src + used, step);
+        if (got > (size_t)(nbytes - made)) return (gpz_i64)got;  // an error code
+        used += (gpz_i64)step;
+        made += (gpz_i64)got;
+    }
+    return nbytes;
+}
+
+// The bytes of a decoded chunk that its scatter records `recs` (n of them) read: one past the
+// last byte of the furthest, as gpz_window_dims addresses them (0 where there is none).
+static gpz_i64 gpz_records_need(const gpz_i64* recs, gpz_i64 n, int ndim, gpz_i64 itemsize)
+{
+    gpz_i64 need = 0;
+    for (gpz_i64 r = 0; r < n; ++r) {
+        const gpz_i64* rec = recs + r * GPZ_REC_LEN;
+        gpz_i64 cstride = itemsize, last = rec[GPZ_REC_SRC];
+        bool empty = false;
+        for (int d = ndim - 1; d >= 0; --d) {
+            const gpz_i64 count = rec[GPZ_REC_COUNT + d];
+            empty = empty || count == 0;
+            last += (rec[GPZ_REC_START + d] + (count - 1) * rec[GPZ_REC_STEP + d]) * cstride;
+            cstride *= rec[GPZ_REC_SHAPE + d];
+        }
+        if (!empty && last + itemsize > need) need = last + itemsize;
+    }
+    return need;
+}
+
+// The decoders gpuzarr calls directly, by `kind`: libzstd (0; `fn` a gpz_zstd_calls, `ctx` the
+// thread's context) on the first `need` bytes or more (gpz_zstd_prefix), c-blosc's
+// blosc_decompress_ctx (1), LZ4_decompress_safe on the block after numcodecs' 4-byte size prefix
+// (2). Returns the decoded size (`nbytes` for a zstd prefix), or what the decoder returned.
+static gpz_i64 gpz_decode_one(int kind, void* fn, void* ctx, const unsigned char* src, gpz_i64 size,
+                              unsigned char* dst, gpz_i64 nbytes, gpz_i64 need)
+{
+    if (kind == 0) return gpz_zstd_prefix((const gpz_zstd_calls*)fn, ctx, src, size, dst, nbytes, need);
     if (kind == 1) return ((gpz_blosc_fn)fn)(src, dst, (size_t)nbytes, 1);
     return ((gpz_lz4_fn)fn)((const char*)src, (char*)dst, (int)size, (int)nbytes);
 }
@@ -73,17 +129,20 @@ static gpz_i64 gpz_decode_one(int kind, void* fn, void* ctx, const unsigned char
 // offsets are within the chunk), through gpz_scatter_host with `swap`: what gpuzarr's CPU device
 // does chunk by chunk in Python for chunks too large to decode a part of them first, here with
 // the GIL released once for the part. `kind`, `fn`, `ctx`: the decoder (gpz_decode_one; src[i]
-// past numcodecs' LZ4 size prefix). The caller checked every frame's header against `nbytes` and
-// its segment. Returns -1 when every frame decoded to exactly `nbytes` and was placed; else the
+// past numcodecs' LZ4 size prefix); a zstd frame is decoded as far as its records read. The
+// caller checked every frame's header against `nbytes` and its segment. Returns -1 when every
+// frame decoded to exactly `nbytes` (its stated size, for a zstd prefix) and was placed; else the
 // first frame that did not (nothing placed from it on), got[0] its decoder's result.
 gpz_i64 gpz_decode_scatter(int kind, void* fn, void* ctx, const gpz_i64* src, const gpz_i64* sizes, gpz_i64 n,
                            gpz_i64 nbytes, unsigned char* scratch, unsigned char* dst, const gpz_i64* recs,
                            const gpz_i64* rec_lo, int ndim, gpz_i64 itemsize, int swap, gpz_i64* got)
 {
     for (gpz_i64 i = 0; i < n; ++i) {
-        const gpz_i64 size = gpz_decode_one(kind, fn, ctx, (const unsigned char*)src[i], sizes[i], scratch, nbytes);
-        if (size != nbytes || gpz_scatter_host(scratch, dst, recs + rec_lo[i] * GPZ_REC_LEN, rec_lo[i + 1] - rec_lo[i],
-                                               ndim, itemsize, swap)) {
+        const gpz_i64* own = recs + rec_lo[i] * GPZ_REC_LEN;
+        const gpz_i64 count = rec_lo[i + 1] - rec_lo[i];
+        const gpz_i64 size = gpz_decode_one(kind, fn, ctx, (const unsigned char*)src[i], sizes[i], scratch, nbytes,
+                                            gpz_records_need(own, count, ndim, itemsize));
+        if (size != nbytes || gpz_scatter_host(scratch, dst, own, count, ndim, itemsize, swap)) {
             got[0] = size;
             return i;
         }
@@ -270,9 +329,9 @@ static bool gpz_frame_ok(int kind, const unsigned char* frame, gpz_i64 size, gpz
 // there, or not a regular file, is gone: lengths[i] = -1, for the caller to fill). Each run of
 // chunks that lie back to back in one file is read by one pread into `staging` (chunks back to
 // back, `capacity` bytes); lengths[i] is each chunk's size as read. Then each chunk's frame is
-// checked (gpz_frame_ok), decoded into `scratch` and placed by its records (as
-// gpz_decode_scatter: recs[rec_lo[i]..rec_lo[i+1])). io[0], io[1]: the reads made and the bytes
-// read. Returns 0 when every chunk was read (or is gone), decoded and placed; else 1 (a file that
+// checked (gpz_frame_ok), decoded into `scratch` (zstd: as far as its records read) and placed
+// by its records (as gpz_decode_scatter: recs[rec_lo[i]..rec_lo[i+1])). io[0], io[1]: the reads
+// made and the bytes read. Returns 0 when every chunk was read (or is gone), decoded and placed; else 1 (a file that
 // cannot be read, or is shorter than said, or more than `capacity` in all), 2 (a frame its checks
 // refuse) or 3 (a frame that does not decode to `nbytes`): the caller then reads and decodes the
 // part as before, which says what is wrong. Chunks placed before a failure are placed again
@@ -353,8 +412,12 @@ int gpz_read_decode_scatter(const char* const* paths, const gpz_i64* file_of, co
         pos += size;
         if (!gpz_frame_ok(kind, frame, size, nbytes, max_blocks, max_expansion, max_frame)) return 2;
         const gpz_i64 skip = kind == 2 ? 4 : 0;
-        if (gpz_decode_one(kind, fn, ctx, frame + skip, size - skip, scratch, nbytes) != nbytes) return 3;
-        gpz_scatter_host(scratch, dst, recs + rec_lo[i] * GPZ_REC_LEN, rec_lo[i + 1] - rec_lo[i], ndim, itemsize, swap);
+        const gpz_i64* own = recs + rec_lo[i] * GPZ_REC_LEN;
+        const gpz_i64 count = rec_lo[i + 1] - rec_lo[i];
+        if (gpz_decode_one(kind, fn, ctx, frame + skip, size - skip, scratch, nbytes,
+                           gpz_records_need(own, count, ndim, itemsize)) != nbytes)
+            return 3;
+        gpz_scatter_host(scratch, dst, own, count, ndim, itemsize, swap);
     }
     return 0;
 }

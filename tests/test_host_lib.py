@@ -260,6 +260,43 @@ def test_frames_decoded_and_placed_in_one_call(name):
     np.testing.assert_array_equal(out, want)
 
 
+@pytest.mark.parametrize("checksum", [False, True])
+def test_a_zstd_frame_is_decoded_only_as_far_as_its_records_read(checksum):
+    """A zstd chunk of several blocks (at most 128 KiB each) whose records read only its first
+    rows is decoded block by block up to them (gpz_zstd_prefix): a frame cut short in its last
+    block still places those rows, while records that read its last byte need the whole frame
+    and fail. A frame with a content checksum is always decoded whole, its checksum checked."""
+    if bytes_to_bytes._thread_dctx() is None:
+        pytest.skip("this numcodecs build exports no libzstd: no zstd decoder to call from C")
+    rows, width = 256, 1024  # 512 KiB of u2: 4 blocks
+    chunk = (np.arange(rows * width) % 1009 * 3).astype("<u2").reshape(rows, width)
+    frame = np.frombuffer(numcodecs.Zstd(checksum=checksum).encode(chunk.tobytes()), np.uint8).copy()
+    nbytes = chunk.nbytes
+
+    def place(first_rows: int, cut: int) -> tuple[int, np.ndarray]:
+        out = np.zeros((first_rows, width), "<u2")
+        record = np.zeros((1, SCATTER_REC_LEN), np.int64)
+        record[0, [SCATTER_REC_SHAPE, SCATTER_REC_SHAPE + 1]] = rows, width
+        record[0, [SCATTER_REC_STEP, SCATTER_REC_STEP + 1]] = 1
+        record[0, [SCATTER_REC_COUNT, SCATTER_REC_COUNT + 1]] = first_rows, width
+        record[0, [SCATTER_REC_DSTRIDE, SCATTER_REC_DSTRIDE + 1]] = out.strides
+        decoder = Zstd.decoder(nbytes)
+        src, size = np.array([frame.ctypes.data]), np.array([frame.size - cut])
+        failed, _ = host_lib.decode_scatter(decoder, src, size, np.empty(nbytes, np.uint8), out, record,
+                                            np.array([0, 1]), 2, 2, 0)
+        return failed, out
+
+    for first_rows in (1, 40, rows):
+        failed, out = place(first_rows, 0)
+        assert failed == -1
+        np.testing.assert_array_equal(out, chunk[:first_rows])
+    failed, out = place(40, 3)  # the last block cut short: not decoded for the first 40 rows
+    assert failed == (0 if checksum else -1)
+    if not checksum:
+        np.testing.assert_array_equal(out, chunk[:40])
+    assert place(rows, 3)[0] == 0
+
+
 def test_chunk_files_not_there_read_as_the_fill_value_in_the_call(tmp_path, monkeypatch):
     """Warm v2 chunk files read by the host library's part calls: files not there (never
     written) and a directory where a chunk would be are the fill value, each missing key
@@ -343,6 +380,36 @@ def test_large_chunks_are_decoded_and_placed_in_one_call_a_part(tmp_path, monkey
     open(chunk, "wb").write(bytes(raw))
     with pytest.raises(CorruptDataError, match=key.split("/", 1)[1].replace(".", r"\.")):
         gpuzarr.open(path, device="cpu", settings=gpuzarr.Settings(threads=2))[...]
+
+
+@pytest.mark.parametrize("parts", [True, False], ids=["read-in-the-call", "fetched-first"])
+def test_windows_of_multi_block_zstd_chunks_read_right_wherever_they_end(tmp_path, monkeypatch, parts):
+    """Chunks of four zstd blocks, written by zarr-python, read through windows that end in each
+    block of a chunk, or at a block's first or last item (their chunks decoded only so far),
+    with steps, integer indexes and reversed axes: every one equals the data."""
+    if not parts:
+        monkeypatch.setattr(cpu_device._PartReads, "make", lambda *a: None)
+    monkeypatch.setattr(cpu_device, "BLOCK_CHUNK_MAX", 0)  # every chunk alone: through the host library
+    data = (np.arange(96 * 128 * 64) % 4093).astype("<u2").reshape(96, 128, 64)  # no two blocks alike
+    path = str(tmp_path / "a.zarr")
+    z = zarr.create_array(path, shape=data.shape, chunks=(64, 64, 64), shards=(64, 128, 64), dtype=data.dtype,
+                          compressors=zarr.codecs.ZstdCodec())
+    z[...] = data
+    arr = gpuzarr.open(path, device="cpu", settings=gpuzarr.Settings(threads=1))  # one decode buffer
+    calls = []
+    for name in ("decode_scatter", "read_decode_scatter"):
+        real = getattr(host_lib, name)
+        monkeypatch.setattr(host_lib, name, lambda *a, _real=real: (calls.append(1), _real(*a))[1])
+    windows = [(slice(0, 1),), (slice(10, 17), slice(3, 70)), (slice(30, 40), slice(60, 100), slice(1, 5)),
+               (slice(50, 80, 3), slice(None, None, -7)), (47, slice(0, 128, 5), 63), (slice(63, 65),),
+               (slice(None, None, -1), slice(0, 1), slice(0, 1)), (slice(5, 96), slice(64, 65)),
+               (slice(0, 17), 0, 0), (slice(0, 16), 63, 63)]  # a block's first item, and its last (16 planes)
+    other = [(slice(64, 96), slice(64, 128))]  # another chunk: its bytes left in the decode buffer
+    for window in windows:  # small windows read alone go chunk by chunk (small_read); in a batch, never
+        np.testing.assert_array_equal(arr[window], data[window], err_msg=str(window))
+        arr.read_batch(other)
+        np.testing.assert_array_equal(arr.read_batch([window])[0], data[window], err_msg=str(window))
+    assert len(calls) >= len(windows), "windows did not go through the host library"
 
 
 @pytest.mark.parametrize("endian", ["little", "big"])

@@ -502,6 +502,12 @@ class _LibZstd(NamedTuple):
     create: Any  # ZSTD_createDCtx() -> ZSTD_DCtx*
     free: Any  # ZSTD_freeDCtx(dctx)
     decompress: Any  # ZSTD_decompressDCtx(dctx, dst, dst capacity, src, src size) -> size or error code
+    calls: Any  # the host library's table of libzstd calls (gpz_zstd_calls in kernels/host_calls.cpp)
+
+
+# libzstd's buffer-less streaming calls, which decode a frame block by block: the host library
+# decodes only the blocks a window reads (gpz_zstd_prefix); absent, it decodes every frame whole
+_STREAM_CALLS = ("ZSTD_decompressBegin", "ZSTD_nextSrcSizeToDecompress", "ZSTD_decompressContinue")
 
 
 @functools.cache
@@ -510,10 +516,17 @@ def _libzstd() -> _LibZstd | None:
     its extension does not export it (python-zstandard decodes every frame then: see FALLBACKS)."""
     try:
         lib = ctypes.CDLL(_numcodecs_zstd.__file__)
-        api = _LibZstd(lib.ZSTD_createDCtx, lib.ZSTD_freeDCtx, lib.ZSTD_decompressDCtx)
+        create, free, decompress = lib.ZSTD_createDCtx, lib.ZSTD_freeDCtx, lib.ZSTD_decompressDCtx
     except (OSError, AttributeError):
         log.debug("numcodecs.zstd exports no libzstd: zstd frames decode through python-zstandard")
         return None
+    stream = [getattr(lib, name, None) for name in _STREAM_CALLS]
+    if None in stream:
+        log.debug("numcodecs.zstd exports no buffer-less zstd calls: windows decode whole chunks")
+        stream = [None] * len(_STREAM_CALLS)
+    calls = (ctypes.c_void_p * 4)(*(ctypes.cast(fn, ctypes.c_void_p).value if fn is not None else None
+                                    for fn in (decompress, *stream)))
+    api = _LibZstd(create, free, decompress, calls)
     api.create.argtypes, api.create.restype = [], ctypes.c_void_p
     api.free.argtypes, api.free.restype = [ctypes.c_void_p], ctypes.c_size_t
     api.decompress.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p, ctypes.c_size_t]
@@ -525,13 +538,13 @@ class _DCtx:
     """A libzstd decompression context owned by one thread (creating one costs more than
     decoding a chunk), freed with the thread's locals."""
 
-    __slots__ = ("_ptr", "_free", "_decompress")
+    __slots__ = ("_ptr", "_free", "_decompress", "_calls")
 
     def __init__(self, api: _LibZstd):
         self._ptr = api.create()
         if not self._ptr:
             raise MemoryError("ZSTD_createDCtx failed")
-        self._free, self._decompress = api.free, api.decompress
+        self._free, self._decompress, self._calls = api.free, api.decompress, api.calls
 
     def decode(self, src: int, src_size: int, dst: int, nbytes: int) -> bool:
         """Decode the frame(s) of `src_size` bytes at address `src` into the `nbytes` at `dst`;
@@ -540,8 +553,8 @@ class _DCtx:
         return self._decompress(self._ptr, dst, nbytes, src, src_size) == nbytes
 
     def decoder(self) -> tuple:
-        """This context's decoder, as host_lib.decode_scatter takes it."""
-        return "zstd", self._decompress, self._ptr
+        """This context's decoder, as host_lib.decode_scatter takes it: for zstd, a table of calls."""
+        return "zstd", self._calls, self._ptr
 
     def decode_each(self, src: np.ndarray, sizes: np.ndarray, dst: np.ndarray, nbytes: int) -> np.ndarray:
         """decode() of every frame (addresses `src`, `sizes` bytes each, into `nbytes` at the
