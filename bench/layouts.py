@@ -88,6 +88,8 @@ def make_layouts(quick: bool = False) -> dict[str, LayoutSpec]:
              "zstd", 3, transpose=(2, 0, 1)),
         spec("v3-blosc-zstd-sharded", "blosc frames in shards", (4096, 4096), "float32", 3, (128, 128),
              "blosc-zstd", 5, (1024, 1024)),
+        spec("v3-big-chunks", "2 MiB chunks, small windows: zstd decodes blocks a window needs", (4096, 4096),
+             "uint16", 3, (1024, 1024), "zstd", 3),
         spec("v3-1d", "1-D, small chunks", (4_000_000,), "float64", 3, (10_000,), "zstd", 1),
         spec("v3-uncompressed-sharded", "no codec: copies only", (4096, 4096), "uint16", 3, (128, 128), "none", 0,
              (1024, 1024)),
