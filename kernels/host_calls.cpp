@@ -331,10 +331,10 @@ static bool gpz_frame_ok(int kind, const unsigned char* frame, gpz_i64 size, gpz
 // back, `capacity` bytes); lengths[i] is each chunk's size as read. Then each chunk's frame is
 // checked (gpz_frame_ok), decoded into `scratch` (zstd: as far as its records read) and placed
 // by its records (as gpz_decode_scatter: recs[rec_lo[i]..rec_lo[i+1])). io[0], io[1]: the reads
-// made and the bytes read. Returns 0 when every chunk was read (or is gone), decoded and placed; else 1 (a file that
-// cannot be read, or is shorter than said, or more than `capacity` in all), 2 (a frame its checks
-// refuse) or 3 (a frame that does not decode to `nbytes`): the caller then reads and decodes the
-// part as before, which says what is wrong. Chunks placed before a failure are placed again
+// made and the bytes read. Returns 0 when every chunk was read (or is gone), decoded and placed;
+// else 1 (a file that cannot be read, or is shorter than said, or more than `capacity` in all),
+// 2 (a frame its checks refuse) or 3 (a frame that does not decode to `nbytes`): the caller then
+// reads and decodes the part as before, which says what is wrong. Chunks placed before a failure are placed again
 // then, to the same values.
 int gpz_read_decode_scatter(const char* const* paths, const gpz_i64* file_of, const gpz_i64* offsets,
                             const gpz_i64* sizes, gpz_i64 n, unsigned char* staging, gpz_i64 capacity, int kind,

@@ -412,6 +412,38 @@ def test_windows_of_multi_block_zstd_chunks_read_right_wherever_they_end(tmp_pat
     assert len(calls) >= len(windows), "windows did not go through the host library"
 
 
+@pytest.fixture(scope="module")
+def multi_block(tmp_path_factory):
+    """Arrays of zstd chunks of 4 blocks (60x50x70 uint16, 420 KB), in chunk files (big-endian)
+    and in shards (little-endian), written by zarr-python: (their paths, the data)."""
+    data = np.random.default_rng(11).integers(0, 3000, (100, 90, 70)).astype("<u2")
+    root = tmp_path_factory.mktemp("multi_block")
+    paths = []
+    for name, endian, shards in (("files", "big", None), ("shards", "little", (120, 100, 70))):
+        path = str(root / f"{name}.zarr")
+        z = zarr.create_array(path, shape=data.shape, chunks=(60, 50, 70), shards=shards, dtype=data.dtype,
+                              serializer=zarr.codecs.BytesCodec(endian=endian), compressors=zarr.codecs.ZstdCodec())
+        z[...] = data
+        paths.append(path)
+    return paths, data
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_any_window_of_multi_block_zstd_chunks_reads_right(multi_block, monkeypatch, data):
+    """Windows with steps anywhere in chunks of several zstd blocks, each chunk decoded only as
+    far as the window reads it, in chunk files and in shards, one thread (one decode buffer,
+    reused: bytes left there by another chunk would show), read alone and in a batch."""
+    paths, truth = multi_block
+    monkeypatch.setattr(cpu_device, "BLOCK_CHUNK_MAX", 0)
+    path = data.draw(st.sampled_from(paths))
+    arr = gpuzarr.open(path, device="cpu", settings=gpuzarr.Settings(threads=1))
+    for _ in range(3):
+        window = _selection(data.draw, truth.shape)
+        np.testing.assert_array_equal(arr[window], truth[window])
+        np.testing.assert_array_equal(arr.read_batch([window])[0], truth[window])
+
+
 @pytest.mark.parametrize("endian", ["little", "big"])
 def test_warm_parts_are_read_decoded_and_placed_in_one_call(tmp_path, monkeypatch, endian):
     """A warm read of local shards that the tasks read themselves: each part read, checked,
