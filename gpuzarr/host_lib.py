@@ -34,7 +34,7 @@ FALLBACKS: Counter = Counter()
 _LOCK = forksafe.Lock()
 
 _NAME = "_host_lib"
-VERSION = 8  # gpz_host_version() of the sources this module calls
+VERSION = 9  # gpz_host_version() of the sources this module calls
 _i64, _ptr = ctypes.c_int64, ctypes.c_void_p
 _lib: list = []  # [the loaded library, or None where it is missing or stale]
 
@@ -78,6 +78,8 @@ def _load() -> Any:
     lib.gpz_read_decode_scatter.restype = ctypes.c_int
     lib.gpz_zstd_whole_frames.argtypes = [_ptr, _ptr, _ptr, _i64, _i64, ctypes.c_int, _ptr]
     lib.gpz_zstd_whole_frames.restype = ctypes.c_int
+    lib.gpz_zstd_decode_prefix.argtypes = [_ptr, _ptr, _ptr, _i64, _ptr, _i64, _i64, ctypes.c_int]
+    lib.gpz_zstd_decode_prefix.restype = _i64
     lib.gpz_open_files.argtypes = [_ptr, _i64, _i64, _ptr, _ptr, _ptr]
     lib.gpz_read_files.argtypes = [_ptr, _i64, _ptr, _ptr, _ptr, _ptr, ctypes.c_int, _ptr, _ptr]
     lib.gpz_close_files.argtypes = [_ptr, _i64]
@@ -248,6 +250,17 @@ def zstd_whole_frames(staging: np.ndarray, offsets: np.ndarray, sizes: np.ndarra
     return bool(_library().gpz_zstd_whole_frames(staging.ctypes.data, offsets.ctypes.data, sizes.ctypes.data,
                                                  offsets.size, nbytes, max_blocks,
                                                  None if bounds is None else bounds.ctypes.data))
+
+
+def zstd_prefix(decoder: tuple, src: int, size: int, dst: np.ndarray, need: int, max_blocks: int) -> bool:
+    """The zstd frame of `size` bytes at address `src` decoded into `dst` (contiguous, its stated
+    content size) as far as its first `need` bytes, by `decoder` (decode_scatter's, zstd's),
+    where it is one whole frame of at most `max_blocks` blocks stating dst's size
+    (gpz_zstd_decode_prefix). False otherwise: the caller decodes it another way, which names
+    what is wrong."""
+    _, calls, ctx = decoder
+    return _library().gpz_zstd_decode_prefix(_function_address(calls), ctx, src, size, dst.ctypes.data, dst.nbytes,
+                                             need, max_blocks) == dst.nbytes
 
 
 class FileBatch:

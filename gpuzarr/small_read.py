@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from .devices.base import AutoDevice
+from .codecs.bytes_to_bytes import ZSTD_BLOCK_BYTES, Zstd
 from .devices.cpu import STAGING_KEPT, ChunkView, CpuDevice, decode_bytes, stored_chunk
 from .fetch import LOCATE_ARRAYS, Locator, coalesce_small, fetch_bounded, fetch_files, thread_slot
 from .selection import DimSelection
@@ -36,6 +37,9 @@ class SmallReads:
         self.leaf = locator.leaf_shape
         self.applies = (type(self.store) is LocalStore and len(locator.levels) <= 1 and self.as_chunk is not None
                         and self.as_chunk.plain and not self.as_chunk.reordered)
+        self.prefix = len(chain.bytes_to_bytes) == 1 and isinstance(chain.bytes_to_bytes[0], Zstd)
+        if self.applies:  # C-order element strides of a chunk, in bytes
+            self._strides = tuple(int(n) * self.dtype.itemsize for n in np.cumprod((1,) + chain.shape[:0:-1])[::-1])
         self._local = threading.local()
 
     def read(self, window: list[DimSelection], device: Any, out_shape: tuple) -> Any:
@@ -103,13 +107,23 @@ class SmallReads:
         data = memoryview(batch.staging)
         nbytes = self.chain.raw_nbytes
         stored = not self.chain.bytes_to_bytes  # placed from where fetch put them (sizes checked): no copy
+        # a lone zstd codec: a chunk is decoded only up to the block that holds the last byte
+        # placed from it (Zstd.decode_prefix), which for chunks over one block (128 KiB) saves
+        # the blocks after it
+        prefix = self.prefix and nbytes > ZSTD_BLOCK_BYTES
+        needs = [self._need(chunks[i][1]) if prefix else nbytes for i in range(len(chunks))]
 
         def decode(which: list[int]) -> None:
             scratch = thread_slot(self._local, "scratch", nbytes)
             for i in which:
                 start = starts[i]
-                raw = (stored_chunk(batch, i, nbytes) if stored else
-                       decode_bytes(self.chain, data[start:start + lengths[i]], scratch, labels[i]))
+                frame = data[start:start + lengths[i]]
+                if stored:
+                    raw = stored_chunk(batch, i, nbytes)
+                elif needs[i] < nbytes and Zstd.decode_prefix(frame, scratch, needs[i]):
+                    raw = scratch
+                else:
+                    raw = decode_bytes(self.chain, frame, scratch, labels[i])
                 view[chunks[i][2]] = self.as_chunk(raw)[chunks[i][1]]
 
         parts = device.inline_parts(len(live), self.chain)
@@ -118,6 +132,11 @@ class SmallReads:
         else:  # the calling thread takes the first part (and any no worker has started)
             device.pool.run_parts(decode, [live[k::parts] for k in range(parts)])
         return out
+
+    def _need(self, within: tuple) -> int:
+        """The bytes of a decoded chunk that its window `within` (a slice per axis) reads: one
+        past its last element's."""
+        return self.dtype.itemsize + sum((s.stop - 1) * stride for s, stride in zip(within, self._strides))
 
     def _staging(self, nbytes: int) -> np.ndarray:
         """This thread's buffer for a small read's compressed chunks, kept as the CPU device keeps its own."""

@@ -200,6 +200,19 @@ int gpz_zstd_whole_frames(const unsigned char* base, const gpz_i64* offsets, con
     return 1;
 }
 
+// The zstd frame of `size` bytes at `src` decoded into `dst` (`nbytes`) as far as its first
+// `need` bytes (gpz_zstd_prefix, with `calls` a gpz_zstd_calls and `dctx` the calling thread's
+// context), where it is one whole frame stating `nbytes`, of at most max_blocks blocks
+// (gpz_zstd_whole_frames): a chunk of a small read, decoded alone on the calling thread.
+// Returns `nbytes` when so; else -2 where the checks refuse the frame, or the decoder's result.
+gpz_i64 gpz_zstd_decode_prefix(const void* calls, void* dctx, const unsigned char* src, gpz_i64 size,
+                               unsigned char* dst, gpz_i64 nbytes, gpz_i64 need, int max_blocks)
+{
+    const gpz_i64 at = 0;
+    if (gpz_zstd_whole_frames(src, &at, &size, 1, nbytes, max_blocks, NULL) != 1) return -2;
+    return gpz_zstd_prefix((const gpz_zstd_calls*)calls, dctx, src, size, dst, nbytes, need);
+}
+
 // Whole chunk files, as gpuzarr.store.LocalStore.read_files_into reads them in Python where this
 // library is missing (four syscalls a file, each dropping the GIL): open and size them all, read
 // them all, close them all, one call each.

@@ -451,6 +451,7 @@ def _zarr_v3_cases() -> None:
     for level in (-3, 1, 10, 22):
         zp(f"zp3_zstd_level{level}", 3, S2, "float64", C2, compressors=[ZstdCodec(level=level)])
     zp("zp3_zstd_checksum", 3, S2, "int64", C2, compressors=[ZstdCodec(level=3, checksum=True)])
+    zp("zp3_zstd_multi_block", 3, (260, 300), "float32", (200, 300), compressors=[ZstdCodec(level=3)])  # 3 blocks
     # gzip
     for level in (1, 9):
         zp(f"zp3_gzip_level{level}", 3, S2, "int32", C2, compressors=[GzipCodec(level=level)])
@@ -715,6 +716,10 @@ def _tensorstore_cases() -> None:
     ts3("ts3_zstd", S, "float64", C, codecs=[LE, zstd(3)])
     ts3("ts3_zstd_level19_checksum", S, "int32", C, codecs=[LE, zstd(19, True)])
     ts3("ts3_zstd_big_1d_chunk", (50_000,), "int32", (20_000,), codecs=[LE, zstd(1)])
+    # chunks of several zstd blocks (at most 128 KiB each): a window decodes only the blocks it reads
+    ts3("ts3_zstd_multi_block", (300, 250), "int32", (200, 250), codecs=[LE, zstd(3)])
+    ts3("ts3_zstd_multi_block_sharded", (300, 250), "uint16", (300, 250),
+        codecs=[shard((150, 250), codecs=[BE, zstd(1)])])
     ts3("ts3_gzip", S, "uint16", C, codecs=[LE, {"name": "gzip", "configuration": {"level": 6}}])
     ts3("ts3_gzip_crc32c", S, "float32", C, codecs=[BE, {"name": "gzip", "configuration": {"level": 1}}, CRC])
     for cname, shuffle in [("lz4", "shuffle"), ("lz4hc", "bitshuffle"), ("blosclz", "noshuffle"),

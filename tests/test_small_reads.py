@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 
 import gpuzarr
 from gpuzarr import fetch as fetch_module
+from gpuzarr.codecs.bytes_to_bytes import Zstd as SmallZstd
 from gpuzarr.devices import cpu as cpu_module
 from gpuzarr import store as store_module
 from gpuzarr.devices.cpu import CpuDevice
@@ -573,3 +574,57 @@ def test_a_corrupt_chunk_in_a_pool_part_names_its_key(tmp_path):
     shard.write_bytes(bytes(raw))
     with pytest.raises(CorruptDataError, match=r"w\.zarr.*c/0/0"):
         arr[200:512, 200:512]  # 9 chunks, in two parts
+
+
+@pytest.mark.parametrize("layout", ["chunked", "sharded", "v2"])
+def test_a_small_read_decodes_a_zstd_chunk_only_as_far_as_its_window(tmp_path, monkeypatch, layout):
+    """A small read's chunks of several zstd blocks (128 KiB each at most) are decoded up to the
+    block that holds the window's last byte (Zstd.decode_prefix), whatever the byte order: the
+    same data as zarr-python's, the blocks past it never decoded (a frame whose last block is
+    damaged still gives a window at its start, and is named when a window reaches the block)."""
+    data = np.random.default_rng(5).integers(0, 3000, (300, 240)).astype(">u2" if layout == "v2" else "<u2")
+    path = str(tmp_path / "a.zarr")
+    kw = ({"zarr_format": 2, "compressors": numcodecs.Zstd()} if layout == "v2"
+          else {"compressors": zarr.codecs.ZstdCodec(), "shards": (300, 240) if layout == "sharded" else None})
+    z = zarr.create_array(path, shape=data.shape, chunks=(300, 240), dtype=data.dtype, **kw)  # 144,000 B: 2 blocks
+    z[...] = data
+    taken = _small_path_spy(monkeypatch)
+    prefixes: list = []
+    decode_prefix = SmallZstd.decode_prefix
+    monkeypatch.setattr(SmallZstd, "decode_prefix",
+                        staticmethod(lambda *a: prefixes.append(a[2]) or decode_prefix(*a)))
+    arr = gpuzarr.open(path, device="cpu")
+    # rows of 480 bytes: the first block (131,072 bytes) ends at row 273's 16th element
+    windows = [(slice(0, 10), slice(3, 7)), (slice(100, 273), slice(0, 240)), (273, 15), (273, 16), (5, 239),
+               (slice(273, 300), slice(1, 2))]
+    for window in windows:
+        np.testing.assert_array_equal(arr[window], data[window], err_msg=str(window))
+    assert len(taken) == len(windows), "every window a small read"
+    assert prefixes == [9 * 480 + 7 * 2, 273 * 480, 131072, 131074, 6 * 480, 299 * 480 + 2 * 2], \
+        "each chunk decoded as far as its window reads"
+    chunk = os.path.join(path, "0.0" if layout == "v2" else "c/0/0")
+    raw = bytearray(open(chunk, "rb").read())  # the frame first (a shard's index after it)
+    a, b = _last_zstd_block(raw)
+    raw[a:b] = b"\xff" * (b - a)  # a garbled last block: its headers, and the frame's, as they were
+    open(chunk, "wb").write(bytes(raw))
+    with pytest.raises(RuntimeError):
+        numcodecs.Zstd().decode(bytes(raw[:b + 4 * ((raw[4] >> 2) & 1)]))
+    arr = gpuzarr.open(path, device="cpu")
+    np.testing.assert_array_equal(arr[0:10, 3:7], data[0:10, 3:7])
+    with pytest.raises(CorruptDataError, match="0.0" if layout == "v2" else "c/0/0"):
+        arr[290:300, 0:5]
+
+
+def _last_zstd_block(frame: bytearray) -> tuple[int, int]:
+    """Where the content of the last block of the zstd frame at `frame`'s start lies (RFC 8878
+    section 3.1.1): a compressed block's."""
+    fhd = frame[4]
+    single = (fhd >> 5) & 1
+    pos = 5 + (1 - single) + (0, 1, 2, 4)[fhd & 3] + (single, 2, 4, 8)[fhd >> 6]
+    while True:
+        head = int.from_bytes(frame[pos:pos + 3], "little")
+        kind, size = (head >> 1) & 3, head >> 3
+        if head & 1:
+            assert kind == 2, "a compressed last block"
+            return pos + 3, pos + 3 + size
+        pos += 3 + (1 if kind == 1 else size)

@@ -182,6 +182,7 @@ def _each_named(decode: Callable[[memoryview, np.ndarray], None], staging: np.nd
 
 RUN_MIN = 4  # frames per libzstd call, on average, for Zstd._decode_runs to take a group
 _ZSTD_BLOCK_STEPS = 64  # blocks walked per frame at most (a chunk of up to 8 MiB; more: frame by frame)
+ZSTD_BLOCK_BYTES = 128 << 10  # a zstd block decodes to at most this (RFC 8878 section 3.1.1.2.4)
 
 
 def zstd_whole_frames(staging: np.ndarray, offsets: np.ndarray, sizes: np.ndarray, nbytes: int,
@@ -389,6 +390,20 @@ class Zstd(BytesBytesCodec):
         if decoder is None or not zstd_whole_frames(staging, offsets, sizes, nbytes):
             return None
         return decoder, staging.ctypes.data + offsets, sizes
+
+    @staticmethod
+    def decode_prefix(data: Buffer, out: np.ndarray, need: int) -> bool:
+        """At least the first `need` bytes of `out` (contiguous uint8, the chunk's decoded size)
+        decoded from the one zstd frame `data`, its blocks after them left undecoded and the
+        rest of `out` unwritten (host_lib.zstd_prefix): a chunk whose start alone a small read
+        places. False where the host library or libzstd is missing, or the frame is not one
+        whole frame stating out's size, or does not decode: decode_into then decodes it, or
+        names what is wrong."""
+        decoder = Zstd.decoder(out.nbytes)
+        if decoder is None or not host_lib.built():
+            return False
+        view = _as_view(data)
+        return host_lib.zstd_prefix(decoder, host_lib.address(view), len(view), out, need, _ZSTD_BLOCK_STEPS)
 
     @staticmethod
     def decoder(nbytes: int) -> tuple | None:
