@@ -260,6 +260,37 @@ def test_frames_decoded_and_placed_in_one_call(name):
     np.testing.assert_array_equal(out, want)
 
 
+@pytest.fixture
+def no_block_calls():
+    """libzstd's table as a build without its buffer-less calls has it (begin NULL)."""
+    api = bytes_to_bytes._libzstd()
+    if api is None:
+        pytest.skip("this numcodecs build exports no libzstd")
+    begin, api.calls[1] = api.calls[1], None
+    yield
+    api.calls[1] = begin
+
+
+def test_without_libzstd_s_block_calls_every_frame_is_decoded_whole(no_block_calls):
+    """A libzstd that exports no buffer-less calls (begin NULL in the table): windows still read
+    right, their frames decoded whole, so a frame cut short in its last block fails."""
+    rows, width = 256, 1024
+    chunk = (np.arange(rows * width) % 1009 * 3).astype("<u2").reshape(rows, width)
+    frame = np.frombuffer(numcodecs.Zstd().encode(chunk.tobytes()), np.uint8).copy()
+    out = np.zeros((40, width), "<u2")
+    record = np.zeros((1, SCATTER_REC_LEN), np.int64)
+    record[0, [SCATTER_REC_SHAPE, SCATTER_REC_SHAPE + 1]] = rows, width
+    record[0, [SCATTER_REC_STEP, SCATTER_REC_STEP + 1]] = 1
+    record[0, [SCATTER_REC_COUNT, SCATTER_REC_COUNT + 1]] = 40, width
+    record[0, [SCATTER_REC_DSTRIDE, SCATTER_REC_DSTRIDE + 1]] = out.strides
+    for cut, failed in ((0, -1), (3, 0)):
+        got = host_lib.decode_scatter(Zstd.decoder(chunk.nbytes), np.array([frame.ctypes.data]),
+                                      np.array([frame.size - cut]), np.empty(chunk.nbytes, np.uint8), out, record,
+                                      np.array([0, 1]), 2, 2, 0)
+        assert got[0] == failed
+    np.testing.assert_array_equal(out, chunk[:40])
+
+
 @pytest.mark.parametrize("checksum", [False, True])
 def test_a_zstd_frame_is_decoded_only_as_far_as_its_records_read(checksum):
     """A zstd chunk of several blocks (at most 128 KiB each) whose records read only its first
