@@ -18,8 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from .devices.base import AutoDevice
 from .codecs.bytes_to_bytes import ZSTD_BLOCK_BYTES, Zstd
+from .devices.base import AutoDevice
 from .devices.cpu import STAGING_KEPT, ChunkView, CpuDevice, decode_bytes, stored_chunk
 from .fetch import LOCATE_ARRAYS, Locator, coalesce_small, fetch_bounded, fetch_files, thread_slot
 from .selection import DimSelection

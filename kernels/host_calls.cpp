@@ -79,7 +79,7 @@ static gpz_i64 gpz_zstd_prefix(const gpz_zstd_calls* zstd, void* dctx, const uns
 {
     if (zstd->begin == NULL || need <= 0 || need >= nbytes || size < 5 || (src[4] & 4))
         return (gpz_i64)zstd->decompress(dctx, dst, (size_t)nbytes, src, (size_t)size);
-    if (zstd->begin(dctx) > (size_t)nbytes) return -1;
+    if (zstd->begin(dctx) != 0) return -1;  // 0, or an error code
     gpz_i64 used = 0, made = 0;
     while (made < need) {
         const size_t step = zstd->next_size(dctx);
@@ -347,8 +347,8 @@ static bool gpz_frame_ok(int kind, const unsigned char* frame, gpz_i64 size, gpz
 // made and the bytes read. Returns 0 when every chunk was read (or is gone), decoded and placed;
 // else 1 (a file that cannot be read, or is shorter than said, or more than `capacity` in all),
 // 2 (a frame its checks refuse) or 3 (a frame that does not decode to `nbytes`): the caller then
-// reads and decodes the part as before, which says what is wrong. Chunks placed before a failure are placed again
-// then, to the same values.
+// reads and decodes the part as before, which says what is wrong. Chunks placed before a failure
+// are placed again then, to the same values.
 int gpz_read_decode_scatter(const char* const* paths, const gpz_i64* file_of, const gpz_i64* offsets,
                             const gpz_i64* sizes, gpz_i64 n, unsigned char* staging, gpz_i64 capacity, int kind,
                             void* fn, void* ctx, gpz_i64 nbytes, unsigned char* scratch, unsigned char* dst,
