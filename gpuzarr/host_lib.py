@@ -34,7 +34,7 @@ FALLBACKS: Counter = Counter()
 _LOCK = forksafe.Lock()
 
 _NAME = "_host_lib"
-VERSION = 9  # gpz_host_version() of the sources this module calls
+VERSION = 10  # gpz_host_version() of the sources this module calls
 _i64, _ptr = ctypes.c_int64, ctypes.c_void_p
 _lib: list = []  # [the loaded library, or None where it is missing or stale]
 
@@ -136,7 +136,8 @@ def fill(dst: np.ndarray, records: np.ndarray, value: bytes, ndim: int) -> None:
 
 
 def _function_address(fn: Any) -> int:
-    """A ctypes function's address, or a table's of them (a zstd decoder's: gpz_zstd_calls)."""
+    """A ctypes function's address, or a table's of them (zstd's and blosc's decoders:
+    gpz_zstd_calls, gpz_blosc_calls)."""
     return ctypes.addressof(fn) if isinstance(fn, ctypes.Array) else ctypes.cast(fn, ctypes.c_void_p).value
 
 
@@ -192,8 +193,8 @@ DECODERS = {"zstd": 0, "blosc": 1, "lz4": 2}
 def decode_scatter(decoder: tuple, src: np.ndarray, sizes: np.ndarray, scratch: np.ndarray, dst: np.ndarray,
                    records: np.ndarray, rec_lo: np.ndarray, ndim: int, itemsize: int, swap: int) -> tuple[int, int]:
     """Frames at addresses `src` (`sizes` bytes each) decoded one by one into `scratch` (one
-    chunk's bytes; a zstd frame only as far as its records read) by `decoder` ((DECODERS key,
-    ctypes function or, for zstd, table of them, context address or None)), each
+    chunk's bytes; a zstd or blosc frame only as far as its records read) by `decoder` ((DECODERS
+    key, ctypes function or, for zstd and blosc, table of them, context address or None)), each
     placed into `dst` at once by its scatter records, records[rec_lo[i]:rec_lo[i+1]] (SRC: offsets
     within the chunk; checked by their maker, as for scatter()): gpz_decode_scatter. Returns
     (-1, 0) when every frame decoded to exactly the scratch's size, else (the first frame that

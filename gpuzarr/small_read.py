@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from .codecs.bytes_to_bytes import ZSTD_BLOCK_BYTES, Zstd
+from .codecs.bytes_to_bytes import ZSTD_BLOCK_BYTES, Blosc, Zstd
 from .devices.base import AutoDevice
 from .devices.cpu import STAGING_KEPT, ChunkView, CpuDevice, decode_bytes, stored_chunk
 from .fetch import LOCATE_ARRAYS, Locator, coalesce_small, fetch_bounded, fetch_files, thread_slot
@@ -37,7 +37,8 @@ class SmallReads:
         self.leaf = locator.leaf_shape
         self.applies = (type(self.store) is LocalStore and len(locator.levels) <= 1 and self.as_chunk is not None
                         and self.as_chunk.plain and not self.as_chunk.reordered)
-        self.prefix = len(chain.bytes_to_bytes) == 1 and isinstance(chain.bytes_to_bytes[0], Zstd)
+        codecs = chain.bytes_to_bytes
+        self.part = type(codecs[0]) if len(codecs) == 1 and isinstance(codecs[0], (Zstd, Blosc)) else None
         if self.applies:  # C-order element strides of a chunk, in bytes
             self._strides = tuple(int(n) * self.dtype.itemsize for n in np.cumprod((1,) + chain.shape[:0:-1])[::-1])
         self._local = threading.local()
@@ -107,20 +108,22 @@ class SmallReads:
         data = memoryview(batch.staging)
         nbytes = self.chain.raw_nbytes
         stored = not self.chain.bytes_to_bytes  # placed from where fetch put them (sizes checked): no copy
-        # a lone zstd codec: a chunk is decoded only up to the block that holds the last byte
-        # placed from it (Zstd.decode_prefix), which for chunks over one block (128 KiB) saves
-        # the blocks after it
-        prefix = self.prefix and nbytes > ZSTD_BLOCK_BYTES
-        needs = [self._need(chunks[i][1]) if prefix else nbytes for i in range(len(chunks))]
+        # a lone zstd or blosc codec: a chunk is decoded only in the blocks that hold the bytes
+        # placed from it (Zstd.decode_prefix: up to the last; Blosc.decode_span: those alone),
+        # which for chunks over one block (zstd's hold at most 128 KiB) saves the others
+        part = self.part if self.part is not Zstd or nbytes > ZSTD_BLOCK_BYTES else None
+        spans = [self._span(chunks[i][1]) if part else (0, nbytes) for i in range(len(chunks))]
 
         def decode(which: list[int]) -> None:
             scratch = thread_slot(self._local, "scratch", nbytes)
             for i in which:
                 start = starts[i]
                 frame = data[start:start + lengths[i]]
+                lo, hi = spans[i]
                 if stored:
                     raw = stored_chunk(batch, i, nbytes)
-                elif needs[i] < nbytes and Zstd.decode_prefix(frame, scratch, needs[i]):
+                elif (lo or hi < nbytes) and (Zstd.decode_prefix(frame, scratch, hi) if part is Zstd else
+                                              Blosc.decode_span(frame, scratch, lo, hi)):
                     raw = scratch
                 else:
                     raw = decode_bytes(self.chain, frame, scratch, labels[i])
@@ -133,10 +136,12 @@ class SmallReads:
             device.pool.run_parts(decode, [live[k::parts] for k in range(parts)])
         return out
 
-    def _need(self, within: tuple) -> int:
-        """The bytes of a decoded chunk that its window `within` (a slice per axis) reads: one
-        past its last element's."""
-        return self.dtype.itemsize + sum((s.stop - 1) * stride for s, stride in zip(within, self._strides))
+    def _span(self, within: tuple) -> tuple[int, int]:
+        """The bytes of a decoded chunk that its window `within` (a slice per axis) reads: from
+        its first element's first to one past its last element's."""
+        strides = self._strides
+        return (sum(s.start * stride for s, stride in zip(within, strides)),
+                self.dtype.itemsize + sum((s.stop - 1) * stride for s, stride in zip(within, strides)))
 
     def _staging(self, nbytes: int) -> np.ndarray:
         """This thread's buffer for a small read's compressed chunks, kept as the CPU device keeps its own."""

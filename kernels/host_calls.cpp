@@ -92,35 +92,73 @@ static gpz_i64 gpz_zstd_prefix(const gpz_zstd_calls* zstd, void* dctx, const uns
     return nbytes;
 }
 
-// The bytes of a decoded chunk that its scatter records `recs` (n of them) read: one past the
-// last byte of the furthest, as gpz_window_dims addresses them (0 where there is none).
-static gpz_i64 gpz_records_need(const gpz_i64* recs, gpz_i64 n, int ndim, gpz_i64 itemsize)
+// c-blosc's calls gpuzarr makes, in the table that a blosc decoder's `fn` points to: the whole
+// frame (blosc_decompress_ctx), and the items start..start+nitems-1 alone into `dest`
+// (blosc_getitem: only the blocks that hold them decoded, each checked against the frame's
+// stated size as blosc_decompress_ctx checks them; thread-safe, a context of its own). getitem
+// is NULL where the library does not export it: every frame is then decoded whole.
+struct gpz_blosc_calls {
+    int (*decompress)(const void* src, void* dest, size_t destsize, int nthreads);
+    int (*getitem)(const void* src, int start, int nitems, void* dest);
+};
+
+// Bytes lo..hi-1 (at least) of the blosc frame at `src` (its header checked by the caller
+// against `nbytes` and the frame's size) decoded into the same bytes of `dst`: through getitem,
+// by whole items of the frame's typesize, where that skips part of the chunk; else the whole
+// frame. Returns `nbytes` when that worked, else what c-blosc returned.
+static gpz_i64 gpz_blosc_span(const gpz_blosc_calls* blosc, const unsigned char* src, unsigned char* dst,
+                              gpz_i64 nbytes, gpz_i64 lo, gpz_i64 hi)
+{
+    const gpz_i64 typesize = src[3];
+    if (blosc->getitem != NULL && typesize > 0 && lo < hi && (lo > 0 || hi < nbytes) && nbytes <= 0x7fffffff) {
+        const gpz_i64 start = lo / typesize, stop = (hi + typesize - 1) / typesize;
+        if (stop * typesize <= nbytes) {  // (getitem prints its refusal of items past the end)
+            const gpz_i64 got = blosc->getitem(src, (int)start, (int)(stop - start), dst + start * typesize);
+            if (got == (stop - start) * typesize) return nbytes;
+        }
+    }  // (a frame getitem refuses, of another format version say, is decoded whole)
+    return blosc->decompress(src, dst, (size_t)nbytes, 1);
+}
+
+// The bytes of a decoded chunk that its scatter records `recs` (n of them) read, as
+// gpz_window_dims addresses them: from *lo (the nearest's first byte) to one past the last byte
+// of the furthest, returned (0 and 0 where there is none).
+static gpz_i64 gpz_records_span(const gpz_i64* recs, gpz_i64 n, int ndim, gpz_i64 itemsize, gpz_i64* lo)
 {
     gpz_i64 need = 0;
+    *lo = 0;
     for (gpz_i64 r = 0; r < n; ++r) {
         const gpz_i64* rec = recs + r * GPZ_REC_LEN;
-        gpz_i64 cstride = itemsize, last = rec[GPZ_REC_SRC];
+        gpz_i64 cstride = itemsize, first = rec[GPZ_REC_SRC], last = first;
         bool empty = false;
         for (int d = ndim - 1; d >= 0; --d) {
             const gpz_i64 count = rec[GPZ_REC_COUNT + d];
             empty = empty || count == 0;
+            first += rec[GPZ_REC_START + d] * cstride;
             last += (rec[GPZ_REC_START + d] + (count - 1) * rec[GPZ_REC_STEP + d]) * cstride;
             cstride *= rec[GPZ_REC_SHAPE + d];
         }
-        if (!empty && last + itemsize > need) need = last + itemsize;
+        if (empty) continue;
+        if (need == 0 || first < *lo) *lo = first;
+        if (last + itemsize > need) need = last + itemsize;
     }
     return need;
 }
 
-// The decoders gpuzarr calls directly, by `kind`: libzstd (0; `fn` a gpz_zstd_calls, `ctx` the
-// thread's context) on the first `need` bytes or more (gpz_zstd_prefix), c-blosc's
-// blosc_decompress_ctx (1), LZ4_decompress_safe on the block after numcodecs' 4-byte size prefix
-// (2). Returns the decoded size (`nbytes` for a zstd prefix), or what the decoder returned.
+// The decoders gpuzarr calls directly, by `kind`, on at least the bytes its records read
+// (gpz_records_span of `recs`, n of them): libzstd (0; `fn` a gpz_zstd_calls, `ctx` the thread's
+// context) up to the block that holds the last (gpz_zstd_prefix), c-blosc (1; `fn` a
+// gpz_blosc_calls) on the blocks that hold them (gpz_blosc_span), LZ4_decompress_safe on the
+// block after numcodecs' 4-byte size prefix (2). Returns the decoded size (`nbytes` for a part of
+// a frame), or what the decoder returned.
 static gpz_i64 gpz_decode_one(int kind, void* fn, void* ctx, const unsigned char* src, gpz_i64 size,
-                              unsigned char* dst, gpz_i64 nbytes, gpz_i64 need)
+                              unsigned char* dst, gpz_i64 nbytes, const gpz_i64* recs, gpz_i64 n, int ndim,
+                              gpz_i64 itemsize)
 {
-    if (kind == 0) return gpz_zstd_prefix((const gpz_zstd_calls*)fn, ctx, src, size, dst, nbytes, need);
-    if (kind == 1) return ((gpz_blosc_fn)fn)(src, dst, (size_t)nbytes, 1);
+    gpz_i64 lo = 0;
+    const gpz_i64 hi = kind == 2 ? nbytes : gpz_records_span(recs, n, ndim, itemsize, &lo);
+    if (kind == 0) return gpz_zstd_prefix((const gpz_zstd_calls*)fn, ctx, src, size, dst, nbytes, hi);
+    if (kind == 1) return gpz_blosc_span((const gpz_blosc_calls*)fn, src, dst, nbytes, lo, hi);
     return ((gpz_lz4_fn)fn)((const char*)src, (char*)dst, (int)size, (int)nbytes);
 }
 
@@ -129,9 +167,9 @@ static gpz_i64 gpz_decode_one(int kind, void* fn, void* ctx, const unsigned char
 // offsets are within the chunk), through gpz_scatter_host with `swap`: what gpuzarr's CPU device
 // does chunk by chunk in Python for chunks too large to decode a part of them first, here with
 // the GIL released once for the part. `kind`, `fn`, `ctx`: the decoder (gpz_decode_one; src[i]
-// past numcodecs' LZ4 size prefix); a zstd frame is decoded as far as its records read. The
+// past numcodecs' LZ4 size prefix); a zstd or blosc frame only as far as its records read. The
 // caller checked every frame's header against `nbytes` and its segment. Returns -1 when every
-// frame decoded to exactly `nbytes` (its stated size, for a zstd prefix) and was placed; else the
+// frame decoded to exactly `nbytes` (its stated size, for part of a frame) and was placed; else the
 // first frame that did not (nothing placed from it on), got[0] its decoder's result.
 gpz_i64 gpz_decode_scatter(int kind, void* fn, void* ctx, const gpz_i64* src, const gpz_i64* sizes, gpz_i64 n,
                            gpz_i64 nbytes, unsigned char* scratch, unsigned char* dst, const gpz_i64* recs,
@@ -141,7 +179,7 @@ gpz_i64 gpz_decode_scatter(int kind, void* fn, void* ctx, const gpz_i64* src, co
         const gpz_i64* own = recs + rec_lo[i] * GPZ_REC_LEN;
         const gpz_i64 count = rec_lo[i + 1] - rec_lo[i];
         const gpz_i64 size = gpz_decode_one(kind, fn, ctx, (const unsigned char*)src[i], sizes[i], scratch, nbytes,
-                                            gpz_records_need(own, count, ndim, itemsize));
+                                            own, count, ndim, itemsize);
         if (size != nbytes || gpz_scatter_host(scratch, dst, own, count, ndim, itemsize, swap)) {
             got[0] = size;
             return i;
@@ -342,7 +380,7 @@ static bool gpz_frame_ok(int kind, const unsigned char* frame, gpz_i64 size, gpz
 // there, or not a regular file, is gone: lengths[i] = -1, for the caller to fill). Each run of
 // chunks that lie back to back in one file is read by one pread into `staging` (chunks back to
 // back, `capacity` bytes); lengths[i] is each chunk's size as read. Then each chunk's frame is
-// checked (gpz_frame_ok), decoded into `scratch` (zstd: as far as its records read) and placed
+// checked (gpz_frame_ok), decoded into `scratch` (zstd, blosc: what its records read) and placed
 // by its records (as gpz_decode_scatter: recs[rec_lo[i]..rec_lo[i+1])). io[0], io[1]: the reads
 // made and the bytes read. Returns 0 when every chunk was read (or is gone), decoded and placed;
 // else 1 (a file that cannot be read, or is shorter than said, or more than `capacity` in all),
@@ -427,8 +465,8 @@ int gpz_read_decode_scatter(const char* const* paths, const gpz_i64* file_of, co
         const gpz_i64 skip = kind == 2 ? 4 : 0;
         const gpz_i64* own = recs + rec_lo[i] * GPZ_REC_LEN;
         const gpz_i64 count = rec_lo[i + 1] - rec_lo[i];
-        if (gpz_decode_one(kind, fn, ctx, frame + skip, size - skip, scratch, nbytes,
-                           gpz_records_need(own, count, ndim, itemsize)) != nbytes)
+        if (gpz_decode_one(kind, fn, ctx, frame + skip, size - skip, scratch, nbytes, own, count, ndim, itemsize) !=
+            nbytes)
             return 3;
         gpz_scatter_host(scratch, dst, own, count, ndim, itemsize, swap);
     }

@@ -443,6 +443,39 @@ def test_windows_of_multi_block_zstd_chunks_read_right_wherever_they_end(tmp_pat
     assert len(calls) >= len(windows), "windows did not go through the host library"
 
 
+@pytest.mark.parametrize("parts", [True, False], ids=["read-in-the-call", "fetched-first"])
+def test_a_blosc_frame_is_decoded_only_in_the_blocks_its_records_read(tmp_path, monkeypatch, parts):
+    """A blosc chunk of several blocks is decoded only in the blocks that hold the bytes its
+    records read (blosc_getitem): with its first block garbled, windows in later blocks read
+    right, while a window that reaches the first block is named as corrupt. v2 chunk files,
+    big-endian, shuffled."""
+    if bytes_to_bytes._blosc_calls() is None or not bytes_to_bytes._blosc_calls()[1]:
+        pytest.skip("this numcodecs build exports no blosc_getitem")
+    if not parts:
+        monkeypatch.setattr(cpu_device._PartReads, "make", lambda *a: None)
+    monkeypatch.setattr(cpu_device, "BLOCK_CHUNK_MAX", 0)  # each chunk alone, through the host library
+    data = (np.add.outer(np.arange(512), np.arange(512)) % 97 * 5).astype(">u2")  # compressible: no block stored raw
+    path = str(tmp_path / "a.zarr")
+    codec = numcodecs.Blosc("lz4", 5, shuffle=numcodecs.Blosc.SHUFFLE)
+    z = zarr.create_array(path, shape=data.shape, chunks=(512, 512), dtype=data.dtype, zarr_format=2,
+                          compressors=codec)
+    z[...] = data
+    chunk = os.path.join(path, "0.0")
+    raw = bytearray(open(chunk, "rb").read())
+    rows = int.from_bytes(raw[8:12], "little") // 1024  # a block's rows (c-blosc picks the block size)
+    assert rows < 512, "the chunk is several blocks"
+    first = int.from_bytes(raw[16:20], "little")  # block 0: its first stream's size, then its bytes
+    raw[first + 4:first + 24] = b"\xff" * 20
+    open(chunk, "wb").write(bytes(raw))
+    with pytest.raises(RuntimeError):
+        codec.decode(bytes(raw))
+    arr = gpuzarr.open(path, device="cpu", settings=gpuzarr.Settings(threads=1))
+    for window in [(slice(rows, rows + 9), slice(None)), (slice(rows + 1, 512), slice(3, 250, 7)), (511, 7)]:
+        np.testing.assert_array_equal(arr.read_batch([window])[0], data[window], err_msg=str(window))
+    with pytest.raises(CorruptDataError, match=r"0\.0"):
+        arr.read_batch([(slice(rows - 1, rows + 5), slice(None))])
+
+
 @pytest.fixture(scope="module")
 def multi_block(tmp_path_factory):
     """Arrays of zstd chunks of 4 blocks (60x50x70 uint16, 420 KB), in chunk files (big-endian)

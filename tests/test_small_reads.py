@@ -16,6 +16,7 @@ from hypothesis import strategies as st
 
 import gpuzarr
 from gpuzarr import fetch as fetch_module
+from gpuzarr.codecs import bytes_to_bytes
 from gpuzarr.codecs.bytes_to_bytes import Zstd as SmallZstd
 from gpuzarr.devices import cpu as cpu_module
 from gpuzarr import store as store_module
@@ -613,6 +614,34 @@ def test_a_small_read_decodes_a_zstd_chunk_only_as_far_as_its_window(tmp_path, m
     np.testing.assert_array_equal(arr[0:10, 3:7], data[0:10, 3:7])
     with pytest.raises(CorruptDataError, match="0.0" if layout == "v2" else "c/0/0"):
         arr[290:300, 0:5]
+
+
+def test_a_small_read_decodes_a_blosc_chunk_only_in_the_blocks_of_its_window(tmp_path, monkeypatch):
+    """A small read's blosc chunk is decoded only in the blocks that hold its window
+    (Blosc.decode_span: blosc_getitem): with the chunk's first block garbled, windows in later
+    blocks read right, through the small path; one that reaches the first block is named."""
+    if bytes_to_bytes._blosc_getitem() is None:
+        pytest.skip("this numcodecs build exports no blosc_getitem")
+    data = (np.add.outer(np.arange(512), np.arange(512)) % 89 * 3).astype("<u2")
+    path = str(tmp_path / "a.zarr")
+    codec = numcodecs.Blosc("lz4", 5, shuffle=numcodecs.Blosc.BITSHUFFLE)
+    zarr.create_array(path, shape=data.shape, chunks=(512, 512), dtype=data.dtype, zarr_format=2,
+                      compressors=codec)[...] = data
+    chunk = os.path.join(path, "0.0")
+    raw = bytearray(open(chunk, "rb").read())
+    rows = int.from_bytes(raw[8:12], "little") // 1024  # a block's rows
+    assert rows < 512, "the chunk is several blocks"
+    first = int.from_bytes(raw[16:20], "little")
+    raw[first + 4:first + 24] = b"\xff" * 20  # block 0's first stream garbled
+    open(chunk, "wb").write(bytes(raw))
+    taken = _small_path_spy(monkeypatch)
+    arr = gpuzarr.open(path, device="cpu")
+    windows = [(slice(rows, rows + 3), slice(5, 9)), (511, slice(None)), (slice(rows + 7, 500), 3)]
+    for window in windows:
+        np.testing.assert_array_equal(arr[window], data[window], err_msg=str(window))
+    assert len(taken) == len(windows), "every window a small read"
+    with pytest.raises(CorruptDataError, match=r"0\.0"):
+        arr[rows - 1, 0]
 
 
 def _last_zstd_block(frame: bytearray) -> tuple[int, int]:

@@ -677,6 +677,26 @@ class Blosc(BytesBytesCodec):
         self._decompress(view, out)
 
     @staticmethod
+    def decode_span(data: Buffer, out: np.ndarray, lo: int, hi: int) -> bool:
+        """Bytes lo..hi-1 (at least) of `out` (contiguous uint8, the chunk's decoded size)
+        decoded from the blosc frame `data` into their places, the rest of `out` unwritten: only
+        the blocks that hold them (blosc_getitem, by whole items of the frame's typesize), for a
+        small read that places only them. False where c-blosc exports no blosc_getitem, or the
+        header does not state out's size and the frame's, or getitem refuses the frame:
+        decode_into then decodes it, or names what is wrong."""
+        getitem = _blosc_getitem()
+        view = _as_view(data)
+        if getitem is None or len(view) < 16 or not view[3]:
+            return False
+        nbytes, _, cbytes = struct.unpack_from("<III", view, 4)
+        typesize = view[3]
+        start, stop = lo // typesize, -(-hi // typesize)
+        if nbytes != out.nbytes or cbytes != len(view) or stop * typesize > nbytes or nbytes > MAX_EXPANSION * cbytes:
+            return False
+        at = out.ctypes.data + start * typesize
+        return getitem(host_lib.address(view), start, stop - start, at) == (stop - start) * typesize
+
+    @staticmethod
     def _checked_header(view: memoryview) -> int:
         if len(view) < 16:
             raise CorruptDataError(f"blosc frame of {len(view)} bytes is shorter than its 16-byte header")
@@ -738,9 +758,10 @@ class Blosc(BytesBytesCodec):
 
     @staticmethod
     def decoder(nbytes: int) -> tuple | None:
-        """The direct decoder (host_lib.decode_scatter's), None where c-blosc is not exported."""
-        decompress = _blosc_ctx()
-        return None if decompress is None else ("blosc", decompress, None)
+        """The direct decoder (host_lib.decode_scatter's: a table of c-blosc's calls), None where
+        c-blosc is not exported."""
+        calls = _blosc_calls()
+        return None if calls is None else ("blosc", calls, None)
 
     @staticmethod
     def _check_rows(staging: np.ndarray, offsets: np.ndarray, sizes: np.ndarray, nbytes: int, labels: list) -> None:
@@ -777,6 +798,32 @@ def _blosc_ctx() -> Any:
     fn.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
     fn.restype = ctypes.c_int
     return fn
+
+
+@functools.cache
+def _blosc_getitem() -> Any:
+    """c-blosc's blosc_getitem(src, start, nitems, dest) from the library numcodecs built and
+    loaded (see gpz_blosc_calls in kernels/host_calls.cpp), or None where it does not export it."""
+    try:
+        fn = ctypes.CDLL(_blosc.__file__).blosc_getitem
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_int, ctypes.c_void_p]
+    fn.restype = ctypes.c_int
+    return fn
+
+
+@functools.cache
+def _blosc_calls() -> Any:
+    """The host library's table of c-blosc's calls (gpz_blosc_calls in kernels/host_calls.cpp):
+    blosc_decompress_ctx, and blosc_getitem (NULL where it is not exported: every frame is then
+    decoded whole), which decodes only the blocks that hold the bytes a window reads; None
+    without blosc_decompress_ctx."""
+    decompress, getitem = _blosc_ctx(), _blosc_getitem()
+    if decompress is None:
+        return None
+    return (ctypes.c_void_p * 2)(*(None if fn is None else ctypes.cast(fn, ctypes.c_void_p).value
+                                   for fn in (decompress, getitem)))
 
 
 class Crc32c(BytesBytesCodec):
