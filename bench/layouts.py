@@ -90,6 +90,8 @@ def make_layouts(quick: bool = False) -> dict[str, LayoutSpec]:
              "blosc-zstd", 5, (1024, 1024)),
         spec("v3-big-chunks", "2 MiB chunks, small windows: zstd decodes blocks a window needs", (4096, 4096),
              "uint16", 3, (1024, 1024), "zstd", 3),
+        spec("v2-blosc-big-chunks", "v2 blosc-lz4, 2 MiB chunks of 256 KiB blocks: a window decodes its blocks",
+             (4096, 4096), "uint16", 2, (1024, 1024), "blosc-lz4", 5),
         spec("v3-1d", "1-D, small chunks", (4_000_000,), "float64", 3, (10_000,), "zstd", 1),
         spec("v3-uncompressed-sharded", "no codec: copies only", (4096, 4096), "uint16", 3, (128, 128), "none", 0,
              (1024, 1024)),
@@ -120,8 +122,9 @@ def _encoding(spec: LayoutSpec) -> dict:
     from zarr.codecs import BloscCodec, BytesCodec, Crc32cCodec, GzipCodec, TransposeCodec, ZstdCodec
 
     if spec.zarr_format == 2:
-        v2 = {"zstd": numcodecs.Zstd, "zlib": numcodecs.Zlib}[spec.codec]
-        return {"compressors": v2(level=spec.level), "filters": None, "order": spec.order}
+        v2 = {"zstd": lambda: numcodecs.Zstd(level=spec.level), "zlib": lambda: numcodecs.Zlib(level=spec.level),
+              "blosc-lz4": lambda: numcodecs.Blosc("lz4", spec.level, shuffle=numcodecs.Blosc.SHUFFLE)}[spec.codec]
+        return {"compressors": v2(), "filters": None, "order": spec.order}
     compressor = {"zstd": lambda: ZstdCodec(level=spec.level), "gzip": lambda: GzipCodec(level=spec.level),
                   "blosc-zstd": lambda: BloscCodec(cname="zstd", clevel=spec.level, shuffle="shuffle"),
                   "none": lambda: None}[spec.codec]()
