@@ -693,3 +693,33 @@ def test_transposed_chunks_are_walked_in_their_stored_order(tmp_path, grouped):
             got = arr.read_batch(windows)
         np.testing.assert_array_equal(got, np.stack([data[w] for w in windows]))
         assert calls, f"{name}: not placed through the host scatter"
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_transposed_chunks_placed_by_register_tiles_equal_numpy(tmp_path_factory, data):
+    """Chunks whose stored axes are the output's transposed (channels last stored first, v2 order
+    F) place their windows as 2-D transposes by tiles of 16 bytes (gpz_host_transpose) wherever
+    the output is contiguous along one axis and the chunk along another, with remainders past
+    whole tiles, other axes around them, steps and reversed axes: what NumPy places."""
+    dtype = data.draw(st.sampled_from(["u1", "<u2", "<f4", "<f8", "<i4"]))
+    channels = data.draw(st.integers(1, 40))
+    shape = (data.draw(st.integers(16, 70)), data.draw(st.integers(16, 70)), channels)
+    chunks = (data.draw(st.integers(16, 40)), data.draw(st.integers(16, 40)), data.draw(st.integers(1, channels)))
+    truth = np.random.default_rng(data.draw(st.integers(0, 99))).integers(0, 250, shape).astype(dtype)
+    root = tmp_path_factory.mktemp("tiles")
+    if data.draw(st.booleans()):
+        z = zarr.create_array(str(root / "a.zarr"), shape=shape, chunks=chunks, dtype=dtype,
+                              filters=[zarr.codecs.TransposeCodec(order=data.draw(st.sampled_from(
+                                  [(2, 0, 1), (1, 2, 0), (2, 1, 0), (0, 2, 1)])))])
+    else:
+        z = zarr.create_array(str(root / "a.zarr"), shape=shape, chunks=chunks, dtype=dtype, zarr_format=2,
+                              order="F", compressors=numcodecs.Zstd())
+    z[...] = truth
+    arr = gpuzarr.open(str(root / "a.zarr"), device="cpu", settings=gpuzarr.Settings(threads=1))
+    windows = [_selection(data.draw, shape) for _ in range(3)]
+    windows.append(tuple(slice(None, None, -1) if data.draw(st.booleans()) else slice(None) for _ in shape))
+    with mock.patch.object(cpu_device, "BLOCK_CHUNK_MAX", 1 << 30):  # every part through the rows and host scatter
+        for window in windows:
+            np.testing.assert_array_equal(arr[window], truth[window], err_msg=str(window))
+            np.testing.assert_array_equal(arr.read_batch([window])[0], truth[window], err_msg=str(window))

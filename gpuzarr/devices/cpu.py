@@ -479,13 +479,13 @@ class _PartReads:
     def make(cls, batch: PendingBatch, chain: CodecChain, as_chunk: Any, out: Any, plan: Plan, first: int,
              fill: Any) -> _PartReads | None:
         """The batch's tables, or None where the library cannot take its parts: a chain other
-        than one zstd, blosc or lz4 codec, a placement the host scatter does not do (or does
-        slower: transposed chunks). A cold read's parts say how far they are before reading
+        than one zstd, blosc or lz4 codec, a placement the host scatter does not do (transposed
+        chunks it does: gpz_host_transpose). A cold read's parts say how far they are before reading
         (PendingBatch.ahead), then read blocking what the hand-over put in flight (64 cold 2-D
         windows in one read_batch: 1.05-1.08x tensorstore's time so, 1.09-1.57 through fetch)."""
         codecs, nbytes = chain.bytes_to_bytes, chain.raw_nbytes
         if (len(codecs) != 1 or not isinstance(codecs[0], (Zstd, Blosc, Lz4)) or nbytes is None
-                or as_chunk.reordered or not host_lib.built()):
+                or not host_lib.built()):
             return None
         if nbytes * max(batch.n, 1) >= 1 << 62:  # records' offsets past int64: the tasks' chunk buffer is refused
             return None
@@ -563,8 +563,8 @@ def _decode_scatter(part: FetchedBatch, chain: CodecChain, as_chunk: Any, out: A
     if (len(codecs) - chain.trailing_crc32c != 1 or not isinstance(codecs[0], (Zstd, Blosc, Lz4))
             or not host_lib.built()):
         return False
-    swap = None if as_chunk.reordered else _host_swap(as_chunk, out)
-    if swap is None:  # (transposed chunks: plane_assign, faster for large ones: 1.3x for 2 MiB chunks)
+    swap = _host_swap(as_chunk, out)
+    if swap is None:
         return False
     present = part.present
     live = np.flatnonzero(present)
