@@ -90,24 +90,15 @@ static inline void gpz_host_write_order(gpz_window* w)
 }
 
 #if defined(__SSE2__)
-// SSE2's interleaves of the low or high halves of two registers, by units of B bytes.
-template <int B> struct gpz_unpack;
-template <> struct gpz_unpack<1> {
-    static __m128i lo(__m128i a, __m128i b) { return _mm_unpacklo_epi8(a, b); }
-    static __m128i hi(__m128i a, __m128i b) { return _mm_unpackhi_epi8(a, b); }
-};
-template <> struct gpz_unpack<2> {
-    static __m128i lo(__m128i a, __m128i b) { return _mm_unpacklo_epi16(a, b); }
-    static __m128i hi(__m128i a, __m128i b) { return _mm_unpackhi_epi16(a, b); }
-};
-template <> struct gpz_unpack<4> {
-    static __m128i lo(__m128i a, __m128i b) { return _mm_unpacklo_epi32(a, b); }
-    static __m128i hi(__m128i a, __m128i b) { return _mm_unpackhi_epi32(a, b); }
-};
-template <> struct gpz_unpack<8> {
-    static __m128i lo(__m128i a, __m128i b) { return _mm_unpacklo_epi64(a, b); }
-    static __m128i hi(__m128i a, __m128i b) { return _mm_unpackhi_epi64(a, b); }
-};
+// SSE2's interleave of the low (or high) halves of two registers, by units of B bytes.
+template <int B, bool HIGH>
+static inline __m128i gpz_unpack(__m128i a, __m128i b)
+{
+    if constexpr (B == 1) return HIGH ? _mm_unpackhi_epi8(a, b) : _mm_unpacklo_epi8(a, b);
+    if constexpr (B == 2) return HIGH ? _mm_unpackhi_epi16(a, b) : _mm_unpacklo_epi16(a, b);
+    if constexpr (B == 4) return HIGH ? _mm_unpackhi_epi32(a, b) : _mm_unpacklo_epi32(a, b);
+    if constexpr (B == 8) return HIGH ? _mm_unpackhi_epi64(a, b) : _mm_unpacklo_epi64(a, b);
+}
 
 // One tile of N x N items of B bytes (N = 16 / B: a register a row): source row r (16 bytes at
 // s + r * ss) becomes destination column r (row c: 16 bytes at d + c * ds). log2(N) rounds of
@@ -120,8 +111,8 @@ static inline void gpz_tile(const gpz_u8* s, gpz_i64 ss, gpz_u8* d, gpz_i64 ds)
     for (int i = 0; i < N; ++i) r[i] = _mm_loadu_si128((const __m128i*)(s + i * ss));
     for (int round = 1; round < N; round *= 2) {
         for (int i = 0; i < H; ++i) {
-            t[2 * i] = gpz_unpack<B>::lo(r[i], r[i + H]);
-            t[2 * i + 1] = gpz_unpack<B>::hi(r[i], r[i + H]);
+            t[2 * i] = gpz_unpack<B, false>(r[i], r[i + H]);
+            t[2 * i + 1] = gpz_unpack<B, true>(r[i], r[i + H]);
         }
         for (int i = 0; i < N; ++i) r[i] = t[i];
     }

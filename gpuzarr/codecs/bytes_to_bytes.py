@@ -787,30 +787,27 @@ class Blosc(BytesBytesCodec):
             _check_claim(nbytes, int(cbytes[i]), f"{labels[i]}: blosc frame")
 
 
-@functools.cache
-def _blosc_ctx() -> Any:
-    """c-blosc's blosc_decompress_ctx(src, dest, destsize, nthreads) from the library numcodecs
-    built and loaded, or None where it does not export it (numcodecs is then called instead)."""
+def _blosc_function(name: str, argtypes: list) -> Any:
+    """c-blosc's function `name` (returning an int) from the library numcodecs built and loaded,
+    typed; None where it does not export it."""
     try:
-        fn = ctypes.CDLL(_blosc.__file__).blosc_decompress_ctx
+        fn = getattr(ctypes.CDLL(_blosc.__file__), name)
     except (OSError, AttributeError):
         return None
-    fn.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
-    fn.restype = ctypes.c_int
+    fn.argtypes, fn.restype = argtypes, ctypes.c_int
     return fn
+
+
+@functools.cache
+def _blosc_ctx() -> Any:
+    """blosc_decompress_ctx(src, dest, destsize, nthreads), or None (numcodecs is then called instead)."""
+    return _blosc_function("blosc_decompress_ctx", [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int])
 
 
 @functools.cache
 def _blosc_getitem() -> Any:
-    """c-blosc's blosc_getitem(src, start, nitems, dest) from the library numcodecs built and
-    loaded (see gpz_blosc_calls in kernels/host_calls.cpp), or None where it does not export it."""
-    try:
-        fn = ctypes.CDLL(_blosc.__file__).blosc_getitem
-    except (OSError, AttributeError):
-        return None
-    fn.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_int, ctypes.c_void_p]
-    fn.restype = ctypes.c_int
-    return fn
+    """blosc_getitem(src, start, nitems, dest) (see gpz_blosc_calls in kernels/host_calls.cpp), or None."""
+    return _blosc_function("blosc_getitem", [ctypes.c_void_p, ctypes.c_int, ctypes.c_int, ctypes.c_void_p])
 
 
 @functools.cache
