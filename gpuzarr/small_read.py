@@ -111,6 +111,10 @@ class SmallReads:
         # a lone zstd or blosc codec: a chunk is decoded only in the blocks that hold the bytes
         # placed from it (Zstd.decode_prefix: up to the last; Blosc.decode_span: those alone),
         # which for chunks over one block (zstd's hold at most 128 KiB) saves the others
+        first = live[0]
+        if self.part is Blosc and lengths[first] >= 16 and int.from_bytes(
+                data[starts[first] + 8:starts[first] + 12], "little") >= nbytes:
+            self.part = None  # frames of one block (c-blosc sizes blocks by the chunk and settings: alike in an array)
         part = self.part if self.part is not Zstd or nbytes > ZSTD_BLOCK_BYTES else None
         spans = [self._span(chunks[i][1]) if part else (0, nbytes) for i in range(len(chunks))]
 

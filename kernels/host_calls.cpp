@@ -92,6 +92,12 @@ static gpz_i64 gpz_zstd_prefix(const gpz_zstd_calls* zstd, void* dctx, const uns
     return nbytes;
 }
 
+// The little-endian 32-bit word at p (blosc's and numcodecs' LZ4 headers).
+static inline gpz_i64 gpz_le32(const unsigned char* p)
+{
+    return p[0] | (p[1] << 8) | (p[2] << 16) | ((gpz_i64)p[3] << 24);
+}
+
 // c-blosc's calls gpuzarr makes, in the table that a blosc decoder's `fn` points to: the whole
 // frame (blosc_decompress_ctx), and the items start..start+nitems-1 alone into `dest`
 // (blosc_getitem: only the blocks that hold them decoded, each checked against the frame's
@@ -104,13 +110,16 @@ struct gpz_blosc_calls {
 
 // Bytes lo..hi-1 (at least) of the blosc frame at `src` (its header checked by the caller
 // against `nbytes` and the frame's size) decoded into the same bytes of `dst`: through getitem,
-// by whole items of the frame's typesize, where that skips part of the chunk; else the whole
-// frame. Returns `nbytes` when that worked, else what c-blosc returned.
+// by whole items of the frame's typesize, where that skips a block; else the whole frame (which
+// getitem would decode into a buffer of its own, then copy). Returns `nbytes` when that worked,
+// else what c-blosc returned.
 static gpz_i64 gpz_blosc_span(const gpz_blosc_calls* blosc, const unsigned char* src, unsigned char* dst,
                               gpz_i64 nbytes, gpz_i64 lo, gpz_i64 hi)
 {
-    const gpz_i64 typesize = src[3];
-    if (blosc->getitem != NULL && typesize > 0 && lo < hi && (lo > 0 || hi < nbytes) && nbytes <= 0x7fffffff) {
+    const gpz_i64 typesize = src[3], blocksize = gpz_le32(src + 8);
+    const bool skips =
+        blocksize > 0 && lo < hi && (lo / blocksize > 0 || (hi - 1) / blocksize < (nbytes - 1) / blocksize);
+    if (blosc->getitem != NULL && typesize > 0 && skips && nbytes <= 0x7fffffff) {
         const gpz_i64 start = lo / typesize, stop = (hi + typesize - 1) / typesize;
         if (stop * typesize <= nbytes) {  // (getitem prints its refusal of items past the end)
             const gpz_i64 got = blosc->getitem(src, (int)start, (int)(stop - start), dst + start * typesize);
@@ -354,10 +363,6 @@ void gpz_close_files(int* fds, gpz_i64 n)
 // would let it (Zstd.direct, Blosc._check_rows, Lz4._check_rows): one whole zstd frame stating
 // `nbytes`, of at most max_blocks blocks; a blosc header stating `nbytes` and this frame's size,
 // within max_expansion of it; an LZ4 size prefix of `nbytes`, the frame at most max_frame bytes.
-static inline gpz_i64 gpz_le32(const unsigned char* p)
-{
-    return p[0] | (p[1] << 8) | (p[2] << 16) | ((gpz_i64)p[3] << 24);
-}
 
 static bool gpz_frame_ok(int kind, const unsigned char* frame, gpz_i64 size, gpz_i64 nbytes, int max_blocks,
                          gpz_i64 max_expansion, gpz_i64 max_frame)

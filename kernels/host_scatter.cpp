@@ -12,6 +12,8 @@
 // lies inside its chunk in `src` and inside `dst`; windows of different records do not overlap;
 // with a swap, rows are whole units (the units divide the items).
 #include <string.h>
+
+#include <type_traits>
 #if defined(__SSE2__)
 #include <emmintrin.h>
 #endif
@@ -142,8 +144,8 @@ static void gpz_transpose(const gpz_u8* s, gpz_i64 ss, gpz_u8* d, gpz_i64 ds, gp
 // A window of single items whose output is contiguous along one dim (the nearest, after
 // gpz_host_write_order) and its source along another (a transposed chunk: a transpose codec's,
 // 16 channels last stored first say, or a v2 order-F array's) placed as 2-D transposes, one per
-// position of its other dims: ~10x fewer instructions a byte than the item-by-item walk (uint8,
-// 16 channels: 1.3 GB/s that way). False where the window is not one (nothing placed).
+// position of its other dims (uint8, 16 channels stored first and read last: 3.4 GB/s, against
+// 1.3 item by item). False where the window is not one (nothing placed).
 static bool gpz_host_transpose(const gpz_window* w, const gpz_u8* s, gpz_u8* d, gpz_i64 itemsize)
 {
     if (w->rowbytes != itemsize || w->nd < 2 || w->dstride[0] != itemsize ||
@@ -164,11 +166,15 @@ static bool gpz_host_transpose(const gpz_window* w, const gpz_u8* s, gpz_u8* d, 
         ++o.nd;
     }
     const gpz_i64 n0 = w->count[0], nk = w->count[k], ss = w->sstride[0], ds = w->dstride[k];
+    auto each = [&](auto items) {  // items: the item size, as a type
+        constexpr int B = decltype(items)::value;
+        gpz_host_rows(&o, s, d, [=](const gpz_u8* a, gpz_u8* b) { gpz_transpose<B>(a, ss, b, ds, n0, nk); });
+    };
     switch (itemsize) {
-        case 1: gpz_host_rows(&o, s, d, [=](const gpz_u8* a, gpz_u8* b) { gpz_transpose<1>(a, ss, b, ds, n0, nk); }); break;
-        case 2: gpz_host_rows(&o, s, d, [=](const gpz_u8* a, gpz_u8* b) { gpz_transpose<2>(a, ss, b, ds, n0, nk); }); break;
-        case 4: gpz_host_rows(&o, s, d, [=](const gpz_u8* a, gpz_u8* b) { gpz_transpose<4>(a, ss, b, ds, n0, nk); }); break;
-        default: gpz_host_rows(&o, s, d, [=](const gpz_u8* a, gpz_u8* b) { gpz_transpose<8>(a, ss, b, ds, n0, nk); }); break;
+        case 1: each(std::integral_constant<int, 1>()); break;
+        case 2: each(std::integral_constant<int, 2>()); break;
+        case 4: each(std::integral_constant<int, 4>()); break;
+        default: each(std::integral_constant<int, 8>()); break;
     }
     return true;
 }

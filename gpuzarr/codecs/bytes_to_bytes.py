@@ -682,16 +682,18 @@ class Blosc(BytesBytesCodec):
         decoded from the blosc frame `data` into their places, the rest of `out` unwritten: only
         the blocks that hold them (blosc_getitem, by whole items of the frame's typesize), for a
         small read that places only them. False where c-blosc exports no blosc_getitem, or the
-        header does not state out's size and the frame's, or getitem refuses the frame:
-        decode_into then decodes it, or names what is wrong."""
+        header does not state out's size and the frame's, or no block would be skipped (getitem
+        would decode the whole frame into a buffer of its own, then copy), or getitem refuses
+        the frame: decode_into then decodes it, or names what is wrong."""
         getitem = _blosc_getitem()
         view = _as_view(data)
-        if getitem is None or len(view) < 16 or not view[3]:
+        if getitem is None or len(view) < 16 or not view[3] or lo >= hi:
             return False
-        nbytes, _, cbytes = struct.unpack_from("<III", view, 4)
+        nbytes, blocksize, cbytes = struct.unpack_from("<III", view, 4)
         typesize = view[3]
         start, stop = lo // typesize, -(-hi // typesize)
-        if nbytes != out.nbytes or cbytes != len(view) or stop * typesize > nbytes or nbytes > MAX_EXPANSION * cbytes:
+        if (nbytes != out.nbytes or cbytes != len(view) or stop * typesize > nbytes or nbytes > MAX_EXPANSION * cbytes
+                or not blocksize or (lo // blocksize == 0 and (hi - 1) // blocksize == (nbytes - 1) // blocksize)):
             return False
         at = out.ctypes.data + start * typesize
         return getitem(host_lib.address(view), start, stop - start, at) == (stop - start) * typesize
