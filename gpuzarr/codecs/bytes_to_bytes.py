@@ -686,15 +686,19 @@ class Blosc(BytesBytesCodec):
         would decode the whole frame into a buffer of its own, then copy), or getitem refuses
         the frame: decode_into then decodes it, or names what is wrong."""
         getitem = _blosc_getitem()
+        if getitem is None or lo >= hi:
+            return False
         view = _as_view(data)
-        if getitem is None or len(view) < 16 or not view[3] or lo >= hi:
+        try:
+            nbytes = Blosc._checked_header(view)  # as decode_into checks it
+        except CorruptDataError:
             return False
-        nbytes, blocksize, cbytes = struct.unpack_from("<III", view, 4)
-        typesize = view[3]
+        typesize, blocksize = view[3], int.from_bytes(view[8:12], "little")
+        if nbytes != out.nbytes or not typesize or not blocksize:
+            return False
         start, stop = lo // typesize, -(-hi // typesize)
-        if (nbytes != out.nbytes or cbytes != len(view) or stop * typesize > nbytes or nbytes > MAX_EXPANSION * cbytes
-                or not blocksize or (lo // blocksize == 0 and (hi - 1) // blocksize == (nbytes - 1) // blocksize)):
-            return False
+        if stop * typesize > nbytes or (lo < blocksize and (hi - 1) // blocksize == (nbytes - 1) // blocksize):
+            return False  # items past the end, or no block skipped
         at = out.ctypes.data + start * typesize
         return getitem(host_lib.address(view), start, stop - start, at) == (stop - start) * typesize
 
