@@ -34,7 +34,7 @@ FALLBACKS: Counter = Counter()
 _LOCK = forksafe.Lock()
 
 _NAME = "_host_lib"
-VERSION = 10  # gpz_host_version() of the sources this module calls
+VERSION = 11  # gpz_host_version() of the sources this module calls
 _i64, _ptr = ctypes.c_int64, ctypes.c_void_p
 _lib: list = []  # [the loaded library, or None where it is missing or stale]
 
@@ -78,8 +78,9 @@ def _load() -> Any:
     lib.gpz_read_decode_scatter.restype = ctypes.c_int
     lib.gpz_zstd_whole_frames.argtypes = [_ptr, _ptr, _ptr, _i64, _i64, ctypes.c_int, _ptr]
     lib.gpz_zstd_whole_frames.restype = ctypes.c_int
-    lib.gpz_zstd_decode_prefix.argtypes = [_ptr, _ptr, _ptr, _i64, _ptr, _i64, _i64, ctypes.c_int]
-    lib.gpz_zstd_decode_prefix.restype = _i64
+    lib.gpz_decode_span.argtypes = [ctypes.c_int, _ptr, _ptr, _ptr, _i64, _ptr, _i64, _i64, _i64, ctypes.c_int,
+                                     _i64, _i64]
+    lib.gpz_decode_span.restype = _i64
     lib.gpz_open_files.argtypes = [_ptr, _i64, _i64, _ptr, _ptr, _ptr]
     lib.gpz_read_files.argtypes = [_ptr, _i64, _ptr, _ptr, _ptr, _ptr, ctypes.c_int, _ptr, _ptr]
     lib.gpz_close_files.argtypes = [_ptr, _i64]
@@ -253,15 +254,17 @@ def zstd_whole_frames(staging: np.ndarray, offsets: np.ndarray, sizes: np.ndarra
                                                  None if bounds is None else bounds.ctypes.data))
 
 
-def zstd_prefix(decoder: tuple, src: int, size: int, dst: np.ndarray, need: int, max_blocks: int) -> bool:
-    """The zstd frame of `size` bytes at address `src` decoded into `dst` (contiguous, its stated
-    content size) as far as its first `need` bytes, by `decoder` (decode_scatter's, zstd's),
-    where it is one whole frame of at most `max_blocks` blocks stating dst's size
-    (gpz_zstd_decode_prefix). False otherwise: the caller decodes it another way, which names
-    what is wrong."""
-    _, calls, ctx = decoder
-    return _library().gpz_zstd_decode_prefix(_function_address(calls), ctx, src, size, dst.ctypes.data, dst.nbytes,
-                                             need, max_blocks) == dst.nbytes
+def decode_span(decoder: tuple, src: int, size: int, dst: np.ndarray, lo: int, hi: int,
+                limits: tuple[int, int, int]) -> bool:
+    """The frame of `size` bytes at address `src` decoded into `dst` (contiguous, the chunk's
+    size) by `decoder` (see decode_scatter) as far as bytes lo..hi-1 need (a zstd frame up to
+    the block that holds the last, a blosc frame in the blocks that hold them; the rest of `dst`
+    unwritten), where it passes the checks read_decode_scatter makes (`limits`, as there):
+    gpz_decode_span. False otherwise: the caller decodes it another way, which names what is
+    wrong."""
+    kind, fn, ctx = decoder
+    return _library().gpz_decode_span(DECODERS[kind], _function_address(fn), ctx, src, size, dst.ctypes.data,
+                                      dst.nbytes, lo, hi, *limits) == dst.nbytes
 
 
 class FileBatch:

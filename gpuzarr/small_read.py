@@ -18,7 +18,8 @@ from typing import Any
 
 import numpy as np
 
-from .codecs.bytes_to_bytes import ZSTD_BLOCK_BYTES, Blosc, Zstd
+from . import host_lib
+from .codecs.bytes_to_bytes import DIRECT_LIMITS, ZSTD_BLOCK_BYTES, Blosc, Zstd
 from .devices.base import AutoDevice
 from .devices.cpu import STAGING_KEPT, ChunkView, CpuDevice, decode_bytes, stored_chunk
 from .fetch import LOCATE_ARRAYS, Locator, coalesce_small, fetch_bounded, fetch_files, thread_slot
@@ -109,7 +110,7 @@ class SmallReads:
         nbytes = self.chain.raw_nbytes
         stored = not self.chain.bytes_to_bytes  # placed from where fetch put them (sizes checked): no copy
         # a lone zstd or blosc codec: a chunk is decoded only in the blocks that hold the bytes
-        # placed from it (Zstd.decode_prefix: up to the last; Blosc.decode_span: those alone),
+        # placed from it (host_lib.decode_span: zstd's up to the last, blosc's those alone),
         # which for chunks over one block (zstd's hold at most 128 KiB) saves the others
         first = live[0]
         if self.part is Blosc and lengths[first] >= 16 and int.from_bytes(
@@ -120,14 +121,15 @@ class SmallReads:
 
         def decode(which: list[int]) -> None:
             scratch = thread_slot(self._local, "scratch", nbytes)
+            decoder = part.decoder(nbytes) if part and host_lib.built() else None  # this thread's (zstd: its context)
             for i in which:
                 start = starts[i]
                 frame = data[start:start + lengths[i]]
                 lo, hi = spans[i]
                 if stored:
                     raw = stored_chunk(batch, i, nbytes)
-                elif (lo or hi < nbytes) and (Zstd.decode_prefix(frame, scratch, hi) if part is Zstd else
-                                              Blosc.decode_span(frame, scratch, lo, hi)):
+                elif decoder and (lo or hi < nbytes) and host_lib.decode_span(
+                        decoder, host_lib.address(frame), len(frame), scratch, lo, hi, DIRECT_LIMITS):
                     raw = scratch
                 else:
                     raw = decode_bytes(self.chain, frame, scratch, labels[i])

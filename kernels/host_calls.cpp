@@ -154,21 +154,27 @@ static gpz_i64 gpz_records_span(const gpz_i64* recs, gpz_i64 n, int ndim, gpz_i6
     return need;
 }
 
-// The decoders gpuzarr calls directly, by `kind`, on at least the bytes its records read
-// (gpz_records_span of `recs`, n of them): libzstd (0; `fn` a gpz_zstd_calls, `ctx` the thread's
-// context) up to the block that holds the last (gpz_zstd_prefix), c-blosc (1; `fn` a
-// gpz_blosc_calls) on the blocks that hold them (gpz_blosc_span), LZ4_decompress_safe on the
-// block after numcodecs' 4-byte size prefix (2). Returns the decoded size (`nbytes` for a part of
-// a frame), or what the decoder returned.
+// The decoders gpuzarr calls directly, by `kind`, on at least bytes lo..hi-1 of the chunk:
+// libzstd (0; `fn` a gpz_zstd_calls, `ctx` the thread's context) up to the block that holds the
+// last (gpz_zstd_prefix), c-blosc (1; `fn` a gpz_blosc_calls) on the blocks that hold them
+// (gpz_blosc_span), LZ4_decompress_safe on the block after numcodecs' 4-byte size prefix (2,
+// whole). Returns the decoded size (`nbytes` for a part of a frame), or what the decoder returned.
+static gpz_i64 gpz_decode_part(int kind, void* fn, void* ctx, const unsigned char* src, gpz_i64 size,
+                               unsigned char* dst, gpz_i64 nbytes, gpz_i64 lo, gpz_i64 hi)
+{
+    if (kind == 0) return gpz_zstd_prefix((const gpz_zstd_calls*)fn, ctx, src, size, dst, nbytes, hi);
+    if (kind == 1) return gpz_blosc_span((const gpz_blosc_calls*)fn, src, dst, nbytes, lo, hi);
+    return ((gpz_lz4_fn)fn)((const char*)src, (char*)dst, (int)size, (int)nbytes);
+}
+
+// gpz_decode_part on the bytes that the scatter records `recs` (n of them) read.
 static gpz_i64 gpz_decode_one(int kind, void* fn, void* ctx, const unsigned char* src, gpz_i64 size,
                               unsigned char* dst, gpz_i64 nbytes, const gpz_i64* recs, gpz_i64 n, int ndim,
                               gpz_i64 itemsize)
 {
     gpz_i64 lo = 0;
-    const gpz_i64 hi = kind == 2 ? nbytes : gpz_records_span(recs, n, ndim, itemsize, &lo);
-    if (kind == 0) return gpz_zstd_prefix((const gpz_zstd_calls*)fn, ctx, src, size, dst, nbytes, hi);
-    if (kind == 1) return gpz_blosc_span((const gpz_blosc_calls*)fn, src, dst, nbytes, lo, hi);
-    return ((gpz_lz4_fn)fn)((const char*)src, (char*)dst, (int)size, (int)nbytes);
+    const gpz_i64 hi = gpz_records_span(recs, n, ndim, itemsize, &lo);
+    return gpz_decode_part(kind, fn, ctx, src, size, dst, nbytes, lo, hi);
 }
 
 // Decode frames 0..n-1 one by one into `scratch` (`nbytes`, one chunk: it stays in cache) and
@@ -245,19 +251,6 @@ int gpz_zstd_whole_frames(const unsigned char* base, const gpz_i64* offsets, con
         if (bounds) bounds[i] = bound;
     }
     return 1;
-}
-
-// The zstd frame of `size` bytes at `src` decoded into `dst` (`nbytes`) as far as its first
-// `need` bytes (gpz_zstd_prefix, with `calls` a gpz_zstd_calls and `dctx` the calling thread's
-// context), where it is one whole frame stating `nbytes`, of at most max_blocks blocks
-// (gpz_zstd_whole_frames): a chunk of a small read, decoded alone on the calling thread.
-// Returns `nbytes` when so; else -2 where the checks refuse the frame, or the decoder's result.
-gpz_i64 gpz_zstd_decode_prefix(const void* calls, void* dctx, const unsigned char* src, gpz_i64 size,
-                               unsigned char* dst, gpz_i64 nbytes, gpz_i64 need, int max_blocks)
-{
-    const gpz_i64 at = 0;
-    if (gpz_zstd_whole_frames(src, &at, &size, 1, nbytes, max_blocks, NULL) != 1) return -2;
-    return gpz_zstd_prefix((const gpz_zstd_calls*)calls, dctx, src, size, dst, nbytes, need);
 }
 
 // Whole chunk files, as gpuzarr.store.LocalStore.read_files_into reads them in Python where this
@@ -377,6 +370,19 @@ static bool gpz_frame_ok(int kind, const unsigned char* frame, gpz_i64 size, gpz
         return cbytes == size && stated == nbytes && stated <= max_expansion * cbytes;
     }
     return size >= 4 && size <= max_frame && gpz_le32(frame) == nbytes;
+}
+
+// One frame of `size` bytes at `src` (a small read's chunk, decoded alone on the calling thread)
+// checked as gpz_read_decode_scatter checks its frames (gpz_frame_ok), then decoded into `dst`
+// (`nbytes`) as far as its bytes lo..hi-1 need (gpz_decode_part). Returns `nbytes` when so; else
+// -2 where the checks refuse the frame, or the decoder's result.
+gpz_i64 gpz_decode_span(int kind, void* fn, void* ctx, const unsigned char* src, gpz_i64 size, unsigned char* dst,
+                        gpz_i64 nbytes, gpz_i64 lo, gpz_i64 hi, int max_blocks, gpz_i64 max_expansion,
+                        gpz_i64 max_frame)
+{
+    if (!gpz_frame_ok(kind, src, size, nbytes, max_blocks, max_expansion, max_frame)) return -2;
+    const gpz_i64 skip = kind == 2 ? 4 : 0;
+    return gpz_decode_part(kind, fn, ctx, src + skip, size - skip, dst, nbytes, lo, hi);
 }
 
 // One CPU task's part of a read of local files, in one call: chunk i (of n; absent where

@@ -16,8 +16,8 @@ from hypothesis import strategies as st
 
 import gpuzarr
 from gpuzarr import fetch as fetch_module
+from gpuzarr import host_lib
 from gpuzarr.codecs import bytes_to_bytes
-from gpuzarr.codecs.bytes_to_bytes import Zstd as SmallZstd
 from gpuzarr.devices import cpu as cpu_module
 from gpuzarr import store as store_module
 from gpuzarr.devices.cpu import CpuDevice
@@ -580,7 +580,7 @@ def test_a_corrupt_chunk_in_a_pool_part_names_its_key(tmp_path):
 @pytest.mark.parametrize("layout", ["chunked", "sharded", "v2"])
 def test_a_small_read_decodes_a_zstd_chunk_only_as_far_as_its_window(tmp_path, monkeypatch, layout):
     """A small read's chunks of several zstd blocks (128 KiB each at most) are decoded up to the
-    block that holds the window's last byte (Zstd.decode_prefix), whatever the byte order: the
+    block that holds the window's last byte (host_lib.decode_span), whatever the byte order: the
     same data as zarr-python's, the blocks past it never decoded (a frame whose last block is
     damaged still gives a window at its start, and is named when a window reaches the block)."""
     data = np.random.default_rng(5).integers(0, 3000, (300, 240)).astype(">u2" if layout == "v2" else "<u2")
@@ -590,10 +590,9 @@ def test_a_small_read_decodes_a_zstd_chunk_only_as_far_as_its_window(tmp_path, m
     z = zarr.create_array(path, shape=data.shape, chunks=(300, 240), dtype=data.dtype, **kw)  # 144,000 B: 2 blocks
     z[...] = data
     taken = _small_path_spy(monkeypatch)
-    prefixes: list = []
-    decode_prefix = SmallZstd.decode_prefix
-    monkeypatch.setattr(SmallZstd, "decode_prefix",
-                        staticmethod(lambda *a: prefixes.append(a[2]) or decode_prefix(*a)))
+    prefixes: list = []  # the last byte + 1 each chunk is decoded for
+    decode_span = host_lib.decode_span
+    monkeypatch.setattr(host_lib, "decode_span", lambda *a: prefixes.append(a[5]) or decode_span(*a))
     arr = gpuzarr.open(path, device="cpu")
     # rows of 480 bytes: the first block (131,072 bytes) ends at row 273's 16th element
     windows = [(slice(0, 10), slice(3, 7)), (slice(100, 273), slice(0, 240)), (273, 15), (273, 16), (5, 239),
@@ -618,7 +617,7 @@ def test_a_small_read_decodes_a_zstd_chunk_only_as_far_as_its_window(tmp_path, m
 
 def test_a_small_read_decodes_a_blosc_chunk_only_in_the_blocks_of_its_window(tmp_path, monkeypatch):
     """A small read's blosc chunk is decoded only in the blocks that hold its window
-    (Blosc.decode_span: blosc_getitem): with the chunk's first block garbled, windows in later
+    (host_lib.decode_span: blosc_getitem): with the chunk's first block garbled, windows in later
     blocks read right, through the small path; one that reaches the first block is named."""
     if bytes_to_bytes._blosc_getitem() is None:
         pytest.skip("this numcodecs build exports no blosc_getitem")

@@ -392,20 +392,6 @@ class Zstd(BytesBytesCodec):
         return decoder, staging.ctypes.data + offsets, sizes
 
     @staticmethod
-    def decode_prefix(data: Buffer, out: np.ndarray, need: int) -> bool:
-        """At least the first `need` bytes of `out` (contiguous uint8, the chunk's decoded size)
-        decoded from the one zstd frame `data`, its blocks after them left undecoded and the
-        rest of `out` unwritten (host_lib.zstd_prefix): a chunk whose start alone a small read
-        places. False where the host library or libzstd is missing, or the frame is not one
-        whole frame stating out's size, or does not decode: decode_into then decodes it, or
-        names what is wrong."""
-        decoder = Zstd.decoder(out.nbytes)
-        if decoder is None or not host_lib.built():
-            return False
-        view = _as_view(data)
-        return host_lib.zstd_prefix(decoder, host_lib.address(view), len(view), out, need, _ZSTD_BLOCK_STEPS)
-
-    @staticmethod
     def decoder(nbytes: int) -> tuple | None:
         """This thread's direct decoder (host_lib.decode_scatter's), None without libzstd."""
         dctx = _thread_dctx()
@@ -675,32 +661,6 @@ class Blosc(BytesBytesCodec):
         view = _as_view(data)
         _expect_claim(self._checked_header(view), out.nbytes, "blosc frame")
         self._decompress(view, out)
-
-    @staticmethod
-    def decode_span(data: Buffer, out: np.ndarray, lo: int, hi: int) -> bool:
-        """Bytes lo..hi-1 (at least) of `out` (contiguous uint8, the chunk's decoded size)
-        decoded from the blosc frame `data` into their places, the rest of `out` unwritten: only
-        the blocks that hold them (blosc_getitem, by whole items of the frame's typesize), for a
-        small read that places only them. False where c-blosc exports no blosc_getitem, or the
-        header does not state out's size and the frame's, or no block would be skipped (getitem
-        would decode the whole frame into a buffer of its own, then copy), or getitem refuses
-        the frame: decode_into then decodes it, or names what is wrong."""
-        getitem = _blosc_getitem()
-        if getitem is None or lo >= hi:
-            return False
-        view = _as_view(data)
-        try:
-            nbytes = Blosc._checked_header(view)  # as decode_into checks it
-        except CorruptDataError:
-            return False
-        typesize, blocksize = view[3], int.from_bytes(view[8:12], "little")
-        if nbytes != out.nbytes or not typesize or not blocksize:
-            return False
-        start, stop = lo // typesize, -(-hi // typesize)
-        if stop * typesize > nbytes or (lo < blocksize and (hi - 1) // blocksize == (nbytes - 1) // blocksize):
-            return False  # items past the end, or no block skipped
-        at = out.ctypes.data + start * typesize
-        return getitem(host_lib.address(view), start, stop - start, at) == (stop - start) * typesize
 
     @staticmethod
     def _checked_header(view: memoryview) -> int:
