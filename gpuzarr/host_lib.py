@@ -34,7 +34,7 @@ FALLBACKS: Counter = Counter()
 _LOCK = forksafe.Lock()
 
 _NAME = "_host_lib"
-VERSION = 11  # gpz_host_version() of the sources this module calls
+VERSION = 12  # gpz_host_version() of the sources this module calls
 _i64, _ptr = ctypes.c_int64, ctypes.c_void_p
 _lib: list = []  # [the loaded library, or None where it is missing or stale]
 
@@ -74,7 +74,7 @@ def _load() -> Any:
     lib.gpz_decode_scatter.restype = _i64
     lib.gpz_read_decode_scatter.argtypes = [_ptr, _ptr, _ptr, _ptr, _i64, _ptr, _i64, ctypes.c_int, _ptr, _ptr, _i64,
                                             _ptr, _ptr, _ptr, _ptr, ctypes.c_int, _i64, ctypes.c_int, ctypes.c_int,
-                                            _i64, _i64, _ptr, _ptr]
+                                            _i64, _i64, ctypes.c_int, _ptr, _ptr]
     lib.gpz_read_decode_scatter.restype = ctypes.c_int
     lib.gpz_zstd_whole_frames.argtypes = [_ptr, _ptr, _ptr, _i64, _i64, ctypes.c_int, _ptr]
     lib.gpz_zstd_whole_frames.restype = ctypes.c_int
@@ -215,20 +215,22 @@ def decode_scatter(decoder: tuple, src: np.ndarray, sizes: np.ndarray, scratch: 
 # why gpz_read_decode_scatter gave a part back (its code), as counted in FALLBACKS when the
 # caller then reads and decodes that part the Python way
 PART_FALLBACKS = {1: "part:io", 2: "part:frame", 3: "part:decode"}
+NOT_CACHED = 4  # what gpz_read_decode_scatter returns, asked to read from the page cache only, where it cannot
 
 
 def read_decode_scatter(paths: Any, file_of: np.ndarray, offsets: np.ndarray, sizes: np.ndarray,
                         staging: np.ndarray, decoder: tuple, scratch: np.ndarray, dst: np.ndarray, records: np.ndarray,
                         rec_lo: np.ndarray, ndim: int, itemsize: int, swap: int, limits: tuple[int, int, int],
-                        lengths: np.ndarray) -> tuple[int, int, int]:
+                        lengths: np.ndarray, flags: int = 0) -> tuple[int, int, int]:
     """gpz_read_decode_scatter: read chunks (sizes[i] bytes at offsets[i] of paths[file_of[i]], a
     ctypes array of paths, or that whole file where sizes[i] < 0; file_of[i] < 0: absent) into
     `staging`, check, decode each into `scratch` by `decoder` (see decode_scatter) and place it
     by records[rec_lo[i]:rec_lo[i+1]] into `dst`, in one call; lengths[i]: each chunk's bytes as
     read, -1 for one absent or gone (a chunk file not there). Every int64 array C-contiguous;
     the call checks that the chunks fit in `staging`. `limits`: (zstd blocks walked at most,
-    blosc's expansion at most, an LZ4 frame's bytes at most). Returns (0, or a PART_FALLBACKS
-    code, reads made, bytes read)."""
+    blosc's expansion at most, an LZ4 frame's bytes at most). `flags`: RWF_NOWAIT reads from the
+    page cache only, NOT_CACHED where it cannot (before decoding anything). Returns (0, or a
+    PART_FALLBACKS code, or NOT_CACHED; reads made, bytes read)."""
     kind, fn, ctx = decoder
     assert rec_lo.size == file_of.size + 1 == lengths.size + 1 and lengths.dtype == records.dtype == np.int64
     io = np.zeros(2, np.int64)
@@ -236,7 +238,7 @@ def read_decode_scatter(paths: Any, file_of: np.ndarray, offsets: np.ndarray, si
                                               file_of.size, staging.ctypes.data, staging.nbytes, DECODERS[kind],
                                               _function_address(fn), ctx, scratch.nbytes, scratch.ctypes.data,
                                               dst.ctypes.data, records.ctypes.data, rec_lo.ctypes.data, ndim, itemsize,
-                                              swap, *limits, lengths.ctypes.data, io.ctypes.data)
+                                              swap, *limits, flags, lengths.ctypes.data, io.ctypes.data)
     return int(code), int(io[0]), int(io[1])
 
 

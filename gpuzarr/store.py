@@ -374,6 +374,12 @@ class LocalStore(Store):
 
     _nowait = _NOWAIT  # set to 0 on a store whose filesystem refuses RWF_NOWAIT
 
+    @property
+    def cache_only(self) -> int:
+        """The flags of a read from the page cache only (RWF_NOWAIT); 0 once this store's
+        filesystem has refused them."""
+        return self._nowait
+
     def read_ranges(self, ranges: Sequence[Range]) -> list[bytes | None]:
         return self._per_file(ranges, lambda fd, i, start, stop, flags: _pread_range(fd, start, stop, flags))
 

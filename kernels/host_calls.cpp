@@ -397,13 +397,17 @@ gpz_i64 gpz_decode_span(int kind, void* fn, void* ctx, const unsigned char* src,
 // else 1 (a file that cannot be read, or is shorter than said, or more than `capacity` in all),
 // 2 (a frame its checks refuse) or 3 (a frame that does not decode to `nbytes`): the caller then
 // reads and decodes the part as before, which says what is wrong. Chunks placed before a failure
-// are placed again then, to the same values.
+// are placed again then, to the same values. With `flags` (RWF_NOWAIT), bytes not all in the page
+// cache end the call before any decoding: 4, for the caller to read the part its own way (with
+// many reads in flight); a filesystem that cannot tell is read blocking.
 int gpz_read_decode_scatter(const char* const* paths, const gpz_i64* file_of, const gpz_i64* offsets,
                             const gpz_i64* sizes, gpz_i64 n, unsigned char* staging, gpz_i64 capacity, int kind,
                             void* fn, void* ctx, gpz_i64 nbytes, unsigned char* scratch, unsigned char* dst,
                             const gpz_i64* recs, const gpz_i64* rec_lo, int ndim, gpz_i64 itemsize, int swap,
-                            int max_blocks, gpz_i64 max_expansion, gpz_i64 max_frame, gpz_i64* lengths, gpz_i64* io)
+                            int max_blocks, gpz_i64 max_expansion, gpz_i64 max_frame, int flags, gpz_i64* lengths,
+                            gpz_i64* io)
 {
+    (void)flags;  // where RWF_NOWAIT is not defined
     io[0] = io[1] = 0;
     gpz_i64 pos = 0;
     int fd = -1;
@@ -448,11 +452,27 @@ int gpz_read_decode_scatter(const char* const* paths, const gpz_i64* file_of, co
         }
         gpz_i64 done = 0;
         while (done < want) {
-            const ssize_t got = pread(fd, staging + pos + done, (size_t)(want - done), (off_t)(start + done));
+            ssize_t got;
+#ifdef RWF_NOWAIT
+            if (flags) {
+                struct iovec iov = {staging + pos + done, (size_t)(want - done)};
+                got = preadv2(fd, &iov, 1, (off_t)(start + done), flags);
+                if (got < 0 && (errno == EOPNOTSUPP || errno == EINVAL)) {
+                    flags = 0;  // this filesystem cannot say what is cached
+                    continue;
+                }
+                if ((got < 0 && errno == EAGAIN) || (got > 0 && got < want - done)) {
+                    failed = 4;  // in part from the disk (or shorter than said: the caller finds out)
+                    break;
+                }
+            } else
+#endif
+                got = pread(fd, staging + pos + done, (size_t)(want - done), (off_t)(start + done));
             if (got < 0 && errno == EINTR) continue;
             if (got <= 0) break;
             done += got;
         }
+        if (failed) break;
         io[0] += want > 0;
         io[1] += done;
         if (done != want) {
@@ -465,7 +485,7 @@ int gpz_read_decode_scatter(const char* const* paths, const gpz_i64* file_of, co
         i = j;
     }
     if (fd >= 0) close(fd);
-    if (failed) return 1;
+    if (failed) return failed;
     pos = 0;
     for (gpz_i64 i = 0; i < n; ++i) {
         if (lengths[i] < 0) continue;

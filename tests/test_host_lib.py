@@ -160,19 +160,19 @@ def test_only_chunks_of_the_output_dtype_or_its_byte_swap_are_scattered():
             self.dtype = np.dtype(dtype)
 
     out = np.zeros((4, 4), "<u2")
-    assert cpu_device._host_swap(View("<u2"), out) == 0
-    assert cpu_device._host_swap(View(">u2"), out) == 2
-    assert cpu_device._host_swap(View(">c8"), np.zeros(4, "<c8")) == 4
-    assert cpu_device._host_swap(View(">f8"), np.zeros(4, "<f8")) == 8
-    assert cpu_device._host_swap(View("<i2"), out) is None  # a cast
-    assert cpu_device._host_swap(View("<u2"), out, rows) == 0
-    assert cpu_device._host_swap(View("<u2"), out, rows[:, ::2]) is None  # rows not contiguous
-    assert cpu_device._host_swap(View("<u2"), [[0] * 4] * 4) is None  # not a NumPy output
+    assert cpu_device.host_swap(View("<u2"), out) == 0
+    assert cpu_device.host_swap(View(">u2"), out) == 2
+    assert cpu_device.host_swap(View(">c8"), np.zeros(4, "<c8")) == 4
+    assert cpu_device.host_swap(View(">f8"), np.zeros(4, "<f8")) == 8
+    assert cpu_device.host_swap(View("<i2"), out) is None  # a cast
+    assert cpu_device.host_swap(View("<u2"), out, rows) == 0
+    assert cpu_device.host_swap(View("<u2"), out, rows[:, ::2]) is None  # rows not contiguous
+    assert cpu_device.host_swap(View("<u2"), [[0] * 4] * 4) is None  # not a NumPy output
     not_plain = View("<u2")
     not_plain.plain = False  # another array->array codec than transposes
-    assert cpu_device._host_swap(not_plain, out) is None
+    assert cpu_device.host_swap(not_plain, out) is None
     not_plain.stored_order = (1, 0)  # transposes only
-    assert cpu_device._host_swap(not_plain, out) == 0
+    assert cpu_device.host_swap(not_plain, out) == 0
 
 
 def _frames(codec, n: int = 9, nbytes: int = 4096, gap: int = 0):

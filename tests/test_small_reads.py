@@ -328,12 +328,157 @@ def test_chunk_files_the_page_cache_lacks_are_handed_to_the_kernel_then_read(chu
         read.append(offset)
         return real(fd, buffers, offset)
 
+    arr = gpuzarr.open(str(path), device="cpu")
+    calls = []  # the host library's one call (small chunks: SmallReads._direct), which finds them cold
+    real_call = host_lib.read_decode_scatter
+    monkeypatch.setattr(host_lib, "read_decode_scatter",
+                        lambda *a: calls.append(a[-1]) or ((host_lib.NOT_CACHED, 0, 0) if a[-1] else real_call(*a)))
     monkeypatch.setattr(store_module.os, "preadv", cold)
     monkeypatch.setattr(store_module.os, "posix_fadvise", lambda fd, offset, length, advice:
                         advised.append(length) if advice == store_module.os.POSIX_FADV_WILLNEED else None)
-    arr = gpuzarr.open(str(path), device="cpu")
     np.testing.assert_array_equal(arr[0:20, 0:32], expected[0:20, 0:32])
-    assert read and len(advised) == len(read)  # every file, whole, before it is read
+    assert calls == [store_module._NOWAIT]
+    assert len(read) == 11 and len(advised) == len(read)  # every file there, whole, before it is read
+
+
+# ---------------------------------------------------------------- small chunks in one host library call
+
+
+def _direct_codes(monkeypatch) -> list:
+    """The result code of every host_lib.read_decode_scatter call a read makes."""
+    codes: list = []
+    real = host_lib.read_decode_scatter
+    monkeypatch.setattr(host_lib, "read_decode_scatter", lambda *a: (lambda r: codes.append(r[0]) or r)(real(*a)))
+    return codes
+
+
+def _small_chunk_array(tmp_path, layout: str, dtype: str = ">u2") -> tuple:
+    """A 64^2 array of 8^2 chunks, some chunks all fill (not stored), in `layout`, v3 chunks
+    big-endian: (path, values)."""
+    values = (np.add.outer(np.arange(64), 3 * np.arange(64)) % 251).astype(dtype)
+    values[8:16, 16:32] = 7  # the fill value: two chunks not stored
+    kwargs = {"chunks": (8, 8), "dtype": dtype, "fill_value": 7}
+    big_endian = zarr.codecs.BytesCodec(endian="big")  # chunks the host library swaps as it places them
+    if layout == "sharded":
+        kwargs.update(shards=(32, 32), compressors=zarr.codecs.ZstdCodec(), serializer=big_endian)
+    elif layout == "chunked":
+        kwargs.update(compressors=zarr.codecs.ZstdCodec(), serializer=big_endian)
+    elif layout == "v2-blosc":
+        kwargs.update(zarr_format=2, compressors=numcodecs.Blosc("lz4", 5, shuffle=numcodecs.Blosc.SHUFFLE))
+    else:
+        kwargs.update(zarr_format=2, compressors=numcodecs.LZ4())
+    path = tmp_path / f"{layout}.zarr"
+    zarr.create_array(path, shape=values.shape, **kwargs)[...] = values
+    return str(path), values
+
+
+@pytest.mark.parametrize("parts", [1, 2])
+@pytest.mark.parametrize("layout", ["sharded", "chunked", "v2-blosc", "v2-lz4"])
+def test_small_chunk_windows_are_read_decoded_and_placed_in_one_host_library_call(tmp_path, monkeypatch, layout,
+                                                                                   parts):
+    """Windows of 4 chunks or more of at most DIRECT_CHUNK_BYTES go through the host library, one
+    call a part, big-endian values swapped there; absent chunks and chunk files not there read as
+    the fill value; the values are the Python path's and zarr-python's."""
+    path, values = _small_chunk_array(tmp_path, layout)
+    if layout == "chunked":
+        os.remove(os.path.join(path, "c", "5", "5"))
+        values = values.copy()
+        values[40:48, 40:48] = 7
+    arr = gpuzarr.open(path, device="cpu")
+    reads = arr._reader.small
+    assert reads.direct is not None
+    monkeypatch.setattr(CpuDevice, "inline_parts", lambda self, n, chain: parts)
+    codes = _direct_codes(monkeypatch)
+    windows = [(slice(3, 50), slice(5, 61)), (slice(6, 20), slice(12, 34)), (9, slice(0, 64)), (slice(0, 16), 17)]
+    got = [arr[w] for w in windows]
+    assert codes == [0] * parts * 3  # the last window: 2 chunks, the Python path's
+    direct, reads.direct = reads.direct, None
+    try:
+        python = [arr[w] for w in windows]
+    finally:
+        reads.direct = direct
+    for w, a, b in zip(windows, got, python):
+        assert a.dtype == b.dtype == arr.dtype and a.dtype.newbyteorder("=") == values.dtype.newbyteorder("=")
+        np.testing.assert_array_equal(a, values[w], err_msg=str(w))
+        np.testing.assert_array_equal(a, b, err_msg=str(w))
+    assert len(codes) == parts * 3
+
+
+def test_large_chunks_and_windows_of_few_chunks_are_read_by_python(tmp_path, monkeypatch):
+    """Chunks over DIRECT_CHUNK_BYTES (NumPy places them faster) and windows of fewer than
+    DIRECT_MIN_CHUNKS chunks (the tables cost more than they save) take the Python path."""
+    from gpuzarr import small_read
+
+    big = np.arange(256 * 256, dtype="<u4").reshape(256, 256)
+    zarr.create_array(tmp_path / "big.zarr", shape=big.shape, chunks=(128, 128), dtype="<u4")[...] = big
+    assert 128 * 128 * 4 > small_read.DIRECT_CHUNK_BYTES
+    assert gpuzarr.open(str(tmp_path / "big.zarr"), device="cpu")._reader.small.direct is None
+    path, values = _small_chunk_array(tmp_path, "chunked")
+    arr = gpuzarr.open(path, device="cpu")
+    codes = _direct_codes(monkeypatch)
+    np.testing.assert_array_equal(arr[0:16, 33:38], values[0:16, 33:38])
+    assert codes == []
+    np.testing.assert_array_equal(arr[0:16, 30:42], values[0:16, 30:42])
+    assert codes == [0]
+
+
+@pytest.mark.parametrize("layout", ["sharded", "chunked"])
+def test_a_corrupt_small_chunk_is_given_back_by_the_library_and_named(tmp_path, monkeypatch, layout):
+    """A frame the library's checks refuse, or that does not decode: the window is read again by
+    the Python path, which names the chunk; the fallback is counted."""
+    path, values = _small_chunk_array(tmp_path, layout)
+    key = os.path.join(path, "c", "0", "0")
+    raw = bytearray(open(key, "rb").read())
+    raw[0:4] = b"\xff" * 4  # the (first) frame's magic number
+    open(key, "wb").write(bytes(raw))
+    arr = gpuzarr.open(path, device="cpu")
+    codes = _direct_codes(monkeypatch)
+    before = sum(host_lib.FALLBACKS[host_lib.PART_FALLBACKS[c]] for c in (1, 2, 3))
+    with pytest.raises(CorruptDataError, match=r"c/0/0"):
+        arr[0:40, 0:40]
+    assert len(codes) == 1 and codes[0] in (1, 2, 3)
+    assert sum(host_lib.FALLBACKS[host_lib.PART_FALLBACKS[c]] for c in (1, 2, 3)) == before + 1
+
+
+def test_chunk_files_not_in_the_page_cache_are_left_to_the_python_path(tmp_path, monkeypatch):
+    """The library's call reads from the page cache only (RWF_NOWAIT): files the kernel dropped
+    end it before decoding (NOT_CACHED, not a fallback) and the Python path hands them to the
+    kernel at once. Real files, dropped from the page cache by POSIX_FADV_DONTNEED."""
+    if not getattr(store_module, "_NOWAIT", 0):
+        pytest.skip("no RWF_NOWAIT on this platform")
+    path, values = _small_chunk_array(tmp_path, "chunked", "<u2")
+    arr = gpuzarr.open(path, device="cpu")
+
+    def drop(name: str) -> None:
+        fd = os.open(name, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+
+    probe = tmp_path / "probe"  # (a probing read of a chunk file may start the kernel reading it)
+    probe.write_bytes(b"x" * 8192)
+    drop(str(probe))
+    fd = os.open(probe, os.O_RDONLY)
+    try:
+        os.preadv(fd, [bytearray(1)], 4096, store_module._NOWAIT)
+        pytest.skip("this filesystem keeps the pages of a file it was told to drop: no cold file to read")
+    except BlockingIOError:
+        pass
+    except OSError:
+        pytest.skip("this filesystem refuses RWF_NOWAIT")
+    finally:
+        os.close(fd)
+    for name in (os.path.join(path, "c", str(i), str(j)) for i in range(3) for j in range(3)):
+        if os.path.exists(name):  # (c/1/2: all fill, not stored)
+            drop(name)
+    codes = _direct_codes(monkeypatch)
+    before = dict(host_lib.FALLBACKS)
+    np.testing.assert_array_equal(arr[0:24, 0:24], values[0:24, 0:24])
+    assert codes == [host_lib.NOT_CACHED] and dict(host_lib.FALLBACKS) == before
+    np.testing.assert_array_equal(arr[0:24, 0:24], values[0:24, 0:24])  # now cached: the library's
+    assert codes == [host_lib.NOT_CACHED, 0]
 
 
 @settings(max_examples=200, deadline=None)

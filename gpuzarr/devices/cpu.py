@@ -407,9 +407,9 @@ def _place_rows(rows: np.ndarray, row_of: np.ndarray, labels: list, as_chunk: An
                 fill: Any) -> None:
     """Place the part's chunks: chunk i (plan chunk first+i) is row row_of[i] of `rows`, or
     absent (-1: the fill value), or placed already (-2). The rows' pieces, and the fills, go in
-    one call each of the host library where it applies (_host_swap), else one NumPy assignment
+    one call each of the host library where it applies (host_swap), else one NumPy assignment
     each."""
-    swap = _host_swap(as_chunk, out, rows)
+    swap = host_swap(as_chunk, out, rows)
     if swap is not None:
         itemsize, ndim = out.dtype.itemsize, len(as_chunk.shape)
         records, others = scatter_records(plan, first, first + row_of.size, row_of >= 0, as_chunk.shape, itemsize,
@@ -438,7 +438,7 @@ def _place_rows(rows: np.ndarray, row_of: np.ndarray, labels: list, as_chunk: An
                 out[out_sel] = chunk[chunk_sel]
 
 
-def _host_swap(as_chunk: Any, out: Any, rows: np.ndarray | None = None) -> int | None:
+def host_swap(as_chunk: Any, out: Any, rows: np.ndarray | None = None) -> int | None:
     """How the host scatter places decoded chunks (`rows` of them, or each in a contiguous
     buffer): 0, their bytes as they are (chunks of the output's very dtype); 2, 4 or 8, each unit
     of that size reversed (the same dtype in the other byte order: a big-endian array here, as
@@ -489,7 +489,7 @@ class _PartReads:
             return None
         if nbytes * max(batch.n, 1) >= 1 << 62:  # records' offsets past int64: the tasks' chunk buffer is refused
             return None
-        swap = _host_swap(as_chunk, out)
+        swap = host_swap(as_chunk, out)
         if swap is None or codecs[0].decoder(nbytes) is None:
             return None
         self = cls()
@@ -563,7 +563,7 @@ def _decode_scatter(part: FetchedBatch, chain: CodecChain, as_chunk: Any, out: A
     if (len(codecs) - chain.trailing_crc32c != 1 or not isinstance(codecs[0], (Zstd, Blosc, Lz4))
             or not host_lib.built()):
         return False
-    swap = _host_swap(as_chunk, out)
+    swap = host_swap(as_chunk, out)
     if swap is None:
         return False
     present = part.present
