@@ -1,9 +1,10 @@
 """How long a read of the GPU host half holds the GIL: what bounds it on a machine with many
 cores, whatever their number (issue 10 asks for the GIL-held microseconds per chunk). With the
 device calls no-ops, the host half's only calls that release the GIL for long are its reads
-(os.preadv); everything else it does holds it, or is NumPy work that may release it. So the
-process's CPU time over the read, less the time spent inside os.preadv, is an upper bound on the
-time the GIL was held. (A thread spinning in Python beside the read measured the same thing
+(os.preadv, and the host library's calls that open and read whole chunk files:
+host_lib.FileBatch); everything else it does holds it, or is NumPy work that may release it. So
+the process's CPU time over the read, less the time spent inside those reads, is an upper bound
+on the time the GIL was held (v2 chunk files counted FileBatch's reads as held: 27-29 us a chunk). (A thread spinning in Python beside the read measured the same thing
 directly, but its rate alone varied by a third between runs on the shared 2-core machines.)"""
 
 from __future__ import annotations
@@ -15,26 +16,33 @@ from collections.abc import Callable
 
 
 def gil_seconds(op: Callable[[], object]) -> tuple[float, float]:
-    """(CPU seconds of the process over `op`, the part of them outside os.preadv: at most the
+    """(CPU seconds of the process over `op`, the part of them outside its reads: at most the
     time `op` held the GIL)."""
+    from gpuzarr import host_lib
+
     inside = [0.0]
     lock = threading.Lock()
-    real = os.preadv
+    reads = [(os, "preadv"), (host_lib.FileBatch, "__init__"), (host_lib.FileBatch, "read")]
+    real = [getattr(owner, name) for owner, name in reads]
 
-    def timed(*args: object) -> int:
-        t0 = time.perf_counter()
-        try:
-            return real(*args)
-        finally:
-            spent = time.perf_counter() - t0
-            with lock:
-                inside[0] += spent
+    def timed(call: Callable) -> Callable:
+        def wrapper(*args: object, **kw: object) -> object:
+            t0 = time.perf_counter()
+            try:
+                return call(*args, **kw)
+            finally:
+                spent = time.perf_counter() - t0
+                with lock:
+                    inside[0] += spent
+        return wrapper
 
-    os.preadv = timed
+    for (owner, name), call in zip(reads, real):
+        setattr(owner, name, timed(call))
     try:
         c0 = time.process_time()
         op()
         cpu = time.process_time() - c0
     finally:
-        os.preadv = real
+        for (owner, name), call in zip(reads, real):
+            setattr(owner, name, call)
     return cpu, max(0.0, cpu - inside[0])

@@ -282,16 +282,20 @@ class FileBatch:
         _library().gpz_open_files(self._paths, n, keep_open, self._fds.ctypes.data, self.sizes.ctypes.data,
                                   self.errors.ctypes.data)
 
-    def read(self, offsets: np.ndarray, sizes: np.ndarray, addresses: np.ndarray,
-             flags: int) -> tuple[np.ndarray, np.ndarray]:
+    def read(self, offsets: np.ndarray, sizes: np.ndarray, addresses: np.ndarray, flags: int,
+             part: range | None = None) -> tuple[np.ndarray, np.ndarray]:
         """sizes[i] bytes of each file i with sizes[i] >= 0, from byte offsets[i] on, into
         addresses[i]: (bytes read, -1 where it failed; the errno of each failure, EAGAIN for one
         not all in the page cache under RWF_NOWAIT `flags`, whose descriptor is kept for a
-        blocking read)."""
-        offsets, sizes = np.ascontiguousarray(offsets, np.int64), np.ascontiguousarray(sizes, np.int64)
-        addresses = np.ascontiguousarray(addresses, np.int64)
-        counts, errors = np.empty(self.n, np.int64), np.empty(self.n, np.intc)
-        _library().gpz_read_files(self._paths, self.n, self._fds.ctypes.data, offsets.ctypes.data, sizes.ctypes.data,
+        blocking read). `part`: files part.start..part.stop-1 alone (the arrays are still the
+        batch's; the results are the part's), for threads that read parts of a batch at once."""
+        lo, hi = (0, self.n) if part is None else (part.start, part.stop)
+        assert 0 <= lo <= hi <= self.n
+        offsets, sizes = np.ascontiguousarray(offsets[lo:hi], np.int64), np.ascontiguousarray(sizes[lo:hi], np.int64)
+        addresses = np.ascontiguousarray(addresses[lo:hi], np.int64)
+        counts, errors = np.empty(hi - lo, np.int64), np.empty(hi - lo, np.intc)
+        _library().gpz_read_files(ctypes.addressof(self._paths) + lo * ctypes.sizeof(ctypes.c_char_p), hi - lo,
+                                  self._fds[lo:].ctypes.data, offsets.ctypes.data, sizes.ctypes.data,
                                   addresses.ctypes.data, flags, counts.ctypes.data, errors.ctypes.data)
         return counts, errors
 

@@ -389,7 +389,7 @@ class LocalStore(Store):
         buffer); the bytes read per range (fewer only at the end of the file). A read of
         SPLIT_BYTES or more is split into parts of consecutive ranges read on several threads
         at once (see _split)."""
-        parts = _split(ranges)
+        parts = _split([stop - start for _, start, stop in ranges])
         if len(parts) == 1:
             return self._per_file(ranges, lambda fd, i, start, stop, flags:
                                   _preadv_all(fd, pieces[i], start, stop - start, flags))
@@ -488,7 +488,7 @@ class LocalStore(Store):
         page cache only (RWF_NOWAIT), then what must come from the disk handed to the kernel at
         once (_willneed) and read blocking, as _per_file does; the bytes read per file (-1 where
         there is no file). A file gone since it was sized is absent; other failures raise."""
-        counts, errors = files.read(offsets, sizes, addresses, self._nowait)
+        counts, errors = _read_split(files, offsets, sizes, addresses, self._nowait)
         if self._nowait and errors.any():
             unknown = np.isin(errors, (errno.EOPNOTSUPP, errno.EINVAL))
             if unknown.any():  # this filesystem (tmpfs, procfs, ...) cannot say what is cached
@@ -695,19 +695,36 @@ READERS = 4  # at most this many threads read one read's parts
 _READERS = forksafe.LazyPool(READERS - 1, "gpuzarr-read")
 
 
-def _split(ranges: Sequence[tuple[str, int, int]]) -> list[range]:
-    """Consecutive runs of `ranges` of about equal bytes, one per thread that will read them:
-    as many as the bytes allow (SPLIT_BYTES / 2 each), the cores (cores.default_threads) and
-    READERS; one run for a small read."""
-    if len(ranges) < 2:
-        return [range(len(ranges))]
-    ends = list(itertools.accumulate(stop - start for _, start, stop in ranges))
-    n = min(READERS, len(ranges), ends[-1] // (SPLIT_BYTES // 2))
+def _split(nbytes: Sequence[int]) -> list[range]:
+    """Consecutive runs of reads of `nbytes` each (ranges, or whole files), of about equal bytes,
+    one per thread that will read them: as many as the bytes allow (SPLIT_BYTES / 2 each), the
+    cores (cores.default_threads) and READERS; one run for a small read."""
+    if len(nbytes) < 2:
+        return [range(len(nbytes))]
+    ends = list(itertools.accumulate(nbytes))
+    n = min(READERS, len(nbytes), ends[-1] // (SPLIT_BYTES // 2))
     if n < 2 or (n := min(n, default_threads())) < 2:
-        return [range(len(ranges))]
+        return [range(len(nbytes))]
     cuts = [bisect.bisect_left(ends, ends[-1] * k // n) + 1 for k in range(1, n)]
-    edges = sorted({0, *cuts, len(ranges)})
+    edges = sorted({0, *cuts, len(nbytes)})
     return [range(a, b) for a, b in zip(edges[:-1], edges[1:])]
+
+
+def _read_split(files: host_lib.FileBatch, offsets: np.ndarray, sizes: np.ndarray, addresses: np.ndarray,
+                flags: int) -> tuple[np.ndarray, np.ndarray]:
+    """files.read, its files in parts (_split) read by several threads at once where the bytes
+    are many: as read_ranges_into's ranges, a copy out of the page cache is bound by one core."""
+    parts = _split(np.maximum(sizes, 0).tolist())
+    if len(parts) == 1:
+        return files.read(offsets, sizes, addresses, flags)
+    counts, errors = np.empty(files.n, np.int64), np.empty(files.n, np.intc)
+
+    def read_part(which: range) -> None:
+        counts[which.start:which.stop], errors[which.start:which.stop] = files.read(offsets, sizes, addresses, flags,
+                                                                                      which)
+
+    _READERS.run_parts(read_part, parts)
+    return counts, errors
 
 
 IOV_MAX = os.sysconf("SC_IOV_MAX") if hasattr(os, "sysconf") else 1024  # buffers one preadv takes

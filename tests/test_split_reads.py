@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 
 import gpuzarr
 import gpuzarr.store as store_mod
+from gpuzarr import host_lib
 from gpuzarr.devices.gpu import GpuDevice
 from gpuzarr.sample import sample_data, write_sharded
 from gpuzarr.store import LocalStore, open_store
@@ -26,7 +27,7 @@ def test_parts_cover_every_range_once_in_order(sizes, cores):
     ranges = [("k", 0, n) for n in sizes]
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(store_mod, "default_threads", lambda: cores)
-        parts = store_mod._split(ranges)
+        parts = store_mod._split(sizes)
     assert [i for part in parts for i in part] == list(range(len(ranges)))
     assert all(len(part) > 0 for part in parts) or not ranges
     assert len(parts) <= max(1, min(store_mod.READERS, cores))
@@ -67,7 +68,7 @@ def test_a_split_read_lands_the_bytes_a_single_read_does(tmp_path, monkeypatch):
 
     monkeypatch.setattr(store_mod, "_preadv_all", spy)
     monkeypatch.setattr(store_mod, "default_threads", lambda: 2)
-    assert len(store_mod._split(ranges)) == 2
+    assert len(store_mod._split([stop - start for _, start, stop in ranges])) == 2
     split, pieces = _buffers(ranges)
     counts = store.read_ranges_into(ranges, pieces)
     assert len(seen) == 2  # read on two threads
@@ -79,6 +80,43 @@ def test_a_split_read_lands_the_bytes_a_single_read_does(tmp_path, monkeypatch):
     for (key, start, stop), got in zip(ranges, split):
         if key != "absent":
             assert bytes(got) == blobs[key][start:stop]
+
+
+@pytest.mark.skipif(not host_lib.built(), reason="chunk files are read through the host library's FileBatch")
+def test_whole_files_are_read_in_parts_on_several_threads_as_one_thread_reads_them(tmp_path, monkeypatch):
+    """read_files_into (chunk files, FILES_AT_ONCE or more) splits its files by bytes as
+    read_ranges_into splits ranges: each part one FileBatch.read on its own thread, the same
+    bytes and counts; files not there stay absent."""
+    blobs = _files(tmp_path, n=20, size=300_000)
+    keys = list(blobs)
+    keys.insert(5, "absent")
+    store = open_store(str(tmp_path))
+    threads, real = [], host_lib.FileBatch.read
+
+    def spy(self, *args, **kw):
+        threads.append((threading.current_thread().name, kw.get("part", args[4] if len(args) > 4 else None)))
+        return real(self, *args, **kw)
+
+    def read_all() -> tuple[list, list]:
+        out: list = []
+
+        def place(sizes):
+            out.extend(bytearray(size or 0) for size in sizes)
+            return [memoryview(b) for b in out]
+
+        return store.read_files_into(keys, place), out
+
+    monkeypatch.setattr(host_lib.FileBatch, "read", spy)
+    monkeypatch.setattr(store_mod, "default_threads", lambda: 2)
+    counts, split = read_all()
+    assert len({name for name, _ in threads}) == 2 and all(part is not None for _, part in threads)
+    assert sorted(i for _, part in threads for i in part) == list(range(len(keys)))
+    threads.clear()
+    monkeypatch.setattr(store_mod, "SPLIT_BYTES", 1 << 60)
+    one_counts, one = read_all()
+    assert threads == [(threading.current_thread().name, None)]
+    assert counts == one_counts and split == one
+    assert counts[5] is None and [bytes(b) for k, b in zip(keys, split) if k != "absent"] == list(blobs.values())
 
 
 def test_a_failing_part_is_raised_after_every_other_part_has_ended(tmp_path, monkeypatch):
@@ -103,7 +141,7 @@ def test_a_failing_part_is_raised_after_every_other_part_has_ended(tmp_path, mon
 
     monkeypatch.setattr(store_mod, "_preadv_all", failing)
     monkeypatch.setattr(store_mod, "default_threads", lambda: 4)
-    parts = store_mod._split(ranges)
+    parts = store_mod._split([stop - start for _, start, stop in ranges])
     assert len(parts) == 4
     started = {p.start: threading.Event() for p in parts[1:]}
     with pytest.raises(gpuzarr.StoreError, match="f0: read failed"):
@@ -133,7 +171,7 @@ def test_after_a_failure_parts_no_reader_started_are_dropped(tmp_path, monkeypat
     try:
         with pytest.raises(gpuzarr.StoreError, match="f0: read failed"):
             store.read_ranges_into(ranges, pieces)
-        first_part = store_mod._split(ranges)[0]
+        first_part = store_mod._split([stop - start for _, start, stop in ranges])[0]
         assert all(i in first_part for i in read)  # nothing past the failed part was read
     finally:
         release.set()
