@@ -22,6 +22,7 @@ from ..codecs.chain import CodecChain, decode_chunk
 from ..cores import default_threads
 from ..errors import CorruptDataError, DeviceMemoryError, SettingsError
 from ..fetch import FetchedBatch, PendingBatch, thread_slot
+from ..output_pool import OUTPUTS
 from ..placement import Box, decode_raw, fill_item, place, place_block, part_boxes, plane_assign
 from ..plan import Gather, Plan
 from ..store import read_io
@@ -114,10 +115,11 @@ class CpuDevice:
             return cls._shared[threads]
 
     def empty(self, shape: tuple[int, ...], dtype: Any) -> np.ndarray:
-        """The output; one NumPy cannot make (ValueError: its byte size overflows, even with a
-        dimension of 0) or this machine cannot hold is a DeviceMemoryError naming its shape."""
+        """The output, a large one from blocks reused once free (output_pool); one NumPy cannot
+        make (ValueError: its byte size overflows, even with a dimension of 0) or this machine
+        cannot hold is a DeviceMemoryError naming its shape."""
         try:
-            return np.empty(shape, dtype=dtype)
+            return OUTPUTS.empty(shape, dtype)
         except (ValueError, MemoryError) as exc:
             raise DeviceMemoryError(f"an output of shape {shape} and dtype {np.dtype(dtype)} cannot be allocated "
                                     f"here ({exc})") from None
