@@ -4,8 +4,9 @@ device calls no-ops, the host half's only calls that release the GIL for long ar
 (os.preadv, and the host library's calls that open and read whole chunk files:
 host_lib.FileBatch); everything else it does holds it, or is NumPy work that may release it. So
 the process's CPU time over the read, less the time spent inside those reads, is an upper bound
-on the time the GIL was held (v2 chunk files counted FileBatch's reads as held: 27-29 us a chunk). (A thread spinning in Python beside the read measured the same thing
-directly, but its rate alone varied by a third between runs on the shared 2-core machines.)"""
+on the time the GIL was held (counting FileBatch's reads as held put v2's chunk files at 27-29
+us a chunk, 5-6.5 without). (A thread spinning in Python beside the read measured the same
+thing directly, but its rate alone varied by a third between runs on the shared 2-core machines.)"""
 
 from __future__ import annotations
 

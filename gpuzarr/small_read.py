@@ -61,7 +61,8 @@ class SmallReads:
         # small chunks: the host library reads, decodes and places a window in one call (see _direct)
         self.direct = None
         if (self.applies and chain.raw_nbytes <= DIRECT_CHUNK_BYTES and len(codecs) == 1
-                and isinstance(codecs[0], (Zstd, Blosc, Lz4)) and host_lib.built() and host_lib.available("scatter")):
+                and isinstance(codecs[0], (Zstd, Blosc, Lz4)) and host_lib.built() and host_lib.available("scatter")
+                and codecs[0].decoder(chain.raw_nbytes) is not None):
             swap = host_swap(self.as_chunk, np.empty(0, self.dtype))
             self.direct = None if swap is None else (codecs[0], swap)
         self._local = threading.local()
@@ -214,12 +215,9 @@ class SmallReads:
 
         def run(span: tuple[int, int]) -> None:
             lo, hi = span
-            decoder = codec.decoder(nbytes)  # this thread's
-            if decoder is None:
-                codes.append(-1)
-                return
             code, _, _ = host_lib.read_decode_scatter(
-                names, files[lo:hi], at[lo:hi], wants[lo:hi], self._staging(int(ends[hi] - ends[lo])), decoder,
+                names, files[lo:hi], at[lo:hi], wants[lo:hi], self._staging(int(ends[hi] - ends[lo])),
+                codec.decoder(nbytes),  # this thread's (zstd: its context)
                 thread_slot(self._local, "scratch", nbytes), view, records, rec_lo[lo:hi + 1], ndim, itemsize, swap,
                 DIRECT_LIMITS, lengths[lo:hi], self.store.cache_only)
             codes.append(code)
@@ -234,7 +232,7 @@ class SmallReads:
             device.pool.run_parts(run, [(lo, hi) for lo, hi in zip(bounds, bounds[1:]) if hi > lo])
         failed = [code for code in codes if code]
         if failed:
-            if failed[0] in host_lib.PART_FALLBACKS:  # (not NOT_CACHED: the Python path's reads of the disk are deeper)
+            if failed[0] != host_lib.NOT_CACHED:  # (the Python path's reads of the disk are deeper: not a fallback)
                 host_lib.count_fallback(host_lib.PART_FALLBACKS[failed[0]])
             return False
         for k in np.flatnonzero(lengths < 0).tolist():  # absent, or a chunk file not there
