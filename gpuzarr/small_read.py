@@ -25,7 +25,7 @@ import numpy as np
 from . import host_lib
 from .codecs.bytes_to_bytes import DIRECT_LIMITS, ZSTD_BLOCK_BYTES, Blosc, Lz4, Zstd
 from .devices.base import AutoDevice
-from .devices.cpu import STAGING_KEPT, ChunkView, CpuDevice, decode_bytes, host_swap, stored_chunk
+from .devices.cpu import STAGING_KEPT, ChunkView, CpuDevice, decode_bytes, host_swap, part_ends, stored_chunk
 from .devices.kernels import SCATTER_REC_COUNT, SCATTER_REC_DST, SCATTER_REC_DSTRIDE, SCATTER_REC_LEN, \
     SCATTER_REC_SHAPE, SCATTER_REC_START, SCATTER_REC_STEP
 from .fetch import LOCATE_ARRAYS, Locator, coalesce_small, fetch_bounded, fetch_files, thread_slot
@@ -205,9 +205,7 @@ class SmallReads:
         names = (ctypes.c_char_p * len(used))(*(os.fsencode(self.store.path(paths[f])) for f in used))
         files = np.array([rank.get(file_of[i], -1) for i in order], np.int64)
         wants = np.array([sizes[i] for i in order], np.int64)
-        # staging a part needs: its chunks' sizes; a chunk file's at most what its codec writes
-        # for a chunk (a larger one is given back, and named by the Python path)
-        ends = np.concatenate(([0], np.cumsum(np.where(wants >= 0, wants, nbytes + nbytes // 255 + 64))))
+        ends = part_ends(wants, nbytes)
         at = np.array([offsets[i] for i in order], np.int64)
         rec_lo = np.arange(n + 1, dtype=np.int64)
         lengths = np.empty(n, np.int64)

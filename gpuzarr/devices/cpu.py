@@ -507,10 +507,7 @@ class _PartReads:
         self.file_of[present] = file_of
         self.offsets = np.ascontiguousarray(loc.offsets[rows], np.int64)
         self.sizes = np.where(present, loc.sizes[rows], 0)  # -1: a whole chunk file
-        # staging a part needs: its chunks' sizes; a chunk file's at most what its codec writes
-        # for a chunk (a larger file is given back, and named by fetch)
-        room = np.where(self.sizes >= 0, self.sizes, nbytes + nbytes // 255 + 64)
-        self.ends = np.concatenate(([0], np.cumsum(room)))
+        self.ends = part_ends(self.sizes, nbytes)
         self.records, fills, self.rec_lo = _chunk_records(plan, first, present, as_chunk, out, nbytes)
         if fills.shape[0]:
             host_lib.fill(out, fills, self.fill, self.ndim)
@@ -549,6 +546,13 @@ class _PartReads:
             if self.missing is not None:
                 self.missing.extend(self.keys[gone].tolist())
         return int(np.count_nonzero(lengths >= 0)), got
+
+
+def part_ends(sizes: np.ndarray, nbytes: int) -> np.ndarray:
+    """Where each chunk of a part read by gpz_read_decode_scatter ends in its staging, from 0:
+    its size, or for a whole chunk file (size -1) at most what its codec writes for a chunk of
+    `nbytes` (a larger file is given back, and named by the Python path)."""
+    return np.concatenate(([0], np.cumsum(np.where(sizes >= 0, sizes, nbytes + nbytes // 255 + 64))))
 
 
 def _decode_scatter(part: FetchedBatch, chain: CodecChain, as_chunk: Any, out: Any, plan: Plan, first: int,
