@@ -117,7 +117,7 @@ class SmallReads:
                     [ids[i] if present[i] else -1 for i in range(n)], offsets, sizes, chunks, view, device):
                 return out
             labels = [keys[i] for i in ids]
-            ranges, members = coalesce_small(labels, offsets, sizes, live)
+            ranges, members = coalesce_small(labels, offsets, sizes, live)  # (a cold window: fewer, larger disk reads)
             batch = fetch_bounded(store, ranges, members, np.array(offsets), np.array(sizes), np.array(present),
                                    labels, self._staging, 1) if ranges else None
         else:  # a file per chunk

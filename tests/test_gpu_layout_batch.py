@@ -177,7 +177,7 @@ def test_wrong_content_sizes_and_bad_magic_are_corrupt(tmp_path):
 @settings(max_examples=300, deadline=None)
 @given(data=st.data())
 def test_whole_batch_coalescing_equals_the_chunk_by_chunk_one(data):
-    from gpuzarr.fetch import COALESCE_GAP, _coalesce, coalesce_small
+    from gpuzarr.fetch import COALESCE_GAP, LOCAL_GAP, _coalesce, coalesce_small
 
     n = data.draw(st.integers(1, 60))
     key_ids = np.sort(np.array(data.draw(st.lists(st.integers(0, 3), min_size=n, max_size=n)), np.int64))
@@ -187,8 +187,9 @@ def test_whole_batch_coalescing_equals_the_chunk_by_chunk_one(data):
     sizes = np.array(data.draw(st.lists(st.sampled_from([-1, 0, 1, 99, 5000]), min_size=n, max_size=n)), np.int64)
     present = np.array(data.draw(st.lists(st.booleans(), min_size=n, max_size=n)))
     keys = np.array([f"k{i}" for i in key_ids.tolist()], dtype=object)
-    assert _coalesce(keys, key_ids, offsets, sizes, present) == \
-        coalesce_small(keys.tolist(), offsets.tolist(), sizes.tolist(), np.flatnonzero(present).tolist())
+    gap = data.draw(st.sampled_from([COALESCE_GAP, LOCAL_GAP, 0]))
+    assert _coalesce(keys, key_ids, offsets, sizes, present, gap) == \
+        coalesce_small(keys.tolist(), offsets.tolist(), sizes.tolist(), np.flatnonzero(present).tolist(), gap)
 
 
 def _sharded(tmp_path, chunk=(8, 8)):

@@ -467,3 +467,25 @@ def _closed_port() -> int:
 
 if __name__ == "__main__":  # pragma: no cover
     raise SystemExit(pytest.main([os.path.abspath(__file__), "-q"]))
+
+
+def test_local_reads_coalesce_smaller_gaps_than_remote_ones(tmp_path):
+    """Two chunks of one shard 19 KiB apart: a local read asks for each (a syscall costs less than
+    copying the gap out of the page cache: fetch.LOCAL_GAP), a store whose requests take a round
+    trip asks for both and the gap between at once (fetch.COALESCE_GAP)."""
+    from gpuzarr.fetch import COALESCE_GAP, LOCAL_GAP
+
+    path = tmp_path / "gaps.zarr"
+    z = zarr.create_array(path, shape=(64 * 1024,), chunks=(1024,), shards=(64 * 1024,), dtype="u1",
+                          compressors=None, fill_value=0)
+    values = (np.arange(64 * 1024) % 251 + 1).astype("u1")
+    z[...] = values
+    assert LOCAL_GAP < 19 * 1024 <= COALESCE_GAP
+    picked = np.array([5, 20 * 1024 + 7])
+    reports = {}
+    for name, url in (("local", str(path)), ("memory", to_memory(path, f"gaps-{tmp_path.name}"))):
+        report = gpuzarr.ReadReport()
+        np.testing.assert_array_equal(gpuzarr.open(url, device="cpu").read(picked, report=report), values[picked])
+        reports[name] = report
+    assert reports["local"].requests == reports["memory"].requests + 1
+    assert reports["memory"].bytes_requested - reports["local"].bytes_requested == 19 * 1024
