@@ -20,7 +20,10 @@ import numpy as np
 from . import forksafe
 
 POOLED_BYTES = 32 << 20  # smaller outputs come from glibc's heap, whose memory it reuses itself
+POOLED_MAX = 256 << 20  # larger ones are NumPy's own: a one-off read of GiBs is not held on to
 BLOCKS = 3  # blocks tracked at most: a loader's batch in hand, the one being read, one prefetched
+# so once every output is gone the pool holds at most BLOCKS * POOLED_MAX bytes, until its next
+# large read or clear()
 
 
 def _free_count() -> int | None:
@@ -44,7 +47,7 @@ class OutputPool:
     def empty(self, shape: tuple[int, ...], dtype: Any) -> np.ndarray:
         dtype = np.dtype(dtype)
         nbytes = math.prod(shape) * dtype.itemsize
-        if nbytes < POOLED_BYTES or self._free is None or dtype.hasobject:
+        if not POOLED_BYTES <= nbytes <= POOLED_MAX or self._free is None or dtype.hasobject:
             return np.empty(shape, dtype)
         with self._lock:
             block = self._take(nbytes)

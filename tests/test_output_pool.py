@@ -57,10 +57,12 @@ def test_the_smallest_free_block_that_fits_is_taken_and_at_most_BLOCKS_are_kept(
     assert len(small_pool._blocks) == 3 and any(block is big.base for block in small_pool._blocks)
 
 
-def test_small_outputs_and_object_arrays_are_numpys_own(small_pool):
+def test_small_huge_and_object_outputs_are_numpys_own(small_pool, monkeypatch):
+    monkeypatch.setattr(output_pool, "POOLED_MAX", 1 << 16)
     small = small_pool.empty((16, 16), "<u2")  # 512 bytes, below POOLED_BYTES
+    huge = small_pool.empty((1 << 17,), "u1")  # above POOLED_MAX: not held on to once gone
     objects = small_pool.empty((4096,), object)  # NumPy fills them with None: its own
-    assert small.base is None and small.flags.owndata and objects.base is None and (objects == None).all()  # noqa: E711
+    assert all(a.base is None and a.flags.owndata for a in (small, huge, objects)) and (objects == None).all()  # noqa: E711
     assert not small_pool._blocks
 
 
