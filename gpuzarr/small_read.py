@@ -61,7 +61,7 @@ class SmallReads:
         # small chunks: the host library reads, decodes and places a window in one call (see _direct)
         self.direct = None
         if (self.applies and chain.raw_nbytes <= DIRECT_CHUNK_BYTES and len(codecs) == 1
-                and isinstance(codecs[0], (Zstd, Blosc, Lz4)) and host_lib.built() and host_lib.available("scatter")
+                and isinstance(codecs[0], (Zstd, Blosc, Lz4)) and host_lib.built()
                 and codecs[0].decoder(chain.raw_nbytes) is not None):
             swap = host_swap(self.as_chunk, np.empty(0, self.dtype))
             self.direct = None if swap is None else (codecs[0], swap)
