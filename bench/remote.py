@@ -41,6 +41,7 @@ import itertools
 import json
 import math
 import os
+import random
 import statistics
 import sys
 import time
@@ -67,8 +68,8 @@ def _log(msg: str) -> None:
 # =========================================================================== the server
 
 # shared counters (int64), written by the server's one thread, read (and PEAK, LATENCY set) by us
-REQUESTS, GETS, HEADS, LISTS, OTHER, BYTES, ACTIVE, PEAK, NOT_FOUND, LATENCY_US, CONNECTIONS = range(11)
-N_STATS = 11
+REQUESTS, GETS, HEADS, LISTS, OTHER, BYTES, ACTIVE, PEAK, NOT_FOUND, LATENCY_US, CONNECTIONS, JITTER_US = range(12)
+N_STATS = 12
 
 
 class _Http(asyncio.Protocol):
@@ -114,7 +115,7 @@ class _Http(asyncio.Protocol):
         if st[ACTIVE] > st[PEAK]:
             st[PEAK] = st[ACTIVE]
         response = s.answer(method, target, headers)
-        delay = st[LATENCY_US]
+        delay = st[LATENCY_US] + (s.random.expovariate(1e6 / st[JITTER_US]) * 1e6 if st[JITTER_US] else 0)
         if delay > 0:
             s.loop.call_later(delay / 1e6, self._send, response)
         else:
@@ -147,6 +148,7 @@ class _State:
         self.common = {k: (f"Accept-Ranges: bytes\r\nETag: {self.etags[k]}\r\nLast-Modified: {modified}\r\n"
                            "Content-Type: binary/octet-stream\r\n") for k in objects}
         self.stats = stats
+        self.random = random.Random(0)  # the jitter's (see Server.jitter_ms)
         self.loop: Any = None
         self.buckets = {k.split("/", 1)[0] for k in objects} | {BUCKET}
         self._date = (0, "")
@@ -300,6 +302,16 @@ class Server:
     @latency_ms.setter
     def latency_ms(self, ms: float) -> None:
         self.stats[LATENCY_US] = int(round(ms * 1e3))
+
+    @property
+    def jitter_ms(self) -> float:
+        """The mean of a random delay added to the latency of each request (exponential: a long
+        tail, as first-byte times of cloud object stores have); 0: none."""
+        return self.stats[JITTER_US] / 1e3
+
+    @jitter_ms.setter
+    def jitter_ms(self, ms: float) -> None:
+        self.stats[JITTER_US] = int(round(ms * 1e3))
 
     def counters(self) -> dict[str, int]:
         s = self.stats
@@ -811,7 +823,9 @@ def format_tables(doc: dict, latency: float) -> str:
             if e and e.get("error"):
                 notes.append(f"  {r['dataset']}/{r['workload']} {n}: {e['error']}")
     reps = doc["args"]["repeats"]
-    text = [f"latency {latency:g} ms per request: medians of {reps} rounds (window: {rounds(reps, 'window')}), "
+    jitter = doc["server"].get("jitter_ms") or 0
+    latency_text = f"latency {latency:g} ms" + (f" + exponential jitter (mean {jitter:g} ms)" if jitter else "")
+    text = [f"{latency_text} per request: medians of {reps} rounds (window: {rounds(reps, 'window')}), "
             "ms per read",
             _grid(head, times), "",
             f"time / tensorstore's (<1: faster than tensorstore), latency {latency:g} ms", _grid(head, ratios), "",
@@ -839,6 +853,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--quick", action="store_true", help="3 repeats, 16 patches (explicit flags still win)")
     p.add_argument("--latency-ms", default="20",
                    help="latency added to every request, ms; a comma-separated list runs each in turn (default 20)")
+    p.add_argument("--jitter-ms", type=float, default=0.0,
+                   help="mean of an exponentially distributed delay added to each request's latency, ms: a "
+                        "long tail, as cloud first-byte times have (default 0: every request takes the latency)")
     p.add_argument("--repeats", type=int, default=None, help="timed rounds (default 5, --quick 3)")
     p.add_argument("--patches", type=int, default=None, help="random 256x256 patches in batch (default 64, --quick 16)")
     p.add_argument("--readers", default=",".join(READER_NAMES), help=f"subset of {','.join(READER_NAMES)}")
@@ -868,6 +885,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         if bad or not got:
             p.error(f"--{what}: choose from {', '.join(allowed)}" + (f" (not {', '.join(bad)})" if bad else ""))
         setattr(args, what, [a for a in allowed if a in got])
+    if args.jitter_ms < 0:
+        p.error("--jitter-ms must not be negative")
     if args.repeats < 1 or args.patches < 1:
         p.error("--repeats and --patches must be at least 1")
     if args.repeats < 5 and not args.quick:
@@ -908,8 +927,10 @@ def main(argv: list[str] | None = None) -> int:
         doc["datasets"][name] = {**info, "describe": specs[name].describe(), "key": f"{name}.zarr"}
     failed = False
     with Server([(paths[n], f"{BUCKET}/{n}.zarr") for n in args.datasets]) as server:
+        server.jitter_ms = args.jitter_ms
         doc["server"] = {"endpoint": server.endpoint, "kind": "bench.remote.Server (asyncio, files in memory)",
-                         "latency": "added before each answer, per request (GET, HEAD, LIST alike)"}
+                         "latency": "added before each answer, per request (GET, HEAD, LIST alike)",
+                         "jitter_ms": args.jitter_ms}
         floor = None if args.no_floor else Floor(server.endpoint)
         try:
             for name in args.datasets:

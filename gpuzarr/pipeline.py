@@ -6,6 +6,7 @@ files, whose reads are syscalls best run on the core that decodes the bytes next
 from __future__ import annotations
 
 import math
+import queue
 import threading
 from concurrent.futures import FIRST_COMPLETED
 from concurrent.futures import TimeoutError as FutureTimeout
@@ -20,6 +21,7 @@ from .devices.base import AutoDevice, Device, check_gpu_chain, check_gpu_usable,
 from .fetch import (
     FetchedBatch,
     IndexCache,
+    Landing,
     Locations,
     Locator,
     PendingBatch,
@@ -86,6 +88,12 @@ REMOTE_BATCH_BYTES = 64 << 20
 # a remote read of at least two of these (estimated as decoded bytes) runs in about PIECES
 # pieces whose requests are in flight together (see Reader._run_pieces), on threads that wait
 PIECE_BYTES = 16 << 20
+# A remote batch read range by range (Reader._landed) hands the ranges that landed to the device
+# once none has landed for this long: ranges landing together decode as one part, not one part
+# each. Sharded set at 20 ms, 16 shard GETs landing within ~3 ms, against the whole batch at once,
+# alternated in-process: each range alone 1.03-1.11x, 1 ms 0.99-1.01x (3 ms alike); with an
+# exponential jitter of mean 10 ms on every request 0.82-0.85x (full read and read_batch)
+LANDING_SETTLE = 1e-3
 PIECES = 8
 PIECE_THREADS = 16
 # compressed bytes of a cold local read handed to the kernel past the parts its tasks have started
@@ -216,6 +224,9 @@ class Reader:
                     started += self._decode(device, pending, chain, out, plan, lo, fill, report, sole=sole)
                 if hand is not None and not sole:
                     ahead.feed(started, io)
+            elif (len(bounds) == 1 and device.takes_landed(plan.n_chunks, chain)
+                  and (landing := Landing.of(store, loc, np.arange(*bounds[0])))):
+                self._landed(landing, plan, chain, device, out, fill, report, started, io)
             elif len(bounds) == 1:  # nothing to overlap with: no thread hand-off; small: one read
                 with report.timed("fetch"):
                     batch = fetch(store, loc, np.arange(*bounds[0]), device.staging_alloc or _reused_staging,
@@ -263,6 +274,47 @@ class Reader:
                 settle([pending])
             else:
                 pending.cancel()
+            raise
+
+    def _landed(self, landing: Landing, plan: Plan, chain: Any, device: Device, out: Any, fill: Any,
+                report: ReadReport, started: list, io: ReadIO | None) -> None:
+        """A remote batch decoded range by range as its requests land (see Landing), its ranges
+        read on an I/O thread. Whatever the ranges' bytes say, a shard that changed since its
+        index was read (ChangedError, known once every range is in) is what this raises: the
+        read is then made again. Tasks are appended to `started` as they are queued."""
+        arrived: queue.SimpleQueue = queue.SimpleQueue()
+        future = _IO.submit(landing.store.read_ranges, landing.ranges, lambda k, blob: arrived.put((k, blob)))
+        future.add_done_callback(lambda _: arrived.put(None))
+        left = len(landing.ranges)
+        try:
+            while left:
+                with report.timed("fetch"):
+                    try:
+                        got = arrived.get(timeout=None if io is None else io.remaining())
+                    except queue.Empty:
+                        raise io.expired() from None
+                landed = [got]
+                while got is not None and len(landed) < left:
+                    try:
+                        got = arrived.get(timeout=LANDING_SETTLE)
+                    except queue.Empty:
+                        break
+                    landed.append(got)
+                ended = None in landed  # the read's end: its error, if it failed
+                landed = [item for item in landed if item is not None]
+                left -= len(landed)
+                if ended and left:
+                    future.result()
+                    raise StoreError(f"{landing.store.url}: {left} of {len(landing.ranges)} ranges were not handed "
+                                     f"over", landing.ranges[0][0])
+                for run in _runs(sorted(landed, key=lambda kb: kb[0])):
+                    first = run[0][0]
+                    batch = landing.batch(first, [blob for _, blob in run], report.missing_keys)
+                    started += self._decode(device, batch, chain, out, plan, landing.bounds[first][0], fill, report)
+            _result(future, io)
+        except (CorruptDataError, StoreError) as exc:
+            if not isinstance(exc, ChangedError) and (changed := _changed(future, io)) is not None:
+                raise changed from None
             raise
 
     def _run_pieces(self, plan: Plan, pieces: list[tuple[int, int]], device: Device, out: Any, report: ReadReport,
@@ -514,6 +566,28 @@ def _result(future: Any, io: ReadIO | None) -> Any:
         if future.done():  # the task's own TimeoutError, or it ended just after the wait did
             return future.result()
         raise io.expired() from None
+
+
+def _runs(landed: list[tuple[int, Any]]) -> list[list[tuple[int, Any]]]:
+    """(range, bytes) pairs sorted by range, as runs of consecutive ranges."""
+    runs: list[list] = []
+    for k, blob in landed:
+        if runs and runs[-1][-1][0] == k - 1:
+            runs[-1].append((k, blob))
+        else:
+            runs.append([(k, blob)])
+    return runs
+
+
+def _changed(future: Any, io: ReadIO | None) -> ChangedError | None:
+    """The ChangedError a store read ends with (waited for up to the read's deadline), if any."""
+    try:
+        future.result(None if io is None else io.remaining())
+    except ChangedError as exc:
+        return exc
+    except BaseException:  # its own error, or still running at the deadline: not the read's to raise
+        return None
+    return None
 
 
 def _with_store(locator: Locator, store: Store) -> Locator:

@@ -26,6 +26,7 @@ from .metadata import node_path_problem
 
 _NOWAIT = getattr(os, "RWF_NOWAIT", 0)  # Linux: read only what the page cache holds, else EAGAIN
 Range = tuple[str, int, int | None]  # key, start (negative: suffix), stop (None: to the end)
+Landed = Callable[[int, Any], None]  # called with (i, range i's bytes or None) as each range arrives
 _MISSING = (FileNotFoundError, KeyError, NotADirectoryError, IsADirectoryError)
 _REASON_CHARS = 200  # of an underlying error's text in a StoreError message
 
@@ -155,8 +156,10 @@ class _Counted:
             raise AttributeError(name)
         return getattr(self._target, name)
 
-    def read_ranges(self, ranges: Sequence[Range]) -> list[bytes | None]:
-        return self._target.read_ranges_with(ranges, self._io)
+    def read_ranges(self, ranges: Sequence[Range], landed: Landed | None = None) -> list[bytes | None]:
+        if landed is None:
+            return self._target.read_ranges_with(ranges, self._io)
+        return self._target.read_ranges_with(ranges, self._io, landed=landed)
 
     def read_indexes(self, ranges: Sequence[Range]) -> list[bytes | None]:
         return self._target.read_ranges_with(ranges, self._io, indexes=True)
@@ -299,6 +302,9 @@ class Store:
                 out.append(result)
         return out
 
+    # whether read_ranges takes `landed`, a callback per range as it arrives (see fetch.Landing)
+    lands_ranges = False
+
     # whether `version` asks the store, so that None says the object is absent (its absence may be
     # cached like an index); not where it tells what the last GET answered (obstore's ETags)
     version_asks = True
@@ -323,10 +329,13 @@ class Store:
             return None
         return tuple(info.get(k) for k in ("size", "mtime", "created", "LastModified", "ino"))
 
-    def read_ranges_with(self, ranges: Sequence[Range], io: ReadIO, indexes: bool = False) -> list[bytes | None]:
+    def read_ranges_with(self, ranges: Sequence[Range], io: ReadIO, indexes: bool = False,
+                         landed: Landed | None = None) -> list[bytes | None]:
         """`read_ranges` (`read_indexes` with `indexes`) for one read: counted in `io` and bounded
         by its deadline (see ReadIO.call). A store that issues its requests itself overrides it
         to count what it sends and to stop at the deadline on its own."""
+        if landed is not None:
+            return io.call(lambda some: self.read_ranges(some, landed), ranges)  # type: ignore[call-arg]
         return io.call(self.read_indexes if indexes else self.read_ranges, ranges)
 
     def read_indexes(self, ranges: Sequence[Range]) -> list[bytes | None]:

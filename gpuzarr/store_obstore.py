@@ -35,7 +35,17 @@ import fsspec
 from . import forksafe
 from . import store as _store_module
 from .errors import StoreError
-from .store import _REASON_CHARS, ChangedError, Range, ReadIO, Store, _reason, pooled, requests_in_flight
+from .store import (
+    _REASON_CHARS,
+    ChangedError,
+    Landed,
+    Range,
+    ReadIO,
+    Store,
+    _reason,
+    pooled,
+    requests_in_flight,
+)
 
 log = logging.getLogger("gpuzarr.store")
 
@@ -173,6 +183,7 @@ class ObstoreStore(Store):
     """A root (a bucket and path, or an HTTP URL, as fsspec names it) read through obstore."""
 
     version_asks = False  # None: no GET has told it (a missing object, a server without ETags)
+    lands_ranges = True
 
     def __init__(self, fs: Remote, root: str):
         self._fs = fs
@@ -220,14 +231,15 @@ class ObstoreStore(Store):
         object still has it (see `_read`), so a changed shard is read again, not misread."""
         return self._versions.get(key)
 
-    def read_ranges(self, ranges: Sequence[Range]) -> list[bytes | None]:
+    def read_ranges(self, ranges: Sequence[Range], landed: Landed | None = None) -> list[bytes | None]:
         """Every range at once, at most $GPUZARR_REQUESTS in flight in the process: one GET per
-        range (a Range header for all but whole objects), missing objects None."""
+        range (a Range header for all but whole objects), missing objects None. `landed(i, bytes)`
+        is called on the loop's thread as range i arrives (see fetch.Landing)."""
         if not ranges:
             return []
         if _forked_after_obstore():
-            return self._via_fsspec().read_ranges(ranges)
-        return _LOOP.run(self._read(list(ranges), requests_in_flight(), None))
+            return _each_landed(self._via_fsspec().read_ranges(ranges), landed)
+        return _LOOP.run(self._read(list(ranges), requests_in_flight(), None, landed=landed))
 
     def read_indexes(self, ranges: Sequence[Range]) -> list[bytes | None]:
         if not ranges:
@@ -236,7 +248,8 @@ class ObstoreStore(Store):
             return self._via_fsspec().read_indexes(ranges)
         return _LOOP.run(self._read(list(ranges), requests_in_flight(), None, indexes=True))
 
-    def read_ranges_with(self, ranges: Sequence[Range], io: ReadIO, indexes: bool = False) -> list[bytes | None]:
+    def read_ranges_with(self, ranges: Sequence[Range], io: ReadIO, indexes: bool = False,
+                         landed: Landed | None = None) -> list[bytes | None]:
         """read_ranges for one read: the GETs actually sent are counted (a server that ignores
         Range gets one whole GET per object), and the deadline bounds the wait for obstore's
         runtime, whose requests are then cancelled: no thread is left behind."""
@@ -244,10 +257,10 @@ class ObstoreStore(Store):
             return []
         if _forked_after_obstore():
             io.note(FORK_NOTE)
-            return self._via_fsspec().read_ranges_with(ranges, io, indexes)
+            return _each_landed(self._via_fsspec().read_ranges_with(ranges, io, indexes), landed)
         io.check()
         try:
-            return _LOOP.run(self._read(list(ranges), io.requests or requests_in_flight(), io, indexes),
+            return _LOOP.run(self._read(list(ranges), io.requests or requests_in_flight(), io, indexes, landed),
                              io.remaining())
         except concurrent.futures.TimeoutError:
             if io.deadline is None:
@@ -255,7 +268,7 @@ class ObstoreStore(Store):
             raise io.expired() from None
 
     async def _read(self, ranges: list[Range], limit: int, io: ReadIO | None,
-                    indexes: bool = False) -> list[bytes | None]:
+                    indexes: bool = False, landed: Landed | None = None) -> list[bytes | None]:
         """`indexes`: shard indexes and whole shards, whose versions are kept (see `version`);
         every range of an object with a kept version is checked against it: a read whose shard
         changed since its index was read raises ChangedError once every range is in."""
@@ -369,8 +382,14 @@ class ObstoreStore(Store):
             view = memoryview(data)
             return view[:stop - start] if stop is not None and len(view) > stop - start else view
 
+        async def handed(i: int, key: str, start: int, stop: int | None) -> memoryview | bytes | None:
+            data = await one(key, start, stop)
+            landed(i, data)
+            return data
+
         try:
-            results = await _all([one(*r) for r in ranges])
+            results = await _all([one(*r) for r in ranges] if landed is None else
+                                 [handed(i, *r) for i, r in enumerate(ranges)])
             if changed:
                 raise ChangedError(f"{self.url}/{changed[0]}: the object changed since its shard index was read "
                                    f"({len(changed)} object{'s' if len(changed) > 1 else ''} of this read)",
@@ -471,6 +490,14 @@ def _retries(exc: BaseException) -> int:
     exposes no count otherwise, nor any for a request that succeeded after retries)."""
     found = re.search(r"\bretries: (\d+)", str(exc)) or re.search(r", after (\d+) retries", str(exc))
     return int(found.group(1)) if found else 0
+
+
+def _each_landed(results: list, landed: Landed | None) -> list:
+    """Results read all at once (fsspec's), handed to `landed` as if each had just arrived."""
+    if landed is not None:
+        for i, data in enumerate(results):
+            landed(i, data)
+    return results
 
 
 def _slice(data: Any, start: int, stop: int | None) -> memoryview:

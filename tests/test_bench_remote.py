@@ -60,6 +60,30 @@ def test_server_answers_ranges_and_counts(tmp_path: Path) -> None:
         assert counts["bytes"] >= len(data) + 10 + 16 + 24
 
 
+def test_jitter_spreads_answers_over_a_long_tail(tmp_path: Path) -> None:
+    import time
+
+    (tmp_path / "d").mkdir()
+    (tmp_path / "d" / "obj").write_bytes(b"x")
+    with remote.Server([(tmp_path / "d", f"{remote.BUCKET}/set")], latency_ms=2) as server:
+        server.jitter_ms = 10
+        times = []
+        for _ in range(24):
+            start = time.perf_counter()
+            assert _get(server.port, f"/{remote.BUCKET}/set/obj")[2] == b"x"
+            times.append(time.perf_counter() - start)
+        server.jitter_ms = 0
+        fixed = []
+        for _ in range(8):
+            start = time.perf_counter()
+            _get(server.port, f"/{remote.BUCKET}/set/obj")
+            fixed.append(time.perf_counter() - start)
+    assert min(times) >= 0.002 and max(times) - min(times) > 0.01, times  # exponential, mean 10 ms: all 24 within 10 ms ~1e-4
+    assert max(fixed) < min(max(times), 0.5), fixed
+    with pytest.raises(SystemExit):
+        remote.parse_args(["--jitter-ms", "-1"])
+
+
 def _run(tmp_path: Path, *extra: str) -> tuple[int, dict]:
     out = tmp_path / "out"
     rc = remote.main([*ARGS, "--cache", str(tmp_path / "cache"), "--out", str(out), *extra])

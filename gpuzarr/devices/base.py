@@ -27,6 +27,10 @@ class Device(Protocol):
     def staging_align(self, chain: CodecChain) -> int:
         """Where each chunk of a staged local read of this chain starts (a multiple of this)."""
 
+    def takes_landed(self, n: int, chain: CodecChain) -> bool:
+        """Whether a remote batch of n chunks may come range by range, as its requests land
+        (fetch.Landing), decoded while later ranges are on their way."""
+
     def check_output(self, out: Any, shape: tuple[int, ...], dtype: Any) -> None:
         """Raise ValueError/TypeError unless `out` can receive a read of this shape and dtype."""
 
@@ -131,6 +135,9 @@ class AutoDevice:
 
     def staging_align(self, chain: CodecChain) -> int:
         return 1
+
+    def takes_landed(self, n: int, chain: CodecChain) -> bool:
+        return False
 
     def __init__(self, gpu: Device, cpu: Device, cpu_below: int = 1 << 20):
         self.gpu, self.cpu, self.cpu_below = gpu, cpu, cpu_below

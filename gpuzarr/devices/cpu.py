@@ -148,6 +148,10 @@ class CpuDevice:
             return False
         return n * (CHUNK_SECONDS + chain.raw_nbytes * pace(chain)) < _inline_below(self.threads)
 
+    def takes_landed(self, n: int, chain: CodecChain) -> bool:
+        """Unless the batch is small enough to decode inline: its decode would barely overlap."""
+        return not self.inline(n, chain)
+
     def inline_parts(self, n: int, chain: CodecChain) -> int:
         """Over how many threads a read decoded inline spreads its n chunks: one unless each
         part's predicted decode saves more than a hand-off costs, on decoders that scale."""

@@ -94,6 +94,10 @@ class GpuDevice:
         """Local reads land each chunk where the device may read it: no repack (see fetch_align)."""
         return fetch_align(chain)
 
+    def takes_landed(self, n: int, chain: CodecChain) -> bool:
+        """Never: nvCOMP decodes a batch whole, in one call, from pinned staging."""
+        return False
+
     def empty(self, shape: tuple[int, ...], dtype: Any) -> Any:
         return self.xp.empty(shape, dtype=gpu_dtype(np.dtype(dtype)))
 

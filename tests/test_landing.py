@@ -1,0 +1,207 @@
+"""Remote batches decoded range by range as their requests land (gpuzarr.fetch.Landing,
+Reader._landed): whatever order the ranges arrive in, the data is what zarr-python reads; a shard
+that changed under the read is read again, not misread or reported corrupt; a store that fails
+or stops handing ranges over ends the read with its error or at the deadline. A memory store
+stands in for obstore's: it hands each range over on a thread of its own, in a shuffled order."""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+import warnings
+from pathlib import Path
+
+import fsspec
+import numpy as np
+import pytest
+import zarr
+from checks import to_memory
+from test_whole_shard import _image, _write
+
+import gpuzarr
+from gpuzarr import fetch as fetch_module
+from gpuzarr.devices.cpu import CpuDevice
+from gpuzarr.errors import CorruptDataError, DeadlineError, StoreError
+from gpuzarr.store import ChangedError, Store
+
+
+class Arriving(Store):
+    """Ranges handed over one by one, shuffled, from another thread, as obstore's loop does;
+    `fault` (set by a test) changes what the next read hands over."""
+
+    lands_ranges = True
+
+    def __init__(self, fs, root, seed: int = 0):
+        super().__init__(fs, root)
+        self.rng = random.Random(seed)
+        self.handed: list[list[int]] = []  # per read_ranges call with `landed`: the order handed over
+        self.fault: str | None = None
+
+    def read_ranges(self, ranges, landed=None):
+        results = super().read_ranges(ranges)
+        if landed is None:
+            return results
+        fault, self.fault = self.fault, None
+        order = list(range(len(results)))
+        self.rng.shuffle(order)
+        self.handed.append(order)
+        if fault == "stall":
+            landed(order[0], results[order[0]])
+            time.sleep(5)
+            return results
+        if fault == "fail":
+            landed(order[0], results[order[0]])
+            raise StoreError(f"{self.url}/{ranges[order[1]][0]}: read failed (injected)", ranges[order[1]][0])
+        if fault in ("changed", "changed-short"):
+            short = fault == "changed-short"
+            for i in order:  # bytes of a newer object, under the old index: garbage or cut short
+                blob = results[i]
+                landed(i, None if blob is None else (bytes(len(blob) // 2) if short else bytes(len(blob))))
+            raise ChangedError(f"{self.url}/{ranges[0][0]}: the object changed since its shard index was read",
+                               ranges[0][0])
+        thread = threading.Thread(target=lambda: [landed(i, results[i]) for i in order])
+        thread.start()
+        thread.join()
+        return results
+
+
+def _arriving(path: Path, name: str, seed: int = 0) -> Arriving:
+    to_memory(path, name)
+    return Arriving(fsspec.filesystem("memory"), f"/{name}", seed)
+
+
+@pytest.fixture
+def always_landed(monkeypatch):
+    """Every batch of more than one range lands range by range, however small (a real read lands
+    only where its decode would not run inline: see CpuDevice.takes_landed)."""
+    monkeypatch.setattr(CpuDevice, "takes_landed", lambda self, n, chain: True)
+
+
+def _sharded_with_holes(path: Path) -> np.ndarray:
+    """256^2 uint16, shards 64^2 of 16^2 chunks: some chunks at the fill value, a shard missing."""
+    data = _image((256, 256), seed=5)
+    data[16:48, 0:16] = 0  # two inner chunks written as fill: absent from their shard's index
+    _write(path, data, (64, 64), (16, 16))
+    (path / "c" / "1" / "2").unlink()
+    data[64:128, 128:192] = 0
+    return data
+
+
+def _chunk_objects(path: Path, fmt: int) -> np.ndarray:
+    data = _image((200, 190), seed=7)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        a = zarr.create_array(str(path), shape=data.shape, chunks=(32, 32), dtype=data.dtype, fill_value=0,
+                              zarr_format=fmt)
+        a[...] = data
+    (path / ("c/2/3" if fmt == 3 else "2.3")).unlink()  # a chunk object missing: the fill value
+    data[64:96, 96:128] = 0
+    return data
+
+
+LAYOUTS = {"sharded": _sharded_with_holes, "v3-chunks": lambda p: _chunk_objects(p, 3),
+           "v2-chunks": lambda p: _chunk_objects(p, 2)}
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("layout", sorted(LAYOUTS))
+def test_ranges_landing_in_any_order_read_what_zarr_python_reads(tmp_path, always_landed, layout, seed):
+    data = LAYOUTS[layout](tmp_path / "a")
+    want = zarr.open_array(str(tmp_path / "a"), mode="r")[...]
+    np.testing.assert_array_equal(want, data)
+    store = _arriving(tmp_path / "a", f"land-{layout}-{seed}-{tmp_path.name}", seed)
+    arr = gpuzarr.open(store, device="cpu")
+    rng = np.random.default_rng(seed)
+    for sel in [(slice(None), slice(None)), (slice(5, 170), slice(9, 150)), (slice(1, None, 3), slice(None, None, -2))]:
+        np.testing.assert_array_equal(arr[sel], data[sel])
+    sels = [tuple(slice(int(a), int(a) + 40) for a in rng.integers(0, 150, 2)) for _ in range(12)]
+    got = arr.read_batch(sels)
+    for k, sel in enumerate(sels):
+        np.testing.assert_array_equal(got[k], data[sel])
+    report = gpuzarr.ReadReport()
+    arr.read(report=report)
+    assert report.missing_keys, "the missing object is reported as the fill value"
+    assert any(len(order) > 1 and order != sorted(order) for order in store.handed), \
+        "ranges were handed over one by one, out of order"
+
+
+def test_a_read_lands_range_by_range_only_where_its_decode_is_not_inline(tmp_path):
+    data = _image((1024, 1024), seed=2)
+    _write(tmp_path / "a", data, (256, 256), (64, 64))
+    store = _arriving(tmp_path / "a", f"land-size-{tmp_path.name}")
+    arr = gpuzarr.open(store, device="cpu")
+    np.testing.assert_array_equal(arr[...], data)  # cold: shards read whole while locating, in hand
+    assert not store.handed
+    np.testing.assert_array_equal(arr[10:60, 20:70], data[10:60, 20:70])  # one chunk or a few: inline
+    assert not store.handed
+    np.testing.assert_array_equal(arr[...], data)  # 256 chunks of 8 KiB in 16 shards, indexes cached
+    assert len(store.handed) == 1 and len(store.handed[0]) == 16
+
+
+@pytest.mark.parametrize("fault", ["changed", "changed-short"])
+def test_a_shard_changed_under_landing_ranges_is_read_again(tmp_path, always_landed, fault):
+    """Ranges of a changed shard decode to garbage (or are cut short: CorruptDataError where
+    they land) before the store says it changed, once every range is in: the read is made again
+    from fresh indexes, and its data is right."""
+    data = _sharded_with_holes(tmp_path / "a")
+    store = _arriving(tmp_path / "a", f"land-{fault}-{tmp_path.name}")
+    arr = gpuzarr.open(store, device="cpu")
+    arr[...]  # indexes cached
+    store.fault = fault
+    report = gpuzarr.ReadReport()
+    got = arr.read(report=report)
+    np.testing.assert_array_equal(got, data)
+    assert any(note.startswith("read again:") for note in report.notes), report.notes
+
+
+def test_a_store_failing_while_ranges_land_raises_its_error(tmp_path, always_landed):
+    data = _sharded_with_holes(tmp_path / "a")
+    store = _arriving(tmp_path / "a", f"land-fail-{tmp_path.name}")
+    arr = gpuzarr.open(store, device="cpu")
+    arr[...]
+    store.fault = "fail"
+    with pytest.raises(StoreError, match="injected") as caught:
+        arr.read()
+    assert not isinstance(caught.value, (ChangedError, CorruptDataError))
+    np.testing.assert_array_equal(arr.read(), data)  # the next read is whole
+
+
+def test_ranges_that_stop_landing_end_the_read_at_its_deadline(tmp_path, always_landed):
+    _sharded_with_holes(tmp_path / "a")
+    store = _arriving(tmp_path / "a", f"land-stall-{tmp_path.name}")
+    arr = gpuzarr.open(store, device="cpu", settings=gpuzarr.Settings(deadline_seconds=0.5))
+    arr[...]
+    store.fault = "stall"
+    start = time.monotonic()
+    with pytest.raises(DeadlineError):
+        arr.read()
+    assert time.monotonic() - start < 2
+
+
+def test_a_batch_of_ranges_landing_together_is_one_part(tmp_path):
+    """Landing.batch over consecutive ranges: one buffer, each chunk where its range put it."""
+    data = _sharded_with_holes(tmp_path / "a")
+    store = _arriving(tmp_path / "a", f"land-parts-{tmp_path.name}")
+    arr = gpuzarr.open(store, device="cpu")
+    np.testing.assert_array_equal(arr[...], data)  # indexes cached: no shard is read whole
+    reader = arr._reader
+    plan_chunks = np.stack(np.meshgrid(np.arange(16), np.arange(16), indexing="ij"), -1).reshape(-1, 2)
+    loc = reader.locator.locate(plan_chunks)
+    order = loc.storage_order()
+    if order is not None:
+        loc = loc.take(order)
+    landing = fetch_module.Landing.of(store, loc, np.arange(loc.present.size))
+    assert landing is not None and len(landing.ranges) == 15  # 16 shards, one missing: no range
+    blobs = store.read_ranges(landing.ranges)
+    together = landing.batch(0, blobs, [])
+    apart = [landing.batch(k, [blob], []) for k, blob in enumerate(blobs)]
+    assert together.n == loc.present.size == sum(b.n for b in apart)
+    assert [landing.bounds[k][0] for k in range(len(blobs))] == list(np.cumsum([0] + [b.n for b in apart[:-1]]))
+    lo = 0
+    for part in apart:
+        for i in range(part.n):
+            assert part.present[i] == together.present[lo + i]
+            assert bytes(part.chunk(i)) == bytes(together.chunk(lo + i))
+        lo += part.n
+    assert np.array_equal(together.present, loc.present)
