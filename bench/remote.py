@@ -68,8 +68,8 @@ def _log(msg: str) -> None:
 # =========================================================================== the server
 
 # shared counters (int64), written by the server's one thread, read (and PEAK, LATENCY set) by us
-REQUESTS, GETS, HEADS, LISTS, OTHER, BYTES, ACTIVE, PEAK, NOT_FOUND, LATENCY_US, CONNECTIONS, JITTER_US = range(12)
-N_STATS = 12
+REQUESTS, GETS, HEADS, LISTS, OTHER, BYTES, ACTIVE, PEAK, NOT_FOUND, LATENCY_US, CONNECTIONS, JITTER_US, DRAW = range(13)
+N_STATS = 13
 
 
 class _Http(asyncio.Protocol):
@@ -115,7 +115,7 @@ class _Http(asyncio.Protocol):
         if st[ACTIVE] > st[PEAK]:
             st[PEAK] = st[ACTIVE]
         response = s.answer(method, target, headers)
-        delay = st[LATENCY_US] + (s.random.expovariate(1e6 / st[JITTER_US]) * 1e6 if st[JITTER_US] else 0)
+        delay = st[LATENCY_US] + (s.jitter_us(target, st[JITTER_US], st[DRAW]) if st[JITTER_US] else 0)
         if delay > 0:
             s.loop.call_later(delay / 1e6, self._send, response)
         else:
@@ -148,10 +148,17 @@ class _State:
         self.common = {k: (f"Accept-Ranges: bytes\r\nETag: {self.etags[k]}\r\nLast-Modified: {modified}\r\n"
                            "Content-Type: binary/octet-stream\r\n") for k in objects}
         self.stats = stats
-        self.random = random.Random(0)  # the jitter's (see Server.jitter_ms)
         self.loop: Any = None
         self.buckets = {k.split("/", 1)[0] for k in objects} | {BUCKET}
         self._date = (0, "")
+
+    @staticmethod
+    def jitter_us(target: str, mean_us: int, draw: int) -> float:
+        """The jitter of a request for `target` (its path: every request for one object alike) in
+        draw `draw`: one exponential draw per object and draw, so readers timed in the same round
+        wait alike for the same objects (see Server.jitter_ms)."""
+        path = target.split("?", 1)[0]
+        return random.Random(f"{path}#{draw}").expovariate(1.0 / mean_us)
 
     def _head(self, status: str, headers: dict | str) -> bytes:
         now = int(time.time())
@@ -306,12 +313,22 @@ class Server:
     @property
     def jitter_ms(self) -> float:
         """The mean of a random delay added to the latency of each request (exponential: a long
-        tail, as first-byte times of cloud object stores have); 0: none."""
+        tail, as first-byte times of cloud object stores have); 0: none. Drawn per object and
+        `draw` (see _State.jitter_us): the bench sets a new draw each round, so the readers of a
+        round meet the same slow objects and their times compare in pairs."""
         return self.stats[JITTER_US] / 1e3
 
     @jitter_ms.setter
     def jitter_ms(self, ms: float) -> None:
         self.stats[JITTER_US] = int(round(ms * 1e3))
+
+    @property
+    def draw(self) -> int:
+        return self.stats[DRAW]
+
+    @draw.setter
+    def draw(self, n: int) -> None:
+        self.stats[DRAW] = n
 
     def counters(self) -> dict[str, int]:
         s = self.stats
@@ -763,6 +780,7 @@ def run_workload(entries: list[Entry], wl: Workload, truth: np.ndarray, server: 
         del result
     live = [e for e in entries if e.error is None]
     for r in range(repeats):
+        server.draw += 1  # the jitter's: every reader of this round meets the same slow objects
         k = r % len(live) if live else 0
         for e in live[k:] + live[:k]:
             try:

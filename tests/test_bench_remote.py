@@ -68,7 +68,8 @@ def test_jitter_spreads_answers_over_a_long_tail(tmp_path: Path) -> None:
     with remote.Server([(tmp_path / "d", f"{remote.BUCKET}/set")], latency_ms=2) as server:
         server.jitter_ms = 10
         times = []
-        for _ in range(24):
+        for draw in range(24):
+            server.draw = draw  # a new draw: within one, an object's requests wait alike
             start = time.perf_counter()
             assert _get(server.port, f"/{remote.BUCKET}/set/obj")[2] == b"x"
             times.append(time.perf_counter() - start)
@@ -80,6 +81,8 @@ def test_jitter_spreads_answers_over_a_long_tail(tmp_path: Path) -> None:
             fixed.append(time.perf_counter() - start)
     assert min(times) >= 0.002 and max(times) - min(times) > 0.01, times  # exponential, mean 10 ms: all 24 within 10 ms ~1e-4
     assert max(fixed) < min(max(times), 0.5), fixed
+    same = {remote._State.jitter_us(f"/b/o{q}", 10_000, 3) for q in ("", "?partNumber=1")}
+    assert len(same) == 1 and remote._State.jitter_us("/b/o", 10_000, 4) not in same
     with pytest.raises(SystemExit):
         remote.parse_args(["--jitter-ms", "-1"])
 
