@@ -307,10 +307,13 @@ class Reader:
                     future.result()
                     raise StoreError(f"{landing.store.url}: {left} of {len(landing.ranges)} ranges were not handed "
                                      f"over", landing.ranges[0][0])
-                for run in _runs(sorted(landed, key=lambda kb: kb[0])):
+                runs = _runs(sorted(landed, key=lambda kb: kb[0]))
+                for j, run in enumerate(runs, 1):
                     first = run[0][0]
                     batch = landing.batch(first, [blob for _, blob in run], report.missing_keys)
-                    started += self._decode(device, batch, chain, out, plan, landing.bounds[first][0], fill, report)
+                    # the last: this thread, with nothing left to wait for, decodes beside the pool
+                    started += self._decode(device, batch, chain, out, plan, landing.bounds[first][0], fill, report,
+                                            sole=not left and j == len(runs))
             _result(future, io)
         except (CorruptDataError, StoreError) as exc:
             if not isinstance(exc, ChangedError) and (changed := _changed(future, io)) is not None:
