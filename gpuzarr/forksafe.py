@@ -8,6 +8,7 @@ of the child's own, so every read works after fork whatever the parent did."""
 from __future__ import annotations
 
 import os
+import queue
 import threading
 import weakref
 from collections.abc import Callable
@@ -69,18 +70,51 @@ def register(obj: Any) -> Any:
     return obj
 
 
+class _DaemonPool:
+    """`workers` daemon threads taking work in turn: unlike ThreadPoolExecutor's, a process
+    ending does not wait for them (a request left hanging past a read's deadline ends by its
+    client's timeout, up to a minute later)."""
+
+    def __init__(self, workers: int, name: str):
+        self._work: queue.SimpleQueue = queue.SimpleQueue()
+        self._workers = workers
+        for k in range(workers):
+            threading.Thread(target=self._run, name=f"{name}_{k}", daemon=True).start()
+
+    def _run(self) -> None:
+        while (item := self._work.get()) is not None:
+            future, fn, args = item
+            if future.set_running_or_notify_cancel():
+                try:
+                    future.set_result(fn(*args))
+                except BaseException as exc:  # noqa: BLE001 - the future carries it to the caller
+                    future.set_exception(exc)
+            del item, future, fn, args
+
+    def submit(self, fn: Callable, *args: Any) -> Future:
+        future: Future = Future()
+        self._work.put((future, fn, args))
+        return future
+
+    def shutdown(self, wait: bool = False) -> None:
+        """The threads end once the work queued before this has."""
+        for _ in range(self._workers):
+            self._work.put(None)
+
+
 class LazyPool:
     """A thread pool started at its first use, and started anew in a forked child (the parent's
-    threads are not there); `workers` may be a callable, asked then (a child sizes its own)."""
+    threads are not there); `workers` may be a callable, asked then (a child sizes its own).
+    `daemon`: its threads never hold up the process's exit (see _DaemonPool)."""
 
-    def __init__(self, workers: int | Callable[[], int], name: str):
-        self._workers, self._name = workers, name
+    def __init__(self, workers: int | Callable[[], int], name: str, daemon: bool = False):
+        self._workers, self._name, self._daemon = workers, name, daemon
         self._after_fork()
         register(self)
 
     def _after_fork(self) -> None:
         self._lock = threading.Lock()
-        self._pool: ThreadPoolExecutor | None = None
+        self._pool: ThreadPoolExecutor | _DaemonPool | None = None
 
     def submit(self, fn: Callable, *args: Any) -> Future:
         pool = self._pool
@@ -88,9 +122,17 @@ class LazyPool:
             with self._lock:
                 if self._pool is None:
                     workers = self._workers() if callable(self._workers) else self._workers
-                    self._pool = ThreadPoolExecutor(workers, thread_name_prefix=self._name)
+                    self._pool = (_DaemonPool if self._daemon else ThreadPoolExecutor)(workers, self._name)
                 pool = self._pool
         return pool.submit(fn, *args)
+
+    def renew(self) -> None:
+        """Later work goes to new threads; the present ones end once their work has (work
+        queued on them still runs)."""
+        with self._lock:
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=False)
 
     def run_parts(self, work: Callable[[Any], None], parts: list) -> None:
         """work(part) for every part: the first on this thread, the others on the pool, each

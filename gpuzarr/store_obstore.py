@@ -104,7 +104,7 @@ def _gets(n: int) -> forksafe.LazyPool:
     pool = _GETS.get(n)
     if pool is None:
         with _GETS_LOCK:
-            pool = _GETS.setdefault(n, forksafe.LazyPool(n, "gpuzarr-get"))
+            pool = _GETS.setdefault(n, forksafe.LazyPool(n, "gpuzarr-get", daemon=True))
     return pool
 
 
@@ -251,7 +251,8 @@ class ObstoreStore(Store):
         object with a kept version is checked against it: a read whose shard changed since its
         index was read raises ChangedError once every range is in. Past `timeout` seconds (a
         read's deadline) concurrent.futures.TimeoutError: requests not started are dropped, those
-        under way end by the client's own timeout, their bytes unread. The first failure drops
+        under way end by the client's own timeout, their bytes unread, on threads the pool
+        gives up (so the bound in flight may be passed until they end). The first failure drops
         the requests not started and is raised."""
         obs = _obs()
         ostore = self._fs.obstore
@@ -377,6 +378,10 @@ class ObstoreStore(Store):
                 if future in done and future.exception() is not None:
                     raise future.exception()
             if pending:
+                if not all(future.cancel() for future in pending):
+                    # requests under way may hang until the client's timeout: later reads of
+                    # this bound get threads of their own, not a place behind them
+                    pool.renew()
                 raise concurrent.futures.TimeoutError()
             if changed:
                 raise ChangedError(f"{self.url}/{changed[0]}: the object changed since its shard index was read "

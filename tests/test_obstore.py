@@ -467,10 +467,12 @@ class _Proxy:
     seconds, so concurrent ones overlap); with `ignore_range`, it drops Range headers, as a server
     that does not do ranges would answer. `faults`: what the next GETs of chunk or shard objects
     (keys under c/) meet, one each: "503" (SlowDown), "reset" (the connection closed unanswered),
-    "cut" (the full Content-Length, half the body, then closed), "stall" (no answer for 3 s)."""
+    "cut" (the full Content-Length, half the body, then closed), "stall" (no answer for `stall` s)."""
 
-    def __init__(self, target: str, delay: float = 0.0, ignore_range: bool = False, faults: tuple = ()):
+    def __init__(self, target: str, delay: float = 0.0, ignore_range: bool = False, faults: tuple = (),
+                 stall: float = 3.0):
         self.target, self.delay, self.ignore_range = target.removeprefix("http://"), delay, ignore_range
+        self.stall = stall
         self.faults = list(faults)
         self.met: list = []  # (fault, path) as they happened
         self.active = self.peak = self.requests = 0
@@ -497,7 +499,7 @@ class _Proxy:
                     with proxy.lock:
                         proxy.active -= 1
                     if fault == "stall":
-                        time.sleep(3)
+                        time.sleep(proxy.stall)
                     if fault == "503":
                         body = b"<Error><Code>SlowDown</Code><Message>Reduce your request rate.</Message></Error>"
                         self.send_response(503)
@@ -650,6 +652,43 @@ def test_a_stalled_request_ends_at_the_deadline(endpoint, bucket):
         with pytest.raises(gpuzarr.DeadlineError, match="chunked.zarr: the read was still fetching"):
             arr[...]
         assert time.monotonic() - start < 2.5
+
+
+def test_requests_left_hanging_at_a_deadline_hold_up_no_later_read(endpoint, bucket):
+    """A read ending at its deadline leaves its stalled requests (3 s) to end by the client's
+    timeout: later reads with the same bound get threads of their own, not a place behind them."""
+    settings = gpuzarr.Settings(deadline_seconds=1, requests_in_flight=2)
+    with _proxy(endpoint, faults=("stall",) * 64) as proxy:
+        hung = gpuzarr.open(f"s3://{BUCKET}/chunked.zarr", device="cpu", settings=settings,
+                            storage_options={**_options(endpoint), "client_kwargs": {"endpoint_url": proxy.url}})
+        with pytest.raises(gpuzarr.DeadlineError):
+            hung[...]
+        healthy = gpuzarr.open(f"s3://{BUCKET}/chunked.zarr", device="cpu", settings=settings,
+                               storage_options=_options(endpoint))
+        start = time.monotonic()
+        got = healthy[...]
+        assert time.monotonic() - start < 1
+    assert np.array_equal(got, _reference(bucket, "chunked.zarr")[...])
+
+
+def test_requests_left_hanging_at_a_deadline_do_not_hold_up_the_process_exit(endpoint, bucket):
+    code = f"""
+import gpuzarr
+arr = gpuzarr.open("s3://{BUCKET}/chunked.zarr", device="cpu", settings=gpuzarr.Settings(deadline_seconds=1),
+                   storage_options={{"key": "testing", "secret": "testing",
+                                     "client_kwargs": {{"endpoint_url": "{{url}}", "region_name": "us-east-1"}}}})
+try:
+    arr[...]
+except gpuzarr.DeadlineError:
+    print("deadline")
+"""
+    with _proxy(endpoint, faults=("stall",) * 64, stall=20) as proxy:
+        start = time.monotonic()
+        done = subprocess.run([sys.executable, "-c", code.replace("{url}", proxy.url)], capture_output=True,
+                              text=True, timeout=60)
+        took = time.monotonic() - start
+    assert done.stdout.strip() == "deadline", done.stderr
+    assert took < 10, took  # not the 20 s the stalled requests hang
 
 
 def test_a_server_that_ignores_range_is_read_whole_and_sliced(endpoint, bucket):
