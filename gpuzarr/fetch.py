@@ -542,13 +542,12 @@ def _arrived(store: Store, rng: Range, blob: Any, missing: list | None) -> bool:
 
 
 class Landing:
-    """A remote batch read range by range: each range's chunks become a FetchedBatch of their
-    own as soon as its bytes arrive, decoded while later ranges are still on their way, their
-    staging the bytes as the store gave them (no copy). Range k's batch is rows
-    `bounds[k]` of the read, which hold its chunks and the absent chunks before them (the last
-    range's, those after it too), so every row is in exactly one. A read whose requests land
-    together gains nothing: tensorstore decodes each shard as it arrives (sharded set at 20 ms
-    latency, 16 shard GETs: see Reader._landed)."""
+    """A remote batch read range by range: the chunks of ranges that have landed become a
+    FetchedBatch of their own, decoded while later ranges are still on their way (a range
+    alone: its bytes where the store put them, no copy). Range k's rows are `bounds[k]` of the
+    read: its chunks and the absent chunks before them (the last range's, those after it too),
+    so every row is in exactly one. Where requests take unequal times, as in the cloud, the read
+    ends soon after its last range lands, not a whole decode later (see Reader._landed)."""
 
     def __init__(self, store: Store, loc: Locations, rows: np.ndarray):
         self.store, self.n = store, rows.size
@@ -573,25 +572,29 @@ class Landing:
         """Rows bounds[first]..bounds[first + len(blobs) - 1] of the read, the bytes of ranges
         first.. in hand: one range's where they are, several copied into one buffer."""
         lo, hi = self.bounds[first][0], self.bounds[first + len(blobs) - 1][1]
+        ranges = self.ranges[first:first + len(blobs)]
+        there = [_arrived(self.store, rng, blob, missing) for rng, blob in zip(ranges, blobs)]
+        lengths = np.array([len(blob) if ok else 0 for blob, ok in zip(blobs, there)], np.int64)
+        if len(blobs) == 1:
+            staging = np.frombuffer(blobs[0], np.uint8) if there[0] else np.empty(0, np.uint8)
+        else:
+            staging = np.empty(int(lengths.sum()), np.uint8)
+            for blob, ok, pos in zip(blobs, there, (np.cumsum(lengths) - lengths).tolist()):
+                if ok:
+                    _copy_into(staging, pos, blob)
+        live = [k for k, ok in enumerate(there) if ok]
+        members = [self.members[first + k] for k in live]
+        counts = np.fromiter(map(len, members), np.int64, len(members))
+        idx = np.fromiter(itertools.chain.from_iterable(members), np.int64, int(counts.sum()))
+        where = np.repeat((np.cumsum(lengths) - lengths)[live], counts)  # the chunk's range's place in staging
+        start = np.repeat(np.array([ranges[k][1] for k in live], np.int64), counts)
+        whole = self.sizes[idx] < 0  # a chunk object read whole: all of its bytes
         present = np.zeros(hi - lo, bool)
         offsets = np.zeros(hi - lo, np.int64)
         sizes = np.zeros(hi - lo, np.int64)
-        if len(blobs) == 1:
-            staging = np.frombuffer(blobs[0], np.uint8) if blobs[0] is not None else np.empty(0, np.uint8)
-        else:
-            staging = np.empty(sum(len(b) for b in blobs if b is not None), np.uint8)
-        pos = 0
-        for k, blob in enumerate(blobs, first):
-            if not _arrived(self.store, self.ranges[k], blob, missing):
-                continue
-            if len(blobs) > 1:
-                _copy_into(staging, pos, blob)
-            idx = np.asarray(self.members[k], np.int64)
-            whole = self.sizes[idx] < 0  # a chunk object read whole: all of its bytes
-            present[idx - lo] = True
-            offsets[idx - lo] = pos + np.where(whole, 0, self.offsets[idx] - self.ranges[k][1])
-            sizes[idx - lo] = np.where(whole, len(blob), self.sizes[idx])
-            pos += len(blob)
+        present[idx - lo] = True
+        offsets[idx - lo] = where + np.where(whole, 0, self.offsets[idx] - start)
+        sizes[idx - lo] = np.where(whole, np.repeat(lengths[live], counts), self.sizes[idx])
         return FetchedBatch(staging, offsets, sizes, present, self.keys[lo:hi].tolist())
 
 

@@ -72,7 +72,7 @@ SCHEMES = {"s3": "s3", "s3a": "s3", "gs": "gs", "gcs": "gs", "az": "az", "azure"
            "abfss": "abfss", "http": "http", "https": "https"}
 _416 = re.compile(r"status code: 416\b")  # a range starting past the end (an empty object's too)
 # the end of a range meaning "to the end of the object": obstore returns what exists up to it
-# (awaiting get_async and then its body costs two hand-overs from obstore's runtime, this one)
+# (a whole object read by get_range, as any other range, not by get and its body)
 _TO_THE_END = 1 << 62
 
 
