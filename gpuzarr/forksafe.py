@@ -71,15 +71,16 @@ def register(obj: Any) -> Any:
 
 
 class _DaemonPool:
-    """`workers` daemon threads taking work in turn: unlike ThreadPoolExecutor's, a process
-    ending does not wait for them (a request left hanging past a read's deadline ends by its
-    client's timeout, up to a minute later)."""
+    """Up to `workers` daemon threads taking work in turn, each started when work finds no
+    thread idle: unlike ThreadPoolExecutor's, a process ending does not wait for them (a request
+    left hanging past a read's deadline ends by its client's timeout, up to a minute later)."""
 
     def __init__(self, workers: int, name: str):
         self._work: queue.SimpleQueue = queue.SimpleQueue()
-        self._workers = workers
-        for k in range(workers):
-            threading.Thread(target=self._run, name=f"{name}_{k}", daemon=True).start()
+        self._workers, self._name = workers, name
+        self._started = 0
+        self._idle = threading.Semaphore(0)
+        self._lock = threading.Lock()
 
     def _run(self) -> None:
         while (item := self._work.get()) is not None:
@@ -90,16 +91,23 @@ class _DaemonPool:
                 except BaseException as exc:  # noqa: BLE001 - the future carries it to the caller
                     future.set_exception(exc)
             del item, future, fn, args
+            self._idle.release()
 
     def submit(self, fn: Callable, *args: Any) -> Future:
         future: Future = Future()
         self._work.put((future, fn, args))
+        if not self._idle.acquire(blocking=False):
+            with self._lock:
+                if self._started < self._workers:
+                    self._started += 1
+                    threading.Thread(target=self._run, name=f"{self._name}_{self._started}", daemon=True).start()
         return future
 
     def shutdown(self, wait: bool = False) -> None:
         """The threads end once the work queued before this has."""
-        for _ in range(self._workers):
-            self._work.put(None)
+        with self._lock:
+            for _ in range(self._started):
+                self._work.put(None)
 
 
 class LazyPool:

@@ -10,6 +10,7 @@ import pickle
 import subprocess
 import sys
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -346,3 +347,35 @@ def test_a_forked_dataloader_worker_sizes_the_pool_after_it_learns_it_is_one(ima
         return ok, arr._device.threads
 
     assert _in_fork(in_worker) == (True, 1)
+
+
+def test_a_daemon_pool_starts_threads_as_work_needs_them_and_holds_no_exit():
+    """forksafe.LazyPool(daemon=True), the request threads of object storage: threads started
+    only while work finds none idle, never more than its size, results and errors through the
+    futures, work not started cancellable, and daemon threads (a process ending does not wait
+    for a request left hanging)."""
+    from concurrent.futures import wait as _wait
+
+    from gpuzarr import forksafe
+
+    pool = forksafe.LazyPool(4, "test-daemon", daemon=True)
+    assert pool.submit(lambda a, b: a + b, 2, 3).result(5) == 5
+    gate = threading.Event()
+    started = [pool.submit(gate.wait, 5) for _ in range(6)]  # 4 run, 2 wait for a thread
+    time.sleep(0.2)
+    mine = [t for t in threading.enumerate() if t.name.startswith("test-daemon")]
+    assert len(mine) == 4 and all(t.daemon for t in mine)
+    assert started[-1].cancel() and not started[0].cancel()
+    gate.set()
+    _wait(started[:-1], 5)
+    assert all(f.result() is True for f in started[:-1])
+
+    def fails():
+        raise KeyError("x")
+
+    with pytest.raises(KeyError):
+        pool.submit(fails).result(5)
+    pool.renew()  # later work goes to new threads; the old ones end
+    assert pool.submit(lambda: 7).result(5) == 7
+    time.sleep(0.2)
+    assert len([t for t in threading.enumerate() if t.name.startswith("test-daemon")]) == 1
