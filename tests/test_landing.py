@@ -21,6 +21,7 @@ from test_whole_shard import _image, _write
 
 import gpuzarr
 from gpuzarr import fetch as fetch_module
+from gpuzarr import pipeline as pipeline_module
 from gpuzarr.devices.cpu import CpuDevice
 from gpuzarr.errors import CorruptDataError, DeadlineError, StoreError
 from gpuzarr.store import ChangedError, Store
@@ -32,9 +33,10 @@ class Arriving(Store):
 
     lands_ranges = True
 
-    def __init__(self, fs, root, seed: int = 0):
+    def __init__(self, fs, root, seed: int = 0, pace: float = 0.0):
         super().__init__(fs, root)
         self.rng = random.Random(seed)
+        self.pace = pace  # seconds between two ranges handed over
         self.handed: list[list[int]] = []  # per read_ranges call with `landed`: the order handed over
         self.fault: str | None = None
 
@@ -60,15 +62,20 @@ class Arriving(Store):
                 landed(i, None if blob is None else (bytes(len(blob) // 2) if short else bytes(len(blob))))
             raise ChangedError(f"{self.url}/{ranges[0][0]}: the object changed since its shard index was read",
                                ranges[0][0])
-        thread = threading.Thread(target=lambda: [landed(i, results[i]) for i in order])
+        def hand_over() -> None:
+            for i in order:
+                landed(i, results[i])
+                time.sleep(self.pace)
+
+        thread = threading.Thread(target=hand_over)
         thread.start()
         thread.join()
         return results
 
 
-def _arriving(path: Path, name: str, seed: int = 0) -> Arriving:
+def _arriving(path: Path, name: str, seed: int = 0, pace: float = 0.0) -> Arriving:
     to_memory(path, name)
-    return Arriving(fsspec.filesystem("memory"), f"/{name}", seed)
+    return Arriving(fsspec.filesystem("memory"), f"/{name}", seed, pace)
 
 
 @pytest.fixture
@@ -106,11 +113,19 @@ LAYOUTS = {"sharded": _sharded_with_holes, "v3-chunks": lambda p: _chunk_objects
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
 @pytest.mark.parametrize("layout", sorted(LAYOUTS))
-def test_ranges_landing_in_any_order_read_what_zarr_python_reads(tmp_path, always_landed, layout, seed):
+def test_ranges_landing_in_any_order_read_what_zarr_python_reads(tmp_path, always_landed, monkeypatch, layout,
+                                                                  seed):
+    """Seed 0 hands every range over at once (they decode together, one part, or as runs of
+    consecutive ranges); the others pace them past the settle time, so ranges decode alone."""
     data = LAYOUTS[layout](tmp_path / "a")
     want = zarr.open_array(str(tmp_path / "a"), mode="r")[...]
     np.testing.assert_array_equal(want, data)
-    store = _arriving(tmp_path / "a", f"land-{layout}-{seed}-{tmp_path.name}", seed)
+    pace = 0.0 if seed == 0 else 3 * pipeline_module.LANDING_SETTLE
+    store = _arriving(tmp_path / "a", f"land-{layout}-{seed}-{tmp_path.name}", seed, pace)
+    parts: list[int] = []  # ranges per part decoded
+    batch = fetch_module.Landing.batch
+    monkeypatch.setattr(fetch_module.Landing, "batch",
+                        lambda self, first, blobs, missing: parts.append(len(blobs)) or batch(self, first, blobs, missing))
     arr = gpuzarr.open(store, device="cpu")
     rng = np.random.default_rng(seed)
     for sel in [(slice(None), slice(None)), (slice(5, 170), slice(9, 150)), (slice(1, None, 3), slice(None, None, -2))]:
@@ -124,6 +139,10 @@ def test_ranges_landing_in_any_order_read_what_zarr_python_reads(tmp_path, alway
     assert report.missing_keys, "the missing object is reported as the fill value"
     assert any(len(order) > 1 and order != sorted(order) for order in store.handed), \
         "ranges were handed over one by one, out of order"
+    if pace:
+        assert parts.count(1) > len(parts) // 2, parts  # most ranges decoded alone, as they landed
+    else:
+        assert max(parts) > 1, parts  # ranges landing together decode as one part
 
 
 def test_a_read_lands_range_by_range_only_where_its_decode_is_not_inline(tmp_path):
