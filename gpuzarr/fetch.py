@@ -22,7 +22,7 @@ import numpy as np
 from . import forksafe
 from .codecs.chain import CodecChain
 from .codecs.sharding import EMPTY, Sharding
-from .errors import CorruptDataError
+from .errors import CorruptDataError, DeviceMemoryError
 from .metadata import ArrayMetadata
 from .store import ChangedError, LocalStore, Range, Store
 
@@ -449,7 +449,13 @@ def _group(values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _new_staging(nbytes: int) -> np.ndarray:
-    return np.empty(nbytes, dtype=np.uint8)
+    """A buffer for `nbytes` of compressed bytes; one too large for memory is named as such."""
+    try:
+        return np.empty(nbytes, dtype=np.uint8)
+    except MemoryError:
+        raise DeviceMemoryError(f"{nbytes} bytes of staging for compressed chunks cannot be allocated here (the "
+                                f"array's chunk shape and dtype make its chunks that large, or the batch is: "
+                                f"see Settings.batch_bytes)") from None
 
 
 class Slot:
@@ -463,7 +469,7 @@ class Slot:
     def __call__(self, nbytes: int) -> np.ndarray:
         if self.buffer is None or self.buffer.size < nbytes:
             self.buffer = None  # freed before its successor is allocated: never two at once
-            self.buffer = np.empty(max(nbytes, self.reserve), dtype=np.uint8)
+            self.buffer = _new_staging(max(nbytes, self.reserve))
         return self.buffer[:nbytes]
 
 

@@ -277,3 +277,15 @@ def test_a_chunk_too_large_for_memory_is_a_gpuzarr_error(tmp_path):
     if isinstance(info.value, MemoryError):
         assert isinstance(info.value, gpuzarr.DeviceMemoryError) and "10995116277760 bytes" in str(info.value)
 
+
+
+def test_staging_too_large_for_memory_is_a_gpuzarr_error():
+    """F2 (seed 1205: a v2 .zarray claiming chunks of 10,485,760 columns, its files small): each
+    chunk file's staging is reserved at its codec's bound before the file is read, 643 MiB for a
+    part, past the fuzz worker's cap: a DeviceMemoryError naming the size, not NumPy's MemoryError."""
+    import gpuzarr
+    from gpuzarr.fetch import Slot, _new_staging
+
+    for allocate in (_new_staging, Slot()):
+        with pytest.raises(gpuzarr.DeviceMemoryError, match=f"{1 << 62} bytes of staging"):
+            allocate(1 << 62)
