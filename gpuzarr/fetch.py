@@ -556,12 +556,11 @@ class Landing:
     ends soon after its last range lands, not a whole decode later (see Reader._landed)."""
 
     def __init__(self, store: Store, loc: Locations, rows: np.ndarray):
-        self.store, self.n = store, rows.size
+        self.store = store
         self.keys, self.offsets, self.sizes = loc.keys[rows], loc.offsets[rows], loc.sizes[rows]
-        self.present = loc.present[rows]
-        self.ranges, self.members = _ranges(store, loc, rows, self.keys, self.offsets, self.sizes, self.present,
+        self.ranges, self.members = _ranges(store, loc, rows, self.keys, self.offsets, self.sizes, loc.present[rows],
                                             self.keys.tolist())
-        ends = [int(idx[-1]) + 1 for idx in self.members[:-1]] + [self.n]
+        ends = [int(idx[-1]) + 1 for idx in self.members[:-1]] + [rows.size]
         self.bounds = list(zip([0] + ends[:-1], ends))
 
     @classmethod
