@@ -197,7 +197,8 @@ def _parse_dtype_v2(spec: Any, where: str) -> DataType:
     except NUMPY_DTYPE_ERRORS as exc:
         raise MetadataError(f"{where}: bad v2 dtype {spec!r} ({exc})") from None
     if dtype.kind == "O":
-        return DataType(str(spec), dtype, vlen="utf8")  # refined by the object codec in filters
+        # strings as zarr-python 3 reads them (vlen-utf8); refined by the object codec in filters
+        return DataType(str(spec), _string_dtype(), vlen="utf8")
     if dtype.hasobject:
         raise UnsupportedFeatureError(f"{where}: v2 dtype {spec!r} holds Python objects inside a structure")
     return DataType(str(spec), dtype)

@@ -25,7 +25,6 @@ from xarray.core import indexing
 from . import api
 from .array import Array
 from .devices.base import Device, get_device
-from .dtypes import _string_dtype as string_dtype
 from .errors import MetadataError
 from .group import Group
 
@@ -41,8 +40,7 @@ class GpuzarrBackendArray(BackendArray):
     def __init__(self, array: Array):
         self._array = array
         self.shape = array.shape
-        # zarr-python gives v2 vlen-utf8 strings NumPy's StringDType, as gpuzarr does v3 strings
-        self.dtype = string_dtype() if array.meta.data_type.vlen == "utf8" else array.dtype
+        self.dtype = array.dtype
 
     def __getitem__(self, key: indexing.ExplicitIndexer) -> Any:
         if isinstance(key, indexing.VectorizedIndexer):
@@ -51,8 +49,7 @@ class GpuzarrBackendArray(BackendArray):
             method = self._array.oindex.__getitem__
         else:
             method = self._array.__getitem__
-        result = indexing.explicit_indexing_adapter(key, self.shape, indexing.IndexingSupport.VECTORIZED, method)
-        return result if result.dtype == self.dtype else result.astype(self.dtype)
+        return indexing.explicit_indexing_adapter(key, self.shape, indexing.IndexingSupport.VECTORIZED, method)
 
     def _vindex(self, key: tuple) -> Any:
         """xarray's vectorized indexing puts the broadcast axes first even where NumPy's (and
