@@ -49,6 +49,41 @@ def test_read_batch_refuses_one_window_given_alone(small):
     np.testing.assert_array_equal(arr.read_batch([(slice(0, 4), slice(0, 4))])[0], arr[0:4, 0:4])
 
 
+def _read_only_outs(tmp_path, shape, dtype):
+    """Outputs a read must refuse, each with how to tell it was left alone."""
+    nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
+    raw = bytes(nbytes)  # immutable: gpuzarr once wrote into it through its address
+    mapped = tmp_path / "out.bin"
+    np.zeros(shape, dtype).tofile(mapped)
+    outs = {"bytes": (np.frombuffer(raw, dtype).reshape(shape), lambda: raw == bytes(nbytes)),
+            # a memmap opened "r": the host library's write through its address faulted (SIGSEGV)
+            "memmap r": (np.memmap(mapped, dtype=dtype, mode="r", shape=shape),
+                         lambda: not np.fromfile(mapped, dtype).any()),
+            # read-only, each row's elements one memory: it read back garbage
+            "broadcast": (np.broadcast_to(np.zeros(shape[:-1] + (1,), dtype), shape), lambda: True)}
+    rows = np.zeros(shape[:-1], dtype)
+    overlapping = np.lib.stride_tricks.as_strided(rows, shape, rows.strides + (0,))  # writable
+    outs["zero stride"] = (overlapping, lambda: not rows.any())
+    return outs
+
+
+@pytest.mark.parametrize("how", ["read", "read_batch", "read_windows"])
+def test_a_read_refuses_an_out_it_cannot_write(small, tmp_path, how):
+    arr = gpuzarr.open(str(small), device="cpu")
+    shape = (6, 5) if how == "read" else (1, 6, 5)
+    for name, (out, untouched) in _read_only_outs(tmp_path, shape, arr.dtype).items():
+        with pytest.raises(ValueError, match=r"out is read-only|out's elements overlap"):
+            if how == "read":
+                arr.read((slice(1, 7), slice(2, 7)), out=out)
+            elif how == "read_batch":
+                arr.read_batch([(slice(1, 7), slice(2, 7))], out=out)
+            else:
+                arr.read_windows(np.array([[1, 2]]), (6, 5), out=out)
+        assert untouched(), f"{how} wrote into a {name} out it refused"
+    out = np.zeros((6, 5), arr.dtype)
+    np.testing.assert_array_equal(arr.read((slice(1, 7), slice(2, 7)), out=out), arr[1:7, 2:7])
+
+
 # Store.url
 
 class _HttpLike(AbstractFileSystem):

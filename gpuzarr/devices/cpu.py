@@ -133,6 +133,12 @@ class CpuDevice:
             raise TypeError(f"out must be a numpy.ndarray on the CPU device, not {type(out).__name__}")
         if out.shape != shape or out.dtype != dtype:
             raise ValueError(f"out has shape {out.shape} and dtype {out.dtype}; the read needs {shape} {dtype}")
+        # the host library writes through out's address: a read-only buffer (bytes, a memmap
+        # opened "r") would be changed or fault, elements sharing memory get one another's values
+        if not out.flags.writeable:
+            raise ValueError("out is read-only")
+        if any(stride == 0 and n > 1 for stride, n in zip(out.strides, out.shape)):
+            raise ValueError(f"out's elements overlap (strides {out.strides}): each needs memory of its own")
 
     def finish(self) -> None:
         """Nothing is deferred on the CPU: errors surface where they happen."""
