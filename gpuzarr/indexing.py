@@ -156,8 +156,9 @@ def _int64_type(t: type) -> bool:
 
 
 def _as_index(item: Any) -> Any:
-    """Lists and arrays (NumPy, CuPy) of integers or booleans → NumPy arrays; the rest as is."""
-    if isinstance(item, (list, np.ndarray)) or hasattr(item, "__cuda_array_interface__"):
+    """Lists, tuples inside the selection (NumPy's and zarr-python's index arrays too) and arrays
+    (NumPy, CuPy) of integers or booleans → NumPy arrays; the rest as is."""
+    if isinstance(item, (list, tuple, np.ndarray)) or hasattr(item, "__cuda_array_interface__"):
         array = item.get() if hasattr(item, "__cuda_array_interface__") else np.asarray(item)
         if array.size == 0 and array.dtype.kind not in "biu":
             array = array.astype(np.int64)  # [] selects nothing

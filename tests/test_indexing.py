@@ -170,6 +170,15 @@ def test_bad_indices_raise_index_error_saying_why(grid, sel, match):
         arrays["cpu"][sel]
 
 
+@pytest.mark.parametrize("sel", [((3, 1, 29),), ((3, 1), slice(2, 9)), ((3, 1), (0, 40), 2), ((True, False) * 15,), ((),)],
+                         ids=["alone", "beside_slice", "pointwise", "mask", "empty"])
+def test_tuples_inside_a_selection_are_index_arrays_as_in_numpy(grid, sel):
+    """zarr-python 3.1 reads ((1, 2),) as the point (1, 2), or refuses a tuple beside a slice;
+    NumPy's meaning (an index array, a list's) is the one gpuzarr follows."""
+    data, _, arrays = grid
+    np.testing.assert_array_equal(arrays["cpu"][sel], data[sel])
+
+
 def test_oindex_refuses_a_multidimensional_array(grid):
     _, _, arrays = grid
     with pytest.raises(IndexError, match="vindex"):
