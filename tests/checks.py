@@ -16,6 +16,10 @@ SELECTION_LABELS = ("full", "window", "step2", "step3", "negstep", "point", "neg
                     "cross_shard", "empty", "ellipsis_int")
 
 
+# how zarr-python 3 reads strings: NumPy's StringDType (object arrays of str before NumPy 2)
+STRINGS = np.dtypes.StringDType() if hasattr(np.dtypes, "StringDType") else np.dtype(object)
+
+
 def is_vlen(dtype: np.dtype) -> bool:
     """Variable-length items (object or NumPy StringDType): compared element by element."""
     return dtype.kind in "OT"
@@ -60,7 +64,7 @@ def _item(x: Any) -> Any:
 
 def _as_array(x: Any) -> np.ndarray:
     if isinstance(x, (str, bytes)):  # one vlen item: a string as zarr-python reads strings
-        out = np.empty((), dtype=np.dtypes.StringDType() if isinstance(x, str) else object)
+        out = np.empty((), dtype=STRINGS if isinstance(x, str) else object)
         out[()] = x
         return out
     return np.asarray(x)

@@ -59,6 +59,7 @@ from typing import Any, Callable
 
 import numcodecs
 import numpy as np
+from checks import STRINGS
 
 WRITERS = ("zarr-python-v3", "zarr-python-v2", "tensorstore-zarr3", "tensorstore-zarr2", "hand")
 
@@ -201,7 +202,7 @@ def _as_read(data: np.ndarray) -> np.ndarray:
     """Strings (an object array of str) as zarr-python 3 reads them, v2's vlen-utf8 included:
     NumPy's StringDType; read-only."""
     if data.dtype == object and data.size and all(type(x) is str for x in data.ravel().tolist()):
-        data = data.astype(np.dtypes.StringDType())
+        data = data.astype(STRINGS)
     data.setflags(write=False)
     return data
 
