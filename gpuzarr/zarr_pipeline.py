@@ -183,8 +183,22 @@ def _gpuzarr_metadata(metadata: Any, store: Any) -> ArrayMetadata:
             metadata.to_buffer_dict(default_buffer_prototype()).items()}
     where = f"{store} (an array's metadata)"
     if metadata.zarr_format == 3:
-        return parse_v3(docs["zarr.json"], where)
+        doc = docs["zarr.json"]
+        bits = _nan_fill(metadata.fill_value)
+        return parse_v3(doc if bits is None else {**doc, "fill_value": bits}, where)
     return parse_v2_array(docs[".zarray"], docs.get(".zattrs", {}), where)
+
+
+def _nan_fill(fill: Any) -> str | list | None:
+    """A float or complex fill value holding a NaN in the spec's raw-bits form ("0x..." per
+    float): zarr-python's JSON writes every NaN as "NaN", which would lose its payload."""
+    value = np.asarray(fill)
+    if value.dtype.kind not in "fc" or not np.isnan(value).any():
+        return None
+    value = value.astype(value.dtype.newbyteorder("<"))  # a byte swap: the bits kept
+    floats = value.reshape(1).view(f"<f{value.dtype.itemsize // (2 if value.dtype.kind == 'c' else 1)}")
+    hexes = ["0x" + x.tobytes()[::-1].hex() for x in floats]
+    return hexes[0] if len(hexes) == 1 else hexes
 
 
 def _codecs(metadata: Any) -> list:

@@ -175,6 +175,24 @@ def test_writes_go_to_zarr_python_and_reads_see_them(tmp_path):
         np.testing.assert_array_equal(arr[:], want)
 
 
+@pytest.mark.parametrize("data_type, fill", [
+    ("float32", "0x7fc00001"), ("float64", "0xfff8000000000007"), ("complex128", ["0x7ff8000000000002", "Infinity"]),
+    ("complex64", [-1.5, "0xffc00003"]), ("float32", "NaN")])
+def test_a_nan_fill_keeps_its_payload(tmp_path, data_type, fill):
+    """zarr-python's JSON writes every NaN fill as "NaN": gpuzarr's pipeline takes the fill's
+    bits from the array's own metadata object (chunks never written read as those bits)."""
+    doc = {"zarr_format": 3, "node_type": "array", "shape": [5], "data_type": data_type,
+           "chunk_grid": {"name": "regular", "configuration": {"chunk_shape": [2]}},
+           "chunk_key_encoding": {"name": "default"}, "fill_value": fill,
+           "codecs": [{"name": "bytes", "configuration": {"endian": "big"}}], "attributes": {}}
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / "zarr.json").write_text(json.dumps(doc))
+    default, ours = _both(LocalStore(tmp_path))
+    want, got = default[...], ours[1:]
+    assert want.tobytes() == gpuzarr.open(str(tmp_path / "a"), device="cpu")[...].tobytes()  # the payload itself
+    assert got.dtype == want.dtype and got.tobytes() == want[1:].tobytes()
+
+
 def test_out_of_another_dtype_and_order(tmp_path):
     data = np.arange(12 * 10, dtype=">i4").reshape(12, 10)
     _write(LocalStore(tmp_path), data, (5, 4), zarr_format=2, order="F")
