@@ -68,20 +68,27 @@ class GpuzarrStore(AbstractDataStore):
 
     __slots__ = ("group", "_fill_value_is_mask")
 
-    def __init__(self, group: Group):
+    def __init__(self, group: Group, fill_value_is_mask: bool | None = None):
         self.group = group
         # xarray's default `use_zarr_fill_value_as_mask`: v2 data written before _FillValue
         # attributes existed relies on the zarr fill_value; v3 keeps it in the encoding instead
-        self._fill_value_is_mask = group.zarr_format == 2
+        self._fill_value_is_mask = group.zarr_format == 2 if fill_value_is_mask is None else fill_value_is_mask
 
     @classmethod
     def open(cls, store: Any, group: str | None = None, consolidated: bool | None = None,
-             storage_options: dict | None = None) -> GpuzarrStore:
+             storage_options: dict | None = None, zarr_format: int | None = None,
+             fill_value_is_mask: bool | None = None) -> GpuzarrStore:
         """The group at `group` below the store's root, found as zarr-python finds it: through the
-        root's consolidated metadata (required with `consolidated=True`, ignored with False)."""
+        root's consolidated metadata (required with `consolidated=True`, ignored with False); of
+        `zarr_format` where one is given."""
+        if zarr_format not in (None, 2, 3):
+            raise ValueError(f"zarr_format must be 2, 3 or None, not {zarr_format!r}")
         node = api.open(store, storage_options=storage_options, device="cpu")
         if not isinstance(node, Group):
             raise api.NodeNotFoundError(f"{node.store.url}: an array, not a group: xarray opens groups")
+        if zarr_format is not None and node.zarr_format != zarr_format:
+            raise api.NodeNotFoundError(f"{node.store.url}: a Zarr v{node.zarr_format} group, not the v{zarr_format} "
+                                        f"one asked for (zarr_format={zarr_format})")
         if consolidated is False:
             node.meta = replace(node.meta, consolidated=None)
         elif consolidated and node.meta.consolidated is None:
@@ -96,7 +103,7 @@ class GpuzarrStore(AbstractDataStore):
                 raise api.NodeNotFoundError(f"{node.store.url}: an array, not a group: xarray opens groups")
             if consolidated is False:
                 node.meta = replace(node.meta, consolidated=None)
-        return cls(node)
+        return cls(node, fill_value_is_mask)
 
     def get_variables(self) -> dict[str, Variable]:
         return {name: self._variable(node) for name, node in self.group.members() if isinstance(node, Array)}
@@ -181,7 +188,8 @@ class GpuzarrBackendEntrypoint(BackendEntrypoint):
     description = "Open Zarr v2/v3 stores with gpuzarr's batched reader (CPU threads or nvCOMP on the GPU)"
     open_dataset_parameters = ("filename_or_obj", "mask_and_scale", "decode_times", "concat_characters",
                                "decode_coords", "drop_variables", "use_cftime", "decode_timedelta", "group",
-                               "consolidated", "device", "storage_options")
+                               "consolidated", "device", "storage_options", "zarr_format",
+                               "use_zarr_fill_value_as_mask", "cache_members")
 
     def guess_can_open(self, filename_or_obj: Any) -> bool:
         """Never: a store engine="zarr" opens stays its; gpuzarr is chosen by name."""
@@ -192,9 +200,14 @@ class GpuzarrBackendEntrypoint(BackendEntrypoint):
                      drop_variables: str | Iterable[str] | None = None, use_cftime: bool | None = None,
                      decode_timedelta: bool | None = None, group: str | None = None,
                      consolidated: bool | None = None, device: str | Device = "cpu",
-                     storage_options: dict | None = None) -> Dataset:
+                     storage_options: dict | None = None, zarr_format: int | None = None,
+                     use_zarr_fill_value_as_mask: bool | None = None, cache_members: bool = True) -> Dataset:
+        """engine="zarr"'s arguments, and `device`. `use_zarr_fill_value_as_mask` as xarray
+        documents it (its zarr engine ignores it in open_dataset: xarray 2026.9); `cache_members`
+        is taken for engine="zarr"'s signature: the group's members are listed once per open."""
         device = get_device(device)  # device="gpu" without a usable GPU fails here, at open
-        store = GpuzarrStore.open(filename_or_obj, group, consolidated, storage_options)
+        store = GpuzarrStore.open(filename_or_obj, group, consolidated, storage_options, zarr_format,
+                                  use_zarr_fill_value_as_mask)
         ds = StoreBackendEntrypoint().open_dataset(
             store, mask_and_scale=mask_and_scale, decode_times=decode_times, concat_characters=concat_characters,
             decode_coords=decode_coords, drop_variables=drop_variables, use_cftime=use_cftime,

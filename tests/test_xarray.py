@@ -221,6 +221,27 @@ def test_missing_store_and_group(stores, tmp_path):
         xr.open_dataset(stores[3]["plain"], engine="gpuzarr", group="temp")
 
 
+@pytest.mark.parametrize("fmt", [2, 3])
+def test_zarr_engines_other_arguments(tmp_path, fmt):
+    """engine="zarr"'s zarr_format, use_zarr_fill_value_as_mask and cache_members are taken: the
+    format checked, the mask as xarray documents it (its zarr engine ignores the argument in
+    open_dataset; open_zarr's docs say False leaves the zarr fill_value unmasked)."""
+    root = zarr.open_group(tmp_path / "f.zarr", mode="w", zarr_format=fmt)
+    dims = {"dimension_names": ["x"]} if fmt == 3 else {"attributes": {"_ARRAY_DIMENSIONS": ["x"]}}
+    root.create_array("v", shape=(4,), chunks=(2,), dtype="f4", fill_value=5.0, **dims)[:2] = [1, 2]
+    path = tmp_path / "f.zarr"
+    default = [1, 2, np.nan, np.nan] if fmt == 2 else [1, 2, 5, 5]  # v2: the fill value masks
+    for mask, want in ((None, default), (True, [1, 2, np.nan, np.nan]), (False, [1, 2, 5, 5])):
+        got = xr.open_dataset(path, engine="gpuzarr", zarr_format=fmt, use_zarr_fill_value_as_mask=mask,
+                              cache_members=False)
+        np.testing.assert_array_equal(got.v.values, np.array(want, "f4"), err_msg=f"use_zarr_fill_value_as_mask={mask}")
+    xr.testing.assert_identical(xr.open_dataset(path, engine="gpuzarr", zarr_format=fmt),
+                                xr.open_dataset(path, engine="zarr", zarr_format=fmt))
+    with pytest.raises(FileNotFoundError, match=f"a Zarr v{fmt} group, not the v{5 - fmt} one") as info:
+        xr.open_dataset(path, engine="gpuzarr", zarr_format=5 - fmt)
+    assert isinstance(info.value, gpuzarr.GpuzarrError)
+
+
 def test_v2_array_without_dimension_names(tmp_path):
     root = zarr.open_group(tmp_path / "bare.zarr", mode="w", zarr_format=2)
     root.create_array("a", shape=(3,), dtype="i4")
