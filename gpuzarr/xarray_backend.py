@@ -25,7 +25,7 @@ from xarray.core import indexing
 from . import api
 from .array import Array
 from .devices.base import Device, get_device
-from .errors import MetadataError
+from .errors import MetadataError, SettingsError
 from .group import Group
 
 _DIMENSION_KEY = "_ARRAY_DIMENSIONS"  # where Zarr v2 arrays written by xarray name their dimensions
@@ -82,7 +82,7 @@ class GpuzarrStore(AbstractDataStore):
         root's consolidated metadata (required with `consolidated=True`, ignored with False); of
         `zarr_format` where one is given."""
         if zarr_format not in (None, 2, 3):
-            raise ValueError(f"zarr_format must be 2, 3 or None, not {zarr_format!r}")
+            raise SettingsError(f"zarr_format must be 2, 3 or None, not {zarr_format!r}")
         node = api.open(store, storage_options=storage_options, device="cpu")
         if not isinstance(node, Group):
             raise api.NodeNotFoundError(f"{node.store.url}: an array, not a group: xarray opens groups")

@@ -240,6 +240,8 @@ def test_zarr_engines_other_arguments(tmp_path, fmt):
     with pytest.raises(FileNotFoundError, match=f"a Zarr v{fmt} group, not the v{5 - fmt} one") as info:
         xr.open_dataset(path, engine="gpuzarr", zarr_format=5 - fmt)
     assert isinstance(info.value, gpuzarr.GpuzarrError)
+    with pytest.raises(gpuzarr.SettingsError, match="zarr_format must be 2, 3 or None, not 4"):
+        xr.open_dataset(path, engine="gpuzarr", zarr_format=4)
 
 
 def test_v2_array_without_dimension_names(tmp_path):
