@@ -56,6 +56,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="zarr_benchmarks: the 3-D volume at 1024^3 uint16, shards 256^3, inner 64^3, zstd level 0 "
                         "(zarrs/zarr_benchmarks' 'compressed + sharded' layout)")
     p.add_argument("--windows", type=int, default=None, help="windows timed in the window workload (default 16)")
+    p.add_argument("--evict-mb", type=int, default=0, metavar="MB",
+                   help="window workload with cold CPU caches: MB MiB written before each window's timer starts "
+                        "(as a loader's work between reads; 64 is twice this machine's L3); default 0, back to back")
     p.add_argument("--patches", type=int, default=None, help="patches in the batch workload (default 256)")
     p.add_argument("--seed", type=int, default=0, help="seed of window and patch positions (default 0)")
     p.add_argument("--quick", action="store_true",
@@ -94,6 +97,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         assert len(args.ml_shape) == 3
     except (ValueError, AssertionError):
         p.error("--ml-shape must be Z,Y,X")
+    if args.evict_mb < 0:
+        p.error("--evict-mb must be 0 or more")
     if args.windows is None:
         args.windows = 8 if quick else 16
     if args.patches is None:
@@ -198,7 +203,7 @@ def main(argv: list[str] | None = None) -> int:
             doc["datasets"][name]["frames_bytes"] = frames.compressed_bytes
             floor = Floor(frames)
         for wname in args.workloads:
-            wl = make_workload(wname, spec, args.windows, args.patches, args.seed)
+            wl = make_workload(wname, spec, args.windows, args.patches, args.seed, args.evict_mb)
             _log(f"  {name}/{wl.describe()}")
             outcomes = check(readers, wl, _log)
             extras = []

@@ -41,6 +41,9 @@ class Workload:
     item_nbytes: int  # decoded bytes of one item
     timed_per_item: bool  # window: one sample per item; else one sample per pass over all items
     unit: str  # what one reported time covers
+    # window: every cache line of this buffer written before each window's timer starts (a
+    # loader's work between reads: the CPU caches cold, the page cache warm); None: back to back
+    evict: np.ndarray | None = None
 
     @property
     def op_nbytes(self) -> int:
@@ -75,7 +78,9 @@ def _random_starts(spec: DatasetSpec, rng: np.random.Generator, n: int, unaligne
     return out
 
 
-def make_workload(name: str, spec: DatasetSpec, windows: int, patches: int, seed: int) -> Workload:
+def make_workload(name: str, spec: DatasetSpec, windows: int, patches: int, seed: int,
+                  evict_mb: int = 0) -> Workload:
+    """`evict_mb`: the window workload's caches made cold before each window (Workload.evict)."""
     itemsize = np.dtype(spec.dtype).itemsize
     rng = np.random.default_rng([seed, sorted(("full", "window", "batch", "scan")).index(name)])
     win_nbytes = int(np.prod([s for s, w in zip(_window_shape(spec), spec.window) if w is not None])) * itemsize
@@ -83,6 +88,9 @@ def make_workload(name: str, spec: DatasetSpec, windows: int, patches: int, seed
         return Workload(name, spec, [tuple(slice(0, n) for n in spec.shape)], spec.nbytes, False, "read")
     if name == "window":
         items = [_window_sel(spec, s) for s in _random_starts(spec, rng, windows, unaligned=True)]
+        if evict_mb:
+            return Workload(name, spec, items, win_nbytes, True, f"window, {evict_mb} MiB written before",
+                            np.zeros(evict_mb << 20, np.uint8))
         return Workload(name, spec, items, win_nbytes, True, "window")
     if name == "batch":
         items = [_window_sel(spec, s) for s in _random_starts(spec, rng, patches, unaligned=False)]
@@ -152,6 +160,8 @@ def _run_op(reader: Any, wl: Workload, timed: bool) -> tuple[list[float], list[s
         try:
             if wl.timed_per_item:
                 for sel in items:
+                    if wl.evict is not None:
+                        wl.evict[::64] += 1
                     t0 = time.perf_counter()
                     r = reader.read(sel)
                     reader.sync(r)
