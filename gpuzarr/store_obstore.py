@@ -1,6 +1,7 @@
 """Object storage (s3://, gs://, az://, http(s)://) through obstore, the Python bindings of
 Rust's `object_store`: every range of a call is requested at once from obstore's own runtime
-(retries with backoff, timeouts, connection pooling in Rust), a bounded number in flight.
+(timeouts, connection pooling in Rust), a bounded number in flight, each retried by gpuzarr
+with obstore's backoff (obstore_retries: so retries are counted) where gpuzarr made the client.
 
 Requests are made by a pool of threads through obstore's blocking calls, which release the GIL
 while they wait (see _gets); no event loop is involved, so reads work where the caller already
@@ -34,6 +35,7 @@ import fsspec
 from . import forksafe
 from . import store as _store_module
 from .errors import StoreError
+from .obstore_retries import RetryPolicy, with_retries
 from .store import (
     _REASON_CHARS,
     ChangedError,
@@ -116,13 +118,18 @@ class Remote:
     hierarchy. Stands where `Store.fs` stands for fsspec stores: `child` passes it on, and
     `storage_args`/`storage_options` name it (dask's tokens)."""
 
-    def __init__(self, protocol: str, label: str, options: dict | None, ostore: Any, pickled: Any):
+    def __init__(self, protocol: str, label: str, options: dict | None, ostore: Any, pickled: Any,
+                 retry: dict | None = None, retries: RetryPolicy | None = None):
         self.protocol = protocol  # fsspec's name for the scheme (s3, gs, az, abfs, http, https)
         self.label = label  # what store roots start with: a bucket, or the URL of an HTTP host
         self.storage_args = (label,)
         self.storage_options = dict(options or {})
         self.obstore = ostore
         self.pickled = pickled  # how the store travels to another process
+        # the retry_config of a client gpuzarr made (its own retries off): gpuzarr retries its
+        # requests so; None for a store the caller made, which retries as it was configured
+        self.retry_config = retry
+        self.retries = retries
         self.ignores_range = False  # the server answered a ranged GET with the whole object
         # Azure's Get Blob takes no suffix range (`bytes=-N`; obstore refuses to send one): the
         # last bytes of an object (a shard index) are found from its size, a HEAD first
@@ -139,7 +146,7 @@ class Remote:
         reads, an HTTP host's listings)."""
         with self._fallback_lock:
             if self._fallback_fs is None:
-                options = pooled(self.protocol, fsspec_options(self.protocol, self.obstore))
+                options = pooled(self.protocol, fsspec_options(self.protocol, self.obstore, self.retry_config))
                 try:
                     self._fallback_fs = fsspec.filesystem(self.protocol, skip_instance_cache=True, **options)
                 except (ImportError, ValueError) as exc:
@@ -256,6 +263,8 @@ class ObstoreStore(Store):
         the requests not started and is raised."""
         obs = _obs()
         ostore = self._fs.obstore
+        policy = self._fs.retries
+        ended = threading.Event()  # the call returned or raised: no request starts another attempt
         lock = threading.Lock()
         whole: dict[str, concurrent.futures.Future] = {}  # a server that ignores Range: each object read once
         tally = [0, 0, 0]  # GETs sent, bytes they asked for, retries: into `io` once, at the end
@@ -267,13 +276,24 @@ class ObstoreStore(Store):
                 tally[1] += nbytes
                 tally[2] += retries
 
-        def from_the_end(path: str, start: int) -> tuple[int, int]:
+        def attempt(request: Any, tries: list[int]) -> Any:
+            """request(), retried as the client's policy says (a store the caller made retries
+            inside obstore, as configured); tries[0] counts the attempts."""
+            if policy is None:
+                return request()
+
+            def again() -> None:
+                tries[0] += 1
+                count(retries=1)
+            return with_retries(policy, request, ended, again)
+
+        def from_the_end(path: str, start: int, tries: list[int]) -> tuple[int, int]:
             """The range of an object's last -start bytes, from its size (a HEAD: see suffix_ranges)."""
             count(1)
-            size = int(obs.head(ostore, path)["size"])
+            size = int(attempt(lambda: obs.head(ostore, path), tries)["size"])
             return max(0, size + start), size
 
-        def versioned(key: str, path: str, start: int, stop: int | None) -> Any:
+        def versioned(key: str, path: str, start: int, stop: int | None, tries: list[int]) -> Any:
             """The GET with its response's metadata: the object's version is kept, or checked
             against the one kept."""
             count(1, -start if start < 0 else 0 if stop is None else stop - start)
@@ -284,17 +304,19 @@ class ObstoreStore(Store):
                 options["range"] = (start, stop)
             elif start:
                 options["range"] = {"offset": start}
-            response = obs.get(ostore, path, options=options)
-            data = response.bytes()
+
+            def get() -> tuple[Any, dict]:
+                response = obs.get(ostore, path, options=options)
+                return response.bytes(), response.meta
+            data, meta = attempt(get, tries)
             if stop is None and start >= 0:
                 count(0, len(data))
-            meta = response.meta
             self._keep_version(key, meta.get("version") or meta.get("e_tag"), changed)
             return data
 
         def get_whole(path: str) -> Any:
             count(1)
-            data = obs.get(ostore, path).bytes()
+            data = attempt(lambda: obs.get(ostore, path).bytes(), [1])
             count(0, len(data))
             return data
 
@@ -318,22 +340,25 @@ class ObstoreStore(Store):
             path = self._object(key)
             if stop is not None and stop <= max(start, 0):
                 return b""
+            tries = [1]
             try:
                 try:
                     if start < 0 and not self._fs.suffix_ranges and not self._fs.ignores_range:
-                        start, stop = from_the_end(path, start)
+                        start, stop = from_the_end(path, start, tries)
                     if self._fs.ignores_range:
                         data = _slice(whole_once(path), start, stop)
                     elif stop == start:  # an empty object's last bytes
                         data = b""
                     elif indexes or key in self._versions:
-                        data = versioned(key, path, start, stop)
+                        data = versioned(key, path, start, stop, tries)
                     elif start < 0:  # the last -start bytes (a shard index)
                         count(1, -start)
-                        data = obs.get(ostore, path, options={"range": {"suffix": -start}}).bytes()
+                        data = attempt(lambda: obs.get(ostore, path, options={"range": {"suffix": -start}}).bytes(),
+                                       tries)
                     else:  # whole objects too, as a range to past the end
                         count(1, 0 if stop is None else stop - start)
-                        data = obs.get_range(ostore, path, start=start, end=_TO_THE_END if stop is None else stop)
+                        end = _TO_THE_END if stop is None else stop
+                        data = attempt(lambda: obs.get_range(ostore, path, start=start, end=end), tries)
                         if stop is None:
                             count(0, len(data))
                 except obs.exceptions.BaseError as exc:
@@ -354,8 +379,10 @@ class ObstoreStore(Store):
             except Exception as exc:
                 if _416.search(str(exc)):  # the range starts past the end: nothing there
                     return b""
-                count(retries=_retries(exc))
-                raise StoreError(f"{self.url}/{key}: read failed ({obstore_reason(exc)})", key, exc) from exc
+                if policy is None:  # obstore's own, said only by the error of a request that failed
+                    count(retries=_retries(exc))
+                reason = obstore_reason(exc, None if policy is None else tries[0])
+                raise StoreError(f"{self.url}/{key}: read failed ({reason})", key, exc) from exc
             # a view of obstore's buffer, not a copy: bytes() of a shard's span is a fresh mmap
             # whose pages fault in while a thread holds the GIL (16 ranges of the sharded set,
             # 4.4 MB: 29.6 against 25.5 ms at 20 ms latency)
@@ -389,6 +416,7 @@ class ObstoreStore(Store):
                                    changed[0])
             return [future.result() for future in futures]
         finally:
+            ended.set()
             for future in futures:  # a failed or expired call starts no more requests
                 future.cancel()
             if io is not None:
@@ -463,14 +491,14 @@ def _ignored_range(exc: BaseException) -> bool:
     return "NotPartial" in text or "non-partial response" in text or "RangeNotSupported" in text
 
 
-def obstore_reason(exc: BaseException) -> str:
+def obstore_reason(exc: BaseException, attempts: int | None = None) -> str:
     """An obstore error in a few words: what failed, the HTTP status or the kind of connection
-    failure, and the retries made (its text holds the URL, the response body and a Rust debug
-    dump); other errors as `_reason` says them."""
+    failure, and the attempts made (`attempts`, else as obstore's text says them: it holds the
+    URL, the response body and a Rust debug dump); other errors as `_reason` says them."""
     text = str(exc)
     first = text.strip().splitlines()[0] if text.strip() else ""
     if "Error performing" not in first:
-        return _reason(exc)
+        return _reason(exc) + (f"; {attempts} attempts" if attempts and attempts > 1 else "")
     lead = re.split(r":? Error performing", first, maxsplit=1)[0].strip()
     parts = [lead] if lead else []
     status = re.search(r"status code: (\d{3}[^:]*)", first)
@@ -481,9 +509,14 @@ def obstore_reason(exc: BaseException) -> str:
         cause = re.search(r'message: "([^"]+)"', text)
         parts.append(f"{kind.group(1).lower()} error" + (f" ({cause.group(1)})" if cause else ""))
     timing = re.search(r" in (\d+(?:\.\d+)?)([a-zµ]+)", first)
-    if timing:
+    took = f"{float(timing.group(1)):.3g} {timing.group(2)}" if timing else None
+    if attempts is None and took:  # obstore's retries: its time is the whole request's
         attempts = _retries(exc) + 1
-        parts.append(f"{attempts} attempt{'s' if attempts > 1 else ''} in {float(timing.group(1)):.3g} {timing.group(2)}")
+        parts.append(f"{attempts} attempt{'s' if attempts > 1 else ''} in {took}")
+    elif attempts is not None and attempts > 1:  # gpuzarr's: the time is the last attempt's
+        parts.append(f"{attempts} attempts" + (f", the last in {took}" if took else ""))
+    elif took:
+        parts.append(f"1 attempt in {took}")
     reason = "; ".join(parts)
     if len(reason) > _REASON_CHARS:
         reason = reason[:_REASON_CHARS] + "..."
@@ -563,14 +596,15 @@ def open_url(url: str, storage_options: dict | None, request_timeout: float | No
     retry = {**RETRY_CONFIG, **retry}
     if kind in ("http", "https") or any(str(config.get(k, "")).startswith("http://") for k in ("endpoint", "base_url")):
         client.setdefault("allow_http", True)
+    retries = RetryPolicy.of(retry)
     try:
-        ostore = _construct(kind, base, config, client, retry)
+        ostore = _construct(kind, base, config, client, {**retry, "max_retries": 0})  # see Remote.retries
     except (obs.exceptions.UnknownConfigurationKeyError, TypeError) as exc:
         log.debug("%s: opened through fsspec, not obstore (%s)", url, _reason(exc))
         return None
     except Exception as exc:
         raise StoreError(f"{url}: cannot open this store ({_reason(exc)})", None, exc) from exc
-    return ObstoreStore(Remote(kind, label, options, ostore, (url, options, request_timeout)), root)
+    return ObstoreStore(Remote(kind, label, options, ostore, (url, options, request_timeout), retry, retries), root)
 
 
 _CLIENTS: OrderedDict[str, Any] = OrderedDict()  # obstore clients by what made them, see _construct
@@ -777,11 +811,12 @@ def _check_no_aws_profile() -> None:
         raise _NotMapped("credentials may come from an AWS profile, which only botocore reads")
 
 
-def fsspec_options(protocol: str, ostore: Any) -> dict:
-    """An obstore store's configuration as fsspec's storage_options for `protocol`."""
+def fsspec_options(protocol: str, ostore: Any, retry: dict | None = None) -> dict:
+    """An obstore store's configuration as fsspec's storage_options for `protocol` (`retry`: the
+    retry_config to use instead of the store's own)."""
     config = {k.lower(): v for k, v in dict(getattr(ostore, "config", None) or {}).items()}
     client = dict(getattr(ostore, "client_options", None) or {})
-    retry = dict(getattr(ostore, "retry_config", None) or {})
+    retry = dict(retry if retry is not None else getattr(ostore, "retry_config", None) or {})
     out: dict = {}
     if protocol == "s3":
         for theirs, ours in (("access_key_id", "key"), ("secret_access_key", "secret"), ("session_token", "token"),

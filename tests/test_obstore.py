@@ -19,6 +19,7 @@ import sys
 import threading
 import time
 import warnings
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -466,7 +467,7 @@ class _Proxy:
     """An HTTP proxy in front of the S3 server, counting requests in flight (each held `delay`
     seconds, so concurrent ones overlap); with `ignore_range`, it drops Range headers, as a server
     that does not do ranges would answer. `faults`: what the next GETs of chunk or shard objects
-    (keys under c/) meet, one each: "503" (SlowDown), "reset" (the connection closed unanswered),
+    (keys under c/) meet, one each: "503" (SlowDown), "429", "403", "reset" (the connection closed unanswered),
     "cut" (the full Content-Length, half the body, then closed), "stall" (no answer for `stall` s)."""
 
     def __init__(self, target: str, delay: float = 0.0, ignore_range: bool = False, faults: tuple = (),
@@ -495,14 +496,14 @@ class _Proxy:
                     if proxy.faults and "/c/" in self.path and self.command == "GET":
                         fault = proxy.faults.pop(0)
                         proxy.met.append((fault, self.path))
-                if fault in ("503", "reset", "stall"):
+                if fault in ("503", "429", "403", "reset", "stall"):
                     with proxy.lock:
                         proxy.active -= 1
                     if fault == "stall":
                         time.sleep(proxy.stall)
-                    if fault == "503":
+                    if fault in ("503", "429", "403"):
                         body = b"<Error><Code>SlowDown</Code><Message>Reduce your request rate.</Message></Error>"
-                        self.send_response(503)
+                        self.send_response(int(fault))
                         self.send_header("Content-Length", str(len(body)))
                         self.end_headers()
                         self.wfile.write(body)
@@ -631,16 +632,74 @@ def test_a_request_that_never_answers_fails_within_a_minute_by_default():
 
 
 @pytest.mark.parametrize("name", ["sharded.zarr", "chunked.zarr"])
-@pytest.mark.parametrize("fault", ["503", "reset", "cut"])
+@pytest.mark.parametrize("fault", ["503", "429", "reset", "cut"])
 def test_failed_requests_are_retried_and_the_data_is_right(endpoint, bucket, name, fault):
-    """Each GET of the read's first few chunk or shard objects fails once: obstore's retries
-    (with backoff) bring the right bytes, never a short or wrong chunk."""
+    """Each GET of the read's first few chunk or shard objects fails once: gpuzarr's retries
+    (with backoff) bring the right bytes, never a short or wrong chunk, and the read's report
+    counts each retry though every request ended well."""
     with _proxy(endpoint, faults=(fault,) * 3) as proxy:
         arr = gpuzarr.open(f"s3://{BUCKET}/{name}", device="cpu",
                            storage_options={**_options(endpoint), "client_kwargs": {"endpoint_url": proxy.url}})
-        got = arr[...]
+        report = gpuzarr.ReadReport()
+        proxy.requests = 0  # those of the open
+        got = arr.read(report=report)
         assert [f for f, _ in proxy.met] == [fault] * 3, "every fault was met"
+        assert report.retries == 3
+        assert proxy.requests == report.requests + 3
     assert np.array_equal(got, _reference(bucket, name)[...])
+
+
+def _one_chunk_array(endpoint: str, url: str, **retry: Any) -> Any:
+    """chunked.zarr through the proxy at `url`, retrying as `retry` says, 10 ms apart."""
+    retry = {"backoff": {"init_backoff": timedelta(milliseconds=10), "max_backoff": timedelta(milliseconds=10)},
+             **retry}
+    return gpuzarr.open(f"s3://{BUCKET}/chunked.zarr", device="cpu",
+                        storage_options={**_options(endpoint), "client_kwargs": {"endpoint_url": url},
+                                         "retry_config": retry})
+
+
+def test_a_request_failing_past_its_retries_names_the_attempts(endpoint, bucket):
+    with _proxy(endpoint, faults=("503",) * 5) as proxy:
+        arr = _one_chunk_array(endpoint, proxy.url, max_retries=2)
+        report = gpuzarr.ReadReport()
+        with pytest.raises(gpuzarr.StoreError, match=r"chunked.zarr/c/0/0: read failed .*HTTP 503.*3 attempts"):
+            arr.read((slice(0, 1), slice(0, 1)), report=report)
+        assert len(proxy.met) == 3 and report.retries == 2
+
+
+def test_an_answer_no_attempt_can_cure_is_not_retried(endpoint, bucket):
+    with _proxy(endpoint, faults=("403",) * 5) as proxy:
+        arr = _one_chunk_array(endpoint, proxy.url)
+        report = gpuzarr.ReadReport()
+        with pytest.raises(gpuzarr.StoreError, match="chunked.zarr/c/0/0: read failed"):
+            arr.read((slice(0, 1), slice(0, 1)), report=report)
+        assert len(proxy.met) == 1 and report.retries == 0
+
+
+def test_a_read_past_its_deadline_starts_no_new_attempt(endpoint, bucket):
+    """Requests backing off when the read ends (its deadline) give up rather than try again."""
+    with _proxy(endpoint, faults=("503",) * 64) as proxy:
+        arr = gpuzarr.open(f"s3://{BUCKET}/chunked.zarr", device="cpu", settings=gpuzarr.Settings(deadline_seconds=0.5),
+                           storage_options={**_options(endpoint), "client_kwargs": {"endpoint_url": proxy.url},
+                                            "retry_config": {"backoff": {"init_backoff": timedelta(seconds=1),
+                                                                         "max_backoff": timedelta(seconds=1)}}})
+        with pytest.raises(gpuzarr.DeadlineError):
+            arr[...]
+        met = len(proxy.met)
+        time.sleep(1.5)  # past the backoff
+        assert len(proxy.met) == met, "no attempt after the read ended"
+
+
+def test_a_store_the_caller_made_retries_as_configured(endpoint, bucket):
+    """gpuzarr adds no retries of its own to an obstore store it did not make."""
+    with _proxy(endpoint, faults=("503",) * 3) as proxy:
+        ostore = obstore.store.S3Store(BUCKET, endpoint=proxy.url, access_key_id="testing",
+                                       secret_access_key="testing", region="us-east-1",
+                                       client_options={"allow_http": True}, retry_config={"max_retries": 0})
+        arr = gpuzarr.open(ostore, path="chunked.zarr", device="cpu")
+        with pytest.raises(gpuzarr.StoreError, match="HTTP 503"):
+            arr.read((slice(0, 1), slice(0, 1)))
+        assert len(proxy.met) == 1
 
 
 def test_a_stalled_request_ends_at_the_deadline(endpoint, bucket):
@@ -834,3 +893,22 @@ def _bench(repeats: int = 5) -> None:
 if __name__ == "__main__":
     _bench()
 
+
+
+@pytest.mark.parametrize("retry", [{"max_retries": "3"}, {"max_retries": -1}, {"retry_timeout": 30},
+                                   {"backoff": {"init_backoff": "1s"}}, {"backoff": {"base": "2"}}])
+def test_a_bad_retry_config_is_a_settings_error(retry):
+    with pytest.raises(gpuzarr.SettingsError, match="retry_config"):
+        open_store("s3://bucket/a.zarr", storage_options={"anon": True, "retry_config": retry})
+
+
+def test_retry_waits_grow_within_the_configured_bounds():
+    from gpuzarr.obstore_retries import RetryPolicy
+
+    policy = RetryPolicy.of({"backoff": {"init_backoff": timedelta(milliseconds=100),
+                                         "max_backoff": timedelta(seconds=1), "base": 3}})
+    waits = [policy.next_wait(0)]
+    for _ in range(50):
+        waits.append(policy.next_wait(waits[-1]))
+    assert waits[0] == 0.1 and all(0.1 <= w <= 1 for w in waits)
+    assert max(waits) > 0.5, "the waits grow toward the cap"
