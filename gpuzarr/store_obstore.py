@@ -471,12 +471,17 @@ class ObstoreStore(Store):
         prefix = path[len(label):].strip("/")
 
         ostore, where = self._fs.obstore, prefix + "/" if prefix else None
-        try:
+
+        def listed() -> tuple[list, list]:
             if delimited:
                 found = obs.list_with_delimiter(ostore, prefix=where)
-                objects, dirs = found["objects"], found["common_prefixes"]
+                return found["objects"], found["common_prefixes"]
+            return obs.list(ostore, prefix=where).collect(), []
+        try:
+            if self._fs.retries is None:
+                objects, dirs = listed()
             else:
-                objects, dirs = obs.list(ostore, prefix=where).collect(), []
+                objects, dirs = with_retries(self._fs.retries, listed, threading.Event(), lambda: None)
         except obs.exceptions.NotSupportedError as exc:
             raise NotImplementedError(obstore_reason(exc)) from exc
         except obs.exceptions.BaseError as exc:  # said in a few words, not obstore's page of text

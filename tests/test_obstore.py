@@ -18,6 +18,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.parse
 import warnings
 from datetime import timedelta
 from pathlib import Path
@@ -382,6 +383,17 @@ def test_listing_finds_every_chunk_object(endpoint, bucket):
         _open(endpoint, "group_plain.zarr").store.list_dirs("nothing", "zarr.json")
 
 
+def test_a_failed_listing_is_retried(endpoint, bucket):
+    from gpuzarr.info import stored_chunks
+
+    with _proxy(endpoint, where="list-type=") as proxy:
+        arr = _one_chunk_array(endpoint, proxy.url)
+        proxy.faults = ["503", "reset"]
+        files = [p for p in (bucket / "chunked.zarr" / "c").rglob("*") if p.is_file()]
+        assert stored_chunks(arr)[0] == len(files)
+        assert [f for f, path in proxy.met] == ["503", "reset"] and "list-type" in proxy.met[0][1]
+
+
 # ---------------------------------------------------------------- processes
 
 
@@ -466,14 +478,14 @@ class _QuietServer(http.server.ThreadingHTTPServer):
 class _Proxy:
     """An HTTP proxy in front of the S3 server, counting requests in flight (each held `delay`
     seconds, so concurrent ones overlap); with `ignore_range`, it drops Range headers, as a server
-    that does not do ranges would answer. `faults`: what the next GETs of chunk or shard objects
-    (keys under c/) meet, one each: "503" (SlowDown), "429", "403", "reset" (the connection closed unanswered),
-    "cut" (the full Content-Length, half the body, then closed), "stall" (no answer for `stall` s)."""
+    that does not do ranges would answer. `faults`: what the next GETs whose decoded URL holds
+    `where` (chunk or shard objects: keys under c/) meet, one each: "503" (SlowDown), "429",
+    "403", "reset" (the connection closed unanswered), "cut" (the full Content-Length, half the body, then closed), "stall" (no answer for `stall` s)."""
 
     def __init__(self, target: str, delay: float = 0.0, ignore_range: bool = False, faults: tuple = (),
-                 stall: float = 3.0):
+                 stall: float = 3.0, where: str = "/c/"):
         self.target, self.delay, self.ignore_range = target.removeprefix("http://"), delay, ignore_range
-        self.stall = stall
+        self.stall, self.where = stall, where
         self.faults = list(faults)
         self.met: list = []  # (fault, path) as they happened
         self.active = self.peak = self.requests = 0
@@ -493,7 +505,7 @@ class _Proxy:
                     proxy.peak = max(proxy.peak, proxy.active)
                 fault = None
                 with proxy.lock:
-                    if proxy.faults and "/c/" in self.path and self.command == "GET":
+                    if proxy.faults and proxy.where in urllib.parse.unquote(self.path) and self.command == "GET":
                         fault = proxy.faults.pop(0)
                         proxy.met.append((fault, self.path))
                 if fault in ("503", "429", "403", "reset", "stall"):
