@@ -557,6 +557,25 @@ def test_arrays_the_gpu_cannot_decode_are_refused_whatever_the_selection(tmp_pat
     np.testing.assert_array_equal(arr.read(slice(3, 3), device="cpu"), np.zeros(0, "<i4"))
 
 
+def test_arrays_of_more_dimensions_than_the_placement_kernel_takes_are_refused_on_the_gpu(tmp_path):
+    """A 9-d array raised a bare ValueError deep in the layout (found by a differential run);
+    the CPU reads it."""
+    import zarr
+
+    data = np.arange(2 ** 9, dtype="u2").reshape((2,) * 9)
+    zarr.create_array(str(tmp_path / "a"), shape=data.shape, chunks=(1,) * 9, dtype="u2")[...] = data
+    arr = gpuzarr.open(str(tmp_path / "a"), device=GpuDevice(StandinEngine()))
+    for sel in (Ellipsis, (0,) * 9, (slice(0, 0),)):
+        with pytest.raises(gpuzarr.UnsupportedFeatureError, match="more than 8 dimensions"):
+            arr[sel]
+    np.testing.assert_array_equal(arr.read(device="cpu"), data)
+    eight = np.arange(2 ** 8, dtype="u2").reshape((2,) * 8)  # the most the kernel places
+    zarr.create_array(str(tmp_path / "b"), shape=eight.shape, chunks=(1,) * 8, dtype="u2")[...] = eight
+    arr = gpuzarr.open(str(tmp_path / "b"), device=GpuDevice(StandinEngine()))
+    np.testing.assert_array_equal(arr[...], eight)
+    np.testing.assert_array_equal(arr.read_batch([(0,) * 7 + (slice(None),)] * 2), np.stack([eight[(0,) * 7]] * 2))
+
+
 def test_a_chunk_too_large_to_decode_on_the_host_is_a_device_memory_error(tmp_path):
     """A chunk nvCOMP cannot take (past its per-chunk limit) is decoded on the host; where the
     metadata makes it larger than memory, that is DeviceMemoryError, as on the CPU path (it was

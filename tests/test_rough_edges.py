@@ -84,6 +84,18 @@ def test_a_read_refuses_an_out_it_cannot_write(small, tmp_path, how):
     np.testing.assert_array_equal(arr.read((slice(1, 7), slice(2, 7)), out=out), arr[1:7, 2:7])
 
 
+def test_an_empty_out_with_zero_strides_is_taken():
+    """NumPy 2.4's np.empty((3, 0)) has strides (0, 0): no elements, so none overlap (it was
+    refused as overlapping; found by a differential run)."""
+    from gpuzarr.devices.cpu import CpuDevice
+
+    out = np.lib.stride_tricks.as_strided(np.empty(0, "i4"), (3, 0), (0, 0))
+    CpuDevice.shared().check_output(out, (3, 0), np.dtype("i4"))
+    with pytest.raises(ValueError, match="overlap"):
+        CpuDevice.shared().check_output(np.lib.stride_tricks.as_strided(np.zeros(3, "i4"), (3, 2), (4, 0)),
+                                        (3, 2), np.dtype("i4"))
+
+
 # Store.url
 
 class _HttpLike(AbstractFileSystem):

@@ -10,6 +10,7 @@ from ..codecs.chain import CodecChain
 from ..errors import UnsupportedFeatureError
 from ..fetch import FetchedBatch, PendingBatch
 from ..plan import Plan
+from .kernels import SCATTER_MAX_NDIM
 
 
 class Device(Protocol):
@@ -80,11 +81,14 @@ def check_gpu_usable() -> None:
 
 
 def check_gpu_chain(chain: CodecChain) -> None:
-    """Raise where the GPU cannot decode an array's chunks: for every selection, an empty one
-    too, so that whether a read works does not hang on what it selects."""
+    """Raise where the GPU cannot decode or place an array's chunks: for every selection, an
+    empty one too, so that whether a read works does not hang on what it selects."""
     if chain.raw_nbytes is None or any(isinstance(c, NumcodecsArray) for c in chain.array_to_array):
         raise UnsupportedFeatureError("variable-length data, sharding inside other codecs and numcodecs "
                                       "array filters are read on the CPU only (device='cpu')")
+    if len(chain.shape) > SCATTER_MAX_NDIM:  # the placement kernel's records hold that many
+        raise UnsupportedFeatureError(f"arrays of more than {SCATTER_MAX_NDIM} dimensions are read on the CPU "
+                                      f"only (device='cpu'; this one has {len(chain.shape)})")
 
 
 def get_device(name: str | Device, threads: int | None = None) -> Device:

@@ -135,9 +135,10 @@ class CpuDevice:
             raise ValueError(f"out has shape {out.shape} and dtype {out.dtype}; the read needs {shape} {dtype}")
         # the host library writes through out's address: a read-only buffer (bytes, a memmap
         # opened "r") would be changed or fault, elements sharing memory get one another's values
+        # (NumPy 2.4 gives an empty array zero strides: no elements, none overlapping)
         if not out.flags.writeable:
             raise ValueError("out is read-only")
-        if any(stride == 0 and n > 1 for stride, n in zip(out.strides, out.shape)):
+        if out.size and any(stride == 0 and n > 1 for stride, n in zip(out.strides, out.shape)):
             raise ValueError(f"out's elements overlap (strides {out.strides}): each needs memory of its own")
 
     def finish(self) -> None:
