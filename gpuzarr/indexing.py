@@ -198,7 +198,7 @@ def _expand_ellipsis(items: list, ndim: int) -> list:
         raise IndexError(f"too many indices: array is {ndim}-dimensional, but {used} were indexed")
     fill = [slice(None)] * (ndim - used)
     if n_ellipsis:
-        at = items.index(Ellipsis)
+        at = next(i for i, item in enumerate(items) if item is Ellipsis)  # (index() compares arrays by ==)
         return items[:at] + fill + items[at + 1:]
     return items + fill
 

@@ -76,6 +76,9 @@ MASK_1 = np.arange(41) % 5 < 2
     ((None, slice(3, 9), None, 4, None), "numpy"), ((None, [4, 2]), "numpy"), ((), "numpy"),
     (np.arange(30 * 41).reshape(30, 41) % 13 == 1, "numpy"),  # a mask over the leading axes
     (([], slice(None)), "numpy"),
+    # arrays before an Ellipsis (list.index(Ellipsis) compared them with ==: a ValueError)
+    (([5, 1], Ellipsis), "numpy"), ((np.arange(30) % 4 == 1, Ellipsis), "numpy"),
+    (([0, 1], Ellipsis, [1, 1]), "numpy"),
 ])
 def test_getitem_reads_what_numpy_and_zarr_python_read(grid, device, sel, kind):
     data, z, arrays = grid
@@ -86,7 +89,8 @@ def test_getitem_reads_what_numpy_and_zarr_python_read(grid, device, sel, kind):
     try:
         ref = z[sel]
     except (IndexError, TypeError, ValueError) as exc:  # zarr-python refuses some of NumPy's forms
-        assert "zarr" in type(exc).__module__ or isinstance(exc, IndexError)
+        # (a mask before an Ellipsis: zarr-python 3.1 meets the ValueError gpuzarr met, see above)
+        assert "zarr" in type(exc).__module__ or isinstance(exc, IndexError) or "truth value" in str(exc)
     else:
         assert_identical(got, ref, f"zarr-python's [{sel!r}]")
     assert report.chunks == len(set(_chunks_touched(data.shape, (4, 6, 7), sel, kind)))
@@ -225,6 +229,9 @@ def test_orthogonal_and_pointwise_reads_equal_numpy(tmp_path, case, data):
     arr = gpuzarr.open(str(path), device=device)
     items = tuple(data.draw(_index_item(s)) for s in shape)
     assert_identical(arr.oindex[items], _orthogonal_ref(source, items), f"oindex[{items!r}]")
+    cut = data.draw(st.integers(0, len(items)))  # the axes from `cut` on as an Ellipsis, after arrays too
+    assert_identical(arr.oindex[items[:cut] + (Ellipsis,)], _orthogonal_ref(source, items[:cut]),
+                     f"oindex[{items[:cut]!r} + (...,)]")
     points = tuple(np.asarray(data.draw(st.lists(st.integers(-s, s - 1), min_size=5, max_size=5))) for s in shape) \
         if all(shape) else None
     if points is not None:
