@@ -336,6 +336,21 @@ class ObstoreStore(Store):
                     future.set_exception(exc)
             return future.result()
 
+        def refused_suffix(key: str, path: str, start: int, stop: int | None, tries: list[int]) -> Any:
+            """A 416 to a suffix range: an empty object, or a server that refuses suffix ranges
+            (RFC 9110 lets it): then the last bytes of its objects are found from their size."""
+            try:
+                if from_the_end(path, start, tries)[1] == 0:
+                    return b""
+            except obs.exceptions.BaseError as exc:
+                raise StoreError(f"{self.url}/{key}: the server refused a suffix range (HTTP 416), and the "
+                                 f"object's size is unknown ({obstore_reason(exc)})", key, exc) from exc
+            if self._fs.suffix_ranges:
+                log.debug("%s: the server refuses suffix ranges; an object's last bytes are found from its size",
+                          self._fs.label)
+            self._fs.suffix_ranges = False
+            return one(key, start, stop)
+
         def one(key: str, start: int, stop: int | None) -> memoryview | bytes | None:
             path = self._object(key)
             if stop is not None and stop <= max(start, 0):
@@ -378,7 +393,7 @@ class ObstoreStore(Store):
                 return None
             except Exception as exc:
                 if _416.search(str(exc)):  # the range starts past the end: nothing there
-                    return b""
+                    return refused_suffix(key, path, start, stop, tries) if start < 0 else b""
                 if policy is None:  # obstore's own, said only by the error of a request that failed
                     count(retries=_retries(exc))
                 reason = obstore_reason(exc, None if policy is None else tries[0])

@@ -13,6 +13,7 @@ import http.server
 import multiprocessing as mp
 import os
 import pickle
+import re
 import socket
 import subprocess
 import sys
@@ -924,3 +925,67 @@ def test_retry_waits_grow_within_the_configured_bounds():
         waits.append(policy.next_wait(waits[-1]))
     assert waits[0] == 0.1 and all(0.1 <= w <= 1 for w in waits)
     assert max(waits) > 0.5, "the waits grow toward the cap"
+
+
+class _NoSuffixRanges(http.server.SimpleHTTPRequestHandler):
+    """Serves `bytes=a-b` ranges but answers a suffix range (`bytes=-N`) 416, as RFC 9110 lets a
+    server; HEAD unless `no_head`."""
+
+    no_head = False
+
+    def log_message(self, *args):
+        pass
+
+    def do_HEAD(self):
+        if self.no_head:
+            self.send_error(501)
+            return
+        super().do_HEAD()
+
+    def do_GET(self):
+        try:
+            body = (Path(self.directory) / self.path.lstrip("/")).read_bytes()
+        except OSError:
+            self.send_error(404)
+            return
+        ranged = re.fullmatch(r"bytes=(\d*)-(\d*)", self.headers.get("Range", ""))
+        if ranged and not ranged.group(1):
+            self.send_response(416)
+            self.send_header("Content-Range", f"bytes */{len(body)}")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        start, stop = (int(ranged.group(1)), int(ranged.group(2) or len(body) - 1) + 1) if ranged else (0, len(body))
+        stop = min(stop, len(body))
+        self.send_response(206 if ranged else 200)
+        if ranged:
+            self.send_header("Content-Range", f"bytes {start}-{stop - 1}/{len(body)}")
+        self.send_header("Content-Length", str(stop - start))
+        self.end_headers()
+        self.wfile.write(body[start:stop])
+
+
+@pytest.mark.parametrize("no_head", [False, True])
+def test_a_server_refusing_suffix_ranges_has_shard_indexes_found_from_the_size(tmp_path, no_head):
+    """A 416 to `bytes=-N` was taken for an empty object: a healthy shard read cold raised
+    CorruptDataError ("shard index is 0 bytes"; found by a differential run). Now the size comes
+    from a HEAD, and the host's shard indexes are read by plain ranges from then on; a server
+    with no HEAD either is a StoreError saying so."""
+    data = np.arange(64 * 64, dtype="u2").reshape(64, 64)
+    zarr.create_array(str(tmp_path / "a.zarr"), shape=data.shape, chunks=(16, 16), shards=(32, 32),
+                      dtype="u2")[...] = data
+    handler = type("Handler", (_NoSuffixRanges,), {"no_head": no_head})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(handler, directory=str(tmp_path)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        arr = gpuzarr.open(f"http://127.0.0.1:{server.server_address[1]}/a.zarr", device="cpu")
+        if no_head:  # (a window of one chunk of a shard: its index is read alone, by its last bytes)
+            with pytest.raises(gpuzarr.StoreError, match=r"refused a suffix range \(HTTP 416\).*HTTP 501"):
+                arr[:8, :8]
+        else:
+            assert np.array_equal(arr[:8, :8], data[:8, :8])
+            assert arr.store.fs.suffix_ranges is False
+            assert np.array_equal(arr[40:, 8:], data[40:, 8:])
+    finally:
+        server.shutdown()
+        server.server_close()
