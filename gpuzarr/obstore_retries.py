@@ -26,7 +26,9 @@ from .errors import SettingsError
 T = TypeVar("T")
 
 _STATUS = re.compile(r"status code: (\d{3})\b")
-_TRANSPORT = re.compile(r"HTTP error|error sending request|body error|timed out|connection", re.IGNORECASE)
+_URL = re.compile(r"\b\w+://\S+")
+# transport failures as object_store words them ("Generic HTTP error" only names the store kind)
+_TRANSPORT = re.compile(r"(?<!Generic )HTTP error|error sending request|body error|timed out|connection", re.IGNORECASE)
 
 
 def _seconds(value: Any, default: float) -> float:
@@ -83,7 +85,7 @@ def retryable(exc: BaseException) -> bool:
     if status:
         code = int(status.group(1))
         return code >= 500 or code in (408, 429)
-    return _TRANSPORT.search(text) is not None
+    return _TRANSPORT.search(_URL.sub("", text)) is not None  # (not a word of the object's URL)
 
 
 def with_retries(policy: RetryPolicy, request: Callable[[], T], ended: threading.Event,

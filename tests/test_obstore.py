@@ -989,3 +989,22 @@ def test_a_server_refusing_suffix_ranges_has_shard_indexes_found_from_the_size(t
     finally:
         server.shutdown()
         server.server_close()
+
+
+@pytest.mark.parametrize("text, again", [
+    ("Generic S3 error: Error performing GET http://h/b/k in 41ms - Server returned non-2xx status code: "
+     "503 Service Unavailable: <Error/>", True),
+    ("Generic S3 error: Error performing GET http://h/b/k in 4ms - Server returned non-2xx status code: "
+     "429 Too Many Requests", True),
+    ("Generic S3 error: Error performing GET http://h/b/k in 4ms - Server returned non-2xx status code: "
+     "403 Forbidden", False),
+    ("Generic S3 error: Error performing GET http://h/b/k in 808us - HTTP error: error sending request", True),
+    ("Generic S3 error: HTTP error: request or response body error", True),
+    # the store's kind and the object's URL say nothing of the failure
+    ("Generic HTTP error: Error performing GET http://h/connection/k in 1ms - invalid range", False),
+])
+def test_retryable_failures_are_told_by_status_or_transport_failure(text, again):
+    from gpuzarr.obstore_retries import retryable
+
+    assert retryable(obstore.exceptions.GenericError(text)) is again
+    assert not retryable(obstore.exceptions.NotFoundError(text))
