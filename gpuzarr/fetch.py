@@ -78,6 +78,8 @@ class Locations:
     # whole shard objects read while locating (see WHOLE_SHARD_FRACTION): key → their bytes, which
     # `fetch` slices instead of requesting that key's ranges
     prefetched: dict = field(default_factory=dict)
+    # each shard key's version when its index was looked up (see Locator.check_unchanged)
+    versions: dict = field(default_factory=dict)
 
     def storage_order(self) -> np.ndarray | None:
         """Order reading keys one after the other, each front to back; None if already so."""
@@ -96,7 +98,7 @@ class Locations:
 
     def take(self, order: np.ndarray) -> Locations:
         return Locations(self.keys[order], self.offsets[order], self.sizes[order], self.present[order],
-                         self.key_ids[order], self.missing, self.prefetched)
+                         self.key_ids[order], self.missing, self.prefetched, self.versions)
 
 
 @dataclass(frozen=True)
@@ -286,18 +288,18 @@ class Locator:
             sizes = np.where(present, entry[:, 1].astype(np.int64), 0)
             origin = origin + within * inner
             owner = owner * math.prod(cps) + flat
-        return Locations(keys, offsets, sizes, present, inverse, missing, blobs)
+        return Locations(keys, offsets, sizes, present, inverse, missing, blobs, versions)
 
     def _locate_small(self, coords: np.ndarray) -> Locations:
         """locate() of a handful of chunks under one level of sharding: locate_few's lists as arrays."""
         shard, inner = np.divmod(coords, self._per_shard)
         linears = (shard @ self._grid_strides).tolist()
         rows = list(zip(linears, (inner @ self._level_strides[0]).tolist()))
-        keys, ids, offsets, sizes, present, missing = self.locate_few(dict(zip(linears, map(tuple, shard.tolist()))),
-                                                                      rows)
+        keys, ids, offsets, sizes, present, missing, versions = self.locate_few(
+            dict(zip(linears, map(tuple, shard.tolist()))), rows)
         return Locations(np.array([keys[i] for i in ids], dtype=object), np.array(offsets, dtype=np.int64),
                          np.array(sizes, dtype=np.int64), np.array(present, dtype=bool),
-                         np.array(ids, dtype=np.int64), missing)
+                         np.array(ids, dtype=np.int64), missing, versions=versions)
 
     def shard_terms(self, axis: int, k: int) -> tuple[int, int, int]:
         """Leaf chunk k of an axis, as its terms in locate_few's numbers: (its shard's coordinate,
@@ -306,13 +308,14 @@ class Locator:
         return k // per, k // per * self._grid_ints[axis], k % per * self._inner_ints[axis]
 
     def locate_few(self, shards: dict[int, tuple], rows: list[tuple[int, int]]) -> tuple[list, list, list, list,
-                                                                                         list, tuple]:
+                                                                                         list, tuple, dict]:
         """The locations of a handful of chunks under one level of sharding, in plain integers,
         without the dozens of array calls on tiny arrays the general path makes. `rows`: per
         chunk, its shard's linear number in the grid and its entry in the shard's index;
         `shards`: each shard's grid coordinates by linear number. Returns (the shard keys in grid
         order; per chunk the number of its shard's key, its offset, its size and whether it is
-        present (0, 0, False where absent); the keys of missing shards)."""
+        present (0, 0, False where absent); the keys of missing shards; the shards' versions, see
+        check_unchanged)."""
         (shard_shape, sharding), = self.levels
         order = sorted(shards)
         rank = {linear: i for i, linear in enumerate(order)}
@@ -334,7 +337,19 @@ class Locator:
             present.append(live)
             offsets.append(offset if live else 0)
             sizes.append(size if live else 0)
-        return keys, ids, offsets, sizes, present, tuple(k for k, t in zip(keys, tables) if t is None)
+        return keys, ids, offsets, sizes, present, tuple(k for k, t in zip(keys, tables) if t is None), versions
+
+    def check_unchanged(self, versions: dict) -> None:
+        """Raise ChangedError where a local shard file is no longer the one whose index a read
+        used (replaced, as zarr-python writes a shard: a new file renamed over the old; or
+        rewritten in place): its chunks may have been read from the new file at the old index's
+        offsets. Called once a read has read every chunk (a stat per shard; object stores check
+        the ETag of every GET instead); the read is then made again (Reader.read)."""
+        if type(self.store) is not LocalStore:
+            return
+        for key, version in versions.items():
+            if version is not None and self.store.version(key) != version:
+                raise ChangedError(f"{key}: the shard file changed while it was read", key)
 
     def _mostly_wanted(self, keys: np.ndarray, shard_coords: np.ndarray, touched: np.ndarray) -> dict[str, int]:
         """Of the shards `keys` (at `shard_coords`, with `touched` of their innermost chunks

@@ -241,6 +241,7 @@ class Reader:
             settle(started)
             device.abort()
             raise
+        self.locator.check_unchanged(loc.versions)
         return out
 
     def _staged(self, bounds: list, plan: Plan, loc: Locations, chain: Any, device: Device, out: Any, fill: Any,

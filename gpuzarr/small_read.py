@@ -100,6 +100,14 @@ class SmallReads:
 
     def _read(self, chunks: list[tuple], counts: tuple, out_shape: tuple, device: CpuDevice) -> np.ndarray:
         """`chunks`: per chunk, per axis (see read) its chunk, selections and shard terms."""
+        versions: dict = {}
+        out = self._read_chunks(chunks, counts, out_shape, device, versions)
+        self.locator.check_unchanged(versions)
+        return out
+
+    def _read_chunks(self, chunks: list[tuple], counts: tuple, out_shape: tuple, device: CpuDevice,
+                     versions: dict) -> np.ndarray:
+        """_read's work; `versions` gets the shards' versions (see Locator.check_unchanged)."""
         store = self.store
         out = np.empty(out_shape, self.dtype)
         view = out.reshape(counts)  # dropped axes (integer indices) kept, of length 1
@@ -110,7 +118,8 @@ class SmallReads:
                 linear = sum(chunk[4])
                 shards[linear] = chunk[3]
                 rows.append((linear, sum(chunk[5])))
-            keys, ids, offsets, sizes, present, _ = self.locator.locate_few(shards, rows)
+            keys, ids, offsets, sizes, present, _, seen = self.locator.locate_few(shards, rows)
+            versions.update(seen)
             live = sorted((i for i in range(n) if present[i]), key=lambda i: (ids[i], offsets[i]))
             if self.direct and len(live) >= DIRECT_MIN_CHUNKS and self._direct(
                     keys, [i for i in range(n) if not present[i]] + live,

@@ -83,3 +83,49 @@ def test_indexes_are_read_anew_through_filesystems_whose_calls_are_requests(tmp_
     want = first.copy()
     want[:32, 32:] = second[:32, 32:]
     np.testing.assert_array_equal(arr[:], want)
+
+
+import pytest  # noqa: E402
+
+
+def _replaced_after_index(tmp_path, settings):
+    """A sharded array whose shard zarr-python rewrites (a new file renamed over the old, its
+    chunks elsewhere) once, right after gpuzarr has read the shard's index."""
+    old = np.arange(1, 32 * 32 + 1, dtype=np.int32).reshape(32, 32)
+    new = old + 100_000
+    old[0:8, 0:8] = 0  # chunk (0, 0) absent before, chunk (0, 1) after: the layout moves
+    new[0:8, 8:16] = 0
+    z = zarr.create_array(str(tmp_path / "a"), shape=(32, 32), dtype=np.int32, chunks=(8, 8), shards=(32, 32),
+                          compressors=None, fill_value=0)
+    z[...] = old
+    arr = gpuzarr.open(str(tmp_path / "a"), device="cpu", settings=settings)
+    store = arr._reader.store
+    read_indexes = store.read_indexes
+    rewritten = []
+
+    def then_rewritten(ranges):
+        got = read_indexes(ranges)
+        if not rewritten:
+            rewritten.append(True)
+            z[...] = new
+        return got
+    store.read_indexes = then_rewritten
+    return arr, new, rewritten
+
+
+@pytest.mark.parametrize("how", ["small", "general", "batch"])
+def test_a_shard_file_replaced_between_its_index_and_its_chunks_is_read_again(tmp_path, how):
+    """Its chunks were read from the new file at the old index's offsets: chunk (0, 1) came back
+    holding the new (1, 0), without a word (found by a concurrency run). The file's version at
+    the end of the read tells; the read is made again, from the new index."""
+    arr, new, rewritten = _replaced_after_index(tmp_path, gpuzarr.Settings(index_cache_bytes=0))
+    if how == "small":
+        got = arr[0:8, 0:16]
+    elif how == "general":
+        report = gpuzarr.ReadReport()  # (a reported read takes the general path)
+        got = arr.read((slice(0, 8), slice(0, 16)), report=report)
+        assert any("changed while it was read" in note for note in report.notes)
+    else:
+        got = arr.read_batch([(slice(0, 8), slice(0, 16))] * 3)[1]
+    assert rewritten
+    np.testing.assert_array_equal(got, new[0:8, 0:16])
