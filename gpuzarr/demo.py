@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -21,8 +23,25 @@ def _progress(label: str):
     return show
 
 
+def _room_for(size: int) -> str | None:
+    """Why an image of this side does not fit here (the demo holds it three times in memory,
+    and once compressed on disk), or None."""
+    image = size * size * 2
+    memory = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else None
+    if memory is not None and 3 * image > memory:
+        return f"--size {size} needs {3 * image / 2**30:.3g} GiB of memory; {memory / 2**30:.1f} GiB are free"
+    disk = shutil.disk_usage(tempfile.gettempdir()).free
+    if image > disk:
+        return f"--size {size} needs up to {image / 2**30:.3g} GiB in {tempfile.gettempdir()}; {disk / 2**30:.1f} GiB are free"
+    return None
+
+
 def run(size: int = 4096, repeats: int = 5, device: str = "auto") -> int:
     shape, shard, chunk = (size, size), (1024, 1024), (128, 128)
+    why = _room_for(size)
+    if why is not None:
+        print(f"gpuzarr demo: error: {why}", file=sys.stderr)
+        return 2
     dev = get_device(device)
     print(f"gpuzarr demo: {shape} uint16, shards {shard}, inner chunks {chunk}, zstd level 3")
     data = sample_data(shape)

@@ -56,18 +56,17 @@ def _grid_size(node: Array) -> int:
 
 def stored_chunks(node: Array) -> tuple[int, int]:
     """(number of stored chunk/shard objects, their total bytes), listing the store once;
-    CannotListError where the store cannot list."""
-    files = node.store.find("", "zarr.json" if node.meta.zarr_format == 3 else ".zarray")
-    # chunks under a sub-directory holding its own metadata belong to another node
-    nodes = {rel.rsplit("/", 1)[0] for rel in files if "/" in rel and rel.rsplit("/", 1)[-1] in _META}
+    CannotListError where the store cannot list. Only names of chunks inside the grid count
+    (not a README beside them, a hidden file, or a key past the grid)."""
+    meta = node.meta
+    files = node.store.find("", "zarr.json" if meta.zarr_format == 3 else ".zarray")
+    grid, ndim = meta.grid_shape, len(meta.shape)
     count = nbytes = 0
     for rel, size in files.items():
-        parts = rel.split("/")
-        if parts[-1] in _META or any("/".join(parts[:i]) in nodes for i in range(1, len(parts))):
-            continue
-        count += 1
-        nbytes += size
+        coords = meta.key_encoding.coords(rel, ndim)
+        if coords is not None and all(c < n for c, n in zip(coords, grid)):
+            count += 1
+            nbytes += size
     return count, nbytes
 
 
-_META = {"zarr.json", ".zarray", ".zattrs", ".zgroup", ".zmetadata"}

@@ -16,6 +16,7 @@ from .dtypes import DataType, _name_and_config, parse_data_type_v3, parse_dtype_
 from .errors import MetadataError, UnsupportedFeatureError
 
 Shape = tuple[int, ...]
+_DIGITS = re.compile(r"[0-9]+")
 _V3_ARRAY_KEYS = {"zarr_format", "node_type", "shape", "data_type", "chunk_grid", "chunk_key_encoding",
                   "fill_value", "codecs", "attributes", "dimension_names", "storage_transformers"}
 _V3_GROUP_KEYS = {"zarr_format", "node_type", "attributes", "consolidated_metadata"}
@@ -34,6 +35,20 @@ class KeyEncoding:
         if self.kind == "default":
             return self.separator.join(("c", *map(str, coords)))
         return self.separator.join(map(str, coords)) if coords else "0"
+
+    def coords(self, key: str, ndim: int) -> tuple[int, ...] | None:
+        """The grid coordinates of the chunk `key` names in an array of `ndim` dimensions (the
+        inverse of key), None for a name no chunk has."""
+        if ndim == 0:
+            return () if key == self.key(()) else None
+        parts = key.split(self.separator)
+        if self.kind == "default":
+            if parts[0] != "c":
+                return None
+            parts = parts[1:]
+        if len(parts) != ndim or not all(_DIGITS.fullmatch(p) for p in parts):
+            return None
+        return tuple(map(int, parts))
 
 
 @dataclass(frozen=True)

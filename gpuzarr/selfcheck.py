@@ -242,7 +242,7 @@ def main(gpu: Any = None, size: int = 512, corpus: str | None = None) -> int:
     if gpu is None:
         ok, why = usable_gpu()
         if not ok:
-            print(f"gpuzarr selfcheck: no usable GPU: {why}")
+            print(f"gpuzarr selfcheck: {why}")
             return 1
         gpu = get_device("gpu")
     print(f"gpuzarr selfcheck on {gpu.name}:")

@@ -228,6 +228,10 @@ class Store:
     # a shard a read wants most of is read whole, index included, in one request (see
     # fetch.WHOLE_SHARD_FRACTION): where a request costs more than the bytes it brings
     reads_whole_shards = True
+    # a directory's listing holds every file in it (local files): a node's directory missing,
+    # or lacking the metadata file, holds nothing; elsewhere (HTTP pages) it says the store
+    # cannot list
+    lists_fully = False
 
     def __init__(self, fs: fsspec.AbstractFileSystem, root: str):
         self._fs = fs
@@ -363,13 +367,15 @@ class Store:
         path = self.path(key)
         try:
             found = list(entries(path))
+        except _MISSING if self.lists_fully else ():  # a node known from consolidated metadata alone
+            return {}
         except (NotImplementedError, *_MISSING) as exc:
             raise CannotListError(f"{path}: this store cannot list directories ({_reason(exc)})", key, exc) from exc
         except Exception as exc:
             raise StoreError(f"{path}: listing failed ({_reason(exc)})", key, exc) from exc
         prefix = path.rstrip("/") + "/"
         names = {e["name"].rstrip("/").removeprefix(prefix): e for e in found}
-        if marker not in names:
+        if marker not in names and not self.lists_fully:
             raise CannotListError(f"{path}: this store cannot list directories (its listing lacks the node's "
                                   f"{marker})", key)
         return names
@@ -380,6 +386,7 @@ class LocalStore(Store):
     Sizes are a stat away here, so ranges of known size are read straight into staging."""
 
     reads_whole_shards = False  # a request is a syscall: the index, then just the chunks wanted
+    lists_fully = True
 
     _nowait = _NOWAIT  # set to 0 on a store whose filesystem refuses RWF_NOWAIT
 
@@ -890,7 +897,7 @@ def open_store(store: Any, path: str | None = None, storage_options: dict | None
         else:
             try:
                 fs, root = fsspec.core.url_to_fs(url, **pooled(url.split("://", 1)[0], storage_options))
-            except (ValueError, ImportError) as exc:
+            except Exception as exc:  # any filesystem's failure to start (a missing zip, a refused connection)
                 raise StoreError(f"{store}: cannot open this store ({_reason(exc)})", None, exc) from exc
             result = _make(fs, root)
     else:

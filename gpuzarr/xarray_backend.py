@@ -124,7 +124,8 @@ class GpuzarrStore(AbstractDataStore):
             if array.fill_value is not None:
                 attrs["_FillValue"] = array.fill_value
         else:
-            encoding["fill_value"] = array.fill_value
+            if self.group.zarr_format == 3:  # zarr_format 2 writes it from _FillValue (xarray issue 10269)
+                encoding["fill_value"] = array.fill_value
             if "_FillValue" in attrs:
                 attrs["_FillValue"] = FillValueCoder.decode(attrs["_FillValue"], array.dtype)
         return Variable(dims, indexing.LazilyIndexedArray(data), attrs, encoding)

@@ -50,3 +50,39 @@ def test_demo_on_gpu_without_one_says_why(capsys):
         pytest.skip("a GPU is usable here: the GPU demo is exercised by `pytest -m gpu` users")
     assert main(["demo", "--size", "256", "--repeats", "1", "--device", "gpu"]) == 2
     assert "not available" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("fmt, strays", [(2, ["README.txt", "5", ".hidden"]), (3, ["notes.md", "c/.hidden/x", "c/9"])])
+def test_info_counts_only_chunks_of_the_grid(tmp_path, capsys, fmt, strays):
+    """A README beside the chunks, a hidden file or a key past the grid were counted as chunks
+    ("4 of 2"; found by a differential run)."""
+    a = zarr.create_array(tmp_path / "a", shape=(10,), chunks=(5,), dtype="i1", zarr_format=fmt, fill_value=0)
+    a[:] = 1
+    for rel in strays:
+        (tmp_path / "a" / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "a" / rel).write_text("not a chunk")
+    assert main(["info", str(tmp_path / "a")]) == 0
+    chunk_bytes = sum((tmp_path / "a" / k).stat().st_size for k in (["0", "1"] if fmt == 2 else ["c/0", "c/1"]))
+    assert f"stored      2 of 2 chunk objects, {chunk_bytes} bytes" in capsys.readouterr().out
+
+
+def test_info_counts_no_chunks_of_a_member_known_only_from_consolidated_metadata(tmp_path, capsys):
+    import shutil
+
+    group = zarr.open_group(tmp_path / "g", mode="w", zarr_format=3)
+    group.create_array("top", shape=(4, 4), chunks=(2, 2), dtype="f4", fill_value=0)[:] = 1
+    zarr.consolidate_metadata(tmp_path / "g")
+    shutil.rmtree(tmp_path / "g" / "top")
+    assert main(["info", str(tmp_path / "g")]) == 0
+    assert "stored      0 of 4 chunk objects" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("url", ["zip:///nonexistent.zip", "reference://x"])
+def test_info_of_a_filesystem_that_cannot_start_is_a_message(url, capsys):
+    assert main(["info", url]) == 2
+    assert capsys.readouterr().err.startswith(f"gpuzarr: error: {url}: cannot open this store")
+
+
+def test_demo_of_an_image_that_cannot_fit_is_a_message(capsys):
+    assert main(["demo", "--size", str(10**7), "--repeats", "1", "--device", "cpu"]) == 2
+    assert "GiB of memory" in capsys.readouterr().err

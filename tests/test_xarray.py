@@ -235,6 +235,11 @@ def test_zarr_engines_other_arguments(tmp_path, fmt):
         got = xr.open_dataset(path, engine="gpuzarr", zarr_format=fmt, use_zarr_fill_value_as_mask=mask,
                               cache_members=False)
         np.testing.assert_array_equal(got.v.values, np.array(want, "f4"), err_msg=f"use_zarr_fill_value_as_mask={mask}")
+    # as xarray's ZarrStore with the flag: the fill value in the encoding for v3 only (v2 writes
+    # it from _FillValue: pydata/xarray#10269)
+    unmasked = xr.open_dataset(path, engine="gpuzarr", use_zarr_fill_value_as_mask=False)
+    assert ("fill_value" in unmasked.v.encoding) is (fmt == 3)
+    unmasked.to_zarr(tmp_path / "again.zarr", zarr_format=fmt, consolidated=False)
     xr.testing.assert_identical(xr.open_dataset(path, engine="gpuzarr", zarr_format=fmt),
                                 xr.open_dataset(path, engine="zarr", zarr_format=fmt))
     with pytest.raises(FileNotFoundError, match=f"a Zarr v{fmt} group, not the v{5 - fmt} one") as info:

@@ -303,7 +303,7 @@ def test_property_matches_zarr_python(tmp_path_factory, data):
 
 
 @pytest.mark.gpu
-@pytest.mark.skipif(not GPU_OK, reason=f"no usable GPU: {WHY}")
+@pytest.mark.skipif(not GPU_OK, reason=WHY)
 def test_enable_gpu_decodes_into_cupy(tmp_path):
     import cupy
 
