@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from . import forksafe
-from .devices.base import AutoDevice, Device, check_gpu_chain, check_gpu_usable, settle
+from .devices.base import AutoDevice, Device, check_gpu_chain, check_gpu_usable, gpu_refusal, settle
 from .fetch import (
     FetchedBatch,
     IndexCache,
@@ -138,6 +138,12 @@ class Reader:
         reported or has a deadline; the bare store, at no cost, otherwise."""
         if device.name == "gpu":
             check_gpu_usable()
+            why = gpu_refusal(self.locator.leaf_chain)
+            if why is not None and isinstance(device, AutoDevice):  # the GPU's result, the CPU's work
+                host = self._read(windows, batched, device.cpu, None, report)
+                if report is not None:
+                    report.notes.append(f"auto: {why}: decoded on the CPU and copied to the GPU")
+                return device.upload(host, out)
             check_gpu_chain(self.locator.leaf_chain)
         seconds = self.settings.deadline_seconds
         io = None

@@ -576,6 +576,38 @@ def test_arrays_of_more_dimensions_than_the_placement_kernel_takes_are_refused_o
     np.testing.assert_array_equal(arr.read_batch([(0,) * 7 + (slice(None),)] * 2), np.stack([eight[(0,) * 7]] * 2))
 
 
+def test_auto_reads_what_only_the_cpu_decodes_there_and_copies_it_up(tmp_path):
+    """device="auto" on a GPU: arrays the GPU path refuses (a transpose outside the sharding
+    codec, numcodecs filters, more than 8 dimensions) raised for every read; now the CPU
+    decodes them and the result is copied up, the report says so. Strings still raise: CuPy
+    holds none."""
+    import zarr
+    from zarr.codecs import BytesCodec, ShardingCodec, TransposeCodec, ZstdCodec
+    from zarr.codecs import numcodecs as znc
+
+    from gpuzarr.devices.base import AutoDevice, get_device
+
+    data = np.arange(16 * 8, dtype="u2").reshape(16, 8)
+    zarr.create_array(str(tmp_path / "t"), shape=data.shape, chunks=(8, 8), dtype="u2", compressors=None,
+                      serializer=ShardingCodec(chunk_shape=(4, 4), codecs=[BytesCodec(), ZstdCodec()]),
+                      filters=[TransposeCodec(order=(1, 0))])[...] = data
+    zarr.create_array(str(tmp_path / "d"), shape=data.shape, chunks=(8, 8), dtype="<i4",
+                      filters=[znc.Delta(dtype="<i4")])[...] = data
+    zarr.create_array(str(tmp_path / "s"), shape=(4,), chunks=(2,), dtype=str)[...] = np.array(["a", "b", "c", "d"])
+    auto = AutoDevice(GpuDevice(StandinEngine()), get_device("cpu"), cpu_below=0)  # (nothing is "small")
+    for name in ("t", "d"):
+        arr = gpuzarr.open(str(tmp_path / name), device=auto)
+        report = gpuzarr.ReadReport()
+        np.testing.assert_array_equal(arr.read((slice(2, 14), slice(1, 8)), report=report), data[2:14, 1:])
+        assert any(note.startswith("auto: ") and "decoded on the CPU and copied to the GPU" in note
+                   for note in report.notes)
+        np.testing.assert_array_equal(arr.read_batch([(slice(0, 4), slice(0, 4))] * 2), np.stack([data[:4, :4]] * 2))
+        with pytest.raises(gpuzarr.UnsupportedFeatureError, match="decoded on the CPU only"):
+            arr.read(device=GpuDevice(StandinEngine()))  # a GPU asked for by name: refused, saying why
+    with pytest.raises(gpuzarr.UnsupportedFeatureError):
+        gpuzarr.open(str(tmp_path / "s"), device=auto)[...]
+
+
 def test_a_chunk_too_large_to_decode_on_the_host_is_a_device_memory_error(tmp_path):
     """A chunk nvCOMP cannot take (past its per-chunk limit) is decoded on the host; where the
     metadata makes it larger than memory, that is DeviceMemoryError, as on the CPU path (it was

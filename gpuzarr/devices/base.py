@@ -80,15 +80,21 @@ def check_gpu_usable() -> None:
             "method (DataLoader(..., multiprocessing_context='spawn')), or read with device='cpu'")
 
 
+def gpu_refusal(chain: CodecChain) -> str | None:
+    """Why the GPU cannot decode or place an array's chunks, or None where it can."""
+    if chain.raw_nbytes is None or any(isinstance(c, NumcodecsArray) for c in chain.array_to_array):
+        return "variable-length data, sharding inside other codecs and numcodecs array filters are decoded on the CPU only"
+    if len(chain.shape) > SCATTER_MAX_NDIM:  # the placement kernel's records hold that many
+        return f"arrays of more than {SCATTER_MAX_NDIM} dimensions (this one has {len(chain.shape)}) are placed on the CPU only"
+    return None
+
+
 def check_gpu_chain(chain: CodecChain) -> None:
     """Raise where the GPU cannot decode or place an array's chunks: for every selection, an
     empty one too, so that whether a read works does not hang on what it selects."""
-    if chain.raw_nbytes is None or any(isinstance(c, NumcodecsArray) for c in chain.array_to_array):
-        raise UnsupportedFeatureError("variable-length data, sharding inside other codecs and numcodecs "
-                                      "array filters are read on the CPU only (device='cpu')")
-    if len(chain.shape) > SCATTER_MAX_NDIM:  # the placement kernel's records hold that many
-        raise UnsupportedFeatureError(f"arrays of more than {SCATTER_MAX_NDIM} dimensions are read on the CPU "
-                                      f"only (device='cpu'; this one has {len(chain.shape)})")
+    why = gpu_refusal(chain)
+    if why is not None:
+        raise UnsupportedFeatureError(f"{why} (device='cpu', or 'auto': decoded on the CPU, copied to the GPU)")
 
 
 def get_device(name: str | Device, threads: int | None = None) -> Device:
@@ -155,6 +161,9 @@ class AutoDevice:
         return self.cpu if compressed_bytes < self.cpu_below else self.gpu
 
     def upload(self, host: Any, out: Any) -> Any:
+        from .gpu import gpu_dtype
+
+        gpu_dtype(host.dtype)  # one CuPy cannot hold (strings, records) raises, saying so
         native = host.astype(host.dtype.newbyteorder("="), copy=False)  # CuPy has native dtypes only
         if out is None:
             return self.xp.asarray(native)
