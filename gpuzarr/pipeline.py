@@ -31,7 +31,7 @@ from .fetch import (
     prefetch,
     thread_slot,
 )
-from .errors import CorruptDataError, DeviceMemoryError, SettingsError, StoreError
+from .errors import CorruptDataError, DeviceMemoryError, SettingsError, StoreError, UnsupportedFeatureError
 from .metadata import ArrayMetadata
 from .plan import Boxes, Plan, make_plan
 from .report import ReadReport
@@ -128,7 +128,7 @@ class Reader:
                 exc.args = (f"{exc.args[0]}; {attempts} reads in a row",)
                 _name_array(exc, self.store)
                 raise
-            except (StoreError, CorruptDataError, DeviceMemoryError) as exc:
+            except (StoreError, CorruptDataError, DeviceMemoryError, UnsupportedFeatureError) as exc:
                 _name_array(exc, self.store)
                 raise
 
@@ -168,13 +168,15 @@ class Reader:
             return _output(device, shape, dtype, out)
         if small and (got := self.small.read(windows[0], device, shape)) is not None:
             return got
+        if not isinstance(device, AutoDevice):  # an output that cannot be had fails now, not after a plan of it
+            out = _output(device, shape, dtype, out)
         with report.timed("plan"):
             plan = make_plan(windows, locator.leaf_shape, batched)
             pieces = None
             if not isinstance(self.store, LocalStore) and not isinstance(device, AutoDevice):
                 pieces = _pieces(plan, locator)
         if pieces is not None:
-            return self._run_pieces(*pieces, device, _output(device, shape, dtype, out), report, store, locator, io)
+            return self._run_pieces(*pieces, device, out, report, store, locator, io)
         with report.timed("locate"):
             loc = locator.locate(plan.chunks)
             order = loc.storage_order()

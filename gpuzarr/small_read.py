@@ -76,11 +76,15 @@ class SmallReads:
             return None
         sharded = bool(self.locator.levels)
         terms = self.locator.shard_terms
-        axes = []  # per axis, per chunk it crosses: (chunk, slice in it, slice in the output[, shard terms])
         n = 1
-        for d, (sel, c) in enumerate(zip(window, self.leaf)):
+        for sel, c in zip(window, self.leaf):  # counted first: a window may cross 2**30 chunks
             if sel.indices is not None or sel.step != 1:
                 return None
+            n *= (sel.start + sel.count - 1) // c - sel.start // c + 1
+            if n > LOCATE_ARRAYS:
+                return None
+        axes = []  # per axis, per chunk it crosses: (chunk, slice in it, slice in the output[, shard terms])
+        for d, (sel, c) in enumerate(zip(window, self.leaf)):
             start, stop = sel.start, sel.start + sel.count
             k, pos, axis = start // c, start, []
             while pos < stop:
@@ -89,9 +93,6 @@ class SmallReads:
                 axis.append(run + terms(d, k) if sharded else run)
                 pos, k = end, k + 1
             axes.append(axis)
-            n *= len(axis)
-            if n > LOCATE_ARRAYS:
-                return None
         if not cpu.inline(n, self.chain) or (cpu is not device and device.choose(n * self.chain.raw_nbytes) is not cpu):
             return None
         host = self._read([tuple(zip(*chunk)) for chunk in itertools.product(*axes)],

@@ -25,7 +25,7 @@ from numcodecs import zstd as _numcodecs_zstd
 
 from .. import forksafe, host_lib
 from ..blosc_frames import read_le_where
-from ..errors import CorruptDataError, MetadataError, UnsupportedFeatureError, claim_error
+from ..errors import CorruptDataError, GpuzarrError, MetadataError, UnsupportedFeatureError, claim_error
 from . import libdeflate, libz
 
 Buffer = Any  # bytes, memoryview or a 1-D uint8 ndarray
@@ -681,7 +681,7 @@ class Blosc(BytesBytesCodec):
             return
         got = decompress(np.frombuffer(view, np.uint8).ctypes.data, out.ctypes.data, out.nbytes, 1)
         if got != out.nbytes:
-            raise CorruptDataError(f"cannot decode blosc frame (c-blosc returned {got})")
+            raise _blosc_failure(view, got)
 
     def decode_rows(self, staging: np.ndarray, offsets: np.ndarray, sizes: np.ndarray, out: np.ndarray,
                     labels: list) -> None:
@@ -712,7 +712,8 @@ class Blosc(BytesBytesCodec):
         wrong = np.flatnonzero(np.asarray(got) != nbytes)
         if wrong.size:
             i = int(wrong[0])
-            raise CorruptDataError(f"{labels[i]}: cannot decode blosc frame (c-blosc returned {got[i]})")
+            exc = _blosc_failure(memoryview(staging)[offsets[i]:offsets[i] + sizes[i]], got[i])
+            raise type(exc)(f"{labels[i]}: {exc}")
 
     def direct(self, staging: np.ndarray, offsets: np.ndarray, sizes: np.ndarray, nbytes: int,
                labels: list) -> tuple | None:
@@ -950,6 +951,20 @@ class NumcodecsBytes(BytesBytesCodec):
                 raise UnsupportedFeatureError(f"codec {self.name!r} yields Python objects; use it as a filter")
             return np.ascontiguousarray(result).reshape(-1).view(np.uint8)
         return result
+
+
+# c-blosc's compressor codes (the header's flags, bits 5-7) and their names
+_BLOSC_FORMATS = {0: "blosclz", 1: "lz4", 2: "snappy", 3: "zlib", 4: "zstd"}
+
+
+def _blosc_failure(frame: memoryview, got: int) -> GpuzarrError:
+    """What a frame c-blosc would not decode is: one of a compressor this c-blosc was built
+    without (numcodecs' wheels have no snappy; the GPU decodes it), else corrupt."""
+    name = _BLOSC_FORMATS.get(frame[2] >> 5) if len(frame) >= 16 else None
+    if name is not None and name not in _blosc.list_compressors():
+        return UnsupportedFeatureError(f"blosc frame compressed with {name}: the c-blosc numcodecs carries is built "
+                                       f"without it (read on the GPU, where nvCOMP decodes it, or re-compress)")
+    return CorruptDataError(f"cannot decode blosc frame (c-blosc returned {got})")
 
 
 def _numcodecs_call(fn: Any, data: Buffer, what: str, **kwargs: Any) -> Any:
