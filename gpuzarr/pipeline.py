@@ -168,12 +168,13 @@ class Reader:
             return _output(device, shape, dtype, out)
         if small and (got := self.small.read(windows[0], device, shape)) is not None:
             return got
-        if not isinstance(device, AutoDevice):  # an output that cannot be had fails now, not after a plan of it
+        auto = isinstance(device, AutoDevice)  # its output's device is chosen after locating
+        if not auto:  # an output that cannot be had fails now, not after a plan of it
             out = _output(device, shape, dtype, out)
         with report.timed("plan"):
             plan = make_plan(windows, locator.leaf_shape, batched)
             pieces = None
-            if not isinstance(self.store, LocalStore) and not isinstance(device, AutoDevice):
+            if not isinstance(self.store, LocalStore) and not auto:
                 pieces = _pieces(plan, locator)
         if pieces is not None:
             return self._run_pieces(*pieces, device, out, report, store, locator, io)
@@ -183,7 +184,7 @@ class Reader:
             if order is not None:
                 plan, loc = plan.reorder(order), loc.take(order)
         chain = locator.leaf_chain
-        if isinstance(device, AutoDevice):
+        if auto:
             estimate = _stored_bytes(loc, chain)
             chosen = device.choose(estimate)
             if chosen is not device.gpu:  # small: decode on the CPU, then one copy up
@@ -192,7 +193,7 @@ class Reader:
                 host = self._run(plan, loc, chain, chosen, _output(chosen, shape, dtype, None), report, store, io)
                 return device.upload(host, out)
             device = chosen
-        out = _output(device, shape, dtype, out)
+            out = _output(device, shape, dtype, out)
         return self._run(plan, loc, chain, device, out, report, store, io)
 
     def _run(self, plan: Plan, loc: Locations, chain: Any, device: Device, out: Any, report: ReadReport,
