@@ -255,10 +255,10 @@ def parse_fill_value(value: Any, dt: DataType, where: str, zarr_format: int) -> 
             raise MetadataError(f"{where}: fill_value is required in Zarr v3")
         return _default_fill(dt)
     try:
-        if dt.vlen == "utf8":
-            if not isinstance(value, str):
+        if dt.vlen == "utf8":  # a number as its text, as zarr-python reads it (zarr-python 2 wrote 0)
+            if not isinstance(value, (str, int, float)):
                 raise MetadataError(f"{where}: fill value {value!r} must be a string")
-            return value
+            return str(value)
         if dt.vlen == "bytes":
             return _bytes_from_json(value, where) if zarr_format == 3 else base64.standard_b64decode(value)
         if is_ml_dtype(dtype):

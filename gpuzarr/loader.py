@@ -42,11 +42,13 @@ class Windows:
         if any(s < 1 for s in shape):
             raise ValueError(f"window shape {shape} must be positive along every axis")
         starts = np.asarray(starts)
-        if starts.size == 0:
+        if starts.size == 0 and starts.ndim != 2:  # no windows ([]); (n, 0) are a 0-d array's n windows
             starts = np.zeros((0, len(shape)), np.int64)
         if starts.dtype.kind not in "iu" or starts.ndim != 2 or starts.shape[1] != len(shape):
             raise ValueError(f"window starts must be an (n, {len(shape)}) integer array, got "
                              f"{starts.dtype} of shape {starts.shape}")
+        if starts.dtype.kind == "u" and starts.size and int(starts.max()) > np.iinfo(np.int64).max:
+            raise ValueError(f"window starts must fit in int64: {int(starts.max())} does not")  # (it would wrap)
         self.starts = starts.astype(np.int64, copy=False)
         self.shape = shape
 
@@ -185,6 +187,8 @@ class PatchDataset:
 
     def __getitems__(self, indices: Sequence[int]) -> Any:
         index = np.asarray(indices)
+        if index.size == 0:  # (np.asarray([]) is float64): no windows, an empty batch
+            index = index.astype(np.int64).reshape(0)
         if index.ndim != 1 or index.dtype.kind not in "iu":
             raise TypeError(f"indices must be a sequence of integers, got {indices!r}")
         windows = self.windows[index]

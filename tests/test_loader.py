@@ -109,6 +109,7 @@ def test_windows_index_to_slices_and_subsets():
     ([[0.5, 1]], (2, 2), "integer"),
     ([[0, 1, 2]], (2, 2), r"\(n, 2\)"),
     ([[0, 1]], (2, 0), "positive"),
+    (np.array([[2**64 - 1, 0]], np.uint64), (2, 2), "fit in int64"),  # it wrapped to -1: a window padded with data
 ])
 def test_windows_refuse_bad_starts_and_shapes(starts, shape, match):
     with pytest.raises(ValueError, match=match):
@@ -669,3 +670,18 @@ def test_read_windows_equals_read_batch_and_refuses_windows_outside(sharded):
         arr.read_windows([[0, 0], [140, 0]], (11, 2))
     with pytest.raises(ValueError, match=r"\(n, 2\) integer starts"):
         arr.read_windows(np.zeros((3, 2)), (1, 1))
+
+
+def test_windows_of_a_0d_array_and_an_empty_batch(tmp_path):
+    """(n, 0) starts are a 0-d array's n windows (they were taken for none: shape (0,), len 0), and
+    __getitems__([]) is an empty batch (it raised TypeError: np.asarray([]) is float); found by
+    a differential run."""
+    z = zarr.create_array(str(tmp_path / "s"), shape=(), chunks=(), dtype="i4", fill_value=3)
+    z[()] = 42
+    scalar = gpuzarr.open(str(tmp_path / "s"), device="cpu")
+    np.testing.assert_array_equal(scalar.read_windows(np.zeros((3, 0), np.int64), ()), [42, 42, 42])
+    assert len(Windows(np.zeros((3, 0), np.int64), ())) == 3
+    assert scalar.read_windows([], ()).shape == (0,)
+    zarr.create_array(str(tmp_path / "a"), shape=(6, 6), chunks=(3, 3), dtype="i4", fill_value=0)[...] = 1
+    patches = PatchDataset(gpuzarr.open(str(tmp_path / "a"), device="cpu"), Windows([[0, 0], [2, 2]], (2, 2)))
+    assert patches.__getitems__([]).shape == (0, 2, 2)

@@ -334,3 +334,21 @@ def test_bench_readme_names_only_files_in_the_repository():
     assert named, "the README names its modules"
     missing = sorted(p for p in named if not (REPO / p).exists() and not (REPO / "bench" / p).exists())
     assert not missing, missing
+
+
+@pytest.mark.parametrize("fill", [0, 1.5, "x"])
+def test_a_v2_vlen_string_fill_given_as_a_number_reads_as_its_text(tmp_path, fill):
+    """zarr-python 2 wrote fill_value 0 for every string array; zarr-python 3 reads it as "0".
+    gpuzarr refused such arrays (MetadataError; found by a differential run)."""
+    import json
+
+    import numcodecs
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "a" / ".zarray").write_text(json.dumps({
+        "zarr_format": 2, "shape": [4], "chunks": [2], "dtype": "|O", "fill_value": fill, "order": "C",
+        "compressor": None, "filters": [{"id": "vlen-utf8"}]}))
+    (tmp_path / "a" / "0").write_bytes(numcodecs.VLenUTF8().encode(np.array(["a", "bc"], dtype=object)))
+    got = gpuzarr.open(str(tmp_path / "a"), device="cpu")[...]
+    want = zarr.open_array(str(tmp_path / "a"), mode="r")[...]
+    assert got.tolist() == want.tolist() == ["a", "bc", str(fill), str(fill)]
