@@ -159,8 +159,8 @@ class Array:
         dev = self._device_for(device)
         shape = tuple(operator.index(s) for s in shape)
         starts = np.asarray(starts)
-        if starts.size == 0 and starts.ndim != 2:  # no windows ([]); (n, 0) are a 0-d array's n windows
-            starts = starts.reshape(0, len(shape)).astype(np.int64)
+        if starts.size == 0:  # no values, so any dtype: [] is no windows, (n, 0) are a 0-d array's n windows
+            starts = (starts if starts.ndim == 2 else starts.reshape(0, len(shape))).astype(np.int64)
         if starts.dtype.kind not in "iu" or starts.shape[1:] != (self.ndim,) or len(shape) != self.ndim:
             raise ValueError(f"read_windows needs (n, {self.ndim}) integer starts and a {self.ndim}-d shape, got "
                              f"{starts.dtype} starts of shape {starts.shape} and shape {shape}")

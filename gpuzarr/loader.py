@@ -42,8 +42,8 @@ class Windows:
         if any(s < 1 for s in shape):
             raise ValueError(f"window shape {shape} must be positive along every axis")
         starts = np.asarray(starts)
-        if starts.size == 0 and starts.ndim != 2:  # no windows ([]); (n, 0) are a 0-d array's n windows
-            starts = np.zeros((0, len(shape)), np.int64)
+        if starts.size == 0:  # no values, so any dtype: [] is no windows, (n, 0) are a 0-d array's n windows
+            starts = (starts if starts.ndim == 2 else starts.reshape(0, len(shape))).astype(np.int64)
         if starts.dtype.kind not in "iu" or starts.ndim != 2 or starts.shape[1] != len(shape):
             raise ValueError(f"window starts must be an (n, {len(shape)}) integer array, got "
                              f"{starts.dtype} of shape {starts.shape}")

@@ -48,7 +48,8 @@ class KeyEncoding:
             parts = parts[1:]
         if len(parts) != ndim or not all(_DIGITS.fullmatch(p) for p in parts):
             return None
-        return tuple(map(int, parts))
+        coords = tuple(map(int, parts))
+        return coords if self.key(coords) == key else None  # "01" is no chunk's name
 
 
 @dataclass(frozen=True)

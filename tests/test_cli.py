@@ -52,10 +52,11 @@ def test_demo_on_gpu_without_one_says_why(capsys):
     assert "not available" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("fmt, strays", [(2, ["README.txt", "5", ".hidden"]), (3, ["notes.md", "c/.hidden/x", "c/9"])])
+@pytest.mark.parametrize("fmt, strays", [(2, ["README.txt", "5", ".hidden", "01"]),
+                                         (3, ["notes.md", "c/.hidden/x", "c/9", "c/00"])])
 def test_info_counts_only_chunks_of_the_grid(tmp_path, capsys, fmt, strays):
-    """A README beside the chunks, a hidden file or a key past the grid were counted as chunks
-    ("4 of 2"; found by a differential run)."""
+    """A README beside the chunks, a hidden file, a key past the grid or with a leading zero were
+    counted as chunks ("4 of 2"; found by a differential run)."""
     a = zarr.create_array(tmp_path / "a", shape=(10,), chunks=(5,), dtype="i1", zarr_format=fmt, fill_value=0)
     a[:] = 1
     for rel in strays:

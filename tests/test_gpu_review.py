@@ -602,6 +602,12 @@ def test_auto_reads_what_only_the_cpu_decodes_there_and_copies_it_up(tmp_path):
         assert any(note.startswith("auto: ") and "decoded on the CPU and copied to the GPU" in note
                    for note in report.notes)
         np.testing.assert_array_equal(arr.read_batch([(slice(0, 4), slice(0, 4))] * 2), np.stack([data[:4, :4]] * 2))
+        wrong = np.zeros((3, 3), data.dtype)  # an out the GPU would refuse is refused here too, left untouched
+        with pytest.raises(ValueError, match="out has shape"):
+            arr.read((slice(0, 4), slice(0, 4)), out=wrong)
+        assert not wrong.any()
+        with pytest.raises(TypeError, match="out must be"):
+            arr.read((slice(0, 4), slice(0, 4)), out=[0])
         with pytest.raises(gpuzarr.UnsupportedFeatureError, match="decoded on the CPU only"):
             arr.read(device=GpuDevice(StandinEngine()))  # a GPU asked for by name: refused, saying why
     with pytest.raises(gpuzarr.UnsupportedFeatureError):

@@ -682,6 +682,8 @@ def test_windows_of_a_0d_array_and_an_empty_batch(tmp_path):
     np.testing.assert_array_equal(scalar.read_windows(np.zeros((3, 0), np.int64), ()), [42, 42, 42])
     assert len(Windows(np.zeros((3, 0), np.int64), ())) == 3
     assert scalar.read_windows([], ()).shape == (0,)
+    assert len(Windows(np.empty((0, 2)), (2, 2))) == 0  # empty, of any dtype (a filtered float array)
     zarr.create_array(str(tmp_path / "a"), shape=(6, 6), chunks=(3, 3), dtype="i4", fill_value=0)[...] = 1
     patches = PatchDataset(gpuzarr.open(str(tmp_path / "a"), device="cpu"), Windows([[0, 0], [2, 2]], (2, 2)))
     assert patches.__getitems__([]).shape == (0, 2, 2)
+    assert patches.array.read_windows(np.empty((0, 2)), (2, 2)).shape == (0, 2, 2)

@@ -167,6 +167,7 @@ class AutoDevice:
         native = host.astype(host.dtype.newbyteorder("="), copy=False)  # CuPy has native dtypes only
         if out is None:
             return self.xp.asarray(native)
+        self.check_output(out, native.shape, native.dtype)  # as a GPU read checks it (then left untouched)
         out.set(native)
         return out
 
