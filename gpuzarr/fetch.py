@@ -224,7 +224,9 @@ class Locator:
         """The outermost shard of each leaf chunk at `coords`, as a linear index of the grid."""
         return (coords // self._per_shard) @ self._grid_strides
 
-    def locate(self, coords: np.ndarray) -> Locations:
+    def locate(self, coords: np.ndarray, given: dict | None = None) -> Locations:
+        """`given`: shard objects already read whole (key → their bytes, None if absent; see
+        whole_shards), whose indexes are read from those bytes, not the cache or the store."""
         n = coords.shape[0]
         if n <= LOCATE_ARRAYS and len(self.levels) == 1 and not self._whole:
             return self._locate_small(coords)
@@ -266,7 +268,8 @@ class Locator:
                 first, group_of = _group(owner[live])
             rows = live[first]
             tables = self._indexes(list(zip(keys[rows].tolist(), offsets[rows].tolist(), sizes[rows].tolist())),
-                                   owner_shape, sharding, level, versions, whole if level == 0 else {}, blobs)
+                                   owner_shape, sharding, level, versions, whole if level == 0 else {}, blobs,
+                                   given if level == 0 else None)
             if level == 0:  # whole shard objects
                 missing = tuple(k for k, t in zip(keys[rows].tolist(), tables) if t is None)
             per = math.prod(cps)
@@ -351,6 +354,26 @@ class Locator:
             if version is not None and self.store.version(key) != version:
                 raise ChangedError(f"{key}: the shard file changed while it was read", key)
 
+    def whole_shards(self, coords: np.ndarray) -> tuple[np.ndarray, list[str]] | None:
+        """Where a read of the leaf chunks at `coords` would read each of its two or more shards
+        whole (see WHOLE_SHARD_FRACTION), none with a cached index: per chunk the number of its
+        shard, and the shards' keys in grid order. None otherwise."""
+        if not self._whole:
+            return None
+        shard_coords = coords // self._per_shard
+        first, group = _group(shard_coords @ self._grid_strides)
+        if first.size < 2:
+            return None
+        encode = self.meta.key_encoding.key
+        keys = [encode(tuple(c)) for c in shard_coords[first].tolist()]
+        whole = self._mostly_wanted(np.array(keys, dtype=object), shard_coords[first], np.bincount(group))
+        if len(whole) < len(keys) or sum(whole.values()) > WHOLE_SHARD_BYTES:
+            return None
+        if self.store.keeps_indexes and any(self.cache.get((k, 0, 0, self.store.version(k))) is not False
+                                            for k in keys):
+            return None
+        return group, keys
+
     def _mostly_wanted(self, keys: np.ndarray, shard_coords: np.ndarray, touched: np.ndarray) -> dict[str, int]:
         """Of the shards `keys` (at `shard_coords`, with `touched` of their innermost chunks
         wanted), those wanted at least WHOLE_SHARD_FRACTION (of their chunks inside the array),
@@ -362,19 +385,22 @@ class Locator:
         return {k: e for k, e, m in zip(keys.tolist(), estimate.tolist(), mostly.tolist()) if m}
 
     def _indexes(self, owners: list[tuple[str, int, int]], owner_shape: Shape, sharding: Sharding,
-                 level: int, versions: dict, whole: dict | None = None, blobs: dict | None = None) -> list:
+                 level: int, versions: dict, whole: dict | None = None, blobs: dict | None = None,
+                 given: dict | None = None) -> list:
         """Decoded index of each owner (key, byte offset, byte size; size -1 for a whole shard
         object), from the cache or read together in one call; None for a missing shard.
         `whole`: shard objects to read whole where their index is not cached (key → estimated
         size), while their estimates fit WHOLE_SHARD_BYTES: their bytes go to `blobs`, where
-        the indexes of owners inside them (nested sharding) are then read from."""
+        the indexes of owners inside them (nested sharding) are then read from. `given`: whole
+        shard objects in hand (see `locate`), read from whatever the cache holds."""
         # the level too: a shard's first inner chunk, itself a shard of the same shape, has the
         # shard's key and offset
         whole = whole or {}
         blobs = {} if blobs is None else blobs
         names = [(key, base, level, versions[key]) for key, base, _ in owners]
         keep = self.store.keeps_indexes
-        found = [self.cache.get(name) for name in names] if keep else [False] * len(names)
+        given = given or {}
+        found = [False if name[0] in given or not keep else self.cache.get(name) for name in names]
         wanted = [i for i, hit in enumerate(found) if hit is False]
         n_index = sharding.index_nbytes(owner_shape)
         budget = WHOLE_SHARD_BYTES
@@ -382,6 +408,9 @@ class Locator:
         jobs = []  # (owner, its size if known, read whole, its raw index or the number of its range)
         for i in wanted:
             key, base, size = owners[i]
+            if size < 0 and key in given:  # read whole already
+                jobs.append((i, None, True, given[key]))
+                continue
             if size < 0:  # a whole shard object: the index sits at a known end
                 estimate = whole.get(key)
                 if estimate is not None and estimate <= budget:  # read whole: index and chunks at once
@@ -616,6 +645,24 @@ class Landing:
         offsets[idx - lo] = where + np.where(whole, 0, self.offsets[idx] - start)
         sizes[idx - lo] = np.where(whole, np.repeat(lengths[live], counts), self.sizes[idx])
         return FetchedBatch(staging, offsets, sizes, present, self.keys[lo:hi].tolist())
+
+
+def shards_batch(loc: Locations, blobs: list, firsts: list[int]) -> FetchedBatch:
+    """The chunks at `loc` of consecutive shards read whole (`blobs`, None for a missing shard;
+    shard k's chunks from row firsts[k]): one shard's bytes where they landed, several copied
+    into one buffer (decoded as one batch: a batch each cost more than the copy, 16 shards of
+    the 2-D remote set landing together)."""
+    if len(blobs) == 1:
+        staging = np.empty(0, np.uint8) if blobs[0] is None else np.frombuffer(blobs[0], np.uint8)
+        return FetchedBatch(staging, loc.offsets, loc.sizes, loc.present, loc.keys.tolist())
+    lengths = [0 if blob is None else len(blob) for blob in blobs]
+    starts = np.cumsum([0] + lengths[:-1])
+    staging = np.empty(sum(lengths), np.uint8)
+    for blob, start in zip(blobs, starts.tolist()):
+        if blob is not None:
+            _copy_into(staging, start, blob)
+    offsets = np.where(loc.present, loc.offsets + np.repeat(starts, np.diff(firsts + [loc.present.size])), 0)
+    return FetchedBatch(staging, offsets, loc.sizes, loc.present, loc.keys.tolist())
 
 
 def on_disk(store: LocalStore, loc: Locations, rows: np.ndarray) -> bool:

@@ -29,6 +29,7 @@ from .fetch import (
     fetch,
     on_disk,
     prefetch,
+    shards_batch,
     thread_slot,
 )
 from .errors import CorruptDataError, DeviceMemoryError, SettingsError, StoreError, UnsupportedFeatureError
@@ -178,6 +179,9 @@ class Reader:
                 pieces = _pieces(plan, locator)
         if pieces is not None:
             return self._run_pieces(*pieces, device, out, report, store, locator, io)
+        if (not auto and self.store.lands_ranges and device.takes_landed(plan.n_chunks, locator.leaf_chain)
+                and (shards := locator.whole_shards(plan.chunks)) is not None):
+            return self._shards_landed(plan, *shards, device, out, report, store, locator, io)
         with report.timed("locate"):
             loc = locator.locate(plan.chunks)
             order = loc.storage_order()
@@ -295,29 +299,8 @@ class Reader:
         arrived: queue.SimpleQueue = queue.SimpleQueue()
         future = _IO.submit(landing.store.read_ranges, landing.ranges, lambda k, blob: arrived.put((k, blob)))
         future.add_done_callback(lambda _: arrived.put(None))
-        left = len(landing.ranges)
         try:
-            while left:
-                with report.timed("fetch"):
-                    try:
-                        got = arrived.get(timeout=None if io is None else io.remaining())
-                    except queue.Empty:
-                        raise io.expired() from None
-                landed = [got]
-                while got is not None and len(landed) < left:
-                    try:
-                        got = arrived.get(timeout=LANDING_SETTLE)
-                    except queue.Empty:
-                        break
-                    landed.append(got)
-                ended = None in landed  # the read's end: its error, if it failed
-                landed = [item for item in landed if item is not None]
-                left -= len(landed)
-                if ended and left:
-                    future.result()
-                    raise StoreError(f"{landing.store.url}: {left} of {len(landing.ranges)} ranges were not handed "
-                                     f"over", landing.ranges[0][0])
-                runs = _runs(sorted(landed, key=lambda kb: kb[0]))
+            for runs, left in _arrivals(arrived, landing.store, landing.ranges, future, report, io):
                 for j, run in enumerate(runs, 1):
                     first = run[0][0]
                     batch = landing.batch(first, [blob for _, blob in run], report.missing_keys)
@@ -329,6 +312,48 @@ class Reader:
             if not isinstance(exc, ChangedError) and (changed := _changed(future, io)) is not None:
                 raise changed from None
             raise
+
+    def _shards_landed(self, plan: Plan, group: np.ndarray, keys: list[str], device: Device, out: Any,
+                       report: ReadReport, store: Store, locator: Locator, io: ReadIO | None) -> Any:
+        """A cold remote read that reads each of its shards whole (see Locator.whole_shards): the
+        shards are requested together, and each is located and decoded as it lands, while later
+        ones are on their way, not once the slowest has landed. `group`: each plan chunk's
+        shard, a number in `keys`. On failure every decoding task is settled."""
+        order = np.argsort(group, kind="stable")
+        if (np.diff(order) != 1).any():
+            plan, group = plan.reorder(order), group[order]
+        edges = np.searchsorted(group, np.arange(len(keys) + 1)).tolist()  # shard k: rows edges[k]..edges[k+1]-1
+        chain = locator.leaf_chain
+        report.device = device.name
+        report.chunks += plan.n_chunks
+        report.placements += plan.place_chunk.size
+        fill = self.meta.fill_value
+        ranges = [(key, 0, None) for key in keys]
+        arrived: queue.SimpleQueue = queue.SimpleQueue()
+        future = _IO.submit(store.read_indexes, ranges, lambda k, blob: arrived.put((k, blob)))
+        future.add_done_callback(lambda _: arrived.put(None))
+        started: list = []
+        try:
+            for runs, left in _arrivals(arrived, store, ranges, future, report, io):
+                for j, run in enumerate(runs, 1):
+                    lo = edges[run[0][0]]
+                    with report.timed("locate"):
+                        loc = locator.locate(plan.chunks[lo:edges[run[-1][0] + 1]], {keys[k]: b for k, b in run})
+                    report.chunks_absent += int((~loc.present).sum())
+                    report.missing_keys += loc.missing
+                    report.batches += 1
+                    batch = shards_batch(loc, [blob for _, blob in run], [edges[k] - lo for k, _ in run])
+                    started += self._decode(device, batch, chain, out, plan, lo, fill, report,
+                                            sole=not left and j == len(runs))
+            _result(future, io)
+            _wait(started, report, io)
+            with report.timed("finish"):
+                device.finish()
+        except BaseException:
+            settle(started)
+            device.abort()
+            raise
+        return out
 
     def _run_pieces(self, plan: Plan, pieces: list[tuple[int, int]], device: Device, out: Any, report: ReadReport,
                     store: Store, locator: Locator, io: ReadIO | None) -> Any:
@@ -579,6 +604,35 @@ def _result(future: Any, io: ReadIO | None) -> Any:
         if future.done():  # the task's own TimeoutError, or it ended just after the wait did
             return future.result()
         raise io.expired() from None
+
+
+def _arrivals(arrived: queue.SimpleQueue, store: Store, ranges: list, future: Any, report: ReadReport,
+              io: ReadIO | None) -> Any:
+    """The ranges of a read handed over by `future` (through `arrived`: (range, bytes), then
+    None at its end) as they land: per wake, runs of consecutive (range, bytes) pairs, and how
+    many ranges are still to come. Ranges landing within LANDING_SETTLE of each other come
+    together, as one wake, not one each."""
+    left = len(ranges)
+    while left:
+        with report.timed("fetch"):
+            try:
+                got = arrived.get(timeout=None if io is None else io.remaining())
+            except queue.Empty:
+                raise io.expired() from None
+        landed = [got]
+        while got is not None and len(landed) < left:
+            try:
+                got = arrived.get(timeout=LANDING_SETTLE)
+            except queue.Empty:
+                break
+            landed.append(got)
+        ended = None in landed  # the read's end: its error, if it failed
+        landed = [item for item in landed if item is not None]
+        left -= len(landed)
+        if ended and left:
+            future.result()
+            raise StoreError(f"{store.url}: {left} of {len(ranges)} ranges were not handed over", ranges[0][0])
+        yield _runs(sorted(landed, key=lambda kb: kb[0])), left
 
 
 def _runs(landed: list[tuple[int, Any]]) -> list[list[tuple[int, Any]]]:

@@ -161,8 +161,10 @@ class _Counted:
             return self._target.read_ranges_with(ranges, self._io)
         return self._target.read_ranges_with(ranges, self._io, landed=landed)
 
-    def read_indexes(self, ranges: Sequence[Range]) -> list[bytes | None]:
-        return self._target.read_ranges_with(ranges, self._io, indexes=True)
+    def read_indexes(self, ranges: Sequence[Range], landed: Landed | None = None) -> list[bytes | None]:
+        if landed is None:
+            return self._target.read_ranges_with(ranges, self._io, indexes=True)
+        return self._target.read_ranges_with(ranges, self._io, indexes=True, landed=landed)
 
     def read_ranges_into(self, ranges: Sequence[tuple[str, int, int]], pieces: Sequence[list]) -> list[int | None]:
         return self._target.read_ranges_into_with(ranges, pieces, self._io)  # type: ignore[attr-defined]
@@ -338,14 +340,17 @@ class Store:
         """`read_ranges` (`read_indexes` with `indexes`) for one read: counted in `io` and bounded
         by its deadline (see ReadIO.call). A store that issues its requests itself overrides it
         to count what it sends and to stop at the deadline on its own."""
+        read = self.read_indexes if indexes else self.read_ranges
         if landed is not None:
-            return io.call(lambda some: self.read_ranges(some, landed), ranges)  # type: ignore[call-arg]
-        return io.call(self.read_indexes if indexes else self.read_ranges, ranges)
+            return io.call(lambda some: read(some, landed), ranges)  # type: ignore[call-arg]
+        return io.call(read, ranges)
 
-    def read_indexes(self, ranges: Sequence[Range]) -> list[bytes | None]:
-        """Shard indexes, one small range per shard: a store that reads chunk data by other means
-        (zarr-python's get_ranges) reads these as single gets."""
-        return self.read_ranges(ranges)
+    def read_indexes(self, ranges: Sequence[Range], landed: Landed | None = None) -> list[bytes | None]:
+        """Shard indexes, one small range per shard, and whole shards: a store that reads chunk
+        data by other means (zarr-python's get_ranges) reads these as single gets."""
+        if landed is None:
+            return self.read_ranges(ranges)
+        return self.read_ranges(ranges, landed)  # type: ignore[call-arg]
 
     def list_dirs(self, key: str, marker: str) -> list[str]:
         """Names of the sub-directories of node directory `key`, whose metadata file is `marker`

@@ -224,12 +224,13 @@ class ObstoreStore(Store):
             return _each_landed(self._via_fsspec().read_ranges(ranges), landed)
         return self._read(list(ranges), requests_in_flight(), None, landed=landed)
 
-    def read_indexes(self, ranges: Sequence[Range]) -> list[bytes | None]:
+    def read_indexes(self, ranges: Sequence[Range], landed: Landed | None = None) -> list[bytes | None]:
+        """Shard indexes and whole shards (see `version`), handed to `landed` as read_ranges does."""
         if not ranges:
             return []
         if _forked_after_obstore():
-            return self._via_fsspec().read_indexes(ranges)
-        return self._read(list(ranges), requests_in_flight(), None, indexes=True)
+            return _each_landed(self._via_fsspec().read_indexes(ranges), landed)
+        return self._read(list(ranges), requests_in_flight(), None, indexes=True, landed=landed)
 
     def read_ranges_with(self, ranges: Sequence[Range], io: ReadIO, indexes: bool = False,
                          landed: Landed | None = None) -> list[bytes | None]:

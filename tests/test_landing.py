@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 import zarr
 from checks import to_memory
+from corrupt import expected, make_nested, make_sharded
 from test_whole_shard import _image, _write
 
 import gpuzarr
@@ -38,6 +39,7 @@ class Arriving(Store):
         self.rng = random.Random(seed)
         self.pace = pace  # seconds between two ranges handed over
         self.handed: list[list[int]] = []  # per read_ranges call with `landed`: the order handed over
+        self.asked: list[list] = []  # per such call: its ranges
         self.fault: str | None = None
 
     def read_ranges(self, ranges, landed=None):
@@ -48,6 +50,7 @@ class Arriving(Store):
         order = list(range(len(results)))
         self.rng.shuffle(order)
         self.handed.append(order)
+        self.asked.append(list(ranges))
         if fault == "stall":
             landed(order[0], results[order[0]])
             time.sleep(5)
@@ -150,12 +153,13 @@ def test_a_read_lands_range_by_range_only_where_its_decode_is_not_inline(tmp_pat
     _write(tmp_path / "a", data, (256, 256), (64, 64))
     store = _arriving(tmp_path / "a", f"land-size-{tmp_path.name}")
     arr = gpuzarr.open(store, device="cpu")
-    np.testing.assert_array_equal(arr[...], data)  # cold: shards read whole while locating, in hand
-    assert not store.handed
+    np.testing.assert_array_equal(arr[...], data)  # cold: 16 shards read whole, each decoded as it lands
+    assert len(store.handed) == 1 and len(store.asked[0]) == 16 and all(r[1:] == (0, None) for r in store.asked[0])
     np.testing.assert_array_equal(arr[10:60, 20:70], data[10:60, 20:70])  # one chunk or a few: inline
-    assert not store.handed
+    assert len(store.handed) == 1
     np.testing.assert_array_equal(arr[...], data)  # 256 chunks of 8 KiB in 16 shards, indexes cached
-    assert len(store.handed) == 1 and len(store.handed[0]) == 16
+    assert len(store.handed) == 2 and len(store.handed[1]) == 16
+    assert not any(r[1:] == (0, None) for r in store.asked[1])
 
 
 @pytest.mark.parametrize("fault", ["changed", "changed-short"])
@@ -224,3 +228,76 @@ def test_a_batch_of_ranges_landing_together_is_one_part(tmp_path):
             assert bytes(part.chunk(i)) == bytes(together.chunk(lo + i))
         lo += part.n
     assert np.array_equal(together.present, loc.present)
+
+
+def _cold(store: Store, **settings) -> gpuzarr.Array:
+    """Every read cold: no index cached, so each read whole of its shards lands shard by shard."""
+    return gpuzarr.open(store, device="cpu", settings=gpuzarr.Settings(index_cache_bytes=0, **settings))
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_shards_read_whole_decode_as_each_lands(tmp_path, always_landed, seed):
+    """A cold read wanting most of every shard asks for each whole, all at once, and decodes each
+    as it lands (seed 0: all at once, one batch; else paced apart, a batch each), whatever the order:
+    the data, the fill where a chunk or a shard is missing, and the report are those of a read
+    that waits for every shard (a store that hands nothing over as it lands)."""
+    data = _sharded_with_holes(tmp_path / "a")
+    pace = 0.0 if seed == 0 else 3 * pipeline_module.LANDING_SETTLE
+    store = _arriving(tmp_path / "a", f"cold-{seed}-{tmp_path.name}", seed, pace)
+    arr = _cold(store)
+    waiting = _cold(Store(store.fs, store.root))  # lands_ranges False: every shard in hand first
+    corners = [(y, x) for y in (2, 66, 130, 194) for x in (5, 69, 133, 190)]  # most of each shard
+    random.Random(seed).shuffle(corners)
+    reads = [lambda a, r: a.read(report=r),
+             lambda a, r: a.read((slice(3, None, 3), slice(None, None, -2)), report=r),
+             lambda a, r: a.read_batch([(slice(y, y + 60), slice(x, x + 60)) for y, x in corners], report=r)]
+    for read in reads:
+        got, report = read(arr, landing := gpuzarr.ReadReport()), landing
+        want = read(waiting, waited := gpuzarr.ReadReport())
+        np.testing.assert_array_equal(got, want)
+        asked = store.asked.pop()
+        assert len(asked) == 16 and all(r[1:] == (0, None) for r in asked), "one whole GET a shard"
+        assert not store.asked, "no second round trip"
+        assert waited.batches == 1
+        if pace:
+            assert report.batches > 8, "most shards decoded alone, as each landed"
+        else:
+            assert report.batches < 16, "shards landing together decode as one batch"
+        assert (report.requests, report.chunks, report.chunks_absent, report.missing_keys) == \
+            (waited.requests, waited.chunks, waited.chunks_absent, waited.missing_keys) == \
+            (16, report.chunks, report.chunks_absent, ["c/1/2"])
+        assert report.chunks_absent > 16  # the missing shard's, and the two chunks written as fill
+    np.testing.assert_array_equal(arr[...], data)
+
+
+def test_nested_shards_read_whole_as_they_land(tmp_path, always_landed):
+    """The inner shards' indexes come from the outer shard's bytes as it lands."""
+    path = make_nested(tmp_path / "a")
+    store = _arriving(path, f"cold-nested-{tmp_path.name}", seed=1)
+    arr = _cold(store)
+    np.testing.assert_array_equal(arr[...], expected())
+    (asked,) = store.asked
+    assert len(asked) == 4 and all(r[1:] == (0, None) for r in asked)
+
+
+def test_a_truncated_shard_landing_whole_is_corrupt_data_naming_it(tmp_path, always_landed):
+    path = make_sharded(tmp_path / "a", index_location="start")
+    shard = path / "c" / "1" / "0"
+    shard.write_bytes(shard.read_bytes()[:-5])
+    arr = _cold(_arriving(path, f"cold-trunc-{tmp_path.name}", seed=2))
+    with pytest.raises(CorruptDataError, match=r"c/1/0: .*points past the end of the shard"):
+        arr[...]
+
+
+@pytest.mark.parametrize("fault", ["fail", "stall"])
+def test_shards_that_fail_or_stop_landing_end_a_cold_read(tmp_path, always_landed, fault):
+    """The store's error, or the deadline; then the next read is whole."""
+    data = _sharded_with_holes(tmp_path / "a")
+    store = _arriving(tmp_path / "a", f"cold-{fault}-{tmp_path.name}")
+    arr = _cold(store, deadline_seconds=0.5)
+    store.fault = fault
+    start = time.monotonic()
+    with pytest.raises(StoreError, match="injected") if fault == "fail" else pytest.raises(DeadlineError):
+        arr.read()
+    assert time.monotonic() - start < 2
+    np.testing.assert_array_equal(arr.read(), data)  # (beside the stalled one, still on its thread)
