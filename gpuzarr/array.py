@@ -12,7 +12,7 @@ from .devices.base import Device, get_device
 from .indexing import Query, parse, parse_batch
 from .metadata import ArrayMetadata
 from .pipeline import Reader, Settings
-from .plan import Boxes
+from .plan import Boxes, window_starts
 from .report import ReadReport
 from .store import Store
 
@@ -158,13 +158,9 @@ class Array:
         one window `shape`: no Python object per window (a loader's millions of patches)."""
         dev = self._device_for(device)
         shape = tuple(operator.index(s) for s in shape)
-        starts = np.asarray(starts)
-        if starts.size == 0:  # no values, so any dtype: [] is no windows, (n, 0) are a 0-d array's n windows
-            starts = (starts if starts.ndim == 2 else starts.reshape(0, len(shape))).astype(np.int64)
-        if starts.dtype.kind not in "iu" or starts.shape[1:] != (self.ndim,) or len(shape) != self.ndim:
-            raise ValueError(f"read_windows needs (n, {self.ndim}) integer starts and a {self.ndim}-d shape, got "
-                             f"{starts.dtype} starts of shape {starts.shape} and shape {shape}")
-        starts = starts.astype(np.int64, copy=False)
+        if len(shape) != self.ndim:
+            raise ValueError(f"read_windows needs a {self.ndim}-d window shape, got {shape}")
+        starts = window_starts(starts, self.ndim, "read_windows")
         room = np.asarray(self.shape, dtype=np.int64) - np.asarray(shape, dtype=np.int64)
         bad = np.flatnonzero(((starts < 0) | (starts > room)).any(axis=1)) if starts.size else ()
         if any(n < 0 for n in shape) or len(bad):

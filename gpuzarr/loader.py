@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from .dtypes import is_ml_dtype
+from .plan import window_starts
 
 EDGES = ("error", "pad", "shift")
 TORCH_ML_DTYPES = ("bfloat16", "float8_e4m3fn", "float8_e5m2", "float8_e4m3fnuz", "float8_e5m2fnuz")  # same bits in torch
@@ -41,15 +42,7 @@ class Windows:
         shape = tuple(operator.index(s) for s in shape)
         if any(s < 1 for s in shape):
             raise ValueError(f"window shape {shape} must be positive along every axis")
-        starts = np.asarray(starts)
-        if starts.size == 0:  # no values, so any dtype: [] is no windows, (n, 0) are a 0-d array's n windows
-            starts = (starts if starts.ndim == 2 else starts.reshape(0, len(shape))).astype(np.int64)
-        if starts.dtype.kind not in "iu" or starts.ndim != 2 or starts.shape[1] != len(shape):
-            raise ValueError(f"window starts must be an (n, {len(shape)}) integer array, got "
-                             f"{starts.dtype} of shape {starts.shape}")
-        if starts.dtype.kind == "u" and starts.size and int(starts.max()) > np.iinfo(np.int64).max:
-            raise ValueError(f"window starts must fit in int64: {int(starts.max())} does not")  # (it would wrap)
-        self.starts = starts.astype(np.int64, copy=False)
+        self.starts = window_starts(starts, len(shape), "Windows")
         self.shape = shape
 
     @property

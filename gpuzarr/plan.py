@@ -446,6 +446,21 @@ def _tables_each(windows: list[list[DimSelection]], chunk_shape: Shape) -> tuple
     return tables, np.concatenate(place_runs), np.concatenate(place_window)
 
 
+def window_starts(starts: Any, ndim: int, what: str) -> np.ndarray:
+    """Windows' first elements as an (n, ndim) int64 array: [] is no windows, (n, 0) a 0-d
+    array's n windows; anything but integers of that shape (or unsigned past int64, which would
+    wrap) is a ValueError saying what `what` needs."""
+    starts = np.asarray(starts)
+    if starts.size == 0:  # no values, so any dtype
+        starts = (starts if starts.ndim == 2 else starts.reshape(0, ndim)).astype(np.int64)
+    if starts.dtype.kind not in "iu" or starts.ndim != 2 or starts.shape[1] != ndim:
+        raise ValueError(f"{what} needs window starts as an (n, {ndim}) integer array, got {starts.dtype} of "
+                         f"shape {starts.shape}")
+    if starts.dtype.kind == "u" and starts.size and int(starts.max()) > np.iinfo(np.int64).max:
+        raise ValueError(f"{what}: window starts must fit in int64: {int(starts.max())} does not")
+    return starts.astype(np.int64, copy=False)
+
+
 @dataclass(frozen=True)
 class Boxes:
     """Many windows of step 1 and one shape, as arrays (a loader's patches, vindex's points):

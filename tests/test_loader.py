@@ -668,8 +668,12 @@ def test_read_windows_equals_read_batch_and_refuses_windows_outside(sharded):
     assert arr.read_windows(np.zeros((0, 2), np.int64), (3, 3)).shape == (0, 3, 3)
     with pytest.raises(IndexError, match=r"window 1 starting at \(140, 0\)"):
         arr.read_windows([[0, 0], [140, 0]], (11, 2))
-    with pytest.raises(ValueError, match=r"\(n, 2\) integer starts"):
+    with pytest.raises(ValueError, match=r"read_windows needs window starts as an \(n, 2\) integer array"):
         arr.read_windows(np.zeros((3, 2)), (1, 1))
+    with pytest.raises(ValueError, match=r"read_windows: window starts must fit in int64"):  # (they wrapped)
+        arr.read_windows(np.array([[2**64 - 1, 0]], np.uint64), (1, 1))
+    with pytest.raises(ValueError, match=r"a 2-d window shape"):
+        arr.read_windows([[0, 0]], (1, 1, 1))
 
 
 def test_windows_of_a_0d_array_and_an_empty_batch(tmp_path):
