@@ -8,7 +8,11 @@ max_backoff, base), applied as `object_store` applies it: decorrelated jitter, e
 between the first wait and `base` times the last, capped; no attempt starts later than
 `retry_timeout` after the first. Retried: 5xx, 408 and 429 answers, and transport failures
 (connect errors, resets, timeouts, bodies cut short), which obstore raises as GenericError with
-no status. Anything else (404, 403, 416, a refused ranged answer) is the caller's to read."""
+no status. Anything else (404, 403, 416, a refused ranged answer) is the caller's to read.
+
+The same policy retries the GETs of fsspec's HTTP filesystem where it stands in for an obstore
+HTTP client (a forked child's reads: see store_obstore), which retries nothing itself; its
+failures are aiohttp's (`aiohttp_retryable`)."""
 
 from __future__ import annotations
 
@@ -106,3 +110,42 @@ def with_retries(policy: RetryPolicy, request: Callable[[], T], ended: threading
                 raise
             retries += 1
             retried()
+
+
+def aiohttp_retryable(exc: BaseException) -> bool:
+    """Whether an aiohttp failure (fsspec's HTTP filesystem) is one a new attempt may cure: the
+    same answers and transport failures as `retryable`."""
+    try:
+        import aiohttp
+    except ImportError:
+        return False
+    if isinstance(exc, aiohttp.ClientResponseError):
+        return exc.status >= 500 or exc.status in (408, 429)
+    return isinstance(exc, (aiohttp.ClientConnectionError, aiohttp.ClientPayloadError, TimeoutError, ConnectionError))
+
+
+def retry_failed(policy: RetryPolicy, read: Callable[[list[int]], list], n: int,
+                 retryable: Callable[[BaseException], bool], retried: Callable[[int], None],
+                 deadline: float | None = None) -> tuple[list, list[int]]:
+    """read(items) for items 0..n-1 (a result per item, an exception where it failed), the items
+    that failed retryably read again, together, while the policy allows and before `deadline`
+    (time.monotonic()); retried(k) per round of k new attempts. Returns the results and the
+    attempts made per item."""
+    results = read(list(range(n)))
+    attempts = [1] * n
+    first = time.monotonic()
+    wait = 0.0
+    for _ in range(policy.max_retries):
+        again = [i for i, r in enumerate(results) if isinstance(r, BaseException) and retryable(r)]
+        if not again:
+            break
+        wait = policy.next_wait(wait)
+        start = time.monotonic() + wait
+        if start - first > policy.retry_timeout or (deadline is not None and start >= deadline):
+            break
+        time.sleep(wait)
+        retried(len(again))
+        for i, result in zip(again, read(again)):
+            results[i] = result
+            attempts[i] += 1
+    return results, attempts

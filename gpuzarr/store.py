@@ -288,28 +288,50 @@ class Store:
     def read_ranges(self, ranges: Sequence[Range]) -> list[bytes | None]:
         """Read many (key, start, stop) ranges in one call; fsspec runs them concurrently. Results
         are bytes-like: bytes here, views of the client's buffers from an obstore store."""
+        return self._cat_ranges(ranges, None)
+
+    def _cat_ranges(self, ranges: Sequence[Range], io: ReadIO | None) -> list[bytes | None]:
+        """read_ranges, its retries (see `retries`) counted in `io` and none started past its deadline."""
         if not ranges:
             return []
         paths = [self.path(k) for k, _, _ in ranges]
         starts = [s for _, s, _ in ranges]
         stops = [e for _, _, e in ranges]
-        try:
-            results = self.fs.cat_ranges(paths, starts, stops, on_error="return")
-        except Exception as exc:  # the filesystem failed as a whole
-            raise StoreError(f"{self.url}: reading {len(ranges)} ranges failed ({_reason(exc)})", ranges[0][0],
-                             exc) from exc
+
+        def cat(items: list[int]) -> list:
+            try:
+                return self.fs.cat_ranges([paths[i] for i in items], [starts[i] for i in items],
+                                          [stops[i] for i in items], on_error="return")
+            except Exception as exc:  # the filesystem failed as a whole
+                raise StoreError(f"{self.url}: reading {len(items)} ranges failed ({_reason(exc)})",
+                                 ranges[items[0]][0], exc) from exc
+
+        if self.retries is None:
+            results, attempts = cat(list(range(len(ranges)))), None
+        else:
+            from .obstore_retries import aiohttp_retryable, retry_failed
+
+            results, attempts = retry_failed(self.retries, cat, len(ranges), aiohttp_retryable,
+                                             (lambda k: io.add(0, 0, k)) if io is not None else (lambda k: None),
+                                             None if io is None else io.deadline)
         out: list[bytes | None] = []
-        for (key, _, _), result in zip(ranges, results):
+        for i, ((key, _, _), result) in enumerate(zip(ranges, results)):
             if isinstance(result, _MISSING):
                 out.append(None)
             elif isinstance(result, BaseException):
-                raise StoreError(f"{self.path(key)}: read failed ({_reason(result)})", key, result)
+                tries = f"; {attempts[i]} attempts" if attempts is not None and attempts[i] > 1 else ""
+                raise StoreError(f"{self.path(key)}: read failed ({_reason(result)}{tries})", key, result)
             else:
                 out.append(result)
         return out
 
     # whether read_ranges takes `landed`, a callback per range as it arrives (see fetch.Landing)
     lands_ranges = False
+
+    # how failed requests are made again (an obstore_retries.RetryPolicy) by a filesystem with no
+    # retries of its own standing in for an obstore client (fsspec's HTTP in a forked child);
+    # None: as the filesystem itself does, if at all
+    retries: Any = None
 
     # whether `version` asks the store, so that None says the object is absent (its absence may be
     # cached like an index); not where it tells what the last GET answered (obstore's ETags)
@@ -343,6 +365,8 @@ class Store:
         read = self.read_indexes if indexes else self.read_ranges
         if landed is not None:
             return io.call(lambda some: read(some, landed), ranges)  # type: ignore[call-arg]
+        if self.retries is not None:  # its retries counted (read_indexes is read_ranges here)
+            return io.call(lambda some: self._cat_ranges(some, io), ranges)
         return io.call(read, ranges)
 
     def read_indexes(self, ranges: Sequence[Range], landed: Landed | None = None) -> list[bytes | None]:

@@ -200,7 +200,10 @@ class ObstoreStore(Store):
     def _via_fsspec(self) -> Store:
         if self._fsspec_store is None:
             why = "in a process forked after obstore ran (obstore hangs there; spawn/forkserver workers use it), reads"
-            self._fsspec_store = Store(self._fs.fallback_fs(why), self.root)
+            store = Store(self._fs.fallback_fs(why), self.root)
+            if self._fs.protocol in ("http", "https"):  # fsspec's HTTP retries nothing: as obstore would
+                store.retries = self._fs.retries or RetryPolicy()
+            self._fsspec_store = store
             self.fallback = "fork: obstore's runtime does not survive fork(); read through fsspec"
             log.debug("%s: read through fsspec (%s) in this forked child: obstore hangs after fork",
                       self.url, type(self._fsspec_store.fs).__name__)

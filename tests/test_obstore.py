@@ -1008,3 +1008,82 @@ def test_retryable_failures_are_told_by_status_or_transport_failure(text, again)
 
     assert retryable(obstore.exceptions.GenericError(text)) is again
     assert not retryable(obstore.exceptions.NotFoundError(text))
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="the platform has no fork()")
+def test_a_forked_childs_http_reads_are_retried_as_obstores_would_be(bucket):
+    """fsspec's HTTP filesystem, which reads for obstore in a forked child, retries nothing
+    itself: gpuzarr retries its failed GETs with the client's policy, counted in the report; an
+    answer no attempt can cure is not retried."""
+    pytest.importorskip("aiohttp", reason="a forked child reads HTTP through fsspec's HTTPFileSystem")
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=str(bucket)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    want = _reference(bucket, "chunked.zarr")[...]
+
+    def read_all():
+        report = gpuzarr.ReadReport()
+        return np.array_equal(arr.read(report=report), want), report.retries, arr.store.fallback is not None
+
+    def refused():
+        with pytest.raises(gpuzarr.StoreError, match=r"c/0/0: read failed .*403") as caught:
+            arr[:1, :1]
+        return str(caught.value)
+
+    try:
+        with _proxy(f"http://127.0.0.1:{server.server_address[1]}") as proxy:
+            arr = gpuzarr.open(f"{proxy.url}/chunked.zarr", device="cpu")
+            assert np.array_equal(arr[:4, :4], want[:4, :4])  # obstore's runtime runs in the parent
+            # (a reset is not among them: aiohttp itself sends a GET again whose reused connection
+            # was closed, uncounted)
+            proxy.faults = ["503", "429", "cut"]
+            assert in_forked_child(read_all, TIMEOUT) == (True, 3, True)
+            assert [fault for fault, _ in proxy.met] == ["503", "429", "cut"]
+            proxy.faults = ["403"]
+            assert "attempts" not in in_forked_child(refused, TIMEOUT)
+            assert len(proxy.met) == 4
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_failed_items_are_read_again_together_within_the_policy_and_the_deadline():
+    """retry_failed (a forked child's HTTP reads): only failures a new attempt may cure are read
+    again, all of a round in one call, at most max_retries times and none past the deadline."""
+    import aiohttp
+
+    from gpuzarr.obstore_retries import RetryPolicy, aiohttp_retryable, retry_failed
+
+    def response(status: int) -> aiohttp.ClientResponseError:
+        return aiohttp.ClientResponseError(None, (), status=status)
+
+    assert [aiohttp_retryable(e) for e in (response(503), response(429), response(408), response(403),
+                                           response(404), aiohttp.ClientPayloadError("cut"),
+                                           aiohttp.ServerDisconnectedError(), TimeoutError(), ValueError())] == \
+        [True, True, True, False, False, True, True, True, False]
+    fails = {0: 2, 1: 99, 2: 0, 3: 1}  # item → failures before it succeeds (3: not retryable)
+    calls, rounds = [], []
+
+    def read(items):
+        calls.append(items)
+        out = []
+        for i in items:
+            left = fails[i]
+            fails[i] = left - 1
+            out.append((response(403) if i == 3 else response(503)) if left > 0 else f"bytes {i}")
+        return out
+
+    policy = RetryPolicy(max_retries=3, init_backoff=0.001, max_backoff=0.001)
+    results, attempts = retry_failed(policy, read, 4, aiohttp_retryable, rounds.append)
+    assert results[0] == "bytes 0" and results[2] == "bytes 2" and isinstance(results[1], aiohttp.ClientResponseError)
+    assert isinstance(results[3], aiohttp.ClientResponseError) and results[3].status == 403
+    assert calls == [[0, 1, 2, 3], [0, 1], [0, 1], [1]] and rounds == [2, 2, 1] and attempts == [3, 4, 1, 1]
+    fails.update({0: 5})
+    start = time.monotonic()
+    _, attempts = retry_failed(RetryPolicy(init_backoff=0.2, max_backoff=0.2), read, 1, aiohttp_retryable,
+                               lambda k: None, deadline=time.monotonic() + 0.5)
+    assert 2 <= attempts[0] <= 3 and time.monotonic() - start < 0.7  # no wait ends past the deadline (+ slack)
