@@ -337,8 +337,14 @@ class Reader:
             for runs, left in _arrivals(arrived, store, ranges, future, report, io):
                 for j, run in enumerate(runs, 1):
                     lo = edges[run[0][0]]
+                    hi = edges[run[-1][0] + 1]
                     with report.timed("locate"):
-                        loc = locator.locate(plan.chunks[lo:edges[run[-1][0] + 1]], {keys[k]: b for k, b in run})
+                        loc = locator.locate(plan.chunks[lo:hi], {keys[k]: b for k, b in run})
+                        order = loc.storage_order()  # (shard by shard still: keys are in grid order)
+                        if order is not None:
+                            perm = np.arange(plan.n_chunks)
+                            perm[lo:hi] = lo + order
+                            plan, loc = plan.reorder(perm), loc.take(order)
                     report.chunks_absent += int((~loc.present).sum())
                     report.missing_keys += loc.missing
                     report.batches += 1
