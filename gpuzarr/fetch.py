@@ -777,30 +777,44 @@ def _coalesce(keys: np.ndarray, key_ids: np.ndarray, offsets: np.ndarray, sizes:
 
 def fetch_files(store: LocalStore, keys: list, alloc: Any, align: int, missing: list | None) -> FetchedBatch:
     """Whole chunk files, each sized on its open descriptor and read straight into its place in
-    one staging buffer (at `align`-ed offsets); a file that is not there reads as the fill value."""
+    one staging buffer (at `align`-ed offsets); a file that is not there reads as the fill value.
+    A file replaced or deleted between being sized and read (zarr-python writes a file as a new
+    one renamed over the old, and deletes one that holds only the fill value) is read again,
+    whole and alone, and the batch laid out anew: each chunk is one version of its file."""
     layout: list = []
 
     def place(sizes: list) -> list:
-        stored = [size or 0 for size in sizes]
-        padded = stored if align <= 1 else [-(-size // align) * align for size in stored]
-        positions = list(itertools.accumulate(padded, initial=0))
-        staging, token = _allocated(alloc, positions[-2] + stored[-1] if stored else 0)
-        layout.extend((staging, token, positions[:-1], sizes))
-        view = memoryview(staging)
-        return [view[pos:pos + size] for pos, size in zip(positions, stored)]
+        staging, token, positions, views = _lay_out(sizes, alloc, align)
+        layout.extend((staging, token, positions, sizes))
+        return views
 
     counts = store.read_files_into(keys, place)
     staging, token, positions, sizes = layout
-    for key, size, count in zip(keys, sizes, counts):
-        if size is None:
-            if missing is not None:
-                missing.append(key)
-        elif count is None:
-            raise CorruptDataError(f"{key}: disappeared while being read")
-        elif count != size:
-            raise CorruptDataError(f"{key}: bytes 0..{size} were expected (the file's size), {count} exist")
+    changed = [i for i, (size, count) in enumerate(zip(sizes, counts)) if size is not None and count != size]
+    if changed:
+        again = dict(zip(changed, store.read_ranges([(keys[i], 0, None) for i in changed])))
+        blobs = [again[i] if i in again else None if size is None else bytes(staging[pos:pos + size])
+                 for i, (pos, size) in enumerate(zip(positions, sizes))]  # (copied: alloc may give the same memory)
+        sizes = [None if blob is None else len(blob) for blob in blobs]
+        staging, token, positions, views = _lay_out(sizes, alloc, align)
+        for view, blob in zip(views, blobs):
+            if blob:
+                view[:] = blob
+    if missing is not None:
+        missing.extend(key for key, size in zip(keys, sizes) if size is None)
     return FetchedBatch(staging, np.array(positions, np.int64), np.array([size or 0 for size in sizes], np.int64),
                         np.array([size is not None for size in sizes], dtype=bool), keys, token)
+
+
+def _lay_out(sizes: list, alloc: Any, align: int) -> tuple[np.ndarray, Any, list[int], list[memoryview]]:
+    """Staging for files of `sizes` (None: no file) back to back at `align`-ed offsets: (the
+    buffer, its allocator's token, each file's position, a view of each file's place)."""
+    stored = [size or 0 for size in sizes]
+    padded = stored if align <= 1 else [-(-size // align) * align for size in stored]
+    positions = list(itertools.accumulate(padded, initial=0))
+    staging, token = _allocated(alloc, positions[-2] + stored[-1] if stored else 0)
+    view = memoryview(staging)
+    return staging, token, positions[:-1], [view[pos:pos + size] for pos, size in zip(positions, stored)]
 
 
 def fetch_bounded(store: LocalStore, ranges: list, members: list, offsets: np.ndarray, sizes: np.ndarray,

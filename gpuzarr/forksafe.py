@@ -123,6 +123,7 @@ class LazyPool:
     def _after_fork(self) -> None:
         self._lock = threading.Lock()
         self._pool: ThreadPoolExecutor | _DaemonPool | None = None
+        self._abandoned: list[Future] = []  # see abandon
 
     def submit(self, fn: Callable, *args: Any) -> Future:
         pool = self._pool
@@ -134,10 +135,18 @@ class LazyPool:
                 pool = self._pool
         return pool.submit(fn, *args)
 
-    def renew(self) -> None:
-        """Later work goes to new threads; the present ones end once their work has (work
-        queued on them still runs)."""
+    def abandon(self, running: list[Future], most: int) -> None:
+        """Work left running by a caller that gave up on it (a read past its deadline), which may
+        hang long: later work goes to new threads, not a place behind it, while at most `most`
+        such are left running (threads stay bounded however many callers give up); past that,
+        later work waits for these threads. The present threads end once their work has."""
+        if not running:
+            return
         with self._lock:
+            self._abandoned = [future for future in self._abandoned if not future.done()]
+            if len(self._abandoned) + len(running) > most:
+                return
+            self._abandoned += running
             pool, self._pool = self._pool, None
         if pool is not None:
             pool.shutdown(wait=False)

@@ -34,7 +34,7 @@ FALLBACKS: Counter = Counter()
 _LOCK = forksafe.Lock()
 
 _NAME = "_host_lib"
-VERSION = 12  # gpz_host_version() of the sources this module calls
+VERSION = 13  # gpz_host_version() of the sources this module calls
 _i64, _ptr = ctypes.c_int64, ctypes.c_void_p
 _lib: list = []  # [the loaded library, or None where it is missing or stale]
 
@@ -82,7 +82,7 @@ def _load() -> Any:
                                      _i64, _i64]
     lib.gpz_decode_span.restype = _i64
     lib.gpz_open_files.argtypes = [_ptr, _i64, _i64, _ptr, _ptr, _ptr]
-    lib.gpz_read_files.argtypes = [_ptr, _i64, _ptr, _ptr, _ptr, _ptr, ctypes.c_int, _ptr, _ptr]
+    lib.gpz_read_files.argtypes = [_ptr, _i64, _ptr, _ptr, _ptr, _ptr, _ptr, ctypes.c_int, _ptr, _ptr]
     lib.gpz_close_files.argtypes = [_ptr, _i64]
     for fn in (lib.gpz_open_files, lib.gpz_read_files, lib.gpz_close_files):
         fn.restype = None
@@ -287,8 +287,9 @@ class FileBatch:
         """sizes[i] bytes of each file i with sizes[i] >= 0, from byte offsets[i] on, into
         addresses[i]: (bytes read, -1 where it failed; the errno of each failure, EAGAIN for one
         not all in the page cache under RWF_NOWAIT `flags`, whose descriptor is kept for a
-        blocking read). `part`: files part.start..part.stop-1 alone (the arrays are still the
-        batch's; the results are the part's), for threads that read parts of a batch at once."""
+        blocking read; ESTALE for a file sized by its path and replaced since). `part`: files
+        part.start..part.stop-1 alone (the arrays are still the batch's; the results are the
+        part's), for threads that read parts of a batch at once."""
         lo, hi = (0, self.n) if part is None else (part.start, part.stop)
         assert 0 <= lo <= hi <= self.n
         offsets, sizes = np.ascontiguousarray(offsets[lo:hi], np.int64), np.ascontiguousarray(sizes[lo:hi], np.int64)
@@ -296,7 +297,8 @@ class FileBatch:
         counts, errors = np.empty(hi - lo, np.int64), np.empty(hi - lo, np.intc)
         _library().gpz_read_files(ctypes.addressof(self._paths) + lo * ctypes.sizeof(ctypes.c_char_p), hi - lo,
                                   self._fds[lo:].ctypes.data, offsets.ctypes.data, sizes.ctypes.data,
-                                  addresses.ctypes.data, flags, counts.ctypes.data, errors.ctypes.data)
+                                  self.sizes[lo:].ctypes.data, addresses.ctypes.data, flags, counts.ctypes.data,
+                                  errors.ctypes.data)
         return counts, errors
 
     def fd(self, i: int) -> int:

@@ -115,18 +115,25 @@ class Reader:
     def read(self, windows: list[list[DimSelection]] | Boxes, batched: bool, device: Device, out: Any = None,
              report: ReadReport | None = None) -> Any:
         """The read; made again, up to CHANGED_RETRIES times, where a shard changed under it (its
-        index had been read from an older version of the object: see ChangedError)."""
+        index had been read from an older version of the object: see ChangedError), or where
+        local files read as corrupt: zarr-python replaces a file by a rename, so a read racing a
+        writer may meet a shard's index and its chunks, or a chunk file's size and its bytes, of
+        two versions (what is corrupt stays so, and is raised after the last attempt)."""
         attempts = 0
         while True:
             try:
                 return self._read(windows, batched, device, out, report)
-            except ChangedError as exc:
+            except (ChangedError, CorruptDataError) as exc:
                 attempts += 1
-                if attempts <= CHANGED_RETRIES:
+                again = isinstance(exc, ChangedError) or type(self.store) is LocalStore
+                if again and attempts <= CHANGED_RETRIES:
                     if report is not None:  # its counts add up every attempt's
                         report.notes.append(f"read again: {exc}")
                     continue
-                exc.args = (f"{exc.args[0]}; {attempts} reads in a row",)
+                if isinstance(exc, ChangedError):
+                    exc.args = (f"{exc.args[0]}; {attempts} reads in a row",)
+                elif attempts > 1:
+                    exc.args = (f"{exc.args[0]}; the same in {attempts} reads",)
                 _name_array(exc, self.store)
                 raise
             except (StoreError, CorruptDataError, DeviceMemoryError, UnsupportedFeatureError) as exc:

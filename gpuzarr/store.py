@@ -11,6 +11,7 @@ import re
 import stat
 import sys
 import time
+import urllib.parse
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any
@@ -132,12 +133,14 @@ class ReadIO:
             results = read(ranges)
         else:
             self.check()
-            future = _CALLS.submit(read, ranges)
+            calls = _calls(self.store)
+            future = calls.submit(read, ranges)
             try:
                 results = future.result(self.remaining())
             except FutureTimeout:
                 if not future.done():
-                    future.cancel()
+                    if not future.cancel():  # under way: it may hang (a store that never answers)
+                        calls.abandon([future], 2 * CALLS)
                     raise self.expired() from None
                 results = future.result()  # the store's own timeout, or it ended just after the wait did
         self.count(ranges, results)
@@ -532,8 +535,10 @@ class LocalStore(Store):
         """files.read of sizes[i] bytes at offsets[i] (none where sizes[i] < 0): first from the
         page cache only (RWF_NOWAIT), then what must come from the disk handed to the kernel at
         once (_willneed) and read blocking, as _per_file does; the bytes read per file (-1 where
-        there is no file). A file gone since it was sized is absent; other failures raise."""
+        there is no file, STALE where it was replaced since it was sized). A file gone since it
+        was sized is absent; other failures raise."""
         counts, errors = _read_split(files, offsets, sizes, addresses, self._nowait)
+        stale = errors == errno.ESTALE
         if self._nowait and errors.any():
             unknown = np.isin(errors, (errno.EOPNOTSUPP, errno.EINVAL))
             if unknown.any():  # this filesystem (tmpfs, procfs, ...) cannot say what is cached
@@ -543,9 +548,9 @@ class LocalStore(Store):
                 _willneed(files.fd(k), int(offsets[k]), int(offsets[k] + sizes[k]))
             again, errors_again = files.read(offsets, np.where(later, sizes, -1), addresses, 0)
             counts, errors = np.where(later, again, counts), np.where(later, errors_again, errors)
-        for k in np.flatnonzero(errors).tolist():
+        for k in np.flatnonzero(errors & ~stale).tolist():
             _raise_unless_missing(int(errors[k]), paths[k], keys[k], "read")  # gone since it was sized
-        return counts
+        return np.where(stale, STALE, counts)
 
     def read_indexes(self, ranges: Sequence[Range]) -> list[bytes | None]:
         """Shard indexes, the same number of bytes at the start or at the end of each shard file:
@@ -569,6 +574,8 @@ class LocalStore(Store):
             counts = self._read_batch(files, paths, keys, offsets, lengths, host_lib.address(buffer) + starts)
         finally:
             files.close()
+        for k in np.flatnonzero(counts == STALE).tolist():  # its index was found from the old file's size
+            raise ChangedError(f"{keys[k]}: the shard file changed while its index was read", keys[k])
         view = memoryview(buffer)
         return [None if count < 0 else view[at:at + count] for at, count in zip(starts.tolist(), counts.tolist())]
 
@@ -590,6 +597,8 @@ class LocalStore(Store):
                     continue  # gone since it was sized: counts[k] stays None
                 except OSError as exc:
                     raise StoreError(f"{paths[k]}: open failed ({_reason(exc)})", keys[k], exc) from exc
+                if os.fstat(fd).st_size != size:
+                    continue  # replaced since it was sized (see gpz_read_files): counts[k] stays None
             try:
                 if size > PREADV_MAX:
                     counts[k] = _preadv_all(fd, [buffers[k]], 0, size, flags)
@@ -778,6 +787,7 @@ PREADV_MAX = 1 << 30  # a file read by one preadv up to this size (Linux returns
 # stat a descriptor saves counts), while a dozen threads reading at once stay well inside the
 # usual limit of 1024 descriptors per process
 FILES_OPEN = 64
+STALE = -2  # LocalStore._read_batch's count of a file replaced since it was sized
 # chunk files read_files_into reads through the host library's three calls from this many on:
 # those cost ~50 us of fixed Python (arrays, ctypes) beside the syscalls, ~14-20 us a file here
 # either way; they pay where threads would contend for the GIL between syscalls (2-D 64^2 chunk
@@ -815,7 +825,22 @@ def _absolute(fd: int, start: int, stop: int | None) -> tuple[int, int]:
 
 # store calls of reads with a deadline (ReadIO.call); a call hung past its deadline holds a thread
 # until the store's own timeout ends it
-_CALLS = forksafe.LazyPool(32, "gpuzarr-deadline")
+CALLS = 32
+_CALLS: dict[str, forksafe.LazyPool] = {}
+_CALLS_LOCK = forksafe.Lock()
+
+
+def _calls(store: Store) -> forksafe.LazyPool:
+    """The threads that run the deadline-bounded calls to `store`'s host (scheme and network
+    location): a host that never answers holds up its own reads alone (with one pool for all, 32
+    hung calls made every read with a deadline fail, whatever its store)."""
+    parts = urllib.parse.urlsplit(store.url)
+    host = f"{parts.scheme}://{parts.netloc}"
+    pool = _CALLS.get(host)
+    if pool is None:
+        with _CALLS_LOCK:
+            pool = _CALLS.setdefault(host, forksafe.LazyPool(CALLS, "gpuzarr-deadline"))
+    return pool
 
 
 def _preadv_all(fd: int, buffers: list, offset: int, want: int, flags: int = 0) -> int:
@@ -901,8 +926,8 @@ def _pread_range(fd: int, start: int, stop: int | None, flags: int = 0) -> bytes
     start = max(0, size + start) if start < 0 else min(start, size)
     stop = size if stop is None else min(max(stop, start), size)
     data = bytearray(stop - start)
-    _preadv_all(fd, [data], start, len(data), flags)
-    return bytes(data)
+    got = _preadv_all(fd, [data], start, len(data), flags)
+    return bytes(data if got == len(data) else data[:got])  # (a file cut short since its fstat: what is there)
 
 
 def open_store(store: Any, path: str | None = None, storage_options: dict | None = None,

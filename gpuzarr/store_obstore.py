@@ -424,10 +424,9 @@ class ObstoreStore(Store):
                 if future in done and future.exception() is not None:
                     raise future.exception()
             if pending:
-                if not all(future.cancel() for future in pending):
-                    # requests under way may hang until the client's timeout: later reads of
-                    # this bound get threads of their own, not a place behind them
-                    pool.renew()
+                # requests under way may hang until the client's timeout (one hung store grew 32
+                # threads a read): later reads get threads of their own while they are few
+                pool.abandon([future for future in pending if not future.cancel()], 2 * limit)
                 raise concurrent.futures.TimeoutError()
             if changed:
                 raise ChangedError(f"{self.url}/{changed[0]}: the object changed since its shard index was read "

@@ -297,19 +297,32 @@ void gpz_open_files(const char* const* paths, gpz_i64 n, gpz_i64 keep, int* fds,
 // Read sizes[i] bytes of each file i with sizes[i] >= 0, from byte offsets[i] on (the whole file
 // where it is sized so and offsets[i] is 0), into dst[i] (opening those not held open; fewer
 // bytes only at the end of the file), then close it. counts[i]: the bytes read, or -1 with err[i]
-// the errno of the failed open or read. With `flags` (RWF_NOWAIT), a file whose bytes are not
-// all in the page cache gets err[i] = EAGAIN, and one whose filesystem cannot tell EOPNOTSUPP or
-// EINVAL: both keep their descriptor (fds[i]) for the caller to read blocking.
+// the errno of the failed open or read. A file opened here whose size is no longer sized[i] (what
+// gpz_open_files found by its path) was replaced since (zarr-python writes a file as a new one
+// renamed over the old): err[i] = ESTALE, nothing read, since its offsets and sizes were the old
+// file's. With `flags` (RWF_NOWAIT), a file whose bytes are not all in the page cache gets
+// err[i] = EAGAIN, and one whose filesystem cannot tell EOPNOTSUPP or EINVAL: both keep their
+// descriptor (fds[i]) for the caller to read blocking.
 void gpz_read_files(const char* const* paths, gpz_i64 n, int* fds, const gpz_i64* offsets, const gpz_i64* sizes,
-                    const gpz_i64* dst, int flags, gpz_i64* counts, int* err)
+                    const gpz_i64* sized, const gpz_i64* dst, int flags, gpz_i64* counts, int* err)
 {
     for (gpz_i64 i = 0; i < n; ++i) {
         counts[i] = -1;
         err[i] = 0;
         if (sizes[i] < 0) continue;
-        if (fds[i] < 0 && (fds[i] = gpz_open_random(paths[i])) < 0) {
-            err[i] = errno;
-            continue;
+        if (fds[i] < 0) {
+            struct stat info;
+            if ((fds[i] = gpz_open_random(paths[i])) < 0) {
+                err[i] = errno;
+                continue;
+            }
+            const int bad = fstat(fds[i], &info) != 0 ? errno : (gpz_i64)info.st_size != sized[i] ? ESTALE : 0;
+            if (bad) {
+                err[i] = bad;
+                close(fds[i]);
+                fds[i] = -1;
+                continue;
+            }
         }
         char* const to = (char*)dst[i];
         gpz_i64 done = 0;

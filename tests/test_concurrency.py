@@ -223,7 +223,7 @@ def test_a_large_single_batch_is_read_by_its_tasks(tmp_path, monkeypatch, corrup
     else:
         np.testing.assert_array_equal(arr.read(report=report), data)
         assert report.bytes_compressed > 1 << 20
-    assert report.batches == 1
+    assert report.batches == (3 if corrupt else 1)  # local data found corrupt is read twice more first
     assert len(parts) >= (1 if corrupt else 2)  # a failed half may cancel the other before it starts
 
 

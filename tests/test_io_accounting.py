@@ -23,6 +23,7 @@ from corrupt import make_sharded
 
 import gpuzarr
 from gpuzarr import host_lib
+from gpuzarr import store as store_module
 from gpuzarr.errors import DeadlineError
 from gpuzarr.store import LocalStore, Store
 
@@ -239,7 +240,7 @@ def test_a_fetch_that_ends_just_as_its_wait_times_out_is_its_result_not_an_error
         def submit(self, fn, *args):
             return _EndsJustAfterTheWait(fn(*args))
 
-    monkeypatch.setattr(store_module, "_CALLS", Pool())
+    monkeypatch.setattr(store_module, "_calls", lambda store: Pool())
     ranges = [("k", 0, 3)]
     assert io.call(lambda r: [b"abc"], ranges) == [b"abc"]
     assert io.report.requests == 1 and io.report.bytes_requested == 3
@@ -369,6 +370,51 @@ def test_obstore_requests_that_never_answer_fail_the_read_at_its_deadline(tmp_pa
         assert 0.9 < took < 3, took
         assert str(caught.value).startswith(f"{base}/a.zarr: ") and "deadline of 1 s" in str(caught.value)
         assert (out == 12345).all()  # nothing was fetched, nothing placed
+
+
+def _threads(prefix: str) -> int:
+    return sum(t.name.startswith(prefix) for t in threading.enumerate())
+
+
+def test_reads_ending_at_their_deadline_against_a_host_that_never_answers_leave_threads_bounded(tmp_path):
+    """Each read at its deadline leaves its requests under way (they end by the client's
+    timeout): later reads got threads of their own every time, 32 more threads and sockets a
+    read without bound (found by a concurrency run); now while fewer than twice the bound are so
+    left, then later reads wait behind them, each no longer than its deadline."""
+    pytest.importorskip("obstore", reason="obstore is not installed (the [remote] extra)")
+    _chunked(tmp_path / "a.zarr")
+    with _hanging_http(tmp_path) as base:
+        arr = gpuzarr.open(f"{base}/a.zarr", device="cpu",
+                           settings=gpuzarr.Settings(deadline_seconds=0.05, requests_in_flight=3))
+        before = _threads("gpuzarr-get")
+        for _ in range(12):
+            start = time.monotonic()
+            with pytest.raises(DeadlineError):
+                arr[...]
+            assert time.monotonic() - start < 1
+        assert _threads("gpuzarr-get") - before <= 3 * 3  # the pool's own 3 and 6 left under way
+
+
+def test_a_host_that_never_answers_holds_up_no_deadline_read_of_another(tmp_path, monkeypatch):
+    """Store calls of reads with a deadline run on threads; calls hung on one host held them
+    all (one pool of 32 for the process), and every later read with a deadline failed, whatever
+    its store (found by a concurrency run): each host has threads of its own."""
+    pytest.importorskip("aiohttp", reason="fsspec's HTTP filesystem needs aiohttp")
+    monkeypatch.setattr(store_module, "CALLS", 2)  # so that a few hung calls fill a pool
+    monkeypatch.setattr(store_module, "_CALLS", {})
+    _chunked(tmp_path / "a.zarr")
+    healthy = gpuzarr.open(to_memory(_chunked(tmp_path / "b.zarr"), f"healthy-{tmp_path.name}"), device="cpu",
+                           settings=gpuzarr.Settings(deadline_seconds=5))
+    want = healthy[...]
+    with _hanging_http(tmp_path) as base:
+        hung = gpuzarr.open(fsspec.get_mapper(f"{base}/a.zarr"), device="cpu",
+                            settings=gpuzarr.Settings(deadline_seconds=0.05))
+        for _ in range(10):
+            with pytest.raises(DeadlineError):
+                hung[...]
+        start = time.monotonic()
+        np.testing.assert_array_equal(healthy[...], want)
+        assert time.monotonic() - start < 1
 
 
 def test_a_request_timeout_fails_requests_that_never_answer_within_it(tmp_path):

@@ -375,7 +375,21 @@ def test_a_daemon_pool_starts_threads_as_work_needs_them_and_holds_no_exit():
 
     with pytest.raises(KeyError):
         pool.submit(fails).result(5)
-    pool.renew()  # later work goes to new threads; the old ones end
-    assert pool.submit(lambda: 7).result(5) == 7
+    # work a caller gave up on (a read past its deadline against a store that never answers):
+    # later work goes to new threads while at most `most` are so left, then waits behind them
+    hang = threading.Event()
+    hung = [pool.submit(hang.wait, 10) for _ in range(4)]
     time.sleep(0.2)
-    assert len([t for t in threading.enumerate() if t.name.startswith("test-daemon")]) == 1
+    pool.abandon(hung, most=6)
+    assert pool.submit(lambda: 7).result(5) == 7  # a new thread
+    more = [pool.submit(hang.wait, 10) for _ in range(4)]  # every new thread busy too
+    time.sleep(0.2)
+    pool.abandon(more, most=6)  # 8 would be left: not renewed
+    waiting = pool.submit(lambda: 8)
+    time.sleep(0.3)
+    assert not waiting.done()
+    assert len([t for t in threading.enumerate() if t.name.startswith("test-daemon")]) <= 8
+    hang.set()
+    assert waiting.result(5) == 8
+    time.sleep(0.3)
+    assert len([t for t in threading.enumerate() if t.name.startswith("test-daemon")]) <= 4
