@@ -197,6 +197,12 @@ class Locator:
     """Resolves chunk coordinates of the leaf grid (the innermost chunks of nested sharding
     whose chains are pure sharding) to byte ranges."""
 
+    # every shard a read touches is read whole where shards are (see WHOLE_SHARD_FRACTION): set
+    # on a read's own copy when it is made again because a shard changed under it, since one GET
+    # of a whole shard is one version of it, where a writer may replace it between the GETs of
+    # its index and of its chunks again
+    every_shard_whole = False
+
     def __init__(self, meta: ArrayMetadata, store: Store, cache: IndexCache):
         self.meta, self.store, self.cache = meta, store, cache
         levels: list[tuple[Shape, Sharding]] = []
@@ -369,8 +375,8 @@ class Locator:
         whole = self._mostly_wanted(np.array(keys, dtype=object), shard_coords[first], np.bincount(group))
         if len(whole) < len(keys) or sum(whole.values()) > WHOLE_SHARD_BYTES:
             return None
-        if self.store.keeps_indexes and any(self.cache.get((k, 0, 0, self.store.version(k))) is not False
-                                            for k in keys):
+        if self.store.keeps_indexes and not self.every_shard_whole and \
+                any(self.cache.get((k, 0, 0, self.store.version(k))) is not False for k in keys):
             return None
         return group, keys
 
@@ -381,7 +387,8 @@ class Locator:
         per = self._per_shard
         inside = np.minimum(per, self._leaf_grid - shard_coords * per).prod(axis=1)
         estimate = inside * self.leaf_chain.raw_nbytes + self._index_bytes
-        mostly = (touched >= WHOLE_SHARD_FRACTION * inside) & (estimate <= PART_BYTES)
+        fraction = 0.0 if self.every_shard_whole else WHOLE_SHARD_FRACTION
+        mostly = (touched >= fraction * inside) & (estimate <= PART_BYTES)
         return {k: e for k, e, m in zip(keys.tolist(), estimate.tolist(), mostly.tolist()) if m}
 
     def _indexes(self, owners: list[tuple[str, int, int]], owner_shape: Shape, sharding: Sharding,
@@ -400,7 +407,8 @@ class Locator:
         names = [(key, base, level, versions[key]) for key, base, _ in owners]
         keep = self.store.keeps_indexes
         given = given or {}
-        found = [False if name[0] in given or not keep else self.cache.get(name) for name in names]
+        looked_up = keep and not self.every_shard_whole  # (read whole anyway: the cache may be a version behind)
+        found = [False if name[0] in given or not looked_up else self.cache.get(name) for name in names]
         wanted = [i for i, hit in enumerate(found) if hit is False]
         n_index = sharding.index_nbytes(owner_shape)
         budget = WHOLE_SHARD_BYTES
@@ -437,6 +445,9 @@ class Locator:
             key, base, _ = owners[i]
             if versions[key] is None:  # a store that learns versions as it reads (object storage)
                 names[i] = (key, base, level, self.store.version(key))
+            elif read_whole and not self.store.version_asks:  # the version this GET answered: the
+                versions[key] = self.store.version(key)  # inner indexes too are of these bytes
+                names[i] = (key, base, level, versions[key])
             raw = got[source] if isinstance(source, int) else source
             if read_whole and raw is not None:
                 blobs[key] = raw

@@ -119,11 +119,12 @@ class Reader:
         local files read as corrupt: zarr-python replaces a file by a rename, so a read racing a
         writer may meet a shard's index and its chunks, or a chunk file's size and its bytes, of
         two versions (what is corrupt stays so, and is raised after the last attempt)."""
-        attempts = 0
+        attempts, whole = 0, False
         while True:
             try:
-                return self._read(windows, batched, device, out, report)
+                return self._read(windows, batched, device, out, report, whole)
             except (ChangedError, CorruptDataError) as exc:
+                whole = isinstance(exc, ChangedError)  # the next attempt: every shard in one GET
                 attempts += 1
                 again = isinstance(exc, ChangedError) or type(self.store) is LocalStore
                 if again and attempts <= CHANGED_RETRIES:
@@ -141,14 +142,15 @@ class Reader:
                 raise
 
     def _read(self, windows: list[list[DimSelection]] | Boxes, batched: bool, device: Device, out: Any,
-              report: ReadReport | None) -> Any:
+              report: ReadReport | None, whole: bool = False) -> Any:
         """The read, through a counted view of the store (see gpuzarr.store.counted) when it is
-        reported or has a deadline; the bare store, at no cost, otherwise."""
+        reported or has a deadline; the bare store, at no cost, otherwise. `whole`: every shard
+        read whole where the store reads shards so (see Locator.every_shard_whole)."""
         if device.name == "gpu":
             check_gpu_usable()
             why = gpu_refusal(self.locator.leaf_chain)
             if why is not None and isinstance(device, AutoDevice):  # the GPU's result, the CPU's work
-                host = self._read(windows, batched, device.cpu, None, report)
+                host = self._read(windows, batched, device.cpu, None, report, whole)
                 if report is not None:
                     report.notes.append(f"auto: {why}: decoded on the CPU and copied to the GPU")
                 return device.upload(host, out)
@@ -166,6 +168,9 @@ class Reader:
             locator = _with_store(self.locator, store)
         else:
             report = ReadReport()
+        if whole and locator.store.reads_whole_shards:
+            locator = _with_store(locator, locator.store)
+            locator.every_shard_whole = True
         dtype = self.meta.data_type.dtype
         if isinstance(windows, Boxes):
             shape = (windows.starts.shape[0],) + windows.out_shape

@@ -315,7 +315,9 @@ class ObstoreStore(Store):
             data, meta = attempt(get, tries)
             if stop is None and start >= 0:
                 count(0, len(data))
-            self._keep_version(key, meta.get("version") or meta.get("e_tag"), changed)
+            # a whole shard is one version of it, whatever was kept: nothing of it is read apart
+            whole = start == 0 and stop is None
+            self._keep_version(key, meta.get("version") or meta.get("e_tag"), None if whole else changed)
             return data
 
         def get_whole(path: str) -> Any:
@@ -441,13 +443,13 @@ class ObstoreStore(Store):
                 with lock:
                     io.add(*tally)
 
-    def _keep_version(self, key: str, now: str | None, changed: list[str]) -> None:
+    def _keep_version(self, key: str, now: str | None, changed: list[str] | None) -> None:
         """Keep the version a GET of `key` answered with (None: the server sent none); where one
         was kept and this differs, `key` goes into `changed` (a nested index or chunks under a
-        stale index, or an index read anew after its entry was evicted: read again)."""
+        stale index, or an index read anew after its entry was evicted: read again), if given."""
         with self._versions_lock:
             kept = self._versions.get(key)
-            if kept is not None and now != kept:
+            if kept is not None and now != kept and changed is not None:
                 changed.append(key)
             if now is not None:
                 self._versions[key] = now

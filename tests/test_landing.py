@@ -176,6 +176,9 @@ def test_a_shard_changed_under_landing_ranges_is_read_again(tmp_path, always_lan
     got = arr.read(report=report)
     np.testing.assert_array_equal(got, data)
     assert any(note.startswith("read again:") for note in report.notes), report.notes
+    # made again with every shard in one GET (one version each, whatever a writer does between
+    # two GETs), the 15 shards there: the others' index answers none
+    assert len(store.asked[-1]) == 16 and all(r[1:] == (0, None) for r in store.asked[-1])
 
 
 def test_a_store_failing_while_ranges_land_raises_its_error(tmp_path, always_landed):
