@@ -28,7 +28,7 @@ from collections import Counter, OrderedDict
 from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 import fsspec
 
@@ -130,6 +130,9 @@ class Remote:
         # requests so; None for a store the caller made, which retries as it was configured
         self.retry_config = retry
         self.retries = retries
+        # an HTTP store's URL path as given, percent-encoded: its objects are that path decoded
+        # (as zarr-python and tensorstore read it), then member keys as they are (see _object)
+        self.encoded_path = ""
         self.ignores_range = False  # the server answered a ranged GET with the whole object
         # Azure's Get Blob takes no suffix range (`bytes=-N`; obstore refuses to send one): the
         # last bytes of an object (a shard index) are found from its size, a HEAD first
@@ -194,8 +197,12 @@ class ObstoreStore(Store):
         return self.root if "://" in self.root else f"{self._fs.protocol}://{self.root}"
 
     def _object(self, key: str) -> str:
-        """The object's path inside the obstore store."""
-        return self.path(key)[len(self._fs.label):].lstrip("/")
+        """The object's path inside the obstore store (which percent-encodes it as it asks)."""
+        path = self.path(key)[len(self._fs.label):].lstrip("/")
+        encoded = self._fs.encoded_path
+        if encoded and path.startswith(encoded):  # "my%20data.zarr/c/0" is "my data.zarr/c/0"
+            path = unquote(encoded) + path[len(encoded):]
+        return path
 
     def _via_fsspec(self) -> Store:
         if self._fsspec_store is None:
@@ -629,7 +636,10 @@ def open_url(url: str, storage_options: dict | None, request_timeout: float | No
         return None
     except Exception as exc:
         raise StoreError(f"{url}: cannot open this store ({_reason(exc)})", None, exc) from exc
-    return ObstoreStore(Remote(kind, label, options, ostore, (url, options, request_timeout), retry, retries), root)
+    remote = Remote(kind, label, options, ostore, (url, options, request_timeout), retry, retries)
+    if kind in ("http", "https"):
+        remote.encoded_path = parts.path.strip("/")
+    return ObstoreStore(remote, root)
 
 
 _CLIENTS: OrderedDict[str, Any] = OrderedDict()  # obstore clients by what made them, see _construct

@@ -1095,3 +1095,30 @@ def test_failed_items_are_read_again_together_within_the_policy_and_the_deadline
     _, attempts = retry_failed(RetryPolicy(init_backoff=0.2, max_backoff=0.2), read, 1, aiohttp_retryable,
                                lambda k: None, deadline=time.monotonic() + 0.5)
     assert 2 <= attempts[0] <= 3 and time.monotonic() - start < 0.7  # no wait ends past the deadline (+ slack)
+
+
+def test_an_http_url_is_percent_decoded_as_zarr_python_and_tensorstore_read_it(tmp_path):
+    """The URL names its path percent-encoded; obstore encodes the object paths it is given, so
+    gpuzarr asked for "my%2520data.zarr" (not found) and read "x%20y.zarr" literally where
+    zarr-python and tensorstore read "x y.zarr" (found by a differential run)."""
+    class Quiet(http.server.SimpleHTTPRequestHandler):  # decodes the request's path
+        def log_message(self, *args):
+            pass
+
+    for value, name in enumerate(["my data.zarr", "x y.zarr", "x%20y.zarr", "ü.zarr"], 1):
+        zarr.create_array(str(tmp_path / name), shape=(4,), chunks=(2,), dtype="i2")[...] = value
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=str(tmp_path)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        base = f"http://127.0.0.1:{server.server_address[1]}"
+        for path, value in [("my%20data.zarr", 1), ("x%20y.zarr", 2), ("x%2520y.zarr", 3), ("%C3%BC.zarr", 4),
+                            ("ü.zarr", 4)]:
+            arr = gpuzarr.open(f"{base}/{path}", device="cpu")
+            assert isinstance(arr.store, ObstoreStore)
+            got = arr[...]
+            assert got.tolist() == [value] * 4, path
+            if path.isascii():
+                assert np.array_equal(got, zarr.open_array(f"{base}/{path}", mode="r")[...])
+    finally:
+        server.shutdown()
+        server.server_close()
