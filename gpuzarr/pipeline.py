@@ -5,6 +5,7 @@ files, whose reads are syscalls best run on the core that decodes the bytes next
 
 from __future__ import annotations
 
+import contextlib
 import math
 import queue
 import threading
@@ -12,6 +13,7 @@ from concurrent.futures import FIRST_COMPLETED
 from concurrent.futures import TimeoutError as FutureTimeout
 from concurrent.futures import wait as wait_futures
 from dataclasses import dataclass
+from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -238,7 +240,7 @@ class Reader:
         report.batches += len(bounds)
         fill = self.meta.fill_value
         started: list = []  # every task queued: none may still write into `out` once the read ends
-        try:
+        with _finished(device, started, report, io):
             if in_tasks:
                 sole = len(bounds) == 1
                 hand = ahead.reached if ahead.pending else None
@@ -259,13 +261,6 @@ class Reader:
                 started += self._decode(device, batch, chain, out, plan, 0, fill, report, sole=True)
             else:
                 self._staged(bounds, plan, loc, chain, device, out, fill, report, started, store, io)
-            _wait(started, report, io)
-            with report.timed("finish"):
-                device.finish()
-        except BaseException:
-            settle(started)
-            device.abort()
-            raise
         self.locator.check_unchanged(loc.versions)
         return out
 
@@ -345,7 +340,7 @@ class Reader:
         future = _IO.submit(store.read_indexes, ranges, lambda k, blob: arrived.put((k, blob)))
         future.add_done_callback(lambda _: arrived.put(None))
         started: list = []
-        try:
+        with _finished(device, started, report, io):
             for runs, left in _arrivals(arrived, store, ranges, future, report, io):
                 for j, run in enumerate(runs, 1):
                     lo = edges[run[0][0]]
@@ -364,13 +359,6 @@ class Reader:
                     started += self._decode(device, batch, chain, out, plan, lo, fill, report,
                                             sole=not left and j == len(runs))
             _result(future, io)
-            _wait(started, report, io)
-            with report.timed("finish"):
-                device.finish()
-        except BaseException:
-            settle(started)
-            device.abort()
-            raise
         return out
 
     def _run_pieces(self, plan: Plan, pieces: list[tuple[int, int]], device: Device, out: Any, report: ReadReport,
@@ -393,39 +381,36 @@ class Reader:
         running: dict = {}  # future of a piece → its first plan row
         held: list[list] = []  # per piece handed to the device: its decoding tasks
         started: list = []
-        try:
-            while queued or running:
-                held = [tasks for tasks in held if not all(t.done() for t in tasks)]
-                while queued and held and len(running) + len(held) >= depth:
-                    _wait(held.pop(0), report, io)
-                while queued and len(running) + len(held) < depth:
-                    lo, hi = queued.pop()
-                    running[_PIECES.submit(self._piece, plan, lo, hi, locator, store, device,
-                                           report.missing_keys)] = lo
-                with report.timed("fetch"):
-                    done = _first_done(list(running), io)
-                for future in done:
-                    lo = running.pop(future)
-                    piece_plan, loc, bounds, batch = future.result()
-                    report.chunks_absent += int((~loc.present).sum())
-                    report.missing_keys += loc.missing
-                    report.batches += len(bounds)
-                    tasks: list = []
-                    if batch is not None:
-                        tasks += self._decode(device, batch, chain, out, piece_plan, lo, fill, report)
-                    else:  # a piece of more than a batch (one large shard): its batches in turn
-                        self._staged(bounds, piece_plan, loc, chain, device, out, fill, report, tasks, store, io, lo)
-                    started += tasks
-                    held.append(tasks)
-            _wait(started, report, io)
-            with report.timed("finish"):
-                device.finish()
-        except BaseException:
-            for future in running:
-                future.cancel()
-            settle(started)
-            device.abort()
-            raise
+        with _finished(device, started, report, io):
+            try:
+                while queued or running:
+                    held = [tasks for tasks in held if not all(t.done() for t in tasks)]
+                    while queued and held and len(running) + len(held) >= depth:
+                        _wait(held.pop(0), report, io)
+                    while queued and len(running) + len(held) < depth:
+                        lo, hi = queued.pop()
+                        running[_PIECES.submit(self._piece, plan, lo, hi, locator, store, device,
+                                               report.missing_keys)] = lo
+                    with report.timed("fetch"):
+                        done = _first_done(list(running), io)
+                    for future in done:
+                        lo = running.pop(future)
+                        piece_plan, loc, bounds, batch = future.result()
+                        report.chunks_absent += int((~loc.present).sum())
+                        report.missing_keys += loc.missing
+                        report.batches += len(bounds)
+                        tasks: list = []
+                        if batch is not None:
+                            tasks += self._decode(device, batch, chain, out, piece_plan, lo, fill, report)
+                        else:  # a piece of more than a batch (one large shard): its batches in turn
+                            self._staged(bounds, piece_plan, loc, chain, device, out, fill, report, tasks, store,
+                                         io, lo)
+                        started += tasks
+                        held.append(tasks)
+            except BaseException:
+                for future in running:  # pieces not started are dropped
+                    future.cancel()
+                raise
         return out
 
     def _piece(self, plan: Plan, lo: int, hi: int, locator: Locator, store: Store, device: Device,
@@ -622,6 +607,23 @@ def _result(future: Any, io: ReadIO | None) -> Any:
         if future.done():  # the task's own TimeoutError, or it ended just after the wait did
             return future.result()
         raise io.expired() from None
+
+
+@contextlib.contextmanager
+def _finished(device: Device, started: list, report: ReadReport, io: ReadIO | None) -> Iterator[None]:
+    """Around a read's queueing of its decoding tasks into `started`: then they are waited for
+    and the device finished; on any failure, the deadline's included, every task queued is
+    settled and the device's work dropped before the error goes on, so nothing writes into the
+    output after the read ends."""
+    try:
+        yield
+        _wait(started, report, io)
+        with report.timed("finish"):
+            device.finish()
+    except BaseException:
+        settle(started)
+        device.abort()
+        raise
 
 
 def _arrivals(arrived: queue.SimpleQueue, store: Store, ranges: list, future: Any, report: ReadReport,
