@@ -548,7 +548,7 @@ class LocalStore(Store):
                 _willneed(files.fd(k), int(offsets[k]), int(offsets[k] + sizes[k]))
             again, errors_again = files.read(offsets, np.where(later, sizes, -1), addresses, 0)
             counts, errors = np.where(later, again, counts), np.where(later, errors_again, errors)
-        for k in np.flatnonzero(errors & ~stale).tolist():
+        for k in np.flatnonzero((errors != 0) & ~stale).tolist():
             _raise_unless_missing(int(errors[k]), paths[k], keys[k], "read")  # gone since it was sized
         return np.where(stale, STALE, counts)
 

@@ -843,3 +843,33 @@ def test_chunk_files_replaced_or_deleted_between_sizing_and_reading(tmp_path, mo
             assert not batch.present[k]
         else:
             assert bytes(batch.chunk(k)) == (path / key).read_bytes(), key
+
+
+@pytest.mark.parametrize("code", ["EBUSY", "ENOMEM", "EIO", "ESTALE"])
+def test_a_chunk_file_read_error_is_a_store_error_never_the_fill_value(tmp_path, monkeypatch, code):
+    """Errors of the host library's batch read other than a vanished file raise, whatever their
+    errno (an even one, EBUSY or ENOMEM, was masked out by a bitwise AND and read as a missing
+    chunk: the fill value); a file replaced since it was sized (ESTALE) is read again instead."""
+    import errno
+
+    data = np.arange(40 * 40, dtype="u2").reshape(40, 40)
+    z = zarr.create_array(tmp_path / "a.zarr", shape=data.shape, chunks=(5, 5), dtype="u2", zarr_format=2,
+                          fill_value=7)
+    z[:] = data  # 64 chunk files: read by the host library's batch calls
+    real = store_module._read_split
+
+    def failing(files, offsets, sizes, addresses, flags):
+        counts, errors = real(files, offsets, sizes, addresses, flags)
+        counts, errors = counts.copy(), errors.copy()
+        counts[3], errors[3] = -1, getattr(errno, code)
+        return counts, errors
+
+    monkeypatch.setattr(store_module, "_read_split", failing)
+    arr = gpuzarr.open(str(tmp_path / "a.zarr"), device="cpu")
+    loc = arr._reader.locator.locate(np.array([[i, j] for i in range(8) for j in range(8)]))
+    if code == "ESTALE":
+        batch = fetch_module.fetch(arr.store, loc, np.arange(64))
+        assert batch.present.all() and bytes(batch.chunk(3)) == (tmp_path / "a.zarr" / loc.keys[3]).read_bytes()
+    else:
+        with pytest.raises(gpuzarr.StoreError, match=rf"{loc.keys[3]}: read failed"):
+            fetch_module.fetch(arr.store, loc, np.arange(64))
