@@ -398,7 +398,7 @@ class Store:
         raises CannotListError: an empty answer would pass for an empty directory."""
         path = self.path(key)
         try:
-            found = list(entries(path))
+            found = self._listed(entries, path)
         except _MISSING if self.lists_fully else ():  # a node known from consolidated metadata alone
             return {}
         except (NotImplementedError, *_MISSING) as exc:
@@ -411,6 +411,24 @@ class Store:
             raise CannotListError(f"{path}: this store cannot list directories (its listing lacks the node's "
                                   f"{marker})", key)
         return names
+
+    def _listed(self, entries: Callable[[str], Iterable[dict]], path: str) -> list[dict]:
+        """list(entries(path)), made again as `retries` says where it is set (a filesystem that
+        retries nothing itself); the last failure is raised."""
+        if self.retries is None:
+            return list(entries(path))
+        from .obstore_retries import aiohttp_retryable, retry_failed
+
+        def attempt(_: list[int]) -> list:
+            try:
+                return [list(entries(path))]
+            except Exception as exc:  # (given back to be retried or raised)
+                return [exc]
+
+        (found,), _ = retry_failed(self.retries, attempt, 1, aiohttp_retryable, lambda _: None)
+        if isinstance(found, BaseException):
+            raise found
+        return found
 
 
 class LocalStore(Store):

@@ -209,7 +209,7 @@ class ObstoreStore(Store):
             why = "in a process forked after obstore ran (obstore hangs there; spawn/forkserver workers use it), reads"
             store = Store(self._fs.fallback_fs(why), self.root)
             if self._fs.protocol in ("http", "https"):  # fsspec's HTTP retries nothing: as obstore would
-                store.retries = self._fs.retries or RetryPolicy()
+                store.retries = self._fs.retries or RetryPolicy()  # (reads and listings)
             self._fsspec_store = store
             self.fallback = "fork: obstore's runtime does not survive fork(); read through fsspec"
             log.debug("%s: read through fsspec (%s) in this forked child: obstore hangs after fork",
@@ -487,7 +487,9 @@ class ObstoreStore(Store):
         if self._fs.protocol not in ("http", "https"):
             return None
         if self._http_lister is None:
-            self._http_lister = Store(self._fs.fallback_fs("listings of an HTTP host"), self.root)
+            lister = Store(self._fs.fallback_fs("listings of an HTTP host"), self.root)
+            lister.retries = self._fs.retries or RetryPolicy()  # fsspec's HTTP retries nothing
+            self._http_lister = lister
         return self._http_lister
 
     def _list(self, path: str, delimited: bool) -> list[dict]:

@@ -1122,3 +1122,26 @@ def test_an_http_url_is_percent_decoded_as_zarr_python_and_tensorstore_read_it(t
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_http_listings_through_fsspec_are_retried(bucket):
+    """An HTTP host's listings go through fsspec's HTTPFileSystem, which retries nothing: a
+    directory page answered 503 failed the listing (StoreError); it is asked for again."""
+    pytest.importorskip("aiohttp", reason="HTTP listings go through fsspec's HTTPFileSystem (aiohttp)")
+
+    class Quiet(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=str(bucket)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        with _proxy(f"http://127.0.0.1:{server.server_address[1]}", where="group_plain.zarr") as proxy:
+            group = gpuzarr.open(f"{proxy.url}/group_plain.zarr", device="cpu")
+            proxy.faults = ["503", "503"]  # the listing's first two answers
+            assert group.keys() == ["a", "sub"]
+            assert [fault for fault, _ in proxy.met] == ["503", "503"]
+            assert all(path.rstrip("/").endswith("group_plain.zarr") for _, path in proxy.met)
+    finally:
+        server.shutdown()
+        server.server_close()
