@@ -787,48 +787,47 @@ def test_a_server_that_ignores_range_is_read_whole_and_sliced(endpoint, bucket):
     assert report.notes == []
 
 
-def test_http_urls_read_through_obstore_and_list_through_fsspec(bucket):
-    pytest.importorskip("aiohttp", reason="HTTP listings go through fsspec's HTTPFileSystem (aiohttp)")
+class _Quiet(http.server.SimpleHTTPRequestHandler):
+    """Python's file server, silent: no ETag, Range ignored (whole files), the path decoded."""
 
-    class Quiet(http.server.SimpleHTTPRequestHandler):  # ignores Range: whole files, sliced
-        def log_message(self, *args):
-            pass
+    def log_message(self, *args):
+        pass
 
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=str(bucket)))
+
+@contextlib.contextmanager
+def _files_over_http(directory: Path):
+    """The files under `directory` served over HTTP; yields the server's base URL."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(_Quiet, directory=str(directory)))
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
-        base = f"http://127.0.0.1:{server.server_address[1]}"
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_http_urls_read_through_obstore_and_list_through_fsspec(bucket):
+    pytest.importorskip("aiohttp", reason="HTTP listings go through fsspec's HTTPFileSystem (aiohttp)")
+    with _files_over_http(bucket) as base:  # Range ignored: whole files, sliced
         arr = gpuzarr.open(f"{base}/sharded.zarr", device="cpu")
         assert isinstance(arr.store, ObstoreStore) and arr.store.url == f"{base}/sharded.zarr"
         assert np.array_equal(arr[...], _reference(bucket, "sharded.zarr")[...])
         group = gpuzarr.open(f"{base}/group_plain.zarr", device="cpu")
         assert group.keys() == ["a", "sub"]
         assert np.array_equal(group["sub/b"][...], np.arange(64, dtype="i2"))
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 def test_a_server_without_etags_has_its_shard_indexes_read_anew(tmp_path):
     """Python's http.server sends no ETag (and ignores Range): no version to revalidate a cached
     index by, so none is kept; a shard rewritten (or written) since the last read is read as it
     is now, not through the old index (a CorruptDataError, or the old absence)."""
-    class Quiet(http.server.SimpleHTTPRequestHandler):
-        def log_message(self, *args):
-            pass
-
     local = _small_sharded(tmp_path / "a")
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=str(tmp_path)))
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        arr = gpuzarr.open(f"http://127.0.0.1:{server.server_address[1]}/a", device="cpu")
+    with _files_over_http(tmp_path) as base:
+        arr = gpuzarr.open(f"{base}/a", device="cpu")
         assert np.array_equal(arr[...], np.r_[np.arange(8), [-1] * 8])
         local[0:4] = -1  # c/0 rewritten: its chunks at other offsets
         local[8:16] = np.arange(100, 108)  # c/1 written
         assert np.array_equal(arr[...], np.r_[[-1] * 4, np.arange(4, 8), np.arange(100, 108)])
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 def test_an_azure_endpoint_of_its_own_reaches_adlfs_as_a_connection_string():
@@ -1024,13 +1023,6 @@ def test_a_forked_childs_http_reads_are_retried_as_obstores_would_be(bucket):
     itself: gpuzarr retries its failed GETs with the client's policy, counted in the report; an
     answer no attempt can cure is not retried."""
     pytest.importorskip("aiohttp", reason="a forked child reads HTTP through fsspec's HTTPFileSystem")
-
-    class Quiet(http.server.SimpleHTTPRequestHandler):
-        def log_message(self, *args):
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=str(bucket)))
-    threading.Thread(target=server.serve_forever, daemon=True).start()
     want = _reference(bucket, "chunked.zarr")[...]
 
     def read_all():
@@ -1042,21 +1034,17 @@ def test_a_forked_childs_http_reads_are_retried_as_obstores_would_be(bucket):
             arr[:1, :1]
         return str(caught.value)
 
-    try:
-        with _proxy(f"http://127.0.0.1:{server.server_address[1]}") as proxy:
-            arr = gpuzarr.open(f"{proxy.url}/chunked.zarr", device="cpu")
-            assert np.array_equal(arr[:4, :4], want[:4, :4])  # obstore's runtime runs in the parent
-            # (a reset is not among them: aiohttp itself sends a GET again whose reused connection
-            # was closed, uncounted)
-            proxy.faults = ["503", "429", "cut"]
-            assert in_forked_child(read_all, TIMEOUT) == (True, 3, True)
-            assert [fault for fault, _ in proxy.met] == ["503", "429", "cut"]
-            proxy.faults = ["403"]
-            assert "attempts" not in in_forked_child(refused, TIMEOUT)
-            assert len(proxy.met) == 4
-    finally:
-        server.shutdown()
-        server.server_close()
+    with _files_over_http(bucket) as base, _proxy(base) as proxy:
+        arr = gpuzarr.open(f"{proxy.url}/chunked.zarr", device="cpu")
+        assert np.array_equal(arr[:4, :4], want[:4, :4])  # obstore's runtime runs in the parent
+        # (a reset is not among them: aiohttp itself sends a GET again whose reused connection
+        # was closed, uncounted)
+        proxy.faults = ["503", "429", "cut"]
+        assert in_forked_child(read_all, TIMEOUT) == (True, 3, True)
+        assert [fault for fault, _ in proxy.met] == ["503", "429", "cut"]
+        proxy.faults = ["403"]
+        assert "attempts" not in in_forked_child(refused, TIMEOUT)
+        assert len(proxy.met) == 4
 
 
 def test_failed_items_are_read_again_together_within_the_policy_and_the_deadline():
@@ -1101,16 +1089,9 @@ def test_an_http_url_is_percent_decoded_as_zarr_python_and_tensorstore_read_it(t
     """The URL names its path percent-encoded; obstore encodes the object paths it is given, so
     gpuzarr asked for "my%2520data.zarr" (not found) and read "x%20y.zarr" literally where
     zarr-python and tensorstore read "x y.zarr" (found by a differential run)."""
-    class Quiet(http.server.SimpleHTTPRequestHandler):  # decodes the request's path
-        def log_message(self, *args):
-            pass
-
     for value, name in enumerate(["my data.zarr", "x y.zarr", "x%20y.zarr", "ü.zarr"], 1):
         zarr.create_array(str(tmp_path / name), shape=(4,), chunks=(2,), dtype="i2")[...] = value
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=str(tmp_path)))
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        base = f"http://127.0.0.1:{server.server_address[1]}"
+    with _files_over_http(tmp_path) as base:  # (the server decodes the request's path)
         for path, value in [("my%20data.zarr", 1), ("x%20y.zarr", 2), ("x%2520y.zarr", 3), ("%C3%BC.zarr", 4),
                             ("ü.zarr", 4)]:
             arr = gpuzarr.open(f"{base}/{path}", device="cpu")
@@ -1119,9 +1100,6 @@ def test_an_http_url_is_percent_decoded_as_zarr_python_and_tensorstore_read_it(t
             assert got.tolist() == [value] * 4, path
             if path.isascii():
                 assert np.array_equal(got, zarr.open_array(f"{base}/{path}", mode="r")[...])
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 def test_http_listings_through_fsspec_are_retried(bucket):
@@ -1129,19 +1107,9 @@ def test_http_listings_through_fsspec_are_retried(bucket):
     directory page answered 503 failed the listing (StoreError); it is asked for again."""
     pytest.importorskip("aiohttp", reason="HTTP listings go through fsspec's HTTPFileSystem (aiohttp)")
 
-    class Quiet(http.server.SimpleHTTPRequestHandler):
-        def log_message(self, *args):
-            pass
-
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=str(bucket)))
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        with _proxy(f"http://127.0.0.1:{server.server_address[1]}", where="group_plain.zarr") as proxy:
-            group = gpuzarr.open(f"{proxy.url}/group_plain.zarr", device="cpu")
-            proxy.faults = ["503", "503"]  # the listing's first two answers
-            assert group.keys() == ["a", "sub"]
-            assert [fault for fault, _ in proxy.met] == ["503", "503"]
-            assert all(path.rstrip("/").endswith("group_plain.zarr") for _, path in proxy.met)
-    finally:
-        server.shutdown()
-        server.server_close()
+    with _files_over_http(bucket) as base, _proxy(base, where="group_plain.zarr") as proxy:
+        group = gpuzarr.open(f"{proxy.url}/group_plain.zarr", device="cpu")
+        proxy.faults = ["503", "503"]  # the listing's first two answers
+        assert group.keys() == ["a", "sub"]
+        assert [fault for fault, _ in proxy.met] == ["503", "503"]
+        assert all(path.rstrip("/").endswith("group_plain.zarr") for _, path in proxy.met)
