@@ -156,7 +156,8 @@ class Reader:
                 if report is not None:
                     report.notes.append(f"auto: {why}: decoded on the CPU and copied to the GPU")
                 return device.upload(host, out)
-            check_gpu_chain(self.locator.leaf_chain)
+            if why is not None:
+                check_gpu_chain(self.locator.leaf_chain)  # raises, saying why
         seconds = self.settings.deadline_seconds
         io = None
         store, locator = self.store, self.locator
