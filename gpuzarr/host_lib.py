@@ -34,7 +34,7 @@ FALLBACKS: Counter = Counter()
 _LOCK = forksafe.Lock()
 
 _NAME = "_host_lib"
-VERSION = 13  # gpz_host_version() of the sources this module calls
+VERSION = 14  # gpz_host_version() of the sources this module calls
 _i64, _ptr = ctypes.c_int64, ctypes.c_void_p
 _lib: list = []  # [the loaded library, or None where it is missing or stale]
 
@@ -188,7 +188,8 @@ def each_zstd(fn: Any, dctx: int, src: np.ndarray, sizes: np.ndarray, dst: np.nd
 
 
 # the decoders gpz_decode_scatter calls, by its `kind`
-DECODERS = {"zstd": 0, "blosc": 1, "lz4": 2}
+DECODERS = {"zstd": 0, "blosc": 1, "lz4": 2, "stored": 3}  # "stored": no codec (GPZ_STORED)
+STORED = ("stored", None, None)  # the decoder of chunks stored without a bytes->bytes codec
 
 
 def decode_scatter(decoder: tuple, src: np.ndarray, sizes: np.ndarray, scratch: np.ndarray, dst: np.ndarray,

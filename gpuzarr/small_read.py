@@ -23,9 +23,10 @@ from typing import Any
 import numpy as np
 
 from . import host_lib
-from .codecs.bytes_to_bytes import DIRECT_LIMITS, ZSTD_BLOCK_BYTES, Blosc, Lz4, Zstd
+from .codecs.bytes_to_bytes import DIRECT_LIMITS, ZSTD_BLOCK_BYTES, Blosc, Zstd
 from .devices.base import AutoDevice
-from .devices.cpu import STAGING_KEPT, ChunkView, CpuDevice, decode_bytes, host_swap, part_ends, stored_chunk
+from .devices.cpu import STAGING_KEPT, ChunkView, CpuDevice, decode_bytes, host_codec, host_swap, part_ends, \
+    stored_chunk
 from .devices.kernels import SCATTER_REC_COUNT, SCATTER_REC_DST, SCATTER_REC_DSTRIDE, SCATTER_REC_LEN, \
     SCATTER_REC_SHAPE, SCATTER_REC_START, SCATTER_REC_STEP
 from .fetch import LOCATE_ARRAYS, Locator, coalesce_small, fetch_bounded, fetch_files, thread_slot
@@ -60,11 +61,11 @@ class SmallReads:
             self._strides = tuple(int(n) * self.dtype.itemsize for n in np.cumprod((1,) + chain.shape[:0:-1])[::-1])
         # small chunks: the host library reads, decodes and places a window in one call (see _direct)
         self.direct = None
-        if (self.applies and chain.raw_nbytes <= DIRECT_CHUNK_BYTES and len(codecs) == 1
-                and isinstance(codecs[0], (Zstd, Blosc, Lz4)) and host_lib.built()
-                and codecs[0].decoder(chain.raw_nbytes) is not None):
+        codec = host_codec(chain)
+        if (self.applies and chain.raw_nbytes <= DIRECT_CHUNK_BYTES and codec is not None and host_lib.built()
+                and codec.decoder(chain.raw_nbytes) is not None):
             swap = host_swap(self.as_chunk, np.empty(0, self.dtype))
-            self.direct = None if swap is None else (codecs[0], swap)
+            self.direct = None if swap is None else (codec, swap)
         self._local = threading.local()
 
     def read(self, window: list[DimSelection], device: Any, out_shape: tuple) -> Any:

@@ -12,11 +12,15 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <stddef.h>
+#include <string.h>
 #include <sys/stat.h>
 #include <sys/uio.h>
 #include <unistd.h>
 
 #include "scatter_core.cuh"  // GPZ_REC_LEN
+
+// The decoder `kind` of a chunk stored without a bytes->bytes codec: its bytes are the chunk's
+#define GPZ_STORED 3
 
 extern "C" {
 
@@ -158,12 +162,18 @@ static gpz_i64 gpz_records_span(const gpz_i64* recs, gpz_i64 n, int ndim, gpz_i6
 // libzstd (0; `fn` a gpz_zstd_calls, `ctx` the thread's context) up to the block that holds the
 // last (gpz_zstd_prefix), c-blosc (1; `fn` a gpz_blosc_calls) on the blocks that hold them
 // (gpz_blosc_span), LZ4_decompress_safe on the block after numcodecs' 4-byte size prefix (2,
-// whole). Returns the decoded size (`nbytes` for a part of a frame), or what the decoder returned.
+// whole), a stored chunk (GPZ_STORED: no codec; bytes lo..hi-1 copied, its size `nbytes` or it is
+// refused). Returns the decoded size (`nbytes` for a part of a frame), or what the decoder returned.
 static gpz_i64 gpz_decode_part(int kind, void* fn, void* ctx, const unsigned char* src, gpz_i64 size,
                                unsigned char* dst, gpz_i64 nbytes, gpz_i64 lo, gpz_i64 hi)
 {
     if (kind == 0) return gpz_zstd_prefix((const gpz_zstd_calls*)fn, ctx, src, size, dst, nbytes, hi);
     if (kind == 1) return gpz_blosc_span((const gpz_blosc_calls*)fn, src, dst, nbytes, lo, hi);
+    if (kind == GPZ_STORED) {
+        if (size != nbytes) return size;
+        if (hi > lo) memcpy(dst + lo, src + lo, (size_t)(hi - lo));
+        return nbytes;
+    }
     return ((gpz_lz4_fn)fn)((const char*)src, (char*)dst, (int)size, (int)nbytes);
 }
 
@@ -193,8 +203,16 @@ gpz_i64 gpz_decode_scatter(int kind, void* fn, void* ctx, const gpz_i64* src, co
     for (gpz_i64 i = 0; i < n; ++i) {
         const gpz_i64* own = recs + rec_lo[i] * GPZ_REC_LEN;
         const gpz_i64 count = rec_lo[i + 1] - rec_lo[i];
-        const gpz_i64 size = gpz_decode_one(kind, fn, ctx, (const unsigned char*)src[i], sizes[i], scratch, nbytes,
-                                            own, count, ndim, itemsize);
+        const unsigned char* frame = (const unsigned char*)src[i];
+        if (kind == GPZ_STORED) {  // placed from where it is: no copy into scratch
+            if (sizes[i] != nbytes || gpz_scatter_host(frame, dst, own, count, ndim, itemsize, swap)) {
+                got[0] = sizes[i];
+                return i;
+            }
+            continue;
+        }
+        const gpz_i64 size = gpz_decode_one(kind, fn, ctx, frame, sizes[i], scratch, nbytes, own, count, ndim,
+                                            itemsize);
         if (size != nbytes || gpz_scatter_host(scratch, dst, own, count, ndim, itemsize, swap)) {
             got[0] = size;
             return i;
@@ -382,6 +400,7 @@ static bool gpz_frame_ok(int kind, const unsigned char* frame, gpz_i64 size, gpz
         const gpz_i64 stated = gpz_le32(frame + 4), cbytes = gpz_le32(frame + 12);
         return cbytes == size && stated == nbytes && stated <= max_expansion * cbytes;
     }
+    if (kind == GPZ_STORED) return size == nbytes;
     return size >= 4 && size <= max_frame && gpz_le32(frame) == nbytes;
 }
 
@@ -509,6 +528,10 @@ int gpz_read_decode_scatter(const char* const* paths, const gpz_i64* file_of, co
         const gpz_i64 skip = kind == 2 ? 4 : 0;
         const gpz_i64* own = recs + rec_lo[i] * GPZ_REC_LEN;
         const gpz_i64 count = rec_lo[i + 1] - rec_lo[i];
+        if (kind == GPZ_STORED) {  // placed from staging: no copy into scratch
+            gpz_scatter_host(frame, dst, own, count, ndim, itemsize, swap);
+            continue;
+        }
         if (gpz_decode_one(kind, fn, ctx, frame + skip, size - skip, scratch, nbytes, own, count, ndim, itemsize) !=
             nbytes)
             return 3;

@@ -11,6 +11,7 @@ import logging
 import os
 from unittest import mock
 
+import crc32c
 import numcodecs
 import numpy as np
 import pytest
@@ -548,6 +549,63 @@ def test_warm_parts_are_read_decoded_and_placed_in_one_call(tmp_path, monkeypatc
         assert any(reason in note for note in report.notes)
         raw[start + where % size] ^= 0xFF
         shard.write_bytes(bytes(raw))
+
+
+@pytest.mark.parametrize("parts", [True, False], ids=["read-in-the-call", "fetched-first"])
+@pytest.mark.parametrize("layout", ["v3-shards", "v3-shards-crc32c", "v2-files-big-endian"])
+def test_stored_chunks_are_placed_from_where_they_were_read(tmp_path, monkeypatch, parts, layout):
+    """Chunks without a bytes->bytes codec go through the host library as a lone codec's do
+    (GPZ_STORED: placed from staging, no decode): read in the call where the tasks read them
+    (not with a crc32c codec, which the Python path checks first), or placed from the fetched
+    bytes; small windows in one call too (small_read._direct). A chunk of the wrong size is given
+    back and named by the Python path."""
+    if not parts:
+        monkeypatch.setattr(cpu_device._PartReads, "make", lambda *a: None)
+    fmt = 2 if layout.startswith("v2") else 3
+    dtype = ">i4" if "big" in layout else "<u2"
+    shape = (200, 90)
+    data = np.random.default_rng(11).integers(-5000, 5000, shape).astype(dtype)
+    path = str(tmp_path / "a.zarr")
+    if fmt == 2:
+        z = zarr.create_array(path, shape=shape, chunks=(32, 30), dtype=dtype, zarr_format=2, compressors=None,
+                              fill_value=9)
+    else:
+        z = zarr.create_array(path, shape=shape, chunks=(32, 30), shards=(128, 90), dtype=dtype, fill_value=9,
+                              compressors=[zarr.codecs.Crc32cCodec()] if "crc32c" in layout else None)
+    z[:160] = data[:160]
+    data[160:] = 9  # absent chunks
+    calls = []  # (which call, its decoder's kind)
+    for name, at in (("decode_scatter", 0), ("read_decode_scatter", 5)):
+        real = getattr(host_lib, name)
+        monkeypatch.setattr(host_lib, name, lambda *a, _real=real, _name=name, _at=at: (
+            calls.append((_name, a[_at][0])), _real(*a))[1])
+    arr = gpuzarr.open(path, device="cpu", settings=gpuzarr.Settings(threads=2))
+    np.testing.assert_array_equal(arr[...], data)
+    windows = [(slice(a, a + 70), slice(b, b + 50)) for a, b in [(0, 0), (37, 11), (100, 40), (130, 5)]]
+    np.testing.assert_array_equal(arr.read_batch(windows), np.stack([data[w] for w in windows]))
+    np.testing.assert_array_equal(arr[5:190:3, ::-2], data[5:190:3, ::-2])
+    np.testing.assert_array_equal(arr[40:100, 20:80], data[40:100, 20:80])  # a small window
+    which = "read_decode_scatter" if parts and "crc32c" not in layout else "decode_scatter"
+    assert (which, "stored") in calls, f"the stored chunks were not placed through {which}"
+    assert {kind for _, kind in calls} == {"stored"}
+    if fmt == 2:
+        chunk = tmp_path / "a.zarr" / "1.2"
+        chunk.write_bytes(chunk.read_bytes()[:-4])
+        key = r"1\.2"
+    else:
+        locate = arr._reader.locator.locate
+        start = int(locate(np.array([[1, 2]])).offsets[0])
+        shard = tmp_path / "a.zarr" / "c" / "0" / "0"
+        raw = bytearray(shard.read_bytes())
+        tail = len(raw) - 12 * 16 - 4  # zarr-python's index: 4 x 3 chunks, then its crc32c
+        index = np.frombuffer(bytes(raw[tail:-4]), "<u8").reshape(12, 2).copy()
+        index[np.flatnonzero(index[:, 0] == start)[0], 1] -= 2  # the chunk said 2 bytes short
+        raw[tail:-4] = index.tobytes()
+        raw[-4:] = crc32c.crc32c(index.tobytes()).to_bytes(4, "little")  # read as the index says
+        shard.write_bytes(bytes(raw))
+        key = "c/0/0"
+    with pytest.raises(CorruptDataError, match=f"{key}.*(bytes, expected|shorter|checksum)"):
+        gpuzarr.open(path, device="cpu", settings=gpuzarr.Settings(threads=2))[...]
 
 
 @pytest.fixture

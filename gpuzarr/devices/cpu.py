@@ -499,21 +499,20 @@ class _PartReads:
     def make(cls, batch: PendingBatch, chain: CodecChain, as_chunk: Any, out: Any, plan: Plan, first: int,
              fill: Any) -> _PartReads | None:
         """The batch's tables, or None where the library cannot take its parts: a chain other
-        than one zstd, blosc or lz4 codec, a placement the host scatter does not do (transposed
+        than one zstd, blosc or lz4 codec or none (stored chunks), a placement the host scatter does not do (transposed
         chunks it does: gpz_host_transpose). A cold read's parts say how far they are before reading
         (PendingBatch.ahead), then read blocking what the hand-over put in flight (64 cold 2-D
         windows in one read_batch: 1.05-1.08x tensorstore's time so, 1.09-1.57 through fetch)."""
-        codecs, nbytes = chain.bytes_to_bytes, chain.raw_nbytes
-        if (len(codecs) != 1 or not isinstance(codecs[0], (Zstd, Blosc, Lz4)) or nbytes is None
-                or not host_lib.built()):
+        codec, nbytes = host_codec(chain), chain.raw_nbytes
+        if codec is None or nbytes is None or not host_lib.built():
             return None
         if nbytes * max(batch.n, 1) >= 1 << 62:  # records' offsets past int64: the tasks' chunk buffer is refused
             return None
         swap = host_swap(as_chunk, out)
-        if swap is None or codecs[0].decoder(nbytes) is None:
+        if swap is None or codec.decoder(nbytes) is None:
             return None
         self = cls()
-        self.codec, self.nbytes, self.out, self.swap, self.missing = codecs[0], nbytes, out, swap, batch.missing
+        self.codec, self.nbytes, self.out, self.swap, self.missing = codec, nbytes, out, swap, batch.missing
         self.ndim, self.itemsize, self.fill = len(as_chunk.shape), out.dtype.itemsize, fill_item(fill, out.dtype)
         loc, rows = batch.loc, batch.rows
         present = loc.present[rows]
@@ -566,6 +565,26 @@ class _PartReads:
         return int(np.count_nonzero(lengths >= 0)), got
 
 
+class _Stored:
+    """The host library's decoder of chunks stored without a bytes->bytes codec: each is placed
+    from where it was read (GPZ_STORED), as a lone codec's frames are decoded. 64 windows of a
+    sharded uncompressed 4096^2 array read chunk by chunk in Python (preadv a range, a NumPy
+    assignment a placement): 1.18-1.23x tensorstore's time."""
+
+    @staticmethod
+    def decoder(nbytes: int) -> tuple:
+        return host_lib.STORED
+
+
+def host_codec(chain: CodecChain) -> Any:
+    """What gives the host library's decoder of the chain's chunks (its `decoder(nbytes)`): its
+    lone zstd, blosc or lz4 codec, _Stored for none; None for any other chain."""
+    codecs = chain.bytes_to_bytes
+    if not codecs:
+        return _Stored
+    return codecs[0] if len(codecs) == 1 and isinstance(codecs[0], (Zstd, Blosc, Lz4)) else None
+
+
 def part_ends(sizes: np.ndarray, nbytes: int) -> np.ndarray:
     """Where each chunk of a part read by gpz_read_decode_scatter ends in its staging, from 0:
     its size, or for a whole chunk file (size -1) at most what its codec writes for a chunk of
@@ -577,14 +596,16 @@ def _decode_scatter(part: FetchedBatch, chain: CodecChain, as_chunk: Any, out: A
                     fill: Any, scratch: np.ndarray) -> bool:
     """_decode_each_and_place in one call of the host library, the GIL released once for the
     part (host_lib.decode_scatter): every header checked first, then each chunk decoded into
-    `scratch` and placed at once. With 16 threads, the GIL that Python's loop takes ~4 times a
+    `scratch` and placed at once (a stored chunk: placed from staging). With 16 threads, the GIL that Python's loop takes ~4 times a
     chunk held back a 3-D read of 512 KiB chunks (py-spy: the GIL held half the time, 6.5 cores
     busy of 16). False where that call cannot take the part (no library, a chain other than one
     zstd, blosc or lz4 codec and crc32c checks, a placement the host scatter does not do or does
-    slower, a frame that needs the Python path) or a frame fails to decode: the caller then goes
+    slower, a frame that needs the Python path) or a frame fails to decode (a stored chunk: is
+    not its size): the caller then goes
     chunk by chunk, which names the bad one."""
     codecs = chain.bytes_to_bytes
-    if (len(codecs) - chain.trailing_crc32c != 1 or not isinstance(codecs[0], (Zstd, Blosc, Lz4))
+    stored = len(codecs) == chain.trailing_crc32c  # no codec but crc32c checks: placed from staging
+    if not (stored or (len(codecs) - chain.trailing_crc32c == 1 and isinstance(codecs[0], (Zstd, Blosc, Lz4)))
             or not host_lib.built()):
         return False
     swap = host_swap(as_chunk, out)
@@ -595,7 +616,10 @@ def _decode_scatter(part: FetchedBatch, chain: CodecChain, as_chunk: Any, out: A
     labels = part.labels if live.size == part.n else [part.labels[i] for i in live.tolist()]
     offsets = part.offsets[live]
     sizes = strip_crc32c_batch(part.staging, offsets, part.sizes[live], chain.trailing_crc32c, labels)
-    direct = codecs[0].direct(part.staging, offsets, sizes, scratch.size, labels)
+    if stored:  # each its chunk's size, or the call fails and the Python path names it
+        direct = host_lib.STORED, part.staging.ctypes.data + offsets, sizes
+    else:
+        direct = codecs[0].direct(part.staging, offsets, sizes, scratch.size, labels)
     if direct is None:
         return False
     decoder, src, src_sizes = direct
