@@ -197,10 +197,10 @@ class Locator:
     """Resolves chunk coordinates of the leaf grid (the innermost chunks of nested sharding
     whose chains are pure sharding) to byte ranges."""
 
-    # every shard a read touches is read whole where shards are (see WHOLE_SHARD_FRACTION): set
-    # on a read's own copy when it is made again because a shard changed under it, since one GET
-    # of a whole shard is one version of it, where a writer may replace it between the GETs of
-    # its index and of its chunks again
+    # every shard a read touches is read whole where it can be (can_read_whole, up to
+    # WHOLE_SHARD_BYTES): set on a read's own copy when it is made again because a shard changed
+    # under it, since one GET of a whole shard, or one open of a local file, is one version of
+    # it, where a writer may replace it between the reads of its index and of its chunks again
     every_shard_whole = False
 
     def __init__(self, meta: ArrayMetadata, store: Store, cache: IndexCache):
@@ -219,9 +219,11 @@ class Locator:
         # the same as Python integers, for locate_few (one level of sharding)
         self._per_shard_ints, self._grid_ints = self._per_shard.tolist(), self._grid_strides.tolist()
         self._inner_ints = self._level_strides[0].tolist() if levels else []
-        # reading shards whole (see WHOLE_SHARD_FRACTION): where, and what a shard is estimated at
-        self._whole = bool(levels) and store.reads_whole_shards and self.leaf_chain.raw_nbytes is not None
-        if self._whole:
+        # reading shards whole (see WHOLE_SHARD_FRACTION): where it can be, where the store prefers
+        # it, and what a shard is estimated at
+        self.can_read_whole = bool(levels) and self.leaf_chain.raw_nbytes is not None
+        self._whole = self.can_read_whole and store.reads_whole_shards
+        if self.can_read_whole:
             self._leaf_grid = np.array([-(-s // c) for s, c in zip(meta.shape, shape)], dtype=np.int64)
             self._index_bytes = sum(math.prod(meta.chunk_shape) // math.prod(owner) * sharding.index_nbytes(owner)
                                     for owner, sharding in levels)  # every level's indexes in a shard
@@ -234,7 +236,8 @@ class Locator:
         """`given`: shard objects already read whole (key → their bytes, None if absent; see
         whole_shards), whose indexes are read from those bytes, not the cache or the store."""
         n = coords.shape[0]
-        if n <= LOCATE_ARRAYS and len(self.levels) == 1 and not self._whole:
+        whole_wanted = self._whole or self.every_shard_whole
+        if n <= LOCATE_ARRAYS and len(self.levels) == 1 and not whole_wanted:
             return self._locate_small(coords)
         if not self.levels:
             encode = self.meta.key_encoding.key
@@ -260,7 +263,7 @@ class Locator:
         # shards the read wants most of, with their estimated sizes: read whole if their index is
         # not cached; `blobs` gets the bytes of those read whole
         whole = self._mostly_wanted(keys[shard_first], shard_coords[shard_first], np.bincount(inverse)) \
-            if self._whole else {}
+            if whole_wanted else {}
         blobs: dict = {}
         for level, ((owner_shape, sharding), strides) in enumerate(zip(self.levels, self._level_strides)):
             inner = np.array(sharding.chunk_shape, dtype=np.int64)
@@ -348,16 +351,18 @@ class Locator:
             sizes.append(size if live else 0)
         return keys, ids, offsets, sizes, present, tuple(k for k, t in zip(keys, tables) if t is None), versions
 
-    def check_unchanged(self, versions: dict) -> None:
+    def check_unchanged(self, versions: dict, whole: Any = ()) -> None:
         """Raise ChangedError where a local shard file is no longer the one whose index a read
         used (replaced, as zarr-python writes a shard: a new file renamed over the old; or
         rewritten in place): its chunks may have been read from the new file at the old index's
         offsets. Called once a read has read every chunk (a stat per shard; object stores check
-        the ETag of every GET instead); the read is then made again (Reader.read)."""
+        the ETag of every GET instead); the read is then made again (Reader.read). Not the
+        shards read `whole` (Locations.prefetched): one open, one version, whatever the path
+        holds now."""
         if type(self.store) is not LocalStore:
             return
         for key, version in versions.items():
-            if version is not None and self.store.version(key) != version:
+            if version is not None and key not in whole and self.store.version(key) != version:
                 raise ChangedError(f"{key}: the shard file changed while it was read", key)
 
     def whole_shards(self, coords: np.ndarray) -> tuple[np.ndarray, list[str]] | None:
@@ -553,7 +558,7 @@ def fetch(store: Store, loc: Locations, rows: np.ndarray, alloc: Any = _new_stag
     keys, offsets, sizes, present = loc.keys[rows], loc.offsets[rows], loc.sizes[rows], loc.present[rows].copy()
     key_list = keys.tolist()
     ranges, members = _ranges(store, loc, rows, keys, offsets, sizes, present, key_list)
-    if ranges and isinstance(store, LocalStore):
+    if ranges and isinstance(store, LocalStore) and not loc.prefetched:
         return fetch_bounded(store, ranges, members, offsets, sizes, present, key_list, alloc, align, compact)
     # other stores return what exists, so nothing is allocated from an unchecked index size;
     # the ranges of shards read whole while locating are slices of the bytes in hand

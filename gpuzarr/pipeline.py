@@ -126,9 +126,9 @@ class Reader:
             try:
                 return self._read(windows, batched, device, out, report, whole)
             except (ChangedError, CorruptDataError) as exc:
-                whole = isinstance(exc, ChangedError)  # the next attempt: every shard in one GET
-                attempts += 1
                 again = isinstance(exc, ChangedError) or type(self.store) is LocalStore
+                whole = again  # the next attempt: every shard in one GET, or one read of its file
+                attempts += 1
                 if again and attempts <= CHANGED_RETRIES:
                     if report is not None:  # its counts add up every attempt's
                         report.notes.append(f"read again: {exc}")
@@ -162,7 +162,8 @@ class Reader:
         io = None
         store, locator = self.store, self.locator
         requests = self.settings.requests_in_flight
-        small = self.small.applies and not batched and out is None and not isinstance(windows, Boxes)
+        whole = whole and self.locator.can_read_whole
+        small = self.small.applies and not batched and out is None and not isinstance(windows, Boxes) and not whole
         if report is not None or seconds is not None or requests is not None:
             small = False  # counted, or bounded: the general path's business
             report = report if report is not None else ReadReport()
@@ -171,7 +172,7 @@ class Reader:
             locator = _with_store(self.locator, store)
         else:
             report = ReadReport()
-        if whole and locator.store.reads_whole_shards:
+        if whole:
             locator = _with_store(locator, locator.store)
             locator.every_shard_whole = True
         dtype = self.meta.data_type.dtype
@@ -228,8 +229,8 @@ class Reader:
         bounds = self._bounds(loc, chain.raw_nbytes, device)
         # local files: each task reads its own chunks just before decoding them, on every core at
         # once; no staging slots, no I/O thread
-        in_tasks = device.reads_in_tasks and isinstance(self.store, LocalStore) and (len(bounds) > 1
-                                                                                     or _large(loc, chain))
+        in_tasks = (device.reads_in_tasks and isinstance(self.store, LocalStore) and not loc.prefetched
+                    and (len(bounds) > 1 or _large(loc, chain)))
         ahead = _Ahead(store, loc, chain.raw_nbytes) if in_tasks else None  # probed before any task competes for the GIL
         if in_tasks and not ahead.pending and self.settings.batch_bytes is None:
             # warm: batches would only group the tasks (nothing is fetched ahead of them); as one,
@@ -262,7 +263,7 @@ class Reader:
                 started += self._decode(device, batch, chain, out, plan, 0, fill, report, sole=True)
             else:
                 self._staged(bounds, plan, loc, chain, device, out, fill, report, started, store, io)
-        self.locator.check_unchanged(loc.versions)
+        self.locator.check_unchanged(loc.versions, loc.prefetched)
         return out
 
     def _staged(self, bounds: list, plan: Plan, loc: Locations, chain: Any, device: Device, out: Any, fill: Any,
