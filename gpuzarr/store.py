@@ -12,6 +12,7 @@ import stat
 import sys
 import time
 import urllib.parse
+from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Any
@@ -30,6 +31,14 @@ Range = tuple[str, int, int | None]  # key, start (negative: suffix), stop (None
 Landed = Callable[[int, Any], None]  # called with (i, range i's bytes or None) as each range arrives
 _MISSING = (FileNotFoundError, KeyError, NotADirectoryError, IsADirectoryError)
 _REASON_CHARS = 200  # of an underlying error's text in a StoreError message
+
+
+# why remote reads went through another path than one GET per range: "fork" (obstore's reads in
+# a forked child, through fsspec), "ignored_range" (a server answered a ranged GET with the whole
+# object: sliced, or read whole once and sliced)
+FALLBACKS: Counter = Counter()
+# what a read's ReadReport.notes say of the latter, once per read
+IGNORED_RANGE_NOTE = "ignored Range: the server answered ranged GETs with whole objects, read whole and sliced"
 
 
 class ChangedError(StoreError):
@@ -325,8 +334,24 @@ class Store:
                 tries = f"; {attempts[i]} attempts" if attempts is not None and attempts[i] > 1 else ""
                 raise StoreError(f"{self.path(key)}: read failed ({_reason(result)}{tries})", key, result)
             else:
-                out.append(result)
+                out.append(self._as_asked(key, starts[i], stops[i], result, io))
         return out
+
+    def _as_asked(self, key: str, start: int, stop: int | None, body: Any, io: ReadIO | None) -> Any:
+        """A range's body, sliced to the range where the server sent more than it asked for:
+        it ignored the Range header and sent the whole object (fsspec's HTTP hands over whatever
+        came), counted and noted as obstore's reads do; a body longer than the range but short
+        of its end is no object's bytes there, and raises."""
+        asked = -start if start < 0 else None if stop is None else stop - start
+        if asked is None or len(body) <= asked:
+            return body
+        if stop is not None and len(body) < stop:
+            raise StoreError(f"{self.path(key)}: {len(body)} bytes came for the {asked} bytes at {start}..{stop}: "
+                             f"neither the range nor the whole object", key)
+        FALLBACKS["ignored_range"] += 1
+        if io is not None:
+            io.note(f"{IGNORED_RANGE_NOTE} ({self.url})")
+        return body[start:stop] if start >= 0 else body[start:]
 
     # whether read_ranges takes `landed`, a callback per range as it arrives (see fetch.Landing)
     lands_ranges = False
@@ -368,7 +393,7 @@ class Store:
         read = self.read_indexes if indexes else self.read_ranges
         if landed is not None:
             return io.call(lambda some: read(some, landed), ranges)  # type: ignore[call-arg]
-        if self.retries is not None:  # its retries counted (read_indexes is read_ranges here)
+        if type(self).read_ranges is Store.read_ranges:  # its retries and notes in `io` (read_indexes is read_ranges)
             return io.call(lambda some: self._cat_ranges(some, io), ranges)
         return io.call(read, ranges)
 

@@ -24,7 +24,7 @@ import logging
 import os
 import re
 import threading
-from collections import Counter, OrderedDict
+from collections import OrderedDict
 from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any
@@ -36,8 +36,10 @@ from . import forksafe
 from . import store as _store_module
 from .errors import StoreError
 from .obstore_retries import RetryPolicy, with_retries
-from .store import (
+from .store import (  # FALLBACKS, IGNORED_RANGE_NOTE: this module's too, as before
     _REASON_CHARS,
+    FALLBACKS,
+    IGNORED_RANGE_NOTE,
     ChangedError,
     Landed,
     Range,
@@ -62,13 +64,9 @@ RETRY_CONFIG: dict[str, Any] = {"max_retries": 10, "retry_timeout": timedelta(se
 VERSIONS_KEPT = 1 << 16  # object versions a store keeps (see ObstoreStore.version): a shard
 # past them is a cache miss, its index read again
 
-# why reads went through another path than one GET per range: "fork" (a read_ranges call in a
-# forked child, through fsspec), "ignored_range" (a whole object read and sliced: the server
-# answered a ranged GET with the whole object)
-FALLBACKS: Counter = Counter()
-# what a read's ReadReport.notes say of each, once per read
+# what a read's ReadReport.notes say of a read through fsspec in a forked child (counted as
+# FALLBACKS["fork"]), once per read
 FORK_NOTE = "fork: read through fsspec, not obstore (obstore's runtime hangs in a process forked after it ran)"
-IGNORED_RANGE_NOTE = "ignored Range: the server answered ranged GETs with whole objects, read whole and sliced"
 
 SCHEMES = {"s3": "s3", "s3a": "s3", "gs": "gs", "gcs": "gs", "az": "az", "azure": "az", "abfs": "abfs",
            "abfss": "abfss", "http": "http", "https": "https"}

@@ -817,6 +817,25 @@ def test_http_urls_read_through_obstore_and_list_through_fsspec(bucket):
         assert np.array_equal(group["sub/b"][...], np.arange(64, dtype="i2"))
 
 
+def test_a_server_that_ignores_range_is_sliced_through_an_fsspec_mapper(bucket):
+    """fsspec's HTTP hands over whatever body came: a server that ignores Range sends whole
+    objects, which were read as the range (a shard index of the whole shard's length: a
+    CorruptDataError saying "truncated shard?"). A body longer than its range is sliced to it,
+    counted and noted, as obstore's reads are."""
+    fsspec = pytest.importorskip("fsspec")
+    pytest.importorskip("aiohttp", reason="fsspec's HTTPFileSystem needs aiohttp")
+    before = store_obstore.FALLBACKS["ignored_range"]
+    with _files_over_http(bucket) as base:
+        arr = gpuzarr.open(fsspec.get_mapper(f"{base}/sharded.zarr"), device="cpu")
+        assert not isinstance(arr.store, ObstoreStore)
+        want = _reference(bucket, "sharded.zarr")[...]
+        assert np.array_equal(arr[...], want)  # (its shards read whole: no range to slice)
+        report = gpuzarr.ReadReport()
+        assert np.array_equal(arr.read((slice(70, 90), slice(300, 333)), report=report), want[70:90, 300:333])
+    assert store_obstore.FALLBACKS["ignored_range"] > before
+    assert any(note.startswith(store_obstore.IGNORED_RANGE_NOTE) for note in report.notes), report.notes
+
+
 def test_a_server_without_etags_has_its_shard_indexes_read_anew(tmp_path):
     """Python's http.server sends no ETag (and ignores Range): no version to revalidate a cached
     index by, so none is kept; a shard rewritten (or written) since the last read is read as it

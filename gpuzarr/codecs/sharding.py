@@ -43,7 +43,8 @@ class Sharding:
         view = memoryview(raw).cast("B")
         expected = self.index_nbytes(shard_shape)
         if len(view) != expected:
-            raise CorruptDataError(f"{key}: shard index is {len(view)} bytes, expected {expected} (truncated shard?)")
+            why = "truncated shard?" if len(view) < expected else "the store sent more bytes than the range asked for"
+            raise CorruptDataError(f"{key}: shard index is {len(view)} bytes, expected {expected} ({why})")
         from .chain import decode_chunk
 
         index = decode_chunk(self.index_chain, view, 0, f"{key}: shard index").reshape(-1, 2)
