@@ -499,10 +499,11 @@ class _PartReads:
     def make(cls, batch: PendingBatch, chain: CodecChain, as_chunk: Any, out: Any, plan: Plan, first: int,
              fill: Any) -> _PartReads | None:
         """The batch's tables, or None where the library cannot take its parts: a chain other
-        than one zstd, blosc or lz4 codec or none (stored chunks), a placement the host scatter does not do (transposed
-        chunks it does: gpz_host_transpose). A cold read's parts say how far they are before reading
-        (PendingBatch.ahead), then read blocking what the hand-over put in flight (64 cold 2-D
-        windows in one read_batch: 1.05-1.08x tensorstore's time so, 1.09-1.57 through fetch)."""
+        than one zstd, blosc or lz4 codec or none (stored chunks), a placement the host scatter
+        does not do (transposed chunks it does: gpz_host_transpose). A cold read's parts say how
+        far they are before reading (PendingBatch.ahead), then read blocking what the hand-over put
+        in flight (64 cold 2-D windows in one read_batch: 1.05-1.08x tensorstore's time so,
+        1.09-1.57 through fetch)."""
         codec, nbytes = host_codec(chain), chain.raw_nbytes
         if codec is None or nbytes is None or not host_lib.built():
             return None
@@ -596,13 +597,13 @@ def _decode_scatter(part: FetchedBatch, chain: CodecChain, as_chunk: Any, out: A
                     fill: Any, scratch: np.ndarray) -> bool:
     """_decode_each_and_place in one call of the host library, the GIL released once for the
     part (host_lib.decode_scatter): every header checked first, then each chunk decoded into
-    `scratch` and placed at once (a stored chunk: placed from staging). With 16 threads, the GIL that Python's loop takes ~4 times a
-    chunk held back a 3-D read of 512 KiB chunks (py-spy: the GIL held half the time, 6.5 cores
-    busy of 16). False where that call cannot take the part (no library, a chain other than one
-    zstd, blosc or lz4 codec and crc32c checks, a placement the host scatter does not do or does
-    slower, a frame that needs the Python path) or a frame fails to decode (a stored chunk: is
-    not its size): the caller then goes
-    chunk by chunk, which names the bad one."""
+    `scratch` and placed at once (a stored chunk: placed from staging). With 16 threads, the GIL
+    that Python's loop takes ~4 times a chunk held back a 3-D read of 512 KiB chunks (py-spy: the
+    GIL held half the time, 6.5 cores busy of 16). False where that call cannot take the part
+    (no library, a chain other than one zstd, blosc or lz4 codec, or none, and crc32c checks, a
+    placement the host scatter does not do or does slower, a frame that needs the Python path)
+    or a frame fails to decode (a stored chunk: is not its size): the caller then goes chunk by
+    chunk, which names the bad one."""
     codecs = chain.bytes_to_bytes
     stored = len(codecs) == chain.trailing_crc32c  # no codec but crc32c checks: placed from staging
     if not (stored or (len(codecs) - chain.trailing_crc32c == 1 and isinstance(codecs[0], (Zstd, Blosc, Lz4)))
