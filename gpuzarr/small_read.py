@@ -30,6 +30,7 @@ from .devices.cpu import STAGING_KEPT, ChunkView, CpuDevice, decode_bytes, host_
 from .devices.kernels import SCATTER_REC_COUNT, SCATTER_REC_DST, SCATTER_REC_DSTRIDE, SCATTER_REC_LEN, \
     SCATTER_REC_SHAPE, SCATTER_REC_START, SCATTER_REC_STEP
 from .fetch import LOCATE_ARRAYS, Locator, coalesce_small, fetch_bounded, fetch_files, thread_slot
+from .placement import plane_assign
 from .selection import DimSelection
 from .store import LocalStore
 
@@ -42,6 +43,14 @@ from .store import LocalStore
 # 1.04-1.10 (NumPy's copies place big chunks faster; the tables cost ~20 us); 1-2 chunks 1.3
 DIRECT_CHUNK_BYTES = 16 << 10
 DIRECT_MIN_CHUNKS = 4
+# Windows of chunks this large are read here whatever their predicted decode time (CpuDevice.inline):
+# each chunk decoded into a buffer that stays in cache and placed at once, the chunks spread over
+# the threads (inline_parts), beat the general path's grouped tasks, whose rows outgrow the caches
+# (window / general path, alternated in-process, 2 cores: 4 chunks of 256 KiB bool 0.38, 32 of 64
+# KiB uint8 0.66, 4 of 128 KiB complex64 0.73, 16 of 128 KiB in 5-D 0.80); up to WHOLE_CHUNK_MAX:
+# larger ones take the general path, which sizes their buffers with care (4 of 32 MiB were 0.78)
+WHOLE_CHUNK_BYTES = 64 << 10
+WHOLE_CHUNK_MAX = 4 << 20
 
 
 class SmallReads:
@@ -53,16 +62,21 @@ class SmallReads:
         self.fill, self.dtype = meta.fill_value, meta.data_type.dtype
         self.chain, self.as_chunk = chain, ChunkView(chain) if chain.raw_nbytes is not None else None
         self.leaf = locator.leaf_shape
-        self.applies = (type(self.store) is LocalStore and len(locator.levels) <= 1 and self.as_chunk is not None
-                        and self.as_chunk.plain and not self.as_chunk.reordered)
+        # chunks of the output's axis order, or transposed (a v2 order "F", a transpose codec: whole
+        # chunks decoded, NumPy's placement; a 256^2 window of 128 KiB zstd chunks 0.74 -> 0.56 ms
+        # against the general path, tensorstore's 0.68)
+        as_chunk = self.as_chunk
+        self.applies = (type(self.store) is LocalStore and len(locator.levels) <= 1 and as_chunk is not None
+                        and (as_chunk.plain or as_chunk.stored_order is not None))
+        plain = self.applies and as_chunk.plain
         codecs = chain.bytes_to_bytes
-        self.part = type(codecs[0]) if len(codecs) == 1 and isinstance(codecs[0], (Zstd, Blosc)) else None
-        if self.applies:  # C-order element strides of a chunk, in bytes
+        self.part = type(codecs[0]) if plain and len(codecs) == 1 and isinstance(codecs[0], (Zstd, Blosc)) else None
+        if plain:  # C-order element strides of a chunk, in bytes
             self._strides = tuple(int(n) * self.dtype.itemsize for n in np.cumprod((1,) + chain.shape[:0:-1])[::-1])
         # small chunks: the host library reads, decodes and places a window in one call (see _direct)
         self.direct = None
         codec = host_codec(chain)
-        if (self.applies and chain.raw_nbytes <= DIRECT_CHUNK_BYTES and codec is not None and host_lib.built()
+        if (plain and chain.raw_nbytes <= DIRECT_CHUNK_BYTES and codec is not None and host_lib.built()
                 and codec.decoder(chain.raw_nbytes) is not None):
             swap = host_swap(self.as_chunk, np.empty(0, self.dtype))
             self.direct = None if swap is None else (codec, swap)
@@ -94,10 +108,21 @@ class SmallReads:
                 axis.append(run + terms(d, k) if sharded else run)
                 pos, k = end, k + 1
             axes.append(axis)
-        if not cpu.inline(n, self.chain) or (cpu is not device and device.choose(n * self.chain.raw_nbytes) is not cpu):
+        chunks, nbytes = None, self.chain.raw_nbytes
+        if not cpu.inline(n, self.chain) and nbytes < WHOLE_CHUNK_BYTES:
+            if self.part is None:
+                return None
+            # decoded only as far as the window reads them (see _read_chunks): predicted so
+            chunks = [tuple(zip(*chunk)) for chunk in itertools.product(*axes)]
+            if not cpu.inline(n, self.chain, sum(self._decoded(chunk[1]) for chunk in chunks)):
+                return None
+        elif nbytes > WHOLE_CHUNK_MAX:
             return None
-        host = self._read([tuple(zip(*chunk)) for chunk in itertools.product(*axes)],
-                          tuple(sel.count for sel in window), out_shape, cpu)
+        if cpu is not device and device.choose(n * self.chain.raw_nbytes) is not cpu:
+            return None
+        if chunks is None:
+            chunks = [tuple(zip(*chunk)) for chunk in itertools.product(*axes)]
+        host = self._read(chunks, tuple(sel.count for sel in window), out_shape, cpu)
         return host if cpu is device else device.upload(host, None)
 
     def _read(self, chunks: list[tuple], counts: tuple, out_shape: tuple, device: CpuDevice) -> np.ndarray:
@@ -160,6 +185,7 @@ class SmallReads:
             self.part = None  # frames of one block (c-blosc sizes blocks by the chunk and settings: alike in an array)
         part = self.part if self.part is not Zstd or nbytes > ZSTD_BLOCK_BYTES else None
         spans = [self._span(chunks[i][1]) if part else (0, nbytes) for i in range(len(chunks))]
+        reordered = self.as_chunk.reordered
 
         def decode(which: list[int]) -> None:
             scratch = thread_slot(self._local, "scratch", nbytes)
@@ -175,7 +201,10 @@ class SmallReads:
                     raw = scratch
                 else:
                     raw = decode_bytes(self.chain, frame, scratch, labels[i])
-                view[chunks[i][2]] = self.as_chunk(raw)[chunks[i][1]]
+                if reordered:  # in a transpose's axis order
+                    plane_assign(view, chunks[i][2], self.as_chunk(raw)[chunks[i][1]])
+                else:
+                    view[chunks[i][2]] = self.as_chunk(raw)[chunks[i][1]]
 
         parts = device.inline_parts(len(live), self.chain)
         if parts == 1:
@@ -247,6 +276,16 @@ class SmallReads:
         for k in np.flatnonzero(lengths < 0).tolist():  # absent, or a chunk file not there
             view[picked[k][2]] = self.fill
         return True
+
+    def _decoded(self, within: tuple) -> int:
+        """About the bytes of a chunk decoded for its window `within` (see _span): zstd's blocks
+        up to the last byte read, blosc's that hold the bytes read (its blocks' size unknown until
+        a frame is read: an eighth of the chunk taken for one); the whole chunk otherwise."""
+        nbytes = self.chain.raw_nbytes
+        lo, hi = self._span(within)
+        if self.part is Zstd:
+            return nbytes if nbytes <= ZSTD_BLOCK_BYTES else min(nbytes, -(-hi // ZSTD_BLOCK_BYTES) * ZSTD_BLOCK_BYTES)
+        return min(nbytes, hi - lo + nbytes // 8)
 
     def _span(self, within: tuple) -> tuple[int, int]:
         """The bytes of a decoded chunk that its window `within` (a slice per axis) reads: from
