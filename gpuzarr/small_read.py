@@ -108,21 +108,12 @@ class SmallReads:
                 axis.append(run + terms(d, k) if sharded else run)
                 pos, k = end, k + 1
             axes.append(axis)
-        chunks, nbytes = None, self.chain.raw_nbytes
-        if not cpu.inline(n, self.chain) and nbytes < WHOLE_CHUNK_BYTES:
-            if self.part is None:
-                return None
-            # decoded only as far as the window reads them (see _read_chunks): predicted so
-            chunks = [tuple(zip(*chunk)) for chunk in itertools.product(*axes)]
-            if not cpu.inline(n, self.chain, sum(self._decoded(chunk[1]) for chunk in chunks)):
-                return None
-        elif nbytes > WHOLE_CHUNK_MAX:
+        if not cpu.inline(n, self.chain) and not WHOLE_CHUNK_BYTES <= self.chain.raw_nbytes <= WHOLE_CHUNK_MAX:
             return None
         if cpu is not device and device.choose(n * self.chain.raw_nbytes) is not cpu:
             return None
-        if chunks is None:
-            chunks = [tuple(zip(*chunk)) for chunk in itertools.product(*axes)]
-        host = self._read(chunks, tuple(sel.count for sel in window), out_shape, cpu)
+        host = self._read([tuple(zip(*chunk)) for chunk in itertools.product(*axes)],
+                          tuple(sel.count for sel in window), out_shape, cpu)
         return host if cpu is device else device.upload(host, None)
 
     def _read(self, chunks: list[tuple], counts: tuple, out_shape: tuple, device: CpuDevice) -> np.ndarray:
@@ -276,16 +267,6 @@ class SmallReads:
         for k in np.flatnonzero(lengths < 0).tolist():  # absent, or a chunk file not there
             view[picked[k][2]] = self.fill
         return True
-
-    def _decoded(self, within: tuple) -> int:
-        """About the bytes of a chunk decoded for its window `within` (see _span): zstd's blocks
-        up to the last byte read, blosc's that hold the bytes read (its blocks' size unknown until
-        a frame is read: an eighth of the chunk taken for one); the whole chunk otherwise."""
-        nbytes = self.chain.raw_nbytes
-        lo, hi = self._span(within)
-        if self.part is Zstd:
-            return nbytes if nbytes <= ZSTD_BLOCK_BYTES else min(nbytes, -(-hi // ZSTD_BLOCK_BYTES) * ZSTD_BLOCK_BYTES)
-        return min(nbytes, hi - lo + nbytes // 8)
 
     def _span(self, within: tuple) -> tuple[int, int]:
         """The bytes of a decoded chunk that its window `within` (a slice per axis) reads: from

@@ -876,3 +876,45 @@ def test_a_chunk_file_read_error_is_a_store_error_never_the_fill_value(tmp_path,
     else:
         with pytest.raises(gpuzarr.StoreError, match=rf"{loc.keys[3]}: read failed"):
             fetch_module.fetch(arr.store, loc, np.arange(64))
+
+
+@pytest.mark.parametrize("layout", ["transpose", "order-F", "sharded-transpose", "large-chunks", "multi-block"])
+def test_windows_the_small_path_takes_read_as_zarr_python_does(tmp_path, layout):
+    """Chunks in a transpose's axis order (whole chunks decoded, placed through NumPy), and
+    chunks of 64 KiB or more whatever a window's predicted decode (WHOLE_CHUNK_BYTES; zstd
+    chunks of several blocks decoded only as far as a window reads) take the small path, and
+    read what zarr-python reads."""
+    rng = np.random.default_rng(4)
+    kw: dict = {"compressors": zarr.codecs.ZstdCodec(level=1)}
+    if layout == "order-F":
+        data = rng.integers(0, 60000, (300, 260)).astype("<u2")
+        kw = {"compressors": numcodecs.Zstd(level=1), "zarr_format": 2, "order": "F"}
+        chunks = (128, 96)
+    elif layout in ("transpose", "sharded-transpose"):
+        data = rng.integers(0, 60000, (40, 300, 260)).astype(">i4")
+        kw["filters"] = [zarr.codecs.TransposeCodec(order=(2, 0, 1))]
+        kw["serializer"] = zarr.codecs.BytesCodec(endian="big")
+        chunks = (16, 128, 96)
+        if layout == "sharded-transpose":
+            kw["shards"] = (32, 256, 192)
+    elif layout == "large-chunks":  # 4 x 256 KiB: predicted beyond an inline decode
+        data = (rng.random((1024, 1024)) > 0.5)
+        chunks = (512, 512)
+    else:  # 640 KiB chunks, 5 zstd blocks: a window near their top decodes one or two
+        data = rng.integers(0, 60000, (1280, 640)).astype("<u2")
+        chunks = (512, 640)
+    path = str(tmp_path / "a.zarr")
+    z = zarr.create_array(path, shape=data.shape, chunks=chunks, dtype=data.dtype, fill_value=0, **kw)
+    z[...] = data
+    arr = gpuzarr.open(path, device="cpu")
+    taken = []
+    real = SmallReads.read
+    windows = {"order-F": [(slice(100, 170), slice(50, 140)), (slice(0, 300), slice(255, 260))],
+               "large-chunks": [(slice(300, 700), slice(400, 620))],
+               "multi-block": [(slice(500, 530), slice(0, 640)), (slice(3, 9), slice(600, 640))]
+               }.get(layout, [(slice(10, 30), slice(100, 170), slice(50, 140)), (0, slice(0, 300), 259)])
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(SmallReads, "read", lambda self, *a: (lambda r: taken.append(r is not None) or r)(real(self, *a)))
+        for window in windows:
+            np.testing.assert_array_equal(arr[window], z[window])
+    assert taken and all(taken), "a window took the general path"

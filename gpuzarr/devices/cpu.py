@@ -153,15 +153,13 @@ class CpuDevice:
     def abort(self) -> None:
         """Nothing to drop: see finish()."""
 
-    def inline(self, n: int, chain: CodecChain, decoded: int | None = None) -> bool:
+    def inline(self, n: int, chain: CodecChain) -> bool:
         """Whether a read's sole batch of n chunks of `chain` decodes on the calling thread: its
         predicted time (bytes and chunks, see CHUNK_SECONDS) is below what splitting it would
-        save (see _inline_below). `decoded`: the bytes decoded, where chunks are decoded only in
-        part (all of each otherwise)."""
+        save (see _inline_below)."""
         if chain.raw_nbytes is None:
             return False
-        decoded = n * chain.raw_nbytes if decoded is None else decoded
-        return n * CHUNK_SECONDS + decoded * pace(chain) < _inline_below(self.threads)
+        return n * (CHUNK_SECONDS + chain.raw_nbytes * pace(chain)) < _inline_below(self.threads)
 
     def takes_landed(self, n: int, chain: CodecChain) -> bool:
         """Unless the batch is small enough to decode inline: its decode would barely overlap."""
