@@ -63,8 +63,9 @@ class SmallReads:
         self.chain, self.as_chunk = chain, ChunkView(chain) if chain.raw_nbytes is not None else None
         self.leaf = locator.leaf_shape
         # chunks of the output's axis order, or transposed (a v2 order "F", a transpose codec: whole
-        # chunks decoded, NumPy's placement; a 256^2 window of 128 KiB zstd chunks 0.74 -> 0.56 ms
-        # against the general path, tensorstore's 0.68)
+        # chunks decoded, placed by the host scatter walking them in their stored order; a 256^2
+        # window of 128 KiB zstd chunks 0.74 -> 0.56 ms against the general path with NumPy's
+        # placement, tensorstore's 0.68)
         as_chunk = self.as_chunk
         self.applies = (type(self.store) is LocalStore and len(locator.levels) <= 1 and as_chunk is not None
                         and (as_chunk.plain or as_chunk.stored_order is not None))
@@ -76,7 +77,7 @@ class SmallReads:
         # small chunks: the host library reads, decodes and places a window in one call (see _direct)
         self.direct = None
         codec = host_codec(chain)
-        if (plain and chain.raw_nbytes <= DIRECT_CHUNK_BYTES and codec is not None and host_lib.built()
+        if (self.applies and chain.raw_nbytes <= DIRECT_CHUNK_BYTES and codec is not None and host_lib.built()
                 and codec.decoder(chain.raw_nbytes) is not None):
             swap = host_swap(self.as_chunk, np.empty(0, self.dtype))
             self.direct = None if swap is None else (codec, swap)
@@ -176,7 +177,11 @@ class SmallReads:
             self.part = None  # frames of one block (c-blosc sizes blocks by the chunk and settings: alike in an array)
         part = self.part if self.part is not Zstd or nbytes > ZSTD_BLOCK_BYTES else None
         spans = [self._span(chunks[i][1]) if part else (0, nbytes) for i in range(len(chunks))]
-        reordered = self.as_chunk.reordered
+        # chunks in a transpose's axis order: placed by the host scatter, which walks them in it
+        # (register tiles), where it can; NumPy's strided copy otherwise
+        swap = host_swap(self.as_chunk, view) if self.as_chunk.reordered else None
+        records = self._records(chunks, view) if swap is not None else None
+        ndim, itemsize = len(self.leaf), self.dtype.itemsize
 
         def decode(which: list[int]) -> None:
             scratch = thread_slot(self._local, "scratch", nbytes)
@@ -192,7 +197,9 @@ class SmallReads:
                     raw = scratch
                 else:
                     raw = decode_bytes(self.chain, frame, scratch, labels[i])
-                if reordered:  # in a transpose's axis order
+                if records is not None:
+                    host_lib.scatter(raw, view, records[i:i + 1], ndim, itemsize, swap)
+                elif self.as_chunk.reordered:
                     plane_assign(view, chunks[i][2], self.as_chunk(raw)[chunks[i][1]])
                 else:
                     view[chunks[i][2]] = self.as_chunk(raw)[chunks[i][1]]
@@ -220,17 +227,7 @@ class SmallReads:
         order = list(order)
         picked = [chunks[i] for i in order]
         n, ndim = len(order), len(self.leaf)
-        records = np.zeros((n, SCATTER_REC_LEN), np.int64)
-        starts = np.array([[s.start for s in chunk[1]] for chunk in picked], np.int64).reshape(n, ndim)
-        stops = np.array([[s.stop for s in chunk[1]] for chunk in picked], np.int64).reshape(n, ndim)
-        strides = np.array(view.strides, np.int64)
-        records[:, SCATTER_REC_DST] = np.array([[s.start for s in chunk[2]] for chunk in picked],
-                                               np.int64).reshape(n, ndim) @ strides
-        records[:, SCATTER_REC_SHAPE:SCATTER_REC_SHAPE + ndim] = self.leaf
-        records[:, SCATTER_REC_START:SCATTER_REC_START + ndim] = starts
-        records[:, SCATTER_REC_STEP:SCATTER_REC_STEP + ndim] = 1
-        records[:, SCATTER_REC_COUNT:SCATTER_REC_COUNT + ndim] = stops - starts
-        records[:, SCATTER_REC_DSTRIDE:SCATTER_REC_DSTRIDE + ndim] = strides
+        records = self._records(picked, view)
         used = sorted({file_of[i] for i in order if file_of[i] >= 0})
         rank = {f: k for k, f in enumerate(used)}
         names = (ctypes.c_char_p * len(used))(*(os.fsencode(self.store.path(paths[f])) for f in used))
@@ -267,6 +264,29 @@ class SmallReads:
         for k in np.flatnonzero(lengths < 0).tolist():  # absent, or a chunk file not there
             view[picked[k][2]] = self.fill
         return True
+
+    def _records(self, picked: list[tuple], view: np.ndarray) -> np.ndarray:
+        """The host scatter's records of chunks `picked` (see read: each its chunk and output
+        selections) into `view`, SRC 0: each chunk's bytes walked in its stored axis order (a
+        transpose's: every per-axis field permuted so, as gpu_layout.scatter_records does)."""
+        n, ndim = len(picked), len(self.leaf)
+        records = np.zeros((n, SCATTER_REC_LEN), np.int64)
+        starts = np.array([[s.start for s in chunk[1]] for chunk in picked], np.int64).reshape(n, ndim)
+        stops = np.array([[s.stop for s in chunk[1]] for chunk in picked], np.int64).reshape(n, ndim)
+        strides = np.array(view.strides, np.int64)
+        records[:, SCATTER_REC_DST] = np.array([[s.start for s in chunk[2]] for chunk in picked],
+                                               np.int64).reshape(n, ndim) @ strides
+        records[:, SCATTER_REC_SHAPE:SCATTER_REC_SHAPE + ndim] = self.leaf
+        records[:, SCATTER_REC_START:SCATTER_REC_START + ndim] = starts
+        records[:, SCATTER_REC_STEP:SCATTER_REC_STEP + ndim] = 1
+        records[:, SCATTER_REC_COUNT:SCATTER_REC_COUNT + ndim] = stops - starts
+        records[:, SCATTER_REC_DSTRIDE:SCATTER_REC_DSTRIDE + ndim] = strides
+        stored = self.as_chunk.stored_order
+        if stored is not None:
+            for field in (SCATTER_REC_SHAPE, SCATTER_REC_START, SCATTER_REC_STEP, SCATTER_REC_COUNT,
+                          SCATTER_REC_DSTRIDE):
+                records[:, field:field + ndim] = records[:, field:field + ndim][:, list(stored)]
+        return records
 
     def _span(self, within: tuple) -> tuple[int, int]:
         """The bytes of a decoded chunk that its window `within` (a slice per axis) reads: from

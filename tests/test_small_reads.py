@@ -878,9 +878,12 @@ def test_a_chunk_file_read_error_is_a_store_error_never_the_fill_value(tmp_path,
             fetch_module.fetch(arr.store, loc, np.arange(64))
 
 
-@pytest.mark.parametrize("layout", ["transpose", "order-F", "sharded-transpose", "large-chunks", "multi-block"])
+@pytest.mark.parametrize("layout", ["transpose", "order-F", "sharded-transpose", "small-transposed-chunks",
+                                    "large-chunks", "multi-block"])
 def test_windows_the_small_path_takes_read_as_zarr_python_does(tmp_path, layout):
-    """Chunks in a transpose's axis order (whole chunks decoded, placed through NumPy), and
+    """Chunks in a transpose's axis order (placed by the host scatter walking them in their
+    stored order: chunk by chunk once decoded, or small ones read, decoded and placed in one
+    call), and
     chunks of 64 KiB or more whatever a window's predicted decode (WHOLE_CHUNK_BYTES; zstd
     chunks of several blocks decoded only as far as a window reads) take the small path, and
     read what zarr-python reads."""
@@ -890,11 +893,11 @@ def test_windows_the_small_path_takes_read_as_zarr_python_does(tmp_path, layout)
         data = rng.integers(0, 60000, (300, 260)).astype("<u2")
         kw = {"compressors": numcodecs.Zstd(level=1), "zarr_format": 2, "order": "F"}
         chunks = (128, 96)
-    elif layout in ("transpose", "sharded-transpose"):
+    elif layout in ("transpose", "sharded-transpose", "small-transposed-chunks"):
         data = rng.integers(0, 60000, (40, 300, 260)).astype(">i4")
         kw["filters"] = [zarr.codecs.TransposeCodec(order=(2, 0, 1))]
         kw["serializer"] = zarr.codecs.BytesCodec(endian="big")
-        chunks = (16, 128, 96)
+        chunks = (8, 16, 24) if layout == "small-transposed-chunks" else (16, 128, 96)
         if layout == "sharded-transpose":
             kw["shards"] = (32, 256, 192)
     elif layout == "large-chunks":  # 4 x 256 KiB: predicted beyond an inline decode
@@ -913,8 +916,16 @@ def test_windows_the_small_path_takes_read_as_zarr_python_does(tmp_path, layout)
                "large-chunks": [(slice(300, 700), slice(400, 620))],
                "multi-block": [(slice(500, 530), slice(0, 640)), (slice(3, 9), slice(600, 640))]
                }.get(layout, [(slice(10, 30), slice(100, 170), slice(50, 140)), (0, slice(0, 300), 259)])
+    if layout == "small-transposed-chunks":
+        windows = [(slice(10, 20), slice(100, 140), slice(50, 90)), (3, slice(0, 40), 259)]
+    placed = []  # the host library's calls
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(SmallReads, "read", lambda self, *a: (lambda r: taken.append(r is not None) or r)(real(self, *a)))
+        for name in ("scatter", "read_decode_scatter"):
+            mp.setattr(host_lib, name, lambda *a, _real=getattr(host_lib, name), _name=name: (
+                placed.append(_name), _real(*a))[1])
         for window in windows:
             np.testing.assert_array_equal(arr[window], z[window])
     assert taken and all(taken), "a window took the general path"
+    if layout in ("transpose", "sharded-transpose", "order-F", "small-transposed-chunks") and host_lib.built():
+        assert ("read_decode_scatter" if layout.startswith("small") else "scatter") in placed
