@@ -53,3 +53,28 @@ def test_bytes_after_a_member_that_are_not_one_are_corrupt(tmp_path, device):
     dev = "cpu" if device == "cpu" else GpuDevice(StandinEngine())
     with pytest.raises(CorruptDataError, match=r"0\.0: bad gzip stream"):
         gpuzarr.open(path, device="cpu").read(..., device=dev)
+
+
+@pytest.mark.parametrize("members", [1, 2])
+def test_a_gzip_before_another_codec_reads_as_zarr_python(tmp_path, monkeypatch, members):
+    """A gzip codec outside another (zstd, then gzip) is decoded without the chunk's size to
+    decode into: one member, whose stated size (ISIZE) is all it holds, is inflated as a chunk's
+    gzip is (libdeflate, or libz); several, through Python's zlib, as before."""
+    from gpuzarr.codecs import bytes_to_bytes
+
+    calls = []
+    real = bytes_to_bytes.Gzip._inflate
+    monkeypatch.setattr(bytes_to_bytes.Gzip, "_inflate", lambda *a: (lambda r: calls.append(r) or r)(real(*a)))
+    data = np.random.default_rng(9).integers(0, 900, (300, 200)).astype("<u2")
+    z = zarr.create_array(str(tmp_path / "a.zarr"), shape=data.shape, chunks=(128, 128), dtype=data.dtype,
+                          compressors=[zarr.codecs.ZstdCodec(level=1), zarr.codecs.GzipCodec(level=1)])
+    z[...] = data
+    if members == 2:  # every chunk object made again as two gzip members of its zstd frame
+        for path in (tmp_path / "a.zarr" / "c").rglob("*"):
+            if path.is_file():
+                inner = gzip.decompress(path.read_bytes())
+                path.write_bytes(gzip.compress(inner[:10]) + gzip.compress(inner[10:]))
+    arr = gpuzarr.open(str(tmp_path / "a.zarr"), device="cpu")
+    np.testing.assert_array_equal(arr[...], data)
+    np.testing.assert_array_equal(arr[100:230, 7:150], data[100:230, 7:150])
+    assert calls and all(calls) if members == 1 else not any(calls)
