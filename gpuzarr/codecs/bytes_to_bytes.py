@@ -909,9 +909,10 @@ class Lz4(BytesBytesCodec):
 
 
 # What host_lib.read_decode_scatter checks its frames against, as the Python checks do: zstd
-# blocks walked at most (zstd_whole_frames), a blosc frame's expansion at most (_check_claim),
-# an LZ4 frame's bytes at most (_lz4_direct)
-DIRECT_LIMITS = (_ZSTD_BLOCK_STEPS, MAX_EXPANSION, numcodecs.LZ4.max_buffer_size)
+# blocks walked at most (a walk there costs ~1 ns a block, so frames of 4 GiB: the NumPy walk's
+# _ZSTD_BLOCK_STEPS gave chunks over 8 MiB back to Python, counted as part:frame fallbacks), a
+# blosc frame's expansion at most (_check_claim), an LZ4 frame's bytes at most (_lz4_direct)
+DIRECT_LIMITS = (1 << 15, MAX_EXPANSION, numcodecs.LZ4.max_buffer_size)
 
 
 def _lz4_direct(frame_bytes: int, nbytes: int) -> Any:
