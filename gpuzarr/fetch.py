@@ -393,7 +393,10 @@ class Locator:
         inside = np.minimum(per, self._leaf_grid - shard_coords * per).prod(axis=1)
         estimate = inside * self.leaf_chain.raw_nbytes + self._index_bytes
         fraction = 0.0 if self.every_shard_whole else WHOLE_SHARD_FRACTION
-        mostly = (touched >= fraction * inside) & (estimate <= PART_BYTES)
+        # a store that reads a whole object in one call, not in parts (local files): any shard
+        # within WHOLE_SHARD_BYTES, when a read made again wants every shard in one version
+        most = WHOLE_SHARD_BYTES if self.every_shard_whole and not self.store.reads_whole_shards else PART_BYTES
+        mostly = (touched >= fraction * inside) & (estimate <= most)
         return {k: e for k, e, m in zip(keys.tolist(), estimate.tolist(), mostly.tolist()) if m}
 
     def _indexes(self, owners: list[tuple[str, int, int]], owner_shape: Shape, sharding: Sharding,

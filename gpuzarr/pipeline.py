@@ -243,7 +243,7 @@ class Reader:
         report.batches += len(bounds)
         fill = self.meta.fill_value
         started: list = []  # every task queued: none may still write into `out` once the read ends
-        with _finished(device, started, report, io):
+        with _changed_first(self.locator, loc), _finished(device, started, report, io):
             if in_tasks:
                 sole = len(bounds) == 1
                 hand = ahead.reached if ahead.pending else None
@@ -626,6 +626,17 @@ def _finished(device: Device, started: list, report: ReadReport, io: ReadIO | No
     except BaseException:
         settle(started)
         device.abort()
+        raise
+
+
+@contextlib.contextmanager
+def _changed_first(locator: Locator, loc: Locations) -> Iterator[None]:
+    """A read's data found corrupt where a local shard changed under it is the change
+    (ChangedError), not corruption: the chunks may be the new file's at the old index's offsets."""
+    try:
+        yield
+    except CorruptDataError:
+        locator.check_unchanged(loc.versions, loc.prefetched)
         raise
 
 

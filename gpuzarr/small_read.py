@@ -29,6 +29,7 @@ from .devices.cpu import STAGING_KEPT, ChunkView, CpuDevice, decode_bytes, host_
     stored_chunk
 from .devices.kernels import SCATTER_REC_COUNT, SCATTER_REC_DST, SCATTER_REC_DSTRIDE, SCATTER_REC_LEN, \
     SCATTER_REC_SHAPE, SCATTER_REC_START, SCATTER_REC_STEP
+from .errors import CorruptDataError
 from .fetch import LOCATE_ARRAYS, Locator, coalesce_small, fetch_bounded, fetch_files, thread_slot
 from .placement import plane_assign
 from .selection import DimSelection
@@ -120,7 +121,11 @@ class SmallReads:
     def _read(self, chunks: list[tuple], counts: tuple, out_shape: tuple, device: CpuDevice) -> np.ndarray:
         """`chunks`: per chunk, per axis (see read) its chunk, selections and shard terms."""
         versions: dict = {}
-        out = self._read_chunks(chunks, counts, out_shape, device, versions)
+        try:
+            out = self._read_chunks(chunks, counts, out_shape, device, versions)
+        except CorruptDataError:  # where a shard changed meanwhile, that (ChangedError) is what happened
+            self.locator.check_unchanged(versions)
+            raise
         self.locator.check_unchanged(versions)
         return out
 

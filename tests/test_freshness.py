@@ -150,13 +150,21 @@ def test_a_shard_replaced_between_its_index_and_its_chunks_reads_again_where_the
     np.testing.assert_array_equal(got, new[0:8, 0:32])
 
 
+@pytest.mark.parametrize("large", [False, True], ids=["", "over-part-bytes"])
 @pytest.mark.parametrize("compressors", [None, [zarr.codecs.ZstdCodec(level=1)]], ids=["stored", "zstd"])
 @pytest.mark.parametrize("how", ["small", "general", "batch"])
-def test_a_shard_replaced_after_every_index_read_is_read_whole_the_next_time(tmp_path, how, compressors):
+def test_a_shard_replaced_after_every_index_read_is_read_whole_the_next_time(tmp_path, monkeypatch, how,
+                                                                            compressors, large):
     """A writer in a tight loop replaces a shard between every read of its index and of its
     chunks: three attempts all failed (1.9% of reads against zarr-python rewriting every shard in
     a loop). A read made again reads each shard whole, through one open: one version of it,
-    whichever, and no check of its path at the end."""
+    whichever, and no check of its path at the end; a local shard larger than an object store's
+    GETs are (PART_BYTES) too, within WHOLE_SHARD_BYTES (1.5% of full reads of 16 MiB shards
+    failed so)."""
+    if large:
+        from gpuzarr import fetch as fetch_module
+
+        monkeypatch.setattr(fetch_module, "PART_BYTES", 64)
     old = np.arange(1, 32 * 32 + 1, dtype=np.int32).reshape(32, 32)
     new = old + 100_000
     old[0:8, 0:8] = 0  # chunk (0, 0) absent in one, chunk (0, 1) in the other: the layout moves
@@ -185,6 +193,40 @@ def test_a_shard_replaced_after_every_index_read_is_read_whole_the_next_time(tmp
         got = arr.read_batch([(slice(0, 8), slice(0, 32))] * 3, report=report)[1]
     assert len(rewritten) >= 2 and any(whole_reads)
     assert any((got == want[0:8, 0:32]).all() for want in (old, new)), "a mix of two versions"
+
+
+@pytest.mark.parametrize("how", ["small", "general"])
+def test_data_read_as_corrupt_while_its_shard_changed_is_the_change(tmp_path, monkeypatch, how):
+    """Chunks read from a replaced shard at the old index's offsets do not decode: that is the
+    change (ChangedError), not data corrupt on disk, when a shard too large to read whole keeps
+    being replaced (a differential run: "zstd frame decodes to 0 bytes ...; the same in 3 reads")."""
+    from gpuzarr import fetch as fetch_module
+    from gpuzarr.store import ChangedError
+
+    monkeypatch.setattr(fetch_module, "WHOLE_SHARD_BYTES", 0)  # (no shard read whole, however small)
+    old = np.arange(1, 32 * 32 + 1, dtype=np.int32).reshape(32, 32)
+    new = old + 100_000
+    old[0:8, 0:8] = 0
+    new[0:8, 8:16] = 0
+    z = zarr.create_array(str(tmp_path / "a"), shape=(32, 32), dtype=np.int32, chunks=(8, 8), shards=(32, 32),
+                          compressors=[zarr.codecs.ZstdCodec(level=1)], fill_value=0)
+    z[...] = old
+    arr = gpuzarr.open(str(tmp_path / "a"), device="cpu", settings=gpuzarr.Settings(index_cache_bytes=0))
+    store = arr._reader.store
+    read_indexes = store.read_indexes
+    rewritten = []
+
+    def then_rewritten(ranges):
+        got = read_indexes(ranges)
+        rewritten.append(True)
+        z[...] = new if len(rewritten) % 2 else old  # every time
+        return got
+    store.read_indexes = then_rewritten
+    with pytest.raises(ChangedError, match=r"c/0/0: the shard file changed while it was read; 3 reads"):
+        if how == "small":
+            arr[0:8, 0:32]
+        else:
+            arr.read((slice(0, 8), slice(0, 32)), report=gpuzarr.ReadReport())
 
 
 def test_local_data_that_stays_corrupt_is_raised_after_the_last_attempt(tmp_path):
