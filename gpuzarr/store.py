@@ -41,6 +41,16 @@ FALLBACKS: Counter = Counter()
 IGNORED_RANGE_NOTE = "ignored Range: the server answered ranged GETs with whole objects, read whole and sliced"
 
 
+
+def slice_whole(data: Any, start: int, stop: int | None) -> memoryview:
+    """Bytes start..stop of a whole object (start < 0: its last -start), as a ranged GET would
+    have answered: what a server that ignores Range sent, cut to the range."""
+    view = memoryview(data)
+    size = len(view)
+    begin = max(0, size + start) if start < 0 else min(start, size)
+    end = size if stop is None else min(max(stop, begin), size)
+    return view[begin:end]
+
 class ChangedError(StoreError):
     """A shard changed between the read of its index and the read of its chunks (its ETag or
     generation differs): the read is made again from fresh indexes (see pipeline.Reader.read)."""
@@ -351,7 +361,7 @@ class Store:
         FALLBACKS["ignored_range"] += 1
         if io is not None:
             io.note(f"{IGNORED_RANGE_NOTE} ({self.url})")
-        return body[start:stop] if start >= 0 else body[start:]
+        return slice_whole(body, start, stop)
 
     # whether read_ranges takes `landed`, a callback per range as it arrives (see fetch.Landing)
     lands_ranges = False

@@ -48,6 +48,7 @@ from .store import (  # FALLBACKS, IGNORED_RANGE_NOTE: this module's too, as bef
     _reason,
     pooled,
     requests_in_flight,
+    slice_whole,
 )
 
 log = logging.getLogger("gpuzarr.store")
@@ -372,7 +373,7 @@ class ObstoreStore(Store):
                     if start < 0 and not self._fs.suffix_ranges and not self._fs.ignores_range:
                         start, stop = from_the_end(path, start, tries)
                     if self._fs.ignores_range:
-                        data = _slice(whole_once(path), start, stop)
+                        data = slice_whole(whole_once(path), start, stop)
                     elif stop == start:  # an empty object's last bytes
                         data = b""
                     elif indexes or key in self._versions:
@@ -397,7 +398,7 @@ class ObstoreStore(Store):
                                   "sliced", self._fs.label, obstore_reason(exc))
                     self._fs.ignores_range = True
                     count(retries=1)
-                    data = _slice(whole_once(path), start, stop)
+                    data = slice_whole(whole_once(path), start, stop)
             except FileNotFoundError:
                 with self._versions_lock:  # an index cached under it is not looked up again
                     self._versions.pop(key, None)
@@ -568,15 +569,6 @@ def _each_landed(results: list, landed: Landed | None) -> list:
         for i, data in enumerate(results):
             landed(i, data)
     return results
-
-
-def _slice(data: Any, start: int, stop: int | None) -> memoryview:
-    """Bytes start..stop of a whole object, as a ranged GET would have answered."""
-    view = memoryview(data)
-    size = len(view)
-    begin = max(0, size + start) if start < 0 else min(start, size)
-    end = size if stop is None else min(max(stop, begin), size)
-    return view[begin:end]
 
 
 def _unpickle(pickled: Any, root: str) -> Store:
