@@ -719,6 +719,36 @@ def test_nested_shard_index_entry_out_of_bounds(bases, tmp_path, device, entry):
     expect_corrupt(arr, KEY, device)
 
 
+def test_nested_sharding_whose_inner_chunks_do_not_divide_the_middle_shard_is_refused(tmp_path):
+    """The sharding spec says inner chunks divide the shard. zarr-python 3.1 checks the outer
+    level only: it writes such an array, then reads it back wrong (each middle shard's values
+    past its last whole inner chunk come back as others); 3.2+ refuses to write it. gpuzarr
+    refuses it at open, naming the file and both shapes. Were zarr-python ever to read it back
+    right, this fails, and gpuzarr should read it too."""
+    from zarr.codecs import BytesCodec, ShardingCodec
+
+    middle = ShardingCodec(chunk_shape=(16, 16), codecs=[ShardingCodec(chunk_shape=(6, 6), codecs=[BytesCodec()])])
+    data = np.arange(40 * 40, dtype="uint16").reshape(40, 40)
+    path = tmp_path / BAD
+    try:
+        written = zarr.create_array(str(path), shape=data.shape, chunks=(32, 32), dtype=data.dtype,
+                                    serializer=middle, compressors=None, fill_value=0)
+    except ValueError as exc:  # zarr-python 3.2+
+        assert "divisible" in str(exc)
+        meta = {"zarr_format": 3, "node_type": "array", "shape": [40, 40], "data_type": "uint16",
+                "chunk_grid": {"name": "regular", "configuration": {"chunk_shape": [32, 32]}},
+                "chunk_key_encoding": {"name": "default"}, "fill_value": 0,
+                "codecs": [json.loads(json.dumps(middle.to_dict()))]}
+        path.mkdir(exist_ok=True)  # (made before the refusal)
+        (path / "zarr.json").write_text(json.dumps(meta))
+    else:
+        written[:] = data
+        assert not np.array_equal(zarr.open_array(str(path))[:], data)
+    with pytest.raises(MetadataError, match=r"\[6, 6\] must divide the shard shape \[16, 16\]") as info:
+        gpuzarr.open(str(path))
+    assert str(path / "zarr.json") in str(info.value)
+
+
 # ---------------------------------------------------------------------------------------------
 # hostile sizes: fail fast, allocate nothing like what the index claims
 
