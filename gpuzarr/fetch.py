@@ -610,10 +610,13 @@ def _arrived(store: Store, rng: Range, blob: Any, missing: list | None) -> bool:
     return True
 
 
+PLACED = object()  # what Landing.land returns for bytes it copied into the batch's staging
+
+
 class Landing:
     """A remote batch read range by range: the chunks of ranges that have landed become a
-    FetchedBatch of their own, decoded while later ranges are still on their way (a range
-    alone: its bytes where the store put them, no copy). Range k's rows are `bounds[k]` of the
+    FetchedBatch of their own, decoded while later ranges are still on their way (their bytes
+    placed in one buffer as they land: see land). Range k's rows are `bounds[k]` of the
     read: its chunks and the absent chunks before them (the last range's, those after it too),
     so every row is in exactly one. Where requests take unequal times, as in the cloud, the read
     ends soon after its last range lands, not a whole decode later (see Reader._landed)."""
@@ -625,6 +628,11 @@ class Landing:
                                             self.keys.tolist())
         ends = [int(idx[-1]) + 1 for idx in self.members[:-1]] + [rows.size]
         self.bounds = list(zip([0] + ends[:-1], ends))
+        # ranges of a known size land back to back in one buffer, each copied there by the
+        # thread it landed on (see land); a whole object's size is known only once it is in
+        known = [0 if stop is None else stop - start for _, start, stop in self.ranges]
+        self.at = np.concatenate([[0], np.cumsum(known)]).tolist()  # range k: staging[at[k]:at[k + 1]]
+        self.staging = np.empty(0, np.uint8)  # (see `of`)
 
     @classmethod
     def of(cls, store: Store, loc: Locations, rows: np.ndarray) -> Landing | None:
@@ -634,16 +642,40 @@ class Landing:
             return None
         landing = cls(store, loc, rows)
         long = any(stop is not None and stop - start > PART_BYTES for _, start, stop in landing.ranges)
-        return landing if len(landing.ranges) > 1 and not long else None
+        if len(landing.ranges) < 2 or long:
+            return None
+        # sized by the index, as the batch's bounds are (a batch: at most its batch_bytes); only
+        # what lands is written
+        landing.staging = np.empty(landing.at[-1], np.uint8)
+        return landing
+
+    def land(self, k: int, blob: Any) -> Any:
+        """Range k's bytes as they land, on the thread that read them: copied into their place
+        in `staging` (PLACED is then returned in their stead) where their size is known and is
+        what was asked for; else as they are (an absent object, a short body: `batch` says
+        which). A run of ranges landing together is then a view of `staging`, not copied in one
+        thread once the last is in (16 ranges of the sharded set at 20 ms, 4.4 MB: 0.55 ms
+        between the last landing and the decode's start)."""
+        _, start, stop = self.ranges[k]
+        if blob is None or stop is None or len(blob) != stop - start:
+            return blob
+        _copy_into(self.staging, self.at[k], blob)
+        return PLACED
 
     def batch(self, first: int, blobs: list, missing: list | None) -> FetchedBatch:
         """Rows bounds[first]..bounds[first + len(blobs) - 1] of the read, the bytes of ranges
-        first.. in hand: one range's where they are, several copied into one buffer."""
+        first.. in hand: those placed by `land`, a view of their run of staging; others, one
+        range's where they are, several copied into one buffer."""
         lo, hi = self.bounds[first][0], self.bounds[first + len(blobs) - 1][1]
         ranges = self.ranges[first:first + len(blobs)]
+        at = self.at
+        placed = all(blob is PLACED for blob in blobs)
+        blobs = [self.staging[at[k]:at[k + 1]] if blob is PLACED else blob for k, blob in enumerate(blobs, first)]
         there = [_arrived(self.store, rng, blob, missing) for rng, blob in zip(ranges, blobs)]
         lengths = np.array([len(blob) if ok else 0 for blob, ok in zip(blobs, there)], np.int64)
-        if len(blobs) == 1:
+        if placed:  # back to back in staging already
+            staging = self.staging[at[first]:at[first + len(blobs)]]
+        elif len(blobs) == 1:
             staging = np.frombuffer(blobs[0], np.uint8) if there[0] else np.empty(0, np.uint8)
         else:
             staging = np.empty(int(lengths.sum()), np.uint8)

@@ -307,7 +307,8 @@ class Reader:
         index was read (ChangedError, known once every range is in) is what this raises: the
         read is then made again. Tasks are appended to `started` as they are queued."""
         arrived: queue.SimpleQueue = queue.SimpleQueue()
-        future = _IO.submit(landing.store.read_ranges, landing.ranges, lambda k, blob: arrived.put((k, blob)))
+        future = _IO.submit(landing.store.read_ranges, landing.ranges,
+                            lambda k, blob: arrived.put((k, landing.land(k, blob))))
         future.add_done_callback(lambda _: arrived.put(None))
         try:
             for runs, left in _arrivals(arrived, landing.store, landing.ranges, future, report, io):

@@ -206,7 +206,8 @@ def test_ranges_that_stop_landing_end_the_read_at_its_deadline(tmp_path, always_
 
 
 def test_a_batch_of_ranges_landing_together_is_one_part(tmp_path):
-    """Landing.batch over consecutive ranges: one buffer, each chunk where its range put it."""
+    """Landing.batch over consecutive ranges: one buffer, each chunk where its range put it;
+    ranges placed as they landed (Landing.land) are that buffer already."""
     data = _sharded_with_holes(tmp_path / "a")
     store = _arriving(tmp_path / "a", f"land-parts-{tmp_path.name}")
     arr = gpuzarr.open(store, device="cpu")
@@ -231,6 +232,17 @@ def test_a_batch_of_ranges_landing_together_is_one_part(tmp_path):
             assert bytes(part.chunk(i)) == bytes(together.chunk(lo + i))
         lo += part.n
     assert np.array_equal(together.present, loc.present)
+    # placed by the threads they landed on: the same batch, a view of the landing's staging
+    placed = [landing.land(k, blob) for k, blob in enumerate(blobs)]
+    assert all(p is fetch_module.PLACED for p in placed)
+    again = landing.batch(0, placed, [])
+    assert np.shares_memory(again.staging, landing.staging)
+    assert np.array_equal(again.offsets, together.offsets) and np.array_equal(again.sizes, together.sizes)
+    assert bytes(again.staging) == bytes(together.staging)
+    short = landing.land(3, bytes(len(blobs[3]) - 1))  # not what was asked for: handed on as it is
+    assert short is not fetch_module.PLACED
+    with pytest.raises(CorruptDataError, match="points past the end of the shard"):
+        landing.batch(3, [short], [])
 
 
 def _cold(store: Store, **settings) -> gpuzarr.Array:
