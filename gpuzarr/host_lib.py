@@ -2,7 +2,8 @@
 kernels/host_calls.cpp): per-chunk loops of the CPU path run in C, each in one ctypes call with
 the GIL released once: the placement of a part's pieces and the fills of its absent chunks
 (the GPU kernel's own scatter and fill records, reduced by its core), the blosc, LZ4 and zstd
-decoder calls of a part (alone, or each followed by its chunk's placement), the syscalls that
+decoder calls of a part (alone, or each followed by its chunk's placement; blosc frames of the
+zlib format inflated by libdeflate and unshuffled there, kernels/host_blosc.cpp), the syscalls that
 read a part's chunk files or a read's shard indexes, and all of that at once for a part of
 local files (read, check, decode, place: gpz_read_decode_scatter).
 
@@ -34,7 +35,7 @@ FALLBACKS: Counter = Counter()
 _LOCK = forksafe.Lock()
 
 _NAME = "_host_lib"
-VERSION = 14  # gpz_host_version() of the sources this module calls
+VERSION = 15  # gpz_host_version() of the sources this module calls
 _i64, _ptr = ctypes.c_int64, ctypes.c_void_p
 _lib: list = []  # [the loaded library, or None where it is missing or stale]
 
@@ -153,13 +154,13 @@ def address(buf: Any) -> int:
         return 0
 
 
-def each_blosc(fn: Any, src: np.ndarray, dst: np.ndarray, nbytes: int) -> np.ndarray:
-    """blosc_decompress_ctx (`fn`, a ctypes function) on the frames at addresses `src` into the
-    `nbytes` at addresses `dst` (int64 arrays; the caller checked each frame's header against
-    its buffer); each one's result."""
+def each_blosc(calls: Any, src: np.ndarray, dst: np.ndarray, nbytes: int) -> np.ndarray:
+    """Blosc frames at addresses `src` decoded whole into the `nbytes` at addresses `dst` (int64
+    arrays; the caller checked each frame's header against its buffer) by `calls` (a ctypes table
+    of gpz_blosc_calls: c-blosc, libdeflate for zlib-format frames); each one's result."""
     src, dst = np.ascontiguousarray(src, np.int64), np.ascontiguousarray(dst, np.int64)
-    got = np.empty(src.size, np.intc)
-    _library().gpz_each_blosc(_function_address(fn), src.ctypes.data, dst.ctypes.data, src.size, nbytes,
+    got = np.empty(src.size, np.int64)
+    _library().gpz_each_blosc(_function_address(calls), src.ctypes.data, dst.ctypes.data, src.size, nbytes,
                               got.ctypes.data)
     return got
 

@@ -17,6 +17,7 @@
 #include <sys/uio.h>
 #include <unistd.h>
 
+#include "host_blosc.h"    // gpz_blosc_frame, gpz_le32
 #include "scatter_core.cuh"  // GPZ_REC_LEN
 
 // The decoder `kind` of a chunk stored without a bytes->bytes codec: its bytes are the chunk's
@@ -24,14 +25,16 @@
 
 extern "C" {
 
-// blosc_decompress_ctx(src, dest, destsize, nthreads) on frames 0..n-1: frame i at address
-// src[i] into the `nbytes` at dst[i]; got[i] its result (the decoded size, or <= 0).
-typedef int (*gpz_blosc_fn)(const void* src, void* dest, size_t destsize, int nthreads);
-
-void gpz_each_blosc(void* fn, const gpz_i64* src, const gpz_i64* dst, gpz_i64 n, gpz_i64 nbytes, int* got)
+// Blosc frames 0..n-1 decoded whole (gpz_blosc_frame; `fn` a gpz_blosc_calls): frame i at address
+// src[i], its header checked by the caller, into the `nbytes` at dst[i]; got[i] its result (the
+// decoded size, or what failed).
+void gpz_each_blosc(void* fn, const gpz_i64* src, const gpz_i64* dst, gpz_i64 n, gpz_i64 nbytes, gpz_i64* got)
 {
-    const gpz_blosc_fn decode = (gpz_blosc_fn)fn;
-    for (gpz_i64 i = 0; i < n; ++i) got[i] = decode((const void*)src[i], (void*)dst[i], (size_t)nbytes, 1);
+    gpz_blosc_work work((const gpz_blosc_calls*)fn);
+    for (gpz_i64 i = 0; i < n; ++i) {
+        const unsigned char* frame = (const unsigned char*)src[i];
+        got[i] = gpz_blosc_frame(&work, frame, gpz_le32(frame + 12), (unsigned char*)dst[i], nbytes, 0, nbytes);
+    }
 }
 
 // LZ4_decompress_safe(src, dst, compressed size, capacity) on blocks 0..n-1: block i of
@@ -96,43 +99,6 @@ static gpz_i64 gpz_zstd_prefix(const gpz_zstd_calls* zstd, void* dctx, const uns
     return nbytes;
 }
 
-// The little-endian 32-bit word at p (blosc's and numcodecs' LZ4 headers).
-static inline gpz_i64 gpz_le32(const unsigned char* p)
-{
-    return p[0] | (p[1] << 8) | (p[2] << 16) | ((gpz_i64)p[3] << 24);
-}
-
-// c-blosc's calls gpuzarr makes, in the table that a blosc decoder's `fn` points to: the whole
-// frame (blosc_decompress_ctx), and the items start..start+nitems-1 alone into `dest`
-// (blosc_getitem: only the blocks that hold them decoded, each checked against the frame's
-// stated size as blosc_decompress_ctx checks them; thread-safe, a context of its own). getitem
-// is NULL where the library does not export it: every frame is then decoded whole.
-struct gpz_blosc_calls {
-    int (*decompress)(const void* src, void* dest, size_t destsize, int nthreads);
-    int (*getitem)(const void* src, int start, int nitems, void* dest);
-};
-
-// Bytes lo..hi-1 (at least) of the blosc frame at `src` (its header checked by the caller
-// against `nbytes` and the frame's size) decoded into the same bytes of `dst`: through getitem,
-// by whole items of the frame's typesize, where that skips a block; else the whole frame (which
-// getitem would decode into a buffer of its own, then copy). Returns `nbytes` when that worked,
-// else what c-blosc returned.
-static gpz_i64 gpz_blosc_span(const gpz_blosc_calls* blosc, const unsigned char* src, unsigned char* dst,
-                              gpz_i64 nbytes, gpz_i64 lo, gpz_i64 hi)
-{
-    const gpz_i64 typesize = src[3], blocksize = gpz_le32(src + 8);
-    const bool skips =
-        blocksize > 0 && lo < hi && (lo / blocksize > 0 || (hi - 1) / blocksize < (nbytes - 1) / blocksize);
-    if (blosc->getitem != NULL && typesize > 0 && skips && nbytes <= 0x7fffffff) {
-        const gpz_i64 start = lo / typesize, stop = (hi + typesize - 1) / typesize;
-        if (stop * typesize <= nbytes) {  // (getitem prints its refusal of items past the end)
-            const gpz_i64 got = blosc->getitem(src, (int)start, (int)(stop - start), dst + start * typesize);
-            if (got == (stop - start) * typesize) return nbytes;
-        }
-    }  // (a frame getitem refuses, of another format version say, is decoded whole)
-    return blosc->decompress(src, dst, (size_t)nbytes, 1);
-}
-
 // The bytes of a decoded chunk that its scatter records `recs` (n of them) read, as
 // gpz_window_dims addresses them: from *lo (the nearest's first byte) to one past the last byte
 // of the furthest, returned (0 and 0 where there is none).
@@ -160,15 +126,16 @@ static gpz_i64 gpz_records_span(const gpz_i64* recs, gpz_i64 n, int ndim, gpz_i6
 
 // The decoders gpuzarr calls directly, by `kind`, on at least bytes lo..hi-1 of the chunk:
 // libzstd (0; `fn` a gpz_zstd_calls, `ctx` the thread's context) up to the block that holds the
-// last (gpz_zstd_prefix), c-blosc (1; `fn` a gpz_blosc_calls) on the blocks that hold them
-// (gpz_blosc_span), LZ4_decompress_safe on the block after numcodecs' 4-byte size prefix (2,
+// last (gpz_zstd_prefix), blosc (1; `ctx` the call's gpz_blosc_work, made by each entry point
+// from `fn`, a gpz_blosc_calls) on the blocks that hold them (gpz_blosc_frame: c-blosc, or
+// libdeflate for zlib-format frames), LZ4_decompress_safe on the block after numcodecs' 4-byte size prefix (2,
 // whole), a stored chunk (GPZ_STORED: no codec; bytes lo..hi-1 copied, its size `nbytes` or it is
 // refused). Returns the decoded size (`nbytes` for a part of a frame), or what the decoder returned.
 static gpz_i64 gpz_decode_part(int kind, void* fn, void* ctx, const unsigned char* src, gpz_i64 size,
                                unsigned char* dst, gpz_i64 nbytes, gpz_i64 lo, gpz_i64 hi)
 {
     if (kind == 0) return gpz_zstd_prefix((const gpz_zstd_calls*)fn, ctx, src, size, dst, nbytes, hi);
-    if (kind == 1) return gpz_blosc_span((const gpz_blosc_calls*)fn, src, dst, nbytes, lo, hi);
+    if (kind == 1) return gpz_blosc_frame((gpz_blosc_work*)ctx, src, size, dst, nbytes, lo, hi);
     if (kind == GPZ_STORED) {
         if (size != nbytes) return size;
         if (hi > lo) memcpy(dst + lo, src + lo, (size_t)(hi - lo));
@@ -200,6 +167,8 @@ gpz_i64 gpz_decode_scatter(int kind, void* fn, void* ctx, const gpz_i64* src, co
                            gpz_i64 nbytes, unsigned char* scratch, unsigned char* dst, const gpz_i64* recs,
                            const gpz_i64* rec_lo, int ndim, gpz_i64 itemsize, int swap, gpz_i64* got)
 {
+    gpz_blosc_work blosc((const gpz_blosc_calls*)fn);  // (its table read only for kind 1)
+    if (kind == 1) ctx = &blosc;
     for (gpz_i64 i = 0; i < n; ++i) {
         const gpz_i64* own = recs + rec_lo[i] * GPZ_REC_LEN;
         const gpz_i64 count = rec_lo[i + 1] - rec_lo[i];
@@ -413,6 +382,8 @@ gpz_i64 gpz_decode_span(int kind, void* fn, void* ctx, const unsigned char* src,
                         gpz_i64 max_frame)
 {
     if (!gpz_frame_ok(kind, src, size, nbytes, max_blocks, max_expansion, max_frame)) return -2;
+    gpz_blosc_work blosc((const gpz_blosc_calls*)fn);
+    if (kind == 1) ctx = &blosc;
     const gpz_i64 skip = kind == 2 ? 4 : 0;
     return gpz_decode_part(kind, fn, ctx, src + skip, size - skip, dst, nbytes, lo, hi);
 }
@@ -518,6 +489,8 @@ int gpz_read_decode_scatter(const char* const* paths, const gpz_i64* file_of, co
     }
     if (fd >= 0) close(fd);
     if (failed) return failed;
+    gpz_blosc_work blosc((const gpz_blosc_calls*)fn);
+    if (kind == 1) ctx = &blosc;
     pos = 0;
     for (gpz_i64 i = 0; i < n; ++i) {
         if (lengths[i] < 0) continue;

@@ -39,7 +39,9 @@ log = logging.getLogger("gpuzarr.codecs")
 # frame), "zstd:no-content-size", "zstd:refused" (the one call failed: several frames, trailing
 # bytes, or corrupt), all through python-zstandard's stream reader; "lz4:no-liblz4" and
 # "lz4:refused", through numcodecs' LZ4 codec; "gzip:no-libz", "gzip:refused", "zlib:no-libz",
-# "zlib:refused", through Python's zlib module (see libz).
+# "zlib:refused", through Python's zlib module (see libz); "blosc-zlib:refused" (a blosc frame of
+# the zlib format that the host library's libdeflate path refused: corrupt, or of a layout it does
+# not take), through c-blosc.
 FALLBACKS: Counter = Counter()
 _FALLBACKS_LOCK = forksafe.Lock()
 
@@ -684,12 +686,19 @@ class Blosc(BytesBytesCodec):
 
     @staticmethod
     def _decompress(view: memoryview, out: np.ndarray) -> None:
-        """Into `out` (contiguous, the header's size): c-blosc directly where it can (see decode_rows)."""
+        """Into `out` (contiguous, the header's size): c-blosc directly where it can (see
+        decode_rows); a frame of the zlib format through the host library, whose libdeflate
+        inflates it (_blosc_zlib_direct), c-blosc where that refuses it."""
         decompress = _blosc_ctx()
         if decompress is None:
             _numcodecs_call(_blosc.decompress, view, "blosc", dest=out)
             return
-        got = decompress(np.frombuffer(view, np.uint8).ctypes.data, out.ctypes.data, out.nbytes, 1)
+        src = host_lib.address(view)
+        if _blosc_zlib_direct(view[2]):
+            if host_lib.decode_span(Blosc.decoder(out.nbytes), src, len(view), out, 0, out.nbytes, DIRECT_LIMITS):
+                return
+            _count_fallback("blosc-zlib:refused")
+        got = decompress(src, out.ctypes.data, out.nbytes, 1)
         if got != out.nbytes:
             raise _blosc_failure(view, got)
 
@@ -699,7 +708,9 @@ class Blosc(BytesBytesCodec):
         (k, decoded size) uint8. The headers are checked for the whole batch first; then one
         c-blosc call per frame, single-threaded and without the GIL (blosc_decompress_ctx, through
         ctypes: numcodecs adds ~3 us of Python per call, and on the main thread switches to
-        blosc's global context and its own threads, which compete with the caller's pool)."""
+        blosc's global context and its own threads, which compete with the caller's pool); frames
+        of the zlib format inflated by libdeflate instead (see _blosc_calls), those it refuses
+        through c-blosc, counted."""
         k, nbytes = out.shape
         if k == 0:
             return
@@ -716,13 +727,17 @@ class Blosc(BytesBytesCodec):
         src = staging.ctypes.data + offsets
         dst = out.ctypes.data + nbytes * np.arange(k)
         if host_lib.available("blosc"):  # the loop in C: the GIL released once, not per frame
-            got = host_lib.each_blosc(decompress, src, dst, nbytes)
+            got = host_lib.each_blosc(_blosc_calls(), src, dst, nbytes)
         else:
             got = [decompress(s, d, nbytes, 1) for s, d in zip(src.tolist(), dst.tolist())]
-        wrong = np.flatnonzero(np.asarray(got) != nbytes)
-        if wrong.size:
-            i = int(wrong[0])
-            exc = _blosc_failure(memoryview(staging)[offsets[i]:offsets[i] + sizes[i]], got[i])
+        for i in np.flatnonzero(np.asarray(got) != nbytes).tolist():
+            frame, result = memoryview(staging)[offsets[i]:offsets[i] + sizes[i]], int(got[i])
+            if host_lib.built() and _blosc_zlib_direct(frame[2]):  # libdeflate refused it: c-blosc's turn
+                _count_fallback("blosc-zlib:refused")
+                result = decompress(int(src[i]), int(dst[i]), nbytes, 1)
+                if result == nbytes:
+                    continue
+            exc = _blosc_failure(frame, result)
             raise type(exc)(f"{labels[i]}: {exc}")
 
     def direct(self, staging: np.ndarray, offsets: np.ndarray, sizes: np.ndarray, nbytes: int,
@@ -789,15 +804,28 @@ def _blosc_getitem() -> Any:
 
 @functools.cache
 def _blosc_calls() -> Any:
-    """The host library's table of c-blosc's calls (gpz_blosc_calls in kernels/host_calls.cpp):
+    """The host library's table of blosc's calls (gpz_blosc_calls in kernels/host_blosc.h):
     blosc_decompress_ctx, and blosc_getitem (NULL where it is not exported: every frame is then
-    decoded whole), which decodes only the blocks that hold the bytes a window reads; None
-    without blosc_decompress_ctx."""
+    decoded whole), which decodes only the blocks that hold the bytes a window reads; then
+    libdeflate's decompressor and zlib call (NULL without the deflate package), which inflate
+    frames of blosc's zlib format (c-blosc's own zlib: 1.7x the time). None without
+    blosc_decompress_ctx."""
     decompress, getitem = _blosc_ctx(), _blosc_getitem()
     if decompress is None:
         return None
-    return (ctypes.c_void_p * 2)(*(None if fn is None else ctypes.cast(fn, ctypes.c_void_p).value
-                                   for fn in (decompress, getitem)))
+    inflate = libdeflate.zlib_calls() or (None, None, None)
+    return (ctypes.c_void_p * 5)(*(None if fn is None else ctypes.cast(fn, ctypes.c_void_p).value
+                                   for fn in (decompress, getitem, *inflate)))
+
+
+_BLOSC_ZLIB = 3  # blosc's zlib format, in its header's flags (bits 5-7)
+
+
+def _blosc_zlib_direct(flags: int) -> bool:
+    """Whether a blosc frame with these header flags is inflated by the host library's libdeflate
+    path (kernels/host_blosc.cpp): of the zlib format, with the library and libdeflate there."""
+    calls = _blosc_calls()
+    return flags >> 5 == _BLOSC_ZLIB and calls is not None and calls[4] is not None and host_lib.built()
 
 
 class Crc32c(BytesBytesCodec):

@@ -84,6 +84,14 @@ def available() -> bool:
     return _api() is not None
 
 
+def zlib_calls() -> tuple | None:
+    """(libdeflate_alloc_decompressor, libdeflate_free_decompressor, libdeflate_zlib_decompress_ex)
+    as ctypes functions, for the host library's own calls (blosc frames of the zlib format:
+    kernels/host_blosc.cpp); None without libdeflate."""
+    api = _api()
+    return None if api is None else (api.alloc, api.free, api.zlib)
+
+
 def decoder(wbits: int) -> Decoder | None:
     """This thread's decoder for `wbits` (31: gzip, 15: zlib), or None without libdeflate."""
     api = _api()
