@@ -51,12 +51,14 @@ def _build_host_lib(commit: str, into: Path, package: Path) -> str | None:
     `pip install` does, so that both sides run it; why not, or None."""
     import sysconfig
 
-    sources = ["kernels/host_scatter.cpp", "kernels/host_calls.cpp"]
-    if subprocess.run(["git", "cat-file", "-e", f"{commit}:{sources[0]}"], cwd=ROOT, capture_output=True).returncode:
+    if subprocess.run(["git", "cat-file", "-e", f"{commit}:kernels/host_scatter.cpp"], cwd=ROOT,
+                      capture_output=True).returncode:
         return "it has no host library"
     archive = subprocess.run(["git", "archive", commit, "kernels"], cwd=ROOT, check=True, capture_output=True).stdout
     with tarfile.open(fileobj=BytesIO(archive)) as tar:
         tar.extractall(into, **({"filter": "data"} if hasattr(tarfile, "data_filter") else {}))
+    # every host_*.cpp of the revision (setup.py's sources: two up to host lib version 14, then host_blosc.cpp)
+    sources = sorted(str(path.relative_to(into)) for path in (into / "kernels").glob("host_*.cpp"))
     target = package / f"_host_lib{sysconfig.get_config_var('EXT_SUFFIX')}"
     try:
         built = subprocess.run(["c++", "-std=c++17", "-O2", "-shared", "-fPIC", f"-I{into / 'kernels'}",
