@@ -132,7 +132,7 @@ def parse_blosc_frame(frame, expected_nbytes: int | None = None) -> BloscFrame:
     memcpyed = bool(flags & FLAG_MEMCPYED)
     shuffle = (
         SHUFFLE_BYTE if flags & FLAG_BYTE_SHUFFLE else SHUFFLE_BIT if flags & FLAG_BIT_SHUFFLE else SHUFFLE_NONE
-    )
+    )  # (what the header asks for; block_shuffle is what blosc does)
     split = not flags & FLAG_DONT_SPLIT
 
     def result(streams, blocks) -> BloscFrame:
@@ -190,13 +190,7 @@ def parse_blosc_frame(frame, expected_nbytes: int | None = None) -> BloscFrame:
     block_sizes = np.full(nblocks, blocksize, dtype=np.int64)
     if leftover:
         block_sizes[-1] = leftover
-    if flags & FLAG_BYTE_SHUFFLE:  # c-blosc tests byte shuffle first, even if both bits are set
-        block_shuffle = np.full(nblocks, SHUFFLE_BYTE if typesize > 1 else SHUFFLE_NONE, dtype=np.int8)
-    elif flags & FLAG_BIT_SHUFFLE:
-        applies = (block_sizes >= typesize) & ((block_sizes // typesize) % 8 == 0)
-        block_shuffle = np.where(applies, SHUFFLE_BIT, SHUFFLE_NONE).astype(np.int8)
-    else:
-        block_shuffle = np.zeros(nblocks, dtype=np.int8)
+    block_shuffle = _block_shuffle(np.full(nblocks, flags), np.full(nblocks, typesize), block_sizes)
     return result(
         (stream_offsets, stream_csizes, stream_dsizes, stream_dst_offsets),
         (block_offsets, block_sizes, block_shuffle),
@@ -206,6 +200,16 @@ def parse_blosc_frame(frame, expected_nbytes: int | None = None) -> BloscFrame:
 # Up to this many blocks a Python loop over the streams beats NumPy's per-call overhead.
 SCALAR_WALK_MAX_BLOCKS = 16
 _I32 = struct.Struct("<i")
+
+
+def _block_shuffle(flags: np.ndarray, typesize: np.ndarray, block_size: np.ndarray) -> np.ndarray:
+    """The shuffle c-blosc 1.21 undoes in each block (int8): bytes where the byte bit is set and
+    items are wider than a byte; else bits where the bit-shuffle bit is set and the block holds a
+    multiple of 8 items (at least one); else none. So a frame of 1-byte items with both bits set
+    (c-blosc never writes one) is bit-unshuffled, as c-blosc decodes it."""
+    byte = (flags & FLAG_BYTE_SHUFFLE != 0) & (typesize > 1)
+    bit = (flags & FLAG_BIT_SHUFFLE != 0) & (block_size >= typesize) & ((block_size // typesize) % 8 == 0)
+    return np.where(byte, SHUFFLE_BYTE, np.where(bit, SHUFFLE_BIT, SHUFFLE_NONE)).astype(np.int8)
 
 
 def _bad_block_start(b: int, start: int, table_end: int, cbytes: int) -> CorruptDataError:
@@ -376,11 +380,7 @@ def _assemble(parsed, flags, typesize, blocksize, nblocks, offsets, walks, nbyte
     block_offset = index * blocksize[block_frame]
     block_size = np.minimum(blocksize[block_frame], nbytes - block_offset)
     ts, f = typesize[block_frame], flags[block_frame]
-    bit = (f & FLAG_BIT_SHUFFLE != 0) & (block_size >= ts) & ((block_size // ts) % 8 == 0)
-    byte = (f & FLAG_BYTE_SHUFFLE != 0) & (ts > 1)  # c-blosc tests byte shuffle first
-    shuffle = np.where(f & FLAG_MEMCPYED != 0, SHUFFLE_NONE,
-                       np.where(f & FLAG_BYTE_SHUFFLE != 0, np.where(byte, SHUFFLE_BYTE, SHUFFLE_NONE),
-                                np.where(bit, SHUFFLE_BIT, SHUFFLE_NONE))).astype(np.int8)
+    shuffle = np.where(f & FLAG_MEMCPYED != 0, SHUFFLE_NONE, _block_shuffle(f, ts, block_size)).astype(np.int8)
     row_of = np.zeros(parsed.size, np.int64)  # frame -> its row among `frames`
     row_of[frames] = np.arange(frames.size)
     counts = np.ones(frames.size, np.int64)  # streams per frame (a memcpyed frame has one)

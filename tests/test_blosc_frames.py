@@ -216,6 +216,24 @@ def test_bitshuffle_skipped_when_block_elements_not_multiple_of_8():
     assert decoded.tobytes() == a.tobytes()
 
 
+@pytest.mark.parametrize("typesize", [1, 4])
+def test_both_shuffle_bits_unshuffle_as_c_blosc_does(typesize):
+    """A frame with both shuffle bits set (c-blosc never writes one): bytes where items are wider
+    than a byte, else bits; c-blosc decodes it so, and so do both parsers."""
+    a = (np.arange(40000) % 5).astype(f"u{typesize}")
+    frame = bytearray(Blosc("lz4", 5, Blosc.BITSHUFFLE if typesize == 1 else Blosc.SHUFFLE).encode(a))
+    frame[2] |= bf.FLAG_BYTE_SHUFFLE | bf.FLAG_BIT_SHUFFLE
+    frame = bytes(frame)
+    assert nc_blosc.decompress(frame) == a.tobytes()
+    info = bf.parse_blosc_frame(frame)
+    want = bf.SHUFFLE_BIT if typesize == 1 else bf.SHUFFLE_BYTE
+    assert set(info.block_shuffle.tolist()) == {want}
+    assert decode_with_parts(frame, info).tobytes() == a.tobytes()
+    buf = np.frombuffer(frame, np.uint8)
+    batch = bf.parse_blosc_batch(buf, np.array([0]), np.array([len(frame)]), a.nbytes)
+    assert set(batch.block_shuffle.tolist()) == {want}
+
+
 def test_parse_accepts_any_bytes_like():
     data = _data("compressible", 3000, 2, np.random.default_rng(1))
     frame = bytes(Blosc("lz4", 5, Blosc.SHUFFLE, typesize=2).encode(data))
