@@ -207,10 +207,21 @@ static gpz_i64 gpz_blosc_zlib(gpz_blosc_work* w, const gpz_u8* src, gpz_i64 size
             const gpz_i64 csize = gpz_le32(src + pos);
             pos += 4;
             if (csize <= 0 || csize > size - pos) return GPZ_BLOSC_REFUSED;
-            if (csize == neblock)
+            if (csize == neblock) {
                 memcpy(into, src + pos, (size_t)neblock);
-            else if (w->calls->zlib(w->inflater, src + pos, (size_t)csize, into, (size_t)neblock, NULL, NULL) != 0)
-                return GPZ_BLOSC_CORRUPT;
+            } else {
+                // libdeflate is given the rest of the frame, not the stream alone: it decodes a
+                // stream in its fast loop only up to its last ~60 input bytes, so a stream smaller
+                // than that (64 KiB of a float64's sign and exponent bytes, shuffled: 84 bytes)
+                // went byte by byte (float64 shuffle chunk: 484 -> 306 us). A stream is as long as
+                // zlib says; its stated size may hold more (c-blosc's zlib stops at the stream's
+                // end too), not less
+                size_t used = 0;
+                if (w->calls->zlib(w->inflater, src + pos, (size_t)(size - pos), into, (size_t)neblock, &used,
+                                   NULL) != 0 ||
+                    (gpz_i64)used > csize)
+                    return GPZ_BLOSC_CORRUPT;
+            }
             pos += csize;
         }
         if (byte)

@@ -244,6 +244,6 @@ void gpz_fill_host(gpz_u8* dst, const gpz_i64* recs, gpz_i64 n, int ndim, gpz_i6
 // What this library was built as, for the loader to check against what it expects: the record
 // layout, and the version of the library's functions and signatures (both source files).
 gpz_i64 gpz_host_rec_len(void) { return GPZ_REC_LEN; }
-int gpz_host_version(void) { return 15; }
+int gpz_host_version(void) { return 16; }
 
 }  // extern "C"

@@ -226,6 +226,34 @@ def test_without_libdeflate_c_blosc_decodes(arrays, monkeypatch):
         bytes_to_bytes._blosc_calls.cache_clear()
 
 
+def test_a_stream_is_as_long_as_zlib_says_within_its_stated_size():
+    """libdeflate is handed the rest of the frame past a stream (its fast loop then decodes
+    small streams too): a stream whose stated size holds bytes past its zlib data decodes, as
+    c-blosc decodes it; one whose zlib data runs past its stated size is refused, as c-blosc
+    refuses it, though the frame goes on."""
+    raw = (np.arange(5000) % 7).astype(np.uint8)
+    frame = bytes(numcodecs.Blosc("zlib", 5, shuffle=0).encode(raw))
+    at = int.from_bytes(frame[16:20], "little")  # the one block's one stream: its size, then its bytes
+    size = int.from_bytes(frame[at:at + 4], "little")
+    assert at + 4 + size == len(frame)
+
+    def restated(extra: bytes, stated: int) -> bytes:
+        out = bytearray(frame) + extra
+        out[at:at + 4] = stated.to_bytes(4, "little")
+        out[12:16] = len(out).to_bytes(4, "little")
+        return bytes(out)
+
+    padded, short = restated(b"\x00\x11\x22\x33\x44", size + 5), restated(bytes(8), size - 3)
+    assert bytes(numcodecs.Blosc().decode(padded)) == raw.tobytes()
+    with pytest.raises(RuntimeError):
+        numcodecs.Blosc().decode(short)
+    counting = _Counting()
+    got, out = _each(counting.table, padded, raw.size)
+    assert (got, out.tobytes()) == (raw.size, raw.tobytes())
+    assert _each(counting.table, short, raw.size)[0] < 0
+    assert counting.calls == 0
+
+
 def _stream(raw: bytearray) -> int:
     """Where the bytes of a frame's first stream that is not stored raw start."""
     info = parse_blosc_frame(bytes(raw))
