@@ -885,8 +885,8 @@ def test_windows_the_small_path_takes_read_as_zarr_python_does(tmp_path, layout)
     stored order: chunk by chunk once decoded, or small ones read, decoded and placed in one
     call), and
     chunks of 64 KiB or more whatever a window's predicted decode (WHOLE_CHUNK_BYTES; zstd
-    chunks of several blocks decoded only as far as a window reads) take the small path, and
-    read what zarr-python reads."""
+    chunks of several blocks decoded only as far as a window reads; up to WHOLE_READ_MAX in
+    all) take the small path, and read what zarr-python reads."""
     rng = np.random.default_rng(4)
     kw: dict = {"compressors": zarr.codecs.ZstdCodec(level=1)}
     if layout == "order-F":
@@ -897,9 +897,10 @@ def test_windows_the_small_path_takes_read_as_zarr_python_does(tmp_path, layout)
         data = rng.integers(0, 60000, (40, 300, 260)).astype(">i4")
         kw["filters"] = [zarr.codecs.TransposeCodec(order=(2, 0, 1))]
         kw["serializer"] = zarr.codecs.BytesCodec(endian="big")
-        chunks = (8, 16, 24) if layout == "small-transposed-chunks" else (16, 128, 96)
+        # (192 KiB chunks: a window of 8 decodes 1.5 MiB, within WHOLE_READ_MAX)
+        chunks = (8, 16, 24) if layout == "small-transposed-chunks" else (16, 64, 48)
         if layout == "sharded-transpose":
-            kw["shards"] = (32, 256, 192)
+            kw["shards"] = (32, 128, 96)
     elif layout == "large-chunks":  # 4 x 256 KiB: predicted beyond an inline decode
         data = (rng.random((1024, 1024)) > 0.5)
         chunks = (512, 512)
@@ -929,3 +930,34 @@ def test_windows_the_small_path_takes_read_as_zarr_python_does(tmp_path, layout)
     assert taken and all(taken), "a window took the general path"
     if layout in ("transpose", "sharded-transpose", "order-F", "small-transposed-chunks") and host_lib.built():
         assert ("read_decode_scatter" if layout.startswith("small") else "scatter") in placed
+
+
+def test_windows_of_large_chunks_past_whole_read_max_take_the_general_path(tmp_path):
+    """Chunks of 64 KiB or more take the small path while a window decodes at most
+    WHOLE_READ_MAX of them; past it, as a full read of 64 such chunks, the general path's
+    grouped tasks (and its pooled output) do better. Both read what zarr-python reads."""
+    from gpuzarr import small_read
+
+    data = np.random.default_rng(9).integers(0, 60000, (1024, 1024)).astype("<u2")
+    path = str(tmp_path / "a.zarr")
+    z = zarr.create_array(path, shape=data.shape, chunks=(256, 256), dtype=data.dtype, fill_value=0,
+                          compressors=zarr.codecs.ZstdCodec(level=1))  # 16 chunks of 128 KiB
+    z[...] = data
+    arr = gpuzarr.open(path, device="cpu")
+    real = SmallReads.read
+    taken = []
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(SmallReads, "read", lambda self, *a: (lambda r: taken.append(r is not None) or r)(real(self, *a)))
+        within = (slice(100, 600), slice(3, 700))  # 3 x 3 chunks: 1.1 MiB
+        past = (slice(1, 1024), slice(0, 1000))  # 16 chunks: 2 MiB
+        mp.setattr(small_read, "WHOLE_READ_MAX", 1 << 21)
+        for window in (within, past, (Ellipsis,)):
+            np.testing.assert_array_equal(arr[window], data[window])
+    assert taken == [True, True, True]
+    taken.clear()
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(SmallReads, "read", lambda self, *a: (lambda r: taken.append(r is not None) or r)(real(self, *a)))
+        mp.setattr(small_read, "WHOLE_READ_MAX", (1 << 21) - 1)
+        for window in (within, past, (Ellipsis,)):
+            np.testing.assert_array_equal(arr[window], data[window])
+    assert taken == [True, False, False]
