@@ -41,9 +41,15 @@ from .store import LocalStore
 # call, a NumPy assignment, the GIL retaken) weigh against a decode of ~14 us. Paired A/B, same
 # process (ratios of time, direct / Python): 8 KiB zstd chunk files, 300^2 windows (~32 chunks)
 # 0.66-0.71; 8 KiB chunks in shards, 256^2 windows 0.87; 32 KiB chunks 1.02-1.04, 128-512 KiB
-# 1.04-1.10 (NumPy's copies place big chunks faster; the tables cost ~20 us); 1-2 chunks 1.3
+# 1.04-1.10 (NumPy's copies place big chunks faster; the tables cost ~20 us); 1-2 chunks 1.3.
+# Larger chunks go through it from DIRECT_MIN_LARGE chunks on, where Python's per-chunk work
+# (and two threads contending for the GIL between chunks) outweighs NumPy's faster copies:
+# unaligned windows of k^2 chunks, 128 KiB uint16: 4 chunks 1.12, 9 1.04, 16 0.93, 25 0.89;
+# 256 KiB RGB uint8: 4 1.04, 9 0.90, 16 0.86; 16 of 128 KiB in 5-D (a sixteenth of each
+# placed) 0.85; 33 of 64 KiB, 1-D 0.91
 DIRECT_CHUNK_BYTES = 16 << 10
 DIRECT_MIN_CHUNKS = 4
+DIRECT_MIN_LARGE = 9
 # Windows of chunks this large are read here whatever their predicted decode time (CpuDevice.inline):
 # each chunk decoded into a buffer that stays in cache and placed at once, the chunks spread over
 # the threads (inline_parts), beat the general path's grouped tasks, whose rows outgrow the caches
@@ -80,11 +86,13 @@ class SmallReads:
         self.part = type(codecs[0]) if plain and len(codecs) == 1 and isinstance(codecs[0], (Zstd, Blosc)) else None
         if plain:  # C-order element strides of a chunk, in bytes
             self._strides = tuple(int(n) * self.dtype.itemsize for n in np.cumprod((1,) + chain.shape[:0:-1])[::-1])
-        # small chunks: the host library reads, decodes and places a window in one call (see _direct)
+        # the host library reads, decodes and places a window in one call (see _direct), from
+        # direct_min chunks on
         self.direct = None
+        self.direct_min = DIRECT_MIN_CHUNKS if self.applies and chain.raw_nbytes <= DIRECT_CHUNK_BYTES else \
+            DIRECT_MIN_LARGE
         codec = host_codec(chain)
-        if (self.applies and chain.raw_nbytes <= DIRECT_CHUNK_BYTES and codec is not None and host_lib.built()
-                and codec.decoder(chain.raw_nbytes) is not None):
+        if self.applies and codec is not None and host_lib.built() and codec.decoder(chain.raw_nbytes) is not None:
             swap = host_swap(self.as_chunk, np.empty(0, self.dtype))
             self.direct = None if swap is None else (codec, swap)
         self._local = threading.local()
@@ -154,7 +162,7 @@ class SmallReads:
             keys, ids, offsets, sizes, present, _, seen = self.locator.locate_few(shards, rows)
             versions.update(seen)
             live = sorted((i for i in range(n) if present[i]), key=lambda i: (ids[i], offsets[i]))
-            if self.direct and len(live) >= DIRECT_MIN_CHUNKS and self._direct(
+            if self.direct and len(live) >= self.direct_min and self._direct(
                     keys, [i for i in range(n) if not present[i]] + live,
                     [ids[i] if present[i] else -1 for i in range(n)], offsets, sizes, chunks, view, device):
                 return out
@@ -165,7 +173,7 @@ class SmallReads:
         else:  # a file per chunk
             encode = self.locator.meta.key_encoding.key
             labels = [encode(chunk[0]) for chunk in chunks]
-            if self.direct and n >= DIRECT_MIN_CHUNKS and self._direct(labels, range(n), range(n), [0] * n, [-1] * n,
+            if self.direct and n >= self.direct_min and self._direct(labels, range(n), range(n), [0] * n, [-1] * n,
                                                                        chunks, view, device):
                 return out
             batch = fetch_files(store, labels, self._staging, 1, None)

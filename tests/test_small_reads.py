@@ -404,18 +404,26 @@ def test_small_chunk_windows_are_read_decoded_and_placed_in_one_host_library_cal
     assert len(codes) == parts * 3
 
 
-def test_large_chunks_and_windows_of_few_chunks_are_read_by_python(tmp_path, monkeypatch):
-    """Chunks over DIRECT_CHUNK_BYTES (NumPy places them faster) and windows of fewer than
-    DIRECT_MIN_CHUNKS chunks (the tables cost more than they save) take the Python path."""
+def test_windows_of_few_chunks_are_read_by_python(tmp_path, monkeypatch):
+    """Windows of fewer than DIRECT_MIN_CHUNKS chunks of at most DIRECT_CHUNK_BYTES, and of fewer
+    than DIRECT_MIN_LARGE larger ones (NumPy places those faster than the host scatter; the
+    tables cost more than they save), take the Python path; more go through the host library.
+    Both read what zarr-python wrote."""
     from gpuzarr import small_read
 
-    big = np.arange(256 * 256, dtype="<u4").reshape(256, 256)
+    big = (np.arange(512 * 512, dtype="<u4").reshape(512, 512) * 2654435761 % 1000).astype("<u4")
     zarr.create_array(tmp_path / "big.zarr", shape=big.shape, chunks=(128, 128), dtype="<u4")[...] = big
-    assert 128 * 128 * 4 > small_read.DIRECT_CHUNK_BYTES
-    assert gpuzarr.open(str(tmp_path / "big.zarr"), device="cpu")._reader.small.direct is None
+    assert 128 * 128 * 4 > small_read.DIRECT_CHUNK_BYTES and small_read.DIRECT_MIN_LARGE == 9
+    arr = gpuzarr.open(str(tmp_path / "big.zarr"), device="cpu")
+    monkeypatch.setattr(CpuDevice, "inline_parts", lambda self, n, chain: 1)
+    codes = _direct_codes(monkeypatch)
+    np.testing.assert_array_equal(arr[5:200, 7:300], big[5:200, 7:300])  # 2 x 3 chunks
+    assert codes == []
+    np.testing.assert_array_equal(arr[5:300, 7:300], big[5:300, 7:300])  # 3 x 3
+    assert codes == [0]
     path, values = _small_chunk_array(tmp_path, "chunked")
     arr = gpuzarr.open(path, device="cpu")
-    codes = _direct_codes(monkeypatch)
+    codes.clear()
     np.testing.assert_array_equal(arr[0:16, 33:38], values[0:16, 33:38])
     assert codes == []
     np.testing.assert_array_equal(arr[0:16, 30:42], values[0:16, 30:42])
