@@ -941,9 +941,10 @@ def test_windows_the_small_path_takes_read_as_zarr_python_does(tmp_path, layout)
 
 
 def test_windows_of_large_chunks_past_whole_read_max_take_the_general_path(tmp_path):
-    """Chunks of 64 KiB or more take the small path while a window decodes at most
-    WHOLE_READ_MAX of them; past it, as a full read of 64 such chunks, the general path's
-    grouped tasks (and its pooled output) do better. Both read what zarr-python reads."""
+    """Chunks of 64 KiB or more take the small path while a window is at most WHOLE_READ_MAX
+    bytes; past it, as a full read of many such chunks, the general path's grouped tasks (and
+    its pooled output) do better. A window placing a little of many chunks stays small. All
+    read what zarr-python reads."""
     from gpuzarr import small_read
 
     data = np.random.default_rng(9).integers(0, 60000, (1024, 1024)).astype("<u2")
@@ -953,19 +954,16 @@ def test_windows_of_large_chunks_past_whole_read_max_take_the_general_path(tmp_p
     z[...] = data
     arr = gpuzarr.open(path, device="cpu")
     real = SmallReads.read
-    taken = []
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(SmallReads, "read", lambda self, *a: (lambda r: taken.append(r is not None) or r)(real(self, *a)))
-        within = (slice(100, 600), slice(3, 700))  # 3 x 3 chunks: 1.1 MiB
-        past = (slice(1, 1024), slice(0, 1000))  # 16 chunks: 2 MiB
-        mp.setattr(small_read, "WHOLE_READ_MAX", 1 << 21)
-        for window in (within, past, (Ellipsis,)):
-            np.testing.assert_array_equal(arr[window], data[window])
-    assert taken == [True, True, True]
-    taken.clear()
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(SmallReads, "read", lambda self, *a: (lambda r: taken.append(r is not None) or r)(real(self, *a)))
-        mp.setattr(small_read, "WHOLE_READ_MAX", (1 << 21) - 1)
-        for window in (within, past, (Ellipsis,)):
-            np.testing.assert_array_equal(arr[window], data[window])
-    assert taken == [True, False, False]
+    windows = [(slice(100, 600), slice(3, 700)),  # 3 x 3 chunks, 680 KiB
+               (slice(1, 1024), slice(0, 1000)),  # 16 chunks, 1.95 MiB
+               (slice(250, 1020), slice(250, 262)),  # 8 chunks, 18 KiB
+               (Ellipsis,)]  # 16 chunks, 2 MiB
+    for most, small in [(2 << 20, [True] * 4), (1 << 20, [True, False, True, False])]:
+        taken = []
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setattr(SmallReads, "read",
+                       lambda self, *a: (lambda r: taken.append(r is not None) or r)(real(self, *a)))
+            mp.setattr(small_read, "WHOLE_READ_MAX", most)
+            for window in windows:
+                np.testing.assert_array_equal(arr[window], data[window])
+        assert taken == small, most
