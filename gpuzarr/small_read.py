@@ -56,14 +56,13 @@ DIRECT_MIN_LARGE = 9
 # the threads (inline_parts), beat the general path's grouped tasks, whose rows outgrow the caches
 # (window / general path, alternated in-process, 2 cores: 4 chunks of 256 KiB bool 0.38, 32 of 64
 # KiB uint8 0.66, 4 of 128 KiB complex64 0.73, 16 of 128 KiB in 5-D 0.80); up to WHOLE_CHUNK_MAX:
-# larger ones take the general path, which sizes their buffers with care (4 of 32 MiB were 0.78);
-# and while the window is at most WHOLE_READ_MAX bytes: past it the general path's grouped tasks,
-# placing whole chunks as boxes, win (window / general path, unaligned windows of k^2 chunks,
-# medians of 21: 512 KiB float64 chunks, 9 of them (3.2 MiB) 0.80, 16 (6 MiB) 1.06, 64 1.05;
-# 256 KiB uint8, 9: 0.85, 16-25: 0.98-0.99, 64: 1.19; 128 KiB uint16, 36: 0.98, 64 (7 MiB): 1.33;
-# 256 KiB bitshuffled float32, 9: 0.83, 16: 1.10, 36: 1.32). A window placing a little of many
-# chunks stays here (4-D, 32 chunks of 256 KiB, 128 KiB placed: 0.88), decoding each only as far
-# as it reads
+# larger ones take the general path, which sizes their buffers with care (4 of 32 MiB were 0.78).
+# A window of more than WHOLE_READ_MAX bytes that would be decoded here on one thread (blosc-lz4
+# and LZ4, bound by memory: see CpuDevice.inline_parts) takes the general path, whose tasks run
+# on every core (v2 3-D blosc-lz4 full read, 64 chunks of 1 MiB: 0.49 of this path's time). On
+# several threads this path stays ahead however large the window (general / this path, quiet,
+# medians of 25: 16 MiB full reads of 64 chunks of 256 KiB, 3-D uint8 and RGB, 1.08; 32 MiB of
+# 512 KiB float64 1.03; 12 MiB of bitshuffled float32 1.09; 6 MiB of 128 KiB uint16 1.09)
 WHOLE_CHUNK_BYTES = 64 << 10
 WHOLE_CHUNK_MAX = 4 << 20
 WHOLE_READ_MAX = 4 << 20
@@ -128,9 +127,10 @@ class SmallReads:
                 pos, k = end, k + 1
             axes.append(axis)
         nbytes = self.chain.raw_nbytes
-        if not cpu.inline(n, self.chain) and not (WHOLE_CHUNK_BYTES <= nbytes <= WHOLE_CHUNK_MAX and
-                                                  math.prod(sel.count for sel in window) * self.dtype.itemsize
-                                                  <= WHOLE_READ_MAX):
+        if not cpu.inline(n, self.chain) and not (
+                WHOLE_CHUNK_BYTES <= nbytes <= WHOLE_CHUNK_MAX
+                and (math.prod(sel.count for sel in window) * self.dtype.itemsize <= WHOLE_READ_MAX
+                     or cpu.inline_parts(n, self.chain) > 1)):
             return None
         if cpu is not device and device.choose(n * self.chain.raw_nbytes) is not cpu:
             return None

@@ -940,11 +940,11 @@ def test_windows_the_small_path_takes_read_as_zarr_python_does(tmp_path, layout)
         assert ("read_decode_scatter" if layout.startswith("small") else "scatter") in placed
 
 
-def test_windows_of_large_chunks_past_whole_read_max_take_the_general_path(tmp_path):
-    """Chunks of 64 KiB or more take the small path while a window is at most WHOLE_READ_MAX
-    bytes; past it, as a full read of many such chunks, the general path's grouped tasks (and
-    its pooled output) do better. A window placing a little of many chunks stays small. All
-    read what zarr-python reads."""
+def test_windows_of_large_chunks_past_whole_read_max_on_one_thread_take_the_general_path(tmp_path):
+    """Chunks of 64 KiB or more take the small path whatever its predicted decode; a window of
+    more than WHOLE_READ_MAX bytes that it would decode on one thread (a memory-bound decoder's:
+    CpuDevice.inline_parts) goes to the general path, whose tasks use every core; on several
+    threads it stays small however large. All read what zarr-python reads."""
     from gpuzarr import small_read
 
     data = np.random.default_rng(9).integers(0, 60000, (1024, 1024)).astype("<u2")
@@ -958,12 +958,14 @@ def test_windows_of_large_chunks_past_whole_read_max_take_the_general_path(tmp_p
                (slice(1, 1024), slice(0, 1000)),  # 16 chunks, 1.95 MiB
                (slice(250, 1020), slice(250, 262)),  # 8 chunks, 18 KiB
                (Ellipsis,)]  # 16 chunks, 2 MiB
-    for most, small in [(2 << 20, [True] * 4), (1 << 20, [True, False, True, False])]:
+    for most, parts, small in [(2 << 20, 1, [True] * 4), (1 << 20, 1, [True, False, True, False]),
+                               (1 << 20, 2, [True] * 4)]:
         taken = []
         with pytest.MonkeyPatch.context() as mp:
             mp.setattr(SmallReads, "read",
                        lambda self, *a: (lambda r: taken.append(r is not None) or r)(real(self, *a)))
             mp.setattr(small_read, "WHOLE_READ_MAX", most)
+            mp.setattr(CpuDevice, "inline_parts", lambda self, n, chain, _p=parts: _p)
             for window in windows:
                 np.testing.assert_array_equal(arr[window], data[window])
-        assert taken == small, most
+        assert taken == small, (most, parts)
