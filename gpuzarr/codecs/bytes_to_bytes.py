@@ -732,7 +732,7 @@ class Blosc(BytesBytesCodec):
             got = [decompress(s, d, nbytes, 1) for s, d in zip(src.tolist(), dst.tolist())]
         for i in np.flatnonzero(np.asarray(got) != nbytes).tolist():
             frame, result = memoryview(staging)[offsets[i]:offsets[i] + sizes[i]], int(got[i])
-            if host_lib.built() and _blosc_zlib_direct(frame[2]):  # libdeflate refused it: c-blosc's turn
+            if _blosc_zlib_direct(frame[2]):  # libdeflate refused it: c-blosc's turn
                 _count_fallback("blosc-zlib:refused")
                 result = decompress(int(src[i]), int(dst[i]), nbytes, 1)
                 if result == nbytes:
@@ -750,8 +750,8 @@ class Blosc(BytesBytesCodec):
 
     @staticmethod
     def decoder(nbytes: int) -> tuple | None:
-        """The direct decoder (host_lib.decode_scatter's: a table of c-blosc's calls), None where
-        c-blosc is not exported."""
+        """The direct decoder (host_lib.decode_scatter's: the table of blosc's calls, _blosc_calls),
+        None where c-blosc is not exported."""
         calls = _blosc_calls()
         return None if calls is None else ("blosc", calls, None)
 
