@@ -51,19 +51,20 @@ from .store import LocalStore
 DIRECT_CHUNK_BYTES = 16 << 10
 DIRECT_MIN_CHUNKS = 4
 DIRECT_MIN_LARGE = 9
-# Windows of chunks this large are read here whatever their predicted decode time (CpuDevice.inline):
-# each chunk decoded into a buffer that stays in cache and placed at once, the chunks spread over
-# the threads (inline_parts), beat the general path's grouped tasks, whose rows outgrow the caches
-# (window / general path, alternated in-process, 2 cores: 4 chunks of 256 KiB bool 0.38, 32 of 64
-# KiB uint8 0.66, 4 of 128 KiB complex64 0.73, 16 of 128 KiB in 5-D 0.80); up to WHOLE_CHUNK_MAX:
-# larger ones take the general path, which sizes their buffers with care (4 of 32 MiB were 0.78).
+# Windows of up to LOCATE_ARRAYS chunks of up to WHOLE_CHUNK_MAX each are read here whatever
+# their predicted decode time (CpuDevice.inline): each chunk decoded into a buffer that stays in
+# cache and placed at once, the chunks spread over the threads (inline_parts), beat the general
+# path's grouped tasks, whose rows outgrow the caches (window / general path, alternated
+# in-process, 2 cores: 4 chunks of 256 KiB bool 0.38, 32 of 64 KiB uint8 0.66, 4 of 128 KiB
+# complex64 0.73, 16 of 128 KiB in 5-D 0.80; 25-49 chunks of 32 KiB, 2-D zstd 0.58-0.67, float16
+# 0.54-0.67, zstd + crc32c 0.53-0.68, order F 0.70-0.85, gzip 0.84-0.87; 64 of 8 KiB 0.58);
+# larger chunks take the general path, which sizes their buffers with care (4 of 32 MiB were 0.78).
 # A window of more than WHOLE_READ_MAX bytes that would be decoded here on one thread (blosc-lz4
 # and LZ4, bound by memory: see CpuDevice.inline_parts) takes the general path, whose tasks run
 # on every core (v2 3-D blosc-lz4 full read, 64 chunks of 1 MiB: 0.49 of this path's time). On
 # several threads this path stays ahead however large the window (general / this path, quiet,
 # medians of 25: 16 MiB full reads of 64 chunks of 256 KiB, 3-D uint8 and RGB, 1.08; 32 MiB of
 # 512 KiB float64 1.03; 12 MiB of bitshuffled float32 1.09; 6 MiB of 128 KiB uint16 1.09)
-WHOLE_CHUNK_BYTES = 64 << 10
 WHOLE_CHUNK_MAX = 4 << 20
 WHOLE_READ_MAX = 4 << 20
 
@@ -128,7 +129,7 @@ class SmallReads:
             axes.append(axis)
         nbytes = self.chain.raw_nbytes
         if not cpu.inline(n, self.chain) and not (
-                WHOLE_CHUNK_BYTES <= nbytes <= WHOLE_CHUNK_MAX
+                nbytes <= WHOLE_CHUNK_MAX
                 and (math.prod(sel.count for sel in window) * self.dtype.itemsize <= WHOLE_READ_MAX
                      or cpu.inline_parts(n, self.chain) > 1)):
             return None

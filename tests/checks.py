@@ -3,10 +3,13 @@ and the named selections every corpus array is read with."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import fsspec
 import numpy as np
@@ -184,3 +187,16 @@ def to_memory(src: str | Path, name: str) -> str:
             rel = os.path.relpath(os.path.join(root, file), src)
             fs.pipe(f"/{name}/{rel}", Path(root, file).read_bytes())
     return f"memory://{name}"
+
+
+@contextlib.contextmanager
+def pooled_reads() -> Iterator[None]:
+    """Reads through the CPU device's pool (its task split, parts of GROUP_BYTES), not decoded
+    inline and not by the small path, which takes windows of up to LOCATE_ARRAYS chunks
+    whatever their predicted decode: the tests of the general path's placement, on arrays of a
+    few chunks."""
+    from gpuzarr.devices import cpu
+    from gpuzarr.small_read import SmallReads
+
+    with mock.patch.object(cpu, "SPLIT_SECONDS", 0.0), mock.patch.object(SmallReads, "read", lambda self, *a: None):
+        yield

@@ -16,6 +16,7 @@ import numcodecs
 import numpy as np
 import pytest
 import zarr
+from checks import pooled_reads
 from fsspec.implementations.local import LocalFileSystem
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -96,7 +97,7 @@ def test_host_and_numpy_placement_agree_with_zarr(tmp_path_factory, data):
     strided = _selection(data.draw, shape)
     arr = gpuzarr.open(str(root), device="cpu", settings=gpuzarr.Settings(threads=data.draw(st.sampled_from([1, 2]))))
     want_batch = np.stack([truth[w] for w in windows])
-    with mock.patch.object(cpu_device, "SPLIT_SECONDS", 0.0):  # parts, not chunk by chunk (see `grouped`)
+    with pooled_reads():  # parts, not chunk by chunk (see `grouped`)
         got_batch, got_strided = arr.read_batch(windows), arr[strided]
         with mock.patch.object(cpu_device, "BLOCK_CHUNK_MAX", 0):  # each chunk decoded alone, placed at once
             each_batch, each_strided = arr.read_batch(windows), arr[strided]

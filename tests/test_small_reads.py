@@ -887,14 +887,14 @@ def test_a_chunk_file_read_error_is_a_store_error_never_the_fill_value(tmp_path,
 
 
 @pytest.mark.parametrize("layout", ["transpose", "order-F", "sharded-transpose", "small-transposed-chunks",
-                                    "large-chunks", "multi-block"])
+                                    "large-chunks", "multi-block", "many-chunks", "many-sharded-chunks"])
 def test_windows_the_small_path_takes_read_as_zarr_python_does(tmp_path, layout):
     """Chunks in a transpose's axis order (placed by the host scatter walking them in their
     stored order: chunk by chunk once decoded, or small ones read, decoded and placed in one
     call), and
-    chunks of 64 KiB or more whatever a window's predicted decode (WHOLE_CHUNK_BYTES; zstd
-    chunks of several blocks decoded only as far as a window reads; up to WHOLE_READ_MAX in
-    all) take the small path, and read what zarr-python reads."""
+    windows of up to LOCATE_ARRAYS chunks whatever their predicted decode (chunks of 256 KiB;
+    25 and 42 of 32 KiB; 64 of 8 KiB in shards; zstd chunks of several blocks decoded only as
+    far as a window reads) take the small path, and read what zarr-python reads."""
     rng = np.random.default_rng(4)
     kw: dict = {"compressors": zarr.codecs.ZstdCodec(level=1)}
     if layout == "order-F":
@@ -912,6 +912,13 @@ def test_windows_the_small_path_takes_read_as_zarr_python_does(tmp_path, layout)
     elif layout == "large-chunks":  # 4 x 256 KiB: predicted beyond an inline decode
         data = (rng.random((1024, 1024)) > 0.5)
         chunks = (512, 512)
+    elif layout == "many-chunks":  # 25 and 42 chunks of 32 KiB: predicted beyond an inline decode
+        data = rng.integers(0, 60000, (1024, 1024)).astype("<u2")
+        chunks = (128, 128)
+    elif layout == "many-sharded-chunks":  # 64 chunks of 8 KiB, in 4 shards
+        data = rng.integers(0, 60000, (1024, 1024)).astype("<u2")
+        chunks = (64, 64)
+        kw["shards"] = (256, 256)
     else:  # 640 KiB chunks, 5 zstd blocks: a window near their top decodes one or two
         data = rng.integers(0, 60000, (1280, 640)).astype("<u2")
         chunks = (512, 640)
@@ -923,6 +930,8 @@ def test_windows_the_small_path_takes_read_as_zarr_python_does(tmp_path, layout)
     real = SmallReads.read
     windows = {"order-F": [(slice(100, 170), slice(50, 140)), (slice(0, 300), slice(255, 260))],
                "large-chunks": [(slice(300, 700), slice(400, 620))],
+               "many-chunks": [(slice(100, 612), slice(3, 515)), (slice(1, 1000), slice(130, 870))],
+               "many-sharded-chunks": [(slice(200, 648), slice(120, 568))],
                "multi-block": [(slice(500, 530), slice(0, 640)), (slice(3, 9), slice(600, 640))]
                }.get(layout, [(slice(10, 30), slice(100, 170), slice(50, 140)), (0, slice(0, 300), 259)])
     if layout == "small-transposed-chunks":

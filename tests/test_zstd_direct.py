@@ -12,7 +12,7 @@ import pytest
 import zarr
 import numcodecs.zstd
 import zstandard
-from checks import poisoned_empty
+from checks import poisoned_empty, pooled_reads
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -253,7 +253,6 @@ def _sharded(path, shape, chunks, shards, crc=False, fill_holes=False):
 def pooled(monkeypatch):
     """Reads go through the pool's task split (parts of `GROUP_BYTES`), not inline; counts the
     boxes placed, and those placed as tiles in another order than C order."""
-    monkeypatch.setattr(cpu, "SPLIT_SECONDS", 0.0)
     placed = {"boxes": 0, "tiles": 0}
 
     def counting(out, chunks, extent, out_start, window, tiles=None):
@@ -261,7 +260,8 @@ def pooled(monkeypatch):
         placed["tiles"] += tiles is not None
         place_block(out, chunks, extent, out_start, window, tiles)
     monkeypatch.setattr(cpu, "place_block", counting)
-    return placed
+    with pooled_reads():
+        yield placed
 
 
 @pytest.mark.parametrize("crc", [False, True])
