@@ -191,12 +191,13 @@ def to_memory(src: str | Path, name: str) -> str:
 
 @contextlib.contextmanager
 def pooled_reads() -> Iterator[None]:
-    """Reads through the CPU device's pool (its task split, parts of GROUP_BYTES), not decoded
-    inline and not by the small path, which takes windows of up to LOCATE_ARRAYS chunks
-    whatever their predicted decode: the tests of the general path's placement, on arrays of a
-    few chunks."""
+    """Local reads as remote ones go: fetched into staging, then decoded by the CPU device's pool
+    (its task split, parts of GROUP_BYTES), not inline, not by the small path (windows of up to
+    LOCATE_ARRAYS chunks) and not read by the tasks themselves (a batch the pool decodes): the
+    tests of that path's placement, on arrays of a few chunks."""
     from gpuzarr.devices import cpu
     from gpuzarr.small_read import SmallReads
 
-    with mock.patch.object(cpu, "SPLIT_SECONDS", 0.0), mock.patch.object(SmallReads, "read", lambda self, *a: None):
+    with mock.patch.object(cpu, "SPLIT_SECONDS", 0.0), mock.patch.object(SmallReads, "read", lambda self, *a: None), \
+            mock.patch.object(cpu.CpuDevice, "reads_in_tasks", False):
         yield

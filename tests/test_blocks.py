@@ -5,6 +5,7 @@ by zarr-python."""
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import math
 
@@ -461,17 +462,17 @@ def test_stored_chunks_are_placed_from_staging_and_their_size_checked(tmp_path, 
         return rows
     monkeypatch.setattr(cpu, "_stored_rows", spy)
     windows = [(slice(3, 40), slice(5, 45)), (slice(16, 53), slice(0, 40))]
-    for split in (1.0, 0.0):  # inline (chunk views), then through the pool (rows of staging)
-        monkeypatch.setattr(cpu, "SPLIT_SECONDS", split)
-        arr = gpuzarr.open(str(path), device=CpuDevice(2))
-        np.testing.assert_array_equal(arr[...], data)
-        for w in windows:
-            np.testing.assert_array_equal(arr[w], data[w])
-        np.testing.assert_array_equal(arr.read_batch(windows), np.stack([data[w] for w in windows]))
+    for pooled in (False, True):  # inline (chunk views), then through the pool (rows of staging)
+        with pooled_reads() if pooled else contextlib.nullcontext():
+            arr = gpuzarr.open(str(path), device=CpuDevice(2))
+            np.testing.assert_array_equal(arr[...], data)
+            for w in windows:
+                np.testing.assert_array_equal(arr[w], data[w])
+            np.testing.assert_array_equal(arr.read_batch(windows), np.stack([data[w] for w in windows]))
     assert any(views)  # where chunks lie back to back in the order placed
     key = "1.2" if fmt == 2 else "c/1/2"
     (path / key).write_bytes((path / key).read_bytes()[:-2])
-    for split in (1.0, 0.0):
-        monkeypatch.setattr(cpu, "SPLIT_SECONDS", split)
-        with pytest.raises(CorruptDataError, match=f"{key}: .*chunk is 510 bytes, expected 512"):
+    for pooled in (False, True):
+        with pooled_reads() if pooled else contextlib.nullcontext(), \
+                pytest.raises(CorruptDataError, match=f"{key}: .*chunk is 510 bytes, expected 512"):
             gpuzarr.open(str(path), device=CpuDevice(2))[...]

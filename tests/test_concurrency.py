@@ -227,6 +227,29 @@ def test_a_large_single_batch_is_read_by_its_tasks(tmp_path, monkeypatch, corrup
     assert len(parts) >= (1 if corrupt else 2)  # a failed half may cancel the other before it starts
 
 
+def test_a_small_single_batch_the_pool_decodes_is_read_by_its_tasks(tmp_path, monkeypatch):
+    """A batch of under 1 MiB compressed, too many chunks for the small path and predicted past
+    an inline decode: its tasks read their own chunks too (each part in one call), as a large
+    batch's do, and the data comes out whole."""
+    from gpuzarr.devices import cpu
+    from gpuzarr.fetch import PendingBatch
+
+    data = sample_data((1024, 1024))
+    path = str(tmp_path / "a")
+    write_sharded(path, data, (1024, 1024), (64, 64))  # 256 chunks of 8 KiB in one shard
+    arr = gpuzarr.open(path, device=CpuDevice(threads=2))
+    window = (slice(3, 640), slice(5, 645))  # 100 chunks
+    assert not CpuDevice(threads=2).inline(100, arr._reader.locator.leaf_chain)
+    parts = set()
+    real_part, real_run = PendingBatch.part, cpu._PartReads.run
+    monkeypatch.setattr(PendingBatch, "part", lambda self, *a: parts.add(a[:2]) or real_part(self, *a))
+    monkeypatch.setattr(cpu._PartReads, "run", lambda self, *a: parts.add(a[:2]) or real_run(self, *a))
+    report = gpuzarr.ReadReport()
+    np.testing.assert_array_equal(arr.read(window, report=report), data[window])
+    assert report.batches == 1 and 0 < report.bytes_compressed < 1 << 20
+    assert len(parts) >= 2
+
+
 def test_a_sole_read_runs_as_many_workers_as_threads_each_taking_the_next_group(tmp_path, monkeypatch):
     """A single-batch read of many groups: the calling thread and threads - 1 pool workers take
     groups as they come free (never more groups at once than threads); each group once; the

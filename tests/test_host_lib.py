@@ -39,10 +39,11 @@ DTYPES = ["uint8", "<i2", "<f4", "<u8", "<c16"]
 
 
 @pytest.fixture
-def grouped(monkeypatch):
-    """No batch decoded chunk by chunk on the calling thread (CpuDevice.inline): every one in
-    parts, whose pieces _place_rows places, as a large read's are."""
-    monkeypatch.setattr(cpu_device, "SPLIT_SECONDS", 0.0)
+def grouped():
+    """No batch decoded chunk by chunk on the calling thread (CpuDevice.inline): every one
+    staged, in parts, whose pieces _place_rows places, as a remote read's are."""
+    with pooled_reads():
+        yield
 
 
 @pytest.fixture
