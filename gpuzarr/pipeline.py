@@ -163,8 +163,7 @@ class Reader:
         store, locator = self.store, self.locator
         requests = self.settings.requests_in_flight
         whole = whole and self.locator.can_read_whole
-        small = (self.small.applies and not batched and out is None and not isinstance(windows, Boxes)
-                 and not whole)
+        small = self.small.applies and out is None and not isinstance(windows, Boxes) and not whole
         if report is not None or seconds is not None or requests is not None:
             small = False  # counted, or bounded: the general path's business
             report = report if report is not None else ReadReport()
@@ -184,7 +183,7 @@ class Reader:
         if 0 in shape:  # nothing selected: no runs to plan, however long the other axes
             report.device = device.name
             return _output(device, shape, dtype, out)
-        if small and (got := self.small.read(windows[0], device, shape)) is not None:
+        if small and (got := self.small.read(windows, batched, device, shape)) is not None:
             return got
         auto = isinstance(device, AutoDevice)  # its output's device is chosen after locating
         if not auto:  # an output that cannot be had fails now, not after a plan of it

@@ -101,22 +101,45 @@ class SmallReads:
             self.direct = None if swap is None else (codec, swap)
         self._local = threading.local()
 
-    def read(self, window: list[DimSelection], device: Any, out_shape: tuple) -> Any:
-        """The window read, or None where it is not small (the general path reads it). With
-        device="auto" on a GPU, a read the CPU would decode (AutoDevice.choose: its decoded size,
-        a bound on its compressed bytes, below cpu_below) is read so, then copied up once."""
+    def read(self, windows: list[list[DimSelection]], batched: bool, device: Any, out_shape: tuple) -> Any:
+        """The read of `windows` (one, or with `batched` a batch, stacked on a first axis: each
+        window's chunks read as its own, the few a shared chunk repeats decoded again), or None
+        where it is not small (the general path reads it). With device="auto" on a GPU, a read
+        the CPU would decode (AutoDevice.choose: its decoded size, a bound on its compressed
+        bytes, below cpu_below) is read so, then copied up once."""
         cpu = device.cpu if isinstance(device, AutoDevice) else device
-        if type(cpu) is not CpuDevice or not window:  # (a 0-d array: one chunk, nothing to save)
+        if type(cpu) is not CpuDevice or not windows[0]:  # (a 0-d array: one chunk, nothing to save)
             return None
+        n = 0
+        for window in windows:  # counted first: a window may cross 2**30 chunks
+            count = 1
+            for sel, c in zip(window, self.leaf):
+                if sel.indices is not None or sel.step != 1:
+                    return None
+                count *= (sel.start + sel.count - 1) // c - sel.start // c + 1
+                if n + count > LOCATE_ARRAYS:
+                    return None
+            n += count
+        nbytes = self.chain.raw_nbytes
+        counts = tuple(sel.count for sel in windows[0])
+        if not cpu.inline(n, self.chain) and not (
+                nbytes <= WHOLE_CHUNK_MAX
+                and (len(windows) * math.prod(counts) * self.dtype.itemsize <= WHOLE_READ_MAX
+                     or cpu.inline_parts(n, self.chain) > 1)):
+            return None
+        if cpu is not device and device.choose(n * self.chain.raw_nbytes) is not cpu:
+            return None
+        chunks: list[tuple] = []
+        for w, window in enumerate(windows):
+            chunks += self._chunks(window, w if batched else None)
+        host = self._read(chunks, ((len(windows),) if batched else ()) + counts, out_shape, cpu)
+        return host if cpu is device else device.upload(host, None)
+
+    def _chunks(self, window: list[DimSelection], w: int | None) -> list[tuple]:
+        """Per chunk the window crosses, per axis: its chunk, the selection in it, the selection
+        in the output (led by the window's number `w` in a batch) and its shard terms."""
         sharded = bool(self.locator.levels)
         terms = self.locator.shard_terms
-        n = 1
-        for sel, c in zip(window, self.leaf):  # counted first: a window may cross 2**30 chunks
-            if sel.indices is not None or sel.step != 1:
-                return None
-            n *= (sel.start + sel.count - 1) // c - sel.start // c + 1
-            if n > LOCATE_ARRAYS:
-                return None
         axes = []  # per axis, per chunk it crosses: (chunk, slice in it, slice in the output[, shard terms])
         for d, (sel, c) in enumerate(zip(window, self.leaf)):
             start, stop = sel.start, sel.start + sel.count
@@ -127,17 +150,10 @@ class SmallReads:
                 axis.append(run + terms(d, k) if sharded else run)
                 pos, k = end, k + 1
             axes.append(axis)
-        nbytes = self.chain.raw_nbytes
-        if not cpu.inline(n, self.chain) and not (
-                nbytes <= WHOLE_CHUNK_MAX
-                and (math.prod(sel.count for sel in window) * self.dtype.itemsize <= WHOLE_READ_MAX
-                     or cpu.inline_parts(n, self.chain) > 1)):
-            return None
-        if cpu is not device and device.choose(n * self.chain.raw_nbytes) is not cpu:
-            return None
-        host = self._read([tuple(zip(*chunk)) for chunk in itertools.product(*axes)],
-                          tuple(sel.count for sel in window), out_shape, cpu)
-        return host if cpu is device else device.upload(host, None)
+        chunks = [tuple(zip(*chunk)) for chunk in itertools.product(*axes)]
+        if w is None:
+            return chunks
+        return [(chunk[0], chunk[1], (w,) + chunk[2], *chunk[3:]) for chunk in chunks]
 
     def _read(self, chunks: list[tuple], counts: tuple, out_shape: tuple, device: CpuDevice) -> np.ndarray:
         """`chunks`: per chunk, per axis (see read) its chunk, selections and shard terms."""
@@ -301,9 +317,10 @@ class SmallReads:
         records = np.zeros((n, SCATTER_REC_LEN), np.int64)
         starts = np.array([[s.start for s in chunk[1]] for chunk in picked], np.int64).reshape(n, ndim)
         stops = np.array([[s.stop for s in chunk[1]] for chunk in picked], np.int64).reshape(n, ndim)
-        strides = np.array(view.strides, np.int64)
-        records[:, SCATTER_REC_DST] = np.array([[s.start for s in chunk[2]] for chunk in picked],
-                                               np.int64).reshape(n, ndim) @ strides
+        strides = np.array(view.strides, np.int64)  # (a batch's: its window axis first, a number in chunk[2])
+        firsts = [[s if type(s) is int else s.start for s in chunk[2]] for chunk in picked]
+        records[:, SCATTER_REC_DST] = np.array(firsts, np.int64).reshape(n, view.ndim) @ strides
+        strides = strides[view.ndim - ndim:]
         records[:, SCATTER_REC_SHAPE:SCATTER_REC_SHAPE + ndim] = self.leaf
         records[:, SCATTER_REC_START:SCATTER_REC_START + ndim] = starts
         records[:, SCATTER_REC_STEP:SCATTER_REC_STEP + ndim] = 1

@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from zarr.core.indexing import decode_morton
 
 import gpuzarr
-from gpuzarr import host_lib
+from gpuzarr import host_lib, small_read
 from gpuzarr.codecs import bytes_to_bytes
 from gpuzarr.codecs.bytes_to_bytes import Blosc
 from gpuzarr.devices import cpu
@@ -433,6 +433,7 @@ def test_transposed_chunks_are_placed_plane_by_plane(tmp_path, monkeypatch, fmt)
         planes.append((src.shape, plane_axis(out[sel], src)))
         return real(out, sel, src)
     monkeypatch.setattr(cpu, "plane_assign", spy)
+    monkeypatch.setattr(small_read, "plane_assign", spy)  # (reads of up to LOCATE_ARRAYS chunks)
     windows = [(slice(3, 70), slice(7, 60), slice(0, 24)), (slice(20, 87), slice(0, 53), slice(0, 24))]
     for split in (1.0, 0.0):  # inline, then through the pool
         monkeypatch.setattr(cpu, "SPLIT_SECONDS", split)

@@ -589,11 +589,29 @@ def test_small_reads_equal_the_general_path_and_zarr(tmp_path_factory, data):
         finally:
             SmallReads._read = original
             cpu_module.PART_SECONDS, cpu_module.SCALES_NS, cpu_module.SPLIT_CHUNK_SECONDS = kept
-        device = arr._device_for(None)
-        assert bool(taken) == (0 < n <= LOCATE_ARRAYS and device.inline(n, arr._reader.locator.leaf_chain))
+        assert bool(taken) == (0 < n <= LOCATE_ARRAYS)  # (every window here within WHOLE_READ_MAX)
         assert small.dtype == general.dtype and small.shape == general.shape == values[sel].shape
         np.testing.assert_array_equal(small, general)
         np.testing.assert_array_equal(small, z[sel])
+    # a batch of windows of one shape (an axis of each maybe a number): read as one small read
+    size = [data.draw(st.integers(1, n)) for n in shape]
+    point = [data.draw(st.booleans()) and data.draw(st.booleans()) for _ in shape]
+    batch = []
+    for _ in range(data.draw(st.integers(1, 4))):
+        starts = [data.draw(st.integers(0, n - w)) for n, w in zip(shape, size)]
+        batch.append(tuple(a if p else slice(a, a + w) for a, w, p in zip(starts, size, point)))
+    n = sum(int(np.prod([1 if isinstance(s, int) else (s.stop - 1) // c - s.start // c + 1
+                         for s, c in zip(w, chunks)])) for w in batch)
+    taken = []
+    original = SmallReads._read
+    SmallReads._read = lambda self, *args: taken.append(1) or original(self, *args)
+    try:
+        small = arr.read_batch(batch)
+    finally:
+        SmallReads._read = original
+    assert bool(taken) == (n <= LOCATE_ARRAYS)
+    np.testing.assert_array_equal(small, arr.read_batch(batch, report=gpuzarr.ReadReport()))
+    np.testing.assert_array_equal(small, np.stack([z[w] for w in batch]))
 
 
 @pytest.mark.parametrize("layout", ["sharded", "v2"])
@@ -606,16 +624,20 @@ def test_a_window_of_a_few_chunks_takes_the_small_path_others_the_general(tmp_pa
     taken = _small_path_spy(monkeypatch)
     np.testing.assert_array_equal(arr[3:20, 30:40], data[3:20, 30:40])
     np.testing.assert_array_equal(arr[5, 2:60], data[5, 2:60])
-    assert taken == [5 * 3, 15]
-    # not small: strided, batched, reported, into `out`, or more than LOCATE_ARRAYS chunks
+    np.testing.assert_array_equal(arr.read_batch([(slice(0, 9), slice(0, 9)), (slice(1, 10), slice(50, 59))]),
+                                  np.stack([data[:9, :9], data[1:10, 50:59]]))
+    assert taken == [5 * 3, 15, 9 + 9]
+    # not small: strided, reported, into `out`, windows by their starts, or more than LOCATE_ARRAYS chunks
     np.testing.assert_array_equal(arr[3:20:2, 30:40], data[3:20:2, 30:40])
-    np.testing.assert_array_equal(arr.read_batch([(slice(0, 9), slice(0, 9))])[0], data[:9, :9])
     np.testing.assert_array_equal(arr.read((slice(0, 9), slice(0, 9)), report=gpuzarr.ReadReport()), data[:9, :9])
     out = np.zeros((9, 9), "u2")
     arr.read((slice(0, 9), slice(0, 9)), out=out)
     np.testing.assert_array_equal(out, data[:9, :9])
+    np.testing.assert_array_equal(arr.read_windows([[0, 0]], (9, 9))[0], data[:9, :9])
     np.testing.assert_array_equal(arr[...], data)
-    assert taken == [5 * 3, 15]
+    windows = [(slice(a, a + 9), slice(0, 9)) for a in range(0, 48, 6)]  # 8 x 9 chunks
+    np.testing.assert_array_equal(arr.read_batch(windows), np.stack([data[w] for w in windows]))
+    assert taken == [5 * 3, 15, 9 + 9]
 
 
 def test_a_corrupt_chunk_in_a_small_read_names_the_array_and_key(tmp_path):
