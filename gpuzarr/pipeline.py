@@ -163,7 +163,7 @@ class Reader:
         store, locator = self.store, self.locator
         requests = self.settings.requests_in_flight
         whole = whole and self.locator.can_read_whole
-        small = self.small.applies and out is None and not isinstance(windows, Boxes) and not whole
+        small = self.small.applies and out is None and not whole
         if report is not None or seconds is not None or requests is not None:
             small = False  # counted, or bounded: the general path's business
             report = report if report is not None else ReadReport()

@@ -474,6 +474,11 @@ class Boxes:
     def out_shape(self) -> Shape:
         return tuple(c for c, d in zip(self.counts, self.drop) if not d)
 
+    def selections(self) -> list[list[DimSelection]]:
+        """The windows as per-axis selections: for a few (a loader's batch read by the small path)."""
+        return [[DimSelection(start, 1, count, drop) for start, count, drop in zip(row, self.counts, self.drop)]
+                for row in self.starts.tolist()]
+
     @classmethod
     def of(cls, windows: list[list[DimSelection]]) -> Boxes | None:
         """The windows as Boxes if they all have step 1, one shape and one set of dropped axes."""

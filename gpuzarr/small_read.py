@@ -33,6 +33,7 @@ from .devices.kernels import SCATTER_REC_COUNT, SCATTER_REC_DST, SCATTER_REC_DST
 from .errors import CorruptDataError
 from .fetch import LOCATE_ARRAYS, Locator, coalesce_small, fetch_bounded, fetch_files, thread_slot
 from .placement import plane_assign
+from .plan import Boxes
 from .selection import DimSelection
 from .store import LocalStore
 
@@ -101,14 +102,20 @@ class SmallReads:
             self.direct = None if swap is None else (codec, swap)
         self._local = threading.local()
 
-    def read(self, windows: list[list[DimSelection]], batched: bool, device: Any, out_shape: tuple) -> Any:
-        """The read of `windows` (one, or with `batched` a batch, stacked on a first axis: each
-        window's chunks read as its own, the few a shared chunk repeats decoded again), or None
+    def read(self, windows: list[list[DimSelection]] | Boxes, batched: bool, device: Any, out_shape: tuple) -> Any:
+        """The read of `windows` (one, or with `batched` a batch of windows that share no chunk,
+        stacked on a first axis; Boxes: a loader's batch by its starts, vindex's points), or None
         where it is not small (the general path reads it). With device="auto" on a GPU, a read
         the CPU would decode (AutoDevice.choose: its decoded size, a bound on its compressed
         bytes, below cpu_below) is read so, then copied up once."""
         cpu = device.cpu if isinstance(device, AutoDevice) else device
-        if type(cpu) is not CpuDevice or not windows[0]:  # (a 0-d array: one chunk, nothing to save)
+        if type(cpu) is not CpuDevice:
+            return None
+        if isinstance(windows, Boxes):  # (always a batch)
+            if windows.starts.shape[0] > LOCATE_ARRAYS:
+                return None
+            windows, batched = windows.selections(), True
+        if not windows[0]:  # (a 0-d array: one chunk, nothing to save)
             return None
         n = 0
         for window in windows:  # counted first: a window may cross 2**30 chunks
@@ -132,6 +139,8 @@ class SmallReads:
         chunks: list[tuple] = []
         for w, window in enumerate(windows):
             chunks += self._chunks(window, w if batched else None)
+        if batched and len({chunk[0] for chunk in chunks}) < len(chunks):
+            return None  # windows sharing chunks: the general path decodes each once (vindex's points in one)
         host = self._read(chunks, ((len(windows),) if batched else ()) + counts, out_shape, cpu)
         return host if cpu is device else device.upload(host, None)
 

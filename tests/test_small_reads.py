@@ -4,6 +4,7 @@ it stands in for, and the file reads against what is on disk, missing and odd fi
 
 from __future__ import annotations
 
+import itertools
 import os
 import threading
 
@@ -600,8 +601,9 @@ def test_small_reads_equal_the_general_path_and_zarr(tmp_path_factory, data):
     for _ in range(data.draw(st.integers(1, 4))):
         starts = [data.draw(st.integers(0, n - w)) for n, w in zip(shape, size)]
         batch.append(tuple(a if p else slice(a, a + w) for a, w, p in zip(starts, size, point)))
-    n = sum(int(np.prod([1 if isinstance(s, int) else (s.stop - 1) // c - s.start // c + 1
-                         for s, c in zip(w, chunks)])) for w in batch)
+    crossed = [list(itertools.product(*[[s // c] if isinstance(s, int) else range(s.start // c, (s.stop - 1) // c + 1)
+                                        for s, c in zip(w, chunks)])) for w in batch]
+    n = sum(map(len, crossed))
     taken = []
     original = SmallReads._read
     SmallReads._read = lambda self, *args: taken.append(1) or original(self, *args)
@@ -609,7 +611,7 @@ def test_small_reads_equal_the_general_path_and_zarr(tmp_path_factory, data):
         small = arr.read_batch(batch)
     finally:
         SmallReads._read = original
-    assert bool(taken) == (n <= LOCATE_ARRAYS)
+    assert bool(taken) == (n <= LOCATE_ARRAYS and len(set().union(*crossed)) == n)  # (windows sharing chunks: general)
     np.testing.assert_array_equal(small, arr.read_batch(batch, report=gpuzarr.ReadReport()))
     np.testing.assert_array_equal(small, np.stack([z[w] for w in batch]))
 
@@ -626,18 +628,22 @@ def test_a_window_of_a_few_chunks_takes_the_small_path_others_the_general(tmp_pa
     np.testing.assert_array_equal(arr[5, 2:60], data[5, 2:60])
     np.testing.assert_array_equal(arr.read_batch([(slice(0, 9), slice(0, 9)), (slice(1, 10), slice(50, 59))]),
                                   np.stack([data[:9, :9], data[1:10, 50:59]]))
-    assert taken == [5 * 3, 15, 9 + 9]
-    # not small: strided, reported, into `out`, windows by their starts, or more than LOCATE_ARRAYS chunks
+    np.testing.assert_array_equal(arr.read_windows([[0, 0], [20, 30]], (9, 9)), np.stack([data[:9, :9],
+                                                                                           data[20:29, 30:39]]))
+    np.testing.assert_array_equal(arr.vindex[[1, 9, 30], [4, 20, 50]], data[[1, 9, 30], [4, 20, 50]])
+    assert taken == [5 * 3, 15, 9 + 9, 9 + 9, 3]
+    # not small: strided, reported, into `out`, windows sharing chunks, or more than LOCATE_ARRAYS chunks
     np.testing.assert_array_equal(arr[3:20:2, 30:40], data[3:20:2, 30:40])
     np.testing.assert_array_equal(arr.read((slice(0, 9), slice(0, 9)), report=gpuzarr.ReadReport()), data[:9, :9])
     out = np.zeros((9, 9), "u2")
     arr.read((slice(0, 9), slice(0, 9)), out=out)
     np.testing.assert_array_equal(out, data[:9, :9])
-    np.testing.assert_array_equal(arr.read_windows([[0, 0]], (9, 9))[0], data[:9, :9])
+    np.testing.assert_array_equal(arr.read_windows([[0, 0], [2, 3]], (9, 9)), np.stack([data[:9, :9], data[2:11, 3:12]]))
+    np.testing.assert_array_equal(arr.vindex[[1, 2, 3], [4, 5, 6]], data[[1, 2, 3], [4, 5, 6]])  # one chunk's points
     np.testing.assert_array_equal(arr[...], data)
     windows = [(slice(a, a + 9), slice(0, 9)) for a in range(0, 48, 6)]  # 8 x 9 chunks
     np.testing.assert_array_equal(arr.read_batch(windows), np.stack([data[w] for w in windows]))
-    assert taken == [5 * 3, 15, 9 + 9]
+    assert taken == [5 * 3, 15, 9 + 9, 9 + 9, 3]
 
 
 def test_a_corrupt_chunk_in_a_small_read_names_the_array_and_key(tmp_path):
