@@ -1,16 +1,16 @@
-"""One window of a handful of chunks, from local files on the CPU, in plain Python integers from
-selection to placement: where a read is a few chunks decoded on the calling thread, the general
-path's tables (Plan, Locations, FetchedBatch: a dozen array calls on arrays of 9 rows each)
-cost more than the bytes they describe. A 256^2 window of the 2-D set (9 chunks in 1-4 shards)
-spent ~450-575 us of host work around ~750-1000 us of decoding.
+"""A window of up to LOCATE_ARRAYS chunks, or a batch of windows of as many in all, from local
+files on the CPU, in plain Python integers from selection to placement: where a read is a few
+chunks, the general path's tables (Plan, Locations, FetchedBatch: a dozen array calls on arrays
+of 9 rows each) cost more than the bytes they describe. A 256^2 window of the 2-D set (9 chunks
+in 1-4 shards) spent ~450-575 us of host work around ~750-1000 us of decoding.
 
 The same steps as the general path, with its own pieces where they are already plain integers:
 Locator.locate_few (shard indexes, cached and version-checked as there), fetch's coalescing and
-bounded preadv (its checks and messages), and the CPU device's decode_bytes. It takes only what
-the general path would read on one thread in one batch (CpuDevice.inline), from arrays whose
-chunks are plain views of their bytes; anything else is the general path's. Windows of many small
-chunks are read, decoded and placed by the host library in one call instead (_direct), from the
-page cache only: what the disk must give goes the Python way, many reads in flight."""
+bounded preadv (its checks and messages), and the CPU device's decode_bytes. It takes arrays
+whose chunks are plain views of their bytes, or transposed ones; anything else is the general
+path's. Windows of many chunks are read, decoded and placed by the host library in one call a
+part instead (_direct), from the page cache only: what the disk must give goes the Python way,
+many reads in flight."""
 
 from __future__ import annotations
 
