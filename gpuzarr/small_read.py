@@ -120,10 +120,10 @@ class SmallReads:
         n = 0
         for window in windows:  # counted first: a window may cross 2**30 chunks
             count = 1
-            for sel, c in zip(window, self.leaf):
-                if sel.indices is not None or sel.step != 1:
+            for sel, c in zip(window, self.leaf):  # (with steps too: each element past a chunk's width in its own)
+                if sel.indices is not None or sel.step < 1:
                     return None
-                count *= (sel.start + sel.count - 1) // c - sel.start // c + 1
+                count *= min(sel.count, (sel.start + (sel.count - 1) * sel.step) // c - sel.start // c + 1)
                 if n + count > LOCATE_ARRAYS:
                     return None
             n += count
@@ -151,13 +151,15 @@ class SmallReads:
         terms = self.locator.shard_terms
         axes = []  # per axis, per chunk it crosses: (chunk, slice in it, slice in the output[, shard terms])
         for d, (sel, c) in enumerate(zip(window, self.leaf)):
-            start, stop = sel.start, sel.start + sel.count
-            k, pos, axis = start // c, start, []
-            while pos < stop:
-                end = min((k + 1) * c, stop)
-                run = (k, slice(pos - k * c, end - k * c), slice(pos - start, end - start))
+            start, step, count = sel.start, sel.step, sel.count
+            i, axis = 0, []
+            while i < count:  # elements i..j-1 lie in chunk k
+                pos = start + i * step
+                k = pos // c
+                j = min(count, -(-((k + 1) * c - start) // step))
+                run = (k, slice(pos - k * c, start + (j - 1) * step - k * c + 1, step), slice(i, j))
                 axis.append(run + terms(d, k) if sharded else run)
-                pos, k = end, k + 1
+                i = j
             axes.append(axis)
         chunks = [tuple(zip(*chunk)) for chunk in itertools.product(*axes)]
         if w is None:
@@ -326,14 +328,15 @@ class SmallReads:
         records = np.zeros((n, SCATTER_REC_LEN), np.int64)
         starts = np.array([[s.start for s in chunk[1]] for chunk in picked], np.int64).reshape(n, ndim)
         stops = np.array([[s.stop for s in chunk[1]] for chunk in picked], np.int64).reshape(n, ndim)
+        steps = np.array([[s.step for s in chunk[1]] for chunk in picked], np.int64).reshape(n, ndim)
         strides = np.array(view.strides, np.int64)  # (a batch's: its window axis first, a number in chunk[2])
         firsts = [[s if type(s) is int else s.start for s in chunk[2]] for chunk in picked]
         records[:, SCATTER_REC_DST] = np.array(firsts, np.int64).reshape(n, view.ndim) @ strides
         strides = strides[view.ndim - ndim:]
         records[:, SCATTER_REC_SHAPE:SCATTER_REC_SHAPE + ndim] = self.leaf
         records[:, SCATTER_REC_START:SCATTER_REC_START + ndim] = starts
-        records[:, SCATTER_REC_STEP:SCATTER_REC_STEP + ndim] = 1
-        records[:, SCATTER_REC_COUNT:SCATTER_REC_COUNT + ndim] = stops - starts
+        records[:, SCATTER_REC_STEP:SCATTER_REC_STEP + ndim] = steps
+        records[:, SCATTER_REC_COUNT:SCATTER_REC_COUNT + ndim] = (stops - starts + steps - 1) // steps
         records[:, SCATTER_REC_DSTRIDE:SCATTER_REC_DSTRIDE + ndim] = strides
         stored = self.as_chunk.stored_order
         if stored is not None:

@@ -400,7 +400,8 @@ def test_large_chunks_are_decoded_and_placed_in_one_call_a_part(tmp_path, monkey
     arr = gpuzarr.open(path, device="cpu", settings=gpuzarr.Settings(threads=2))
     np.testing.assert_array_equal(arr[...], data)
     window = (slice(20, 140), slice(5, 90), slice(3, 70, 2))
-    np.testing.assert_array_equal(arr[window], data[window])
+    np.testing.assert_array_equal(arr[window], data[window])  # (both small reads: small_read)
+    np.testing.assert_array_equal(arr.read(window, report=gpuzarr.ReadReport()), data[window])  # the general path
     which = "read_decode_scatter" if parts and fmt == 2 else "decode_scatter"
     sizes = [n for name, n in calls if name == which]
     assert sizes and sum(sizes) > len(sizes), f"the chunks were not decoded and placed through {which}"

@@ -572,9 +572,9 @@ def test_small_reads_equal_the_general_path_and_zarr(tmp_path_factory, data):
                 sel.append(data.draw(st.integers(-n, n - 1)))
             else:
                 start = data.draw(st.integers(0, n - 1))
-                sel.append(slice(start, data.draw(st.integers(start, n))))
+                sel.append(slice(start, data.draw(st.integers(start, n)), data.draw(st.sampled_from([1, 1, 2, 3, 7]))))
         sel = tuple(sel)
-        spans = [1 if isinstance(s, int) else (s.stop - 1) // c - s.start // c + 1 if s.stop > s.start else 0
+        spans = [1 if isinstance(s, int) else len({e // c for e in range(s.start, s.stop, s.step)})
                  for s, c in zip(sel, chunks)]
         n = int(np.prod(spans))
         taken: list = []
@@ -631,9 +631,11 @@ def test_a_window_of_a_few_chunks_takes_the_small_path_others_the_general(tmp_pa
     np.testing.assert_array_equal(arr.read_windows([[0, 0], [20, 30]], (9, 9)), np.stack([data[:9, :9],
                                                                                            data[20:29, 30:39]]))
     np.testing.assert_array_equal(arr.vindex[[1, 9, 30], [4, 20, 50]], data[[1, 9, 30], [4, 20, 50]])
-    assert taken == [5 * 3, 15, 9 + 9, 9 + 9, 3]
-    # not small: strided, reported, into `out`, windows sharing chunks, or more than LOCATE_ARRAYS chunks
     np.testing.assert_array_equal(arr[3:20:2, 30:40], data[3:20:2, 30:40])
+    np.testing.assert_array_equal(arr[3:60:9, 1:40:5], data[3:60:9, 1:40:5])  # steps past a chunk: 7 x 8
+    assert taken == [5 * 3, 15, 9 + 9, 9 + 9, 3, 5 * 3, 7 * 8]
+    # not small: reversed, reported, into `out`, windows sharing chunks, or more than LOCATE_ARRAYS chunks
+    np.testing.assert_array_equal(arr[20:3:-2, 30:40], data[20:3:-2, 30:40])
     np.testing.assert_array_equal(arr.read((slice(0, 9), slice(0, 9)), report=gpuzarr.ReadReport()), data[:9, :9])
     out = np.zeros((9, 9), "u2")
     arr.read((slice(0, 9), slice(0, 9)), out=out)
@@ -643,7 +645,7 @@ def test_a_window_of_a_few_chunks_takes_the_small_path_others_the_general(tmp_pa
     np.testing.assert_array_equal(arr[...], data)
     windows = [(slice(a, a + 9), slice(0, 9)) for a in range(0, 48, 6)]  # 8 x 9 chunks
     np.testing.assert_array_equal(arr.read_batch(windows), np.stack([data[w] for w in windows]))
-    assert taken == [5 * 3, 15, 9 + 9, 9 + 9, 3]
+    assert taken == [5 * 3, 15, 9 + 9, 9 + 9, 3, 5 * 3, 7 * 8]
 
 
 def test_a_corrupt_chunk_in_a_small_read_names_the_array_and_key(tmp_path):
@@ -956,12 +958,14 @@ def test_windows_the_small_path_takes_read_as_zarr_python_does(tmp_path, layout)
     arr = gpuzarr.open(path, device="cpu")
     taken = []
     real = SmallReads.read
-    windows = {"order-F": [(slice(100, 170), slice(50, 140)), (slice(0, 300), slice(255, 260))],
+    windows = {"order-F": [(slice(100, 170), slice(50, 140)), (slice(0, 300), slice(255, 260)),
+                           (slice(3, 290, 5), slice(7, 250, 2))],
                "large-chunks": [(slice(300, 700), slice(400, 620))],
                "many-chunks": [(slice(100, 612), slice(3, 515)), (slice(1, 1000), slice(130, 870))],
                "many-sharded-chunks": [(slice(200, 648), slice(120, 568))],
                "multi-block": [(slice(500, 530), slice(0, 640)), (slice(3, 9), slice(600, 640))]
-               }.get(layout, [(slice(10, 30), slice(100, 170), slice(50, 140)), (0, slice(0, 300), 259)])
+               }.get(layout, [(slice(10, 30), slice(100, 170), slice(50, 140)), (0, slice(0, 300), 259),
+                              (slice(1, 40, 3), slice(5, 150, 2), slice(40, 60))])
     if layout == "small-transposed-chunks":
         windows = [(slice(10, 20), slice(100, 140), slice(50, 90)), (3, slice(0, 40), 259)]
     placed = []  # the host library's calls
