@@ -103,8 +103,8 @@ class SmallReads:
         self._local = threading.local()
 
     def read(self, windows: list[list[DimSelection]] | Boxes, batched: bool, device: Any, out_shape: tuple) -> Any:
-        """The read of `windows` (one, or with `batched` a batch of windows that share no chunk,
-        stacked on a first axis; Boxes: a loader's batch by its starts, vindex's points), or None
+        """The read of `windows` (one, or with `batched` a batch, stacked on a first axis, a chunk
+        windows share read once; Boxes: a loader's batch by its starts, vindex's points), or None
         where it is not small (the general path reads it). With device="auto" on a GPU, a read
         the CPU would decode (AutoDevice.choose: its decoded size, a bound on its compressed
         bytes, below cpu_below) is read so, then copied up once."""
@@ -136,12 +136,14 @@ class SmallReads:
             return None
         if cpu is not device and device.choose(n * self.chain.raw_nbytes) is not cpu:
             return None
-        chunks: list[tuple] = []
+        chunks: dict = {}  # a chunk windows share is read and decoded once, then placed in each
         for w, window in enumerate(windows):
-            chunks += self._chunks(window, w if batched else None)
-        if batched and len({chunk[0] for chunk in chunks}) < len(chunks):
-            return None  # windows sharing chunks: the general path decodes each once (vindex's points in one)
-        host = self._read(chunks, ((len(windows),) if batched else ()) + counts, out_shape, cpu)
+            for coords, inner, outer, *terms in self._chunks(window, w if batched else None):
+                if coords in chunks:
+                    chunks[coords][1].append((inner, outer))
+                else:
+                    chunks[coords] = (coords, [(inner, outer)], *terms)
+        host = self._read(list(chunks.values()), ((len(windows),) if batched else ()) + counts, out_shape, cpu)
         return host if cpu is device else device.upload(host, None)
 
     def _chunks(self, window: list[DimSelection], w: int | None) -> list[tuple]:
@@ -167,7 +169,8 @@ class SmallReads:
         return [(chunk[0], chunk[1], (w,) + chunk[2], *chunk[3:]) for chunk in chunks]
 
     def _read(self, chunks: list[tuple], counts: tuple, out_shape: tuple, device: CpuDevice) -> np.ndarray:
-        """`chunks`: per chunk, per axis (see read) its chunk, selections and shard terms."""
+        """`chunks`: per chunk, its coordinates, where it is placed (a list of its selection and
+        the output's, per axis) and per axis its shard terms (see _chunks)."""
         versions: dict = {}
         try:
             out = self._read_chunks(chunks, counts, out_shape, device, versions)
@@ -189,9 +192,9 @@ class SmallReads:
         if self.locator.levels:
             shards, rows = {}, []
             for chunk in chunks:
-                linear = sum(chunk[4])
-                shards[linear] = chunk[3]
-                rows.append((linear, sum(chunk[5])))
+                linear = sum(chunk[3])
+                shards[linear] = chunk[2]
+                rows.append((linear, sum(chunk[4])))
             keys, ids, offsets, sizes, present, _, seen = self.locator.locate_few(shards, rows)
             versions.update(seen)
             live = sorted((i for i in range(n) if present[i]), key=lambda i: (ids[i], offsets[i]))
@@ -216,7 +219,8 @@ class SmallReads:
             if present[i]:
                 live.append(i)
             else:
-                view[chunk[2]] = self.fill
+                for _, outer in chunk[1]:
+                    view[outer] = self.fill
         if not live:
             return out
         starts, lengths = batch.offsets.tolist(), batch.sizes.tolist()
@@ -231,11 +235,11 @@ class SmallReads:
                 data[starts[first] + 8:starts[first] + 12], "little") >= nbytes:
             self.part = None  # frames of one block (c-blosc sizes blocks by the chunk and settings: alike in an array)
         part = self.part if self.part is not Zstd or nbytes > ZSTD_BLOCK_BYTES else None
-        spans = [self._span(chunks[i][1]) if part else (0, nbytes) for i in range(len(chunks))]
+        spans = [self._span(chunk[1]) if part else (0, nbytes) for chunk in chunks]
         # chunks in a transpose's axis order: placed by the host scatter, which walks them in it
         # (register tiles), where it can; NumPy's strided copy otherwise
         swap = host_swap(self.as_chunk, view) if self.as_chunk.reordered else None
-        records = self._records(chunks, view) if swap is not None else None
+        records, rec_lo = self._records([chunk[1] for chunk in chunks], view) if swap is not None else (None, None)
         ndim, itemsize = len(self.leaf), self.dtype.itemsize
 
         def decode(which: list[int]) -> None:
@@ -253,11 +257,13 @@ class SmallReads:
                 else:
                     raw = decode_bytes(self.chain, frame, scratch, labels[i])
                 if records is not None:
-                    host_lib.scatter(raw, view, records[i:i + 1], ndim, itemsize, swap)
-                elif self.as_chunk.reordered:
-                    plane_assign(view, chunks[i][2], self.as_chunk(raw)[chunks[i][1]])
-                else:
-                    view[chunks[i][2]] = self.as_chunk(raw)[chunks[i][1]]
+                    host_lib.scatter(raw, view, records[rec_lo[i]:rec_lo[i + 1]], ndim, itemsize, swap)
+                    continue
+                for inner, outer in chunks[i][1]:
+                    if self.as_chunk.reordered:
+                        plane_assign(view, outer, self.as_chunk(raw)[inner])
+                    else:
+                        view[outer] = self.as_chunk(raw)[inner]
 
         parts = device.inline_parts(len(live), self.chain)
         if parts == 1:
@@ -280,9 +286,9 @@ class SmallReads:
         codec, swap = self.direct
         nbytes, itemsize = self.chain.raw_nbytes, self.dtype.itemsize
         order = list(order)
-        picked = [chunks[i] for i in order]
+        placed = [chunks[i][1] for i in order]
         n, ndim = len(order), len(self.leaf)
-        records = self._records(picked, view)
+        records, rec_lo = self._records(placed, view)
         used = sorted({file_of[i] for i in order if file_of[i] >= 0})
         rank = {f: k for k, f in enumerate(used)}
         names = (ctypes.c_char_p * len(used))(*(os.fsencode(self.store.path(paths[f])) for f in used))
@@ -290,7 +296,6 @@ class SmallReads:
         wants = np.array([sizes[i] for i in order], np.int64)
         ends = part_ends(wants, nbytes)
         at = np.array([offsets[i] for i in order], np.int64)
-        rec_lo = np.arange(n + 1, dtype=np.int64)
         lengths = np.empty(n, np.int64)
         codes: list[int] = []
 
@@ -317,20 +322,26 @@ class SmallReads:
                 host_lib.count_fallback(host_lib.PART_FALLBACKS[failed[0]])
             return False
         for k in np.flatnonzero(lengths < 0).tolist():  # absent, or a chunk file not there
-            view[picked[k][2]] = self.fill
+            for _, outer in placed[k]:
+                view[outer] = self.fill
         return True
 
-    def _records(self, picked: list[tuple], view: np.ndarray) -> np.ndarray:
-        """The host scatter's records of chunks `picked` (see read: each its chunk and output
-        selections) into `view`, SRC 0: each chunk's bytes walked in its stored axis order (a
-        transpose's: every per-axis field permuted so, as gpu_layout.scatter_records does)."""
-        n, ndim = len(picked), len(self.leaf)
+    def _records(self, places: list[list[tuple]], view: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The host scatter's records of chunks placed at `places` (per chunk, each place its
+        selection and the output's, see read) into `view`, SRC 0, and where each chunk's begin
+        (rec_lo: chunk i's are rows rec_lo[i]..rec_lo[i+1]-1): each chunk's bytes walked in its
+        stored axis order (a transpose's: every per-axis field permuted so, as
+        gpu_layout.scatter_records does)."""
+        pairs = [pair for chunk in places for pair in chunk]
+        n, ndim = len(pairs), len(self.leaf)
+        rec_lo = np.zeros(len(places) + 1, np.int64)
+        np.cumsum([len(chunk) for chunk in places], out=rec_lo[1:])
         records = np.zeros((n, SCATTER_REC_LEN), np.int64)
-        starts = np.array([[s.start for s in chunk[1]] for chunk in picked], np.int64).reshape(n, ndim)
-        stops = np.array([[s.stop for s in chunk[1]] for chunk in picked], np.int64).reshape(n, ndim)
-        steps = np.array([[s.step for s in chunk[1]] for chunk in picked], np.int64).reshape(n, ndim)
-        strides = np.array(view.strides, np.int64)  # (a batch's: its window axis first, a number in chunk[2])
-        firsts = [[s if type(s) is int else s.start for s in chunk[2]] for chunk in picked]
+        starts = np.array([[s.start for s in inner] for inner, _ in pairs], np.int64).reshape(n, ndim)
+        stops = np.array([[s.stop for s in inner] for inner, _ in pairs], np.int64).reshape(n, ndim)
+        steps = np.array([[s.step for s in inner] for inner, _ in pairs], np.int64).reshape(n, ndim)
+        strides = np.array(view.strides, np.int64)  # (a batch's: its window axis first, a number in the place)
+        firsts = [[s if type(s) is int else s.start for s in outer] for _, outer in pairs]
         records[:, SCATTER_REC_DST] = np.array(firsts, np.int64).reshape(n, view.ndim) @ strides
         strides = strides[view.ndim - ndim:]
         records[:, SCATTER_REC_SHAPE:SCATTER_REC_SHAPE + ndim] = self.leaf
@@ -343,14 +354,15 @@ class SmallReads:
             for field in (SCATTER_REC_SHAPE, SCATTER_REC_START, SCATTER_REC_STEP, SCATTER_REC_COUNT,
                           SCATTER_REC_DSTRIDE):
                 records[:, field:field + ndim] = records[:, field:field + ndim][:, list(stored)]
-        return records
+        return records, rec_lo
 
-    def _span(self, within: tuple) -> tuple[int, int]:
-        """The bytes of a decoded chunk that its window `within` (a slice per axis) reads: from
-        its first element's first to one past its last element's."""
+    def _span(self, places: list[tuple]) -> tuple[int, int]:
+        """The bytes of a decoded chunk that its `places` (each its selection, a slice per axis,
+        and the output's) read: from the first element's first to one past the last element's."""
         strides = self._strides
-        return (sum(s.start * stride for s, stride in zip(within, strides)),
-                self.dtype.itemsize + sum((s.stop - 1) * stride for s, stride in zip(within, strides)))
+        return (min(sum(s.start * stride for s, stride in zip(inner, strides)) for inner, _ in places),
+                self.dtype.itemsize + max(sum((s.stop - 1) * stride for s, stride in zip(inner, strides))
+                                          for inner, _ in places))
 
     def _staging(self, nbytes: int) -> np.ndarray:
         """This thread's buffer for a small read's compressed chunks, kept as the CPU device keeps its own."""
