@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import ctypes
 import itertools
-import math
 import os
 import threading
 from typing import Any
@@ -60,9 +59,10 @@ DIRECT_MIN_LARGE = 9
 # complex64 0.73, 16 of 128 KiB in 5-D 0.80; 25-49 chunks of 32 KiB, 2-D zstd 0.58-0.67, float16
 # 0.54-0.67, zstd + crc32c 0.53-0.68, order F 0.70-0.85, gzip 0.84-0.87; 64 of 8 KiB 0.58);
 # larger chunks take the general path, which sizes their buffers with care (4 of 32 MiB were 0.78).
-# A window of more than WHOLE_READ_MAX bytes that would be decoded here on one thread (blosc-lz4
+# A read decoding more than WHOLE_READ_MAX bytes that would be decoded here on one thread (blosc-lz4
 # and LZ4, bound by memory: see CpuDevice.inline_parts) takes the general path, whose tasks run
-# on every core (v2 3-D blosc-lz4 full read, 64 chunks of 1 MiB: 0.49 of this path's time). On
+# on every core (v2 3-D blosc-lz4 full read, 64 chunks of 1 MiB: 0.49 of this path's time; a
+# read at step 3 of 3.6 MiB decoding 32 MiB, 1.49x tensorstore's time here, 0.7 there). On
 # several threads this path stays ahead however large the window (general / this path, quiet,
 # medians of 25: 16 MiB full reads of 64 chunks of 256 KiB, 3-D uint8 and RGB, 1.08; 32 MiB of
 # 512 KiB float64 1.03; 12 MiB of bitshuffled float32 1.09; 6 MiB of 128 KiB uint16 1.09)
@@ -131,19 +131,24 @@ class SmallReads:
         counts = tuple(sel.count for sel in windows[0])
         if not cpu.inline(n, self.chain) and not (
                 nbytes <= WHOLE_CHUNK_MAX
-                and (len(windows) * math.prod(counts) * self.dtype.itemsize <= WHOLE_READ_MAX
+                and (n * nbytes <= WHOLE_READ_MAX
                      or cpu.inline_parts(n, self.chain) > 1)):
             return None
         if cpu is not device and device.choose(n * self.chain.raw_nbytes) is not cpu:
             return None
-        chunks: dict = {}  # a chunk windows share is read and decoded once, then placed in each
-        for w, window in enumerate(windows):
-            for coords, inner, outer, *terms in self._chunks(window, w if batched else None):
-                if coords in chunks:
-                    chunks[coords][1].append((inner, outer))
-                else:
-                    chunks[coords] = (coords, [(inner, outer)], *terms)
-        host = self._read(list(chunks.values()), ((len(windows),) if batched else ()) + counts, out_shape, cpu)
+        if not batched:  # each chunk placed once
+            chunks = [(chunk[0], [(chunk[1], chunk[2])]) + chunk[3:] for chunk in self._chunks(windows[0], None)]
+        else:  # a chunk windows share is read and decoded once, then placed in each
+            shared: dict = {}
+            for w, window in enumerate(windows):
+                for chunk in self._chunks(window, w):
+                    entry = shared.get(chunk[0])
+                    if entry is None:
+                        shared[chunk[0]] = (chunk[0], [(chunk[1], chunk[2])]) + chunk[3:]
+                    else:
+                        entry[1].append((chunk[1], chunk[2]))
+            chunks = list(shared.values())
+        host = self._read(chunks, ((len(windows),) if batched else ()) + counts, out_shape, cpu)
         return host if cpu is device else device.upload(host, None)
 
     def _chunks(self, window: list[DimSelection], w: int | None) -> list[tuple]:
@@ -241,6 +246,7 @@ class SmallReads:
         swap = host_swap(self.as_chunk, view) if self.as_chunk.reordered else None
         records, rec_lo = self._records([chunk[1] for chunk in chunks], view) if swap is not None else (None, None)
         ndim, itemsize = len(self.leaf), self.dtype.itemsize
+        as_chunk, reordered = self.as_chunk, self.as_chunk.reordered
 
         def decode(which: list[int]) -> None:
             scratch = thread_slot(self._local, "scratch", nbytes)
@@ -259,11 +265,12 @@ class SmallReads:
                 if records is not None:
                     host_lib.scatter(raw, view, records[rec_lo[i]:rec_lo[i + 1]], ndim, itemsize, swap)
                     continue
+                decoded = as_chunk(raw)
                 for inner, outer in chunks[i][1]:
-                    if self.as_chunk.reordered:
-                        plane_assign(view, outer, self.as_chunk(raw)[inner])
+                    if reordered:
+                        plane_assign(view, outer, decoded[inner])
                     else:
-                        view[outer] = self.as_chunk(raw)[inner]
+                        view[outer] = decoded[inner]
 
         parts = device.inline_parts(len(live), self.chain)
         if parts == 1:
@@ -334,20 +341,24 @@ class SmallReads:
         gpu_layout.scatter_records does)."""
         pairs = [pair for chunk in places for pair in chunk]
         n, ndim = len(pairs), len(self.leaf)
-        rec_lo = np.zeros(len(places) + 1, np.int64)
-        np.cumsum([len(chunk) for chunk in places], out=rec_lo[1:])
+        if n == len(places):
+            rec_lo = np.arange(n + 1, dtype=np.int64)
+        else:
+            rec_lo = np.zeros(len(places) + 1, np.int64)
+            np.cumsum([len(chunk) for chunk in places], out=rec_lo[1:])
         records = np.zeros((n, SCATTER_REC_LEN), np.int64)
-        starts = np.array([[s.start for s in inner] for inner, _ in pairs], np.int64).reshape(n, ndim)
-        stops = np.array([[s.stop for s in inner] for inner, _ in pairs], np.int64).reshape(n, ndim)
-        steps = np.array([[s.step for s in inner] for inner, _ in pairs], np.int64).reshape(n, ndim)
-        strides = np.array(view.strides, np.int64)  # (a batch's: its window axis first, a number in the place)
-        firsts = [[s if type(s) is int else s.start for s in outer] for _, outer in pairs]
-        records[:, SCATTER_REC_DST] = np.array(firsts, np.int64).reshape(n, view.ndim) @ strides
+        # per place: its first element, count and step per axis in the chunk, its first in the
+        # output (a batch's window axis first, a number)
+        table = np.array([[s.start for s in inner] + [len(range(s.start, s.stop, s.step)) for s in inner]
+                          + [s.step for s in inner] + [o if type(o) is int else o.start for o in outer]
+                          for inner, outer in pairs], np.int64).reshape(n, 3 * ndim + view.ndim)
+        strides = np.array(view.strides, np.int64)
+        records[:, SCATTER_REC_DST] = table[:, 3 * ndim:] @ strides
         strides = strides[view.ndim - ndim:]
         records[:, SCATTER_REC_SHAPE:SCATTER_REC_SHAPE + ndim] = self.leaf
-        records[:, SCATTER_REC_START:SCATTER_REC_START + ndim] = starts
-        records[:, SCATTER_REC_STEP:SCATTER_REC_STEP + ndim] = steps
-        records[:, SCATTER_REC_COUNT:SCATTER_REC_COUNT + ndim] = (stops - starts + steps - 1) // steps
+        records[:, SCATTER_REC_START:SCATTER_REC_START + ndim] = table[:, :ndim]
+        records[:, SCATTER_REC_COUNT:SCATTER_REC_COUNT + ndim] = table[:, ndim:2 * ndim]
+        records[:, SCATTER_REC_STEP:SCATTER_REC_STEP + ndim] = table[:, 2 * ndim:3 * ndim]
         records[:, SCATTER_REC_DSTRIDE:SCATTER_REC_DSTRIDE + ndim] = strides
         stored = self.as_chunk.stored_order
         if stored is not None:
@@ -359,10 +370,13 @@ class SmallReads:
     def _span(self, places: list[tuple]) -> tuple[int, int]:
         """The bytes of a decoded chunk that its `places` (each its selection, a slice per axis,
         and the output's) read: from the first element's first to one past the last element's."""
-        strides = self._strides
+        strides, itemsize = self._strides, self.dtype.itemsize
+        if len(places) == 1:
+            inner = places[0][0]
+            return (sum(s.start * stride for s, stride in zip(inner, strides)),
+                    itemsize + sum((s.stop - 1) * stride for s, stride in zip(inner, strides)))
         return (min(sum(s.start * stride for s, stride in zip(inner, strides)) for inner, _ in places),
-                self.dtype.itemsize + max(sum((s.stop - 1) * stride for s, stride in zip(inner, strides))
-                                          for inner, _ in places))
+                itemsize + max(sum((s.stop - 1) * stride for s, stride in zip(inner, strides)) for inner, _ in places))
 
     def _staging(self, nbytes: int) -> np.ndarray:
         """This thread's buffer for a small read's compressed chunks, kept as the CPU device keeps its own."""

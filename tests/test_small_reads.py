@@ -983,10 +983,10 @@ def test_windows_the_small_path_takes_read_as_zarr_python_does(tmp_path, layout)
 
 
 def test_windows_of_large_chunks_past_whole_read_max_on_one_thread_take_the_general_path(tmp_path):
-    """Chunks of 64 KiB or more take the small path whatever its predicted decode; a window of
-    more than WHOLE_READ_MAX bytes that it would decode on one thread (a memory-bound decoder's:
-    CpuDevice.inline_parts) goes to the general path, whose tasks use every core; on several
-    threads it stays small however large. All read what zarr-python reads."""
+    """Windows take the small path whatever their predicted decode; one decoding more than
+    WHOLE_READ_MAX bytes on one thread (a memory-bound decoder's: CpuDevice.inline_parts) goes
+    to the general path, whose tasks use every core; on several threads it stays small however
+    large. All read what zarr-python reads."""
     from gpuzarr import small_read
 
     data = np.random.default_rng(9).integers(0, 60000, (1024, 1024)).astype("<u2")
@@ -996,11 +996,11 @@ def test_windows_of_large_chunks_past_whole_read_max_on_one_thread_take_the_gene
     z[...] = data
     arr = gpuzarr.open(path, device="cpu")
     real = SmallReads.read
-    windows = [(slice(100, 600), slice(3, 700)),  # 3 x 3 chunks, 680 KiB
-               (slice(1, 1024), slice(0, 1000)),  # 16 chunks, 1.95 MiB
-               (slice(250, 1020), slice(250, 262)),  # 8 chunks, 18 KiB
+    windows = [(slice(100, 600), slice(3, 700)),  # 3 x 3 chunks decoded, 1.125 MiB (680 KiB read)
+               (slice(1, 1024), slice(0, 1000)),  # 16 chunks, 2 MiB
+               (slice(250, 1020), slice(250, 262)),  # 8 chunks, 1 MiB (18 KiB read)
                (Ellipsis,)]  # 16 chunks, 2 MiB
-    for most, parts, small in [(2 << 20, 1, [True] * 4), (1 << 20, 1, [True, False, True, False]),
+    for most, parts, small in [(2 << 20, 1, [True] * 4), (1 << 20, 1, [False, False, True, False]),
                                (1 << 20, 2, [True] * 4)]:
         taken = []
         with pytest.MonkeyPatch.context() as mp:
