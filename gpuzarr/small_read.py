@@ -335,8 +335,8 @@ class SmallReads:
 
     def _records(self, places: list[list[tuple]], view: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The host scatter's records of chunks placed at `places` (per chunk, each place its
-        selection and the output's, see read) into `view`, SRC 0, and where each chunk's begin
-        (rec_lo: chunk i's are rows rec_lo[i]..rec_lo[i+1]-1): each chunk's bytes walked in its
+        selection and the output's, see read) into `view`, SRC 0, and where each chunk's records
+        begin (rec_lo: chunk i's are rows rec_lo[i]..rec_lo[i+1]-1): each chunk's bytes walked in its
         stored axis order (a transpose's: every per-axis field permuted so, as
         gpu_layout.scatter_records does)."""
         pairs = [pair for chunk in places for pair in chunk]
