@@ -136,24 +136,24 @@ class SmallReads:
             return None
         if cpu is not device and device.choose(n * self.chain.raw_nbytes) is not cpu:
             return None
-        if not batched:  # each chunk placed once
-            chunks = [(chunk[0], [(chunk[1], chunk[2])]) + chunk[3:] for chunk in self._chunks(windows[0], None)]
+        if not batched:
+            chunks = self._chunks(windows[0], None)
         else:  # a chunk windows share is read and decoded once, then placed in each
             shared: dict = {}
             for w, window in enumerate(windows):
                 for chunk in self._chunks(window, w):
-                    entry = shared.get(chunk[0])
-                    if entry is None:
-                        shared[chunk[0]] = (chunk[0], [(chunk[1], chunk[2])]) + chunk[3:]
+                    if chunk[0] in shared:
+                        shared[chunk[0]][1].extend(chunk[1])
                     else:
-                        entry[1].append((chunk[1], chunk[2]))
+                        shared[chunk[0]] = chunk
             chunks = list(shared.values())
         host = self._read(chunks, ((len(windows),) if batched else ()) + counts, out_shape, cpu)
         return host if cpu is device else device.upload(host, None)
 
     def _chunks(self, window: list[DimSelection], w: int | None) -> list[tuple]:
-        """Per chunk the window crosses, per axis: its chunk, the selection in it, the selection
-        in the output (led by the window's number `w` in a batch) and its shard terms."""
+        """Per chunk the window crosses: its coordinates, its one place (per axis the selection in
+        it and in the output, led by the window's number `w` in a batch; see _read) and per axis
+        its shard terms."""
         sharded = bool(self.locator.levels)
         terms = self.locator.shard_terms
         axes = []  # per axis, per chunk it crosses: (chunk, slice in it, slice in the output[, shard terms])
@@ -168,10 +168,9 @@ class SmallReads:
                 axis.append(run + terms(d, k) if sharded else run)
                 i = j
             axes.append(axis)
-        chunks = [tuple(zip(*chunk)) for chunk in itertools.product(*axes)]
-        if w is None:
-            return chunks
-        return [(chunk[0], chunk[1], (w,) + chunk[2], *chunk[3:]) for chunk in chunks]
+        lead = () if w is None else (w,)
+        return [(chunk[0], [(chunk[1], lead + chunk[2])]) + chunk[3:]
+                for chunk in (tuple(zip(*crossed)) for crossed in itertools.product(*axes))]
 
     def _read(self, chunks: list[tuple], counts: tuple, out_shape: tuple, device: CpuDevice) -> np.ndarray:
         """`chunks`: per chunk, its coordinates, where it is placed (a list of its selection and
@@ -341,11 +340,7 @@ class SmallReads:
         gpu_layout.scatter_records does)."""
         pairs = [pair for chunk in places for pair in chunk]
         n, ndim = len(pairs), len(self.leaf)
-        if n == len(places):
-            rec_lo = np.arange(n + 1, dtype=np.int64)
-        else:
-            rec_lo = np.zeros(len(places) + 1, np.int64)
-            np.cumsum([len(chunk) for chunk in places], out=rec_lo[1:])
+        rec_lo = np.array([0, *itertools.accumulate(len(chunk) for chunk in places)], np.int64)
         records = np.zeros((n, SCATTER_REC_LEN), np.int64)
         # per place: its first element, count and step per axis in the chunk, its first in the
         # output (a batch's window axis first, a number)
@@ -370,13 +365,10 @@ class SmallReads:
     def _span(self, places: list[tuple]) -> tuple[int, int]:
         """The bytes of a decoded chunk that its `places` (each its selection, a slice per axis,
         and the output's) read: from the first element's first to one past the last element's."""
-        strides, itemsize = self._strides, self.dtype.itemsize
-        if len(places) == 1:
-            inner = places[0][0]
-            return (sum(s.start * stride for s, stride in zip(inner, strides)),
-                    itemsize + sum((s.stop - 1) * stride for s, stride in zip(inner, strides)))
+        strides = self._strides
         return (min(sum(s.start * stride for s, stride in zip(inner, strides)) for inner, _ in places),
-                itemsize + max(sum((s.stop - 1) * stride for s, stride in zip(inner, strides)) for inner, _ in places))
+                self.dtype.itemsize + max(sum((s.stop - 1) * stride for s, stride in zip(inner, strides))
+                                          for inner, _ in places))
 
     def _staging(self, nbytes: int) -> np.ndarray:
         """This thread's buffer for a small read's compressed chunks, kept as the CPU device keeps its own."""
