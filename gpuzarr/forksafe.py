@@ -113,27 +113,39 @@ class _DaemonPool:
 class LazyPool:
     """A thread pool started at its first use, and started anew in a forked child (the parent's
     threads are not there); `workers` may be a callable, asked then (a child sizes its own).
-    `daemon`: its threads never hold up the process's exit (see _DaemonPool)."""
+    `daemon`: its threads never hold up the process's exit (see _DaemonPool); `make(workers,
+    name)`: the pool itself, where neither kind fits (see spread_pool)."""
 
-    def __init__(self, workers: int | Callable[[], int], name: str, daemon: bool = False):
-        self._workers, self._name, self._daemon = workers, name, daemon
+    def __init__(self, workers: int | Callable[[], int], name: str, daemon: bool = False,
+                 make: Callable[[int, str], Any] | None = None):
+        self._workers, self._name = workers, name
+        self._make = make or (_DaemonPool if daemon else ThreadPoolExecutor)
         self._after_fork()
         register(self)
 
     def _after_fork(self) -> None:
         self._lock = threading.Lock()
-        self._pool: ThreadPoolExecutor | _DaemonPool | None = None
+        self._pool: Any = None
         self._abandoned: list[Future] = []  # see abandon
 
     def submit(self, fn: Callable, *args: Any) -> Future:
+        return self._started().submit(fn, *args)
+
+    def submit_beside(self, fn: Callable, *args: Any) -> Future:
+        """Work this thread does its own part beside: kept off its CPU where the pool can (see
+        spread_pool)."""
+        pool = self._started()
+        return getattr(pool, "submit_beside", pool.submit)(fn, *args)
+
+    def _started(self) -> Any:
         pool = self._pool
         if pool is None:
             with self._lock:
                 if self._pool is None:
                     workers = self._workers() if callable(self._workers) else self._workers
-                    self._pool = (_DaemonPool if self._daemon else ThreadPoolExecutor)(workers, self._name)
+                    self._pool = self._make(workers, self._name)
                 pool = self._pool
-        return pool.submit(fn, *args)
+        return pool
 
     def abandon(self, running: list[Future], most: int) -> None:
         """Work left running by a caller that gave up on it (a read past its deadline), which may
@@ -156,7 +168,7 @@ class LazyPool:
         taken back and done here if no worker has started it by then (workers busy with other
         reads), or dropped once a part has failed. Every part has ended before this returns or
         raises: parts write into the caller's buffers."""
-        futures = [self.submit(work, part) for part in parts[1:]]
+        futures = [self.submit_beside(work, part) for part in parts[1:]]
         error: BaseException | None = None
         for k, part in enumerate(parts):
             try:

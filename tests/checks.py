@@ -201,3 +201,13 @@ def pooled_reads() -> Iterator[None]:
     with mock.patch.object(cpu, "SPLIT_SECONDS", 0.0), mock.patch.object(SmallReads, "read", lambda self, *a: None), \
             mock.patch.object(cpu.CpuDevice, "reads_in_tasks", False):
         yield
+
+
+def pool_tasks(device: Any, monkeypatch: Any) -> list:
+    """Every task given to `device`'s pool from now on (submit, and submit_beside: work the caller
+    does its own part beside), as its arguments."""
+    given: list = []
+    for name in ("submit", "submit_beside"):
+        real = getattr(device.pool, name)
+        monkeypatch.setattr(device.pool, name, lambda *a, real=real: given.append(a) or real(*a))
+    return given

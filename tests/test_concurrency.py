@@ -8,7 +8,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
-from checks import to_memory
+from checks import pool_tasks, to_memory
 
 import gpuzarr
 from gpuzarr.devices.cpu import CpuDevice
@@ -356,9 +356,7 @@ def test_a_batch_is_split_over_the_pool_only_where_that_saves_more_than_it_costs
     path = str(tmp_path / "a")
     write_sharded(path, data, (128, 128), (32, 32))  # 16 chunks of 2 KiB: ~0.3 ms predicted
     device = CpuDevice(threads=2)
-    submitted = []
-    real = device.pool.submit
-    monkeypatch.setattr(device.pool, "submit", lambda *a: submitted.append(a) or real(*a))
+    submitted = pool_tasks(device, monkeypatch)
     arr = gpuzarr.open(to_memory(path, "split-or-not"), device=device)
     np.testing.assert_array_equal(arr[...], data)
     assert not submitted  # on the calling thread
@@ -380,9 +378,7 @@ def test_many_tiny_chunks_go_to_the_pool_whatever_their_bytes(tmp_path, monkeypa
     assert 256 * chain.raw_nbytes * cpu.pace(chain) < cpu._inline_below(2)  # inline by its bytes alone
     assert not device.inline(256, chain) and device.inline(16, chain)
     assert device.inline_parts(64, chain) == 1  # 2 KiB a chunk: too little without the GIL to split
-    submitted = []
-    real = device.pool.submit
-    monkeypatch.setattr(device.pool, "submit", lambda *a: submitted.append(a) or real(*a))
+    submitted = pool_tasks(device, monkeypatch)
     np.testing.assert_array_equal(gpuzarr.open(path, device=device)[...], data)
     assert submitted
 
@@ -398,9 +394,8 @@ def test_batches_of_a_longer_read_go_to_the_pool_however_small(tmp_path, monkeyp
     path = str(tmp_path / "a")
     write_sharded(path, data, (512, 512), (32, 32))  # 256 chunks of ~2 KiB, each batch ~0.1 ms predicted
     device = CpuDevice(threads=2)
-    submitted, one_by_one = [], []
-    real_submit, real_each, real_scatter = device.pool.submit, cpu._decode_each_and_place, cpu._decode_scatter
-    monkeypatch.setattr(device.pool, "submit", lambda *a: submitted.append(a) or real_submit(*a))
+    submitted, one_by_one = pool_tasks(device, monkeypatch), []
+    real_each, real_scatter = cpu._decode_each_and_place, cpu._decode_scatter
     monkeypatch.setattr(cpu, "_decode_each_and_place", lambda *a: one_by_one.append(a) or real_each(*a))
     monkeypatch.setattr(cpu, "_decode_scatter", lambda *a: one_by_one.append(a) or real_scatter(*a))
     report = gpuzarr.ReadReport()

@@ -25,6 +25,7 @@ from ..fetch import FetchedBatch, PendingBatch, thread_slot
 from ..output_pool import OUTPUTS
 from ..placement import Box, decode_raw, fill_item, place, place_block, part_boxes, plane_assign
 from ..plan import Gather, Plan
+from ..spread_pool import SpreadPool
 from ..store import read_io
 from .base import settle
 from .gpu_layout import scatter_records
@@ -94,7 +95,7 @@ class CpuDevice:
             raise SettingsError(f"threads must be a positive integer or None, not {threads!r}")
         self._requested = threads
         self._local = threading.local()
-        self.pool = forksafe.LazyPool(lambda: self.threads, "gpuzarr-cpu")
+        self.pool = forksafe.LazyPool(lambda: self.threads, "gpuzarr-cpu", make=SpreadPool)
         self._after_fork()
         forksafe.register(self)
 
@@ -235,9 +236,9 @@ class CpuDevice:
         if not sole:
             return [self.pool.submit(task, lo, hi) for lo, hi in bounds]
         # the whole read: this thread, idle otherwise, works beside threads - 1 pool workers, each
-        # taking the next group when free (see _Groups)
+        # taking the next group when free (see _Groups), each kept off this thread's CPU (spread_pool)
         groups = _Groups(bounds, task)
-        futures = [self.pool.submit(groups.work) for _ in range(min(self.threads, len(bounds)) - 1)]
+        futures = [self.pool.submit_beside(groups.work) for _ in range(min(self.threads, len(bounds)) - 1)]
         try:
             groups.work()
         except BaseException:
