@@ -24,7 +24,16 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any
 
-_pools: weakref.WeakSet = weakref.WeakSet()
+from . import forksafe
+
+_pools: weakref.WeakSet = weakref.WeakSet()  # this process's: see _exit
+
+
+@forksafe.call_in_child
+def _forget() -> None:
+    """A forked child has none of the parent's workers, and a lock of theirs may have been held
+    at the fork: its exit must not wait on them (its pools are made anew, forksafe.LazyPool)."""
+    _pools.clear()
 
 
 def _getcpu() -> Callable[[], int] | None:

@@ -161,3 +161,25 @@ def test_without_affinities_nothing_is_kept_off(monkeypatch):
         assert pool.submit_beside(lambda: 6).result(5) == 6
     finally:
         pool.shutdown()
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="fork() is POSIX only")
+def test_a_forked_child_exits_without_waiting_on_the_parents_workers(tmp_path):
+    """A child forked while a worker of the parent held its pool's lock exits at once: the
+    parent's pools are forgotten there (their workers are not in the child)."""
+    script = """
+import os, sys
+from gpuzarr.spread_pool import SpreadPool, _pools
+pool = SpreadPool(2, "parent")
+pool.submit(lambda: None).result()
+pool._lock.acquire()  # as a worker of the parent's might hold it at the fork
+pid = os.fork()
+if pid == 0:
+    sys.exit(3 if len(_pools) == 0 else 4)  # runs the child's exit hooks
+pool._lock.release()
+_, status = os.waitpid(pid, 0)
+print(os.waitstatus_to_exitcode(status))
+"""
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == "3"
