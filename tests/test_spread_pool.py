@@ -35,12 +35,8 @@ def test_a_spread_pool_runs_work_as_a_pool_does():
     assert len(_workers("test-spread")) == 1  # the one worker was idle again for the next
     assert pool.submit_beside(lambda: 4).result(5) == 4
     assert len(_workers("test-spread")) == 1
-
-    def fails():
-        raise KeyError("x")
-
     with pytest.raises(KeyError):
-        pool.submit_beside(fails).result(5)
+        pool.submit_beside({}.__getitem__, "x").result(5)
     gate = threading.Event()
     running = [pool.submit(gate.wait, 5) for _ in range(2)]
     waiting = [pool.submit(lambda k=k: k) for k in range(3)]
