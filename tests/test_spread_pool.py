@@ -90,9 +90,10 @@ def test_work_beside_the_caller_leaves_out_the_cpus_of_busy_workers():
     gate.clear()
     here = current_cpu()
     os.sched_setaffinity(0, {here})
+    began = threading.Event()
     try:
-        first = pool.submit_beside(lambda: (current_cpu(), gate.wait(5)))  # kept off `here`
-        time.sleep(0.2)
+        first = pool.submit_beside(lambda: (current_cpu(), began.set(), gate.wait(5)))  # kept off `here`
+        assert began.wait(5)  # busy now, its CPU known to the pool
         mask = pool.submit_beside(lambda: os.sched_getaffinity(0)).result(5)
         gate.set()
         busy_cpu = first.result(5)[0]

@@ -123,6 +123,41 @@ def test_below_the_threshold_the_index_is_read_first_at_it_the_whole_shard(tmp_p
     assert len(store.calls) == 2 and not _whole(store.calls[0][0])
 
 
+def test_a_few_chunks_wanting_no_shard_mostly_are_located_as_the_array_path_does(tmp_path, monkeypatch):
+    """Fewer chunks than WHOLE_SHARD_FRACTION of the smallest shard (here an edge shard of 1 x 3
+    chunks) can want no shard mostly: they take locate's path for a few chunks, which finds
+    what the array path finds, the reads included; more take the array path, which may read a
+    shard whole."""
+    data = _image((70, 50))
+    _write(tmp_path / "a", data, (32, 32), (8, 8))
+    store = _counting(tmp_path / "a", "memory", f"few-{tmp_path.name}")
+    arr = _open(store, settings=gpuzarr.Settings(index_cache_bytes=0))
+    locator = arr._reader.locator
+    assert locator._fewest_inside == 3  # the shard at (64:70, 32:50): 1 x 3 chunks
+    small = []
+    real = type(locator)._locate_small
+    monkeypatch.setattr(type(locator), "_locate_small", lambda self, c: small.append(len(c)) or real(self, c))
+    rng = np.random.default_rng(0)
+    for _ in range(100):
+        coords = rng.integers(0, (9, 7), size=(int(rng.integers(1, 4)), 2))
+        store.calls.clear()
+        got = locator.locate(coords)
+        calls = store.calls[:]
+        with monkeypatch.context() as m:
+            m.setattr(locator, "_fewest_inside", 0)
+            store.calls.clear()
+            ref = locator.locate(coords)
+            assert store.calls == calls
+        for name in ("keys", "offsets", "sizes", "present", "key_ids"):
+            assert np.array_equal(getattr(got, name), getattr(ref, name)), name
+        assert got.missing == ref.missing and got.prefetched.keys() == ref.prefetched.keys()
+    assert small and set(small) == {1}  # 1 < 1.5 chunks; 2 or 3 may want the edge shard mostly
+    np.testing.assert_array_equal(arr[64:70, 32:40], data[64:70, 32:40])  # 1 of its 3: index, then the chunk
+    store.calls.clear()
+    np.testing.assert_array_equal(arr[64:70, 32:48], data[64:70, 32:48])  # 2 of 3: the shard whole
+    assert len(store.calls) == 1 and _whole(store.calls[0][0])
+
+
 def test_the_index_read_whole_is_cached(tmp_path):
     data = _image((256, 256))
     _write(tmp_path / "a", data, (64, 64), (16, 16))
