@@ -86,9 +86,10 @@ class SpreadPool:
         return self._submit(fn, args, False)
 
     def submit_beside(self, fn: Callable, *args: Any) -> Future:
-        """Work the submitting thread does its own part beside: the worker that takes it runs it
-        on none of the CPUs that thread and the busy workers are on (where it may: see
-        _keep_off)."""
+        """Work the submitting thread does its own part beside: an idle worker that takes it runs
+        it on none of the CPUs that thread and the busy workers are on (where it may: see
+        _keep_off); a worker started for it, or a busy one taking it from the backlog, runs it
+        where the kernel places it."""
         return self._submit(fn, args, True)
 
     def _submit(self, fn: Callable, args: tuple, beside: bool) -> Future:
@@ -156,9 +157,10 @@ class SpreadPool:
 def _keep_off(tid: int | None, busy: set) -> set | None:
     """Narrow thread `tid`'s CPU mask to leave out this thread's CPU and `busy`; its mask as it
     was (to take back once its task ends), or None where nothing was narrowed (nothing would be
-    left, or the CPUs are unknown). Kept off only to wake, the worker was soon back on the
-    caller's CPU through a GIL hand-off: in-process A/B of that remote read, kept off to wake
-    0.87-0.93 of tensorstore's time, for the task 0.85-0.91, not at all 0.98-1.00."""
+    left, or the CPUs are unknown). Kept off only until it woke, the worker soon shared a CPU
+    with the caller again (a GIL hand-off placed the woken one on the other's): in-process A/B
+    of that remote read, kept off to wake 0.87-0.93 of tensorstore's time, for the whole task
+    0.85-0.91, not at all 0.98-1.00."""
     here = current_cpu()
     if tid is None or here is None:
         return None
