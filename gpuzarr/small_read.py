@@ -134,7 +134,7 @@ class SmallReads:
                 and (n * nbytes <= WHOLE_READ_MAX
                      or cpu.inline_parts(n, self.chain) > 1)):
             return None
-        if cpu is not device and device.choose(n * self.chain.raw_nbytes) is not cpu:
+        if cpu is not device and device.choose(n * nbytes) is not cpu:
             return None
         if not batched:
             chunks = self._chunks(windows[0], None)
@@ -334,7 +334,7 @@ class SmallReads:
 
     def _records(self, places: list[list[tuple]], view: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The host scatter's records of chunks placed at `places` (per chunk, each place its
-        selection and the output's, see read) into `view`, SRC 0, and where each chunk's records
+        selection and the output's, see _chunks) into `view`, SRC 0, and where each chunk's records
         begin (rec_lo: chunk i's are rows rec_lo[i]..rec_lo[i+1]-1): each chunk's bytes walked in its
         stored axis order (a transpose's: every per-axis field permuted so, as
         gpu_layout.scatter_records does)."""
